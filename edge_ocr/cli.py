@@ -1,0 +1,199 @@
+"""The `edge-ocr` command line: parses arguments, sets up logging, maps errors to exit codes
+(0 ok, 1 runtime failure, 2 usage or config error). The only module that calls sys.exit
+(through ``main``'s return value) and configures logging. Imports anything.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from edge_ocr import __version__
+from edge_ocr.errors import ConfigError, EdgeOcrError
+
+log = logging.getLogger("edge_ocr")
+
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+
+
+class _JournalFormatter(logging.Formatter):
+    """Prefix the syslog level (``<4>``) when stderr is the journal, for ``journalctl -p``."""
+
+    LEVELS = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3, logging.CRITICAL: 2}
+
+    def format(self, record: logging.LogRecord) -> str:
+        return "<%d>%s" % (self.LEVELS.get(record.levelno, 6), super().format(record))
+
+
+def setup_logging(verbose: bool) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    fmt = "%(name)s: %(message)s"
+    handler.setFormatter(_JournalFormatter(fmt) if os.environ.get("JOURNAL_STREAM") else logging.Formatter(fmt))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.DEBUG if verbose else logging.INFO)
+
+
+def _engine_options(args: argparse.Namespace):
+    from edge_ocr.engine.ocr import EngineOptions
+
+    threads: int | str = args.threads
+    if threads != "auto":
+        try:
+            threads = int(threads)
+        except ValueError as exc:
+            raise ConfigError("--threads: expected \"auto\" or an integer, got %r" % threads) from exc
+    return EngineOptions(pack=args.pack, threads=threads, precision=args.precision, use_cls=args.cls)
+
+
+def cmd_ocr(args: argparse.Namespace) -> int:
+    from edge_ocr.engine.ocr import OcrEngine
+    from edge_ocr.results import Result, Status, status_for
+
+    engine = OcrEngine(_engine_options(args))
+    model = (engine.pack.name, engine.pack.version)
+    failures = 0
+    for name in args.images:
+        path = Path(name)
+        try:
+            output = engine(path.read_bytes(), det=not args.no_det)
+            result = Result("cli", status_for(output, args.low_confidence), output, model, file=str(path))
+        except (EdgeOcrError, OSError) as exc:
+            failures += 1
+            error = exc if isinstance(exc, EdgeOcrError) else EdgeOcrError("cannot read file: %s" % exc.strerror)
+            result = Result("cli", Status.ERROR, None, model, error=error, file=str(path))
+            log.error("file=%s error=%s %s", path, error.code, error.message)
+        if args.json:
+            print(result.to_json(), flush=True)
+        elif result.output is not None:
+            if len(args.images) > 1:
+                print("==> %s <==" % path)
+            print(result.text, flush=True)
+    return EXIT_FAILURE if failures else EXIT_OK
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from edge_ocr import evaluate
+
+    manifest = Path(args.manifest)
+    if not manifest.is_file():
+        raise ConfigError("eval: manifest not found: %s" % manifest)
+    if args.predictions:
+        predict = evaluate.file_predictor(Path(args.predictions))
+        label = "predictions %s" % args.predictions
+    else:
+        from edge_ocr.engine.ocr import OcrEngine
+
+        engine = OcrEngine(_engine_options(args))
+        predict = evaluate.engine_predictor(engine)
+        label = "pack %s %s threads=%d %s" % (
+            engine.pack.name,
+            engine.pack.version,
+            engine.threads,
+            " ".join("%s=%s" % kv for kv in engine.precisions.items()),
+        )
+
+    def progress(done: int, total: int) -> None:
+        if done % 100 == 0 or done == total:
+            log.info("eval progress=%d/%d", done, total)
+
+    report = evaluate.evaluate(manifest, predict, limit=args.limit, progress=progress if args.verbose else None)
+    report["engine"] = label
+    if args.record:
+        if args.predictions or args.limit:
+            raise ConfigError("eval --record: only a full run of a pack can be recorded (no --predictions/--limit)")
+        from edge_ocr.engine.models import record_accuracy
+
+        key = "%s/%s" % (manifest.parent.parent.name, manifest.parent.name)
+        if args.precision == "int8" and "int8" not in engine.precisions.values():
+            log.warning("eval: pack %s has no int8 variant; nothing recorded", engine.pack.name)
+        else:
+            record_accuracy(engine.pack, key, args.precision, evaluate.accuracy_record(report, label))
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    print("%s\n\n%s" % (label, evaluate.format_report(report)))
+    return EXIT_OK
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from edge_ocr.engine.models import DEFAULT_PACK, list_packs, load_pack, models_root, verify_pack
+
+    names = [args.pack] if getattr(args, "pack", None) else list_packs()
+    if args.action == "list":
+        print("models in %s" % models_root())
+        for name in names:
+            pack = load_pack(name)
+            stages = ", ".join("%s[%s]" % (s, "/".join(pack.stages[s].variants)) for s in pack.stages)
+            marker = " (default)" if name == DEFAULT_PACK else ""
+            print("%-14s v%s%s  %s  — %s" % (name, pack.version, marker, stages, pack.description))
+        return EXIT_OK
+    problems = []
+    for name in names:
+        pack = load_pack(name)
+        found = verify_pack(pack)
+        problems += found
+        print("%s: %s" % (name, "ok (%d files)" % len(pack.files()) if not found else "FAILED"))
+    for problem in problems:
+        print(problem)
+    return EXIT_FAILURE if problems else EXIT_OK
+
+
+def _add_engine_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--pack", default="default", help="model pack name (see `edge-ocr models list`)")
+    parser.add_argument("--threads", default="auto", help="ONNX Runtime threads: auto or an integer")
+    parser.add_argument("--precision", default="auto", choices=("auto", "fp32", "int8"))
+    parser.add_argument("--cls", action="store_true", help="run the angle classifier (upside-down lines)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="edge-ocr", description="OCR daemon and tools for small Linux boxes.")
+    parser.add_argument("--version", action="version", version="edge-ocr %s" % __version__)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    ocr = sub.add_parser("ocr", parents=[common], help="one-shot OCR of image files")
+    ocr.add_argument("images", nargs="+", metavar="IMAGE")
+    ocr.add_argument("--json", action="store_true", help="one result JSON per image per line (JSON Lines)")
+    ocr.add_argument("--no-det", action="store_true", help="skip detection: read each image as one line")
+    ocr.add_argument("--low-confidence", type=float, default=0.6, help="status low_confidence below this score")
+    _add_engine_flags(ocr)
+    ocr.set_defaults(func=cmd_ocr)
+
+    ev = sub.add_parser("eval", parents=[common], help="accuracy on a labelled set (lines .tsv or pages .jsonl)")
+    ev.add_argument("manifest")
+    ev.add_argument("--predictions", help="score a JSON Lines file of another OCR's output instead")
+    ev.add_argument("--limit", type=int, help="only the first N samples")
+    ev.add_argument("--json", metavar="FILE", help="also write the report as JSON")
+    ev.add_argument("--record", action="store_true", help="store the scores in the pack's manifest.json (maintainers)")
+    _add_engine_flags(ev)
+    ev.set_defaults(func=cmd_eval)
+
+    models = sub.add_parser("models", parents=[common], help="installed model packs")
+    models_sub = models.add_subparsers(dest="action", required=True)
+    models_sub.add_parser("list", help="list packs")
+    verify = models_sub.add_parser("verify", help="check every file's sha256 against its manifest")
+    verify.add_argument("pack", nargs="?")
+    models.set_defaults(func=cmd_models)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    setup_logging(args.verbose)
+    try:
+        return int(args.func(args))
+    except ConfigError as exc:
+        log.error("%s", exc.message)
+        return EXIT_USAGE
+    except EdgeOcrError as exc:
+        log.error("%s: %s", exc.code, exc.message)
+        return EXIT_FAILURE
+    except KeyboardInterrupt:
+        return 130

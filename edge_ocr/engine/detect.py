@@ -1,0 +1,118 @@
+"""Pure DB (differentiable binarisation) post-processing: probability map → text quads.
+
+Also the reading-order sort. numpy and OpenCV only; no I/O, no model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from edge_ocr.engine.types import Quad
+
+
+@dataclass(frozen=True, slots=True)
+class DbParams:
+    """DB post-processing knobs (the defaults follow PaddleOCR's published settings).
+
+    thresh: pixel probability that counts as text; box_thresh: minimum mean probability
+    inside a candidate; unclip_ratio: how far a shrunk text kernel is grown back
+    (offset = area × ratio / perimeter); min_size: shortest side in map pixels.
+    """
+
+    thresh: float = 0.3
+    box_thresh: float = 0.6
+    unclip_ratio: float = 1.5
+    min_size: float = 3.0
+    max_candidates: int = 1000
+    dilate: bool = False
+
+
+def order_quad(points: np.ndarray) -> Quad:
+    """Order 4 points clockwise from top-left (float32, shape (4, 2))."""
+    pts = np.asarray(points, dtype=np.float32).reshape(4, 2)
+    by_x = pts[np.argsort(pts[:, 0], kind="stable")]
+    left, right = by_x[:2], by_x[2:]
+    top_left, bottom_left = left[np.argsort(left[:, 1], kind="stable")]
+    top_right, bottom_right = right[np.argsort(right[:, 1], kind="stable")]
+    return np.array([top_left, top_right, bottom_right, bottom_left], dtype=np.float32)
+
+
+def _box_score(prob: np.ndarray, contour: np.ndarray) -> float:
+    """Mean probability inside ``contour`` (N, 2), computed on its bounding window."""
+    height, width = prob.shape
+    x0, y0 = np.clip(np.floor(contour.min(axis=0)).astype(int), 0, [width - 1, height - 1])
+    x1, y1 = np.clip(np.ceil(contour.max(axis=0)).astype(int), 0, [width - 1, height - 1])
+    mask = np.zeros((y1 - y0 + 1, x1 - x0 + 1), dtype=np.uint8)
+    shifted = (contour - np.array([x0, y0], dtype=np.float32)).round().astype(np.int32)
+    cv2.fillPoly(mask, [shifted.reshape(-1, 1, 2)], 1)
+    return float(cv2.mean(prob[y0 : y1 + 1, x0 : x1 + 1], mask)[0])
+
+
+def _unclip(rect: tuple, ratio: float) -> tuple:
+    """Grow a rotated rectangle by the DB offset distance on every side.
+
+    Offsetting a rectangle's polygon by d and taking the minimum-area rectangle again
+    gives exactly (w + 2d, h + 2d), so no polygon-clipping library is needed.
+    """
+    (cx, cy), (w, h), angle = rect
+    distance = (w * h) * ratio / max(2.0 * (w + h), 1e-6)
+    return (cx, cy), (w + 2 * distance, h + 2 * distance), angle
+
+
+def boxes_from_map(prob: np.ndarray, params: DbParams) -> tuple[list[Quad], list[float]]:
+    """Quads and scores from a DB probability map.
+
+    prob: float32 (H, W) in [0, 1]. Returns quads in map pixel coordinates (clockwise from
+    top-left) and each one's mean probability.
+    """
+    binary = (prob > params.thresh).astype(np.uint8)
+    if params.dilate:
+        binary = cv2.dilate(binary, np.ones((2, 2), np.uint8))
+    contours, _ = cv2.findContours(binary, cv2.RETR_LIST, cv2.CHAIN_APPROX_SIMPLE)
+    height, width = prob.shape
+    quads: list[Quad] = []
+    scores: list[float] = []
+    for contour in contours[: params.max_candidates]:
+        rect = cv2.minAreaRect(contour)
+        if min(rect[1]) < params.min_size:
+            continue
+        score = _box_score(prob, contour.reshape(-1, 2).astype(np.float32))
+        if score < params.box_thresh:
+            continue
+        grown = _unclip(rect, params.unclip_ratio)
+        if min(grown[1]) < params.min_size + 2:
+            continue
+        quad = order_quad(cv2.boxPoints(grown))
+        quad[:, 0] = np.clip(quad[:, 0], 0, width)
+        quad[:, 1] = np.clip(quad[:, 1], 0, height)
+        quads.append(quad)
+        scores.append(score)
+    return quads, scores
+
+
+def reading_order(quads: list[Quad]) -> list[int]:
+    """Indices of ``quads`` in reading order: top to bottom, left to right within a line.
+
+    Boxes whose vertical centres lie within half the smaller box height of each other
+    belong to the same line.
+    """
+    if not quads:
+        return []
+    centres = np.array([q[:, 1].mean() for q in quads])
+    heights = np.array([max(q[:, 1].max() - q[:, 1].min(), 1.0) for q in quads])
+    lefts = np.array([q[:, 0].min() for q in quads])
+    order = sorted(range(len(quads)), key=lambda i: (centres[i], lefts[i]))
+    lines: list[list[int]] = []
+    for index in order:
+        if lines:
+            last = lines[-1]
+            anchor = np.mean([centres[j] for j in last])
+            tolerance = 0.5 * min(heights[index], np.mean([heights[j] for j in last]))
+            if abs(centres[index] - anchor) <= tolerance:
+                last.append(index)
+                continue
+        lines.append([index])
+    return [i for line in lines for i in sorted(line, key=lambda j: lefts[j])]

@@ -1,0 +1,267 @@
+"""Model packs: manifest parsing, sha256 checks, variant choice, ONNX Runtime sessions.
+
+The only module that imports onnxruntime. A pack is a directory under the models root
+with a ``manifest.json`` (see models/README.md); nothing is ever downloaded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+
+from edge_ocr.engine.decode import Charset, load_charset
+from edge_ocr.errors import ConfigError, ModelError
+
+DEFAULT_PACK = "ppocrv6-small"
+PRECISIONS = ("auto", "fp32", "int8")
+STAGES = ("det", "rec", "cls")
+
+
+def models_root() -> Path:
+    """Where packs live: ``$EDGE_OCR_MODELS``, the repo's ``models/`` (development and
+    editable installs), or ``<prefix>/share/edge-ocr/models`` (wheel installs)."""
+    env = os.environ.get("EDGE_OCR_MODELS")
+    if env:
+        return Path(env)
+    repo = Path(__file__).resolve().parents[2] / "models"
+    if repo.is_dir():
+        return repo
+    return Path(sys.prefix) / "share" / "edge-ocr" / "models"
+
+
+@dataclass(frozen=True, slots=True)
+class Variant:
+    precision: str
+    path: Path
+    sha256: str
+    speed_vs_fp32: float = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class Stage:
+    """One model of a pack and how to feed it (input fields as in the manifest)."""
+
+    name: str
+    kind: str
+    variants: dict[str, Variant]
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    height: int = 0
+    width: int = 0  # cls: fixed width; rec: max width
+    min_width: int = 0  # rec: pad narrower batches to this width
+    multiple: int = 32
+    charset: Charset | None = None
+    postprocess: dict[str, float] = field(default_factory=dict)  # det: DB thresholds for this model
+    source: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Pack:
+    name: str
+    version: str
+    description: str
+    licence: str
+    directory: Path
+    stages: dict[str, Stage]
+    accuracy: dict[str, Any] = field(default_factory=dict)
+
+    def files(self) -> list[tuple[str, Variant]]:
+        """Every (stage, variant) of the pack."""
+        return [(s.name, v) for s in self.stages.values() for v in s.variants.values()]
+
+
+def list_packs(root: Path | None = None) -> list[str]:
+    """Names of the packs under ``root`` (directories with a manifest declaring det or rec)."""
+    root = root or models_root()
+    names = []
+    for manifest in sorted(root.glob("*/manifest.json")):
+        data = json.loads(manifest.read_text(encoding="utf-8"))
+        if {"det", "rec"} & set(data.get("stages", {})):
+            names.append(manifest.parent.name)
+    return names
+
+
+def resolve_pack_name(name: str) -> str:
+    return DEFAULT_PACK if name == "default" else name
+
+
+def load_pack(name: str, root: Path | None = None) -> Pack:
+    """Parse ``<root>/<name>/manifest.json``. Raises ModelError if missing or malformed."""
+    root = root or models_root()
+    name = resolve_pack_name(name)
+    directory = root / name
+    manifest = directory / "manifest.json"
+    if not manifest.is_file():
+        available = ", ".join(list_packs(root)) or "none"
+        raise ModelError("model pack %r not found in %s (available: %s)" % (name, root, available))
+    try:
+        data = json.loads(manifest.read_text(encoding="utf-8"))
+        stages = {key: _parse_stage(key, value, directory) for key, value in data["stages"].items()}
+        return Pack(
+            name=data["name"],
+            version=str(data["version"]),
+            description=data.get("description", ""),
+            licence=data.get("licence", ""),
+            directory=directory,
+            stages=stages,
+            accuracy=data.get("accuracy", {}),
+        )
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ModelError("malformed manifest %s: %s" % (manifest, exc)) from exc
+
+
+def _parse_stage(name: str, data: dict[str, Any], directory: Path) -> Stage:
+    spec = data.get("input", {})
+    variants = {
+        precision: Variant(
+            precision=precision,
+            path=(directory / item["file"]).resolve(),
+            sha256=item["sha256"],
+            speed_vs_fp32=float(item.get("speed_vs_fp32", 1.0)),
+        )
+        for precision, item in data["variants"].items()
+    }
+    charset = None
+    if "charset" in data:
+        info = data["charset"]
+        charset_path = directory / info["file"]
+        try:
+            text = charset_path.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ModelError("cannot read charset %s: %s" % (charset_path, exc)) from exc
+        charset = load_charset(text, bool(info.get("space_appended", True)))
+        if "num_classes" in info and charset.num_classes != int(info["num_classes"]):
+            raise ModelError(
+                "charset %s gives %d classes, manifest says %s" % (charset_path, charset.num_classes, info["num_classes"])
+            )
+    return Stage(
+        name=name,
+        kind=data["kind"],
+        variants=variants,
+        mean=tuple(spec.get("mean", (0.5, 0.5, 0.5))),  # type: ignore[arg-type]
+        std=tuple(spec.get("std", (0.5, 0.5, 0.5))),  # type: ignore[arg-type]
+        height=int(spec.get("height", 0)),
+        width=int(spec.get("width", spec.get("max_width", 0))),
+        min_width=int(spec.get("min_width", 0)),
+        multiple=int(spec.get("multiple", 32)),
+        charset=charset,
+        postprocess={k: float(v) for k, v in data.get("postprocess", {}).items()},
+        source=data.get("source", {}),
+    )
+
+
+def record_accuracy(pack: Pack, eval_set: str, precision: str, scores: dict[str, Any]) -> None:
+    """Store measured accuracy in the pack's manifest under ``accuracy[eval_set][precision]``."""
+    manifest = pack.directory / "manifest.json"
+    data = json.loads(manifest.read_text(encoding="utf-8"))
+    data.setdefault("accuracy", {}).setdefault(eval_set, {})[precision] = scores
+    manifest.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def verify_pack(pack: Pack) -> list[str]:
+    """One message per missing file or sha256 mismatch; empty when the pack is intact."""
+    problems = []
+    for stage, variant in pack.files():
+        if not variant.path.is_file():
+            problems.append("%s %s %s: file missing: %s" % (pack.name, stage, variant.precision, variant.path))
+            continue
+        actual = sha256_file(variant.path)
+        if actual != variant.sha256:
+            problems.append(
+                "%s %s %s: sha256 mismatch for %s (manifest %s…, file %s…)"
+                % (pack.name, stage, variant.precision, variant.path.name, variant.sha256[:12], actual[:12])
+            )
+    return problems
+
+
+def choose_variant(stage: Stage, precision: str) -> Variant:
+    """The variant to load for ``precision``: fp32, int8, or for auto the fastest shipped
+    variant (int8 variants ship only after passing their accuracy check)."""
+    if precision not in PRECISIONS:
+        raise ConfigError("engine.precision: expected one of %s, got %r" % ("|".join(PRECISIONS), precision))
+    if precision == "auto":
+        return min(stage.variants.values(), key=lambda v: (v.speed_vs_fp32, v.precision != "fp32"))
+    if precision in stage.variants:
+        return stage.variants[precision]
+    # A stage with no int8 variant (it failed its check) runs fp32: the user asked for
+    # the fastest accurate model, not for a broken one.
+    return stage.variants["fp32"]
+
+
+def cpu_capacities(sys_cpu: Path = Path("/sys/devices/system/cpu")) -> dict[int, int]:
+    """Per-CPU capacity as the kernel reports it on heterogeneous SoCs (empty elsewhere)."""
+    capacities = {}
+    for path in sys_cpu.glob("cpu[0-9]*/cpu_capacity"):
+        try:
+            capacities[int(path.parent.name[3:])] = int(path.read_text().strip())
+        except (OSError, ValueError):
+            continue
+    return capacities
+
+
+def big_cores(usable: set[int], capacities: dict[int, int]) -> set[int]:
+    """The usable CPUs of the highest capacity class (all of them on homogeneous CPUs).
+
+    LITTLE cores would make ONNX Runtime's intra-op threads wait for the slowest worker.
+    """
+    known = {cpu: capacities[cpu] for cpu in usable if cpu in capacities}
+    if not known or len(set(known.values())) == 1:
+        return set(usable)
+    top = max(known.values())
+    return {cpu for cpu, cap in known.items() if cap == top}
+
+
+def auto_threads() -> int:
+    """``threads = "auto"``: the number of big cores this process may run on."""
+    usable = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else set(range(os.cpu_count() or 1))
+    return max(1, len(big_cores(set(usable), cpu_capacities())))
+
+
+def make_session(variant: Variant, threads: int) -> ort.InferenceSession:
+    """An ONNX Runtime CPU session with our measured settings.
+
+    The CPU memory arena is off: with it, one large input's buffers stay reserved for the
+    life of the process (358 MB after one big page here). Spinning is off so an idle
+    daemon does not burn a core waiting for work.
+    """
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.enable_cpu_mem_arena = False
+    options.log_severity_level = 3
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    try:
+        return ort.InferenceSession(str(variant.path), sess_options=options, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # ORT raises its own untyped Fail/InvalidGraph errors
+        raise ModelError("cannot load %s: %s" % (variant.path, exc)) from exc
+
+
+class Model:
+    """One loaded stage: a session and its input name; ``run`` is the only hot path."""
+
+    def __init__(self, stage: Stage, variant: Variant, threads: int) -> None:
+        self.stage = stage
+        self.variant = variant
+        self.session = make_session(variant, threads)
+        self.input_name = self.session.get_inputs()[0].name
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        return self.session.run(None, {self.input_name: batch})[0]

@@ -1,0 +1,178 @@
+"""OcrEngine: composes decode → detect → crop → classify → recognise for one image.
+
+The engine is built once (sessions are loaded in the constructor's caller-visible
+``load``) and is safe to call from several threads: every per-call option is an argument
+and no stage keeps per-call state.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from edge_ocr.engine import detect, preprocess, recognize
+from edge_ocr.engine.decode import Decoded
+from edge_ocr.engine.models import Model, Pack, auto_threads, choose_variant, load_pack, verify_pack
+from edge_ocr.engine.types import EngineOutput, Region, TextLine
+from edge_ocr.errors import ConfigError, ModelError
+
+
+@dataclass(frozen=True, slots=True)
+class EngineOptions:
+    """How the engine runs; config.EngineConfig maps the ``[engine]`` table onto this."""
+
+    pack: str = "default"
+    threads: int | str = "auto"
+    precision: str = "auto"
+    max_megapixels: float = 50.0  # refuse larger images before decoding them
+    det_limit_side: int = 960  # detection input: longer side at most this many pixels
+    det: detect.DbParams | None = None  # None = the thresholds the pack's detector was published with
+    use_cls: bool = False  # angle classifier for upside-down lines
+    use_rec_zh: bool = True  # a pack's Chinese specialist recogniser, where it has one
+    cls_threshold: float = 0.9
+    rec_batch_size: int = 1  # measured: batching only pads; 1 was fastest and smallest on 1-2 threads
+    rec_batch_columns: int = 4096  # batch lines × padded width: bounds recogniser memory
+    rec_min_width: int = 0  # 0 = the pack's min_width (PP-OCRv5/6 read best padded to 320)
+    rec_max_width: int = 0  # 0 = the pack's max_width, else the model's height × 64
+    min_line_score: float = 0.5  # lines below this recognition confidence are dropped
+    verify_checksums: bool = True
+
+
+def _threads(value: int | str) -> int:
+    if value == "auto":
+        return auto_threads()
+    if isinstance(value, int) and value >= 1:
+        return value
+    raise ConfigError("engine.threads: expected \"auto\" or an integer >= 1, got %r" % (value,))
+
+
+class OcrEngine:
+    """Image in, text lines with boxes, scores and stage timings out.
+
+    Raises ModelError on a missing or corrupt pack, ImageError on a bad image.
+    """
+
+    def __init__(self, options: EngineOptions | None = None) -> None:
+        self.options = options or EngineOptions()
+        self.pack: Pack = load_pack(self.options.pack)
+        if self.options.verify_checksums:
+            problems = verify_pack(self.pack)
+            if problems:
+                raise ModelError("; ".join(problems))
+        self.threads = _threads(self.options.threads)
+        stages = self.pack.stages
+        if "rec" not in stages:
+            raise ModelError("pack %s has no recogniser" % self.pack.name)
+        self.rec = self._load("rec")
+        self.det = self._load("det") if "det" in stages else None
+        self.db_params = self.options.det or detect.DbParams(**stages["det"].postprocess if "det" in stages else {})
+        self.cls = self._load("cls") if self.options.use_cls and "cls" in stages else None
+        self.rec_zh = self._load("rec_zh") if self.options.use_rec_zh and "rec_zh" in stages else None
+        for model in (self.rec, self.rec_zh):
+            if model is not None and model.stage.charset is None:
+                raise ModelError("pack %s: recogniser %s has no charset" % (self.pack.name, model.stage.name))
+
+    def _load(self, stage: str) -> Model:
+        spec = self.pack.stages[stage]
+        return Model(spec, choose_variant(spec, self.options.precision), self.threads)
+
+    @property
+    def precisions(self) -> dict[str, str]:
+        """The precision loaded for each stage, e.g. ``{"det": "int8", "rec": "fp32"}``."""
+        loaded = {"det": self.det, "cls": self.cls, "rec": self.rec, "rec_zh": self.rec_zh}
+        return {name: m.variant.precision for name, m in loaded.items() if m is not None}
+
+    def __call__(
+        self,
+        image: bytes | np.ndarray,
+        rois: Sequence[Region] | None = None,
+        det: bool = True,
+    ) -> EngineOutput:
+        """OCR one image (encoded bytes or a BGR uint8 array).
+
+        With ``rois``, detection is skipped and each region is recognised with its own
+        ``allowed_chars``. With ``det=False`` the whole image is read as one line.
+        """
+        timing: dict[str, float] = {}
+        start = time.perf_counter()
+        if isinstance(image, (bytes, bytearray, memoryview)):
+            image = preprocess.decode_image(bytes(image), self.options.max_megapixels)
+            timing["decode"] = _ms(start)
+        height, width = image.shape[:2]
+        if rois:
+            quads = [preprocess.box_quad(r.box, (width, height)) for r in rois]
+            det_scores = [1.0] * len(quads)
+            names: list[str | None] = [r.name for r in rois]
+            allowed: list[str] = [r.allowed_chars for r in rois]
+        elif det and self.det is not None:
+            quads, det_scores = self._detect(image, timing)
+            names, allowed = [None] * len(quads), []
+        else:
+            quads = [preprocess.box_quad((0, 0, width, height), (width, height))]
+            det_scores, names, allowed = [1.0], [None], []
+
+        t0 = time.perf_counter()
+        if rois or not det or self.det is None:
+            # Regions are upright by definition: slice them, never rotate a tall one.
+            crops = [preprocess.crop_box(image, q) for q in quads]
+        else:
+            crops = [preprocess.crop_quad(image, q) for q in quads]
+        if self.cls is not None and crops:
+            stage = self.cls.stage
+            flips = recognize.classify_angles(
+                crops, self.cls.run, stage.height, stage.width, self.options.rec_batch_size, self.options.cls_threshold
+            )
+            crops = [np.ascontiguousarray(c[::-1, ::-1]) if f else c for c, f in zip(crops, flips)]
+            timing["classify"] = _ms(t0)
+        t1 = time.perf_counter()
+        decoded = self._recognize(self.rec, crops, allowed)
+        if self.rec_zh is not None and crops:
+            decoded = recognize.route_by_script(decoded, self._recognize(self.rec_zh, crops, allowed))
+        timing["recognize"] = _ms(t1)
+
+        lines = []
+        keep_all = bool(rois) or not det
+        for quad, det_score, name, result in zip(quads, det_scores, names, decoded):
+            if not keep_all and (not result.text.strip() or result.score < self.options.min_line_score):
+                continue
+            lines.append(TextLine(result.text, result.score, quad, det_score, name))
+        timing["total"] = _ms(start)
+        return EngineOutput(tuple(lines), (width, height), timing)
+
+    def _recognize(self, model: Model, crops: list[np.ndarray], allowed: list[str]) -> list[Decoded]:
+        stage = model.stage
+        assert stage.charset is not None
+        masks = [stage.charset.allowed_mask(chars) if chars else None for chars in allowed] if allowed else None
+        return recognize.recognize(
+            crops,
+            model.run,
+            stage.charset,
+            height=stage.height,
+            min_width=self.options.rec_min_width or stage.min_width,
+            max_width=self.options.rec_max_width or stage.width or stage.height * 64,
+            batch_size=self.options.rec_batch_size,
+            max_columns=self.options.rec_batch_columns,
+            masks=masks,
+        )
+
+    def _detect(self, image: np.ndarray, timing: dict[str, float]) -> tuple[list[np.ndarray], list[float]]:
+        assert self.det is not None
+        t0 = time.perf_counter()
+        stage = self.det.stage
+        resized, transform = preprocess.resize_for_detection(image, self.options.det_limit_side, stage.multiple)
+        tensor = preprocess.normalize(resized, stage.mean, stage.std)[None]
+        timing["preprocess"] = _ms(t0)
+        t1 = time.perf_counter()
+        prob = self.det.run(tensor)[0, 0]
+        quads, scores = detect.boxes_from_map(prob, self.db_params)
+        quads = [transform.to_source(q) for q in quads]
+        order = detect.reading_order(quads)
+        timing["detect"] = _ms(t1)
+        return [quads[i] for i in order], [scores[i] for i in order]
+
+
+def _ms(since: float) -> float:
+    return round((time.perf_counter() - since) * 1000.0, 2)

@@ -1,0 +1,193 @@
+"""Pure image math before the models: probe, decode (EXIF applied), resize, normalise, crop.
+
+No I/O, logging or clock here: bytes and arrays in, arrays and Transforms out.
+Imports numpy, OpenCV, engine.types and errors only.
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+
+import cv2
+import numpy as np
+
+from edge_ocr.engine.types import Quad, Transform
+from edge_ocr.errors import ImageTooLarge, UnsupportedImage
+
+# The formats we decode, by their magic bytes. Probing the header first means the pixel
+# cap is enforced before OpenCV allocates anything (decompression bombs).
+FORMATS = ("jpeg", "png", "bmp", "tiff", "webp")
+
+
+def probe_image(data: bytes) -> tuple[str, int, int]:
+    """Return ``(format, width, height)`` read from the header alone.
+
+    Raises UnsupportedImage for empty, unknown or truncated headers.
+    """
+    if not data:
+        raise UnsupportedImage("empty file (0 bytes)")
+    try:
+        if data[:3] == b"\xff\xd8\xff":
+            return ("jpeg", *_jpeg_size(data))
+        if data[:8] == b"\x89PNG\r\n\x1a\n":
+            width, height = struct.unpack(">II", data[16:24])
+            if data[12:16] != b"IHDR":
+                raise UnsupportedImage("PNG without IHDR chunk")
+            return "png", width, height
+        if data[:2] == b"BM":
+            width, height = struct.unpack("<ii", data[18:26])
+            return "bmp", abs(width), abs(height)
+        if data[:4] in (b"II*\x00", b"MM\x00*"):
+            return ("tiff", *_tiff_size(data))
+        if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+            return ("webp", *_webp_size(data))
+    except (struct.error, IndexError) as exc:
+        raise UnsupportedImage("truncated image header") from exc
+    raise UnsupportedImage(
+        "not a supported image (expected JPEG, PNG, BMP, TIFF or WebP; got bytes %r)" % data[:8]
+    )
+
+
+def _jpeg_size(data: bytes) -> tuple[int, int]:
+    pos = 2
+    while pos + 4 <= len(data):
+        if data[pos] != 0xFF:
+            pos += 1
+            continue
+        marker = data[pos + 1]
+        if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7 or marker == 0xFF:
+            pos += 1 if marker == 0xFF else 2
+            continue
+        (length,) = struct.unpack(">H", data[pos + 2 : pos + 4])
+        # SOF0..SOF15 carry the frame size; C4 (DHT), C8 (JPG) and CC (DAC) do not.
+        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
+            height, width = struct.unpack(">HH", data[pos + 5 : pos + 9])
+            return width, height
+        pos += 2 + length
+    raise UnsupportedImage("truncated JPEG: no frame header found")
+
+
+def _tiff_size(data: bytes) -> tuple[int, int]:
+    endian = "<" if data[:2] == b"II" else ">"
+    (ifd,) = struct.unpack(endian + "I", data[4:8])
+    (count,) = struct.unpack(endian + "H", data[ifd : ifd + 2])
+    size: dict[int, int] = {}
+    for i in range(count):
+        entry = data[ifd + 2 + 12 * i : ifd + 14 + 12 * i]
+        tag, kind = struct.unpack(endian + "HH", entry[:4])
+        if tag in (256, 257):
+            fmt = "H" if kind == 3 else "I"
+            (size[tag],) = struct.unpack(endian + fmt, entry[8 : 8 + struct.calcsize(fmt)])
+    if 256 not in size or 257 not in size:
+        raise UnsupportedImage("TIFF without width/height tags")
+    return size[256], size[257]
+
+
+def _webp_size(data: bytes) -> tuple[int, int]:
+    chunk = data[12:16]
+    if chunk == b"VP8X":
+        width = 1 + int.from_bytes(data[24:27], "little")
+        height = 1 + int.from_bytes(data[27:30], "little")
+        return width, height
+    if chunk == b"VP8L":
+        bits = int.from_bytes(data[21:25], "little")
+        return 1 + (bits & 0x3FFF), 1 + ((bits >> 14) & 0x3FFF)
+    if chunk == b"VP8 ":
+        width, height = struct.unpack("<HH", data[26:30])
+        return width & 0x3FFF, height & 0x3FFF
+    raise UnsupportedImage("WebP with unknown chunk %r" % chunk)
+
+
+def decode_image(data: bytes, max_megapixels: float) -> np.ndarray:
+    """Decode image bytes to a BGR uint8 array (H, W, 3) with EXIF orientation applied.
+
+    Raises UnsupportedImage (unknown, corrupt or truncated) or ImageTooLarge (the header
+    declares more than ``max_megapixels`` million pixels; checked before decoding).
+    """
+    fmt, width, height = probe_image(data)
+    if width <= 0 or height <= 0:
+        raise UnsupportedImage("%s header declares an empty image (%dx%d)" % (fmt, width, height))
+    megapixels = width * height / 1e6
+    if megapixels > max_megapixels:
+        raise ImageTooLarge(
+            "image is %dx%d (%.1f MP), over the %.0f MP limit" % (width, height, megapixels, max_megapixels)
+        )
+    # IMREAD_COLOR applies the EXIF orientation and converts grey/alpha/16-bit to BGR8.
+    image = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_COLOR)
+    if image is None:
+        raise UnsupportedImage("corrupt or truncated %s (%dx%d): the decoder failed" % (fmt, width, height))
+    return image
+
+
+def resize_for_detection(image: np.ndarray, limit_side: int, multiple: int = 32) -> tuple[np.ndarray, Transform]:
+    """Resize so the longer side is at most ``limit_side`` and both sides are multiples of
+    ``multiple`` (the DB network downsamples by 32). Small images are not enlarged beyond
+    rounding up to the multiple. Returns the resized BGR image and its Transform.
+    """
+    height, width = image.shape[:2]
+    ratio = min(1.0, limit_side / max(height, width))
+    new_w = max(multiple, int(round(width * ratio / multiple)) * multiple)
+    new_h = max(multiple, int(round(height * ratio / multiple)) * multiple)
+    resized = cv2.resize(image, (new_w, new_h), interpolation=cv2.INTER_LINEAR if ratio < 1 else cv2.INTER_CUBIC)
+    return resized, Transform(scale_x=new_w / width, scale_y=new_h / height)
+
+
+def normalize(image: np.ndarray, mean: tuple[float, ...], std: tuple[float, ...]) -> np.ndarray:
+    """BGR uint8 (H, W, 3) → float32 (3, H, W) with ``(x / 255 - mean) / std`` per channel.
+
+    Channel order is kept (PaddleOCR models are trained on BGR as read by OpenCV).
+    """
+    scale = np.float32(1.0 / 255.0)
+    mean_arr = np.asarray(mean, dtype=np.float32).reshape(1, 1, 3)
+    inv_std = 1.0 / np.asarray(std, dtype=np.float32).reshape(1, 1, 3)
+    out = (image.astype(np.float32) * scale - mean_arr) * inv_std
+    return out.transpose(2, 0, 1)
+
+
+def crop_quad(image: np.ndarray, quad: Quad) -> np.ndarray:
+    """Perspective-crop a text quad (clockwise from top-left) to an upright rectangle.
+
+    Tall crops (height ≥ 1.5 × width) are rotated 90° counter-clockwise, since text lines
+    are read horizontally. Returns a BGR uint8 array.
+    """
+    pts = np.asarray(quad, dtype=np.float32).reshape(4, 2)
+    width = int(round(max(np.linalg.norm(pts[0] - pts[1]), np.linalg.norm(pts[2] - pts[3]))))
+    height = int(round(max(np.linalg.norm(pts[0] - pts[3]), np.linalg.norm(pts[1] - pts[2]))))
+    width, height = max(width, 1), max(height, 1)
+    target = np.array([[0, 0], [width, 0], [width, height], [0, height]], dtype=np.float32)
+    matrix = cv2.getPerspectiveTransform(pts, target)
+    crop = cv2.warpPerspective(image, matrix, (width, height), flags=cv2.INTER_CUBIC, borderMode=cv2.BORDER_REPLICATE)
+    if height >= 1.5 * width:
+        crop = np.ascontiguousarray(np.rot90(crop))
+    return crop
+
+
+def box_quad(box: tuple[int, int, int, int], image_size: tuple[int, int]) -> Quad:
+    """An ``(x, y, w, h)`` region clipped to ``image_size`` (W, H) as a quad."""
+    x, y, w, h = box
+    img_w, img_h = image_size
+    x0, y0 = min(max(x, 0), img_w - 1), min(max(y, 0), img_h - 1)
+    x1, y1 = min(max(x + w, x0 + 1), img_w), min(max(y + h, y0 + 1), img_h)
+    return np.array([[x0, y0], [x1, y0], [x1, y1], [x0, y1]], dtype=np.float32)
+
+
+def crop_box(image: np.ndarray, quad: Quad) -> np.ndarray:
+    """The axis-aligned pixels of an upright quad made by ``box_quad`` (a view, no copy)."""
+    x0, y0 = np.floor(quad.min(axis=0)).astype(int)
+    x1, y1 = np.ceil(quad.max(axis=0)).astype(int)
+    return image[y0:y1, x0:x1]
+
+
+def resize_for_recognition(crop: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Aspect-preserving resize of a BGR crop to ``height``, right-padded to ``width``.
+
+    Returns float32 (3, height, width), normalised to [-1, 1]; the padding is 0, the
+    normalised mid-grey the PaddleOCR recognisers were trained with.
+    """
+    h, w = crop.shape[:2]
+    target_w = min(width, max(1, int(math.ceil(height * w / max(h, 1)))))
+    resized = cv2.resize(crop, (target_w, height), interpolation=cv2.INTER_LINEAR)
+    out = np.zeros((3, height, width), dtype=np.float32)
+    out[:, :, :target_w] = normalize(resized, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
+    return out

@@ -1,0 +1,51 @@
+"""The EdgeOcrError tree: every error edge-ocr raises on purpose. Imports nothing.
+
+    EdgeOcrError                 base; ``code`` is stable and appears in result JSON
+    ├── ConfigError              bad config or usage (exit 2)
+    ├── ModelError               missing pack, checksum mismatch, session failure
+    ├── ImageError               input that is not a usable image (HTTP 4xx, ``failed/``)
+    │   ├── UnsupportedImage     not an image format we decode, or corrupt/truncated
+    │   └── ImageTooLarge        over the byte or pixel cap (decompression bombs)
+    ├── SourceError              a source cannot deliver (offline, retry)
+    └── SinkError                a sink cannot accept (spool, broker)
+"""
+
+from __future__ import annotations
+
+
+class EdgeOcrError(Exception):
+    """Base of all edge-ocr errors; ``code`` is a stable machine-readable name."""
+
+    code = "error"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class ConfigError(EdgeOcrError):
+    code = "config"
+
+
+class ModelError(EdgeOcrError):
+    code = "model"
+
+
+class ImageError(EdgeOcrError):
+    code = "image"
+
+
+class UnsupportedImage(ImageError):
+    code = "unsupported_image"
+
+
+class ImageTooLarge(ImageError):
+    code = "image_too_large"
+
+
+class SourceError(EdgeOcrError):
+    code = "source"
+
+
+class SinkError(EdgeOcrError):
+    code = "sink"

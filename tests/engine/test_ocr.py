@@ -1,0 +1,165 @@
+"""edge_ocr.engine.ocr: the real packs on real eval-dev images.
+
+Baselines were measured with `edge-ocr eval` (see README, Accuracy); the margins absorb
+numeric noise between CPUs, not regressions.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+
+import cv2
+import numpy as np
+import pytest
+
+from edge_ocr import scoring
+from edge_ocr.engine.models import list_packs, load_pack
+from edge_ocr.engine.types import Region
+from edge_ocr.errors import ImageTooLarge, UnsupportedImage
+from tests.conftest import line_samples
+
+SOURCES = ("IIIT5K-test", "ICDAR2015-word-test", "SROIE2019-task1", "LPRNet_Pytorch-test-plates")
+SUBSET = 40  # first N crops of each source
+
+# Alphanumeric accuracy (%) of each pack on the first 40 crops per source, measured with
+# tests/engine/test_ocr.py::subset_accuracy at the commit that set them.
+SUBSET_BASELINE = {
+    "ppocrv6-small": {},
+    "crnn": {},
+    "ppocrv6-tiny": {},
+}
+MARGIN = 5.0  # points; 2 of 40 lines
+
+# Lines the default pack reads exactly (case-folded), a few from every source.
+FIXED_LINES: tuple[tuple[str, str], ...] = ()
+
+
+def subset_accuracy(engine, eval_dev, source: str) -> float:
+    samples = line_samples(eval_dev, source, SUBSET)
+    hits = sum(scoring.alnum(engine(p.read_bytes(), det=False).text) == scoring.alnum(t) for p, t in samples)
+    return 100.0 * hits / len(samples)
+
+
+@pytest.mark.parametrize("filename, label", FIXED_LINES)
+def test_fixed_lines_read_their_labels(engines, eval_dev, filename, label):
+    output = engines()((eval_dev / "lines" / filename).read_bytes(), det=False)
+    assert scoring.fold(output.text) == scoring.fold(label)
+
+
+@pytest.mark.parametrize("pack", list_packs())
+def test_subset_accuracy_holds(engines, eval_dev, pack):
+    measured = {source: subset_accuracy(engines(pack), eval_dev, source) for source in SOURCES}
+    baseline = SUBSET_BASELINE[pack]
+    for source in SOURCES:
+        assert measured[source] >= baseline[source] - MARGIN, (pack, source, measured)
+
+
+def _int8_packs() -> list[str]:
+    return [name for name in list_packs() if any("int8" in s.variants for s in load_pack(name).stages.values())]
+
+
+@pytest.mark.parametrize("pack", _int8_packs())
+def test_int8_recogniser_stays_with_its_fp32_twin(engines, eval_dev, pack):
+    fp32, int8 = engines(pack, "fp32"), engines(pack, "int8")
+    if fp32.rec.variant.path == int8.rec.variant.path:
+        pytest.skip("%s ships no int8 recogniser" % pack)
+    same = total = 0
+    for source in SOURCES:
+        for path, _ in line_samples(eval_dev, source, 25):
+            data = path.read_bytes()
+            same += fp32(data, det=False).text == int8(data, det=False).text
+            total += 1
+    assert same / total >= 0.9, "int8 and fp32 agree on only %d of %d lines" % (same, total)
+
+
+def _pages(eval_dev, prefix: str, count: int) -> list[dict]:
+    rows = [json.loads(r) for r in (eval_dev / "pages" / "labels.jsonl").read_text(encoding="utf-8").splitlines()]
+    return [r for r in rows if r["file"].startswith(prefix)][:count]
+
+
+@pytest.mark.parametrize("pack", _int8_packs())
+def test_int8_detector_finds_the_boxes_of_its_fp32_twin(engines, eval_dev, pack):
+    fp32, int8 = engines(pack, "fp32"), engines(pack, "int8")
+    if fp32.det.variant.path == int8.det.variant.path:
+        pytest.skip("%s ships no int8 detector" % pack)
+    tp = detections = truths = 0
+    for page in _pages(eval_dev, "sroie", 3) + _pages(eval_dev, "ic15", 3):
+        data = (eval_dev / "pages" / page["file"]).read_bytes()
+        reference = [line.box for line in fp32(data).lines]
+        candidate = [line.box for line in int8(data).lines]
+        blank = [""] * max(len(reference), len(candidate))
+        match = scoring.match_page(reference, blank, [False] * len(reference), candidate, blank)
+        tp, detections, truths = tp + match.true_positives, detections + match.detections, truths + match.truths
+    assert scoring.f1(tp, detections, truths)[2] >= 0.9
+
+
+def test_a_receipt_page_reads_end_to_end(engines, eval_dev):
+    page = _pages(eval_dev, "sroie", 1)[0]
+    output = engines()((eval_dev / "pages" / page["file"]).read_bytes())
+    truth = page["lines"]
+    match = scoring.match_page(
+        [np.asarray(t["box"], np.float32) for t in truth],
+        [t["text"] for t in truth],
+        [False] * len(truth),
+        [line.box for line in output.lines],
+        [line.text for line in output.lines],
+    )
+    precision, recall, f1 = scoring.f1(match.e2e_hits, match.detections, match.truths)
+    assert f1 >= 0.7, (precision, recall)
+    assert set(output.timing_ms) >= {"decode", "preprocess", "detect", "recognize", "total"}
+    height, width = cv2.imread(str(eval_dev / "pages" / page["file"])).shape[:2]
+    assert output.image_size == (width, height)
+    boxes = np.stack([line.box for line in output.lines])
+    assert boxes[..., 0].max() <= width + 1 and boxes[..., 1].max() <= height + 1  # source pixels
+
+
+def test_regions_skip_detection_and_obey_allowed_chars(engines, eval_dev):
+    (plate_path, plate_label), = line_samples(eval_dev, "LPRNet_Pytorch-test-plates", 1)
+    (word_path, word_label), = line_samples(eval_dev, "IIIT5K-test", 1)
+    plate, word = cv2.imread(str(plate_path)), cv2.imread(str(word_path))
+    frame = np.full((300, 400, 3), 255, np.uint8)
+    frame[20 : 20 + plate.shape[0], 30 : 30 + plate.shape[1]] = plate
+    frame[150 : 150 + word.shape[0], 100 : 100 + word.shape[1]] = word
+    rois = [
+        Region("plate", (30, 20, plate.shape[1], plate.shape[0])),
+        Region("digits", (30, 20, plate.shape[1], plate.shape[0]), allowed_chars="0123456789"),
+        Region("word", (100, 150, word.shape[1], word.shape[0])),
+    ]
+    output = engines()(frame, rois=rois)
+    by_name = {line.roi: line for line in output.lines}
+    assert "detect" not in output.timing_ms
+    assert scoring.alnum(by_name["plate"].text) == scoring.alnum(plate_label)
+    assert by_name["digits"].text and set(by_name["digits"].text) <= set("0123456789")
+    assert scoring.alnum(by_name["word"].text) == scoring.alnum(word_label)
+
+
+def test_concurrent_calls_give_the_same_answers(engines, eval_dev):
+    engine = engines()
+    samples = [p.read_bytes() for p, _ in line_samples(eval_dev, "SROIE2019-task1", 8)]
+    expected = [engine(s, det=False).text for s in samples]
+    results: dict[int, list[str]] = {}
+
+    def worker(index: int) -> None:
+        results[index] = [engine(s, det=False).text for s in samples]
+
+    threads = [threading.Thread(target=worker, args=(i,), name="ocr-test-%d" % i) for i in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert all(results[i] == expected for i in range(3))
+
+
+def test_bad_files_get_their_documented_errors(engines, eval_dev):
+    engine = engines()
+    good = (eval_dev / "pages" / _pages(eval_dev, "sroie", 1)[0]["file"]).read_bytes()
+    with pytest.raises(UnsupportedImage, match="empty"):
+        engine(b"")
+    with pytest.raises(UnsupportedImage, match="not a supported image"):
+        engine(b"GIF89a not really")
+    with pytest.raises(UnsupportedImage, match="corrupt or truncated jpeg"):
+        engine(good[: len(good) // 3])
+    huge = cv2.imencode(".png", np.zeros((8000, 8000), np.uint8))[1].tobytes()  # 64 MP of black
+    with pytest.raises(ImageTooLarge, match="over the 50 MP limit"):
+        engine(huge)

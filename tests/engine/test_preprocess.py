@@ -1,0 +1,136 @@
+"""edge_ocr.engine.preprocess: decoding real and hostile files, resizing, cropping."""
+
+from __future__ import annotations
+
+import struct
+import zlib
+
+import cv2
+import numpy as np
+import pytest
+
+from edge_ocr.engine import preprocess
+from edge_ocr.errors import ImageTooLarge, UnsupportedImage
+
+
+def _encode(ext: str, image: np.ndarray) -> bytes:
+    ok, buf = cv2.imencode(ext, image)
+    assert ok
+    return buf.tobytes()
+
+
+@pytest.fixture
+def photo() -> np.ndarray:
+    rng = np.random.default_rng(0)
+    return rng.integers(0, 255, size=(37, 53, 3), dtype=np.uint8)
+
+
+@pytest.mark.parametrize("ext", [".jpg", ".png", ".bmp", ".tiff", ".webp"])
+def test_probe_and_decode_every_supported_format(photo, ext):
+    data = _encode(ext, photo)
+    fmt, width, height = preprocess.probe_image(data)
+    assert (width, height) == (53, 37)
+    assert fmt in ext.replace("jpg", "jpeg").replace("tiff", "tiff")
+    assert preprocess.decode_image(data, max_megapixels=1).shape == (37, 53, 3)
+
+
+def test_lossless_webp_header(photo):
+    ok, buf = cv2.imencode(".webp", photo, [cv2.IMWRITE_WEBP_QUALITY, 101])
+    assert ok
+    assert preprocess.probe_image(buf.tobytes())[1:] == (53, 37)
+
+
+def test_grey_and_alpha_pngs_decode_to_bgr(photo):
+    grey = _encode(".png", photo[:, :, 0])
+    rgba = _encode(".png", np.dstack([photo, np.full(photo.shape[:2], 255, np.uint8)]))
+    assert preprocess.decode_image(grey, 1).shape == (37, 53, 3)
+    assert preprocess.decode_image(rgba, 1).shape == (37, 53, 3)
+
+
+def _exif_app1(orientation: int) -> bytes:
+    # A minimal big-endian TIFF header with one IFD entry: Orientation (0x0112), SHORT.
+    tiff = b"MM\x00*" + struct.pack(">I", 8) + struct.pack(">H", 1)
+    tiff += struct.pack(">HHIHH", 0x0112, 3, 1, orientation, 0) + struct.pack(">I", 0)
+    payload = b"Exif\x00\x00" + tiff
+    return b"\xff\xe1" + struct.pack(">H", len(payload) + 2) + payload
+
+
+def test_exif_orientation_is_applied(photo):
+    jpeg = _encode(".jpg", photo)
+    rotated = jpeg[:2] + _exif_app1(6) + jpeg[2:]  # 6 = rotate 90° clockwise to display
+    assert preprocess.probe_image(rotated)[1:] == (53, 37)  # the header keeps stored size
+    assert preprocess.decode_image(rotated, 1).shape == (53, 37, 3)
+
+
+@pytest.mark.parametrize(
+    "data, message",
+    [
+        (b"", "empty file"),
+        (b"hello, this is a text file\n", "not a supported image"),
+        (b"%PDF-1.7\n", "not a supported image"),
+        (b"\x89PNG\r\n\x1a\n\x00\x00", "truncated"),
+    ],
+)
+def test_non_images_are_refused_with_a_reason(data, message):
+    with pytest.raises(UnsupportedImage, match=message):
+        preprocess.decode_image(data, 50)
+
+
+def test_truncated_jpeg_is_refused(photo):
+    jpeg = _encode(".jpg", cv2.resize(photo, (640, 480)))
+    with pytest.raises(UnsupportedImage):
+        preprocess.decode_image(jpeg[:200], 50)
+
+
+def test_corrupt_png_body_is_refused(photo):
+    png = bytearray(_encode(".png", photo))
+    png[60:80] = b"\x00" * 20  # inside the IDAT stream
+    with pytest.raises(UnsupportedImage, match="corrupt or truncated png"):
+        preprocess.decode_image(bytes(png), 50)
+
+
+def _png_chunk(kind: bytes, body: bytes) -> bytes:
+    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+
+def test_decompression_bomb_is_refused_before_decoding():
+    """A real 20000x20000 grey PNG: ~400 KB on disk, 400 MB (1.2 GB as BGR) once decoded."""
+    width = height = 20000
+    compressor = zlib.compressobj(9)
+    row = b"\x00" * (width + 1)  # filter byte + pixels
+    body = b"".join(compressor.compress(row) for _ in range(height)) + compressor.flush()
+    png = b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0))
+    png += _png_chunk(b"IDAT", body) + _png_chunk(b"IEND", b"")
+    assert len(png) < 2_000_000
+    with pytest.raises(ImageTooLarge, match=r"20000x20000 \(400.0 MP\), over the 50 MP limit"):
+        preprocess.decode_image(png, max_megapixels=50)
+
+
+def test_resize_for_detection_keeps_multiples_and_records_the_scale():
+    image = np.zeros((720, 1280, 3), np.uint8)
+    resized, transform = preprocess.resize_for_detection(image, limit_side=960, multiple=32)
+    assert resized.shape[0] % 32 == 0 and resized.shape[1] == 960
+    corner = transform.to_source(np.array([[960.0, resized.shape[0]]]))
+    np.testing.assert_allclose(corner, [[1280, 720]], rtol=1e-5)
+
+
+def test_crop_quad_straightens_a_rotated_line():
+    image = np.full((200, 200, 3), 255, np.uint8)
+    cv2.rectangle(image, (50, 90), (150, 110), (0, 0, 0), -1)
+    quad = np.array([[50, 90], [150, 90], [150, 110], [50, 110]], np.float32)
+    crop = preprocess.crop_quad(image, quad)
+    assert crop.shape[:2] == (20, 100)
+    assert crop.mean() < 40  # the crop is the black bar, not the white page
+
+
+def test_tall_detected_crops_are_turned_to_horizontal():
+    image = np.zeros((200, 200, 3), np.uint8)
+    quad = np.array([[90, 20], [110, 20], [110, 180], [90, 180]], np.float32)
+    assert preprocess.crop_quad(image, quad).shape[:2] == (20, 160)
+
+
+def test_resize_for_recognition_pads_with_normalised_grey():
+    crop = np.full((24, 48, 3), 255, np.uint8)
+    tensor = preprocess.resize_for_recognition(crop, height=48, width=320)
+    assert tensor.shape == (3, 48, 320) and tensor.dtype == np.float32
+    assert np.allclose(tensor[:, :, :96], 1.0) and np.allclose(tensor[:, :, 96:], 0.0)

@@ -1,0 +1,51 @@
+"""edge_ocr.engine.recognize: batch planning and script routing (pure parts)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from edge_ocr.engine.decode import Charset, Decoded
+from edge_ocr.engine.recognize import batch_width, has_cjk, plan_batches, recognize, route_by_script
+
+
+def test_batches_group_similar_widths():
+    widths = [480, 48, 456, 58, 240]
+    assert plan_batches(widths, batch_size=2, max_columns=10_000) == [[1, 3], [4, 2], [0]]
+
+
+def test_batches_of_long_lines_stay_within_the_column_budget():
+    widths = [320] * 6 + [1500, 1600, 3000]
+    batches = plan_batches(widths, batch_size=8, max_columns=3200)
+    assert batches == [[0, 1, 2, 3, 4, 5], [6, 7], [8]]
+    assert all(len(b) * max(widths[i] for i in b) <= 3200 for b in batches)
+
+
+def test_batch_width_is_the_widest_line_within_bounds():
+    assert batch_width([2.0, 3.0], height=48, min_width=0, max_width=3072) == 144
+    assert batch_width([2.0], height=48, min_width=320, max_width=3072) == 320
+    assert batch_width([200.0], height=48, min_width=0, max_width=3072) == 3072
+
+
+def test_results_come_back_in_input_order():
+    charset = Charset(tuple("abc"))
+    crops = [np.full((10, w, 3), 200, np.uint8) for w in (50, 10, 30)]
+
+    def fake_model(batch: np.ndarray) -> np.ndarray:
+        """Reads one "a" per 16 unpadded columns (padding is exactly 0 after normalising)."""
+        out = np.zeros((batch.shape[0], batch.shape[3] // 4, 4), np.float32)
+        out[:, :, 0] = 1.0
+        for i, image in enumerate(batch):
+            count = int((image[0, 0] != 0).sum()) // 16
+            out[i, 0 : 2 * count : 2] = [0.0, 1.0, 0.0, 0.0]
+        return out
+
+    texts = [d.text for d in recognize(crops, fake_model, charset, 16, 0, 1000, batch_size=2, max_columns=1000)]
+    assert texts == ["aaaaa", "a", "aaa"]  # 80, 16 and 48 px wide at height 16
+
+
+def test_route_by_script_takes_the_chinese_reading_only_for_chinese_lines():
+    primary = [Decoded("A·C4933", 0.9), Decoded("TOTAL 12.50", 0.99), Decoded("皖AC4933", 0.8)]
+    chinese = [Decoded("皖AC4933", 0.95), Decoded("TOTAL12.5O", 0.97), Decoded("皖AC4938", 0.9)]
+    routed = route_by_script(primary, chinese)
+    assert [r.text for r in routed] == ["皖AC4933", "TOTAL 12.50", "皖AC4938"]
+    assert has_cjk("京") and not has_cjk("Straße 12")

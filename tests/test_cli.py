@@ -1,0 +1,75 @@
+"""edge_ocr.cli: the commands as a user or script runs them, in a real subprocess."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from tests.conftest import line_samples
+
+
+def edge_ocr(*args: str, cwd=None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "edge_ocr", *args], capture_output=True, text=True, timeout=600, cwd=cwd
+    )
+
+
+def test_ocr_json_lines_one_per_image_with_errors_kept(eval_dev, tmp_path):
+    (word, label), = line_samples(eval_dev, "IIIT5K-test", 1)
+    page = next((eval_dev / "pages").glob("sroie_*.jpg"))
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(page.read_bytes()[:5000])
+    empty = tmp_path / "empty.png"
+    empty.write_bytes(b"")
+
+    run = edge_ocr("ocr", "--json", "--threads", "1", str(word), str(page), str(broken), str(empty), str(tmp_path / "missing.png"))
+    assert run.returncode == 1  # some files failed
+    results = [json.loads(line) for line in run.stdout.splitlines()]
+    assert [r["file"] for r in results] == [str(word), str(page), str(broken), str(empty), str(tmp_path / "missing.png")]
+    assert results[0]["status"] == "ok" and results[1]["status"] in ("ok", "low_confidence")
+    assert len(results[1]["lines"]) > 10 and all(len(line["box"]) == 4 for line in results[1]["lines"])
+    assert results[1]["model"]["name"] == "ppocrv6-small"
+    assert set(results[1]["timing_ms"]) >= {"detect", "recognize", "total"}
+    assert [r["error"]["code"] for r in results[2:]] == ["unsupported_image", "unsupported_image", "error"]
+    assert all(r["status"] == "error" and r["lines"] == [] for r in results[2:])
+    assert "file=%s" % broken in run.stderr
+
+
+def test_ocr_plain_text_without_detection(eval_dev):
+    (word, label), = line_samples(eval_dev, "IIIT5K-test", 1)
+    run = edge_ocr("ocr", "--no-det", str(word))
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip().casefold() == label.casefold()
+
+
+def test_unknown_pack_is_a_runtime_error_naming_the_choices(eval_dev):
+    (word, _), = line_samples(eval_dev, "IIIT5K-test", 1)
+    run = edge_ocr("ocr", "--pack", "nope", str(word))
+    assert run.returncode == 1
+    assert "model pack 'nope' not found" in run.stderr and "ppocrv6-small" in run.stderr
+
+
+def test_bad_usage_exits_2():
+    assert edge_ocr("ocr").returncode == 2
+    assert edge_ocr("ocr", "--threads", "many", "x.png").returncode == 2
+
+
+def test_eval_scores_a_small_lines_manifest(eval_dev, tmp_path):
+    samples = line_samples(eval_dev, "SROIE2019-task1", 5)
+    manifest = tmp_path / "labels.tsv"
+    manifest.write_text("".join("%s\t%s\ten\tmini\n" % (p, t) for p, t in samples), encoding="utf-8")
+    report = tmp_path / "report.json"
+    run = edge_ocr("eval", str(manifest), "--json", str(report))
+    assert run.returncode == 0, run.stderr
+    assert "| mini | 5 |" in run.stdout
+    data = json.loads(report.read_text())
+    assert data["kind"] == "lines" and data["sources"]["mini"]["n"] == 5
+    assert data["sources"]["mini"]["alnum"] >= 60
+
+
+def test_models_list_and_verify():
+    listed = edge_ocr("models", "list")
+    assert listed.returncode == 0 and "ppocrv6-small" in listed.stdout and "(default)" in listed.stdout
+    verified = edge_ocr("models", "verify")
+    assert verified.returncode == 0 and "FAILED" not in verified.stdout
