@@ -77,6 +77,28 @@ def cmd_ocr(args: argparse.Namespace) -> int:
     return EXIT_FAILURE if failures else EXIT_OK
 
 
+def cmd_run(args: argparse.Namespace) -> int:
+    from edge_ocr.app import App
+    from edge_ocr.config import find_config, load_config
+
+    config = load_config(find_config(args.config))
+    log.info("config loaded path=%s", config.path or "built-in defaults")
+    return App(config).run()
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from edge_ocr.app import check
+    from edge_ocr.config import find_config, load_config
+
+    config = load_config(find_config(args.config))
+    problems = check(config, broker_timeout_s=args.timeout)
+    for problem in problems:
+        print(problem)
+    if not problems:
+        print("ok: %s" % (config.path or "built-in defaults"))
+    return EXIT_FAILURE if problems else EXIT_OK
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     from edge_ocr import evaluate
 
@@ -156,6 +178,16 @@ def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", parents=[common], help="the daemon (what systemd starts)")
+    run.add_argument("-c", "--config", metavar="FILE", help="config file (default: $EDGE_OCR_CONFIG, "
+                     "/etc/edge-ocr/config.toml, built-in defaults)")
+    run.set_defaults(func=cmd_run)
+
+    chk = sub.add_parser("check", parents=[common], help="validate config, models, folders and the broker")
+    chk.add_argument("-c", "--config", metavar="FILE", help="config file (same search as run)")
+    chk.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for the broker")
+    chk.set_defaults(func=cmd_check)
 
     ocr = sub.add_parser("ocr", parents=[common], help="one-shot OCR of image files")
     ocr.add_argument("images", nargs="+", metavar="IMAGE")

@@ -104,3 +104,18 @@ def test_cpu_capacities_reads_sysfs_layout(tmp_path):
         (tmp_path / ("cpu%d" % cpu) / "cpu_capacity").write_text("%d\n" % capacity)
     assert models.cpu_capacities(tmp_path) == {0: 446, 1: 1024}
     assert models.auto_threads() >= 1
+
+
+@pytest.mark.parametrize("name", PACKS)
+def test_shipped_int8_variants_passed_their_accuracy_gate(name):
+    """An int8 file ships only when `edge-ocr eval` put it within 1 point of fp32 on eval-dev:
+    line accuracy for recognisers, end-to-end page F1 for detectors."""
+    pack = models.load_pack(name)
+    gates = {"rec": ("eval-dev/lines", "alnum"), "det": ("eval-dev/pages", "e2e_f1")}
+    for stage, (eval_set, metric) in gates.items():
+        if stage not in pack.stages or "int8" not in pack.stages[stage].variants:
+            continue
+        recorded = pack.accuracy[eval_set]
+        fp32 = recorded["fp32"]["sources"]["all"][metric]
+        int8 = recorded["int8"]["sources"]["all"][metric]
+        assert int8 >= fp32 - 1.0, "%s %s int8 %s=%.2f vs fp32 %.2f" % (name, stage, metric, int8, fp32)

@@ -22,17 +22,30 @@ from tests.conftest import line_samples
 SOURCES = ("IIIT5K-test", "ICDAR2015-word-test", "SROIE2019-task1", "LPRNet_Pytorch-test-plates")
 SUBSET = 40  # first N crops of each source
 
-# Alphanumeric accuracy (%) of each pack on the first 40 crops per source, measured with
-# tests/engine/test_ocr.py::subset_accuracy at the commit that set them.
+# Alphanumeric accuracy (%) of each pack on the first 40 crops per source (``subset_accuracy``
+# with threads=2, precision auto), measured on x86_64 when the packs were committed.
 SUBSET_BASELINE = {
-    "ppocrv6-small": {},
-    "crnn": {},
-    "ppocrv6-tiny": {},
+    "ppocrv6-small": {"IIIT5K-test": 95.0, "ICDAR2015-word-test": 65.0, "SROIE2019-task1": 92.5, "LPRNet_Pytorch-test-plates": 92.5},
+    "crnn": {"IIIT5K-test": 77.5, "ICDAR2015-word-test": 42.5, "SROIE2019-task1": 85.0, "LPRNet_Pytorch-test-plates": 85.0},
+    "ppocrv6-tiny": {"IIIT5K-test": 82.5, "ICDAR2015-word-test": 55.0, "SROIE2019-task1": 75.0, "LPRNet_Pytorch-test-plates": 27.5},
 }
 MARGIN = 5.0  # points; 2 of 40 lines
 
-# Lines the default pack reads exactly (case-folded), a few from every source.
-FIXED_LINES: tuple[tuple[str, str], ...] = ()
+# Lines the default pack reads right (letters and digits, case-folded), a few from every source.
+FIXED_LINES = (
+    ("iiit5k_00234b5f61c0.png", "LED"),
+    ("iiit5k_00fa4763576d.png", "on"),
+    ("iiit5k_03183c992fee.png", "This"),
+    ("ic15w_00406e2db65a.png", "NEW"),
+    ("ic15w_005b4bc38a6c.png", "FACE"),
+    ("ic15w_02772dbbba1e.png", "Asia's"),
+    ("sroie_001_023.png", "GF-TABLE LAMP/STITCH <I>"),
+    ("sroie_003_048.png", "TAX CODE"),
+    ("sroie_003_054.png", "80.91"),
+    ("plate_005621c69989.jpg", "皖AC4933"),
+    ("plate_01915e03cf0c.jpg", "皖AT1L05"),
+    ("plate_0198f527994e.jpg", "皖A5S939"),
+)
 
 
 def subset_accuracy(engine, eval_dev, source: str) -> float:
@@ -44,7 +57,7 @@ def subset_accuracy(engine, eval_dev, source: str) -> float:
 @pytest.mark.parametrize("filename, label", FIXED_LINES)
 def test_fixed_lines_read_their_labels(engines, eval_dev, filename, label):
     output = engines()((eval_dev / "lines" / filename).read_bytes(), det=False)
-    assert scoring.fold(output.text) == scoring.fold(label)
+    assert scoring.alnum(output.text) == scoring.alnum(label)
 
 
 @pytest.mark.parametrize("pack", list_packs())
@@ -163,3 +176,17 @@ def test_bad_files_get_their_documented_errors(engines, eval_dev):
     huge = cv2.imencode(".png", np.zeros((8000, 8000), np.uint8))[1].tobytes()  # 64 MP of black
     with pytest.raises(ImageTooLarge, match="over the 50 MP limit"):
         engine(huge)
+
+
+def test_angle_classifier_turns_upside_down_lines(eval_dev):
+    from edge_ocr.engine.ocr import EngineOptions, OcrEngine
+
+    engine = OcrEngine(EngineOptions(use_cls=True, threads=2))
+    samples = line_samples(eval_dev, "SROIE2019-task1", 12)
+    upright = flipped = 0
+    for path, label in samples:
+        image = cv2.imread(str(path))
+        upright += scoring.alnum(engine(image, det=False).text) == scoring.alnum(label)
+        flipped += scoring.alnum(engine(image[::-1, ::-1].copy(), det=False).text) == scoring.alnum(label)
+    assert "classify" in engine(cv2.imread(str(samples[0][0])), det=False).timing_ms
+    assert flipped >= upright - 2 and flipped >= 8, (upright, flipped)
