@@ -1,27 +1,50 @@
 #!/usr/bin/env bash
-# install.sh — set up edge-ocr.
-#   ./install.sh --dev    a .venv in this checkout with edge-ocr (editable) and the test tools; no root
-# The system install (service user, /opt venv, systemd unit) is tracked separately and not
-# in this version yet: run --dev.
+# install.sh — install edge-ocr. Idempotent: run it again to upgrade.
+#   sudo ./install.sh              system install: user edge-ocr, venv in /opt/edge-ocr, config in
+#                                  /etc/edge-ocr (kept on upgrade), state in /var/lib/edge-ocr, systemd unit
+#   ./install.sh --dev             a .venv in this checkout (editable, with the test tools); no root
+#   sudo ./install.sh --uninstall  remove what the system install added, keeping config and data
+#   sudo ./install.sh --purge      remove config and data too
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 python=${PYTHON:-python3}
+prefix=/opt/edge-ocr
+etc=/etc/edge-ocr
+state=/var/lib/edge-ocr
+unit=/etc/systemd/system/edge-ocr.service
+user=edge-ocr
 
 say() { printf 'install.sh: %s\n' "$*"; }
 die() { printf 'install.sh: error: %s\n' "$*" >&2; exit 1; }
 
+is_root() { [ "$(id -u)" -eq 0 ]; }
+has_systemd() { [ -d /run/systemd/system ]; }
+is_raspberry_pi() { grep -qi 'raspberry pi' /proc/device-tree/model 2>/dev/null; }
+
+apt_install() {
+    command -v apt-get >/dev/null || die "missing packages ($*) and no apt-get to install them"
+    say "installing with apt-get: $*"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
+}
+
 need_python() {
-    command -v "$python" >/dev/null || die "$python not found; on Debian: apt-get install python3 python3-venv"
+    command -v "$python" >/dev/null || { is_root && apt_install python3 python3-venv; } \
+        || die "$python not found; on Debian: sudo apt-get install python3 python3-venv"
     "$python" -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
         || die "Python 3.11 or newer is required ($("$python" --version 2>&1) found)"
     if ! "$python" -c 'import ensurepip, venv' 2>/dev/null; then
-        if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null; then
-            say "installing python3-venv with apt-get"
-            apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null
-        else
-            die "the venv module is missing; on Debian: sudo apt-get install python3-venv"
-        fi
+        is_root || die "the venv module is missing; on Debian: sudo apt-get install python3-venv"
+        apt_install python3-venv
+    fi
+}
+
+# pip arguments for the target machine: Raspberry Pi OS's picamera2 is built against numpy 1.x,
+# and opencv-python-headless 5 needs numpy 2, so a Pi keeps both on their 1.x-compatible lines.
+pip_constraints() {
+    if is_raspberry_pi; then
+        echo "numpy<2" "opencv-python-headless<4.12"
     fi
 }
 
@@ -34,15 +57,88 @@ install_dev() {
     fi
     say "installing edge-ocr (editable) and the test tools into $venv"
     "$venv/bin/python" -m pip install --quiet --disable-pip-version-check --upgrade pip
-    "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -e "$here[dev]"
+    # shellcheck disable=SC2046
+    "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -e "$here[dev]" $(pip_constraints)
     "$venv/bin/edge-ocr" models verify >/dev/null || die "bundled models failed their sha256 check (edge-ocr models verify)"
     say "done: $venv/bin/edge-ocr --help · tests: $venv/bin/python -m pytest"
 }
 
+install_system() {
+    is_root || die "the system install needs root: sudo $0 (or --dev for a local .venv)"
+    need_python
+    local site=()
+    if is_raspberry_pi; then
+        dpkg -s python3-picamera2 >/dev/null 2>&1 || apt_install python3-picamera2
+        site=(--system-site-packages)  # picamera2 and libcamera come from apt, not pip
+    fi
+
+    if ! id "$user" >/dev/null 2>&1; then
+        say "creating system user $user"
+        useradd --system --user-group --home-dir "$state" --no-create-home --shell /usr/sbin/nologin "$user"
+    fi
+    getent group video >/dev/null && usermod -a -G video "$user"
+
+    say "installing into $prefix/venv"
+    mkdir -p "$prefix"
+    [ -x "$prefix/venv/bin/python" ] || "$python" -m venv "${site[@]}" "$prefix/venv"
+    "$prefix/venv/bin/python" -m pip install --quiet --disable-pip-version-check --upgrade pip
+    # shellcheck disable=SC2046
+    "$prefix/venv/bin/python" -m pip install --quiet --disable-pip-version-check --upgrade "$here" $(pip_constraints)
+    # Models live at <venv>/share/edge-ocr/models, where edge_ocr.engine.models looks in a wheel install.
+    rm -rf "$prefix/venv/share/edge-ocr/models.new"
+    mkdir -p "$prefix/venv/share/edge-ocr"
+    cp -r "$here/models" "$prefix/venv/share/edge-ocr/models.new"
+    rm -rf "$prefix/venv/share/edge-ocr/models"
+    mv "$prefix/venv/share/edge-ocr/models.new" "$prefix/venv/share/edge-ocr/models"
+    install -m 0644 "$here/README.md" "$prefix/README.md"
+    "$prefix/venv/bin/edge-ocr" models verify >/dev/null || die "installed models failed their sha256 check"
+
+    install -d -m 0755 "$etc"
+    if [ -f "$etc/config.toml" ]; then
+        install -m 0644 "$here/config/edge-ocr.toml" "$etc/config.toml.example"
+        say "kept $etc/config.toml; the new example is $etc/config.toml.example"
+    else
+        install -m 0644 "$here/config/edge-ocr.toml" "$etc/config.toml"
+        say "wrote $etc/config.toml"
+    fi
+    install -d -m 0750 -o "$user" -g "$user" "$state" "$state/inbox" "$state/done" "$state/failed" "$state/spool"
+    # Writers (scanners, Syncthing, SMB) drop files here as members of group edge-ocr.
+    chmod 2770 "$state/inbox"
+
+    install -m 0644 "$here/systemd/edge-ocr.service" "$unit"
+    if has_systemd; then
+        systemctl daemon-reload
+        systemctl enable edge-ocr.service >/dev/null
+        systemctl restart edge-ocr.service
+        say "started: systemctl status edge-ocr · journalctl -u edge-ocr -f"
+    else
+        say "installed; systemd is not running here, so the service was not started"
+    fi
+}
+
+uninstall() {
+    local purge=$1
+    is_root || die "uninstall needs root"
+    if has_systemd && [ -f "$unit" ]; then
+        systemctl disable --now edge-ocr.service >/dev/null 2>&1 || true
+    fi
+    rm -f "$unit"
+    has_systemd && systemctl daemon-reload || true
+    rm -rf "$prefix"
+    if [ "$purge" = yes ]; then
+        rm -rf "$etc" "$state"
+        id "$user" >/dev/null 2>&1 && userdel "$user"
+        say "removed edge-ocr with its config and data"
+    else
+        say "removed edge-ocr; kept $etc and $state (--purge removes them)"
+    fi
+}
+
 case "${1:-}" in
+    "") install_system ;;
     --dev) install_dev ;;
-    -h|--help|"")
-        sed -n '2,6p' "$0" | sed 's/^# \{0,1\}//'
-        [ -n "${1:-}" ] || exit 2 ;;
+    --uninstall) uninstall no ;;
+    --purge) uninstall yes ;;
+    -h|--help) sed -n '2,8p' "$0" | sed 's/^# \{0,1\}//' ;;
     *) die "unknown option: $1 (try --help)" ;;
 esac

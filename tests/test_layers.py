@@ -1,0 +1,88 @@
+"""Imports point inward (STYLE.md §1): each module may import only the edge_ocr modules
+its layer allows. Parses every module's imports with ast; fails on an upward or sideways one."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parents[1] / "edge_ocr"
+
+LEAVES = ("edge_ocr.errors", "edge_ocr.results", "edge_ocr.config", "edge_ocr.engine.types", "edge_ocr.stats")
+
+# module prefix → edge_ocr modules it may import (a prefix allows everything below it)
+ALLOWED: dict[str, tuple[str, ...]] = {
+    "edge_ocr.errors": (),
+    "edge_ocr.engine.types": (),
+    "edge_ocr.engine": ("edge_ocr.engine", "edge_ocr.errors"),
+    "edge_ocr.results": ("edge_ocr.engine.types", "edge_ocr.errors"),
+    "edge_ocr.config": ("edge_ocr.errors", "edge_ocr.engine.types", "edge_ocr.engine.ocr"),
+    "edge_ocr.stats": ("edge_ocr.errors",),
+    "edge_ocr.notify": ("edge_ocr.errors",),
+    "edge_ocr.guard": ("edge_ocr.config", "edge_ocr.stats", "edge_ocr.errors"),
+    "edge_ocr.scoring": (),
+    "edge_ocr.evaluate": ("edge_ocr.scoring", "edge_ocr.engine.detect", "edge_ocr.errors"),
+    "edge_ocr.sources": ("edge_ocr.sources",) + LEAVES,
+    "edge_ocr.sinks": ("edge_ocr.sinks",) + LEAVES,
+    "edge_ocr.pipeline": ("edge_ocr.engine",) + LEAVES,
+    "edge_ocr.app": (
+        "edge_ocr.pipeline",
+        "edge_ocr.sources",
+        "edge_ocr.sinks",
+        "edge_ocr.guard",
+        "edge_ocr.notify",
+        "edge_ocr.engine",
+    )
+    + LEAVES,
+    "edge_ocr.cli": ("edge_ocr",),
+    "edge_ocr.__main__": ("edge_ocr.cli",),
+    "edge_ocr": (),  # edge_ocr/__init__.py
+}
+
+
+def _module_name(path: Path) -> str:
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _imports(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.add(node.module)
+            found.update("%s.%s" % (node.module, alias.name) for alias in node.names)
+    return {name for name in found if name == "edge_ocr" or name.startswith("edge_ocr.")}
+
+
+def _rule(module: str) -> tuple[str, tuple[str, ...]]:
+    matches = [prefix for prefix in ALLOWED if module == prefix or module.startswith(prefix + ".")]
+    prefix = max(matches, key=len)
+    return prefix, ALLOWED[prefix]
+
+
+def _allowed(name: str, allowed: tuple[str, ...]) -> bool:
+    # "from edge_ocr.engine import detect" yields both edge_ocr.engine and edge_ocr.engine.detect.
+    return any(name == a or name.startswith(a + ".") or a.startswith(name + ".") for a in allowed)
+
+
+def test_every_import_points_inward():
+    problems = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        module = _module_name(path)
+        prefix, allowed = _rule(module)
+        for name in sorted(_imports(path)):
+            if name == "edge_ocr" and module == "edge_ocr.cli":
+                continue
+            if not _allowed(name, allowed + (module, "edge_ocr.__version__")):
+                problems.append("%s imports %s (allowed under %s: %s)" % (module, name, prefix, ", ".join(allowed) or "nothing"))
+    assert not problems, "\n".join(problems)
+
+
+def test_the_checker_catches_a_sideways_import():
+    prefix, allowed = _rule("edge_ocr.sinks.http")
+    assert prefix == "edge_ocr.sinks"
+    assert not _allowed("edge_ocr.engine.ocr", allowed)
+    assert _allowed("edge_ocr.engine.types", allowed)

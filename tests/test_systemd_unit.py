@@ -1,0 +1,57 @@
+"""systemd/edge-ocr.service: systemd's own checks on the unit we install."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+UNIT = Path(__file__).resolve().parents[1] / "systemd" / "edge-ocr.service"
+
+
+@pytest.fixture
+def unit_here(tmp_path) -> Path:
+    """The unit with ExecStart pointed at this venv's edge-ocr, which verify requires to exist."""
+    analyze = shutil.which("systemd-analyze")
+    if analyze is None:
+        if os.environ.get("CI"):
+            pytest.fail("systemd-analyze not found (apt-get install systemd)")
+        pytest.skip("systemd-analyze not found")
+    executable = Path(sys.executable).with_name("edge-ocr")
+    assert executable.exists()
+    text = UNIT.read_text().replace("/opt/edge-ocr/venv/bin/edge-ocr", str(executable))
+    target = tmp_path / "edge-ocr.service"
+    target.write_text(text)
+    return target
+
+
+def test_unit_verifies_without_a_single_warning(unit_here):
+    # systemd-analyze exits 0 on unknown keys and typos: any output at all is a failure.
+    run = subprocess.run(["systemd-analyze", "verify", str(unit_here)], capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0 and run.stdout == "" and run.stderr == "", run.stdout + run.stderr
+
+
+def test_unit_keeps_its_hardening_score(unit_here):
+    run = subprocess.run(
+        ["systemd-analyze", "security", "--offline=true", "--no-pager", str(unit_here)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    match = re.search(r"Overall exposure level for \S+: ([\d.]+)", run.stdout)
+    assert match, run.stdout + run.stderr
+    assert float(match.group(1)) <= 2.0, run.stdout
+
+
+def test_unit_is_a_notify_service_with_a_watchdog():
+    keys = dict(
+        line.split("=", 1) for line in UNIT.read_text().splitlines() if "=" in line and not line.startswith("#")
+    )
+    assert keys["Type"] == "notify" and keys["Restart"] == "on-failure"
+    assert int(keys["WatchdogSec"].rstrip("s")) > 0
+    assert keys["User"] == "edge-ocr" and keys["SupplementaryGroups"] == "video"
