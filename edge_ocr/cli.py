@@ -10,6 +10,7 @@ import json
 import logging
 import os
 import sys
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -142,6 +143,61 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _int_list(flag: str, text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",")]
+    except ValueError as exc:
+        raise ConfigError("%s: expected comma-separated integers, got %r" % (flag, text)) from exc
+    if not values or min(values) < 1:
+        raise ConfigError("%s: expected integers >= 1, got %r" % (flag, text))
+    return values
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from edge_ocr import bench
+
+    if args.worker:
+        images = [Path(line) for line in Path(args.worker).read_text().splitlines() if line]
+        config = bench.BenchConfig(args.pack, args.precision, int(args.threads))
+        print(json.dumps(bench.run_worker(config, images, det=not args.no_det, warmup=args.warmup)))
+        return EXIT_OK
+    from edge_ocr.engine.models import auto_threads, resolve_pack_name
+
+    eval_dev = Path(args.eval_dev)
+    with tempfile.TemporaryDirectory(prefix="edge-ocr-bench.") as tmp:
+        if args.set == "frames":
+            images = bench.camera_frames(eval_dev, args.limit, Path(tmp) / "frames")
+        else:
+            images = bench.image_set(args.set, eval_dev, args.limit)
+        if not images:
+            raise ConfigError("bench: no images in set %r" % args.set)
+        det = not args.no_det and args.set != "lines"
+        thread_counts = [auto_threads()] if args.threads == "auto" else _int_list("--threads", args.threads)
+        # Every configuration, ours and the reference, is pinned to the same CPUs.
+        cpus = set(sorted(os.sched_getaffinity(0))[: max(thread_counts)])
+        results = []
+        for pack in args.packs.split(","):
+            for precision in args.precisions.split(","):
+                for threads in thread_counts:
+                    config = bench.BenchConfig(resolve_pack_name(pack), precision, threads)
+                    log.info("bench config=%r images=%d", config.label, len(images))
+                    results.append(bench.measure(config, images, det, args.warmup, cpus))
+        reference = None
+        if args.compare:
+            for threads in thread_counts:
+                log.info("bench reference=rapidocr-1.3.24 threads=%d", threads)
+                results.append(
+                    bench.measure_rapidocr(Path(args.ref_python), Path(args.ref_script), images, threads, det, cpus)
+                )
+            reference = "rapidocr-1.3.24 fp32 t%d" % thread_counts[-1]
+    table = bench.format_table(results, reference)
+    header = "edge-ocr bench · set=%s images=%d det=%s · %s" % (args.set, len(images), det, bench.machine())
+    print("%s\n\n%s" % (header, table))
+    if args.json:
+        Path(args.json).write_text(json.dumps({"machine": bench.machine(), "set": args.set, "results": results}, indent=2) + "\n")
+    return EXIT_OK
+
+
 def cmd_models(args: argparse.Namespace) -> int:
     from edge_ocr.engine.models import DEFAULT_PACK, list_packs, load_pack, models_root, verify_pack
 
@@ -205,6 +261,24 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--record", action="store_true", help="store the scores in the pack's manifest.json (maintainers)")
     _add_engine_flags(ev)
     ev.set_defaults(func=cmd_eval)
+
+    bn = sub.add_parser("bench", parents=[common], help="latency, CPU, throughput and peak RSS per stage")
+    bn.add_argument("--set", default="pages", help="pages, sroie, ic15, lines, frames (640x480), a directory or a file")
+    bn.add_argument("--limit", type=int, default=20, help="images from the set (default 20)")
+    bn.add_argument("--packs", default="default", help="comma-separated packs")
+    bn.add_argument("--precisions", default="fp32,int8", help="comma-separated: fp32,int8,auto")
+    bn.add_argument("--threads", default="1,2", help="comma-separated thread counts, or auto")
+    bn.add_argument("--warmup", type=int, default=2)
+    bn.add_argument("--no-det", action="store_true")
+    bn.add_argument("--compare", action="store_true", help="also run RapidOCR 1.3.24 (dev venv .venv-ref)")
+    bn.add_argument("--ref-python", default=".venv-ref/bin/python")
+    bn.add_argument("--ref-script", default="bench/rapidocr_predict.py")
+    bn.add_argument("--eval-dev", default=str(Path(__file__).resolve().parents[1].parent / "shared" / "eval-dev"))
+    bn.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+    bn.add_argument("--worker", help=argparse.SUPPRESS)
+    bn.add_argument("--pack", default="default", help=argparse.SUPPRESS)
+    bn.add_argument("--precision", default="auto", help=argparse.SUPPRESS)
+    bn.set_defaults(func=cmd_bench)
 
     models = sub.add_parser("models", parents=[common], help="installed model packs")
     models_sub = models.add_subparsers(dest="action", required=True)

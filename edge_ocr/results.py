@@ -7,12 +7,15 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import Enum
 from typing import Any
 
-from edge_ocr.engine.types import EngineOutput
+import numpy as np
+
+from edge_ocr.engine.types import EngineOutput, Region, TextLine
 from edge_ocr.errors import EdgeOcrError
 
 
@@ -39,6 +42,8 @@ class Result:
     changed: bool = True
     previous_text: str | None = None
     timing_ms: dict[str, float] = field(default_factory=dict)
+    sha256: str | None = None  # of the input bytes, for folder sources (resume, reuse)
+    traceback: str | None = None  # summary for failed/NAME.error.json; never in to_dict()
 
     @property
     def text(self) -> str:
@@ -79,6 +84,8 @@ class Result:
         }
         if self.file is not None:
             data["file"] = self.file
+        if self.sha256 is not None:
+            data["sha256"] = self.sha256
         return data
 
     def to_json(self) -> str:
@@ -92,3 +99,38 @@ def status_for(output: EngineOutput, low_confidence: float) -> Status:
     if min(line.score for line in output.lines) < low_confidence:
         return Status.LOW_CONFIDENCE
     return Status.OK
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    """One image a source hands to the pipeline.
+
+    ``cached`` is an earlier engine output for identical bytes (the engine is skipped);
+    ``on_done`` is called on the pipeline thread after the sinks took the result (a folder
+    source moves the file to done/ or failed/ there). A job the pipeline never ran (shutdown)
+    gets no call: the source must cope (a folder file stays in ``.processing/``).
+    """
+
+    source: str
+    image: bytes
+    file: str | None = None
+    sha256: str | None = None
+    rois: tuple[Region, ...] = ()
+    det: bool = True
+    cached: EngineOutput | None = None
+    on_done: Callable[[Result], None] | None = None
+    ts: datetime = field(default_factory=lambda: datetime.now(UTC))
+
+
+def output_from_dict(data: dict[str, Any]) -> EngineOutput:
+    """Rebuild the engine output of a stored result JSON (``Result.to_dict()``); KeyError/ValueError if malformed."""
+    lines = tuple(
+        TextLine(
+            str(line["text"]),
+            float(line["score"]),
+            np.asarray(line["box"], dtype=np.float32).reshape(4, 2),
+            roi=line.get("roi"),
+        )
+        for line in data["lines"]
+    )
+    return EngineOutput(lines, (0, 0), {})

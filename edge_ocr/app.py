@@ -1,0 +1,275 @@
+"""The daemon: builds the engine, pipeline, sources and sinks from Config, owns their threads,
+handles SIGTERM/SIGINT (clean stop) and SIGHUP (reload), talks to systemd. Imports all but cli.
+
+Data flow: FolderSource threads ``source:<name>`` → Pipeline queue → thread ``pipeline``
+(engine) → sinks (MqttSink spool) → ``job.on_done`` (done/ or failed/). Stop runs in reverse.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import fields, replace
+from pathlib import Path
+
+from edge_ocr.config import (
+    CameraSourceConfig,
+    Config,
+    EngineConfig,
+    FolderSourceConfig,
+    SourceConfig,
+    config_diff,
+    is_live,
+    load_config,
+)
+from edge_ocr.errors import ConfigError, EdgeOcrError
+from edge_ocr.notify import Notifier
+from edge_ocr.pipeline import Engine, Pipeline, Sink
+from edge_ocr.sinks.files import ResultFiles
+from edge_ocr.sinks.mqtt import MqttSink, probe
+from edge_ocr.sources.base import SourceStatus
+from edge_ocr.sources.folder import FolderSource
+from edge_ocr.stats import Stats
+
+log = logging.getLogger(__name__)
+
+EngineFactory = Callable[[EngineConfig], tuple[Engine, tuple[str, str]]]
+JOIN_TIMEOUT_S = 5.0
+
+
+def build_engine(cfg: EngineConfig) -> tuple[Engine, tuple[str, str]]:
+    """The real OcrEngine for ``[engine]`` and its (pack name, version). Raises ModelError."""
+    from edge_ocr.engine.ocr import OcrEngine
+
+    engine = OcrEngine(cfg.to_options())
+    return engine, (engine.pack.name, engine.pack.version)
+
+
+class App:
+    """The running daemon. ``run()`` blocks until SIGTERM/SIGINT and returns the exit code."""
+
+    def __init__(self, config: Config, engine_factory: EngineFactory = build_engine,
+                 notifier: Notifier | None = None) -> None:
+        self.config = config
+        self.engine_factory = engine_factory
+        self.notifier = notifier or Notifier()
+        self.stop_event = threading.Event()
+        self.reload_event = threading.Event()
+        self.stats = Stats()
+        self.pipeline: Pipeline | None = None
+        self.mqtt: MqttSink | None = None
+        self.sources: dict[str, FolderSource] = {}
+        self._threads: list[threading.Thread] = []
+
+    # -- signals -------------------------------------------------------------------------------
+
+    def install_signals(self) -> None:
+        """SIGTERM/SIGINT → stop, SIGHUP → reload. Handlers only set events (main thread only)."""
+        signal.signal(signal.SIGTERM, lambda *_: self.stop_event.set())
+        signal.signal(signal.SIGINT, lambda *_: self.stop_event.set())
+        signal.signal(signal.SIGHUP, lambda *_: self.reload_event.set())
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    def run(self) -> int:
+        if threading.current_thread() is threading.main_thread():
+            self.install_signals()
+        try:
+            self.start()
+        except BaseException:
+            self.shutdown()
+            raise
+        last_watchdog = last_status = time.monotonic()
+        while not self.stop_event.wait(0.5):
+            if self.reload_event.is_set():
+                self.reload_event.clear()
+                self.reload()
+            now = time.monotonic()
+            if self.notifier.watchdog_s and now - last_watchdog >= self.notifier.watchdog_s:
+                # Pet the watchdog only while the pipeline makes progress (or idles by design).
+                assert self.pipeline is not None
+                if now - self.pipeline.progress < 4 * self.notifier.watchdog_s:
+                    self.notifier.watchdog()
+                last_watchdog = now
+            if self.notifier.enabled and now - last_status >= 10.0:
+                self.notifier.status(self.status_line())
+                last_status = now
+        return self.shutdown()
+
+    def start(self) -> None:
+        """Load the models, open sinks and sources, start every thread, then READY=1."""
+        cfg = self.config
+        self.notifier.status("loading models")
+        engine, model = self.engine_factory(cfg.engine)
+        log.info("engine ready pack=%s version=%s", model[0], model[1])
+        sinks: list[Sink] = []
+        folder_cfgs = [s for s in cfg.sources if isinstance(s, FolderSourceConfig)]
+        for cam in (s for s in cfg.sources if isinstance(s, CameraSourceConfig)):
+            log.error("source skipped source=%s reason=camera sources are not supported by this build", cam.name)
+        if cfg.mqtt.enabled:
+            self.mqtt = MqttSink(cfg.mqtt, tuple(s.name for s in folder_cfgs), self.stats, self.capture,
+                                 self._source_status)
+            self.mqtt.start()
+            sinks.append(self.mqtt)
+        self.pipeline = Pipeline(engine, model, sinks, self.stats, self.stop_event, cfg.pipeline.queue_size,
+                                 cfg.pipeline.workers, cfg.engine.low_confidence)
+        self.pipeline.start()
+        files = ResultFiles()
+        for scfg in folder_cfgs:
+            source = FolderSource(scfg, self.pipeline.submit, files, self.stats, self._on_source_status)
+            self.sources[scfg.name] = source
+            thread = threading.Thread(target=source.run, args=(self.stop_event,), name="source:%s" % scfg.name,
+                                      daemon=True)
+            thread.start()
+            self._threads.append(thread)
+        for source in self.sources.values():
+            source.ready.wait(10.0)
+        self.notifier.ready(self.status_line())
+        log.info("daemon ready sources=%s mqtt=%s", ",".join(self.sources) or "-",
+                 "%s:%d" % (cfg.mqtt.host, cfg.mqtt.port) if cfg.mqtt.enabled else "disabled")
+
+    def shutdown(self) -> int:
+        """Reverse data-flow order: STOPPING=1, sources, pipeline (current job finishes), sinks."""
+        code = 0
+        self.notifier.stopping()
+        self.stop_event.set()
+        log.info("stopping")
+        deadline = time.monotonic() + JOIN_TIMEOUT_S
+        for thread in self._threads:
+            thread.join(max(0.1, deadline - time.monotonic()))
+            if thread.is_alive():
+                log.error("thread did not stop thread=%s", thread.name)
+                code = 1
+        if self.pipeline is not None:
+            try:
+                if not self.pipeline.join(JOIN_TIMEOUT_S):
+                    code = 1
+            except Exception:
+                log.exception("pipeline stop failed")
+                code = 1
+        if self.mqtt is not None:
+            try:
+                self.mqtt.close()
+            except Exception:
+                log.exception("mqtt stop failed")
+                code = 1
+        log.info("stopped code=%d", code)
+        return code
+
+    # -- commands and status -------------------------------------------------------------------
+
+    def capture(self, source: str | None) -> tuple[bool, str]:
+        """``<p>/cmd/capture`` and ``<p>/<source>/capture``: for a folder, rescan now."""
+        if source is None:
+            notes = ["%s: %s" % (name, s.capture_now()) for name, s in self.sources.items()]
+            return bool(notes), "; ".join(notes) or "no sources"
+        if source not in self.sources:
+            return False, "unknown source %r" % source
+        return True, self.sources[source].capture_now()
+
+    def _source_status(self, name: str) -> str:
+        source = self.sources.get(name)
+        return (source.status if source else SourceStatus.OFFLINE).value
+
+    def _on_source_status(self, name: str, status: SourceStatus) -> None:
+        if self.mqtt is not None:
+            self.mqtt.set_source_status(name, status.value)
+
+    def status_line(self) -> str:
+        s = self.stats.snapshot()
+        mqtt = "off" if self.mqtt is None else ("connected" if self.mqtt.connected else "offline")
+        return "jobs=%d queue=%d mqtt=%s spool=%d" % (s["jobs_total"], s["queue_depth"], mqtt, s["spool_depth"])
+
+    # -- SIGHUP --------------------------------------------------------------------------------
+
+    def reload(self) -> None:
+        """Re-read the config file; apply live keys, log the ones that need a restart."""
+        try:
+            new = load_config(self.config.path)
+        except ConfigError as exc:
+            log.error("config reload failed, keeping the running config: %s", exc.message)
+            return
+        changed = config_diff(self.config, new)
+        if not changed:
+            log.info("config reload: no changes")
+            return
+        running = self._with_live(self.config, new)
+        if self.pipeline is not None:
+            self.pipeline.low_confidence = running.engine.low_confidence
+        if self.mqtt is not None:
+            self.mqtt.update(running.mqtt)
+        for scfg in running.sources:
+            if scfg.name in self.sources and isinstance(scfg, FolderSourceConfig):
+                self.sources[scfg.name].update(scfg)
+        self.config = running
+        live = [k for k in changed if is_live(k)]
+        restart = config_diff(running, new)
+        if live:
+            log.info("config reload applied keys=%s", ",".join(live))
+        if restart:
+            log.warning("config reload: restart needed for keys=%s", ",".join(restart))
+
+    @staticmethod
+    def _with_live(old: Config, new: Config) -> Config:
+        def take(a: object, b: object, section: str) -> object:
+            live = {f.name: getattr(b, f.name) for f in fields(a)  # type: ignore[arg-type]
+                    if is_live("%s.%s" % (section, f.name))}
+            return replace(a, **live)  # type: ignore[type-var]
+
+        new_sources = {s.name: s for s in new.sources}
+        sources: list[SourceConfig] = []
+        for s in old.sources:
+            n = new_sources.get(s.name)
+            sources.append(take(s, n, "sources.%s" % s.name) if type(n) is type(s) else s)  # type: ignore[arg-type]
+        return replace(old, engine=take(old.engine, new.engine, "engine"), mqtt=take(old.mqtt, new.mqtt, "mqtt"),
+                       sources=tuple(sources))  # type: ignore[arg-type]
+
+
+def check(config: Config, broker_timeout_s: float = 5.0) -> list[str]:
+    """Problems with models, folders and the broker, one line each (config errors raise before this)."""
+    from edge_ocr.engine.models import load_pack, verify_pack
+
+    problems: list[str] = []
+    try:
+        problems += ["model: %s" % p for p in verify_pack(load_pack(config.engine.pack))]
+    except EdgeOcrError as exc:
+        problems.append("model: %s" % exc.message)
+    for i, src in enumerate(config.sources):
+        if isinstance(src, CameraSourceConfig):
+            problems.append("sources[%d] %s: camera sources are not supported by this build" % (i, src.name))
+            continue
+        for key in ("path", "done_dir", "failed_dir"):
+            problem = _dir_problem(getattr(src, key))
+            if problem:
+                problems.append("sources[%d].%s: %s" % (i, key, problem))
+    if config.mqtt.enabled:
+        problem = _dir_problem(config.mqtt.spool_dir)
+        if problem:
+            problems.append("mqtt.spool_dir: %s" % problem)
+        try:
+            problem = probe(config.mqtt, broker_timeout_s)
+        except EdgeOcrError as exc:
+            problem = exc.message
+        if problem:
+            problems.append("mqtt: %s" % problem)
+    return problems
+
+
+def _dir_problem(directory: Path) -> str | None:
+    """Why the daemon could not use ``directory`` (created on start if missing), or None."""
+    if directory.exists():
+        if not directory.is_dir():
+            return "%s is not a directory" % directory
+        if not os.access(directory, os.W_OK | os.X_OK):
+            return "%s is not writable by uid %d" % (directory, os.geteuid())
+        return None
+    parent = directory.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not os.access(parent, os.W_OK | os.X_OK):
+        return "%s does not exist and %s is not writable by uid %d" % (directory, parent, os.geteuid())
+    return None

@@ -1,0 +1,234 @@
+"""`edge-ocr bench`: latency, CPU time, throughput and peak RSS of the engine, per stage.
+
+Each configuration (pack × precision × threads) runs in its own child process pinned to the
+same CPUs, so peak RSS and start-up are that configuration's alone; a reference engine
+(RapidOCR, dev only) can run the same images the same way. These machines are shared and
+noisy: ratios within one run are what count, absolute times only for the machine named.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from edge_ocr import scoring
+from edge_ocr.errors import ConfigError
+
+STAGES = ("decode", "preprocess", "detect", "classify", "recognize", "total")
+
+
+@dataclass(frozen=True, slots=True)
+class BenchConfig:
+    pack: str
+    precision: str
+    threads: int
+
+    @property
+    def label(self) -> str:
+        return "%s %s t%d" % (self.pack, self.precision, self.threads)
+
+
+def image_set(name: str, eval_dev: Path, limit: int) -> list[Path]:
+    """The images of a named set: ``pages`` (SROIE + IC15 photos), ``sroie``, ``ic15``,
+    ``lines`` (every source's crops, interleaved), or a directory / single file."""
+    path = Path(name)
+    if path.is_dir():
+        return sorted(p for p in path.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"))[:limit]
+    if path.is_file():
+        return [path]
+    pages = eval_dev / "pages"
+    if name in ("pages", "sroie", "ic15"):
+        sroie = sorted(pages.glob("sroie_*.jpg"))
+        ic15 = sorted(pages.glob("ic15_*.jpg"))
+        chosen = {"sroie": sroie, "ic15": ic15, "pages": [p for pair in zip(sroie, ic15) for p in pair]}[name]
+        return chosen[:limit]
+    if name == "lines":
+        rows = [r.split("\t") for r in (eval_dev / "lines" / "labels.tsv").read_text(encoding="utf-8").splitlines()]
+        by_source: dict[str, list[Path]] = {}
+        for row in rows:
+            by_source.setdefault(row[3], []).append(eval_dev / "lines" / row[0])
+        mixed = [p for group in zip(*by_source.values()) for p in group]
+        return mixed[:limit]
+    raise ConfigError("bench: unknown image set %r (pages, sroie, ic15, lines, frames, a directory or a file)" % name)
+
+
+def camera_frames(eval_dev: Path, limit: int, out: Path) -> list[Path]:
+    """640x480 JPEG frames cut from the IC15 scene photos (camera-like input), written to ``out``."""
+    out.mkdir(parents=True, exist_ok=True)
+    frames = []
+    for source in sorted((eval_dev / "pages").glob("ic15_*.jpg"))[:limit]:
+        image = cv2.imread(str(source))
+        height, width = image.shape[:2]
+        crop = image[(height - 480) // 2 : (height - 480) // 2 + 480, (width - 640) // 2 : (width - 640) // 2 + 640]
+        target = out / source.name
+        cv2.imwrite(str(target), crop, [cv2.IMWRITE_JPEG_QUALITY, 90])
+        frames.append(target)
+    return frames
+
+
+def run_worker(config: BenchConfig, images: Sequence[Path], det: bool, warmup: int) -> dict[str, Any]:
+    """Measure one configuration in this process (called in the child)."""
+    started = time.perf_counter()
+    from edge_ocr.engine.ocr import EngineOptions, OcrEngine
+
+    engine = OcrEngine(EngineOptions(pack=config.pack, precision=config.precision, threads=config.threads))
+    session_ms: list[float] = []
+    for model in (engine.det, engine.cls, engine.rec, engine.rec_zh):
+        if model is not None:
+            model.run = _timed(model.run, session_ms)  # type: ignore[method-assign]
+    loaded_ms = (time.perf_counter() - started) * 1000
+    datas = [p.read_bytes() for p in images]
+    first = engine(datas[0], det=det)
+    first_result_ms = (time.perf_counter() - started) * 1000
+    for data in datas[1 : 1 + warmup]:
+        engine(data, det=det)
+    stage_ms: dict[str, list[float]] = {stage: [] for stage in STAGES}
+    cpu_ms, session_share = [], []
+    wall_start = time.perf_counter()
+    for data in datas:
+        session_ms.clear()
+        cpu = time.process_time()
+        output = engine(data, det=det)
+        cpu_ms.append((time.process_time() - cpu) * 1000)
+        for stage in STAGES:
+            stage_ms[stage].append(output.timing_ms.get(stage, 0.0))
+        session_share.append(sum(session_ms) / max(output.timing_ms["total"], 1e-6))
+    wall_s = time.perf_counter() - wall_start
+    del first
+    return {
+        "config": asdict(config),
+        "precisions": engine.precisions,
+        "images": len(datas),
+        "startup_ms": round(loaded_ms, 1),
+        "first_result_ms": round(first_result_ms, 1),
+        "stages": {
+            stage: {"p50_ms": round(scoring.percentile(v, 50), 2), "p95_ms": round(scoring.percentile(v, 95), 2)}
+            for stage, v in stage_ms.items()
+            if any(v)
+        },
+        "cpu_ms_per_image": round(float(np.mean(cpu_ms)), 1),
+        "images_per_s": round(len(datas) / wall_s, 2),
+        "outside_session_pct": round(100 * (1 - float(np.mean(session_share))), 1),
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+    }
+
+
+def _timed(run: Callable[[np.ndarray], np.ndarray], sink: list[float]) -> Callable[[np.ndarray], np.ndarray]:
+    def timed(batch: np.ndarray) -> np.ndarray:
+        start = time.perf_counter()
+        try:
+            return run(batch)
+        finally:
+            sink.append((time.perf_counter() - start) * 1000)
+
+    return timed
+
+
+def _child(args: list[str], cpus: set[int]) -> tuple[str, float]:
+    """Run a child pinned to ``cpus``; returns its stdout and its own peak RSS in MB."""
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        process = subprocess.Popen(args, stdout=out, stderr=err, text=True, preexec_fn=lambda: os.sched_setaffinity(0, cpus))
+        _, status, usage = os.wait4(process.pid, 0)
+        process.returncode = os.waitstatus_to_exitcode(status)
+        out.seek(0)
+        err.seek(0)
+        if process.returncode != 0:
+            raise RuntimeError("bench child failed (%s): %s" % (" ".join(args[:5]), err.read().strip()[-800:]))
+        return out.read(), usage.ru_maxrss / 1024
+
+
+def measure(config: BenchConfig, images: Sequence[Path], det: bool, warmup: int, cpus: set[int]) -> dict[str, Any]:
+    with tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False) as listing:
+        listing.write("\n".join(str(p) for p in images))
+    try:
+        args = [sys.executable, "-m", "edge_ocr", "bench", "--worker", listing.name, "--pack", config.pack,
+                "--precision", config.precision, "--threads", str(config.threads), "--warmup", str(warmup)]
+        if not det:
+            args.append("--no-det")
+        stdout, _ = _child(args, cpus)
+    finally:
+        os.unlink(listing.name)
+    return json.loads(stdout)
+
+
+def measure_rapidocr(python: Path, script: Path, images: Sequence[Path], threads: int, det: bool, cpus: set[int]) -> dict[str, Any]:
+    """RapidOCR on the same images through bench/rapidocr_predict.py in its own venv."""
+    with tempfile.TemporaryDirectory() as tmp:
+        manifest = Path(tmp) / ("labels.jsonl" if det else "labels.tsv")
+        if det:
+            manifest.write_text("".join(json.dumps({"file": str(p)}) + "\n" for p in images))
+        else:
+            manifest.write_text("".join("%s\t-\t-\tbench\n" % p for p in images))
+        out = Path(tmp) / "out.jsonl"
+        started = time.perf_counter()
+        _, peak_rss_mb = _child([str(python), str(script), str(manifest), "--out", str(out), "--threads", str(threads)], cpus)
+        wall_s = time.perf_counter() - started
+        rows = [json.loads(line) for line in out.read_text().splitlines() if line.strip()]
+    elapsed = [r["elapsed_ms"] for r in rows]
+    return {
+        "config": {"pack": "rapidocr-1.3.24", "precision": "fp32", "threads": threads},
+        "images": len(rows),
+        "stages": {"total": {"p50_ms": round(scoring.percentile(elapsed, 50), 2), "p95_ms": round(scoring.percentile(elapsed, 95), 2)}},
+        "cpu_ms_per_image": round(float(np.mean([r["cpu_ms"] for r in rows])), 1),
+        "images_per_s": round(len(rows) / max(sum(elapsed) / 1000, 1e-6), 2),
+        "process_wall_s": round(wall_s, 1),
+        "peak_rss_mb": round(peak_rss_mb, 1),
+    }
+
+
+def machine() -> str:
+    model = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith(("model name", "Model")):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return "%s %s, %d CPUs" % (platform.machine(), model, os.cpu_count() or 0)
+
+
+def format_table(results: Sequence[dict[str, Any]], reference: str | None) -> str:
+    """Markdown: one row per configuration; ratios against ``reference`` (a label) when given."""
+    ref = next((r for r in results if _label(r) == reference), None)
+    header = "| config | precisions | total p50 ms | p95 ms | detect p50 | recognize p50 | CPU ms/img | img/s | peak RSS MB | outside session % | first result ms |"
+    if ref:
+        header += " CPU vs %s |" % reference
+    rows = [header, "|" + "---|" * (header.count("|") - 1)]
+    for r in results:
+        stages = r["stages"]
+        row = "| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |" % (
+            _label(r),
+            " ".join("%s=%s" % kv for kv in r.get("precisions", {}).items()) or "-",
+            stages["total"]["p50_ms"],
+            stages["total"]["p95_ms"],
+            stages.get("detect", {}).get("p50_ms", "-"),
+            stages.get("recognize", {}).get("p50_ms", "-"),
+            r["cpu_ms_per_image"],
+            r["images_per_s"],
+            r.get("peak_rss_mb", "-"),
+            r.get("outside_session_pct", "-"),
+            r.get("first_result_ms", "-"),
+        )
+        if ref:
+            row += " %.2fx |" % (r["cpu_ms_per_image"] / ref["cpu_ms_per_image"])
+        rows.append(row)
+    return "\n".join(rows)
+
+
+def _label(result: dict[str, Any]) -> str:
+    c = result["config"]
+    return "%s %s t%d" % (c["pack"], c["precision"], c["threads"])

@@ -1,0 +1,183 @@
+"""The pipeline: a bounded job queue, engine worker thread(s), change detection per source,
+fan-out of each Result to the sinks. Declares the Sink Protocol sinks match structurally.
+
+Folder jobs block the submitting source while the queue is full (rechecking the stop event),
+so a burst of files never grows memory. On stop a worker finishes its current job; jobs
+still queued are released (a folder file stays in ``.processing/`` and is resumed on start).
+Imports engine types, results, config, stats, errors.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+import traceback
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+from typing import Protocol
+
+from edge_ocr.engine.types import EngineOutput, Region
+from edge_ocr.errors import EdgeOcrError, ImageError
+from edge_ocr.results import Job, Result, Status, status_for
+from edge_ocr.stats import Stats
+
+log = logging.getLogger(__name__)
+
+
+class Engine(Protocol):
+    """What the pipeline needs of ``OcrEngine``: thread-safe, raises ImageError on bad input."""
+
+    def __call__(self, image: bytes, rois: Sequence[Region] | None = None, det: bool = True) -> EngineOutput: ...
+
+
+class Sink(Protocol):
+    """Takes results. ``publish`` must return quickly (spool, not network) and raise SinkError on failure."""
+
+    name: str
+
+    def publish(self, result: Result) -> None: ...
+
+
+class Pipeline:
+    """Job → engine → Result → sinks → ``job.on_done``. ``start()`` runs the workers."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        model: tuple[str, str],
+        sinks: Sequence[Sink],
+        stats: Stats,
+        stop: threading.Event,
+        queue_size: int = 8,
+        workers: int = 1,
+        low_confidence: float = 0.6,
+    ) -> None:
+        self.engine = engine
+        self.model = model
+        self.sinks = list(sinks)
+        self.stats = stats
+        self.stop_event = stop
+        self.low_confidence = low_confidence
+        self.workers = workers
+        self.queue: queue.Queue[Job] = queue.Queue(maxsize=queue_size)
+        self.progress = time.monotonic()  # last job finished or idle wait: feeds the watchdog
+        self.busy = 0
+        self._last_text: dict[str, str] = {}
+        self._lock = threading.Lock()
+        self._threads: list[threading.Thread] = []
+        self.on_result: Callable[[Result], None] | None = None  # e.g. /api/latest; called after sinks
+
+    def start(self) -> None:
+        for i in range(self.workers):
+            name = "pipeline" if self.workers == 1 else "pipeline-%d" % i
+            thread = threading.Thread(target=self._run, name=name, daemon=True)
+            thread.start()
+            self._threads.append(thread)
+
+    def submit(self, job: Job, block: bool = True) -> bool:
+        """Queue ``job``; with ``block`` wait while full, rechecking stop. False = not queued (stopping/full)."""
+        while not self.stop_event.is_set():
+            try:
+                self.queue.put(job, timeout=0.2 if block else 0)
+                self.stats.set("queue_depth", self.queue.qsize())
+                return True
+            except queue.Full:
+                if not block:
+                    return False
+        return False
+
+    def join(self, timeout_s: float) -> bool:
+        """Wait for the workers after stop was set; False (logged, names the thread) if one hung."""
+        deadline = time.monotonic() + timeout_s
+        ok = True
+        for thread in self._threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+            if thread.is_alive():
+                log.error("thread did not stop thread=%s", thread.name)
+                ok = False
+        released = self.queue.qsize()
+        if released:
+            log.info("pipeline stopped released_jobs=%d", released)
+        return ok
+
+    def _run(self) -> None:
+        while not self.stop_event.is_set():
+            try:
+                job = self.queue.get(timeout=0.5)
+            except queue.Empty:
+                self.progress = time.monotonic()
+                continue
+            self.busy += 1
+            try:
+                self.process(job)
+            finally:
+                self.busy -= 1
+                self.progress = time.monotonic()
+                self.stats.set("queue_depth", self.queue.qsize())
+
+    def process(self, job: Job) -> Result:
+        """Run one job through engine, sinks and ``on_done``; never raises (one bad image never stops us)."""
+        self.stats.inc("jobs_total")
+        result = self._recognise(job)
+        for sink in self.sinks:
+            try:
+                sink.publish(result)
+            except Exception:  # a sink failing must not lose the job's own outcome
+                log.exception("sink failed sink=%s source=%s", sink.name, job.source)
+        if job.on_done is not None:
+            try:
+                job.on_done(result)
+            except Exception:
+                log.exception("job completion failed source=%s file=%s", job.source, job.file)
+        if self.on_result is not None:
+            self.on_result(result)
+        return result
+
+    def _recognise(self, job: Job) -> Result:
+        start = time.perf_counter()
+        tb: str | None = None
+        output: EngineOutput | None = None
+        error: EdgeOcrError | None = None
+        try:
+            if job.cached is not None:
+                output = job.cached
+                self.stats.inc("results_reused_total")
+            else:
+                output = self.engine(job.image, rois=job.rois or None, det=job.det)
+                self.stats.set("engine_last_ms", round((time.perf_counter() - start) * 1000.0, 1))
+        except ImageError as exc:
+            error = exc
+            tb = "".join(traceback.format_exception_only(exc)).strip()
+            log.warning("image rejected source=%s file=%s error=%s %s", job.source, job.file, exc.code, exc.message)
+        except Exception as exc:  # job boundary: an engine bug becomes status error, logged with traceback
+            error = EdgeOcrError("internal error: %s: %s" % (type(exc).__name__, exc))
+            tb = _traceback_summary(exc)
+            log.exception("engine failed source=%s file=%s", job.source, job.file)
+        timing = {"total": round((time.perf_counter() - start) * 1000.0, 2)}
+        if output is None:
+            self.stats.inc("results_error_total")
+            return Result(job.source, Status.ERROR, None, self.model, error=error, file=job.file, ts=job.ts,
+                          changed=False, previous_text=self._previous(job.source), timing_ms=timing,
+                          sha256=job.sha256, traceback=tb)
+        if job.cached is not None:
+            output = replace(output, timing_ms={})
+        self.stats.inc("results_ok_total")
+        with self._lock:
+            previous = self._last_text.get(job.source)
+            self._last_text[job.source] = output.text
+        return Result(job.source, status_for(output, self.low_confidence), output, self.model, file=job.file,
+                      ts=job.ts, changed=previous != output.text, previous_text=previous, timing_ms=timing,
+                      sha256=job.sha256)
+
+    def _previous(self, source: str) -> str | None:
+        with self._lock:
+            return self._last_text.get(source)
+
+
+def _traceback_summary(exc: BaseException, limit: int = 5) -> str:
+    """The last frames and the exception line: enough for failed/NAME.error.json, never image data."""
+    frames = traceback.extract_tb(exc.__traceback__)[-limit:]
+    lines = ["%s:%d in %s" % (f.filename.rsplit("/", 1)[-1], f.lineno or 0, f.name) for f in frames]
+    return "\n".join(lines + ["".join(traceback.format_exception_only(exc)).strip()])

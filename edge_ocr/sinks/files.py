@@ -1,0 +1,116 @@
+"""Crash-safe file moves and JSON writes for results: write a temp file, fsync, rename, fsync
+the directory. Used by the folder source (injected by app) for done/ and failed/.
+Imports results and errors only.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+from edge_ocr.errors import SinkError
+
+
+def fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` so a reader or a crash sees the old file or the whole new one."""
+    tmp = path.with_name(".%s.%d.tmp" % (path.name, os.getpid()))
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+        fsync_dir(path.parent)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise SinkError("cannot write %s: %s" % (path, exc.strerror)) from exc
+
+
+def read_json(path: Path) -> dict[str, Any] | None:
+    """The JSON object in ``path``, or None if missing, unreadable or not an object."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def move(src: Path, dst: Path) -> None:
+    """Rename ``src`` to ``dst`` (never overwriting), copying across filesystems (fsynced)."""
+    if dst.exists() or dst.is_symlink():
+        raise SinkError("cannot move %s: %s exists" % (src, dst))
+    try:
+        os.rename(src, dst)
+    except OSError as exc:
+        if exc.errno != errno.EXDEV:
+            raise SinkError("cannot move %s to %s: %s" % (src, dst, exc.strerror)) from exc
+        tmp = dst.with_name(".%s.%d.tmp" % (dst.name, os.getpid()))
+        try:
+            shutil.copyfile(src, tmp, follow_symlinks=False)
+            with open(tmp, "rb+") as fh:
+                os.fsync(fh.fileno())
+            os.replace(tmp, dst)
+            fsync_dir(dst.parent)
+            src.unlink()
+        except OSError as exc2:
+            tmp.unlink(missing_ok=True)
+            raise SinkError("cannot copy %s to %s: %s" % (src, dst, exc2.strerror)) from exc2
+    else:
+        fsync_dir(dst.parent)
+
+
+class ResultFiles:
+    """Places an original and its JSON in a directory under a free base name.
+
+    ``NAME.ext`` gets ``NAME.json`` (``suffix``); if either exists for different content
+    (the JSON's ``sha256`` differs), ``NAME-1.ext``/``NAME-1.json`` and so on. An existing
+    JSON for the same content is overwritten, so finishing an interrupted move is idempotent.
+    """
+
+    def find(self, directory: Path, name: str, suffix: str, sha256: str | None) -> tuple[Path, Path]:
+        """The (original, json) targets in ``directory`` for file ``name``."""
+        stem, ext = os.path.splitext(name)
+        for n in range(10000):
+            base = stem if n == 0 else "%s-%d" % (stem, n)
+            original, meta = directory / (base + ext), directory / (base + suffix)
+            if not meta.exists() and not original.exists() and not original.is_symlink():
+                return original, meta
+            stored = read_json(meta) if meta.exists() else None
+            if sha256 and stored is not None and stored.get("sha256") == sha256:
+                return original, meta
+        raise SinkError("no free name for %s in %s" % (name, directory))
+
+    def existing(self, directory: Path, name: str, suffix: str, sha256: str) -> Path | None:
+        """The JSON already written for this content (an interrupted move), if any."""
+        stem, _ = os.path.splitext(name)
+        for n in range(10000):
+            meta = directory / ((stem if n == 0 else "%s-%d" % (stem, n)) + suffix)
+            if not meta.exists():
+                return None
+            stored = read_json(meta)
+            if stored is not None and stored.get("sha256") == sha256:
+                return meta
+        return None
+
+    def store(self, src: Path | None, directory: Path, name: str, suffix: str, data: dict[str, Any],
+              sha256: str | None) -> Path:
+        """Write ``data`` as JSON then move ``src`` (None = delete nothing, keep no original) beside it."""
+        original, meta = self.find(directory, name, suffix, sha256)
+        write_atomic(meta, (json.dumps(data, ensure_ascii=False, indent=1) + "\n").encode("utf-8"))
+        if src is not None:
+            if original.exists() and not original.is_symlink():
+                original.unlink()  # same content, an interrupted earlier attempt: keep one copy
+            move(src, original)
+        return meta

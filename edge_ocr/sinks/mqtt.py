@@ -1,0 +1,382 @@
+"""MQTT sink: results → on-disk spool → broker (paho-mqtt 2.x), availability, stats, commands,
+Home Assistant discovery. Topics are those of SPEC (``<p>`` = ``mqtt.topic_prefix``).
+
+Every result message is first appended to the spool (fsynced); the ``mqtt`` thread publishes
+the spool in order while connected, at most ``max_inflight`` unacknowledged, and removes an
+entry only when its QoS 1 PUBACK arrives (``on_publish``). After a reconnect paho re-sends
+what was in flight; new entries wait until those are acknowledged, so order holds.
+Commands are handed to an injected callback. Imports config, results, stats, errors.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import socket
+import ssl
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion
+
+from edge_ocr import __version__
+from edge_ocr.config import MqttConfig
+from edge_ocr.errors import SinkError
+from edge_ocr.results import Result, Status
+from edge_ocr.sinks.spool import Message, Spool
+from edge_ocr.stats import Stats
+
+log = logging.getLogger(__name__)
+
+ONLINE, OFFLINE = "online", "offline"
+
+# on_capture(source or None for all) -> (ok, message); called on paho's thread, must not block.
+CaptureCallback = Callable[[str | None], tuple[bool, str]]
+
+
+class _PahoNoise(logging.Filter):
+    """paho 2.x logs "Client is not connected" at ERROR when its loop races a refused or closing
+    connection; that is routine here (we reconnect), so it becomes DEBUG."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno >= logging.WARNING and str(record.msg).startswith("Client is not connected"):
+            record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+            return logging.getLogger(record.name).isEnabledFor(logging.DEBUG)
+        return True
+
+
+def make_client(cfg: MqttConfig, client_id: str | None = None) -> paho.Client:
+    """A paho v2 client with TLS, credentials and LWT set from ``cfg`` (not connected)."""
+    client = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id or cfg.client_id,
+                         protocol=paho.MQTTv311, clean_session=True)
+    if cfg.tls:
+        try:
+            client.tls_set(ca_certs=cfg.ca_file or None, certfile=cfg.cert_file or None,
+                           keyfile=cfg.key_file or None, cert_reqs=ssl.CERT_REQUIRED)
+        except (OSError, ssl.SSLError, ValueError) as exc:
+            raise SinkError("mqtt TLS setup failed: %s" % exc) from exc
+        client.tls_insecure_set(cfg.tls_insecure)
+    if cfg.username:
+        client.username_pw_set(cfg.username, cfg.password.reveal() if cfg.password else None)
+    client.will_set("%s/availability" % cfg.topic_prefix, OFFLINE, qos=1, retain=True)
+    return client
+
+
+class MqttSink:
+    """Publishes results through the spool; ``start()`` connects in the background."""
+
+    name = "mqtt"
+
+    def __init__(
+        self,
+        cfg: MqttConfig,
+        sources: tuple[str, ...],
+        stats: Stats,
+        on_capture: CaptureCallback,
+        source_status: Callable[[str], str] = lambda name: ONLINE,
+    ) -> None:
+        self.cfg = cfg
+        self.sources = sources
+        self.stats = stats
+        self.on_capture = on_capture
+        self.source_status = source_status
+        self.prefix = cfg.topic_prefix
+        self.node = re.sub(r"[^A-Za-z0-9_-]", "_", cfg.client_id)
+        self.spool: Spool | None = None
+        self.client: paho.Client | None = None
+        self._thread: threading.Thread | None = None
+        self._closing = threading.Event()
+        self._wake = threading.Event()
+        self._connected = threading.Event()
+        self._lock = threading.Lock()
+        self._inflight: dict[int, int] = {}  # mid -> spool seq
+        self._hold: set[int] = set()  # mids paho re-sends after a reconnect; new ones wait for them
+        self._acked: deque[int] = deque()
+        self._last_seq = 0
+        self._fail_logged = False
+        self._refusal: str | None = None
+        self._was_connected = False
+        self.last_error = ""
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Open the spool, connect asynchronously (retrying with backoff), start the ``mqtt`` thread."""
+        self.spool = Spool(self.cfg.spool_dir, self.cfg.spool_max_messages)
+        self.stats.set("spool_depth", len(self.spool))
+        client = make_client(self.cfg)
+        paho_log = logging.getLogger(__name__ + ".paho")
+        if not any(isinstance(f, _PahoNoise) for f in paho_log.filters):
+            paho_log.addFilter(_PahoNoise())
+        client.enable_logger(paho_log)
+        client.reconnect_delay_set(self.cfg.reconnect_min_delay, self.cfg.reconnect_max_delay)  # type: ignore[arg-type]
+        client.max_inflight_messages_set(self.cfg.max_inflight + 50)
+        client.on_connect = self._on_connect
+        client.on_connect_fail = self._on_connect_fail
+        client.on_disconnect = self._on_disconnect
+        client.on_publish = self._on_publish
+        client.on_message = self._on_message
+        self.client = client
+        client.connect_async(self.cfg.host, self.cfg.port, keepalive=self.cfg.keepalive)
+        client.loop_start()
+        self._thread = threading.Thread(target=self._run, name="mqtt", daemon=True)
+        self._thread.start()
+
+    def close(self, timeout_s: float = 3.0) -> None:
+        """Publish ``offline`` (clean stop), disconnect, stop the threads. Unacked entries stay spooled."""
+        self._closing.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout_s)
+            if self._thread.is_alive():
+                log.error("thread did not stop thread=%s", self._thread.name)
+        client = self.client
+        if client is None:
+            return
+        deadline = time.monotonic() + timeout_s
+        while self._connected.is_set() and self._inflight and time.monotonic() < deadline:
+            self._wake.wait(0.1)  # let PUBACKs of what is in flight arrive, so they leave the spool
+            self._wake.clear()
+            self._drain_acks()
+        self._drain_acks()
+        if self._connected.is_set():
+            try:
+                info = client.publish("%s/availability" % self.prefix, OFFLINE, qos=1, retain=True)
+                info.wait_for_publish(timeout_s)
+            except (RuntimeError, ValueError) as exc:
+                log.warning("mqtt offline not published error=%s", exc)
+            client.disconnect()
+        client.loop_stop()
+        log.info("mqtt stopped spooled=%d", len(self.spool) if self.spool else 0)
+
+    @property
+    def connected(self) -> bool:
+        return self._connected.is_set()
+
+    def update(self, cfg: MqttConfig) -> None:
+        """Apply the live keys of a reloaded config (publish_every, stats_interval)."""
+        self.cfg = cfg
+
+    # -- Sink ------------------------------------------------------------------------------
+
+    def publish(self, result: Result) -> None:
+        """Spool the result's messages (state, text, event); raises SinkError if the disk fails."""
+        assert self.spool is not None, "start() first"
+        qos = self.cfg.qos
+        base = "%s/%s" % (self.prefix, result.source)
+        payload = result.to_json().encode("utf-8")
+        self.spool.append(Message(base + "/state", payload, qos, True))
+        if result.status is not Status.ERROR:
+            self.spool.append(Message(base + "/text", result.text.encode("utf-8"), qos, True))
+        if result.changed or self.cfg.publish_every:
+            self.spool.append(Message(base + "/event", payload, qos, False))
+        self.stats.set("spool_depth", len(self.spool))
+        self._wake.set()
+
+    def set_source_status(self, source: str, status: str) -> None:
+        if self._connected.is_set() and self.client is not None:
+            self.client.publish("%s/%s/status" % (self.prefix, source), status, qos=1, retain=True)
+
+    # -- the mqtt thread: spool → broker ----------------------------------------------------
+
+    def _run(self) -> None:
+        next_stats = time.monotonic()
+        while not self._closing.is_set():
+            self._wake.wait(1.0)
+            self._wake.clear()
+            try:
+                self._drain_acks()
+                if self._connected.is_set():
+                    self._publish_spooled()
+                    if time.monotonic() >= next_stats:
+                        next_stats = time.monotonic() + self.cfg.stats_interval
+                        self._publish_stats()
+            except Exception:  # thread boundary: keep publishing whatever happens
+                log.exception("mqtt thread error")
+
+    def _drain_acks(self) -> None:
+        assert self.spool is not None
+        removed = 0
+        while self._acked:
+            mid = self._acked.popleft()
+            with self._lock:
+                seq = self._inflight.pop(mid, None)
+                self._hold.discard(mid)
+            if seq is not None:
+                self.spool.remove(seq)
+                removed += 1
+        if removed:
+            self.stats.inc("mqtt_published_total", removed)
+            self.stats.set("spool_depth", len(self.spool))
+            self.stats.set("spool_dropped_total", self.spool.dropped)
+
+    def _publish_spooled(self) -> None:
+        assert self.spool is not None and self.client is not None
+        with self._lock:
+            if self._hold:
+                return
+            room = self.cfg.max_inflight - len(self._inflight)
+        if room <= 0:
+            return
+        for seq, message in self.spool.after(self._last_seq, room):
+            if not self._connected.is_set():
+                return
+            info = self.client.publish(message.topic, message.payload, qos=message.qos, retain=message.retain)
+            self._last_seq = seq
+            if message.qos == 0:
+                self.spool.remove(seq)  # QoS 0 has no acknowledgement to wait for
+                continue
+            with self._lock:
+                self._inflight[info.mid] = seq
+        self.stats.set("spool_dropped_total", self.spool.dropped)
+
+    def _publish_stats(self) -> None:
+        assert self.client is not None
+        data: dict[str, Any] = dict(self.stats.snapshot())
+        data["ts"] = datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+        self.client.publish("%s/stats" % self.prefix, json.dumps(data), qos=0, retain=True)
+
+    # -- paho callbacks (paho's thread) -----------------------------------------------------
+
+    def _on_connect(self, client: paho.Client, userdata: Any, flags: Any, reason_code: Any, properties: Any) -> None:
+        if reason_code.is_failure:
+            reason = str(reason_code)
+            self.last_error = "refused: %s" % reason
+            if self._refusal != reason:
+                self._refusal = reason
+                log.error("mqtt connection refused host=%s port=%d reason=%s (check mqtt.username/password_file)",
+                          self.cfg.host, self.cfg.port, reason)
+            return
+        self._refusal = None
+        self._fail_logged = False
+        self.last_error = ""
+        log.info("mqtt connected host=%s port=%d client_id=%s", self.cfg.host, self.cfg.port, self.cfg.client_id)
+        client.publish("%s/availability" % self.prefix, ONLINE, qos=1, retain=True)
+        subs = [("%s/cmd/capture" % self.prefix, 1), ("%s/+/capture" % self.prefix, 1)]
+        if self.cfg.discovery:
+            subs.append(("%s/status" % self.cfg.discovery_prefix, 1))
+            self._publish_discovery(client)
+        client.subscribe(subs)
+        for source in self.sources:
+            client.publish("%s/%s/status" % (self.prefix, source), self.source_status(source), qos=1, retain=True)
+        with self._lock:
+            self._hold = set(self._inflight)  # paho re-sends these first, in order
+        self._was_connected = True
+        self._connected.set()
+        self.stats.set("mqtt_connected", 1)
+        self._wake.set()
+
+    def _on_connect_fail(self, client: paho.Client, userdata: Any) -> None:
+        self.last_error = "unreachable"
+        if not self._fail_logged:
+            self._fail_logged = True
+            log.warning("mqtt broker unreachable host=%s port=%d; results are spooled, retrying with backoff",
+                        self.cfg.host, self.cfg.port)
+        else:
+            log.debug("mqtt connect failed host=%s port=%d", self.cfg.host, self.cfg.port)
+
+    def _on_disconnect(self, client: paho.Client, userdata: Any, flags: Any, reason_code: Any, properties: Any) -> None:
+        was = self._connected.is_set()
+        self._connected.clear()
+        self.stats.set("mqtt_connected", 0)
+        if was and not self._closing.is_set():
+            log.warning("mqtt disconnected host=%s reason=%s; results are spooled", self.cfg.host, reason_code)
+
+    def _on_publish(self, client: paho.Client, userdata: Any, mid: int, reason_code: Any, properties: Any) -> None:
+        self._acked.append(mid)
+        self._wake.set()
+
+    def _on_message(self, client: paho.Client, userdata: Any, msg: paho.MQTTMessage) -> None:
+        try:
+            if msg.topic == "%s/status" % self.cfg.discovery_prefix:
+                if msg.payload.decode("utf-8", "replace").strip().lower() == ONLINE:
+                    log.info("home assistant online, discovery re-sent")
+                    self._publish_discovery(client)
+                return
+            rest = msg.topic[len(self.prefix) + 1:] if msg.topic.startswith(self.prefix + "/") else ""
+            target, _, command = rest.rpartition("/")
+            if command != "capture" or not target:
+                return
+            source = None if target == "cmd" else target
+            ok, message = self.on_capture(source)
+            log.info("command capture source=%s ok=%s", source or "*", ok)
+            ack = {
+                "command": "capture",
+                "source": source,
+                "ok": ok,
+                "message": message,
+                "request": msg.payload[:200].decode("utf-8", "replace"),
+                "ts": datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+            }
+            client.publish("%s/cmd/result" % self.prefix, json.dumps(ack), qos=1, retain=False)
+        except Exception:  # paho thread boundary: a bad command never stops the client
+            log.exception("mqtt command failed topic=%s", msg.topic)
+
+    def _publish_discovery(self, client: paho.Client) -> None:
+        for source in self.sources:
+            client.publish(discovery_topic(self.cfg, self.node, source),
+                           json.dumps(discovery_config(self.cfg, self.node, source)), qos=1, retain=True)
+
+
+def discovery_topic(cfg: MqttConfig, node: str, source: str) -> str:
+    return "%s/sensor/%s/%s/config" % (cfg.discovery_prefix, node, source)
+
+
+def discovery_config(cfg: MqttConfig, node: str, source: str) -> dict[str, Any]:
+    """Home Assistant MQTT discovery payload of one source's text sensor."""
+    host = socket.gethostname().split(".")[0]
+    return {
+        "name": "%s text" % source,
+        "unique_id": "%s_%s" % (node, source),
+        "object_id": "edge_ocr_%s_%s" % (host, source),
+        "state_topic": "%s/%s/state" % (cfg.topic_prefix, source),
+        "value_template": "{{ value_json.text[:255] }}",
+        "json_attributes_topic": "%s/%s/state" % (cfg.topic_prefix, source),
+        "json_attributes_template": "{{ {'confidence': value_json.confidence, 'status': value_json.status,"
+                                    " 'ts': value_json.ts} | tojson }}",
+        "availability_topic": "%s/availability" % cfg.topic_prefix,
+        "payload_available": ONLINE,
+        "payload_not_available": OFFLINE,
+        "icon": "mdi:text-recognition",
+        "device": {
+            "identifiers": [node],
+            "name": "edge-ocr %s" % host,
+            "manufacturer": "edge-ocr",
+            "model": "edge-ocr",
+            "sw_version": __version__,
+        },
+    }
+
+
+def probe(cfg: MqttConfig, timeout_s: float = 5.0) -> str | None:
+    """Connect once and disconnect: None if the broker accepts us, else a one-line reason."""
+    client = make_client(cfg, client_id=cfg.client_id + "-check")
+    client.will_clear()  # a check must never make the broker announce the daemon offline
+    outcome: dict[str, str | None] = {}
+    done = threading.Event()
+
+    def on_connect(c: paho.Client, u: Any, f: Any, reason_code: Any, p: Any) -> None:
+        outcome["error"] = "connection refused: %s" % reason_code if reason_code.is_failure else None
+        done.set()
+
+    client.on_connect = on_connect
+    try:
+        client.connect(cfg.host, cfg.port, keepalive=max(5, int(timeout_s)))
+    except ssl.SSLError as exc:
+        return "TLS error: %s" % (exc.reason or exc)
+    except OSError as exc:
+        return "cannot connect to %s:%d: %s" % (cfg.host, cfg.port, exc.strerror or exc)
+    client.loop_start()
+    try:
+        if not done.wait(timeout_s):
+            return "no answer from %s:%d within %.0f s" % (cfg.host, cfg.port, timeout_s)
+        return outcome.get("error")
+    finally:
+        client.disconnect()
+        client.loop_stop()

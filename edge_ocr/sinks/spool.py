@@ -1,0 +1,128 @@
+"""Bounded on-disk FIFO of MQTT messages the broker has not acknowledged yet.
+
+One file per message, ``<seq:012d>.msg``: a JSON header line ``{"topic","qos","retain"}``
+then the payload bytes. Each is written to a temp file, fsynced and renamed, so it survives a
+restart, a kill -9 or a power cut; an entry is removed only once its QoS 1 publish is
+acknowledged. At the bound the oldest are dropped and counted. Imports errors only.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+
+from edge_ocr.errors import SinkError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    topic: str
+    payload: bytes
+    qos: int = 1
+    retain: bool = False
+
+
+class Spool:
+    """FIFO of ``Message`` in ``directory``, at most ``max_messages`` entries. Thread-safe."""
+
+    SUFFIX = ".msg"
+
+    def __init__(self, directory: Path, max_messages: int) -> None:
+        self.directory = directory
+        self.max_messages = max_messages
+        self.dropped = 0
+        self._lock = threading.Lock()
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+            for leftover in directory.glob(".*.tmp"):  # a write interrupted by a crash
+                leftover.unlink(missing_ok=True)
+            seqs = sorted(int(p.stem) for p in directory.glob("*" + self.SUFFIX) if p.stem.isdigit())
+        except OSError as exc:
+            raise SinkError("spool %s: %s" % (directory, exc.strerror)) from exc
+        self._seqs: deque[int] = deque(seqs)
+        self._next = (seqs[-1] + 1) if seqs else 1
+        if seqs:
+            log.info("spool resumed dir=%s messages=%d", directory, len(seqs))
+        self._trim()
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._seqs)
+
+    def _path(self, seq: int) -> Path:
+        return self.directory / ("%012d%s" % (seq, self.SUFFIX))
+
+    def append(self, message: Message) -> int:
+        """Store ``message`` durably; returns its sequence number. Raises SinkError on disk failure."""
+        header = json.dumps({"topic": message.topic, "qos": message.qos, "retain": message.retain}).encode()
+        with self._lock:
+            seq = self._next
+            self._next += 1
+            path = self._path(seq)
+            tmp = self.directory / (".%d.tmp" % seq)
+            try:
+                with open(tmp, "wb") as fh:
+                    fh.write(header + b"\n" + message.payload)
+                    fh.flush()
+                    os.fsync(fh.fileno())
+                os.rename(tmp, path)
+                fd = os.open(self.directory, os.O_RDONLY | os.O_DIRECTORY)
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+            except OSError as exc:
+                tmp.unlink(missing_ok=True)
+                raise SinkError("spool %s: cannot write: %s" % (self.directory, exc.strerror)) from exc
+            self._seqs.append(seq)
+            self._trim()
+            return seq
+
+    def _trim(self) -> None:
+        while len(self._seqs) > self.max_messages:
+            oldest = self._seqs.popleft()
+            self._path(oldest).unlink(missing_ok=True)
+            self.dropped += 1
+            if self.dropped == 1 or self.dropped % 100 == 0:
+                log.warning("spool full, oldest dropped dir=%s max=%d dropped=%d",
+                            self.directory, self.max_messages, self.dropped)
+
+    def after(self, seq: int, limit: int) -> list[tuple[int, Message]]:
+        """Up to ``limit`` entries with a sequence number above ``seq``, oldest first."""
+        with self._lock:
+            wanted = [s for s in self._seqs if s > seq][:limit] if self._seqs and self._seqs[-1] > seq else []
+        out = []
+        for s in wanted:
+            message = self._read(s)
+            if message is not None:
+                out.append((s, message))
+        return out
+
+    def _read(self, seq: int) -> Message | None:
+        try:
+            raw = self._path(seq).read_bytes()
+            header, _, payload = raw.partition(b"\n")
+            meta = json.loads(header)
+            return Message(str(meta["topic"]), payload, int(meta["qos"]), bool(meta["retain"]))
+        except FileNotFoundError:
+            return None  # dropped at the bound meanwhile
+        except (OSError, ValueError, KeyError) as exc:
+            log.error("spool entry unreadable, removed file=%s error=%s", self._path(seq), exc)
+            self.remove(seq)
+            return None
+
+    def remove(self, seq: int) -> None:
+        """Forget entry ``seq`` (acknowledged); a missing entry is fine."""
+        with self._lock:
+            try:
+                self._seqs.remove(seq)
+            except ValueError:
+                return
+        self._path(seq).unlink(missing_ok=True)

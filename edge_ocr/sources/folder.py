@@ -1,0 +1,444 @@
+"""Drop-folder source: watch (inotify via ctypes, or polling), stability check, claim by atomic
+rename into ``.processing/``, resume after restart, done/ and failed/ (SPEC "Sources: Folder").
+
+Lifecycle of ``inbox/NAME.ext``: seen (inotify IN_CLOSE_WRITE/IN_MOVED_TO, a poll, the
+periodic rescan or start-up) → size and mtime unchanged for ``stability_delay`` and the
+format's trailer present → renamed to ``.processing/NAME.ext`` → one Job → on success
+``done/NAME.json`` (+ the original unless ``delete_original``), on failure
+``failed/NAME.ext`` + ``failed/NAME.error.json``. A crash leaves the file in ``.processing/``
+and it is resumed on start; a result already written for the same bytes is not redone.
+Imports results, config, errors, stats, engine types.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import hashlib
+import json
+import logging
+import os
+import select
+import stat
+import struct
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from functools import partial
+from pathlib import Path
+from typing import Any, Protocol
+
+from edge_ocr.config import FolderSourceConfig
+from edge_ocr.engine.types import EngineOutput
+from edge_ocr.errors import EdgeOcrError, ImageTooLarge, SourceError
+from edge_ocr.results import Job, Result, Status, output_from_dict
+from edge_ocr.sources.base import SourceStatus, Submit
+from edge_ocr.stats import Stats
+
+log = logging.getLogger(__name__)
+
+PROCESSING = ".processing"
+CACHE = ".cache"
+TEMP_SUFFIXES = (".tmp", ".part", ".partial", ".crdownload", ".swp")
+IN_CLOSE_WRITE, IN_MOVED_TO, IN_DELETE_SELF, IN_MOVE_SELF = 0x8, 0x80, 0x400, 0x800
+IN_Q_OVERFLOW, IN_IGNORED, IN_ONLYDIR = 0x4000, 0x8000, 0x01000000
+IN_NONBLOCK, IN_CLOEXEC = 0o4000, 0o2000000
+EVENT = struct.Struct("iIII")
+
+
+def ignored(name: str) -> bool:
+    """Hidden and temporary names (``.*``, ``~*``, ``*.tmp``, ``*.part``, ...) are never taken."""
+    return name.startswith((".", "~")) or name.lower().endswith(TEMP_SUFFIXES)
+
+
+def looks_complete(path: Path, size: int) -> bool:
+    """Cheap check that a file's format trailer is there (JPEG EOI, PNG IEND, BMP/WebP sizes).
+
+    Unknown formats count as complete; the engine's decoder is the final judge.
+    """
+    if size == 0:
+        return False
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(16)
+            fh.seek(max(0, size - 32))
+            tail = fh.read(32)
+    except OSError:
+        return False
+    if head.startswith(b"\xff\xd8"):
+        return b"\xff\xd9" in tail
+    if head.startswith(b"\x89PNG"):
+        return b"IEND" in tail[-12:]
+    if head.startswith(b"BM") and len(head) >= 6:
+        return int.from_bytes(head[2:6], "little") <= size
+    if head.startswith(b"RIFF") and head[8:12] == b"WEBP":
+        return int.from_bytes(head[4:8], "little") + 8 <= size
+    return True
+
+
+class Inotify:
+    """inotify(7) on one directory through libc (no dependency): names closed-after-write or moved in."""
+
+    def __init__(self, directory: Path) -> None:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        libc.inotify_init1.argtypes = [ctypes.c_int]
+        libc.inotify_add_watch.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_uint32]
+        fd = libc.inotify_init1(IN_NONBLOCK | IN_CLOEXEC)
+        if fd < 0:
+            err = ctypes.get_errno()
+            raise OSError(err, "inotify_init1: %s" % os.strerror(err))
+        mask = IN_CLOSE_WRITE | IN_MOVED_TO | IN_DELETE_SELF | IN_MOVE_SELF | IN_ONLYDIR
+        if libc.inotify_add_watch(fd, os.fsencode(directory), mask) < 0:
+            err = ctypes.get_errno()
+            os.close(fd)
+            raise OSError(err, "inotify_add_watch %s: %s" % (directory, os.strerror(err)))
+        self.fd = fd
+        self.broken = False  # the watched directory was removed or moved: caller must rescan/reopen
+
+    def read(self, timeout_s: float) -> tuple[list[str], bool]:
+        """Names reported within ``timeout_s``, and whether a full rescan is needed (overflow)."""
+        ready, _, _ = select.select([self.fd], [], [], max(0.0, timeout_s))
+        if not ready:
+            return [], False
+        try:
+            buf = os.read(self.fd, 64 * 1024)
+        except BlockingIOError:
+            return [], False
+        names, rescan, offset = [], False, 0
+        while offset + EVENT.size <= len(buf):
+            _, mask, _, length = EVENT.unpack_from(buf, offset)
+            raw = buf[offset + EVENT.size: offset + EVENT.size + length].split(b"\0", 1)[0]
+            offset += EVENT.size + length
+            if mask & IN_Q_OVERFLOW:
+                rescan = True
+            if mask & (IN_IGNORED | IN_DELETE_SELF | IN_MOVE_SELF):
+                self.broken = rescan = True
+            if raw and mask & (IN_CLOSE_WRITE | IN_MOVED_TO):
+                names.append(os.fsdecode(raw))
+        return names, rescan
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
+class FileStore(Protocol):
+    """Crash-safe placement of results (``sinks.files.ResultFiles``, injected by app)."""
+
+    def store(self, src: Path | None, directory: Path, name: str, suffix: str, data: dict[str, Any],
+              sha256: str | None) -> Path: ...
+
+    def existing(self, directory: Path, name: str, suffix: str, sha256: str) -> Path | None: ...
+
+
+@dataclass(slots=True)
+class _Seen:
+    size: int
+    mtime_ns: int
+    stable_since: float
+    first_seen: float
+
+
+class FolderSource:
+    """One drop folder. ``run(stop)`` is the body of thread ``source:<name>``."""
+
+    def __init__(
+        self,
+        cfg: FolderSourceConfig,
+        submit: Submit,
+        files: FileStore,
+        stats: Stats,
+        on_status: Callable[[str, SourceStatus], None] | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.name = cfg.name
+        self.submit = submit
+        self.files = files
+        self.stats = stats
+        self.on_status = on_status
+        self.processing = cfg.path / PROCESSING
+        self.cache = cfg.path / CACHE
+        self._status: SourceStatus | None = None
+        self._rescan = threading.Event()
+        self.ready = threading.Event()  # set once the folders are open and the start-up scan is queued
+        self.mode = "none"
+
+    @property
+    def status(self) -> SourceStatus:
+        return self._status or SourceStatus.OFFLINE
+
+    def update(self, cfg: FolderSourceConfig) -> None:
+        """Apply live keys of a reloaded config (timings, delete_original, reuse_results)."""
+        self.cfg = cfg
+
+    def capture_now(self) -> str:
+        self._rescan.set()
+        return "rescan requested"
+
+    # -- thread body -------------------------------------------------------------------------
+
+    def run(self, stop: threading.Event) -> None:
+        backoff = 1.0
+        while not stop.is_set():
+            try:
+                self._prepare()
+                break
+            except SourceError as exc:
+                self._set_status(SourceStatus.OFFLINE, exc.message)
+                self.ready.set()  # the first attempt is over: do not hold READY=1 for a missing folder
+                stop.wait(backoff)
+                backoff = min(backoff * 2, 60.0)
+        if stop.is_set():
+            return
+        inotify = self._open_inotify()
+        self.mode = "inotify" if inotify else "poll"
+        self._set_status(SourceStatus.ONLINE, "mode=%s" % self.mode)
+        try:
+            self._resume(stop)
+            self._loop(stop, inotify)
+        finally:
+            if inotify is not None:
+                inotify.close()
+
+    def _set_status(self, status: SourceStatus, why: str = "") -> None:
+        if status is self._status:
+            return
+        self._status = status
+        if status is SourceStatus.ONLINE:
+            log.info("source online source=%s path=%s %s", self.name, self.cfg.path, why)
+        else:
+            log.warning("source offline source=%s path=%s reason=%s", self.name, self.cfg.path, why)
+        if self.on_status is not None:
+            self.on_status(self.name, status)
+
+    def _prepare(self) -> None:
+        for directory in (self.cfg.path, self.processing, self.cfg.done_dir, self.cfg.failed_dir):
+            try:
+                directory.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise SourceError("cannot create %s: %s" % (directory, exc.strerror)) from exc
+            if not os.access(directory, os.W_OK | os.X_OK):
+                raise SourceError("%s is not writable by uid %d" % (directory, os.geteuid()))
+        if self.cfg.reuse_results:
+            self.cache.mkdir(exist_ok=True)
+
+    def _open_inotify(self) -> Inotify | None:
+        if self.cfg.watch == "poll":
+            return None
+        try:
+            return Inotify(self.cfg.path)
+        except (OSError, AttributeError) as exc:
+            log.warning("inotify unavailable, polling source=%s interval_s=%s error=%s",
+                        self.name, self.cfg.poll_interval, exc)
+            return None
+
+    def _resume(self, stop: threading.Event) -> None:
+        """Files left in .processing/ by a stop or crash: finish an interrupted move, or run them again."""
+        try:
+            entries = sorted(self.processing.iterdir(), key=_mtime_name)
+        except OSError as exc:
+            log.error("cannot list source=%s dir=%s error=%s", self.name, self.processing, exc.strerror)
+            return
+        if entries:
+            log.info("resuming source=%s files=%d", self.name, len(entries))
+        for claimed in entries:
+            if stop.is_set():
+                return
+            if claimed.name.startswith(".") or not claimed.is_file():
+                continue
+            self._submit_claimed(claimed, resumed=True)
+
+    def _loop(self, stop: threading.Event, inotify: Inotify | None) -> None:
+        seen: dict[str, _Seen] = {}
+        next_scan = 0.0
+        while not stop.is_set():
+            cfg = self.cfg
+            now = time.monotonic()
+            if self._rescan.is_set() or now >= next_scan or (inotify is not None and inotify.broken):
+                self._rescan.clear()
+                if inotify is not None and inotify.broken:
+                    inotify.close()
+                    inotify = self._open_inotify()
+                for name in self._list():
+                    self._note(seen, name, now)
+                next_scan = now + (cfg.rescan_interval if inotify is not None else cfg.poll_interval)
+                self.ready.set()
+            for name in self._ready(seen, now):
+                if stop.is_set():
+                    return
+                self._claim(name)
+            now = time.monotonic()
+            wake = [next_scan] + [s.stable_since + cfg.stability_delay for s in seen.values()]
+            timeout = min(max(min(wake) - now, 0.02), 0.25)
+            if inotify is not None:
+                names, rescan = inotify.read(timeout)
+                for name in names:
+                    self._note(seen, name, time.monotonic())
+                if rescan:
+                    self._rescan.set()
+            else:
+                self._rescan.wait(timeout)
+
+    def _list(self) -> list[str]:
+        try:
+            names = [n for n in os.listdir(self.cfg.path) if not ignored(n)]
+        except OSError as exc:
+            self._set_status(SourceStatus.OFFLINE, "cannot list: %s" % exc.strerror)
+            return []
+        self._set_status(SourceStatus.ONLINE)
+        return names
+
+    def _note(self, seen: dict[str, _Seen], name: str, now: float) -> None:
+        if name in seen or ignored(name) or "/" in name:
+            return
+        seen[name] = _Seen(-1, -1, now, now)
+
+    def _ready(self, seen: dict[str, _Seen], now: float) -> list[str]:
+        """Names whose size and mtime held still for stability_delay and that look complete, oldest first."""
+        cfg = self.cfg
+        ready: list[tuple[int, str]] = []
+        for name, s in list(seen.items()):
+            path = cfg.path / name
+            try:
+                st = os.lstat(path)
+            except FileNotFoundError:
+                del seen[name]
+                continue
+            except OSError as exc:
+                log.warning("cannot stat source=%s file=%s error=%s", self.name, name, exc.strerror)
+                continue
+            if stat.S_ISLNK(st.st_mode):
+                del seen[name]
+                self._refuse(name, "symlinks are refused")
+                continue
+            if not stat.S_ISREG(st.st_mode):
+                del seen[name]  # sub-directories, fifos, sockets: not ours
+                continue
+            if (st.st_size, st.st_mtime_ns) != (s.size, s.mtime_ns):
+                s.size, s.mtime_ns, s.stable_since = st.st_size, st.st_mtime_ns, now
+                continue
+            if now - s.stable_since < cfg.stability_delay:
+                continue
+            too_big = st.st_size > cfg.max_file_mb * 1024 * 1024
+            if too_big or looks_complete(path, st.st_size) or now - s.first_seen >= cfg.incomplete_timeout:
+                del seen[name]
+                ready.append((st.st_mtime_ns, name))
+        return [name for _, name in sorted(ready)]
+
+    def _claim(self, name: str) -> None:
+        """Atomic rename into .processing/ (a free name there), then hand it to the pipeline."""
+        src = self.cfg.path / name
+        claimed = self.processing / name
+        n = 0
+        while claimed.exists():  # this thread is the only writer of .processing/
+            n += 1
+            stem, ext = os.path.splitext(name)
+            claimed = self.processing / ("%s-%d%s" % (stem, n, ext))
+        try:
+            os.rename(src, claimed)
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            log.error("cannot claim source=%s file=%s error=%s", self.name, name, exc.strerror)
+            return
+        log.debug("claimed source=%s file=%s", self.name, claimed.name)
+        self._submit_claimed(claimed)
+
+    def _submit_claimed(self, claimed: Path, resumed: bool = False) -> bool:
+        name, cfg = claimed.name, self.cfg
+        try:
+            size = claimed.stat().st_size
+            if size > cfg.max_file_mb * 1024 * 1024:
+                raise ImageTooLarge("file is %.1f MB, over max_file_mb=%s" % (size / 1048576, cfg.max_file_mb))
+            data = claimed.read_bytes()
+        except ImageTooLarge as exc:
+            self._fail(claimed, name, exc, None, None)
+            return True
+        except OSError as exc:
+            self._fail(claimed, name, SourceError("cannot read file: %s" % exc.strerror), None, None)
+            return True
+        sha = hashlib.sha256(data).hexdigest()
+        if resumed and self._finish_interrupted(claimed, name, sha):
+            return True
+        cached = self._cached(sha) if cfg.reuse_results else None
+        job = Job(self.name, data, file=name, sha256=sha, cached=cached,
+                  on_done=partial(self._finish, claimed, name, cached is not None))
+        return self.submit(job)  # False: stopping; the file stays in .processing/ for the next start
+
+    def _finish_interrupted(self, claimed: Path, name: str, sha: str) -> bool:
+        """A crash between writing NAME.json and moving the original: complete the move, no re-run."""
+        for directory, suffix, counter in ((self.cfg.done_dir, ".json", "files_done_total"),
+                                           (self.cfg.failed_dir, ".error.json", "files_failed_total")):
+            meta = self.files.existing(directory, name, suffix, sha)
+            if meta is None:
+                continue
+            data = json.loads(meta.read_text(encoding="utf-8"))
+            delete = directory == self.cfg.done_dir and self.cfg.delete_original
+            self.files.store(None if delete else claimed, directory, name, suffix, data, sha)
+            if delete:
+                claimed.unlink(missing_ok=True)
+            self.stats.inc(counter)
+            log.info("finished interrupted move source=%s file=%s dir=%s", self.name, name, directory)
+            return True
+        return False
+
+    def _cached(self, sha: str) -> EngineOutput | None:
+        path = self.cache / (sha + ".json")
+        try:
+            return output_from_dict(json.loads(path.read_text(encoding="utf-8")))
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            log.warning("stored result unreadable, running OCR again file=%s error=%s", path, exc)
+            return None
+
+    # -- completion (on the pipeline thread) ---------------------------------------------------
+
+    def _finish(self, claimed: Path, name: str, reused: bool, result: Result) -> None:
+        if result.status is Status.ERROR:
+            self._fail(claimed, name, result.error or EdgeOcrError("unknown error"), result.traceback, result.sha256)
+            return
+        cfg = self.cfg
+        data = result.to_dict()
+        meta = self.files.store(None if cfg.delete_original else claimed, cfg.done_dir, name, ".json", data,
+                                result.sha256)
+        if cfg.delete_original:
+            claimed.unlink(missing_ok=True)
+        if cfg.reuse_results and not reused and result.sha256:
+            try:
+                self.files.store(None, self.cache, result.sha256, ".json", data, result.sha256)
+            except EdgeOcrError as exc:
+                log.warning("cannot store result for reuse source=%s error=%s", self.name, exc.message)
+        self.stats.inc("files_done_total")
+        log.info("file done source=%s file=%s status=%s result=%s", self.name, name, result.status.value, meta.name)
+
+    def _fail(self, src: Path, name: str, error: EdgeOcrError, tb: str | None, sha: str | None) -> None:
+        now = datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        data: dict[str, Any] = {
+            "file": name,
+            "source": self.name,
+            "reason": "%s: %s" % (error.code, error.message),
+            "error": {"code": error.code, "message": error.message},
+            "time": now,
+            "traceback": tb,
+            "sha256": sha,
+        }
+        try:
+            meta = self.files.store(src, self.cfg.failed_dir, name, ".error.json", data, sha)
+        except EdgeOcrError as exc:
+            log.error("cannot move to failed_dir source=%s file=%s error=%s", self.name, name, exc.message)
+            return
+        self.stats.inc("files_failed_total")
+        log.warning("file failed source=%s file=%s error=%s %s result=%s",
+                    self.name, name, error.code, error.message, meta.name)
+
+    def _refuse(self, name: str, reason: str) -> None:
+        self._fail(self.cfg.path / name, name, SourceError(reason), None, None)
+
+
+def _mtime_name(path: Path) -> tuple[int, str]:
+    try:
+        return (path.lstat().st_mtime_ns, path.name)
+    except OSError:
+        return (0, path.name)

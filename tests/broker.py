@@ -1,0 +1,195 @@
+"""A real Mosquitto for tests: free loopback ports, a password file, a TLS listener with a CA
+made here by the openssl CLI, persistence so queued QoS 1 messages survive a broker restart.
+Never the system service. Plus ``Collector``, a subscriber that records what arrives.
+"""
+
+from __future__ import annotations
+
+import getpass
+import shutil
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import paho.mqtt.client as paho
+import pytest
+from paho.mqtt.enums import CallbackAPIVersion
+
+USER, PASSWORD = "edge", "s3cret-pass"
+SBIN = "/usr/local/sbin:/usr/sbin:/sbin"  # Debian installs mosquitto there, often not on a user's PATH
+
+
+def tool(name: str) -> str | None:
+    return shutil.which(name) or shutil.which(name, path=SBIN)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _openssl(*args: str, cwd: Path) -> None:
+    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True, timeout=60)
+
+
+def make_ca(directory: Path) -> dict[str, Path]:
+    """A self-signed CA and a server certificate for 127.0.0.1/localhost."""
+    directory.mkdir(parents=True, exist_ok=True)
+    _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=edge-ocr test CA",
+             "-keyout", "ca.key", "-out", "ca.crt", cwd=directory)
+    _openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=localhost", "-keyout", "server.key",
+             "-out", "server.csr", cwd=directory)
+    (directory / "san.ext").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
+    _openssl("x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
+             "-days", "2", "-extfile", "san.ext", "-out", "server.crt", cwd=directory)
+    return {name: directory / name for name in ("ca.crt", "server.crt", "server.key")}
+
+
+class Mosquitto:
+    """One mosquitto process; ``restart()`` keeps ports, users and persisted sessions."""
+
+    def __init__(self, directory: Path) -> None:
+        self.dir = directory
+        self.port = free_port()
+        self.tls_port = free_port()
+        self.certs = make_ca(directory / "certs")
+        passwd = directory / "passwd"
+        subprocess.run([tool("mosquitto_passwd") or "mosquitto_passwd", "-b", "-c", str(passwd), USER, PASSWORD], check=True,
+                       capture_output=True, timeout=30)
+        passwd.chmod(0o600)
+        (directory / "data").mkdir()
+        self.conf = directory / "mosquitto.conf"
+        self.conf.write_text(
+            "\n".join([
+                "user %s" % getpass.getuser(),  # as root, mosquitto would otherwise switch to 'mosquitto'
+                "persistence true",
+                "persistence_location %s/" % (directory / "data"),
+                "max_queued_messages 5000",
+                "log_dest file %s" % (directory / "mosquitto.log"),
+                "per_listener_settings false",
+                "allow_anonymous false",
+                "password_file %s" % passwd,
+                "listener %d 127.0.0.1" % self.port,
+                "listener %d 127.0.0.1" % self.tls_port,
+                "cafile %s" % self.certs["ca.crt"],
+                "certfile %s" % self.certs["server.crt"],
+                "keyfile %s" % self.certs["server.key"],
+                "",
+            ])
+        )
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout_s: float = 10.0) -> None:
+        self.proc = subprocess.Popen([tool("mosquitto") or "mosquitto", "-c", str(self.conf)], stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                log = self.dir / "mosquitto.log"
+                raise RuntimeError("mosquitto exited: %s" % (log.read_text()[-2000:] if log.exists() else "?"))
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
+                    return
+            except OSError:
+                threading.Event().wait(0.05)  # polling a port that is not open yet
+        raise RuntimeError("mosquitto did not listen on %d" % self.port)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(10)
+        self.proc = None
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+
+def wait_until(pred: Callable[[], bool], timeout_s: float = 20.0, step_s: float = 0.05) -> bool:
+    """Poll ``pred`` until true or the deadline (for state with no event to wait on, e.g. files)."""
+    deadline = time.monotonic() + timeout_s
+    pause = threading.Event()
+    while time.monotonic() < deadline:
+        if pred():
+            return True
+        pause.wait(step_s)
+    return pred()
+
+
+def require_mosquitto() -> None:
+    if not tool("mosquitto") or not tool("mosquitto_passwd") or not tool("openssl"):
+        pytest.skip("mosquitto, mosquitto_passwd or openssl not installed (.ci/run installs them)")
+
+
+@pytest.fixture
+def mosquitto(tmp_path_factory):
+    """A started Mosquitto with a password and TLS listener, stopped after the test."""
+    require_mosquitto()
+    broker = Mosquitto(tmp_path_factory.mktemp("mosquitto"))
+    broker.start()
+    yield broker
+    broker.stop()
+
+
+@dataclass(frozen=True, slots=True)
+class Received:
+    topic: str
+    payload: bytes
+    retain: bool
+
+
+class Collector:
+    """A subscriber that records every message; ``wait(pred)`` blocks until pred(messages) holds."""
+
+    def __init__(self, broker: Mosquitto, topics: list[str], client_id: str = "", persistent: bool = False) -> None:
+        self.messages: list[Received] = []
+        self.cond = threading.Condition()
+        self.connected = threading.Event()
+        self.client = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id or "collector-%d" % free_port(),
+                                  clean_session=not persistent)
+        self.client.username_pw_set(USER, PASSWORD)
+        self.client.reconnect_delay_set(0.1, 0.5)  # type: ignore[arg-type]
+        self.topics = topics
+
+        def on_connect(c, u, f, rc, p):
+            if not rc.is_failure:
+                c.subscribe([(t, 1) for t in topics])
+
+        def on_subscribe(c, u, mid, rcs, p):
+            self.connected.set()
+
+        def on_message(c, u, msg):
+            with self.cond:
+                self.messages.append(Received(msg.topic, msg.payload, bool(msg.retain)))
+                self.cond.notify_all()
+
+        self.client.on_connect = on_connect
+        self.client.on_subscribe = on_subscribe
+        self.client.on_message = on_message
+        self.client.connect_async("127.0.0.1", broker.port)
+        self.client.loop_start()
+        assert self.connected.wait(10), "collector could not subscribe"
+
+    def on(self, topic: str) -> list[Received]:
+        with self.cond:
+            return [m for m in self.messages if m.topic == topic]
+
+    def wait(self, pred: Callable[[list[Received]], bool], timeout_s: float = 30.0) -> list[Received]:
+        with self.cond:
+            if not self.cond.wait_for(lambda: pred(self.messages), timeout_s):
+                raise AssertionError("timed out; got %d messages: %s" % (
+                    len(self.messages), [m.topic for m in self.messages][-10:]))
+            return list(self.messages)
+
+    def wait_topic(self, topic: str, count: int = 1, timeout_s: float = 30.0) -> list[Received]:
+        self.wait(lambda ms: sum(m.topic == topic for m in ms) >= count, timeout_s)
+        return self.on(topic)
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()

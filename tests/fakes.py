@@ -1,0 +1,30 @@
+"""Fakes that implement our Protocols (never MagicMock): an engine that reads ``TEXT:<text>`` files."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+
+from edge_ocr.engine.types import EngineOutput, TextLine
+from edge_ocr.errors import UnsupportedImage
+
+QUAD = np.array([[0, 0], [10, 0], [10, 5], [0, 5]], dtype=np.float32)
+
+
+class FakeEngine:
+    """pipeline.Engine: ``TEXT:hello`` → one line "hello"; anything else → UnsupportedImage."""
+
+    def __init__(self, gate: threading.Event | None = None) -> None:
+        self.calls: list[bytes] = []
+        self.gate = gate  # when given, each call waits for it (to hold the worker busy)
+
+    def __call__(self, image, rois=None, det=True) -> EngineOutput:
+        self.calls.append(bytes(image))
+        if self.gate is not None:
+            assert self.gate.wait(10)
+        if not image.startswith(b"TEXT:"):
+            raise UnsupportedImage("not an image")
+        text = image[5:].decode()
+        lines = (TextLine(text, 0.99, QUAD),) if text else ()
+        return EngineOutput(lines, (10, 5), {"total": 1.0})

@@ -1,0 +1,203 @@
+"""edge_ocr.sinks.mqtt against a real Mosquitto: topics, spool across a broker outage, TLS,
+credentials, commands, Home Assistant discovery."""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edge_ocr.config import MqttConfig, Secret
+from edge_ocr.engine.types import EngineOutput, TextLine
+from edge_ocr.results import Result, Status
+from edge_ocr.sinks.mqtt import MqttSink, probe
+from edge_ocr.stats import Stats
+from tests.broker import PASSWORD, USER, Collector, Mosquitto, mosquitto, wait_until  # noqa: F401  (fixture)
+
+pytestmark = pytest.mark.broker
+PREFIX = "test/edge"
+
+
+def mqtt_config(broker: Mosquitto, tmp_path: Path, **kw) -> MqttConfig:
+    base = MqttConfig(spool_dir=tmp_path / "spool", topic_prefix=PREFIX, client_id="edge-ocr-test",
+                      host="127.0.0.1", port=broker.port, username=USER, password=Secret(PASSWORD),
+                      reconnect_min_delay=0.1, reconnect_max_delay=0.5)
+    return replace(base, **kw)
+
+
+def result(text: str, source: str = "inbox", changed: bool = True) -> Result:
+    quad = np.array([[0, 0], [10, 0], [10, 5], [0, 5]], dtype=np.float32)
+    output = EngineOutput((TextLine(text, 0.97, quad),), (10, 5), {"total": 1.0})
+    return Result(source, Status.OK, output, ("pack", "1"), changed=changed)
+
+
+class Captures:
+    def __init__(self):
+        self.calls: list[str | None] = []
+
+    def __call__(self, source):
+        self.calls.append(source)
+        return (source in (None, "inbox")), "rescan requested"
+
+
+@pytest.fixture
+def sink_factory(tmp_path):
+    made: list[MqttSink] = []
+
+    def make(cfg: MqttConfig, captures=None) -> MqttSink:
+        sink = MqttSink(cfg, ("inbox",), Stats(), captures or Captures())
+        sink.start()
+        made.append(sink)
+        return sink
+
+    yield make
+    for sink in made:
+        sink.close(timeout_s=2)
+
+
+def test_result_topics_availability_and_clean_offline(mosquitto, tmp_path, sink_factory):
+    sub = Collector(mosquitto, ["%s/#" % PREFIX])
+    sink = sink_factory(mqtt_config(mosquitto, tmp_path))
+    sub.wait_topic(PREFIX + "/availability")
+    sink.publish(result("hello"))
+    sink.publish(result("hello", changed=False))
+    states = sub.wait_topic(PREFIX + "/inbox/state", 2)
+    texts = sub.wait_topic(PREFIX + "/inbox/text", 2)
+    assert json.loads(states[-1].payload)["text"] == "hello"
+    assert texts[-1].payload == b"hello"
+    assert len(sub.on(PREFIX + "/inbox/event")) == 1  # on change only
+    assert sub.on(PREFIX + "/availability")[0].payload == b"online"
+    assert sub.on(PREFIX + "/inbox/status")[-1].payload == b"online"
+    sink.close()
+    assert sub.wait_topic(PREFIX + "/availability", 2)[-1].payload == b"offline"
+    assert len(list((tmp_path / "spool").glob("*.msg"))) == 0  # all acknowledged
+    sub.close()
+    late = Collector(mosquitto, [PREFIX + "/inbox/state", PREFIX + "/inbox/text"])
+    assert {m.topic for m in late.wait(lambda ms: len(ms) >= 2)} == {PREFIX + "/inbox/state", PREFIX + "/inbox/text"}
+    assert all(m.retain for m in late.messages)
+    late.close()
+
+
+def test_spooled_while_broker_down_then_published_in_order(mosquitto, tmp_path, sink_factory):
+    # A persistent subscriber: the broker keeps its session (and queues QoS 1) across the restart.
+    sub = Collector(mosquitto, [PREFIX + "/inbox/event"], client_id="ordered-sub", persistent=True)
+    mosquitto.stop()
+    sink = sink_factory(mqtt_config(mosquitto, tmp_path, publish_every=True, max_inflight=5))
+    sent = [result("r%02d" % i) for i in range(30)]
+    for r in sent:
+        sink.publish(r)
+    assert len(list((tmp_path / "spool").glob("*.msg"))) == 90
+    mosquitto.start()
+    events = [json.loads(m.payload) for m in sub.wait_topic(PREFIX + "/inbox/event", 30)]
+    assert [e["id"] for e in events] == [r.id for r in sent]
+    assert wait_until(lambda: len(sink.spool) == 0)
+    sub.close()
+
+
+def test_spool_survives_restart_and_keeps_original_ts(mosquitto, tmp_path):
+    mosquitto.stop()
+    cfg = mqtt_config(mosquitto, tmp_path, publish_every=True)
+    first = MqttSink(cfg, ("inbox",), Stats(), Captures())
+    first.start()
+    sent = [result("old%d" % i) for i in range(3)]
+    for r in sent:
+        first.publish(r)
+    first.close(timeout_s=1)
+    mosquitto.start()
+    sub = Collector(mosquitto, [PREFIX + "/inbox/event"])
+    second = MqttSink(cfg, ("inbox",), Stats(), Captures())
+    second.start()
+    try:
+        events = sub.wait_topic(PREFIX + "/inbox/event", 3)
+        got = [json.loads(m.payload) for m in events]
+        assert [g["text"] for g in got] == ["old0", "old1", "old2"]
+        assert [g["id"] for g in got] == [r.id for r in sent]
+        assert got[0]["ts"] == json.loads(sent[0].to_json())["ts"]
+    finally:
+        second.close()
+        sub.close()
+
+
+def test_spool_overflow_drops_oldest_and_counts(mosquitto, tmp_path, sink_factory):
+    mosquitto.stop()
+    sink = sink_factory(mqtt_config(mosquitto, tmp_path, spool_max_messages=10))
+    for i in range(10):
+        sink.publish(result("x%d" % i))  # 3 messages each (state, text, event)
+    assert len(sink.spool) == 10
+    assert sink.spool.dropped == 20
+    assert sink.stats.snapshot()["spool_dropped_total"] in (0, 20)  # updated by the mqtt thread
+
+
+def test_tls_with_ca_and_credentials(mosquitto, tmp_path, sink_factory):
+    sub = Collector(mosquitto, [PREFIX + "/availability"])
+    cfg = mqtt_config(mosquitto, tmp_path, port=mosquitto.tls_port, tls=True,
+                      ca_file=str(mosquitto.certs["ca.crt"]))
+    assert probe(cfg) is None
+    sink = sink_factory(cfg)
+    assert sub.wait_topic(PREFIX + "/availability")[-1].payload == b"online"
+    assert sink.connected
+    sub.close()
+
+
+def test_wrong_password_is_reported_clearly(mosquitto, tmp_path, sink_factory, caplog):
+    cfg = mqtt_config(mosquitto, tmp_path, password=Secret("wrong-pass"))
+    assert "refused" in (probe(cfg) or "")
+    with caplog.at_level(logging.INFO, logger="edge_ocr.sinks.mqtt"):
+        sink = sink_factory(cfg)
+        assert wait_until(lambda: "refused" in sink.last_error)
+        assert wait_until(lambda: any("connection refused" in r.getMessage() for r in caplog.records))
+    refusals = [r for r in caplog.records if "connection refused" in r.getMessage()]
+    assert len(refusals) == 1 and refusals[0].levelno == logging.ERROR
+    assert "password" in refusals[0].getMessage() and "authori" in refusals[0].getMessage().lower()
+    assert PASSWORD not in caplog.text and "wrong-pass" not in caplog.text
+    assert not sink.connected
+
+
+def test_capture_commands_are_acknowledged(mosquitto, tmp_path, sink_factory):
+    captures = Captures()
+    sub = Collector(mosquitto, [PREFIX + "/cmd/result", PREFIX + "/availability"])
+    sink_factory(mqtt_config(mosquitto, tmp_path), captures)
+    sub.wait_topic(PREFIX + "/availability")
+    sub.client.publish(PREFIX + "/cmd/capture", b"", qos=1)
+    sub.client.publish(PREFIX + "/inbox/capture", b"now", qos=1)
+    sub.client.publish(PREFIX + "/nope/capture", b"", qos=1)
+    acks = [json.loads(m.payload) for m in sub.wait_topic(PREFIX + "/cmd/result", 3)]
+    assert [(a["source"], a["ok"]) for a in acks] == [(None, True), ("inbox", True), ("nope", False)]
+    assert captures.calls == [None, "inbox", "nope"]
+    sub.close()
+
+
+def test_home_assistant_discovery_resent_when_ha_comes_online(mosquitto, tmp_path, sink_factory):
+    sub = Collector(mosquitto, ["homeassistant/#"])
+    sink_factory(mqtt_config(mosquitto, tmp_path))
+    topic = "homeassistant/sensor/edge-ocr-test/inbox/config"
+    first = sub.wait_topic(topic)
+    config = json.loads(first[0].payload)
+    assert config["unique_id"] == "edge-ocr-test_inbox"
+    assert config["state_topic"] == PREFIX + "/inbox/state"
+    assert config["availability_topic"] == PREFIX + "/availability"
+    assert config["device"]["identifiers"] == ["edge-ocr-test"] and "value_template" in config
+    late = Collector(mosquitto, [topic])  # retained: a subscriber arriving later gets it
+    assert late.wait_topic(topic)[0].retain
+    late.close()
+    sub.client.publish("homeassistant/status", b"online", qos=1)
+    assert len(sub.wait_topic(topic, 2)) == 2
+
+
+def test_starts_and_spools_with_no_broker_logging_one_warning(tmp_path, caplog):
+    cfg = MqttConfig(spool_dir=tmp_path / "spool", topic_prefix=PREFIX, client_id="edge-ocr-none",
+                     host="127.0.0.1", port=1, reconnect_min_delay=0.1, reconnect_max_delay=0.2)
+    with caplog.at_level(logging.DEBUG, logger="edge_ocr.sinks.mqtt"):
+        sink = MqttSink(cfg, ("inbox",), Stats(), Captures())
+        sink.start()
+        sink.publish(result("kept"))
+        assert wait_until(lambda: sum("connect failed" in r.getMessage() for r in caplog.records) >= 2)
+        sink.close(timeout_s=1)
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING and "unreachable" in r.getMessage()]
+    assert len(warnings) == 1
+    assert len(sink.spool) == 3

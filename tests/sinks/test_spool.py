@@ -1,0 +1,28 @@
+"""edge_ocr.sinks.spool: durable FIFO on a real directory."""
+
+from __future__ import annotations
+
+from edge_ocr.sinks.spool import Message, Spool
+
+
+def test_fifo_survives_reopen_and_removes_only_what_is_acknowledged(tmp_path):
+    spool = Spool(tmp_path, 100)
+    seqs = [spool.append(Message("t/%d" % i, b"p%d" % i, 1, i % 2 == 0)) for i in range(5)]
+    spool.remove(seqs[1])
+    (tmp_path / ".99.tmp").write_bytes(b"half-written")  # a crash mid-append
+    again = Spool(tmp_path, 100)
+    entries = again.after(0, 10)
+    assert [m.topic for _, m in entries] == ["t/0", "t/2", "t/3", "t/4"]
+    assert entries[0][1] == Message("t/0", b"p0", 1, True)
+    assert not (tmp_path / ".99.tmp").exists()
+    assert again.append(Message("t/5", b"")) > seqs[-1]
+    assert [s for s, _ in again.after(seqs[2], 2)] == [seqs[3], seqs[4]]
+
+
+def test_bound_drops_oldest_and_counts(tmp_path):
+    spool = Spool(tmp_path, 3)
+    for i in range(5):
+        spool.append(Message("t", b"%d" % i))
+    assert len(spool) == 3 and spool.dropped == 2
+    assert [m.payload for _, m in spool.after(0, 10)] == [b"2", b"3", b"4"]
+    assert len(list(tmp_path.glob("*.msg"))) == 3

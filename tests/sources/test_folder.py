@@ -1,0 +1,116 @@
+"""edge_ocr.sources.folder: the drop-folder lifecycle on real directories, with a real pipeline
+and a fake engine (tests/fakes.py)."""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+
+import pytest
+
+from edge_ocr.config import FolderSourceConfig
+from edge_ocr.pipeline import Pipeline
+from edge_ocr.sinks.files import ResultFiles
+from edge_ocr.sources.folder import FolderSource, ignored, looks_complete
+from edge_ocr.stats import Stats
+from tests.broker import wait_until
+from tests.fakes import FakeEngine
+
+
+@pytest.fixture
+def folder(tmp_path):
+    running = []
+
+    def start(watch="auto", **kw):
+        cfg = FolderSourceConfig("inbox", tmp_path / "inbox", tmp_path / "done", tmp_path / "failed",
+                                 watch=watch, poll_interval=0.1, stability_delay=0.05, **kw)
+        stop, engine, stats = threading.Event(), FakeEngine(), Stats()
+        pipe = Pipeline(engine, ("fake", "1"), [], stats, stop, queue_size=2)
+        source = FolderSource(cfg, pipe.submit, ResultFiles(), stats)
+        thread = threading.Thread(target=source.run, args=(stop,), name="source:inbox")
+        pipe.start()
+        thread.start()
+        assert source.ready.wait(10)
+        running.append((stop, thread, pipe))
+        return source, engine
+
+    yield start
+    for stop, thread, pipe in running:
+        stop.set()
+        thread.join(5)
+        pipe.join(5)
+
+
+def names(path):
+    return sorted(p.name for p in path.iterdir() if not p.name.startswith(".")) if path.exists() else []
+
+
+@pytest.mark.parametrize("watch", ["inotify", "poll"])
+def test_lifecycle_done_failed_ignored_and_symlinks(tmp_path, folder, watch):
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    (inbox / "early.txt").write_bytes(b"TEXT:present at start")
+    source, engine = folder(watch, rescan_interval=0.5)  # a symlink makes no IN_CLOSE_WRITE: the rescan finds it
+    assert source.mode == watch
+    for name in (".hidden", "~lock", "x.tmp", "y.part"):
+        (inbox / name).write_bytes(b"TEXT:no")
+    (inbox / "bad.jpg").write_bytes(b"not an image")
+    (tmp_path / "target").write_bytes(b"TEXT:outside")
+    (inbox / "link.png").symlink_to(tmp_path / "target")
+    (inbox / "later.txt").write_bytes(b"TEXT:hello")
+    assert wait_until(lambda: names(tmp_path / "done") == ["early.json", "early.txt", "later.json", "later.txt"])
+    assert wait_until(lambda: names(tmp_path / "failed") == ["bad.error.json", "bad.jpg", "link.error.json",
+                                                            "link.png"])
+    result = json.loads((tmp_path / "done" / "later.json").read_text())
+    assert result["text"] == "hello" and result["status"] == "ok" and result["file"] == "later.txt"
+    error = json.loads((tmp_path / "failed" / "bad.error.json").read_text())
+    assert error["error"]["code"] == "unsupported_image" and error["reason"] and error["time"]
+    assert "symlink" in json.loads((tmp_path / "failed" / "link.error.json").read_text())["reason"]
+    assert (tmp_path / "failed" / "link.png").is_symlink()
+    assert names(inbox) == ["x.tmp", "y.part", "~lock"] and (inbox / ".hidden").exists()
+    assert b"TEXT:outside" not in engine.calls  # a symlink is never followed
+    assert len(engine.calls) == 3  # early, bad, later; never retried
+
+
+def test_resume_from_processing_and_finish_an_interrupted_move(tmp_path, folder):
+    processing = tmp_path / "inbox" / ".processing"
+    processing.mkdir(parents=True)
+    (processing / "left.txt").write_bytes(b"TEXT:left over")
+    (processing / "moved.txt").write_bytes(b"TEXT:already done")
+    (tmp_path / "done").mkdir()
+    # A crash after done/moved.json was written but before the original followed it.
+    files = ResultFiles()
+    files.store(None, tmp_path / "done", "moved.txt", ".json",
+                {"text": "already done", "sha256": __import__("hashlib").sha256(b"TEXT:already done").hexdigest()},
+                __import__("hashlib").sha256(b"TEXT:already done").hexdigest())
+    _, engine = folder()
+    assert wait_until(lambda: names(tmp_path / "done") == ["left.json", "left.txt", "moved.json", "moved.txt"])
+    assert engine.calls == [b"TEXT:left over"]
+    assert names(processing) == []
+
+
+def test_identical_content_reuses_the_stored_result(tmp_path, folder):
+    (tmp_path / "inbox").mkdir()
+    _, engine = folder()
+    (tmp_path / "inbox" / "a.txt").write_bytes(b"TEXT:same")
+    assert wait_until(lambda: (tmp_path / "done" / "a.json").exists())
+    (tmp_path / "inbox" / "b.txt").write_bytes(b"TEXT:same")
+    assert wait_until(lambda: (tmp_path / "done" / "b.json").exists())
+    assert len(engine.calls) == 1
+    assert json.loads((tmp_path / "done" / "b.json").read_text())["text"] == "same"
+    (tmp_path / "inbox" / "a.txt").write_bytes(b"TEXT:different")  # same name, new content
+    assert wait_until(lambda: (tmp_path / "done" / "a-1.json").exists())
+    assert json.loads((tmp_path / "done" / "a-1.json").read_text())["text"] == "different"
+
+
+def test_names_and_completeness():
+    assert ignored(".x") and ignored("~x") and ignored("a.TMP") and ignored("a.part") and not ignored("a.jpg")
+
+
+def test_truncated_jpeg_is_not_complete(tmp_path):
+    jpg = tmp_path / "a.jpg"
+    jpg.write_bytes(b"\xff\xd8\xff\xe0" + b"\0" * 100)
+    assert not looks_complete(jpg, os.path.getsize(jpg))
+    jpg.write_bytes(b"\xff\xd8\xff\xe0" + b"\0" * 100 + b"\xff\xd9")
+    assert looks_complete(jpg, os.path.getsize(jpg))

@@ -1,0 +1,199 @@
+"""The daemon end to end: ``python -m edge_ocr run -c CONFIG`` in a subprocess, the real engine
+and default pack, a real drop folder and a real Mosquitto."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.broker import PASSWORD, USER, Collector, Mosquitto, mosquitto, wait_until  # noqa: F401  (fixture)
+from tests.conftest import line_samples
+
+PREFIX = "e2e/dev"
+
+
+def write_config(tmp_path: Path, broker: Mosquitto | None, extra_mqtt: str = "", extra_source: str = "") -> Path:
+    (tmp_path / "secret").write_text(PASSWORD + "\n")
+    mqtt = (
+        '[mqtt]\nenabled = true\nhost = "127.0.0.1"\nport = %d\nusername = "%s"\npassword_file = "secret"\n'
+        'topic_prefix = "%s"\nclient_id = "edge-ocr-e2e"\nspool_dir = "spool"\n'
+        "reconnect_min_delay = 0.1\nreconnect_max_delay = 0.5\n%s"
+        % (broker.port, USER, PREFIX, extra_mqtt)
+        if broker
+        else "[mqtt]\nenabled = false\n"
+    )
+    config = tmp_path / "edge-ocr.toml"
+    config.write_text(
+        '[engine]\nthreads = 2\n\n[[sources]]\nname = "inbox"\ntype = "folder"\npath = "inbox"\n'
+        'done_dir = "done"\nfailed_dir = "failed"\nstability_delay = 0.1\n%s\n%s' % (extra_source, mqtt)
+    )
+    return config
+
+
+@pytest.fixture(autouse=True)
+def reap_daemons():
+    """Kill any daemon a failed test left running."""
+    started: list[Daemon] = []
+    Daemon.started = started
+    yield
+    for daemon in started:
+        if daemon.proc is not None and daemon.proc.poll() is None:
+            daemon.kill()
+
+
+class Daemon:
+    started: list[Daemon] = []
+
+    def __init__(self, config: Path) -> None:
+        self.config = config
+        self.log = config.parent / ("daemon-%d.log" % len(list(config.parent.glob("daemon-*.log"))))
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> Daemon:
+        with open(self.log, "wb") as fh:
+            self.proc = subprocess.Popen([sys.executable, "-m", "edge_ocr", "run", "-c", str(self.config)],
+                                         stdout=fh, stderr=subprocess.STDOUT)
+        self.started.append(self)
+        assert wait_until(lambda: "daemon ready" in self.text() or self.proc.poll() is not None, 60), self.text()
+        assert self.proc.poll() is None, self.text()
+        return self
+
+    def text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def terminate(self, timeout_s: float = 15.0) -> int:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout_s)
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.kill()
+        self.proc.wait(10)
+
+
+def drop(src: Path, inbox: Path, name: str) -> None:
+    """Write like a scanner or Syncthing: a temp name, then an atomic rename."""
+    tmp = inbox / (name + ".part")
+    shutil.copyfile(src, tmp)
+    os.rename(tmp, inbox / name)
+
+
+def originals(directory: Path) -> list[str]:
+    return sorted(p.name for p in directory.glob("*.png")) if directory.exists() else []
+
+
+@pytest.mark.broker
+def test_dropped_file_gives_retained_state_text_one_event_and_done_json(eval_dev, tmp_path, mosquitto):
+    (word, label), = line_samples(eval_dev, "IIIT5K-test", 1)
+    sub = Collector(mosquitto, ["%s/#" % PREFIX])
+    daemon = Daemon(write_config(tmp_path, mosquitto)).start()
+    sub.wait_topic(PREFIX + "/availability")
+    drop(word, tmp_path / "inbox", "word.png")
+    state = json.loads(sub.wait_topic(PREFIX + "/inbox/state")[-1].payload)
+    text = sub.wait_topic(PREFIX + "/inbox/text")[-1].payload.decode()
+    sub.wait_topic(PREFIX + "/inbox/event")
+    assert state["status"] == "ok" and state["file"] == "word.png"
+    assert text.casefold() == label.casefold() == state["text"].casefold()
+    assert wait_until(lambda: (tmp_path / "done" / "word.json").exists())
+    stored = json.loads((tmp_path / "done" / "word.json").read_text())
+    assert stored["id"] == state["id"] and (tmp_path / "done" / "word.png").exists()
+    assert not list((tmp_path / "inbox").glob("*.png")) and not list((tmp_path / "inbox" / ".processing").iterdir())
+    assert daemon.terminate() == 0
+    assert sub.wait_topic(PREFIX + "/availability", 2)[-1].payload == b"offline"
+    assert len(sub.on(PREFIX + "/inbox/event")) == 1
+    late = Collector(mosquitto, [PREFIX + "/inbox/state", PREFIX + "/inbox/text"])
+    assert all(m.retain for m in late.wait(lambda ms: len(ms) >= 2))
+    late.close()
+    sub.close()
+
+
+@pytest.mark.broker
+def test_broker_down_during_200_file_burst_then_all_results_in_order(eval_dev, tmp_path, mosquitto):
+    samples = [p for p, _ in line_samples(eval_dev, "SROIE2019-task1", 200)]
+    assert len(samples) == 200
+    sub = Collector(mosquitto, [PREFIX + "/inbox/event"], client_id="burst-sub", persistent=True)
+    daemon = Daemon(write_config(tmp_path, mosquitto, "publish_every = true\n")).start()
+    mosquitto.stop()
+    names = ["f%03d.png" % i for i in range(200)]
+    for src, name in zip(samples, names):
+        drop(src, tmp_path / "inbox", name)
+    assert wait_until(lambda: len(list((tmp_path / "done").glob("*.json"))) + len(
+        list((tmp_path / "failed").glob("*.error.json"))) == 200, 300)
+    mosquitto.start()
+    events = [json.loads(m.payload) for m in sub.wait_topic(PREFIX + "/inbox/event", 200, 120)]
+    assert [e["file"] for e in events] == names
+    assert [e["ts"] for e in events] == sorted(e["ts"] for e in events)
+    stored = {p.stem: json.loads(p.read_text())["ts"] for p in (tmp_path / "done").glob("*.json")}
+    assert all(stored[e["file"][:-4]] == e["ts"] for e in events if e["file"][:-4] in stored)  # original ts
+    assert wait_until(lambda: not list((tmp_path / "spool").glob("*.msg")))
+    assert daemon.terminate() == 0
+    sub.close()
+
+
+@pytest.mark.broker
+def test_kill_9_mid_burst_then_restart_leaves_each_file_once(eval_dev, tmp_path, mosquitto):
+    samples = [p for p, _ in line_samples(eval_dev, "SROIE2019-task1", 60)]
+    sub = Collector(mosquitto, [PREFIX + "/availability"])
+    config = write_config(tmp_path, mosquitto)
+    daemon = Daemon(config).start()
+    sub.wait(lambda ms: any(m.payload == b"online" for m in ms))
+    names = ["k%03d.png" % i for i in range(len(samples))]
+    for src, name in zip(samples, names):
+        drop(src, tmp_path / "inbox", name)
+    (tmp_path / "inbox" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really IEND\xaeB`\x82")
+    assert wait_until(lambda: len(originals(tmp_path / "done")) >= 10, 120)
+    daemon.kill()
+    # The LWT: the broker announces the daemon offline when its connection dies uncleanly.
+    assert sub.wait(lambda ms: ms[-1].payload == b"offline")[-1].retain is False
+    second = Daemon(config).start()
+    expected = sorted(names + ["broken.png"])
+    assert wait_until(lambda: sorted(originals(tmp_path / "done") + originals(tmp_path / "failed")) == expected, 120)
+    done, failed = originals(tmp_path / "done"), originals(tmp_path / "failed")
+    assert failed == ["broken.png"] and (tmp_path / "failed" / "broken.error.json").exists()
+    assert all((tmp_path / "done" / (n[:-4] + ".json")).exists() for n in done)
+    assert not list((tmp_path / "inbox" / ".processing").iterdir())
+    assert originals(tmp_path / "inbox") == []
+    assert second.terminate() == 0
+    sub.close()
+
+
+def test_config_typo_exits_2_naming_the_key(tmp_path):
+    config = tmp_path / "bad.toml"
+    config.write_text('[mqtt]\nhots = "broker"\n')
+    run = subprocess.run([sys.executable, "-m", "edge_ocr", "run", "-c", str(config)], capture_output=True,
+                         text=True, timeout=60)
+    assert run.returncode == 2
+    assert "mqtt.hots: unknown key (did you mean 'host'?)" in run.stderr
+    config.write_text("[mqtt]\nport = 70000\n")
+    run = subprocess.run([sys.executable, "-m", "edge_ocr", "check", "-c", str(config)], capture_output=True,
+                         text=True, timeout=60)
+    assert run.returncode == 2 and "mqtt.port: expected 1..65535, got 70000" in run.stderr
+
+
+@pytest.mark.broker
+def test_check_reports_wrong_password_and_bad_ca_one_line_each(tmp_path, mosquitto):
+    config = write_config(tmp_path, mosquitto)
+    run = subprocess.run([sys.executable, "-m", "edge_ocr", "check", "-c", str(config)], capture_output=True,
+                         text=True, timeout=120)
+    assert run.returncode == 0, run.stdout + run.stderr
+    (tmp_path / "secret").write_text("not-the-password\n")
+    run = subprocess.run([sys.executable, "-m", "edge_ocr", "check", "-c", str(config)], capture_output=True,
+                         text=True, timeout=120)
+    assert run.returncode == 1
+    assert [line for line in run.stdout.splitlines() if line.startswith("mqtt")] == [
+        "mqtt: connection refused: Not authorized"]
+    assert "not-the-password" not in run.stdout + run.stderr
+    tls = 'tls = true\nca_file = "%s"\n' % mosquitto.certs["server.crt"]  # not the CA: verification fails
+    config.write_text(config.read_text().replace("port = %d" % mosquitto.port, "port = %d\n%s" % (mosquitto.tls_port, tls)))
+    (tmp_path / "secret").write_text(PASSWORD + "\n")
+    run = subprocess.run([sys.executable, "-m", "edge_ocr", "check", "-c", str(config)], capture_output=True,
+                         text=True, timeout=120)
+    assert run.returncode == 1 and "mqtt: TLS error" in run.stdout, run.stdout + run.stderr

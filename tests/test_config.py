@@ -1,0 +1,102 @@
+"""edge_ocr.config: real TOML through load_config; key-path errors, defaults, secrets, reload diff."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from edge_ocr.config import (
+    FolderSourceConfig,
+    Secret,
+    config_diff,
+    default_state_dir,
+    find_config,
+    is_live,
+    load_config,
+)
+from edge_ocr.errors import ConfigError
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def load(tmp_path: Path, text: str, environ: dict[str, str] | None = None):
+    path = tmp_path / "c.toml"
+    path.write_text(text)
+    return load_config(path, environ=environ or {})
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("[mqtt]\nport = 70000\n", "mqtt.port: expected 1..65535, got 70000"),
+        ("[mqtt]\nprot = 1\n", "mqtt.prot: unknown key (did you mean 'port'?)"),
+        ("[mqtt]\nport = \"1883\"\n", "mqtt.port: expected an integer, got str '1883'"),
+        ("[engine]\nprecision = \"fp16\"\n", "engine.precision: expected one of auto | fp32 | int8, got 'fp16'"),
+        ("[engine]\nthreads = 0\n", 'engine.threads: expected "auto" or an integer >= 1, got 0'),
+        ("[nope]\n", "nope: unknown key"),
+        ("[[sources]]\nname = \"a\"\npath = \"x\"\nstability_delay = -1\n",
+         "sources[0].stability_delay: expected 0.0..3600.0, got -1"),
+        ("[[sources]]\nname = \"a\"\n", "sources[0].path: required key missing"),
+        ("[[sources]]\nname = \"a\"\npath = \"x\"\n[[sources]]\nname = \"a\"\npath = \"y\"\n",
+         "sources[1].name: duplicate source name 'a'"),
+        ("[mqtt]\npassword = \"hunter2\"\n", "mqtt.password: secrets are not read from the config"),
+        ("[guard]\nrss_soft_mb = 500\n", "guard.rss_hard_mb: expected more than rss_soft_mb (500), got 450"),
+    ],
+)
+def test_bad_values_name_the_key_path_and_reason(tmp_path, text, message):
+    with pytest.raises(ConfigError) as err:
+        load(tmp_path, text)
+    assert message in err.value.message
+    assert "hunter2" not in err.value.message
+
+
+def test_built_in_defaults_and_state_dirs(tmp_path):
+    config = load_config(None, environ={"STATE_DIRECTORY": str(tmp_path / "state")})
+    (source,) = config.sources
+    assert isinstance(source, FolderSourceConfig) and source.name == "inbox"
+    assert source.path == tmp_path / "state" / "inbox" and source.done_dir == tmp_path / "state" / "done"
+    assert config.mqtt.enabled and config.mqtt.host == "localhost" and config.mqtt.port == 1883
+    assert config.mqtt.spool_dir == tmp_path / "state" / "spool"
+    assert config.mqtt.client_id.startswith("edge-ocr-") and "<hostname>" not in config.mqtt.topic_prefix
+    assert default_state_dir({"HOME": "/home/pi"}, uid=1000) == Path("/home/pi/.local/state/edge-ocr")
+    assert default_state_dir({"XDG_STATE_HOME": "/x"}, uid=1000) == Path("/x/edge-ocr")
+    assert default_state_dir({}, uid=0) == Path("/var/lib/edge-ocr")
+
+
+def test_search_order(tmp_path):
+    assert find_config("a.toml", {"EDGE_OCR_CONFIG": "b.toml"}) == Path("a.toml")
+    assert find_config(None, {"EDGE_OCR_CONFIG": "b.toml"}) == Path("b.toml")
+
+
+def test_documented_example_has_every_key_and_loads():
+    config = load_config(REPO / "config" / "edge-ocr.toml", environ={})
+    text = (REPO / "config" / "edge-ocr.toml").read_text()
+    for section in (config.engine, config.mqtt, config.http, config.guard, config.pipeline, config.sources[0]):
+        for name in section.__dataclass_fields__:
+            if name not in ("password", "type"):
+                assert "\n%s = " % name in text or "\n# %s = " % name in text, name
+
+
+def test_secrets_come_from_files_and_never_show(tmp_path):
+    (tmp_path / "pw").write_text("hunter2\n")
+    config = load(tmp_path, '[mqtt]\nusername = "u"\npassword_file = "pw"\n')
+    assert isinstance(config.mqtt.password, Secret) and config.mqtt.password.reveal() == "hunter2"
+    assert "hunter2" not in repr(config) and "hunter2" not in str(config.mqtt.password)
+    creds = tmp_path / "creds"
+    creds.mkdir()
+    (creds / "mqtt_password").write_text("from-systemd")
+    config = load(tmp_path, '[mqtt]\nusername = "u"\n', {"CREDENTIALS_DIRECTORY": str(creds)})
+    assert config.mqtt.password is not None and config.mqtt.password.reveal() == "from-systemd"
+    with pytest.raises(ConfigError, match="mqtt.password_file: file not found"):
+        load(tmp_path, '[mqtt]\nusername = "u"\npassword_file = "missing"\n')
+
+
+def test_reload_diff_splits_live_keys_from_restart_keys(tmp_path):
+    old = load(tmp_path, '[[sources]]\nname = "a"\npath = "in"\n')
+    new = replace(old, mqtt=replace(old.mqtt, host="other", publish_every=True),
+                  sources=(replace(old.sources[0], stability_delay=5.0),))
+    changed = config_diff(old, new)
+    assert sorted(changed) == ["mqtt.host", "mqtt.publish_every", "sources.a.stability_delay"]
+    assert [k for k in changed if not is_live(k)] == ["mqtt.host"]
