@@ -202,10 +202,14 @@ def machine() -> str:
 
 
 def format_table(results: Sequence[dict[str, Any]], reference: str | None) -> str:
-    """Markdown: one row per configuration; ratios against ``reference`` (a label) when given."""
-    ref = next((r for r in results if _label(r) == reference), None)
-    header = "| config | precisions | total p50 ms | p95 ms | detect p50 | recognize p50 | CPU ms/img | img/s | peak RSS MB | outside session % | first result ms |"
-    if ref:
+    """Markdown, one row per configuration. With a ``reference`` pack name, the last column is
+    CPU time per image relative to that pack at the same thread count (same run, same CPUs)."""
+    refs = {r["config"]["threads"]: r for r in results if r["config"]["pack"] == reference}
+    header = (
+        "| config | precisions | total p50 ms | p95 ms | detect p50 | recognize p50 | CPU ms/img | img/s "
+        "| peak RSS MB | outside session % | first result ms |"
+    )
+    if refs:
         header += " CPU vs %s |" % reference
     rows = [header, "|" + "---|" * (header.count("|") - 1)]
     for r in results:
@@ -223,8 +227,9 @@ def format_table(results: Sequence[dict[str, Any]], reference: str | None) -> st
             r.get("outside_session_pct", "-"),
             r.get("first_result_ms", "-"),
         )
-        if ref:
-            row += " %.2fx |" % (r["cpu_ms_per_image"] / ref["cpu_ms_per_image"])
+        ref = refs.get(r["config"]["threads"])
+        if refs:
+            row += " %s |" % ("%.2fx" % (r["cpu_ms_per_image"] / ref["cpu_ms_per_image"]) if ref else "-")
         rows.append(row)
     return "\n".join(rows)
 

@@ -161,7 +161,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         config = bench.BenchConfig(args.pack, args.precision, int(args.threads))
         print(json.dumps(bench.run_worker(config, images, det=not args.no_det, warmup=args.warmup)))
         return EXIT_OK
-    from edge_ocr.engine.models import auto_threads, resolve_pack_name
+    from edge_ocr.engine.models import auto_threads, load_pack, resolve_pack_name
 
     eval_dev = Path(args.eval_dev)
     with tempfile.TemporaryDirectory(prefix="edge-ocr-bench.") as tmp:
@@ -177,7 +177,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
         cpus = set(sorted(os.sched_getaffinity(0))[: max(thread_counts)])
         results = []
         for pack in args.packs.split(","):
+            has_int8 = any("int8" in s.variants for s in load_pack(pack).stages.values())
             for precision in args.precisions.split(","):
+                if precision == "int8" and not has_int8:
+                    log.info("bench pack=%s has no int8 variant; skipped", pack)
+                    continue
                 for threads in thread_counts:
                     config = bench.BenchConfig(resolve_pack_name(pack), precision, threads)
                     log.info("bench config=%r images=%d", config.label, len(images))
@@ -189,7 +193,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
                 results.append(
                     bench.measure_rapidocr(Path(args.ref_python), Path(args.ref_script), images, threads, det, cpus)
                 )
-            reference = "rapidocr-1.3.24 fp32 t%d" % thread_counts[-1]
+            reference = "rapidocr-1.3.24"
     table = bench.format_table(results, reference)
     header = "edge-ocr bench · set=%s images=%d det=%s · %s" % (args.set, len(images), det, bench.machine())
     print("%s\n\n%s" % (header, table))
