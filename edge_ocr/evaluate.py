@@ -13,7 +13,7 @@ import json
 import resource
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -161,17 +161,14 @@ class _Tally:
     cpu_ms: list[float] = field(default_factory=list)
 
 
-def _iterate(samples: list, limit: int | None) -> Iterator:
-    return iter(samples[:limit] if limit else samples)
-
-
 def evaluate(manifest: Path, predict: Predict, limit: int | None = None, progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
     """Score ``predict`` on ``manifest``; returns a report dict (see ``format_report``)."""
     kind = manifest_kind(manifest)
     tallies: dict[str, _Tally] = defaultdict(_Tally)
     samples: list = load_lines(manifest) if kind == "lines" else load_pages(manifest)
-    total = len(samples[:limit] if limit else samples)
-    for done, sample in enumerate(_iterate(samples, limit), start=1):
+    if limit:
+        samples = samples[:limit]
+    for done, sample in enumerate(samples, start=1):
         prediction = predict(sample.path, kind == "pages")
         for key in (sample.source, "all"):
             tally = tallies[key]
@@ -184,7 +181,7 @@ def evaluate(manifest: Path, predict: Predict, limit: int | None = None, progres
             else:
                 _score_page(tally, sample, prediction)
         if progress:
-            progress(done, total)
+            progress(done, len(samples))
     return {
         "manifest": str(manifest),
         "kind": kind,
