@@ -48,8 +48,27 @@ pip_constraints() {
     fi
 }
 
+# Debian packages the tests use for real: a broker (tests start their own on a free loopback
+# port, never the system service), openssl for its TLS certificates, headless Chromium for the
+# try-it page, systemd-analyze for the unit.
+dev_system_packages() {
+    local missing=()
+    PATH="$PATH:/usr/sbin:/sbin"
+    command -v mosquitto >/dev/null 2>&1 || missing+=(mosquitto)
+    command -v openssl >/dev/null 2>&1 || missing+=(openssl)
+    command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+    command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
+    [ ${#missing[@]} -eq 0 ] && return 0
+    if is_root; then
+        apt_install "${missing[@]}"
+    else
+        say "warning: the tests that need ${missing[*]} will skip; install them with: sudo apt-get install ${missing[*]}"
+    fi
+}
+
 install_dev() {
     need_python
+    dev_system_packages
     local venv="$here/.venv"
     if [ ! -x "$venv/bin/python" ]; then
         say "creating $venv"

@@ -1,12 +1,13 @@
 """The daemon: builds the engine, pipeline, sources and sinks from Config, owns their threads,
 handles SIGTERM/SIGINT (clean stop) and SIGHUP (reload), talks to systemd. Imports all but cli.
 
-Data flow: FolderSource threads ``source:<name>`` → Pipeline queue → thread ``pipeline``
+Data flow: FolderSource/CameraSource threads ``source:<name>`` → Pipeline queue → thread ``pipeline``
 (engine) → sinks (MqttSink spool) → ``job.on_done`` (done/ or failed/). Stop runs in reverse.
 """
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import signal
@@ -14,6 +15,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import fields, replace
+from functools import partial
 from pathlib import Path
 
 from edge_ocr.config import (
@@ -23,15 +25,22 @@ from edge_ocr.config import (
     FolderSourceConfig,
     SourceConfig,
     config_diff,
+    config_to_json,
     is_live,
     load_config,
 )
+from edge_ocr.engine.types import Region
 from edge_ocr.errors import ConfigError, EdgeOcrError
+from edge_ocr.guard import Guard, GuardLimits, GuardState, Level
 from edge_ocr.notify import Notifier
+from edge_ocr.results import Result, Status, status_for
+from edge_ocr.sinks.http import HttpServer, load_token, make_app
 from edge_ocr.pipeline import Engine, Pipeline, Sink
 from edge_ocr.sinks.files import ResultFiles
 from edge_ocr.sinks.mqtt import MqttSink, probe
 from edge_ocr.sources.base import SourceStatus
+from edge_ocr.sources.camera import CameraSource
+from edge_ocr.sources.camera import probe as probe_camera
 from edge_ocr.sources.folder import FolderSource
 from edge_ocr.stats import Stats
 
@@ -62,8 +71,15 @@ class App:
         self.stats = Stats()
         self.pipeline: Pipeline | None = None
         self.mqtt: MqttSink | None = None
-        self.sources: dict[str, FolderSource] = {}
+        self.sources: dict[str, FolderSource | CameraSource] = {}
         self._threads: list[threading.Thread] = []
+        self.engine: Engine | None = None
+        self.model: tuple[str, str] = ("", "")
+        self.http: HttpServer | None = None
+        self.guard: Guard | None = None
+        self.exit_code = 0  # non-zero after the memory guard's hard limit: systemd restarts us
+        self._latest: dict[str, Result] = {}
+        self._newest: Result | None = None
 
     # -- signals -------------------------------------------------------------------------------
 
@@ -105,18 +121,19 @@ class App:
         cfg = self.config
         self.notifier.status("loading models")
         engine, model = self.engine_factory(cfg.engine)
+        self.engine, self.model = engine, model
         log.info("engine ready pack=%s version=%s", model[0], model[1])
         sinks: list[Sink] = []
         folder_cfgs = [s for s in cfg.sources if isinstance(s, FolderSourceConfig)]
-        for cam in (s for s in cfg.sources if isinstance(s, CameraSourceConfig)):
-            log.error("source skipped source=%s reason=camera sources are not supported by this build", cam.name)
+        camera_cfgs = [s for s in cfg.sources if isinstance(s, CameraSourceConfig)]
         if cfg.mqtt.enabled:
-            self.mqtt = MqttSink(cfg.mqtt, tuple(s.name for s in folder_cfgs), self.stats, self.capture,
-                                 self._source_status)
+            self.mqtt = MqttSink(cfg.mqtt, tuple(s.name for s in cfg.sources), self.stats, self.capture,
+                                 self._source_status, {c.name: tuple(r.name for r in c.rois) for c in camera_cfgs})
             self.mqtt.start()
             sinks.append(self.mqtt)
         self.pipeline = Pipeline(engine, model, sinks, self.stats, self.stop_event, cfg.pipeline.queue_size,
                                  cfg.pipeline.workers, cfg.engine.low_confidence)
+        self.pipeline.on_result = self._remember
         self.pipeline.start()
         files = ResultFiles()
         for scfg in folder_cfgs:
@@ -126,8 +143,20 @@ class App:
                                       daemon=True)
             thread.start()
             self._threads.append(thread)
+        for ccfg in camera_cfgs:
+            # Camera frames are droppable: submitted without blocking, a full queue drops them.
+            camera = CameraSource(ccfg, partial(self.pipeline.submit, block=False), self.stats,
+                                  self._on_source_status)
+            self.sources[ccfg.name] = camera
+            thread = threading.Thread(target=camera.run, args=(self.stop_event,), name="source:%s" % ccfg.name,
+                                      daemon=True)
+            thread.start()
+            self._threads.append(thread)
         for source in self.sources.values():
             source.ready.wait(10.0)
+        self._start_http()
+        self.guard = Guard(GuardLimits.from_config(cfg.guard), self.stop_event, self._on_guard)
+        self.guard.start()
         self.notifier.ready(self.status_line())
         log.info("daemon ready sources=%s mqtt=%s", ",".join(self.sources) or "-",
                  "%s:%d" % (cfg.mqtt.host, cfg.mqtt.port) if cfg.mqtt.enabled else "disabled")
@@ -138,6 +167,13 @@ class App:
         self.notifier.stopping()
         self.stop_event.set()
         log.info("stopping")
+        if self.http is not None:
+            try:
+                if not self.http.stop():
+                    code = 1
+            except Exception:
+                log.exception("http stop failed")
+                code = 1
         deadline = time.monotonic() + JOIN_TIMEOUT_S
         for thread in self._threads:
             thread.join(max(0.1, deadline - time.monotonic()))
@@ -157,13 +193,84 @@ class App:
             except Exception:
                 log.exception("mqtt stop failed")
                 code = 1
+        if self.guard is not None:
+            self.guard.join(JOIN_TIMEOUT_S)
+        code = code or self.exit_code
         log.info("stopped code=%d", code)
         return code
+
+    # -- HTTP and the memory guard -------------------------------------------------------------
+
+    def _start_http(self) -> None:
+        cfg = self.config.http
+        if not cfg.enabled:
+            return
+        app = make_app(
+            ocr=self._http_ocr,
+            capture=self.capture,
+            latest=self._latest_result,
+            sources=lambda: tuple(self.sources),
+            stats=self.stats.snapshot,
+            metrics=self._metrics,
+            ready=self._ready,
+            config_json=lambda: config_to_json(self.config),
+            accepting=lambda: self.guard is None or self.guard.state.level is not Level.HARD,
+            token=load_token(cfg.token_file),
+            max_upload_mb=cfg.max_upload_mb,
+        )
+        self.http = HttpServer(app, bind=cfg.bind)
+        self.http.start()
+        log.info("http listening url=%s", self.http.url)
+
+    def _http_ocr(self, image: bytes, *, det: bool, rois: tuple[Region, ...]) -> Result:
+        """POST /api/ocr: straight to the engine (thread-safe), not through the folder queue."""
+        assert self.engine is not None
+        output = self.engine(image, rois=list(rois) or None, det=det)
+        return Result("http", status_for(output, self.config.engine.low_confidence), output, self.model)
+
+    def _remember(self, result: Result) -> None:
+        self._latest[result.source] = result
+        self._newest = result
+
+    def _latest_result(self, source: str | None) -> Result | None:
+        return self._newest if source is None else self._latest.get(source)
+
+    def _ready(self) -> tuple[bool, dict[str, object]]:
+        sources = {name: s.status.value for name, s in self.sources.items()}
+        guard = self.guard.state.to_dict() if self.guard is not None else {"level": "ok"}
+        mqtt = "disabled" if self.mqtt is None else ("connected" if self.mqtt.connected else "spooling")
+        ok = self.engine is not None and self.pipeline is not None and guard.get("level") != Level.HARD.value
+        return ok, {"model": {"name": self.model[0], "version": self.model[1], "loaded": self.engine is not None},
+                    "sources": sources, "mqtt": mqtt, "guard": guard}
+
+    def _metrics(self) -> str:
+        text = self.stats.to_prometheus()
+        if self.guard is not None:
+            text += self.guard.to_prometheus()
+        return text
+
+    def _on_guard(self, state: GuardState, previous: Level) -> None:
+        """Soft: shed what can be shed (queued camera frames, caches). Hard: stop taking work,
+        let the current job finish (folder files stay claimed in .processing/ and resume), exit
+        non-zero so systemd restarts the process with fresh memory."""
+        if state.level is Level.HARD:
+            log.error("memory guard hard limit rss_mb=%.0f available_mb=%s: stopping for a restart",
+                      state.rss_mb, state.available_mb)
+            self.exit_code = 3
+            self.stop_event.set()
+        elif state.level is Level.SOFT:
+            dropped = self.pipeline.drop_frames() if self.pipeline is not None else 0
+            gc.collect()
+            log.warning("memory guard soft limit rss_mb=%.0f available_mb=%s dropped_frames=%d",
+                        state.rss_mb, state.available_mb, dropped)
+        else:
+            log.info("memory guard back to ok rss_mb=%.0f (was %s)", state.rss_mb, previous.value)
 
     # -- commands and status -------------------------------------------------------------------
 
     def capture(self, source: str | None) -> tuple[bool, str]:
-        """``<p>/cmd/capture`` and ``<p>/<source>/capture``: for a folder, rescan now."""
+        """``<p>/cmd/capture``, ``<p>/<source>/capture``, POST /api/capture: a camera takes a frame now
+        (OCR'd even if unchanged), a folder rescans."""
         if source is None:
             notes = ["%s: %s" % (name, s.capture_now()) for name, s in self.sources.items()]
             return bool(notes), "; ".join(notes) or "no sources"
@@ -203,8 +310,11 @@ class App:
         if self.mqtt is not None:
             self.mqtt.update(running.mqtt)
         for scfg in running.sources:
-            if scfg.name in self.sources and isinstance(scfg, FolderSourceConfig):
-                self.sources[scfg.name].update(scfg)
+            source = self.sources.get(scfg.name)
+            if isinstance(source, FolderSource) and isinstance(scfg, FolderSourceConfig):
+                source.update(scfg)
+            elif isinstance(source, CameraSource) and isinstance(scfg, CameraSourceConfig):
+                source.update(scfg)
         self.config = running
         live = [k for k in changed if is_live(k)]
         restart = config_diff(running, new)
@@ -240,7 +350,9 @@ def check(config: Config, broker_timeout_s: float = 5.0) -> list[str]:
         problems.append("model: %s" % exc.message)
     for i, src in enumerate(config.sources):
         if isinstance(src, CameraSourceConfig):
-            problems.append("sources[%d] %s: camera sources are not supported by this build" % (i, src.name))
+            problem = probe_camera(src)
+            if problem:
+                problems.append("sources[%d] %s: %s" % (i, src.name, problem))
             continue
         for key in ("path", "done_dir", "failed_dir"):
             problem = _dir_problem(getattr(src, key))

@@ -80,9 +80,13 @@ class EngineConfig:
 @dataclass(frozen=True, slots=True)
 class RoiConfig:
     name: str
-    box: tuple[int, int, int, int]
+    box: tuple[int, int, int, int]  # x, y, width, height in frame pixels
     allowed_chars: str = ""
-    pattern: str = ""
+    pattern: str = ""  # the text must fullmatch it, else the region's status is "rejected"
+    grey: bool = False  # light preprocessing of the region before recognition, in this order:
+    clahe: bool = False  # grey, contrast (CLAHE), invert (light-on-dark displays), rotate
+    invert: bool = False
+    rotate: int = 0  # degrees clockwise: 0 | 90 | 180 | 270
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,9 +111,17 @@ class CameraSourceConfig:
     name: str
     type: str = "camera"
     backend: str = "opencv"
-    device: str = "/dev/video0"
-    interval: float = 1.0
+    device: str = "/dev/video0"  # opencv: /dev/videoN, an index, rtsp://, http://, a video file; picamera2: 0, 1
+    interval: float = 1.0  # s between captures; 0 = only on command
     rois: tuple[RoiConfig, ...] = ()
+    size: tuple[int, int] = (0, 0)  # requested frame size; (0, 0) = the backend's default
+    autofocus: str = "continuous"  # picamera2 with an AF lens: continuous | auto (one cycle on open) | off
+    loop: bool = False  # video file: start again at its end (false: the source goes offline and stays so)
+    change_threshold: float = 3.0  # grey levels; frames closer than this to the last processed are skipped
+    stable_reads: int = 2  # consecutive agreeing reads before a region's value is published
+    publish_every: bool | None = None  # None = mqtt.publish_every
+    retry_min_delay: float = 1.0  # s; doubles up to retry_max_delay while the camera is missing or busy
+    retry_max_delay: float = 60.0
 
 
 SourceConfig = FolderSourceConfig | CameraSourceConfig
@@ -145,6 +157,7 @@ class MqttConfig:
 
 @dataclass(frozen=True, slots=True)
 class HttpConfig:
+    enabled: bool = True
     bind: str = "127.0.0.1:8080"
     token_file: str = ""
     max_upload_mb: float = 20.0
@@ -152,8 +165,10 @@ class HttpConfig:
 
 @dataclass(frozen=True, slots=True)
 class GuardConfig:
-    rss_soft_mb: int = 300
-    rss_hard_mb: int = 450
+    rss_soft_mb: int = 400
+    rss_hard_mb: int = 550
+    min_available_soft_mb: int = 0  # floors on the system's available memory; 0 = not checked
+    min_available_hard_mb: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,6 +201,10 @@ LIVE_KEYS = frozenset(
         "sources.*.delete_original",
         "sources.*.reuse_results",
         "sources.*.max_file_mb",
+        "sources.*.interval",
+        "sources.*.change_threshold",
+        "sources.*.stable_reads",
+        "sources.*.publish_every",
     }
 )
 
@@ -476,18 +495,23 @@ def _mqtt(t: _Table, state: Path, env: Mapping[str, str]) -> MqttConfig:
 
 
 def _http(t: _Table) -> HttpConfig:
+    enabled = t.flag("enabled", True)
     bind = t.text("bind", "127.0.0.1:8080")
     host, sep, port = bind.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+    # Port 0 asks the kernel for a free port (tests, several instances on one box).
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
         raise ConfigError("%s: expected HOST:PORT, got %r" % (t.key("bind"), bind))
-    cfg = HttpConfig(bind=bind, token_file=t.text("token_file", ""),
+    cfg = HttpConfig(enabled=enabled, bind=bind, token_file=t.text("token_file", ""),
                      max_upload_mb=t.number("max_upload_mb", 20.0, 0.1, 1024.0))
     t.done()
     return cfg
 
 
 def _guard(t: _Table) -> GuardConfig:
-    cfg = GuardConfig(rss_soft_mb=t.integer("rss_soft_mb", 300, 16), rss_hard_mb=t.integer("rss_hard_mb", 450, 16))
+    # The default pack peaks near 330 MB on a dense receipt page: soft must sit above that.
+    cfg = GuardConfig(rss_soft_mb=t.integer("rss_soft_mb", 400, 16), rss_hard_mb=t.integer("rss_hard_mb", 550, 16),
+                      min_available_soft_mb=t.integer("min_available_soft_mb", 0, 0),
+                      min_available_hard_mb=t.integer("min_available_hard_mb", 0, 0))
     if cfg.rss_hard_mb <= cfg.rss_soft_mb:
         raise ConfigError("%s: expected more than rss_soft_mb (%d), got %d"
                           % (t.key("rss_hard_mb"), cfg.rss_soft_mb, cfg.rss_hard_mb))
@@ -507,35 +531,7 @@ def _source(t: _Table) -> SourceConfig:
         raise ConfigError("%s: expected letters, digits, '_' or '-' (1-64), got %r" % (t.key("name"), name))
     kind = t.text("type", "folder", ("folder", "camera"))
     if kind == "camera":
-        rois = []
-        raw = t.take("rois", [])
-        if not isinstance(raw, list):
-            raise ConfigError("%s: expected an array of tables" % t.key("rois"))
-        for i, r in enumerate(raw):
-            rt = _Table(r, "%s[%d]" % (t.key("rois"), i), t.base)
-            box = rt.take("box", None)
-            if not (isinstance(box, list) and len(box) == 4 and all(isinstance(v, int) and v >= 0 for v in box)):
-                raise ConfigError("%s: expected [x, y, width, height] of integers >= 0, got %r" % (rt.key("box"), box))
-            roi = RoiConfig(rt.text("name"), (box[0], box[1], box[2], box[3]), rt.text("allowed_chars", ""),
-                            rt.text("pattern", ""))
-            try:
-                re.compile(roi.pattern)
-            except re.error as exc:
-                raise ConfigError("%s: invalid regular expression: %s" % (rt.key("pattern"), exc)) from exc
-            rt.done()
-            rois.append(roi)
-        device = t.take("device", "/dev/video0")
-        if isinstance(device, bool) or not isinstance(device, (str, int)):
-            raise ConfigError("%s: expected a path, URL or index, got %s" % (t.key("device"), _show(device)))
-        cam = CameraSourceConfig(
-            name=name,
-            backend=t.text("backend", "opencv", ("picamera2", "opencv")),
-            device=str(device),
-            interval=t.number("interval", 1.0, 0.0),
-            rois=tuple(rois),
-        )
-        t.done()
-        return cam
+        return _camera(t, name)
     path = t.dir("path", None)
     cfg = FolderSourceConfig(
         name=name,
@@ -556,3 +552,88 @@ def _source(t: _Table) -> SourceConfig:
             raise ConfigError("%s: must differ from path" % t.key(key))
     t.done()
     return cfg
+
+
+def _camera(t: _Table, name: str) -> CameraSourceConfig:
+    backend = t.text("backend", "opencv", ("picamera2", "opencv"))
+    rois = []
+    raw = t.take("rois", [])
+    if not isinstance(raw, list):
+        raise ConfigError("%s: expected an array of tables" % t.key("rois"))
+    seen: set[str] = set()
+    for i, r in enumerate(raw):
+        rt = _Table(r, "%s[%d]" % (t.key("rois"), i), t.base)
+        roi_name = rt.text("name")
+        if not NAME_RE.match(roi_name):
+            raise ConfigError("%s: expected letters, digits, '_' or '-' (1-64), got %r" % (rt.key("name"), roi_name))
+        if roi_name in seen:
+            raise ConfigError("%s: duplicate region name %r" % (rt.key("name"), roi_name))
+        seen.add(roi_name)
+        box = rt.take("box", None)
+        if not (isinstance(box, list) and len(box) == 4 and all(isinstance(v, int) and not isinstance(v, bool)
+                                                                 and v >= 0 for v in box)) or box[2] < 1 or box[3] < 1:
+            raise ConfigError("%s: expected [x, y, width, height] of integers >= 0 (width, height >= 1), got %r"
+                              % (rt.key("box"), box))
+        roi = RoiConfig(roi_name, (box[0], box[1], box[2], box[3]), rt.text("allowed_chars", ""),
+                        rt.text("pattern", ""), rt.flag("grey", False), rt.flag("clahe", False),
+                        rt.flag("invert", False), rt.integer("rotate", 0, 0, 270))
+        if roi.rotate not in (0, 90, 180, 270):
+            raise ConfigError("%s: expected 0, 90, 180 or 270, got %d" % (rt.key("rotate"), roi.rotate))
+        try:
+            re.compile(roi.pattern)
+        except re.error as exc:
+            raise ConfigError("%s: invalid regular expression: %s" % (rt.key("pattern"), exc)) from exc
+        rt.done()
+        rois.append(roi)
+    device = t.take("device", "0" if backend == "picamera2" else "/dev/video0")
+    if isinstance(device, bool) or not isinstance(device, (str, int)) or device == "":
+        raise ConfigError("%s: expected a path, URL or index, got %s" % (t.key("device"), _show(device)))
+    if backend == "picamera2" and not str(device).isdigit():
+        raise ConfigError("%s: picamera2 expects a camera number (0, 1, ...), got %r" % (t.key("device"), device))
+    size = t.take("size", [0, 0])
+    if not (isinstance(size, list) and len(size) == 2 and all(isinstance(v, int) and not isinstance(v, bool)
+                                                               and 0 <= v <= 16384 for v in size)
+            and (size[0] == 0) == (size[1] == 0)):
+        raise ConfigError("%s: expected [width, height] in pixels ([0, 0] = the camera's default), got %r"
+                          % (t.key("size"), size))
+    publish_every = t.take("publish_every", None)
+    if publish_every is not None and not isinstance(publish_every, bool):
+        raise ConfigError("%s: expected true or false, got %s" % (t.key("publish_every"), _show(publish_every)))
+    cam = CameraSourceConfig(
+        name=name,
+        backend=backend,
+        device=str(device),
+        interval=t.number("interval", 1.0, 0.0, 86400.0),
+        rois=tuple(rois),
+        size=(size[0], size[1]),
+        autofocus=t.text("autofocus", "continuous", ("continuous", "auto", "off")),
+        loop=t.flag("loop", False),
+        change_threshold=t.number("change_threshold", 3.0, 0.0, 255.0),
+        stable_reads=t.integer("stable_reads", 2, 1, 100),
+        publish_every=publish_every,
+        retry_min_delay=t.number("retry_min_delay", 1.0, 0.01, 3600.0),
+        retry_max_delay=t.number("retry_max_delay", 60.0, 0.01, 86400.0),
+    )
+    if cam.retry_max_delay < cam.retry_min_delay:
+        raise ConfigError("%s: expected >= retry_min_delay (%s), got %s"
+                          % (t.key("retry_max_delay"), cam.retry_min_delay, cam.retry_max_delay))
+    t.done()
+    return cam
+
+
+def config_to_json(config: Any) -> Any:
+    """A JSON-ready copy of a Config (or any part of it) for GET /api/config: secrets become
+    ``"***"``, paths strings, tuples lists."""
+    if isinstance(config, Secret):
+        return "***"
+    if hasattr(config, "__dataclass_fields__"):
+        return {name: config_to_json(getattr(config, name)) for name in config.__dataclass_fields__}
+    if isinstance(config, (list, tuple)):
+        return [config_to_json(item) for item in config]
+    if isinstance(config, dict):
+        return {str(k): config_to_json(v) for k, v in config.items()}
+    if isinstance(config, Path):
+        return str(config)
+    if config is None or isinstance(config, (str, int, float, bool)):
+        return config
+    return str(config)

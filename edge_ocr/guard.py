@@ -156,7 +156,8 @@ class Guard:
 
     ``on_change(state, previous_level)`` runs on the guard thread at every level change
     (an exception there is logged, the guard keeps running). ``sample()`` takes one sample
-    now, e.g. before start-up work. Nothing runs until ``start()``.
+    now, e.g. before start-up work. ``limits`` may be replaced while running (SIGHUP): the
+    next sample uses the new ones. Nothing runs until ``start()``.
     """
 
     def __init__(

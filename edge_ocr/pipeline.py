@@ -4,6 +4,12 @@ fan-out of each Result to the sinks. Declares the Sink Protocol sinks match stru
 Folder jobs block the submitting source while the queue is full (rechecking the stop event),
 so a burst of files never grows memory. On stop a worker finishes its current job; jobs
 still queued are released (a folder file stays in ``.processing/`` and is resumed on start).
+Camera jobs are submitted with ``block=False`` and dropped by their source when the queue is full.
+
+Regions (jobs with ``regions``): each region's read gets a status (``no_text``, ``rejected`` when
+it does not fullmatch the pattern, ``low_confidence`` below ``engine.low_confidence``, else
+``ok``); its published value changes only after ``stable_reads`` consecutive agreeing ``ok``
+reads, and that change is what makes the result ``changed`` (and an MQTT event).
 Imports engine types, results, config, stats, errors.
 """
 
@@ -11,16 +17,19 @@ from __future__ import annotations
 
 import logging
 import queue
+import re
 import threading
 import time
 import traceback
 from collections.abc import Callable, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Protocol
+
+import numpy as np
 
 from edge_ocr.engine.types import EngineOutput, Region
 from edge_ocr.errors import EdgeOcrError, ImageError
-from edge_ocr.results import Job, Result, Status, status_for
+from edge_ocr.results import Job, RegionResult, Result, Status, status_for
 from edge_ocr.stats import Stats
 
 log = logging.getLogger(__name__)
@@ -29,7 +38,8 @@ log = logging.getLogger(__name__)
 class Engine(Protocol):
     """What the pipeline needs of ``OcrEngine``: thread-safe, raises ImageError on bad input."""
 
-    def __call__(self, image: bytes, rois: Sequence[Region] | None = None, det: bool = True) -> EngineOutput: ...
+    def __call__(self, image: bytes | np.ndarray, rois: Sequence[Region] | None = None,
+                 det: bool = True) -> EngineOutput: ...
 
 
 class Sink(Protocol):
@@ -38,6 +48,15 @@ class Sink(Protocol):
     name: str
 
     def publish(self, result: Result) -> None: ...
+
+
+@dataclass(slots=True)
+class _RegionState:
+    """One region's reads so far (pipeline-private, guarded by Pipeline._lock)."""
+
+    published: str | None = None  # the value last confirmed by stable_reads agreeing reads
+    candidate: str | None = None  # the value of the current run of agreeing ok reads
+    count: int = 0
 
 
 class Pipeline:
@@ -65,6 +84,7 @@ class Pipeline:
         self.progress = time.monotonic()  # last job finished or idle wait: feeds the watchdog
         self.busy = 0
         self._last_text: dict[str, str] = {}
+        self._regions: dict[tuple[str, str], _RegionState] = {}
         self._lock = threading.Lock()
         self._threads: list[threading.Thread] = []
         self.on_result: Callable[[Result], None] | None = None  # e.g. /api/latest; called after sinks
@@ -117,6 +137,19 @@ class Pipeline:
                 self.progress = time.monotonic()
                 self.stats.set("queue_depth", self.queue.qsize())
 
+    def drop_frames(self) -> int:
+        """Drop queued camera frames (never folder files); the memory guard's first step.
+        Returns how many were dropped (counted in ``frames_dropped_total``)."""
+        with self.queue.mutex:
+            kept = [job for job in self.queue.queue if job.frame is None]
+            dropped = len(self.queue.queue) - len(kept)
+            self.queue.queue.clear()
+            self.queue.queue.extend(kept)
+            self.queue.not_full.notify_all()
+        if dropped:
+            self.stats.inc("frames_dropped_total", dropped)
+        return dropped
+
     def process(self, job: Job) -> Result:
         """Run one job through engine, sinks and ``on_done``; never raises (one bad image never stops us)."""
         self.stats.inc("jobs_total")
@@ -145,7 +178,8 @@ class Pipeline:
                 output = job.cached
                 self.stats.inc("results_reused_total")
             else:
-                output = self.engine(job.image, rois=job.rois or None, det=job.det)
+                image = job.frame if job.frame is not None else job.image
+                output = self.engine(image, rois=job.rois or None, det=job.det)
                 self.stats.set("engine_last_ms", round((time.perf_counter() - start) * 1000.0, 1))
         except ImageError as exc:
             error = exc
@@ -156,11 +190,15 @@ class Pipeline:
             tb = _traceback_summary(exc)
             log.exception("engine failed source=%s file=%s", job.source, job.file)
         timing = {"total": round((time.perf_counter() - start) * 1000.0, 2)}
+        if job.capture_ms is not None:
+            timing["capture"] = job.capture_ms
+        if job.regions:
+            return self._region_result(job, output, error, tb, timing)
         if output is None:
             self.stats.inc("results_error_total")
             return Result(job.source, Status.ERROR, None, self.model, error=error, file=job.file, ts=job.ts,
                           changed=False, previous_text=self._previous(job.source), timing_ms=timing,
-                          sha256=job.sha256, traceback=tb)
+                          sha256=job.sha256, traceback=tb, publish_every=job.publish_every)
         if job.cached is not None:
             output = replace(output, timing_ms={})
         self.stats.inc("results_ok_total")
@@ -169,11 +207,75 @@ class Pipeline:
             self._last_text[job.source] = output.text
         return Result(job.source, status_for(output, self.low_confidence), output, self.model, file=job.file,
                       ts=job.ts, changed=previous != output.text, previous_text=previous, timing_ms=timing,
-                      sha256=job.sha256)
+                      sha256=job.sha256, publish_every=job.publish_every)
+
+    def _region_result(self, job: Job, output: EngineOutput | None, error: EdgeOcrError | None, tb: str | None,
+                       timing: dict[str, float]) -> Result:
+        """A result for a job with regions: per-region status and stable value, boxes in camera pixels."""
+        lines = {line.roi: line for line in output.lines if line.roi} if output else {}
+        out: list[RegionResult] = []
+        with self._lock:
+            for rule in job.regions:
+                line = lines.get(rule.name)
+                read, score = (line.text, line.score) if line else ("", 0.0)
+                status = Status.ERROR if output is None else region_status(read, score, rule.pattern,
+                                                                           self.low_confidence)
+                state = self._regions.setdefault((job.source, rule.name), _RegionState())
+                previous = state.published
+                if status is Status.OK:
+                    if read == state.candidate:
+                        state.count += 1
+                    else:
+                        state.candidate, state.count = read, 1
+                    if state.count >= job.stable_reads:
+                        state.published = read
+                else:
+                    state.candidate, state.count = None, 0
+                out.append(RegionResult(rule.name, state.published or "", score, status, read,
+                                        state.published != previous, previous))
+        result = Result(job.source, Status.OK, None, self.model, ts=job.ts, timing_ms=timing,
+                        regions=tuple(out), publish_every=job.publish_every)
+        previous_text = "\n".join(r.previous_text for r in out if r.previous_text) or None
+        changed = any(r.changed for r in out)
+        if output is None:
+            self.stats.inc("results_error_total")
+            return replace(result, status=Status.ERROR, error=error, traceback=tb, changed=False,
+                           previous_text=previous_text)
+        self.stats.inc("results_ok_total")
+        by_rule = {rule.name: rule for rule in job.regions}
+        mapped = tuple(replace(line, box=_quad(by_rule[line.roi].box)) if line.roi in by_rule else line
+                       for line in output.lines)
+        statuses = {r.status for r in out}
+        if Status.REJECTED in statuses:
+            status = Status.REJECTED
+        elif Status.LOW_CONFIDENCE in statuses:
+            status = Status.LOW_CONFIDENCE
+        elif statuses == {Status.NO_TEXT}:
+            status = Status.NO_TEXT
+        else:
+            status = Status.OK
+        return replace(result, status=status, output=replace(output, lines=mapped), changed=changed,
+                       previous_text=previous_text)
 
     def _previous(self, source: str) -> str | None:
         with self._lock:
             return self._last_text.get(source)
+
+
+def region_status(text: str, score: float, pattern: str, low_confidence: float) -> Status:
+    """no_text (empty), rejected (does not fullmatch ``pattern``), low_confidence (score below), else ok."""
+    if not text.strip():
+        return Status.NO_TEXT
+    if pattern and re.fullmatch(pattern, text) is None:
+        return Status.REJECTED
+    if score < low_confidence:
+        return Status.LOW_CONFIDENCE
+    return Status.OK
+
+
+def _quad(box: tuple[int, int, int, int]) -> np.ndarray:
+    x, y, w, h = box
+    return np.array([[x, y], [x + w, y], [x + w, y + h], [x, y + h]], dtype=np.float32)
 
 
 def _traceback_summary(exc: BaseException, limit: int = 5) -> str:

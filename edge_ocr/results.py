@@ -28,6 +28,34 @@ class Status(str, Enum):
 
 
 @dataclass(frozen=True, slots=True)
+class RegionRule:
+    """What a source asks of one named region: its box in frame pixels and the pattern its text
+    must fullmatch (``""`` = any text)."""
+
+    name: str
+    box: tuple[int, int, int, int]
+    pattern: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class RegionResult:
+    """One region of one frame. ``text`` is the published value: it changes only after
+    ``stable_reads`` consecutive agreeing ``ok`` reads; ``read``/``score``/``status`` are this frame's."""
+
+    name: str
+    text: str
+    score: float
+    status: Status
+    read: str
+    changed: bool = False
+    previous_text: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"text": self.text, "score": round(self.score, 4), "status": self.status.value, "read": self.read,
+                "changed": self.changed, "previous_text": self.previous_text}
+
+
+@dataclass(frozen=True, slots=True)
 class Result:
     """One image's outcome. ``to_json`` gives the SPEC's result JSON."""
 
@@ -44,9 +72,13 @@ class Result:
     timing_ms: dict[str, float] = field(default_factory=dict)
     sha256: str | None = None  # of the input bytes, for folder sources (resume, reuse)
     traceback: str | None = None  # summary for failed/NAME.error.json; never in to_dict()
+    regions: tuple[RegionResult, ...] = ()  # sources with ROIs: per-region values (then ``text`` joins them)
+    publish_every: bool | None = None  # the source's override of mqtt.publish_every; never in to_dict()
 
     @property
     def text(self) -> str:
+        if self.regions:
+            return "\n".join(r.text for r in self.regions if r.text)
         return self.output.text if self.output else ""
 
     @property
@@ -57,11 +89,14 @@ class Result:
 
     def to_dict(self) -> dict[str, Any]:
         lines = self.output.lines if self.output else ()
-        regions = {
-            line.roi: {"text": line.text, "score": round(line.score, 4), "status": self.status.value}
-            for line in lines
-            if line.roi
-        }
+        if self.regions:
+            regions = {r.name: r.to_dict() for r in self.regions}
+        else:
+            regions = {
+                line.roi: {"text": line.text, "score": round(line.score, 4), "status": self.status.value}
+                for line in lines
+                if line.roi
+            }
         timing = dict(self.output.timing_ms) if self.output else {}
         timing.update(self.timing_ms)
         data: dict[str, Any] = {
@@ -109,6 +144,11 @@ class Job:
     ``on_done`` is called on the pipeline thread after the sinks took the result (a folder
     source moves the file to done/ or failed/ there). A job the pipeline never ran (shutdown)
     gets no call: the source must cope (a folder file stays in ``.processing/``).
+
+    Camera jobs carry ``frame`` (BGR uint8, H×W×3) instead of encoded bytes (``image`` is then
+    ``b""``). With ``regions`` the engine reads ``rois`` (boxes in ``frame``, which may be a
+    canvas of preprocessed region crops) and the pipeline reports each region against its rule
+    (pattern, ``stable_reads``), with line boxes mapped back to the rule's box in camera pixels.
     """
 
     source: str
@@ -120,6 +160,11 @@ class Job:
     cached: EngineOutput | None = None
     on_done: Callable[[Result], None] | None = None
     ts: datetime = field(default_factory=lambda: datetime.now(UTC))
+    frame: np.ndarray | None = None
+    regions: tuple[RegionRule, ...] = ()
+    stable_reads: int = 1
+    publish_every: bool | None = None
+    capture_ms: float | None = None
 
 
 def output_from_dict(data: dict[str, Any]) -> EngineOutput:

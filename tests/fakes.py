@@ -28,3 +28,17 @@ class FakeEngine:
         text = image[5:].decode()
         lines = (TextLine(text, 0.99, QUAD),) if text else ()
         return EngineOutput(lines, (10, 5), {"total": 1.0})
+
+
+class ScriptedRegionEngine:
+    """pipeline.Engine for region jobs: each call answers the next ``{roi: (text, score)}`` of the script."""
+
+    def __init__(self, script: list[dict[str, tuple[str, float]]]) -> None:
+        self.script = list(script)
+        self.calls = 0
+
+    def __call__(self, image, rois=None, det=True) -> EngineOutput:
+        reads = self.script[self.calls]
+        self.calls += 1
+        lines = tuple(TextLine(*reads[r.name], QUAD, roi=r.name) for r in rois or () if r.name in reads)
+        return EngineOutput(lines, (10, 5), {"total": 1.0})

@@ -31,7 +31,7 @@ def write_config(tmp_path: Path, broker: Mosquitto | None, extra_mqtt: str = "",
     )
     config = tmp_path / "edge-ocr.toml"
     config.write_text(
-        '[engine]\nthreads = 2\n\n[[sources]]\nname = "inbox"\ntype = "folder"\npath = "inbox"\n'
+        '[engine]\nthreads = 2\n\n[http]\nbind = "127.0.0.1:0"\n\n[[sources]]\nname = "inbox"\ntype = "folder"\npath = "inbox"\n'
         'done_dir = "done"\nfailed_dir = "failed"\nstability_delay = 0.1\n%s\n%s' % (extra_source, mqtt)
     )
     return config

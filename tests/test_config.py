@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import replace
 from pathlib import Path
 
@@ -42,7 +43,7 @@ def load(tmp_path: Path, text: str, environ: dict[str, str] | None = None):
         ("[[sources]]\nname = \"a\"\npath = \"x\"\n[[sources]]\nname = \"a\"\npath = \"y\"\n",
          "sources[1].name: duplicate source name 'a'"),
         ("[mqtt]\npassword = \"hunter2\"\n", "mqtt.password: secrets are not read from the config"),
-        ("[guard]\nrss_soft_mb = 500\n", "guard.rss_hard_mb: expected more than rss_soft_mb (500), got 450"),
+        ("[guard]\nrss_soft_mb = 600\n", "guard.rss_hard_mb: expected more than rss_soft_mb (600), got 550"),
     ],
 )
 def test_bad_values_name_the_key_path_and_reason(tmp_path, text, message):
@@ -100,3 +101,56 @@ def test_reload_diff_splits_live_keys_from_restart_keys(tmp_path):
     changed = config_diff(old, new)
     assert sorted(changed) == ["mqtt.host", "mqtt.publish_every", "sources.a.stability_delay"]
     assert [k for k in changed if not is_live(k)] == ["mqtt.host"]
+
+
+def test_documented_camera_example_has_every_key_and_loads(tmp_path):
+    from edge_ocr.config import CameraSourceConfig, RoiConfig
+
+    text = (REPO / "config" / "edge-ocr.toml").read_text()
+    block = text[text.index("# [[sources]]\n# name = \"meter\""):text.index("[mqtt]")]
+    setting = re.compile(r"# (\[\[sources\]\]|[a-z_]+ = |\s+\{|\])")  # commented-out TOML, not prose
+    toml = "\n".join(line[2:] for line in block.splitlines() if setting.match(line))
+    cam = load(tmp_path, toml).sources[0]
+    assert isinstance(cam, CameraSourceConfig)
+    assert cam == CameraSourceConfig("meter", rois=(RoiConfig("reading", (100, 40, 220, 60), "0123456789.",
+                                                              r"^\d+\.\d$"),), publish_every=False)
+    for name in CameraSourceConfig.__dataclass_fields__:
+        assert "\n# %s = " % name in block, name
+    for name in RoiConfig.__dataclass_fields__:
+        assert "%s = " % name in block, name
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        ('size = [640]', "sources[0].size: expected [width, height]"),
+        ('autofocus = "on"', "sources[0].autofocus: expected one of continuous | auto | off, got 'on'"),
+        ("stable_reads = 0", "sources[0].stable_reads: expected 1..100, got 0"),
+        ("publish_every = 1", "sources[0].publish_every: expected true or false, got int 1"),
+        ('backend = "picamera2"\ndevice = "/dev/video0"', "sources[0].device: picamera2 expects a camera number"),
+        ("rois = [ { name = \"a b\", box = [0, 0, 1, 1] } ]", "sources[0].rois[0].name: expected letters"),
+        ("rois = [ { name = \"a\", box = [0, 0, 1, 1] }, { name = \"a\", box = [0, 0, 1, 1] } ]",
+         "sources[0].rois[1].name: duplicate region name 'a'"),
+        ("rois = [ { name = \"a\", box = [0, 0, 0, 1] } ]", "sources[0].rois[0].box: expected [x, y, width, height]"),
+        ("rois = [ { name = \"a\", box = [0, 0, 1, 1], rotate = 45 } ]",
+         "sources[0].rois[0].rotate: expected 0, 90, 180 or 270, got 45"),
+        ("rois = [ { name = \"a\", box = [0, 0, 1, 1], pattern = \"(\" } ]",
+         "sources[0].rois[0].pattern: invalid regular expression"),
+        ("retry_min_delay = 5.0\nretry_max_delay = 1.0", "sources[0].retry_max_delay: expected >= retry_min_delay"),
+    ],
+)
+def test_camera_keys_are_validated(tmp_path, extra, message):
+    with pytest.raises(ConfigError) as err:
+        load(tmp_path, '[[sources]]\nname = "cam"\ntype = "camera"\n%s\n' % extra)
+    assert message in err.value.message
+
+
+def test_camera_defaults_and_picamera2_device(tmp_path):
+    from edge_ocr.config import CameraSourceConfig
+
+    cam = load(tmp_path, '[[sources]]\nname = "pi"\ntype = "camera"\nbackend = "picamera2"\nsize = [1920, 1080]\n'
+                         "device = 0\n").sources[0]
+    assert isinstance(cam, CameraSourceConfig) and cam.device == "0" and cam.size == (1920, 1080)
+    assert (cam.interval, cam.loop, cam.change_threshold, cam.stable_reads, cam.publish_every) == (
+        1.0, False, 3.0, 2, None)
+    assert is_live("sources.pi.change_threshold") and not is_live("sources.pi.rois")

@@ -68,7 +68,9 @@ def test_ready_after_loading_watchdog_only_while_the_pipeline_moves(tmp_path, no
     config_path = tmp_path / "edge-ocr.toml"
     config_path.write_text(
         '[[sources]]\nname = "inbox"\ntype = "folder"\npath = "inbox"\ndone_dir = "done"\n'
-        'failed_dir = "failed"\nstability_delay = 0.05\n\n[mqtt]\nenabled = false\n'
+        'failed_dir = "failed"\nstability_delay = 0.05\n\n[mqtt]\nenabled = false\n\n[http]\nbind = "127.0.0.1:0"\n'
+        # The guard watches this whole pytest process (models of other tests included).
+        '\n[guard]\nrss_soft_mb = 100000\nrss_hard_mb = 200000\n'
     )
     gate = threading.Event()
     gate.set()

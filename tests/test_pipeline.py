@@ -49,3 +49,56 @@ def test_full_queue_holds_the_source_back_and_stop_releases_it():
     assert result == [False]
     gate.set()
     assert pipe.join(5)
+
+
+def test_regions_stable_reads_pattern_and_low_confidence():
+    from edge_ocr.engine.types import Region
+    from edge_ocr.results import RegionRule
+    from tests.fakes import ScriptedRegionEngine
+
+    script = [
+        {"r": ("12.3", 0.99)},  # 1st read: not yet published
+        {"r": ("12.3", 0.99)},  # 2nd agreeing read: published
+        {"r": ("12.8", 0.99)},
+        {"r": ("12.8", 0.30)},  # low confidence breaks the run
+        {"r": ("12.8", 0.99)},
+        {"r": ("1x.8", 0.99)},  # does not fullmatch: rejected, also breaks the run
+        {"r": ("12.8", 0.99)},
+        {"r": ("12.8", 0.99)},  # published
+        {},                     # nothing read
+    ]
+    pipe = Pipeline(ScriptedRegionEngine(script), ("fake", "1"), [], Stats(), threading.Event(), low_confidence=0.6)
+    job = Job("meter", b"", rois=(Region("r", (0, 0, 10, 5), "0123456789."),), det=False,
+              regions=(RegionRule("r", (100, 40, 220, 60), r"\d+\.\d"),), stable_reads=2, publish_every=True)
+    out = [pipe.process(job) for _ in script]
+    reg = [r.regions[0] for r in out]
+    assert [r.status for r in reg] == [Status.OK, Status.OK, Status.OK, Status.LOW_CONFIDENCE, Status.OK,
+                                       Status.REJECTED, Status.OK, Status.OK, Status.NO_TEXT]
+    assert [r.text for r in reg] == ["", "12.3", "12.3", "12.3", "12.3", "12.3", "12.3", "12.8", "12.8"]
+    assert [r.changed for r in out] == [False, True, False, False, False, False, False, True, False]
+    assert [r.status for r in out][3:6] == [Status.LOW_CONFIDENCE, Status.OK, Status.REJECTED]
+    assert out[7].previous_text == "12.3" and out[7].text == "12.8" and reg[7].previous_text == "12.3"
+    assert out[0].publish_every is True
+    data = out[7].to_dict()
+    assert data["regions"] == {"r": {"text": "12.8", "score": 0.99, "status": "ok", "read": "12.8",
+                                     "changed": True, "previous_text": "12.3"}}
+    assert data["lines"][0]["box"] == [[100, 40], [320, 40], [320, 100], [100, 100]]
+    # An engine failure keeps the published value and reports the region as error.
+    broken = pipe.process(Job("meter", b"", rois=job.rois, det=False, regions=job.regions, frame=None))
+    assert broken.status is Status.ERROR and broken.regions[0].text == "12.8"
+    assert broken.regions[0].status is Status.ERROR and not broken.changed
+
+
+def test_memory_pressure_drops_queued_camera_frames_never_folder_files():
+    import numpy as np
+
+    stats = Stats()
+    pipe = Pipeline(FakeEngine(), ("fake", "1"), [], stats, threading.Event(), queue_size=8)  # not started
+    frame = np.zeros((4, 4, 3), np.uint8)
+    jobs = [Job("inbox", b"TEXT:a", file="a.png"), Job("cam", b"", frame=frame), Job("cam", b"", frame=frame),
+            Job("inbox", b"TEXT:b", file="b.png")]
+    for job in jobs:
+        assert pipe.submit(job, block=False)
+    assert pipe.drop_frames() == 2
+    assert [j.file for j in list(pipe.queue.queue)] == ["a.png", "b.png"]
+    assert stats.snapshot()["frames_dropped_total"] == 2

@@ -26,6 +26,7 @@ import ipaddress
 import json
 import logging
 import re
+import socket
 import threading
 from collections.abc import Callable, Collection, Mapping
 from importlib import resources
@@ -40,7 +41,7 @@ from waitress.task import ErrorTask
 
 from edge_ocr.config import NAME_RE, Secret
 from edge_ocr.engine.types import Region
-from edge_ocr.errors import ConfigError, EdgeOcrError, ImageError, SinkError
+from edge_ocr.errors import ConfigError, ImageError, SinkError
 from edge_ocr.results import Result
 
 log = logging.getLogger(__name__)
@@ -212,8 +213,7 @@ class _Api:
         self.app.config[UPLOAD_KEY] = max_upload_bytes
         self.app.install(_AccessPlugin(token))
         self.app.add_hook("after_request", self._count)
-        for status in (400, 404, 405, 413, 500):
-            self.app.error(status)(self._bottle_error)
+        # every Bottle error (no route, wrong method, a crash outside the plugin) as JSON
         self.app.default_error_handler = self._bottle_error  # type: ignore[method-assign]
         self._route()
 
@@ -561,7 +561,9 @@ def _rois_option(value: Any) -> tuple[Region, ...]:
             )
         chars = item.get("allowed_chars", "")
         if not isinstance(chars, str) or len(chars) > MAX_ALLOWED_CHARS:
-            raise _ApiError("invalid_rois", "%s.allowed_chars: expected a string of at most %d" % (where, MAX_ALLOWED_CHARS))
+            raise _ApiError(
+                "invalid_rois", "%s.allowed_chars: expected a string of at most %d" % (where, MAX_ALLOWED_CHARS)
+            )
         regions.append(Region(name, (box[0], box[1], box[2], box[3]), chars))
     return tuple(regions)
 
@@ -596,7 +598,7 @@ def _load_page() -> tuple[str, str]:
     html = resources.files("edge_ocr.sinks").joinpath("page.html").read_text(encoding="utf-8")
 
     def hashes(tag: str) -> str:
-        bodies = re.findall(r"<%s>(.*?)</%s>" % (tag, tag), html, flags=re.S)
+        bodies = re.findall(r"<%s>(.*?)</%s>" % (tag, tag), html, flags=re.DOTALL)
         return " ".join(
             "'sha256-%s'" % base64.b64encode(hashlib.sha256(b.encode("utf-8")).digest()).decode() for b in bodies
         )
@@ -640,7 +642,8 @@ class _JsonErrorTask(ErrorTask):
 
     def execute(self) -> None:
         err = self.request.error
-        code = {413: "upload_too_large", 431: "bad_request"}.get(err.code, "bad_request" if err.code < 500 else "internal")
+        # all of waitress's refusals are about the request (400, 413, 431, 501) except its 500
+        code = {413: "upload_too_large", 500: "internal"}.get(err.code, "bad_request")
         body = json.dumps({"error": {"code": code, "message": "%s: %s" % (err.reason, err.body)}}).encode()
         self.status = "%d %s" % (err.code, err.reason)
         self.response_headers.extend([("Content-Type", JSON_CONTENT_TYPE), *COMMON_HEADERS])
@@ -698,28 +701,26 @@ class HttpServer:
     def start(self) -> None:
         """Bind and serve. Raises SinkError when the address cannot be bound."""
         upload = int(self.app.config.get(UPLOAD_KEY, 20 * 1024 * 1024))
-        try:
-            self._server = create_server(
-                self.app,
-                map=self._map,
-                host=self.host,
-                port=self._port,
-                threads=self.threads,
-                ident="edge-ocr",
-                max_request_body_size=upload + UPLOAD_SLACK_BYTES,
-                connection_limit=self._connection_limit,
-                channel_timeout=self._channel_timeout_s,
-                expose_tracebacks=False,
-            )
-        except OSError as exc:
-            raise SinkError("http: cannot listen on %s:%d: %s" % (self.host, self._port, exc.strerror or exc)) from exc
+        sock = _listen_socket(self.host, self._port)  # bound first: a failure leaves no worker thread behind
+        self._port = sock.getsockname()[1]
+        self._server = create_server(
+            self.app,
+            map=self._map,
+            sockets=[sock],
+            threads=self.threads,
+            ident="edge-ocr",
+            max_request_body_size=upload + UPLOAD_SLACK_BYTES,
+            connection_limit=self._connection_limit,
+            channel_timeout=self._channel_timeout_s,
+            expose_tracebacks=False,
+        )
         for dispatcher in list(self._map.values()):
             if isinstance(dispatcher, BaseWSGIServer):
                 dispatcher.channel_class = _JsonErrorChannel
-        self._port = int(getattr(self._server, "effective_port", 0) or self._server.effective_listen[0][1])
         self._thread = threading.Thread(target=self._run, name="http", daemon=True)
         self._thread.start()
-        log.info("http listening url=%s threads=%d auth=%s", self.url, self.threads, bool(self.app.config.get(AUTH_KEY)))
+        auth = bool(self.app.config.get(AUTH_KEY))
+        log.info("http listening url=%s threads=%d auth=%s", self.url, self.threads, auth)
 
     def _run(self) -> None:
         try:
@@ -746,6 +747,26 @@ class HttpServer:
         else:
             log.warning("http stop timed out thread=%s", self._thread.name)
         return stopped
+
+
+def _listen_socket(host: str, port: int) -> socket.socket:
+    """A bound TCP socket for ``host:port`` (the first address the name resolves to)."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+        sock = socket.socket(family, kind, proto)
+    except OSError as exc:
+        raise SinkError("http: cannot listen on %s:%d: %s" % (host, port, exc.strerror or exc)) from exc
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # restart while old connections sit in TIME_WAIT
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        sock.bind(address)
+    except OSError as exc:
+        sock.close()
+        raise SinkError("http: cannot listen on %s:%d: %s" % (host, port, exc.strerror or exc)) from exc
+    return sock
 
 
 def _close_all(socket_map: dict[int, Any]) -> None:

@@ -18,7 +18,7 @@ import ssl
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -80,9 +80,11 @@ class MqttSink:
         stats: Stats,
         on_capture: CaptureCallback,
         source_status: Callable[[str], str] = lambda name: ONLINE,
+        regions: Mapping[str, tuple[str, ...]] | None = None,
     ) -> None:
         self.cfg = cfg
         self.sources = sources
+        self.regions = dict(regions or {})  # source -> its ROI names: one HA sensor each
         self.stats = stats
         self.on_capture = on_capture
         self.source_status = source_status
@@ -174,7 +176,8 @@ class MqttSink:
         self.spool.append(Message(base + "/state", payload, qos, True))
         if result.status is not Status.ERROR:
             self.spool.append(Message(base + "/text", result.text.encode("utf-8"), qos, True))
-        if result.changed or self.cfg.publish_every:
+        every = self.cfg.publish_every if result.publish_every is None else result.publish_every
+        if result.changed or every:
             self.spool.append(Message(base + "/event", payload, qos, False))
         self.stats.set("spool_depth", len(self.spool))
         self._wake.set()
@@ -261,6 +264,8 @@ class MqttSink:
         subs = [("%s/cmd/capture" % self.prefix, 1), ("%s/+/capture" % self.prefix, 1)]
         if self.cfg.discovery:
             subs.append(("%s/status" % self.cfg.discovery_prefix, 1))
+            # Our retained discovery configs come back: those of removed sources/ROIs are cleared.
+            subs.append(("%s/sensor/%s/+/config" % (self.cfg.discovery_prefix, self.node), 1))
             self._publish_discovery(client)
         client.subscribe(subs)
         for source in self.sources:
@@ -299,6 +304,11 @@ class MqttSink:
                     log.info("home assistant online, discovery re-sent")
                     self._publish_discovery(client)
                 return
+            if msg.topic.startswith("%s/sensor/%s/" % (self.cfg.discovery_prefix, self.node)):
+                if msg.payload and msg.topic not in self._discovery_topics():
+                    log.info("stale home assistant discovery cleared topic=%s", msg.topic)
+                    client.publish(msg.topic, b"", qos=1, retain=True)
+                return
             rest = msg.topic[len(self.prefix) + 1:] if msg.topic.startswith(self.prefix + "/") else ""
             target, _, command = rest.rpartition("/")
             if command != "capture" or not target:
@@ -322,24 +332,46 @@ class MqttSink:
         for source in self.sources:
             client.publish(discovery_topic(self.cfg, self.node, source),
                            json.dumps(discovery_config(self.cfg, self.node, source)), qos=1, retain=True)
+            for roi in self.regions.get(source, ()):
+                client.publish(discovery_topic(self.cfg, self.node, source, roi),
+                               json.dumps(discovery_config(self.cfg, self.node, source, roi)), qos=1, retain=True)
+
+    def _discovery_topics(self) -> set[str]:
+        topics = set()
+        for source in self.sources:
+            topics.add(discovery_topic(self.cfg, self.node, source))
+            topics.update(discovery_topic(self.cfg, self.node, source, roi) for roi in self.regions.get(source, ()))
+        return topics
 
 
-def discovery_topic(cfg: MqttConfig, node: str, source: str) -> str:
-    return "%s/sensor/%s/%s/config" % (cfg.discovery_prefix, node, source)
+def discovery_topic(cfg: MqttConfig, node: str, source: str, roi: str | None = None) -> str:
+    """``<discovery_prefix>/sensor/<node>/<source>[_<roi>]/config``."""
+    return "%s/sensor/%s/%s/config" % (cfg.discovery_prefix, node, source if roi is None else "%s_%s" % (source, roi))
 
 
-def discovery_config(cfg: MqttConfig, node: str, source: str) -> dict[str, Any]:
-    """Home Assistant MQTT discovery payload of one source's text sensor."""
+def discovery_config(cfg: MqttConfig, node: str, source: str, roi: str | None = None) -> dict[str, Any]:
+    """Home Assistant MQTT discovery payload of one source's text sensor, or of one of its ROIs
+    (reading ``regions.<roi>.text`` from the same retained state JSON)."""
     host = socket.gethostname().split(".")[0]
+    if roi is None:
+        ident, name = source, "%s text" % source
+        value = "{{ value_json.text[:255] }}"
+        attributes = ("{{ {'confidence': value_json.confidence, 'status': value_json.status,"
+                      " 'ts': value_json.ts} | tojson }}")
+    else:
+        ident, name = "%s_%s" % (source, roi), "%s %s" % (source, roi)
+        region = "value_json.regions[%s]" % json.dumps(roi)
+        value = "{{ %s.text[:255] }}" % region  # every result of a source with ROIs lists them all
+        attributes = ("{{ {'score': %s.score, 'status': %s.status, 'read': %s.read, 'ts': value_json.ts}"
+                      " | tojson }}" % (region, region, region))
     return {
-        "name": "%s text" % source,
-        "unique_id": "%s_%s" % (node, source),
-        "object_id": "edge_ocr_%s_%s" % (host, source),
+        "name": name,
+        "unique_id": "%s_%s" % (node, ident),
+        "object_id": "edge_ocr_%s_%s" % (host, ident),
         "state_topic": "%s/%s/state" % (cfg.topic_prefix, source),
-        "value_template": "{{ value_json.text[:255] }}",
+        "value_template": value,
         "json_attributes_topic": "%s/%s/state" % (cfg.topic_prefix, source),
-        "json_attributes_template": "{{ {'confidence': value_json.confidence, 'status': value_json.status,"
-                                    " 'ts': value_json.ts} | tojson }}",
+        "json_attributes_template": attributes,
         "availability_topic": "%s/availability" % cfg.topic_prefix,
         "payload_available": ONLINE,
         "payload_not_available": OFFLINE,

@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import socket
 import struct
 import threading
 import time
@@ -178,8 +179,7 @@ def test_metrics_is_prometheus_text_with_the_http_counters(client):
     assert "edge_ocr_http_ocr_busy_total 0" in text
     for line in text.splitlines():  # every sample line is "name[{labels}] value"
         if line and not line.startswith("#"):
-            name, value = line.rsplit(" ", 1)
-            float(value)
+            float(line.rsplit(" ", 1)[1])
 
 
 def test_stats_and_config_are_the_injected_json(client):
@@ -376,13 +376,14 @@ def test_a_body_over_the_cap_is_refused_before_reading(backend, photo, photo_tex
 
 
 def test_an_error_result_maps_to_its_status(backend, photo, photo_text):
-    outcomes: list[Exception] = [UnsupportedImage("not a picture"), ImageError("odd image"),
-                                 EdgeOcrError("engine exploded")]
+    outcomes: list[EdgeOcrError] = [UnsupportedImage("not a picture"), ImageError("odd image"),
+                                    EdgeOcrError("engine exploded")]
+    real = backend.ocr
 
     def ocr(image: bytes, *, det: bool, rois: tuple[Region, ...]) -> Result:
         if outcomes:
             return Result("http", Status.ERROR, None, ("pack", "1"), error=outcomes.pop(0))
-        return backend.ocr(image, det=det, rois=rois)
+        return real(image, det=det, rois=rois)
 
     backend.ocr = ocr  # type: ignore[assignment]
     with client_for(backend.app()) as client:
@@ -396,12 +397,13 @@ def test_an_error_result_maps_to_its_status(backend, photo, photo_text):
 
 def test_a_crash_in_the_ocr_callable_is_a_logged_500(backend, photo, photo_text, caplog):
     calls = []
+    real = backend.ocr
 
     def ocr(image: bytes, *, det: bool, rois: tuple[Region, ...]) -> Result:
         calls.append(1)
         if len(calls) == 1:
             raise RuntimeError("bug")
-        return backend.ocr(image, det=det, rois=rois)
+        return real(image, det=det, rois=rois)
 
     backend.ocr = ocr  # type: ignore[assignment]
     with client_for(backend.app()) as client, caplog.at_level(logging.ERROR, logger="edge_ocr.sinks.http"):
@@ -521,9 +523,9 @@ def test_load_token_reads_and_checks_the_file(tmp_path):
     assert token is not None and token.reveal() == TOKEN and TOKEN not in repr(token)
     assert load_token("") is None
     path.write_text("\n")
-    with pytest.raises(ConfigError, match="http.token_file: .* is empty"):
+    with pytest.raises(ConfigError, match=r"http.token_file: .* is empty"):
         load_token(str(path))
-    with pytest.raises(ConfigError, match="http.token_file: cannot read"):
+    with pytest.raises(ConfigError, match=r"http.token_file: cannot read"):
         load_token(str(tmp_path / "missing"))
 
 
@@ -592,16 +594,40 @@ def test_over_the_cap_on_the_wire_is_json_413_from_us_or_from_waitress(backend, 
         slightly = b"\xff" * (600 * 1024)
         assert_error(client.post("/api/ocr", content=slightly, headers={"Content-Type": "image/jpeg"}), 413,
                      "upload_too_large")
-        # far over: waitress refuses from the Content-Length alone, still as JSON
-        huge = b"\xff" * (3 * 1024 * 1024)
-        assert_error(client.post("/api/ocr", content=huge, headers={"Content-Type": "image/jpeg"}), 413,
-                     "upload_too_large")
+        # far over: waitress refuses from the Content-Length alone (no body sent), still as JSON
+        status, headers, body = raw_request(server.port, b"POST /api/ocr HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                                            b"Content-Type: image/jpeg\r\nContent-Length: 100000000\r\n\r\n")
+        assert status == 413 and headers["content-type"] == "application/json"
+        assert json.loads(body)["error"]["code"] == "upload_too_large"
         # chunked (no Content-Length): waitress de-chunks under its cap, then the app checks ours
         chunked = client.post("/api/ocr", content=iter([photo[:1000], photo[1000:]]),
                               headers={"Content-Type": "image/jpeg"})
         assert chunked.status_code == 200 and chunked.json()["text"] == photo_text
         assert_error(client.post("/api/ocr", content=iter([slightly]), headers={"Content-Type": "image/jpeg"}), 413,
                      "upload_too_large")
+    with httpx.Client(base_url=server.url, timeout=TIMEOUT_S) as client:
+        assert_serving(client, photo, photo_text)
+
+
+def raw_request(port: int, request: bytes) -> tuple[int, dict[str, str], bytes]:
+    """Send raw bytes, read the reply until the server closes: (status, headers, body)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT_S) as sock:
+        sock.sendall(request)
+        reply = b""
+        while chunk := sock.recv(65536):
+            reply += chunk
+    head, _, body = reply.partition(b"\r\n\r\n")
+    status_line, *header_lines = head.decode("latin-1").split("\r\n")
+    headers = {k.strip().lower(): v.strip() for k, _, v in (h.partition(":") for h in header_lines)}
+    return int(status_line.split()[1]), headers, body
+
+
+def test_waitress_refusals_are_json(backend, serve, photo, photo_text):
+    server = serve(backend.app())
+    status, headers, body = raw_request(server.port, b"BREW /pot HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                                                     b"Transfer-Encoding: gzip\r\n\r\n")
+    assert status == 501 and headers["content-type"] == "application/json", body
+    assert json.loads(body)["error"]["code"] == "bad_request"
     with httpx.Client(base_url=server.url, timeout=TIMEOUT_S) as client:
         assert_serving(client, photo, photo_text)
 
@@ -618,7 +644,7 @@ def test_token_over_the_wire(backend, serve, photo, photo_text):
 
 @pytest.mark.parametrize("bind", ["0.0.0.0:0", "[::]:8080", "192.168.1.20:8080", "raspberrypi.local:8080"])
 def test_binding_beyond_loopback_needs_a_token(backend, bind):
-    with pytest.raises(ConfigError, match="http.bind: .* set http.token_file"):
+    with pytest.raises(ConfigError, match=r"http.bind: .* set http.token_file"):
         HttpServer(backend.app(), bind)
     HttpServer(backend.app(token=TOKEN), bind)  # accepted (not started)
 
@@ -630,7 +656,7 @@ def test_loopback_binds_need_no_token(backend, bind):
 
 @pytest.mark.parametrize("bind", ["8080", "127.0.0.1", ":8080", "127.0.0.1:http", "127.0.0.1:70000"])
 def test_a_bad_bind_is_a_config_error(backend, bind):
-    with pytest.raises(ConfigError, match="http.bind: expected HOST:PORT"):
+    with pytest.raises(ConfigError, match=r"http.bind: expected HOST:PORT"):
         HttpServer(backend.app(), bind)
 
 

@@ -1,0 +1,419 @@
+"""Camera source: picamera2 and OpenCV backends, retry with backoff, frame-difference skip, ROIs
+(SPEC "Sources: Camera", "ROIs").
+
+One thread ``source:<name>`` owns the camera. Every ``interval`` seconds (or on
+``capture_now()`` when ``interval = 0``) it takes a frame, compares a 64-px grey thumbnail of
+each region (or of the whole frame) with the last frame it handed on, and skips it when the
+difference is at most ``change_threshold``; after a change it hands on ``stable_reads - 1``
+more frames so the pipeline can confirm the new value. Frames are droppable: they are
+submitted without blocking and a full queue drops them (counted in stats).
+
+Backends:
+- ``picamera2`` (Raspberry Pi OS's python3-picamera2, imported lazily): one ``Picamera2``
+  object for the life of the source — opening and closing it in a loop leaks — configured
+  once per (re)start for a still capture of ``size`` in BGR. No camera (IndexError) or a busy
+  one (RuntimeError): ``offline``, retried with capped exponential backoff.
+- ``opencv``: ``/dev/videoN`` or an index (V4L2), ``rtsp://``/``http://`` streams and video
+  files. Live devices and streams are grabbed continuously (so a capture is the current
+  frame, not a stale buffered one) and reopened with backoff when they drop. A video file is
+  played in real time at its own frame rate, sampled every ``interval`` (one frame per
+  command when ``interval = 0``); at its end it starts again when ``loop = true``, else the
+  source goes ``offline`` and stays so (restart the service to play it again).
+
+Imports results, config, errors, stats, engine types and sources.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import math
+import re
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Protocol
+
+import cv2
+import numpy as np
+
+from edge_ocr.config import CameraSourceConfig
+from edge_ocr.engine.types import Region
+from edge_ocr.errors import SourceError
+from edge_ocr.results import Job, RegionRule
+from edge_ocr.sources import regions
+from edge_ocr.sources.base import SourceStatus, Submit
+from edge_ocr.stats import Stats
+
+log = logging.getLogger(__name__)
+
+AF_MODES = {"auto": 1, "continuous": 2}  # libcamera controls.AfModeEnum values
+STREAM_TIMEOUT_MS = 10000  # open/read timeout of network streams, so a dead camera cannot hang the thread
+IDLE_WAIT_S = 0.25  # longest wait between checks of the stop event while waiting for a capture
+USERINFO_RE = re.compile(r"//[^/@]*@")
+
+
+def redact(device: str) -> str:
+    """``device`` fit for logs: credentials in a URL (``rtsp://user:pass@host``) become ``***``."""
+    return USERINFO_RE.sub("//***@", device)
+
+
+def device_kind(device: str) -> str:
+    """``index`` (a number), ``device`` (/dev/...), ``stream`` (a URL) or ``file`` (a video file)."""
+    if device.isdigit():
+        return "index"
+    if "://" in device:
+        return "stream"
+    if device.startswith("/dev/"):
+        return "device"
+    return "file"
+
+
+class VideoEnded(Exception):
+    """A video file reached its end and ``loop`` is off (control flow, not an error)."""
+
+
+class Reader(Protocol):
+    """One open camera. ``read`` and ``idle`` raise SourceError when it fails (it is then closed)."""
+
+    def idle(self, until: float, stop: threading.Event, wake: threading.Event) -> None:
+        """Wait until ``time.monotonic() >= until``, ``wake`` or ``stop`` is set."""
+
+    def read(self) -> np.ndarray:
+        """The current frame (any of grey, BGR, BGRA uint8)."""
+
+    def close(self) -> None: ...
+
+
+def _wait(until: float, stop: threading.Event, wake: threading.Event) -> None:
+    while not stop.is_set() and not wake.is_set():
+        remaining = until - time.monotonic()
+        if remaining <= 0:
+            return
+        wake.wait(min(remaining, IDLE_WAIT_S))
+
+
+class Picamera2Reader:
+    """A started Picamera2 (the object outlives the reader: ``close`` only stops it)."""
+
+    def __init__(self, camera: Any, cfg: CameraSourceConfig) -> None:
+        self.camera = camera
+        main: dict[str, Any] = {"format": "RGB888"}  # libcamera's RGB888 is B, G, R in memory: OpenCV's BGR
+        if cfg.size != (0, 0):
+            main["size"] = cfg.size
+        try:
+            camera.configure(camera.create_still_configuration(main=main))
+            af = AF_MODES.get(cfg.autofocus)
+            has_af = af is not None and "AfMode" in camera.camera_controls
+            if has_af:
+                camera.set_controls({"AfMode": af})
+            camera.start()
+            if has_af and cfg.autofocus == "auto":
+                camera.autofocus_cycle()
+        except (RuntimeError, OSError, ValueError, TimeoutError) as exc:
+            self.close()
+            raise SourceError("camera start failed: %s" % exc) from exc
+
+    def idle(self, until: float, stop: threading.Event, wake: threading.Event) -> None:
+        _wait(until, stop, wake)
+
+    def read(self) -> np.ndarray:
+        try:
+            return self.camera.capture_array("main")
+        except (RuntimeError, OSError, ValueError, TimeoutError) as exc:
+            self.close()
+            raise SourceError("capture failed: %s" % exc) from exc
+
+    def close(self) -> None:
+        try:
+            self.camera.stop()
+        except Exception as exc:  # stopping a failed camera may fail too; the object is kept for a retry
+            log.debug("picamera2 stop failed error=%s", exc)
+
+
+class OpenCvReader:
+    """cv2.VideoCapture over a device, stream or video file (see the module docstring)."""
+
+    def __init__(self, cfg: CameraSourceConfig) -> None:
+        self.cfg = cfg
+        self.kind = device_kind(cfg.device)
+        self.live = self.kind != "file"
+        self.cap = self._open()
+        fps = self.cap.get(cv2.CAP_PROP_FPS) if not self.live else 0.0
+        self.step = max(1, round(cfg.interval * fps)) if fps and fps > 0 and math.isfinite(fps) else 1
+        self.reads = 0
+        self.grabbed = False
+
+    def _open(self) -> cv2.VideoCapture:
+        cfg = self.cfg
+        if self.kind == "file" and not Path(cfg.device).is_file():
+            raise SourceError("video file not found: %s" % cfg.device)
+        if self.kind == "index":
+            cap = cv2.VideoCapture(int(cfg.device))
+        elif self.kind == "stream":
+            cap = cv2.VideoCapture(cfg.device, cv2.CAP_FFMPEG, [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, STREAM_TIMEOUT_MS,
+                                                                cv2.CAP_PROP_READ_TIMEOUT_MSEC, STREAM_TIMEOUT_MS])
+        else:
+            cap = cv2.VideoCapture(cfg.device)
+        if not cap.isOpened():
+            cap.release()
+            raise SourceError("cannot open %s" % redact(cfg.device))
+        if self.live:
+            if cfg.size != (0, 0):
+                cap.set(cv2.CAP_PROP_FRAME_WIDTH, cfg.size[0])
+                cap.set(cv2.CAP_PROP_FRAME_HEIGHT, cfg.size[1])
+            cap.set(cv2.CAP_PROP_BUFFERSIZE, 1)
+        return cap
+
+    def idle(self, until: float, stop: threading.Event, wake: threading.Event) -> None:
+        if not self.live:
+            _wait(until, stop, wake)
+            return
+        # Keep grabbing (each grab waits for the next frame) so a capture gets the current frame.
+        while not stop.is_set() and not wake.is_set() and time.monotonic() < until:
+            if not self.cap.grab():
+                self.close()
+                raise SourceError("stream ended")
+            self.grabbed = True
+
+    def read(self) -> np.ndarray:
+        if self.live:
+            ok, frame = self.cap.retrieve() if self.grabbed else self.cap.read()
+            self.grabbed = False
+            if not ok or frame is None:
+                self.close()
+                raise SourceError("no frame from %s" % redact(self.cfg.device))
+            return frame
+        for _ in range(self.step - 1 if self.reads else 0):
+            if not self.cap.grab():
+                break
+        ok, frame = self.cap.read()
+        if not ok or frame is None:
+            if not self.cfg.loop:
+                self.close()
+                raise VideoEnded()
+            self.cap.release()
+            self.cap = self._open()
+            ok, frame = self.cap.read()
+            if not ok or frame is None:
+                self.close()
+                raise SourceError("video file has no frames: %s" % self.cfg.device)
+        self.reads += 1
+        return frame
+
+    def close(self) -> None:
+        self.cap.release()
+
+
+class CameraSource:
+    """Source Protocol over one camera; ``run(stop)`` is the thread ``source:<name>``."""
+
+    def __init__(
+        self,
+        cfg: CameraSourceConfig,
+        submit: Submit,
+        stats: Stats,
+        on_status: Callable[[str, SourceStatus], None] | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.name = cfg.name
+        self.submit = submit  # must not block: camera frames are dropped when the queue is full
+        self.stats = stats
+        self.on_status = on_status
+        self.ready = threading.Event()  # set after the first open attempt (READY=1 does not wait for a camera)
+        self.reason = "not started"
+        self._status = SourceStatus.OFFLINE
+        self._wake = threading.Event()  # capture_now()
+        self._ended = False
+        self._camera: Any = None  # the one Picamera2 object, created on the first successful open
+        self._reader: Reader | None = None
+        self._ref: tuple[np.ndarray, ...] | None = None  # thumbnails of the last frame handed on
+        self._settle = 0  # frames still to hand on after a change, so stable_reads can confirm it
+        self._outside: set[str] = set()  # regions already warned about as outside the frame
+        self._rules = tuple(RegionRule(r.name, r.box, r.pattern) for r in cfg.rois)
+
+    @property
+    def status(self) -> SourceStatus:
+        return self._status
+
+    def update(self, cfg: CameraSourceConfig) -> None:
+        """Apply the live keys of a reloaded config (interval, change_threshold, stable_reads, publish_every)."""
+        self.cfg = cfg
+
+    def capture_now(self) -> str:
+        if self._ended:
+            return "video file ended"
+        self._wake.set()
+        if self._status is SourceStatus.OFFLINE:
+            return "offline (%s); capture when back" % self.reason
+        return "capture requested"
+
+    # -- the source thread ---------------------------------------------------------------------
+
+    def run(self, stop: threading.Event) -> None:
+        backoff = self.cfg.retry_min_delay
+        next_at = 0.0
+        try:
+            while not stop.is_set():
+                cfg = self.cfg
+                if self._reader is None:
+                    try:
+                        self._reader = self._open()
+                    except SourceError as exc:
+                        self._failed(exc, backoff)
+                        self.ready.set()
+                        stop.wait(backoff)
+                        backoff = min(backoff * 2, cfg.retry_max_delay)
+                        continue
+                    self._set_status(SourceStatus.ONLINE, "")
+                    self.ready.set()
+                    next_at = time.monotonic()
+                until = next_at if cfg.interval > 0 else math.inf
+                try:
+                    self._reader.idle(until, stop, self._wake)
+                    if stop.is_set():
+                        break
+                    forced = self._wake.is_set()
+                    self._wake.clear()
+                    start = time.perf_counter()
+                    frame = self._reader.read()
+                except VideoEnded:
+                    self._reader = None
+                    self._ended = True
+                    self._set_status(SourceStatus.OFFLINE, "video file ended")
+                    return
+                except SourceError as exc:
+                    self._reader = None
+                    self._failed(exc, backoff)
+                    stop.wait(backoff)
+                    backoff = min(backoff * 2, cfg.retry_max_delay)
+                    continue
+                capture_ms = round((time.perf_counter() - start) * 1000.0, 2)
+                backoff = cfg.retry_min_delay
+                self.stats.inc("frames_total")
+                if cfg.interval > 0 and not forced:
+                    now = time.monotonic()
+                    next_at += cfg.interval
+                    if next_at < now:  # fell behind (slow camera): no burst to catch up
+                        next_at = now + cfg.interval
+                self.offer(frame, forced, capture_ms)
+        finally:
+            if self._reader is not None:
+                self._reader.close()
+                self._reader = None
+            if self._camera is not None:
+                try:
+                    self._camera.close()
+                except Exception as exc:
+                    log.warning("camera close failed source=%s error=%s", self.name, exc)
+                self._camera = None
+
+    def _open(self) -> Reader:
+        if self.cfg.backend == "picamera2":
+            return Picamera2Reader(self._picamera2(), self.cfg)
+        return OpenCvReader(self.cfg)
+
+    def _picamera2(self) -> Any:
+        """The source's one Picamera2 object, created on first success and kept (SPEC: no create/close loops)."""
+        if self._camera is not None:
+            return self._camera
+        try:
+            module = importlib.import_module("picamera2")
+        except ImportError as exc:
+            raise SourceError("picamera2 is not installed (apt install python3-picamera2; the venv needs "
+                              "--system-site-packages)") from exc
+        try:
+            self._camera = module.Picamera2(int(self.cfg.device))
+        except IndexError as exc:
+            raise SourceError("no camera %s found" % self.cfg.device) from exc
+        except RuntimeError as exc:
+            raise SourceError("camera %s busy or failing: %s" % (self.cfg.device, exc)) from exc
+        return self._camera
+
+    def _failed(self, exc: SourceError, backoff: float) -> None:
+        self.stats.inc("camera_errors_total")
+        if self._status is SourceStatus.OFFLINE and self.reason == exc.message:
+            log.debug("camera retry failed source=%s retry_s=%.2f error=%s", self.name, backoff, exc.message)
+            return
+        self._set_status(SourceStatus.OFFLINE, exc.message, backoff)
+
+    def _set_status(self, status: SourceStatus, why: str, retry_s: float | None = None) -> None:
+        self.reason = why
+        if status is self._status and status is SourceStatus.ONLINE:
+            return
+        changed = status is not self._status
+        self._status = status
+        if status is SourceStatus.ONLINE:
+            log.info("source online source=%s backend=%s device=%s", self.name, self.cfg.backend,
+                     redact(self.cfg.device))
+        elif retry_s is None:
+            log.warning("source offline source=%s device=%s reason=%s", self.name, redact(self.cfg.device), why)
+        else:
+            log.warning("source offline source=%s device=%s reason=%s retry_s=%.2f", self.name,
+                        redact(self.cfg.device), why, retry_s)
+        if changed and self.on_status is not None:
+            self.on_status(self.name, status)
+
+    # -- frames → jobs -------------------------------------------------------------------------
+
+    def offer(self, frame: np.ndarray, forced: bool = False, capture_ms: float | None = None) -> str:
+        """Hand ``frame`` on unless it is unchanged; returns ``queued``, ``unchanged`` or ``dropped``."""
+        cfg = self.cfg
+        frame = regions.to_bgr(frame)
+        thumbs = regions.thumbnails(frame, [r.box for r in cfg.rois])
+        changed = self._ref is None or regions.difference(self._ref, thumbs) > cfg.change_threshold
+        if not (changed or forced or self._settle > 0):
+            self.stats.inc("frames_skipped_total")
+            return "unchanged"
+        if not self.submit(self._job(frame, capture_ms)):
+            self.stats.inc("frames_dropped_total")  # the reference stays: the next frame is tried again
+            log.debug("frame dropped, queue full source=%s", self.name)
+            return "dropped"
+        self._ref = thumbs
+        self._settle = cfg.stable_reads - 1 if changed and cfg.rois else max(0, self._settle - 1)
+        return "queued"
+
+    def _job(self, frame: np.ndarray, capture_ms: float | None) -> Job:
+        cfg = self.cfg
+        common = {"stable_reads": cfg.stable_reads, "publish_every": cfg.publish_every, "capture_ms": capture_ms}
+        if not cfg.rois:
+            return Job(self.name, b"", frame=frame, **common)
+        crops = []
+        for roi in cfg.rois:
+            if roi.name not in self._outside and regions.clip_box(roi.box, frame.shape) != roi.box:
+                self._outside.add(roi.name)
+                log.warning("region not inside the frame source=%s roi=%s box=%s frame=%dx%d", self.name, roi.name,
+                            list(roi.box), frame.shape[1], frame.shape[0])
+            crops.append(regions.prepare(regions.crop(frame, roi.box), roi.grey, roi.clahe, roi.invert, roi.rotate))
+        image, boxes = regions.canvas(crops)
+        rois = tuple(Region(roi.name, box, roi.allowed_chars) for roi, box in zip(cfg.rois, boxes))
+        return Job(self.name, b"", rois=rois, det=False, frame=image, regions=self._rules, **common)
+
+
+def probe(cfg: CameraSourceConfig) -> str | None:
+    """For ``edge-ocr check``: None if the camera looks usable, else a one-line reason.
+
+    picamera2 is asked for its camera list (without taking the camera from a running daemon);
+    OpenCV opens the device and reads one frame.
+    """
+    if cfg.backend == "picamera2":
+        try:
+            module = importlib.import_module("picamera2")
+        except ImportError:
+            return "picamera2 is not installed (apt install python3-picamera2)"
+        cameras = module.Picamera2.global_camera_info()
+        if int(cfg.device) >= len(cameras):
+            return "no camera %s found (%d attached)" % (cfg.device, len(cameras))
+        return None
+    try:
+        reader = OpenCvReader(cfg)
+    except SourceError as exc:
+        return exc.message
+    try:
+        reader.read()
+    except (SourceError, VideoEnded) as exc:
+        return exc.message if isinstance(exc, SourceError) else "video file has no frames"
+    finally:
+        reader.close()
+    return None

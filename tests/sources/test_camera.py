@@ -1,0 +1,248 @@
+"""edge_ocr.sources.camera: picamera2 through a fake module in sys.modules (tests/fake_picamera2.py),
+OpenCV through real MJPG video files, regions through the real engine on eval-dev crops."""
+
+from __future__ import annotations
+
+import re
+import sys
+import threading
+
+import cv2
+import numpy as np
+import pytest
+
+from edge_ocr.config import CameraSourceConfig, RoiConfig
+from edge_ocr.pipeline import Pipeline
+from edge_ocr.results import Job, Result, Status
+from edge_ocr.sources.base import SourceStatus
+from edge_ocr.sources.camera import CameraSource, device_kind, probe, redact
+from edge_ocr.stats import Stats
+from tests.broker import wait_until
+from tests.conftest import line_samples
+from tests.fake_picamera2 import CameraBus
+from tests.frames import BOX, paste, text_frame, write_video
+
+DIGITS = "0123456789."
+
+
+class Running:
+    """A CameraSource on its own thread, jobs collected (or handed to ``submit``)."""
+
+    def __init__(self, cfg: CameraSourceConfig, submit=None) -> None:
+        self.jobs: list[Job] = []
+        self.statuses: list[SourceStatus] = []
+        self.stats = Stats()
+        self.stop = threading.Event()
+        self.source = CameraSource(cfg, submit or self._collect, self.stats, lambda n, s: self.statuses.append(s))
+        self.thread = threading.Thread(target=self.source.run, args=(self.stop,), name="source:%s" % cfg.name)
+        self.thread.start()
+        assert self.source.ready.wait(10)
+
+    def _collect(self, job: Job) -> bool:
+        self.jobs.append(job)
+        return True
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join(5)
+        assert not self.thread.is_alive()
+
+
+@pytest.fixture
+def run_camera():
+    running: list[Running] = []
+
+    def start(cfg: CameraSourceConfig, submit=None) -> Running:
+        r = Running(cfg, submit)
+        running.append(r)
+        return r
+
+    yield start
+    for r in running:
+        r.close()
+
+
+@pytest.fixture
+def bus(monkeypatch):
+    bus = CameraBus("missing")
+    monkeypatch.setitem(sys.modules, "picamera2", bus.module())
+    return bus
+
+
+def pi_config(**kw) -> CameraSourceConfig:
+    base = {"backend": "picamera2", "device": "0", "interval": 0.01, "size": (640, 480), "retry_min_delay": 0.01,
+            "retry_max_delay": 0.05}
+    return CameraSourceConfig("pi", **{**base, **kw})
+
+
+def test_picamera2_missing_then_busy_then_present_goes_online_without_restart(bus, run_camera):
+    cam = run_camera(pi_config())
+    assert cam.source.status is SourceStatus.OFFLINE and "no camera 0" in cam.source.reason
+    assert wait_until(lambda: bus.attempts >= 3)
+    bus.state = "busy"
+    seen = bus.attempts
+    assert wait_until(lambda: bus.attempts >= seen + 2)
+    assert cam.source.status is SourceStatus.OFFLINE and "busy" in cam.source.reason
+    assert "offline" in cam.source.capture_now()
+    bus.state = "present"
+    assert wait_until(lambda: cam.source.status is SourceStatus.ONLINE)
+    assert wait_until(lambda: cam.stats.get("frames_total") >= 5)
+    assert bus.created == 1 and cam.statuses == [SourceStatus.ONLINE]
+    assert bus.configs[0]["main"] == {"format": "RGB888", "size": (640, 480)}
+    assert bus.controls == [{"AfMode": 2}]  # continuous autofocus: the fake sensor advertises AfMode
+    assert cam.stats.get("camera_errors_total") >= 5
+    # An unchanged scene costs no OCR: one job, the other frames skipped.
+    assert len(cam.jobs) == 1 and cam.stats.get("frames_skipped_total") >= 4
+    assert cam.jobs[0].frame is not None and cam.jobs[0].frame.shape == (480, 640, 3) and cam.jobs[0].image == b""
+    # Unplugged while running: offline, then back on the same Picamera2 object (no create/close loop).
+    bus.unplugged = True
+    assert wait_until(lambda: cam.source.status is SourceStatus.OFFLINE)
+    bus.unplugged = False
+    assert wait_until(lambda: cam.source.status is SourceStatus.ONLINE)
+    assert bus.created == 1 and bus.closed == 0 and len(bus.configs) >= 2
+    bus.set_frame(text_frame("42", (640, 480)))
+    assert wait_until(lambda: len(cam.jobs) == 2)
+    cam.close()
+    assert bus.closed == 1
+
+
+def test_picamera2_without_autofocus_gets_no_af_control_and_missing_module_is_offline(bus, run_camera, monkeypatch):
+    bus.state, bus.autofocus = "present", False
+    cam = run_camera(pi_config(autofocus="continuous"))
+    assert wait_until(lambda: cam.stats.get("frames_total") >= 1)
+    assert bus.controls == []
+    assert probe(pi_config()) is None
+    bus.state = "missing"
+    assert probe(pi_config()) == "no camera 0 found (0 attached)"
+    monkeypatch.setitem(sys.modules, "picamera2", None)  # import picamera2 → ImportError
+    other = run_camera(pi_config())
+    assert other.source.status is SourceStatus.OFFLINE and "python3-picamera2" in other.source.reason
+
+
+def test_video_file_changes_give_each_value_once_after_stable_reads(tmp_path, run_camera, engines):
+    texts = ["12.3"] * 6 + ["45.6"] * 6 + ["78.9"] * 6
+    video = write_video(tmp_path / "meter.avi", [text_frame(t) for t in texts], fps=20)
+    stop = threading.Event()
+    results: list[Result] = []
+
+    class Sink:
+        name = "list"
+
+        def publish(self, result: Result) -> None:
+            results.append(result)
+
+    pipe = Pipeline(engines(), ("default", "test"), [Sink()], Stats(), stop, queue_size=8)
+    pipe.start()
+    roi = RoiConfig("reading", BOX, DIGITS, r"\d+\.\d")
+    cfg = CameraSourceConfig("meter", device=str(video), interval=0.05, rois=(roi,), stable_reads=2)
+    cam = run_camera(cfg, lambda job: pipe.submit(job, block=False))
+    cam.thread.join(30)  # the file ends (loop = false): the source goes offline and its thread returns
+    assert not cam.thread.is_alive() and cam.source.status is SourceStatus.OFFLINE
+    assert cam.source.capture_now() == "video file ended"
+    assert cam.stats.get("frames_total") == 18
+    assert cam.stats.get("frames_skipped_total") == 12  # 2 reads per value, 4 unchanged frames skipped each
+    assert wait_until(lambda: len(results) == 6)
+    stop.set()
+    pipe.join(5)
+    assert [r.regions[0].read for r in results] == ["12.3", "12.3", "45.6", "45.6", "78.9", "78.9"]
+    assert [r.changed for r in results] == [False, True, False, True, False, True]
+    assert [r.text for r in results] == ["", "12.3", "12.3", "45.6", "45.6", "78.9"]
+    last = results[-1].to_dict()
+    assert last["regions"]["reading"]["text"] == "78.9" and last["regions"]["reading"]["status"] == "ok"
+    assert last["regions"]["reading"]["previous_text"] == "45.6" and last["previous_text"] == "45.6"
+    assert last["lines"][0]["box"] == [[20, 60], [280, 60], [280, 160], [20, 160]]  # camera pixels
+    assert "capture" in last["timing_ms"] and results[-1].status is Status.OK
+
+
+def test_video_file_loops_when_asked_and_a_missing_file_is_retried(tmp_path, run_camera):
+    frames = [text_frame(str(i)) for i in range(3)]
+    looped = run_camera(CameraSourceConfig("loop", device=str(write_video(tmp_path / "a.avi", frames, 100)),
+                                           interval=0.01, loop=True))
+    assert wait_until(lambda: looped.stats.get("frames_total") >= 8)
+    assert looped.source.status is SourceStatus.ONLINE and looped.thread.is_alive()
+    assert len(looped.jobs) >= 8  # every frame differs from the one before
+    late = tmp_path / "late.avi"
+    cam = run_camera(CameraSourceConfig("late", device=str(late), interval=0.01, retry_min_delay=0.01,
+                                        retry_max_delay=0.05))
+    assert cam.source.status is SourceStatus.OFFLINE and "not found" in cam.source.reason
+    write_video(tmp_path / "tmp.avi", frames, 100).rename(late)
+    cam.thread.join(20)  # online, its 3 frames, then the end of the file
+    assert not cam.thread.is_alive()
+    assert [j.frame is not None for j in cam.jobs] == [True] * 3
+    assert cam.statuses == [SourceStatus.ONLINE, SourceStatus.OFFLINE]
+
+
+def test_interval_zero_captures_on_command_even_when_unchanged(tmp_path, run_camera):
+    video = write_video(tmp_path / "still.avi", [text_frame("7")] * 5, 10)
+    cam = run_camera(CameraSourceConfig("cmd", device=str(video), interval=0, loop=True))
+    assert cam.source.status is SourceStatus.ONLINE and cam.stats.get("frames_total") == 0
+    assert cam.source.capture_now() == "capture requested"
+    assert wait_until(lambda: len(cam.jobs) == 1)
+    cam.source.capture_now()
+    assert wait_until(lambda: len(cam.jobs) == 2)
+    assert cam.stats.get("frames_total") == 2 and cam.stats.get("frames_skipped_total") == 0
+
+
+def test_offer_skips_unchanged_settles_for_stable_reads_and_counts_drops():
+    accept = [False]
+    jobs: list[Job] = []
+
+    def submit(job: Job) -> bool:
+        if accept[0]:
+            jobs.append(job)
+        return accept[0]
+
+    stats = Stats()
+    roi = RoiConfig("reading", BOX, DIGITS)
+    source = CameraSource(CameraSourceConfig("c", rois=(roi,), stable_reads=3), submit, stats)
+    a, b = text_frame("12.3"), text_frame("12.8")
+    assert source.offer(a) == "dropped" and stats.get("frames_dropped_total") == 1
+    accept[0] = True
+    assert [source.offer(a) for _ in range(4)] == ["queued", "queued", "queued", "unchanged"]
+    assert source.offer(a, forced=True) == "queued"
+    assert [source.offer(b) for _ in range(4)] == ["queued", "queued", "queued", "unchanged"]
+    assert stats.get("frames_skipped_total") == 2
+    job = jobs[0]
+    assert job.det is False and job.regions[0].box == BOX and job.stable_reads == 3
+    assert job.frame is not None and job.frame.shape == (100, 260, 3)  # only the region's pixels are queued
+    assert job.rois[0].box == (0, 0, 260, 100) and job.rois[0].allowed_chars == DIGITS
+
+
+def test_regions_on_eval_dev_crops_allowed_chars_pattern_and_preprocessing(eval_dev, engines):
+    plates = line_samples(eval_dev, "LPRNet_Pytorch-test-plates", 2)
+    prices = [s for s in line_samples(eval_dev, "SROIE2019-task1", 200) if re.fullmatch(r"\d+\.\d\d", s[1])][:2]
+    pipe = Pipeline(engines(), ("default", "test"), [], Stats(), threading.Event())
+    results: list[Result] = []
+    plate_pattern = r"[A-Z]{2}\d{4}"
+    for i, ((plate, plate_label), (price, price_label)) in enumerate(zip(plates, prices)):
+        frame = np.full((480, 640, 3), 200, dtype=np.uint8)
+        plate_box = paste(frame, cv2.imread(str(plate)), (30, 20))
+        price_box = paste(frame, cv2.imread(str(price)), (100, 200))
+        # A light-on-dark display, read through invert: white digits on black.
+        display_box = paste(frame, 255 - text_frame("45.6")[60:160, 20:280], (300, 300))
+        # A label mounted sideways (its text runs top to bottom), read through rotate = 90.
+        side_box = paste(frame, cv2.rotate(text_frame("78.9")[60:160, 20:280], cv2.ROTATE_90_COUNTERCLOCKWISE),
+                         (520, 20))
+        rois = (RoiConfig("plate", plate_box, "ABCDEFGHJKLMNPQRSTUVWXYZ0123456789", plate_pattern),
+                RoiConfig("price", price_box, DIGITS, r"\d+\.\d\d"),
+                RoiConfig("display", display_box, DIGITS, grey=True, invert=True),
+                RoiConfig("side", side_box, DIGITS, rotate=90))
+        source = CameraSource(CameraSourceConfig("shop%d" % i, rois=rois, stable_reads=1), lambda job: results.append(
+            pipe.process(job)) is None, Stats())
+        assert source.offer(frame) == "queued"
+        regions = {r.name: r for r in results[-1].regions}
+        assert regions["plate"].read == plate_label[1:]  # the province character is not allowed
+        assert regions["price"].read == price_label and regions["price"].status is Status.OK
+        assert regions["display"].read == "45.6" and regions["side"].read == "78.9"
+        plate_ok = re.fullmatch(plate_pattern, plate_label[1:]) is not None
+        assert regions["plate"].status is (Status.OK if plate_ok else Status.REJECTED)
+        assert regions["plate"].text == (plate_label[1:] if plate_ok else "")  # rejected reads are never published
+        assert results[-1].status is (Status.OK if plate_ok else Status.REJECTED)
+    assert {r.status for r in results} == {Status.OK, Status.REJECTED}  # the two plates: one of each
+
+
+def test_device_kinds_and_credentials_never_shown():
+    assert [device_kind(d) for d in ("0", "/dev/video2", "rtsp://cam/stream", "clip.mp4")] == [
+        "index", "device", "stream", "file"]
+    assert redact("rtsp://admin:hunter2@10.0.0.5:554/live") == "rtsp://***@10.0.0.5:554/live"
+    assert probe(CameraSourceConfig("x", device="/nonexistent/clip.avi")) == "video file not found: /nonexistent/clip.avi"
