@@ -1,0 +1,70 @@
+"""The memory guard in the running daemon: real images push a real process past its limits.
+
+Limits are set relative to the RSS the daemon reports once its models are loaded, so the test
+does not depend on this machine's numbers."""
+
+from __future__ import annotations
+
+import json
+import re
+import urllib.request
+from pathlib import Path
+
+import cv2
+
+from tests.broker import wait_until
+from tests.conftest import line_samples
+from tests.test_app import Daemon, drop
+
+
+def _config(tmp_path: Path, soft_mb: int, hard_mb: int) -> Path:
+    config = tmp_path / "edge-ocr.toml"
+    config.write_text(
+        '[engine]\nthreads = 2\n\n[http]\nbind = "127.0.0.1:0"\n\n[mqtt]\nenabled = false\n\n'
+        '[guard]\nrss_soft_mb = %d\nrss_hard_mb = %d\n\n[[sources]]\nname = "inbox"\ntype = "folder"\n'
+        'path = "inbox"\ndone_dir = "done"\nfailed_dir = "failed"\nstability_delay = 0.1\n' % (soft_mb, hard_mb)
+    )
+    return config
+
+
+def _guard(daemon: Daemon) -> dict:
+    url = re.search(r"http listening url=(\S+)", daemon.text()).group(1)
+    with urllib.request.urlopen(url + "/readyz", timeout=30) as response:
+        return json.loads(response.read())["guard"]
+
+
+def test_soft_then_hard_limit_restart_loses_no_folder_file(eval_dev, tmp_path):
+    # 1. The daemon's own RSS with its models loaded and nothing to do.
+    daemon = Daemon(_config(tmp_path, 100_000, 200_000)).start()
+    assert wait_until(lambda: _guard(daemon)["rss_mb"] > 0, 10)
+    loaded_mb = _guard(daemon)["rss_mb"]
+    assert daemon.terminate() == 0
+
+    # 2. Soft below that: the guard degrades at once and the daemon keeps working.
+    daemon = Daemon(_config(tmp_path, int(loaded_mb * 0.5), int(loaded_mb + 60))).start()
+    assert wait_until(lambda: "memory guard soft limit" in daemon.text(), 15), daemon.text()
+    assert _guard(daemon)["level"] == "soft"
+    (word, _), = line_samples(eval_dev, "IIIT5K-test", 1)
+    drop(word, tmp_path / "inbox", "small.png")
+    assert wait_until(lambda: (tmp_path / "done" / "small.json").exists(), 60), daemon.text()
+
+    # 3. A 7000x5000 photo (35 MP, under the 50 MP cap) holds ~100 MB of pixels while it is
+    #    read: past the hard limit the daemon stops taking work and exits 3 for systemd.
+    page = cv2.imread(str(next((eval_dev / "pages").glob("sroie_*.jpg"))))
+    big = tmp_path / "big.jpg"
+    cv2.imwrite(str(big), cv2.resize(page, (5000, 7000)), [cv2.IMWRITE_JPEG_QUALITY, 80])
+    drop(big, tmp_path / "inbox", "big.jpg")
+    for i in range(3):
+        drop(word, tmp_path / "inbox", "after-%d.png" % i)
+    assert daemon.proc.wait(120) == 3, daemon.text()
+    assert "memory guard hard limit" in daemon.text()
+
+    # 4. Restarted (as systemd would) with room to work: every file ends in done/ exactly once.
+    daemon = Daemon(_config(tmp_path, 100_000, 200_000)).start()
+    names = ["small", "big", "after-0", "after-1", "after-2"]
+    assert wait_until(lambda: all((tmp_path / "done" / (n + ".json")).exists() for n in names), 180), daemon.text()
+    assert daemon.terminate() == 0
+    done = sorted(p.name for p in (tmp_path / "done").iterdir())
+    assert done == sorted([n + ".json" for n in names] + ["small.png", "big.jpg"] + ["after-%d.png" % i for i in range(3)])
+    assert not list((tmp_path / "inbox" / ".processing").iterdir())
+    assert not (tmp_path / "failed").exists() or not list((tmp_path / "failed").iterdir())
