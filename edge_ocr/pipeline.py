@@ -181,6 +181,9 @@ class Pipeline:
                 image = job.frame if job.frame is not None else job.image
                 output = self.engine(image, rois=job.rois or None, det=job.det)
                 self.stats.set("engine_last_ms", round((time.perf_counter() - start) * 1000.0, 1))
+                self.stats.inc("lines_total", len(output.lines))
+                for stage, elapsed_ms in output.timing_ms.items():
+                    self.stats.observe("stage_ms", elapsed_ms, stage)
         except ImageError as exc:
             error = exc
             tb = "".join(traceback.format_exception_only(exc)).strip()
@@ -192,6 +195,8 @@ class Pipeline:
         timing = {"total": round((time.perf_counter() - start) * 1000.0, 2)}
         if job.capture_ms is not None:
             timing["capture"] = job.capture_ms
+        if error is not None:
+            self.stats.inc_labelled("errors_total", error.code)
         if job.regions:
             return self._region_result(job, output, error, tb, timing)
         if output is None:

@@ -12,9 +12,14 @@ from dataclasses import dataclass
 @dataclass(frozen=True, slots=True)
 class Metric:
     name: str
-    kind: str  # counter | gauge
+    kind: str  # counter | gauge | histogram
     unit: str
     help: str
+    label: str = ""  # labelled metrics (one series per label value) are kept apart from snapshot()
+
+
+# Upper bounds (ms) of the stage latency histogram: from a cropped digit to a dense receipt on a Pi.
+LATENCY_BUCKETS_MS = (5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0, 30000.0)
 
 
 METRICS: tuple[Metric, ...] = (
@@ -35,6 +40,9 @@ METRICS: tuple[Metric, ...] = (
     Metric("spool_depth", "gauge", "messages", "messages waiting in the on-disk spool"),
     Metric("spool_dropped_total", "counter", "messages", "oldest spool messages dropped at the bound"),
     Metric("uptime_s", "gauge", "s", "seconds since the daemon started"),
+    Metric("lines_total", "counter", "lines", "text lines recognised"),
+    Metric("errors_total", "counter", "results", "results with status error, by error code", label="code"),
+    Metric("stage_ms", "histogram", "ms", "engine stage latency, by stage", label="stage"),
 )
 
 
@@ -43,13 +51,34 @@ class Stats:
 
     def __init__(self, metrics: tuple[Metric, ...] = METRICS) -> None:
         self._metrics = {m.name: m for m in metrics}
-        self._values: dict[str, float] = {m.name: 0 for m in metrics}
+        self._values: dict[str, float] = {m.name: 0 for m in metrics if not m.label}
+        self._series: dict[tuple[str, str], float] = {}  # labelled counters
+        self._histograms: dict[tuple[str, str], list[float]] = {}  # bucket counts..., sum, count
         self._lock = threading.Lock()
         self._started = time.monotonic()
 
     def inc(self, name: str, n: float = 1) -> None:
         with self._lock:
             self._values[name] += n
+
+    def inc_labelled(self, name: str, label: str, n: float = 1) -> None:
+        """Count one series of a labelled counter (e.g. ``errors_total{code="unsupported_image"}``)."""
+        if self._metrics[name].kind != "counter" or not self._metrics[name].label:
+            raise KeyError(name)
+        with self._lock:
+            self._series[(name, label)] = self._series.get((name, label), 0) + n
+
+    def observe(self, name: str, value: float, label: str = "") -> None:
+        """Add one observation to a histogram (buckets ``LATENCY_BUCKETS_MS``)."""
+        if self._metrics[name].kind != "histogram":
+            raise KeyError(name)
+        with self._lock:
+            counts = self._histograms.setdefault((name, label), [0.0] * (len(LATENCY_BUCKETS_MS) + 2))
+            for i, bound in enumerate(LATENCY_BUCKETS_MS):
+                if value <= bound:
+                    counts[i] += 1
+            counts[-2] += value
+            counts[-1] += 1
 
     def set(self, name: str, value: float) -> None:
         with self._lock:
@@ -73,4 +102,24 @@ class Stats:
             lines.append("# HELP %s%s %s (%s)" % (prefix, name, m.help, m.unit))
             lines.append("# TYPE %s%s %s" % (prefix, name, m.kind))
             lines.append("%s%s %s" % (prefix, name, repr(float(value)) if isinstance(value, float) else value))
+        with self._lock:
+            series = dict(self._series)
+            histograms = {k: list(v) for k, v in self._histograms.items()}
+        for m in self._metrics.values():
+            if not m.label:
+                continue
+            lines.append("# HELP %s%s %s (%s)" % (prefix, m.name, m.help, m.unit))
+            lines.append("# TYPE %s%s %s" % (prefix, m.name, m.kind))
+            for (name, label), value in sorted(series.items()):
+                if name == m.name:
+                    lines.append('%s%s{%s="%s"} %s' % (prefix, name, m.label, label, value))
+            for (name, label), counts in sorted(histograms.items()):
+                if name != m.name:
+                    continue
+                tag = '%s="%s"' % (m.label, label)
+                for bound, count in zip(LATENCY_BUCKETS_MS, counts):
+                    lines.append('%s%s_bucket{%s,le="%s"} %s' % (prefix, name, tag, bound, count))
+                lines.append('%s%s_bucket{%s,le="+Inf"} %s' % (prefix, name, tag, counts[-1]))
+                lines.append("%s%s_sum{%s} %s" % (prefix, name, tag, counts[-2]))
+                lines.append("%s%s_count{%s} %s" % (prefix, name, tag, counts[-1]))
         return "\n".join(lines) + "\n"

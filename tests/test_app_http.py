@@ -69,5 +69,6 @@ def test_daemon_serves_health_ocr_latest_config_and_metrics(eval_dev, tmp_path):
 
     status, body = _get(base + "/metrics")
     assert status == 200 and b"edge_ocr_" in body and b"guard" in body
+    assert b'edge_ocr_stage_ms_bucket{stage="recognize"' in body and b"edge_ocr_lines_total" in body
     assert SECRET not in daemon.text()
     assert daemon.terminate() == 0

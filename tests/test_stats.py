@@ -1,0 +1,33 @@
+"""edge_ocr.stats: counters, labelled counters and histograms as Prometheus text."""
+
+from __future__ import annotations
+
+import pytest
+
+from edge_ocr.stats import Stats
+
+
+def test_prometheus_text_has_counters_labels_and_histograms():
+    stats = Stats()
+    stats.inc("jobs_total", 3)
+    stats.inc_labelled("errors_total", "unsupported_image")
+    stats.inc_labelled("errors_total", "unsupported_image")
+    stats.observe("stage_ms", 42.0, "detect")
+    stats.observe("stage_ms", 700.0, "detect")
+    text = stats.to_prometheus()
+    assert "edge_ocr_jobs_total 3" in text
+    assert 'edge_ocr_errors_total{code="unsupported_image"} 2' in text
+    assert "# TYPE edge_ocr_stage_ms histogram" in text
+    assert 'edge_ocr_stage_ms_bucket{stage="detect",le="50.0"} 1.0' in text
+    assert 'edge_ocr_stage_ms_bucket{stage="detect",le="1000.0"} 2.0' in text
+    assert 'edge_ocr_stage_ms_bucket{stage="detect",le="+Inf"} 2.0' in text
+    assert 'edge_ocr_stage_ms_sum{stage="detect"} 742.0' in text
+    assert "errors_total" not in stats.snapshot()  # JSON stays flat numbers
+
+
+def test_typos_fail_loudly():
+    stats = Stats()
+    with pytest.raises(KeyError):
+        stats.inc_labelled("jobs_total", "x")
+    with pytest.raises(KeyError):
+        stats.observe("nope", 1.0)
