@@ -48,6 +48,8 @@ log = logging.getLogger(__name__)
 
 EngineFactory = Callable[[EngineConfig], tuple[Engine, tuple[str, str]]]
 JOIN_TIMEOUT_S = 5.0
+# Under memory pressure detection runs on smaller inputs (960 → 640 px: ~0.45x the activations).
+SOFT_DET_LIMIT_SIDE = 640
 
 
 def build_engine(cfg: EngineConfig) -> tuple[Engine, tuple[str, str]]:
@@ -259,11 +261,16 @@ class App:
             self.exit_code = 3
             self.stop_event.set()
         elif state.level is Level.SOFT:
-            dropped = self.pipeline.drop_frames() if self.pipeline is not None else 0
+            dropped = 0
+            if self.pipeline is not None:
+                dropped = self.pipeline.drop_frames()
+                self.pipeline.limit_side = SOFT_DET_LIMIT_SIDE
             gc.collect()
-            log.warning("memory guard soft limit rss_mb=%.0f available_mb=%s dropped_frames=%d",
-                        state.rss_mb, state.available_mb, dropped)
+            log.warning("memory guard soft limit rss_mb=%.0f available_mb=%s dropped_frames=%d det_limit_side=%d",
+                        state.rss_mb, state.available_mb, dropped, SOFT_DET_LIMIT_SIDE)
         else:
+            if self.pipeline is not None:
+                self.pipeline.limit_side = None
             log.info("memory guard back to ok rss_mb=%.0f (was %s)", state.rss_mb, previous.value)
 
     # -- commands and status -------------------------------------------------------------------

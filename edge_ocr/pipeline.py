@@ -39,7 +39,7 @@ class Engine(Protocol):
     """What the pipeline needs of ``OcrEngine``: thread-safe, raises ImageError on bad input."""
 
     def __call__(self, image: bytes | np.ndarray, rois: Sequence[Region] | None = None,
-                 det: bool = True) -> EngineOutput: ...
+                 det: bool = True, limit_side: int | None = None) -> EngineOutput: ...
 
 
 class Sink(Protocol):
@@ -87,6 +87,7 @@ class Pipeline:
         self._regions: dict[tuple[str, str], _RegionState] = {}
         self._lock = threading.Lock()
         self._threads: list[threading.Thread] = []
+        self.limit_side: int | None = None  # set by the memory guard: a smaller detection input
         self.on_result: Callable[[Result], None] | None = None  # e.g. /api/latest; called after sinks
 
     def start(self) -> None:
@@ -179,7 +180,7 @@ class Pipeline:
                 self.stats.inc("results_reused_total")
             else:
                 image = job.frame if job.frame is not None else job.image
-                output = self.engine(image, rois=job.rois or None, det=job.det)
+                output = self.engine(image, rois=job.rois or None, det=job.det, limit_side=self.limit_side)
                 self.stats.set("engine_last_ms", round((time.perf_counter() - start) * 1000.0, 1))
                 self.stats.inc("lines_total", len(output.lines))
                 for stage, elapsed_ms in output.timing_ms.items():

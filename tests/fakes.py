@@ -19,7 +19,7 @@ class FakeEngine:
         self.calls: list[bytes] = []
         self.gate = gate  # when given, each call waits for it (to hold the worker busy)
 
-    def __call__(self, image, rois=None, det=True) -> EngineOutput:
+    def __call__(self, image, rois=None, det=True, limit_side=None) -> EngineOutput:
         self.calls.append(bytes(image))
         if self.gate is not None:
             assert self.gate.wait(10)
@@ -37,7 +37,7 @@ class ScriptedRegionEngine:
         self.script = list(script)
         self.calls = 0
 
-    def __call__(self, image, rois=None, det=True) -> EngineOutput:
+    def __call__(self, image, rois=None, det=True, limit_side=None) -> EngineOutput:
         reads = self.script[self.calls]
         self.calls += 1
         lines = tuple(TextLine(*reads[r.name], QUAD, roi=r.name) for r in rois or () if r.name in reads)

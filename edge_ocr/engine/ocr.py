@@ -90,11 +90,14 @@ class OcrEngine:
         image: bytes | np.ndarray,
         rois: Sequence[Region] | None = None,
         det: bool = True,
+        limit_side: int | None = None,
     ) -> EngineOutput:
         """OCR one image (encoded bytes or a BGR uint8 array).
 
         With ``rois``, detection is skipped and each region is recognised with its own
         ``allowed_chars``. With ``det=False`` the whole image is read as one line.
+        ``limit_side`` lowers the detection input cap for this call (the memory guard's
+        soft level); it never raises it above ``options.det_limit_side``.
         """
         timing: dict[str, float] = {}
         start = time.perf_counter()
@@ -108,7 +111,8 @@ class OcrEngine:
             names: list[str | None] = [r.name for r in rois]
             allowed: list[str] = [r.allowed_chars for r in rois]
         elif det and self.det is not None:
-            quads, det_scores = self._detect(image, timing)
+            side = min(limit_side or self.options.det_limit_side, self.options.det_limit_side)
+            quads, det_scores = self._detect(image, timing, side)
             names, allowed = [None] * len(quads), []
         else:
             quads = [preprocess.box_quad((0, 0, width, height), (width, height))]
@@ -158,11 +162,11 @@ class OcrEngine:
             masks=masks,
         )
 
-    def _detect(self, image: np.ndarray, timing: dict[str, float]) -> tuple[list[np.ndarray], list[float]]:
+    def _detect(self, image: np.ndarray, timing: dict[str, float], limit_side: int) -> tuple[list[np.ndarray], list[float]]:
         assert self.det is not None
         t0 = time.perf_counter()
         stage = self.det.stage
-        resized, transform = preprocess.resize_for_detection(image, self.options.det_limit_side, stage.multiple)
+        resized, transform = preprocess.resize_for_detection(image, limit_side, stage.multiple)
         tensor = preprocess.normalize(resized, stage.mean, stage.std)[None]
         timing["preprocess"] = _ms(t0)
         t1 = time.perf_counter()
