@@ -246,3 +246,65 @@ def test_device_kinds_and_credentials_never_shown():
         "index", "device", "stream", "file"]
     assert redact("rtsp://admin:hunter2@10.0.0.5:554/live") == "rtsp://***@10.0.0.5:554/live"
     assert probe(CameraSourceConfig("x", device="/nonexistent/clip.avi")) == "video file not found: /nonexistent/clip.avi"
+
+
+class MjpegServer:
+    """A camera-like MJPEG stream over HTTP (multipart/x-mixed-replace) on a free loopback port.
+    Each connection sends ``frames_per_connection`` frames, then drops, like a flaky IP camera."""
+
+    def __init__(self, frames: list[np.ndarray], frames_per_connection: int) -> None:
+        import http.server
+
+        self.jpegs = [cv2.imencode(".jpg", f)[1].tobytes() for f in frames]
+        self.connections = 0
+        self.stop = threading.Event()
+        server_self = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 (http.server API)
+                server_self.connections += 1
+                start = (server_self.connections - 1) * frames_per_connection
+                self.send_response(200)
+                self.send_header("Content-Type", "multipart/x-mixed-replace; boundary=frame")
+                self.end_headers()
+                for i in range(start, start + frames_per_connection):
+                    if server_self.stop.wait(0.05):
+                        return
+                    jpeg = server_self.jpegs[i % len(server_self.jpegs)]
+                    self.wfile.write(b"--frame\r\nContent-Type: image/jpeg\r\nContent-Length: %d\r\n\r\n" % len(jpeg))
+                    self.wfile.write(jpeg + b"\r\n")
+                    self.wfile.flush()
+                # then the connection drops
+
+            def log_message(self, *args) -> None:
+                pass
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.thread = threading.Thread(target=self.httpd.serve_forever, name="test-mjpeg", daemon=True)
+
+    @property
+    def url(self) -> str:
+        return "http://127.0.0.1:%d/stream.mjpg" % self.httpd.server_address[1]
+
+    def __enter__(self) -> MjpegServer:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop.set()
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def test_http_stream_that_drops_is_reopened(run_camera):
+    frames = [text_frame("12.3")] * 5 + [text_frame("45.6")] * 5
+    with MjpegServer(frames, frames_per_connection=8) as server:
+        cfg = CameraSourceConfig("ipcam", backend="opencv", device=server.url, interval=0.05,
+                                 retry_min_delay=0.05, retry_max_delay=0.2, change_threshold=3.0)
+        cam = run_camera(cfg)
+        # One connection carries 8 frames: more than 8 captured means the source reopened the
+        # stream after it dropped, without a restart.
+        assert wait_until(lambda: server.connections >= 2 and cam.stats.snapshot()["frames_total"] > 8, 60), (
+            server.connections, cam.stats.snapshot(), cam.source.reason)
+        assert cam.jobs, "no frame was handed on"
