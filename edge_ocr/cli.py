@@ -202,6 +202,22 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_tune(args: argparse.Namespace) -> int:
+    from edge_ocr import tune
+    from edge_ocr.config import default_state_dir, find_config, load_config
+
+    config = load_config(find_config(args.config))
+    state_dir = Path(args.state_dir) if args.state_dir else default_state_dir()
+    tuning = tune.tune(config.engine.pack, runs=args.runs)
+    print("| precision | threads | median ms per pass | same text as fp32 |\n|---|---|---|---|")
+    for trial in tuning.trials:
+        print("| %s | %d | %.1f | %s |" % (trial.precision, trial.threads, trial.median_ms, trial.same_text))
+    path = tune.save(tuning, state_dir)
+    print("chosen: threads=%d precision=%s (cpus %s) -> %s" % (
+        tuning.threads, tuning.precision, ",".join(map(str, tuning.cpus)), path))
+    return EXIT_OK
+
+
 def cmd_models(args: argparse.Namespace) -> int:
     from edge_ocr.engine.models import DEFAULT_PACK, list_packs, load_pack, models_root, verify_pack
 
@@ -283,6 +299,12 @@ def build_parser() -> argparse.ArgumentParser:
     bn.add_argument("--pack", default="default", help=argparse.SUPPRESS)
     bn.add_argument("--precision", default="auto", help=argparse.SUPPRESS)
     bn.set_defaults(func=cmd_bench)
+
+    tn = sub.add_parser("tune", parents=[common], help="measure the best threads and precision on this device")
+    tn.add_argument("-c", "--config", metavar="FILE", help="config file (its engine.pack is tuned)")
+    tn.add_argument("--runs", type=int, default=3, help="timed passes per configuration")
+    tn.add_argument("--state-dir", help="where tune.json goes (default: the daemon's state directory)")
+    tn.set_defaults(func=cmd_tune)
 
     models = sub.add_parser("models", parents=[common], help="installed model packs")
     models_sub = models.add_subparsers(dest="action", required=True)

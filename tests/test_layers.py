@@ -23,6 +23,7 @@ ALLOWED: dict[str, tuple[str, ...]] = {
     "edge_ocr.scoring": (),
     "edge_ocr.evaluate": ("edge_ocr.scoring", "edge_ocr.engine.detect", "edge_ocr.errors"),
     "edge_ocr.bench": ("edge_ocr.scoring", "edge_ocr.engine", "edge_ocr.errors"),
+    "edge_ocr.tune": ("edge_ocr.engine", "edge_ocr.errors"),
     "edge_ocr.sources": ("edge_ocr.sources",) + LEAVES,
     "edge_ocr.sinks": ("edge_ocr.sinks",) + LEAVES,
     "edge_ocr.pipeline": ("edge_ocr.engine",) + LEAVES,
@@ -33,6 +34,7 @@ ALLOWED: dict[str, tuple[str, ...]] = {
         "edge_ocr.guard",
         "edge_ocr.notify",
         "edge_ocr.engine",
+        "edge_ocr.tune",
     )
     + LEAVES,
     "edge_ocr.cli": ("edge_ocr",),
