@@ -9,6 +9,7 @@ installed by `install.sh` as root, then what a user relies on:
 - the daemon pets the watchdog, and when the pings stop (main process frozen with SIGSTOP)
   systemd kills and restarts it (WatchdogSec shortened by a drop-in);
 - `systemctl stop` publishes `offline` on <prefix>/availability (mosquitto inside the container);
+- running `install.sh` again keeps the edited config; `--uninstall` keeps config and data;
 - `install.sh --purge` removes it all.
 
 The container has no network (--private-network): pip installs from a cached wheelhouse. Tests in
@@ -313,6 +314,25 @@ def test_stop_publishes_offline(container, installed):
     daemon = [line for line in broker_log.read_text()[log_offset:].splitlines() if "Client edge-ocr-" in line]
     assert any(line.endswith(" disconnected.") for line in daemon), daemon
     assert not any("closed its connection" in line or "exceeded timeout" in line for line in daemon), daemon
+
+
+def test_reinstall_keeps_config_and_uninstall_keeps_config_and_data(container, installed):
+    """Idempotent upgrade: the user's config survives (the new example lands beside it) and the
+    service runs again; --uninstall removes code and unit but keeps config and data."""
+    config = container.merged / "etc/edge-ocr/config.toml"
+    config.write_text(config.read_text() + "\n# edited by the user\n")
+    edited = config.read_text()
+    done_before = sorted(p.name for p in (container.merged / "var/lib/edge-ocr/done").iterdir())
+    run = container.run(f"{SRC}/install.sh", env=("PIP_NO_INDEX=1", "PIP_FIND_LINKS=/wheels"), timeout=900)
+    assert "kept /etc/edge-ocr/config.toml" in run.stdout, run.stdout
+    assert config.read_text() == edited and (container.merged / "etc/edge-ocr/config.toml.example").is_file()
+    container.wait_for("edge-ocr active again", lambda: container.show("ActiveState")["ActiveState"] == "active", 120)
+
+    container.run(f"{SRC}/install.sh", "--uninstall", timeout=120)
+    left = container.run("sh", "-c", "ls -d /opt/edge-ocr /etc/systemd/system/edge-ocr.service 2>/dev/null; true").stdout
+    assert left == "", left
+    assert config.read_text() == edited
+    assert sorted(p.name for p in (container.merged / "var/lib/edge-ocr/done").iterdir()) == done_before
 
 
 def test_purge_removes_the_install(container, installed):
