@@ -388,6 +388,12 @@ class _Table:
             raise ConfigError("%s: unknown key%s" % (self.key(extra), hint))
 
 
+def _check_not_below(t: _Table, key: str, value: float, floor_key: str, floor: float) -> None:
+    """A maximum below its minimum (``retry_max_delay < retry_min_delay``) names both keys."""
+    if value < floor:
+        raise ConfigError("%s: expected >= %s (%s), got %s" % (t.key(key), floor_key, floor, value))
+
+
 def _check_range(key: str, value: float, lo: float, hi: float | None) -> None:
     if value < lo or (hi is not None and value > hi):
         expected = "%s..%s" % (lo, hi) if hi is not None else ">= %s" % lo
@@ -487,9 +493,7 @@ def _mqtt(t: _Table, state: Path, env: Mapping[str, str]) -> MqttConfig:
     )
     if password is not None and not username:
         raise ConfigError("%s: a password needs mqtt.username" % t.key("password_file"))
-    if cfg.reconnect_max_delay < cfg.reconnect_min_delay:
-        raise ConfigError("%s: expected >= reconnect_min_delay (%s), got %s"
-                          % (t.key("reconnect_max_delay"), cfg.reconnect_min_delay, cfg.reconnect_max_delay))
+    _check_not_below(t, "reconnect_max_delay", cfg.reconnect_max_delay, "reconnect_min_delay", cfg.reconnect_min_delay)
     t.done()
     return cfg
 
@@ -614,9 +618,7 @@ def _camera(t: _Table, name: str) -> CameraSourceConfig:
         retry_min_delay=t.number("retry_min_delay", 1.0, 0.01, 3600.0),
         retry_max_delay=t.number("retry_max_delay", 60.0, 0.01, 86400.0),
     )
-    if cam.retry_max_delay < cam.retry_min_delay:
-        raise ConfigError("%s: expected >= retry_min_delay (%s), got %s"
-                          % (t.key("retry_max_delay"), cam.retry_min_delay, cam.retry_max_delay))
+    _check_not_below(t, "retry_max_delay", cam.retry_max_delay, "retry_min_delay", cam.retry_min_delay)
     t.done()
     return cam
 
