@@ -30,15 +30,20 @@ from edge_ocr.errors import ConfigError
 STAGES = ("decode", "preprocess", "detect", "classify", "recognize", "total")
 
 
+READERS = ("cascade", "accurate")  # with the pack's fast draft reader, or the accurate recogniser on every line
+
+
 @dataclass(frozen=True, slots=True)
 class BenchConfig:
     pack: str
     precision: str
     threads: int
+    reader: str = "cascade"
+    options: str = ""  # JSON object of further EngineOptions fields (bench/tricks.py turns single tricks off)
 
     @property
     def label(self) -> str:
-        return "%s %s t%d" % (self.pack, self.precision, self.threads)
+        return _label({"config": asdict(self)})
 
 
 def image_set(name: str, eval_dev: Path, limit: int) -> list[Path]:
@@ -84,11 +89,18 @@ def run_worker(config: BenchConfig, images: Sequence[Path], det: bool, warmup: i
     started = time.perf_counter()
     from edge_ocr.engine.ocr import EngineOptions, OcrEngine
 
-    engine = OcrEngine(EngineOptions(pack=config.pack, precision=config.precision, threads=config.threads))
-    session_ms: list[float] = []
-    for model in (engine.det, engine.cls, engine.rec, engine.rec_zh):
+    options = EngineOptions(
+        pack=config.pack,
+        precision=config.precision,
+        threads=config.threads,
+        use_rec_fast=config.reader == "cascade",
+        **(json.loads(config.options) if config.options else {}),
+    )
+    engine = OcrEngine(options)
+    session_spans: list[tuple[float, float]] = []
+    for model in (engine.det, engine.cls, engine.rec_fast, engine.rec, engine.rec_zh):
         if model is not None:
-            model.run = _timed(model.run, session_ms)  # type: ignore[method-assign]
+            model.run = _timed(model.run, session_spans)  # type: ignore[method-assign]
     loaded_ms = (time.perf_counter() - started) * 1000
     datas = [p.read_bytes() for p in images]
     first = engine(datas[0], det=det)
@@ -97,15 +109,19 @@ def run_worker(config: BenchConfig, images: Sequence[Path], det: bool, warmup: i
         engine(data, det=det)
     stage_ms: dict[str, list[float]] = {stage: [] for stage in STAGES}
     cpu_ms, session_share = [], []
+    predictions = []
     wall_start = time.perf_counter()
-    for data in datas:
-        session_ms.clear()
+    for path, data in zip(images, datas):
+        session_spans.clear()
         cpu = time.process_time()
         output = engine(data, det=det)
         cpu_ms.append((time.process_time() - cpu) * 1000)
+        predictions.append(
+            {"file": path.name, "lines": [{"text": ln.text, "box": np.asarray(ln.box).tolist()} for ln in output.lines]}
+        )
         for stage in STAGES:
             stage_ms[stage].append(output.timing_ms.get(stage, 0.0))
-        session_share.append(sum(session_ms) / max(output.timing_ms["total"], 1e-6))
+        session_share.append(_covered_ms(session_spans) / max(output.timing_ms["total"], 1e-6))
     wall_s = time.perf_counter() - wall_start
     del first
     return {
@@ -123,18 +139,55 @@ def run_worker(config: BenchConfig, images: Sequence[Path], det: bool, warmup: i
         "images_per_s": round(len(datas) / wall_s, 2),
         "outside_session_pct": round(100 * (1 - float(np.mean(session_share))), 1),
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "predictions": predictions,
     }
 
 
-def _timed(run: Callable[[np.ndarray], np.ndarray], sink: list[float]) -> Callable[[np.ndarray], np.ndarray]:
+def score_pages(result: dict[str, Any], labels: Path) -> dict[str, float] | None:
+    """End-to-end F1 (%) per source of a result's page predictions against eval-dev page
+    labels, as ``edge-ocr eval`` scores them; None when some image has no label."""
+    from edge_ocr.evaluate import load_pages
+
+    samples = {s.path.name: s for s in load_pages(labels)}
+    predictions = result.get("predictions") or []
+    if not predictions or any(p["file"] not in samples for p in predictions):
+        return None
+    counts: dict[str, list[int]] = {}
+    for prediction in predictions:
+        sample = samples[prediction["file"]]
+        lines = [ln for ln in prediction["lines"] if ln["box"] is not None]
+        match = scoring.match_page(
+            sample.boxes, sample.texts, sample.ignored,
+            tuple(np.asarray(ln["box"], dtype=np.float32).reshape(4, 2) for ln in lines),
+            tuple(ln["text"] for ln in lines),
+        )
+        for key in (sample.source.split("(")[0].split("-")[0], "all"):
+            tally = counts.setdefault(key, [0, 0, 0])
+            tally[0] += match.e2e_hits
+            tally[1] += match.detections
+            tally[2] += match.truths
+    return {key: round(100 * scoring.f1(*tally)[2], 2) for key, tally in sorted(counts.items())}
+
+
+def _timed(run: Callable[[np.ndarray], np.ndarray], sink: list[tuple[float, float]]) -> Callable[[np.ndarray], np.ndarray]:
     def timed(batch: np.ndarray) -> np.ndarray:
         start = time.perf_counter()
         try:
             return run(batch)
         finally:
-            sink.append((time.perf_counter() - start) * 1000)
+            sink.append((start, time.perf_counter()))  # list.append is atomic: safe from line threads
 
     return timed
+
+
+def _covered_ms(spans: Sequence[tuple[float, float]]) -> float:
+    """Milliseconds covered by at least one span: lines read in parallel overlap."""
+    covered, reach = 0.0, float("-inf")
+    for start, end in sorted(spans):
+        if end > reach:
+            covered += end - max(start, reach)
+            reach = end
+    return covered * 1000
 
 
 def _child(args: list[str], cpus: set[int]) -> tuple[str, float]:
@@ -155,7 +208,8 @@ def measure(config: BenchConfig, images: Sequence[Path], det: bool, warmup: int,
         listing.write("\n".join(str(p) for p in images))
     try:
         args = [sys.executable, "-m", "edge_ocr", "bench", "--worker", listing.name, "--pack", config.pack,
-                "--precision", config.precision, "--threads", str(config.threads), "--warmup", str(warmup)]
+                "--precision", config.precision, "--threads", str(config.threads), "--warmup", str(warmup),
+                "--readers", config.reader, "--options", config.options]
         if not det:
             args.append("--no-det")
         stdout, _ = _child(args, cpus)
@@ -186,6 +240,7 @@ def measure_rapidocr(python: Path, script: Path, images: Sequence[Path], threads
         "images_per_s": round(len(rows) / max(sum(elapsed) / 1000, 1e-6), 2),
         "process_wall_s": round(wall_s, 1),
         "peak_rss_mb": round(peak_rss_mb, 1),
+        "predictions": [{"file": Path(r["file"]).name, "lines": r["lines"]} for r in rows],
     }
 
 
@@ -202,15 +257,18 @@ def machine() -> str:
 
 
 def format_table(results: Sequence[dict[str, Any]], reference: str | None) -> str:
-    """Markdown, one row per configuration. With a ``reference`` pack name, the last column is
-    CPU time per image relative to that pack at the same thread count (same run, same CPUs)."""
+    """Markdown, one row per configuration. With a ``reference`` pack name, the last columns
+    are CPU time and wall time per image relative to that pack at the same thread count (same
+    run, same CPUs); on labelled pages, end-to-end F1 per source is shown beside them."""
     refs = {r["config"]["threads"]: r for r in results if r["config"]["pack"] == reference}
+    sources = sorted({k for r in results for k in (r.get("e2e_f1") or {}) if k != "all"})
     header = (
         "| config | precisions | total p50 ms | p95 ms | detect p50 | recognize p50 | CPU ms/img | img/s "
         "| peak RSS MB | outside session % | first result ms |"
     )
+    header += "".join(" e2e F1 %s |" % source for source in sources)
     if refs:
-        header += " CPU vs %s |" % reference
+        header += " CPU vs %s | time vs %s |" % (reference, reference)
     rows = [header, "|" + "---|" * (header.count("|") - 1)]
     for r in results:
         stages = r["stages"]
@@ -227,13 +285,18 @@ def format_table(results: Sequence[dict[str, Any]], reference: str | None) -> st
             r.get("outside_session_pct", "-"),
             r.get("first_result_ms", "-"),
         )
+        row += "".join(" %s |" % (r.get("e2e_f1") or {}).get(source, "-") for source in sources)
         ref = refs.get(r["config"]["threads"])
-        if refs:
-            row += " %s |" % ("%.2fx" % (r["cpu_ms_per_image"] / ref["cpu_ms_per_image"]) if ref else "-")
+        if refs and ref:
+            row += " %.2fx | %.2fx |" % (r["cpu_ms_per_image"] / ref["cpu_ms_per_image"], ref["images_per_s"] / r["images_per_s"])
+        elif refs:
+            row += " - | - |"
         rows.append(row)
     return "\n".join(rows)
 
 
 def _label(result: dict[str, Any]) -> str:
     c = result["config"]
-    return "%s %s t%d" % (c["pack"], c["precision"], c["threads"])
+    reader = " accurate-only" if c.get("reader") == "accurate" else ""
+    options = " " + c["options"] if c.get("options") else ""
+    return "%s %s t%d%s%s" % (c["pack"], c["precision"], c["threads"], reader, options)

@@ -49,7 +49,14 @@ def _engine_options(args: argparse.Namespace):
             threads = int(threads)
         except ValueError as exc:
             raise ConfigError("--threads: expected \"auto\" or an integer, got %r" % threads) from exc
-    return EngineOptions(pack=args.pack, threads=threads, precision=args.precision, use_cls=args.cls)
+    return EngineOptions(
+        pack=args.pack,
+        threads=threads,
+        precision=args.precision,
+        use_cls=args.cls,
+        use_rec_fast=not args.no_fast_reader,
+        recheck_below=args.recheck_below,
+    )
 
 
 def cmd_ocr(args: argparse.Namespace) -> int:
@@ -158,7 +165,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     if args.worker:
         images = [Path(line) for line in Path(args.worker).read_text().splitlines() if line]
-        config = bench.BenchConfig(args.pack, args.precision, int(args.threads))
+        config = bench.BenchConfig(args.pack, args.precision, int(args.threads), args.readers, args.options)
         print(json.dumps(bench.run_worker(config, images, det=not args.no_det, warmup=args.warmup)))
         return EXIT_OK
     from edge_ocr.engine.models import auto_threads, load_pack, resolve_pack_name
@@ -173,6 +180,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
             raise ConfigError("bench: no images in set %r" % args.set)
         det = not args.no_det and args.set != "lines"
         thread_counts = [auto_threads()] if args.threads == "auto" else _int_list("--threads", args.threads)
+        readers = args.readers.split(",")
+        if not set(readers) <= set(bench.READERS):
+            raise ConfigError("--readers: expected a comma-separated subset of %s" % ",".join(bench.READERS))
         # Every configuration, ours and the reference, is pinned to the same CPUs.
         cpus = set(sorted(os.sched_getaffinity(0))[: max(thread_counts)])
         results = []
@@ -183,9 +193,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
                     log.info("bench pack=%s has no int8 variant; skipped", pack)
                     continue
                 for threads in thread_counts:
-                    config = bench.BenchConfig(resolve_pack_name(pack), precision, threads)
-                    log.info("bench config=%r images=%d", config.label, len(images))
-                    results.append(bench.measure(config, images, det, args.warmup, cpus))
+                    for reader in readers:
+                        config = bench.BenchConfig(resolve_pack_name(pack), precision, threads, reader)
+                        log.info("bench config=%r images=%d", config.label, len(images))
+                        results.append(bench.measure(config, images, det, args.warmup, cpus))
         reference = None
         if args.compare:
             for threads in thread_counts:
@@ -194,6 +205,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
                     bench.measure_rapidocr(Path(args.ref_python), Path(args.ref_script), images, threads, det, cpus)
                 )
             reference = "rapidocr-1.3.24"
+        labels = eval_dev / "pages" / "labels.jsonl"
+        for result in results:
+            predictions_scored = bench.score_pages(result, labels) if det and labels.is_file() else None
+            if predictions_scored:
+                result["e2e_f1"] = predictions_scored
+            result.pop("predictions", None)
     table = bench.format_table(results, reference)
     header = "edge-ocr bench · set=%s images=%d det=%s · %s" % (args.set, len(images), det, bench.machine())
     print("%s\n\n%s" % (header, table))
@@ -246,6 +263,10 @@ def _add_engine_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", default="auto", help="ONNX Runtime threads: auto or an integer")
     parser.add_argument("--precision", default="auto", choices=("auto", "fp32", "int8"))
     parser.add_argument("--cls", action="store_true", help="run the angle classifier (upside-down lines)")
+    parser.add_argument("--no-fast-reader", action="store_true",
+                        help="read every line with the accurate recogniser (no fast drafts)")
+    parser.add_argument("--recheck-below", type=float, default=0.95, metavar="SCORE",
+                        help="re-read drafts whose confidence is below this (default 0.95)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -288,6 +309,8 @@ def build_parser() -> argparse.ArgumentParser:
     bn.add_argument("--packs", default="default", help="comma-separated packs")
     bn.add_argument("--precisions", default="fp32,int8", help="comma-separated: fp32,int8,auto")
     bn.add_argument("--threads", default="1,2", help="comma-separated thread counts, or auto")
+    bn.add_argument("--readers", default="cascade",
+                    help="comma-separated: cascade (fast drafts, unsure lines re-read), accurate (every line)")
     bn.add_argument("--warmup", type=int, default=2)
     bn.add_argument("--no-det", action="store_true")
     bn.add_argument("--compare", action="store_true", help="also run RapidOCR 1.3.24 (dev venv .venv-ref)")
@@ -296,6 +319,7 @@ def build_parser() -> argparse.ArgumentParser:
     bn.add_argument("--eval-dev", default=str(Path(__file__).resolve().parents[1].parent / "shared" / "eval-dev"))
     bn.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     bn.add_argument("--worker", help=argparse.SUPPRESS)
+    bn.add_argument("--options", default="", help=argparse.SUPPRESS)
     bn.add_argument("--pack", default="default", help=argparse.SUPPRESS)
     bn.add_argument("--precision", default="auto", help=argparse.SUPPRESS)
     bn.set_defaults(func=cmd_bench)
@@ -319,6 +343,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     setup_logging(args.verbose)
+    from edge_ocr.guard import limit_malloc_arenas
+
+    limit_malloc_arenas()
     try:
         return int(args.func(args))
     except ConfigError as exc:

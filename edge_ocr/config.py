@@ -59,6 +59,8 @@ class EngineConfig:
     threads: int | str = "auto"
     precision: str = "auto"
     cls: bool = False
+    fast_reader: bool = True
+    recheck_below: float = 0.95
     det_limit_side: int = 960
     max_megapixels: float = 50.0
     low_confidence: float = 0.6
@@ -72,6 +74,8 @@ class EngineConfig:
             threads=self.threads,
             precision=self.precision,
             use_cls=self.cls,
+            use_rec_fast=self.fast_reader,
+            recheck_below=self.recheck_below,
             det_limit_side=self.det_limit_side,
             max_megapixels=self.max_megapixels,
         )
@@ -414,6 +418,8 @@ def _engine(t: _Table) -> EngineConfig:
         threads=threads_raw,
         precision=t.text("precision", "auto", ("auto", "fp32", "int8")),
         cls=t.flag("cls", False),
+        fast_reader=t.flag("fast_reader", True),
+        recheck_below=t.number("recheck_below", 0.95, 0.0, 1.0),
         det_limit_side=t.integer("det_limit_side", 960, 32, 8192),
         max_megapixels=t.number("max_megapixels", 50.0, 0.1, 1000.0),
         low_confidence=t.number("low_confidence", 0.6, 0.0, 1.0),

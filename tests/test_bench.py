@@ -7,6 +7,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from edge_ocr import bench
 
 
@@ -36,3 +38,44 @@ def test_camera_frames_are_640x480(eval_dev, tmp_path):
 
     frames = bench.camera_frames(eval_dev, 2, tmp_path)
     assert [cv2.imread(str(f)).shape for f in frames] == [(480, 640, 3)] * 2
+
+
+def test_bench_scores_pages_and_compares_readers(eval_dev, tmp_path):
+    report = tmp_path / "bench.json"
+    run = subprocess.run(
+        [sys.executable, "-m", "edge_ocr", "bench", "--set", "sroie", "--limit", "2", "--packs", "default",
+         "--precisions", "int8", "--threads", "1", "--readers", "cascade,accurate", "--warmup", "0",
+         "--eval-dev", str(eval_dev), "--json", str(report)],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert run.returncode == 0, run.stderr
+    results = json.loads(report.read_text())["results"]
+    assert [r["config"]["reader"] for r in results] == ["cascade", "accurate"]
+    assert "rec_fast" in results[0]["precisions"] and "rec_fast" not in results[1]["precisions"]
+    for result in results:
+        assert set(result["e2e_f1"]) == {"SROIE2019", "all"} and result["e2e_f1"]["all"] > 50
+        assert "predictions" not in result
+    assert "accurate-only |" in run.stdout and "e2e F1 SROIE2019" in run.stdout
+
+
+def test_page_predictions_are_scored_against_the_labels(eval_dev):
+    from edge_ocr.evaluate import load_pages
+
+    labels = eval_dev / "pages" / "labels.jsonl"
+    samples = [s for s in load_pages(labels) if s.path.name.startswith("sroie_")][:3]
+
+    def result(texts):
+        return {"predictions": [
+            {"file": s.path.name,
+             "lines": [{"text": texts(t), "box": b.tolist()} for b, t, i in zip(s.boxes, s.texts, s.ignored) if not i]}
+            for s in samples
+        ]}
+
+    assert bench.score_pages(result(lambda t: t), labels) == {"SROIE2019": 100.0, "all": 100.0}
+    assert bench.score_pages(result(lambda t: t + "Q"), labels)["all"] == 0.0
+    assert bench.score_pages({"predictions": [{"file": "not-labelled.jpg", "lines": []}]}, labels) is None
+
+
+def test_overlapping_session_spans_count_once():
+    assert bench._covered_ms([(0.0, 0.002), (0.001, 0.003), (0.005, 0.006)]) == pytest.approx(4.0)
+    assert bench._covered_ms([]) == 0.0

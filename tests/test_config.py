@@ -36,6 +36,8 @@ def load(tmp_path: Path, text: str, environ: dict[str, str] | None = None):
         ("[mqtt]\nport = \"1883\"\n", "mqtt.port: expected an integer, got str '1883'"),
         ("[engine]\nprecision = \"fp16\"\n", "engine.precision: expected one of auto | fp32 | int8, got 'fp16'"),
         ("[engine]\nthreads = 0\n", 'engine.threads: expected "auto" or an integer >= 1, got 0'),
+        ("[engine]\nrecheck_below = 1.5\n", "engine.recheck_below: expected 0.0..1.0, got 1.5"),
+        ("[engine]\nfast_reader = \"no\"\n", "engine.fast_reader: expected true or false"),
         ("[nope]\n", "nope: unknown key"),
         ("[[sources]]\nname = \"a\"\npath = \"x\"\nstability_delay = -1\n",
          "sources[0].stability_delay: expected 0.0..3600.0, got -1"),
@@ -64,6 +66,12 @@ def test_built_in_defaults_and_state_dirs(tmp_path):
     assert default_state_dir({"HOME": "/home/pi"}, uid=1000) == Path("/home/pi/.local/state/edge-ocr")
     assert default_state_dir({"XDG_STATE_HOME": "/x"}, uid=1000) == Path("/x/edge-ocr")
     assert default_state_dir({}, uid=0) == Path("/var/lib/edge-ocr")
+
+
+def test_engine_keys_reach_the_engine_options(tmp_path):
+    options = load(tmp_path, "[engine]\nfast_reader = false\nrecheck_below = 0.9\n").engine.to_options()
+    assert options.use_rec_fast is False and options.recheck_below == 0.9
+    assert load(tmp_path, "").engine.to_options().use_rec_fast is True
 
 
 def test_search_order(tmp_path):

@@ -22,7 +22,7 @@ ALLOWED: dict[str, tuple[str, ...]] = {
     "edge_ocr.guard": ("edge_ocr.config", "edge_ocr.stats", "edge_ocr.errors"),
     "edge_ocr.scoring": (),
     "edge_ocr.evaluate": ("edge_ocr.scoring", "edge_ocr.engine.detect", "edge_ocr.errors"),
-    "edge_ocr.bench": ("edge_ocr.scoring", "edge_ocr.engine", "edge_ocr.errors"),
+    "edge_ocr.bench": ("edge_ocr.evaluate", "edge_ocr.scoring", "edge_ocr.engine", "edge_ocr.errors"),
     "edge_ocr.tune": ("edge_ocr.engine", "edge_ocr.errors"),
     "edge_ocr.sources": ("edge_ocr.sources",) + LEAVES,
     "edge_ocr.sinks": ("edge_ocr.sinks",) + LEAVES,

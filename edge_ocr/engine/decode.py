@@ -5,9 +5,14 @@ numpy only. Class 0 is the CTC blank; class i ≥ 1 is ``charset[i - 1]``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
+
+
+def is_cjk(char: str) -> bool:
+    """A CJK unified ideograph (basic block or extension A)."""
+    return "\u4e00" <= char <= "\u9fff" or "\u3400" <= char <= "\u4dbf"
 
 
 @dataclass(frozen=True, slots=True)
@@ -15,6 +20,13 @@ class Charset:
     """The characters a recogniser emits, in class order after the blank."""
 
     chars: tuple[str, ...]
+    # Class ids that are not CJK ideographs (blank included); None when the charset has no CJK.
+    # Chinese mass is 1 minus their sum: they are far fewer than the CJK classes.
+    other_classes: np.ndarray | None = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        cjk = np.array([False] + [is_cjk(c) for c in self.chars], dtype=bool)
+        object.__setattr__(self, "other_classes", np.flatnonzero(~cjk) if cjk.any() else None)
 
     @property
     def num_classes(self) -> int:
@@ -43,6 +55,9 @@ def load_charset(text: str, space_appended: bool) -> Charset:
 class Decoded:
     text: str
     score: float  # mean probability of the emitted characters; 0.0 for empty text
+    # Highest probability mass on CJK classes at any time step: a glyph the reader saw as
+    # possibly Chinese even when a Latin character or the blank won the step.
+    cjk_mass: float = 0.0
 
 
 def ctc_greedy(probs: np.ndarray, charset: Charset, mask: np.ndarray | None = None) -> list[Decoded]:
@@ -62,12 +77,17 @@ def ctc_greedy(probs: np.ndarray, charset: Charset, mask: np.ndarray | None = No
         probs = allowed / np.maximum(total, 1e-12)
     best = probs.argmax(axis=2)
     best_prob = np.take_along_axis(probs, best[:, :, None], axis=2)[:, :, 0]
+    if charset.other_classes is not None:
+        # A gather and sum, not a matmul: numpy's BLAS would wake its thread pool for every line.
+        cjk_mass = 1.0 - probs[:, :, charset.other_classes].sum(axis=2).min(axis=1)
+    else:
+        cjk_mass = np.zeros(len(probs))
     results = []
-    for ids, confidences in zip(best, best_prob):
+    for ids, confidences, mass in zip(best, best_prob, cjk_mass):
         keep = ids != 0
         keep[1:] &= ids[1:] != ids[:-1]
         kept = ids[keep]
         text = "".join(charset.chars[i - 1] for i in kept)
         score = float(confidences[keep].mean()) if kept.size else 0.0
-        results.append(Decoded(text, score))
+        results.append(Decoded(text, score, float(mass)))
     return results

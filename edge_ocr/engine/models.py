@@ -233,7 +233,7 @@ def auto_threads() -> int:
     return max(1, len(big_cores(set(usable), cpu_capacities())))
 
 
-def make_session(variant: Variant, threads: int) -> ort.InferenceSession:
+def make_session(variant: Variant, threads: int, allow_spinning: bool = False) -> ort.InferenceSession:
     """An ONNX Runtime CPU session with our measured settings.
 
     The CPU memory arena and memory-pattern planning are off: with them, the buffers of one
@@ -249,7 +249,7 @@ def make_session(variant: Variant, threads: int) -> ort.InferenceSession:
     options.enable_cpu_mem_arena = False
     options.enable_mem_pattern = False
     options.log_severity_level = 3
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.add_session_config_entry("session.intra_op.allow_spinning", "1" if allow_spinning else "0")
     try:
         return ort.InferenceSession(str(variant.path), sess_options=options, providers=["CPUExecutionProvider"])
     except Exception as exc:  # ORT raises its own untyped Fail/InvalidGraph errors
@@ -259,10 +259,10 @@ def make_session(variant: Variant, threads: int) -> ort.InferenceSession:
 class Model:
     """One loaded stage: a session and its input name; ``run`` is the only hot path."""
 
-    def __init__(self, stage: Stage, variant: Variant, threads: int) -> None:
+    def __init__(self, stage: Stage, variant: Variant, threads: int, allow_spinning: bool = False) -> None:
         self.stage = stage
         self.variant = variant
-        self.session = make_session(variant, threads)
+        self.session = make_session(variant, threads, allow_spinning)
         self.input_name = self.session.get_inputs()[0].name
 
     def run(self, batch: np.ndarray) -> np.ndarray:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -32,12 +33,19 @@ class EngineOptions:
     det: detect.DbParams | None = None  # None = the thresholds the pack's detector was published with
     use_cls: bool = False  # angle classifier for upside-down lines
     use_rec_zh: bool = True  # a pack's Chinese specialist recogniser, where it has one
+    use_rec_fast: bool = True  # a pack's fast draft reader, where it has one (see recognize.needs_recheck)
+    recheck_below: float = 0.95  # drafts with a lower mean confidence are re-read by the accurate recogniser
+    chinese_mass: float = 0.05  # a draft with this much probability on Chinese at any step goes to rec_zh
     cls_threshold: float = 0.9
     rec_batch_size: int = 1  # measured: batching only pads; 1 was fastest and smallest on 1-2 threads
     rec_batch_columns: int = 4096  # batch lines × padded width: bounds recogniser memory
     rec_min_width: int = 0  # 0 = the pack's min_width (PP-OCRv5/6 read best padded to 320)
     rec_max_width: int = 0  # 0 = the pack's max_width, else the model's height × 64
     min_line_score: float = 0.5  # lines below this recognition confidence are dropped
+    # With threads > 1: detection uses them inside one image; recognisers run single-threaded,
+    # one line per thread (a 48-px line is too small to split well: measured in bench/tricks.py).
+    parallel_lines: bool = True
+    allow_spinning: bool = False  # ORT worker threads busy-wait between ops: no gain measured, idle CPU burnt
     verify_checksums: bool = True
 
 
@@ -63,6 +71,9 @@ class OcrEngine:
             if problems:
                 raise ModelError("; ".join(problems))
         self.threads = _threads(self.options.threads)
+        self._line_pool: ThreadPoolExecutor | None = None
+        if self.options.parallel_lines and self.threads > 1:
+            self._line_pool = ThreadPoolExecutor(self.threads, thread_name_prefix="edge-ocr-line")
         stages = self.pack.stages
         if "rec" not in stages:
             raise ModelError("pack %s has no recogniser" % self.pack.name)
@@ -71,18 +82,25 @@ class OcrEngine:
         self.db_params = self.options.det or detect.DbParams(**stages["det"].postprocess if "det" in stages else {})
         self.cls = self._load("cls") if self.options.use_cls and "cls" in stages else None
         self.rec_zh = self._load("rec_zh") if self.options.use_rec_zh and "rec_zh" in stages else None
-        for model in (self.rec, self.rec_zh):
+        self.rec_fast = self._load("rec_fast") if self.options.use_rec_fast and "rec_fast" in stages else None
+        for model in (self.rec, self.rec_zh, self.rec_fast):
             if model is not None and model.stage.charset is None:
                 raise ModelError("pack %s: recogniser %s has no charset" % (self.pack.name, model.stage.name))
 
     def _load(self, stage: str) -> Model:
         spec = self.pack.stages[stage]
-        return Model(spec, choose_variant(spec, self.options.precision), self.threads)
+        threads = 1 if self._line_pool is not None and spec.kind == "ctc" else self.threads
+        return Model(spec, choose_variant(spec, self.options.precision), threads, self.options.allow_spinning)
+
+    def close(self) -> None:
+        """Stop the line threads (idempotent); the engine must not be called afterwards."""
+        if self._line_pool is not None:
+            self._line_pool.shutdown(wait=True)
 
     @property
     def precisions(self) -> dict[str, str]:
         """The precision loaded for each stage, e.g. ``{"det": "int8", "rec": "fp32"}``."""
-        loaded = {"det": self.det, "cls": self.cls, "rec": self.rec, "rec_zh": self.rec_zh}
+        loaded = {"det": self.det, "cls": self.cls, "rec_fast": self.rec_fast, "rec": self.rec, "rec_zh": self.rec_zh}
         return {name: m.variant.precision for name, m in loaded.items() if m is not None}
 
     def __call__(
@@ -132,9 +150,7 @@ class OcrEngine:
             crops = [np.ascontiguousarray(c[::-1, ::-1]) if f else c for c, f in zip(crops, flips)]
             timing["classify"] = _ms(t0)
         t1 = time.perf_counter()
-        decoded = self._recognize(self.rec, crops, allowed)
-        if self.rec_zh is not None and crops:
-            decoded = recognize.route_by_script(decoded, self._recognize(self.rec_zh, crops, allowed))
+        decoded = self._read(crops, allowed)
         timing["recognize"] = _ms(t1)
 
         lines = []
@@ -145,6 +161,30 @@ class OcrEngine:
             lines.append(TextLine(result.text, result.score, quad, det_score, name))
         timing["total"] = _ms(start)
         return EngineOutput(tuple(lines), (width, height), timing)
+
+    def _read(self, crops: list[np.ndarray], allowed: list[str]) -> list[Decoded]:
+        """Draft → recheck → script routing: the fast reader drafts every line, the accurate
+        recogniser re-reads the unsure ones, and lines with Chinese go to the Chinese specialist."""
+        if self.rec_fast is None:
+            decoded = self._recognize(self.rec, crops, allowed)
+            if self.rec_zh is not None and crops:
+                decoded = recognize.route_by_script(decoded, self._recognize(self.rec_zh, crops, allowed))
+            return decoded
+        drafts = self._recognize(self.rec_fast, crops, allowed)
+        decoded = list(drafts)
+        unsure = recognize.needs_recheck(drafts, self.options.recheck_below)
+        for index, result in zip(unsure, self._recognize(self.rec, [crops[i] for i in unsure], _pick(allowed, unsure))):
+            decoded[index] = result
+        if self.rec_zh is not None:
+            mass = self.options.chinese_mass
+            chinese = [
+                i
+                for i in range(len(crops))
+                if recognize.maybe_chinese(drafts[i], mass) or recognize.maybe_chinese(decoded[i], mass)
+            ]
+            for index, result in zip(chinese, self._recognize(self.rec_zh, [crops[i] for i in chinese], _pick(allowed, chinese))):
+                decoded[index] = result
+        return decoded
 
     def _recognize(self, model: Model, crops: list[np.ndarray], allowed: list[str]) -> list[Decoded]:
         stage = model.stage
@@ -160,6 +200,7 @@ class OcrEngine:
             batch_size=self.options.rec_batch_size,
             max_columns=self.options.rec_batch_columns,
             masks=masks,
+            map_fn=self._line_pool.map if self._line_pool is not None else map,
         )
 
     def _detect(self, image: np.ndarray, timing: dict[str, float], limit_side: int) -> tuple[list[np.ndarray], list[float]]:
@@ -176,6 +217,10 @@ class OcrEngine:
         order = detect.reading_order(quads)
         timing["detect"] = _ms(t1)
         return [quads[i] for i in order], [scores[i] for i in order]
+
+
+def _pick(allowed: list[str], indices: list[int]) -> list[str]:
+    return [allowed[i] for i in indices] if allowed else []
 
 
 def _ms(since: float) -> float:

@@ -63,3 +63,12 @@ def test_shape_mismatch_is_an_error():
 def test_charset_files_with_crlf_and_a_space_class():
     charset = load_charset("a\r\nb\r\n", space_appended=True)
     assert charset.chars == ("a", "b", " ") and charset.num_classes == 4
+
+
+def test_chinese_mass_counts_cjk_probability_even_where_a_latin_class_wins():
+    charset = Charset(("A", "皖", "1"))  # classes: 0 blank, 1 'A', 2 '皖', 3 '1'
+    probs = np.array([[[0.1, 0.5, 0.4, 0.0], [0.0, 1.0, 0.0, 0.0], [0.0, 0.0, 0.0, 1.0]]], np.float32)
+    (decoded,) = ctc_greedy(probs, charset)
+    assert decoded.text == "A1" and abs(decoded.cjk_mass - 0.4) < 1e-6
+    (latin_only,) = ctc_greedy(probs[:, :, [0, 1, 3]], Charset(("A", "1")))
+    assert latin_only.cjk_mass == 0.0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -49,6 +50,13 @@ def _copy_pack(tmp_path: Path, name: str) -> Path:
     for item in pack.directory.iterdir():
         if item.suffix in (".json", ".txt"):
             shutil.copy(item, tmp_path / name / item.name)
+    manifest = json.loads((pack.directory / "manifest.json").read_text(encoding="utf-8"))
+    for stage in manifest["stages"].values():
+        if "charset" in stage:  # a stage shared from another pack reads that pack's charset
+            charset = (pack.directory / stage["charset"]["file"]).resolve()
+            target = tmp_path / charset.relative_to(root)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(charset, target)
     return tmp_path
 
 

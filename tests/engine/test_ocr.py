@@ -190,3 +190,45 @@ def test_angle_classifier_turns_upside_down_lines(eval_dev):
         flipped += scoring.alnum(engine(image[::-1, ::-1].copy(), det=False).text) == scoring.alnum(label)
     assert "classify" in engine(cv2.imread(str(samples[0][0])), det=False).timing_ms
     assert flipped >= upright - 2 and flipped >= 8, (upright, flipped)
+
+
+def test_the_fast_reader_drafts_every_line_and_only_unsure_ones_are_reread(eval_dev):
+    from edge_ocr.engine.ocr import EngineOptions, OcrEngine
+
+    page = (eval_dev / "pages" / _pages(eval_dev, "sroie", 1)[0]["file"]).read_bytes()
+    calls = {"rec_fast": 0, "rec": 0}
+    cascade = OcrEngine(EngineOptions(threads=1))
+    for name in calls:
+        model = getattr(cascade, name)
+        model.run = _counting(model.run, calls, name)
+    drafted = cascade(page)
+    accurate_only = OcrEngine(EngineOptions(threads=1, use_rec_fast=False))
+    accurate = accurate_only(page)
+
+    assert cascade.precisions["rec_fast"] == "fp32" and "rec_fast" not in accurate_only.precisions
+    assert calls["rec_fast"] >= len(drafted.lines) > 20
+    assert 0 < calls["rec"] < calls["rec_fast"] / 2  # most receipt lines are drafted confidently
+    same = sum(a.text == b.text for a, b in zip(drafted.lines, accurate.lines))
+    assert same >= 0.9 * len(accurate.lines)
+
+
+def test_lines_read_in_parallel_match_lines_read_one_by_one(eval_dev):
+    from edge_ocr.engine.ocr import EngineOptions, OcrEngine
+
+    page = (eval_dev / "pages" / _pages(eval_dev, "sroie", 2)[1]["file"]).read_bytes()
+    parallel = OcrEngine(EngineOptions(threads=2))
+    serial = OcrEngine(EngineOptions(threads=2, parallel_lines=False))
+    try:
+        assert [ln.text for ln in parallel(page).lines] == [ln.text for ln in serial(page).lines]
+        assert parallel.rec.session.get_session_options().intra_op_num_threads == 1
+        assert serial.rec.session.get_session_options().intra_op_num_threads == 2
+    finally:
+        parallel.close()
+
+
+def _counting(run, calls, name):
+    def counted(batch):
+        calls[name] += 1
+        return run(batch)
+
+    return counted

@@ -5,7 +5,15 @@ from __future__ import annotations
 import numpy as np
 
 from edge_ocr.engine.decode import Charset, Decoded
-from edge_ocr.engine.recognize import batch_width, has_cjk, plan_batches, recognize, route_by_script
+from edge_ocr.engine.recognize import (
+    batch_width,
+    has_cjk,
+    maybe_chinese,
+    needs_recheck,
+    plan_batches,
+    recognize,
+    route_by_script,
+)
 
 
 def test_batches_group_similar_widths():
@@ -49,3 +57,34 @@ def test_route_by_script_takes_the_chinese_reading_only_for_chinese_lines():
     routed = route_by_script(primary, chinese)
     assert [r.text for r in routed] == ["皖AC4933", "TOTAL 12.50", "皖AC4938"]
     assert has_cjk("京") and not has_cjk("Straße 12")
+
+
+def test_only_unsure_or_empty_drafts_are_rechecked():
+    drafts = [Decoded("TOTAL", 0.99), Decoded("T0TAI", 0.80), Decoded("", 0.0), Decoded("12.50", 0.951)]
+    assert needs_recheck(drafts, below=0.95) == [1, 2]
+    assert needs_recheck(drafts, below=1.01) == [0, 1, 2, 3]  # everything goes to the accurate recogniser
+    assert needs_recheck(drafts, below=0.0) == [2]
+
+
+def test_a_line_is_maybe_chinese_by_its_text_or_by_its_chinese_mass():
+    assert maybe_chinese(Decoded("皖AC4933", 0.9), min_mass=0.05)
+    assert maybe_chinese(Decoded("AC4933", 0.99, cjk_mass=0.4), min_mass=0.05)  # province glyph read as nothing
+    assert not maybe_chinese(Decoded("TOTAL", 0.99, cjk_mass=0.01), min_mass=0.05)
+
+
+def test_lines_read_on_a_thread_pool_come_back_in_input_order():
+    from concurrent.futures import ThreadPoolExecutor
+
+    charset = Charset(tuple("abc"))
+    crops = [np.full((16, 16 * n, 3), 200, np.uint8) for n in (5, 1, 3, 2, 4)]
+
+    def count_columns(batch: np.ndarray) -> np.ndarray:
+        out = np.zeros((batch.shape[0], batch.shape[3] // 4, 4), np.float32)
+        out[:, :, 0] = 1.0
+        for i, image in enumerate(batch):
+            out[i, 0 : 2 * (int((image[0, 0] != 0).sum()) // 16) : 2] = [0.0, 1.0, 0.0, 0.0]
+        return out
+
+    with ThreadPoolExecutor(3, thread_name_prefix="test-lines") as pool:
+        texts = [d.text for d in recognize(crops, count_columns, charset, 16, 0, 1000, 1, map_fn=pool.map)]
+    assert texts == ["aaaaa", "a", "aaa", "aa", "aaaa"]
