@@ -107,6 +107,7 @@ class FolderSourceConfig:
     rescan_interval: float = 60.0  # s, safety-net directory scan in inotify mode
     delete_original: bool = False
     reuse_results: bool = True
+    reuse_max_entries: int = 1000  # stored results kept for reuse; the least recently used go first
     max_file_mb: float = 50.0
 
 
@@ -204,6 +205,7 @@ LIVE_KEYS = frozenset(
         "sources.*.incomplete_timeout",
         "sources.*.delete_original",
         "sources.*.reuse_results",
+        "sources.*.reuse_max_entries",
         "sources.*.max_file_mb",
         "sources.*.interval",
         "sources.*.change_threshold",
@@ -555,6 +557,7 @@ def _source(t: _Table) -> SourceConfig:
         rescan_interval=t.number("rescan_interval", 60.0, 0.5),
         delete_original=t.flag("delete_original", False),
         reuse_results=t.flag("reuse_results", True),
+        reuse_max_entries=t.integer("reuse_max_entries", 1000, 1, 10_000_000),
         max_file_mb=t.number("max_file_mb", 50.0, 0.001),
     )
     for key in ("done_dir", "failed_dir"):

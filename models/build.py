@@ -254,8 +254,8 @@ PACKS: tuple[PackSpec, ...] = (
     PackSpec(
         name="ppocrv6-small",
         description=(
-            "PP-OCRv6 small det + rec (18708 characters) for Latin text, PP-OCRv4 rec for lines with Chinese; "
-            "the most accurate pack"
+            "PP-OCRv6 small det; PP-OCRv6 tiny drafts every line, PP-OCRv6 small rec (18708 characters) re-reads "
+            "unsure ones, PP-OCRv4 rec reads lines with Chinese; the most accurate pack"
         ),
         languages=("ch", "en", "ja"),
         licence="Apache-2.0",

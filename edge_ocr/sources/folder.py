@@ -48,6 +48,30 @@ IN_NONBLOCK, IN_CLOEXEC = 0o4000, 0o2000000
 EVENT = struct.Struct("iIII")
 
 
+def prune_least_recent(directory: Path, keep: int) -> int:
+    """Delete the least recently modified files of ``directory`` beyond ``keep``; returns how
+    many went. Files that vanish meanwhile are skipped."""
+    entries = []
+    with os.scandir(directory) as found:
+        for entry in found:
+            try:
+                if entry.is_file(follow_symlinks=False):
+                    entries.append((entry.stat(follow_symlinks=False).st_mtime_ns, entry.path))
+            except FileNotFoundError:
+                continue
+    if len(entries) <= keep:
+        return 0
+    entries.sort()
+    removed = 0
+    for _, path in entries[: len(entries) - keep]:
+        try:
+            os.unlink(path)
+            removed += 1
+        except FileNotFoundError:
+            continue
+    return removed
+
+
 def ignored(name: str) -> bool:
     """Hidden and temporary names (``.*``, ``~*``, ``*.tmp``, ``*.part``, ...) are never taken."""
     return name.startswith((".", "~")) or name.lower().endswith(TEMP_SUFFIXES)
@@ -386,7 +410,9 @@ class FolderSource:
     def _cached(self, sha: str) -> EngineOutput | None:
         path = self.cache / (sha + ".json")
         try:
-            return output_from_dict(json.loads(path.read_text(encoding="utf-8")))
+            output = output_from_dict(json.loads(path.read_text(encoding="utf-8")))
+            os.utime(path)  # recently used: pruned last
+            return output
         except FileNotFoundError:
             return None
         except (OSError, ValueError, KeyError, TypeError) as exc:
@@ -408,6 +434,9 @@ class FolderSource:
         if cfg.reuse_results and not reused and result.sha256:
             try:
                 self.files.store(None, self.cache, result.sha256, ".json", data, result.sha256)
+                removed = prune_least_recent(self.cache, cfg.reuse_max_entries)
+                if removed:
+                    log.info("reuse store pruned source=%s removed=%d kept=%d", self.name, removed, cfg.reuse_max_entries)
             except EdgeOcrError as exc:
                 log.warning("cannot store result for reuse source=%s error=%s", self.name, exc.message)
         self.stats.inc("files_done_total")

@@ -12,7 +12,7 @@ import pytest
 from edge_ocr.config import FolderSourceConfig
 from edge_ocr.pipeline import Pipeline
 from edge_ocr.sinks.files import ResultFiles
-from edge_ocr.sources.folder import FolderSource, ignored, looks_complete
+from edge_ocr.sources.folder import FolderSource, ignored, looks_complete, prune_least_recent
 from edge_ocr.stats import Stats
 from tests.broker import wait_until
 from tests.fakes import FakeEngine
@@ -102,6 +102,25 @@ def test_identical_content_reuses_the_stored_result(tmp_path, folder):
     (tmp_path / "inbox" / "a.txt").write_bytes(b"TEXT:different")  # same name, new content
     assert wait_until(lambda: (tmp_path / "done" / "a-1.json").exists())
     assert json.loads((tmp_path / "done" / "a-1.json").read_text())["text"] == "different"
+
+
+def test_the_reuse_store_keeps_only_the_most_recently_used_results(tmp_path, folder):
+    (tmp_path / "inbox").mkdir()
+    _, engine = folder(reuse_max_entries=2)
+    for name in ("a", "b", "a-again", "c"):  # a-again reuses a, so b is the least recently used
+        (tmp_path / "inbox" / (name + ".txt")).write_bytes(b"TEXT:" + name.split("-")[0].encode())
+        assert wait_until(lambda n=name: (tmp_path / "done" / (n + ".json")).exists())
+    assert engine.calls == [b"TEXT:a", b"TEXT:b", b"TEXT:c"]
+    stored = {json.loads(p.read_text())["text"] for p in (tmp_path / "inbox" / ".cache").iterdir()}
+    assert stored == {"a", "c"}
+
+
+def test_pruning_removes_the_oldest_files_beyond_the_limit(tmp_path):
+    for index, name in enumerate(("old", "mid", "new")):
+        (tmp_path / name).write_text(name)
+        os.utime(tmp_path / name, ns=(index * 10**9, index * 10**9))
+    assert prune_least_recent(tmp_path, 5) == 0
+    assert prune_least_recent(tmp_path, 1) == 2 and names(tmp_path) == ["new"]
 
 
 def test_names_and_completeness():
