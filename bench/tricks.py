@@ -10,7 +10,7 @@ CPUs), so the ratios compare like with like on a shared, noisy machine. The tric
 * width-bucket batching: lines sorted by width and run 8 at a time (``rec_batch_size = 8``),
   against one line per call;
 * spinning: ONNX Runtime's worker threads busy-waiting between ops (``allow_spinning``);
-* result cache by content hash (the drop folder's ``reuse_results``): sha256 of the file
+* result cache by content hash (the drop folder's ``reuse_results``, the HTTP API's ``cache_entries``): sha256 of the file
   against a full OCR of it, timed here in this process.
 
 Usage (from the repository root)::

@@ -29,6 +29,7 @@ from edge_ocr.config import (
     is_live,
     load_config,
 )
+from edge_ocr.cache import OutputCache, content_key
 from edge_ocr.engine.types import Region
 from edge_ocr.errors import ConfigError, EdgeOcrError
 from edge_ocr.guard import Guard, GuardLimits, GuardState, Level
@@ -87,6 +88,7 @@ class App:
         self.guard: Guard | None = None
         self.exit_code = 0  # non-zero after the memory guard's hard limit: systemd restarts us
         self._latest: dict[str, Result] = {}
+        self._http_cache = OutputCache(config.http.cache_entries)
         self._newest: Result | None = None
 
     # -- signals -------------------------------------------------------------------------------
@@ -236,7 +238,13 @@ class App:
     def _http_ocr(self, image: bytes, *, det: bool, rois: tuple[Region, ...]) -> Result:
         """POST /api/ocr: straight to the engine (thread-safe), not through the folder queue."""
         assert self.engine is not None
-        output = self.engine(image, rois=list(rois) or None, det=det)
+        key = content_key(image, det, rois)
+        output = self._http_cache.get(key)
+        if output is None:
+            output = self.engine(image, rois=list(rois) or None, det=det)
+            self._http_cache.put(key, output)
+        else:
+            self.stats.inc("http_cache_hits_total")
         return Result("http", status_for(output, self.config.engine.low_confidence), output, self.model)
 
     def _remember(self, result: Result) -> None:
@@ -274,6 +282,7 @@ class App:
             if self.pipeline is not None:
                 dropped = self.pipeline.drop_frames()
                 self.pipeline.limit_side = SOFT_DET_LIMIT_SIDE
+            self._http_cache.clear()
             gc.collect()
             log.warning("memory guard soft limit rss_mb=%.0f available_mb=%s dropped_frames=%d det_limit_side=%d",
                         state.rss_mb, state.available_mb, dropped, SOFT_DET_LIMIT_SIDE)

@@ -166,6 +166,7 @@ class HttpConfig:
     bind: str = "127.0.0.1:8080"
     token_file: str = ""
     max_upload_mb: float = 20.0
+    cache_entries: int = 32  # results of recent identical requests answered without OCR; 0 = off
 
 
 @dataclass(frozen=True, slots=True)
@@ -514,7 +515,8 @@ def _http(t: _Table) -> HttpConfig:
     if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
         raise ConfigError("%s: expected HOST:PORT, got %r" % (t.key("bind"), bind))
     cfg = HttpConfig(enabled=enabled, bind=bind, token_file=t.text("token_file", ""),
-                     max_upload_mb=t.number("max_upload_mb", 20.0, 0.1, 1024.0))
+                     max_upload_mb=t.number("max_upload_mb", 20.0, 0.1, 1024.0),
+                     cache_entries=t.integer("cache_entries", 32, 0, 100_000))
     t.done()
     return cfg
 

@@ -27,6 +27,7 @@ METRICS: tuple[Metric, ...] = (
     Metric("results_ok_total", "counter", "results", "results with status ok, no_text or low_confidence"),
     Metric("results_error_total", "counter", "results", "results with status error"),
     Metric("results_reused_total", "counter", "results", "results reused for identical content (no OCR run)"),
+    Metric("http_cache_hits_total", "counter", "requests", "POST /api/ocr answered from recent identical requests"),
     Metric("files_done_total", "counter", "files", "folder files moved to done_dir"),
     Metric("files_failed_total", "counter", "files", "folder files moved to failed_dir"),
     Metric("frames_total", "counter", "frames", "frames captured by camera sources"),

@@ -56,6 +56,10 @@ def test_daemon_serves_health_ocr_latest_config_and_metrics(eval_dev, tmp_path):
         result = json.loads(response.read())
     assert result["source"] == "http" and result["status"] == "ok"
     assert result["text"].casefold() == label.casefold()
+    with urllib.request.urlopen(request, timeout=60) as response:  # the same image again: from the cache
+        again = json.loads(response.read())
+    assert again["text"] == result["text"] and again["id"] != result["id"]
+    assert b"edge_ocr_http_cache_hits_total 1" in _get(base + "/metrics")[1]
 
     drop(word, tmp_path / "inbox", "word.png")
     assert wait_until(lambda: _get(base + "/api/latest/inbox")[0] == 200, 60)

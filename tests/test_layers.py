@@ -19,6 +19,7 @@ ALLOWED: dict[str, tuple[str, ...]] = {
     "edge_ocr.config": ("edge_ocr.errors", "edge_ocr.engine.types", "edge_ocr.engine.ocr"),
     "edge_ocr.stats": ("edge_ocr.errors",),
     "edge_ocr.notify": ("edge_ocr.errors",),
+    "edge_ocr.cache": ("edge_ocr.engine.types",),
     "edge_ocr.guard": ("edge_ocr.config", "edge_ocr.stats", "edge_ocr.errors"),
     "edge_ocr.scoring": (),
     "edge_ocr.evaluate": ("edge_ocr.scoring", "edge_ocr.engine.detect", "edge_ocr.errors"),
@@ -35,6 +36,7 @@ ALLOWED: dict[str, tuple[str, ...]] = {
         "edge_ocr.notify",
         "edge_ocr.engine",
         "edge_ocr.tune",
+        "edge_ocr.cache",
     )
     + LEAVES,
     "edge_ocr.cli": ("edge_ocr",),

@@ -1,0 +1,55 @@
+"""A bounded, thread-safe least-recently-used store of engine outputs keyed by request content.
+
+The HTTP API uses it so that the same image posted again (an automation re-sending an unchanged
+snapshot) is answered without running the models: hashing a page costs ~0.1 ms, reading it
+~350 ms (bench/tricks.py). The drop folder keeps its own store on disk (sources/folder.py).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from collections import OrderedDict
+from collections.abc import Hashable
+
+from edge_ocr.engine.types import EngineOutput
+
+
+def content_key(data: bytes, *options: Hashable) -> str:
+    """sha256 of the bytes and the request options that change the output (det, regions)."""
+    digest = hashlib.sha256(data)
+    digest.update(repr(options).encode("utf-8"))
+    return digest.hexdigest()
+
+
+class OutputCache:
+    """At most ``capacity`` outputs; ``capacity = 0`` stores nothing."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self._items: OrderedDict[str, EngineOutput] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: str) -> EngineOutput | None:
+        with self._lock:
+            output = self._items.get(key)
+            if output is not None:
+                self._items.move_to_end(key)
+            return output
+
+    def put(self, key: str, output: EngineOutput) -> None:
+        if self.capacity <= 0:
+            return
+        with self._lock:
+            self._items[key] = output
+            self._items.move_to_end(key)
+            while len(self._items) > self.capacity:
+                self._items.popitem(last=False)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._items.clear()
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._items)

@@ -1,0 +1,36 @@
+"""edge_ocr.cache: the HTTP API's store of recent outputs."""
+
+from __future__ import annotations
+
+from edge_ocr.cache import OutputCache, content_key
+from edge_ocr.engine.types import EngineOutput, Region
+
+
+def _output(text: str) -> EngineOutput:
+    return EngineOutput((), (10, 10), {"total": 1.0}) if not text else EngineOutput((), (len(text), 1), {})
+
+
+def test_the_key_covers_the_bytes_and_the_options():
+    region = Region("meter", (0, 0, 10, 10), allowed_chars="0123456789")
+    assert content_key(b"img", True, ()) == content_key(b"img", True, ())
+    assert content_key(b"img", True, ()) != content_key(b"img2", True, ())
+    assert content_key(b"img", True, ()) != content_key(b"img", False, ())
+    assert content_key(b"img", False, (region,)) != content_key(b"img", False, ())
+
+
+def test_least_recently_used_outputs_go_first():
+    cache = OutputCache(2)
+    a, b, c = _output("a"), _output("bb"), _output("ccc")
+    cache.put("a", a)
+    cache.put("b", b)
+    assert cache.get("a") is a  # a is now the most recent
+    cache.put("c", c)
+    assert cache.get("b") is None and cache.get("a") is a and cache.get("c") is c and len(cache) == 2
+    cache.clear()
+    assert cache.get("a") is None
+
+
+def test_capacity_zero_stores_nothing():
+    cache = OutputCache(0)
+    cache.put("a", _output("a"))
+    assert cache.get("a") is None and len(cache) == 0
