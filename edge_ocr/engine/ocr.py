@@ -35,6 +35,9 @@ class EngineOptions:
     use_rec_zh: bool = True  # a pack's Chinese specialist recogniser, where it has one
     use_rec_fast: bool = True  # a pack's fast draft reader, where it has one (see recognize.needs_recheck)
     recheck_below: float = 0.95  # drafts with a lower mean confidence are re-read by the accurate recogniser
+    # Detected lines whose draft is below this are dropped, not re-read (never regions or det=False):
+    # on eval-dev pages they were mostly not text, and re-reading them cost time and F1.
+    drop_drafts_below: float = 0.5
     chinese_mass: float = 0.05  # a draft with this much probability on Chinese at any step goes to rec_zh
     cls_threshold: float = 0.9
     rec_batch_size: int = 1  # measured: batching only pads; 1 was fastest and smallest on 1-2 threads
@@ -150,11 +153,11 @@ class OcrEngine:
             crops = [np.ascontiguousarray(c[::-1, ::-1]) if f else c for c, f in zip(crops, flips)]
             timing["classify"] = _ms(t0)
         t1 = time.perf_counter()
-        decoded = self._read(crops, allowed)
+        keep_all = bool(rois) or not det
+        decoded = self._read(crops, allowed, may_drop=not keep_all)
         timing["recognize"] = _ms(t1)
 
         lines = []
-        keep_all = bool(rois) or not det
         for quad, det_score, name, result in zip(quads, det_scores, names, decoded):
             if not keep_all and (not result.text.strip() or result.score < self.options.min_line_score):
                 continue
@@ -162,9 +165,10 @@ class OcrEngine:
         timing["total"] = _ms(start)
         return EngineOutput(tuple(lines), (width, height), timing)
 
-    def _read(self, crops: list[np.ndarray], allowed: list[str]) -> list[Decoded]:
+    def _read(self, crops: list[np.ndarray], allowed: list[str], may_drop: bool) -> list[Decoded]:
         """Draft → recheck → script routing: the fast reader drafts every line, the accurate
-        recogniser re-reads the unsure ones, and lines with Chinese go to the Chinese specialist."""
+        recogniser re-reads the unsure ones, and lines with Chinese go to the Chinese specialist.
+        With ``may_drop``, drafts too poor to be text are dropped instead of re-read."""
         if self.rec_fast is None:
             decoded = self._recognize(self.rec, crops, allowed)
             if self.rec_zh is not None and crops:
@@ -173,6 +177,12 @@ class OcrEngine:
         drafts = self._recognize(self.rec_fast, crops, allowed)
         decoded = list(drafts)
         unsure = recognize.needs_recheck(drafts, self.options.recheck_below)
+        if may_drop:
+            mass, floor = self.options.chinese_mass, self.options.drop_drafts_below
+            hopeless = {i for i in unsure if drafts[i].score < floor and not recognize.maybe_chinese(drafts[i], mass)}
+            unsure = [i for i in unsure if i not in hopeless]
+            for index in hopeless:
+                decoded[index] = Decoded("", 0.0)
         for index, result in zip(unsure, self._recognize(self.rec, [crops[i] for i in unsure], _pick(allowed, unsure))):
             decoded[index] = result
         if self.rec_zh is not None:

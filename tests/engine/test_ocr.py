@@ -232,3 +232,21 @@ def _counting(run, calls, name):
         return run(batch)
 
     return counted
+
+
+def test_hopeless_drafts_are_dropped_on_pages_but_single_lines_are_always_reread(eval_dev):
+    from edge_ocr.engine.ocr import EngineOptions, OcrEngine
+
+    pages = [(eval_dev / "pages" / p["file"]).read_bytes() for p in _pages(eval_dev, "ic15", 6)]
+    rereads = {}
+    for floor in (0.0, 0.5):
+        engine = OcrEngine(EngineOptions(threads=1, drop_drafts_below=floor))
+        calls = {"rec": 0}
+        engine.rec.run = _counting(engine.rec.run, calls, "rec")
+        for page in pages:
+            engine(page)
+        rereads[floor] = calls["rec"]
+        noise = np.random.default_rng(7).integers(0, 255, (48, 240, 3), dtype=np.uint8)
+        calls["rec"] = 0
+        assert len(engine(noise, det=False).lines) == 1 and calls["rec"] == 1
+    assert rereads[0.5] < rereads[0.0]
