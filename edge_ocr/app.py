@@ -205,9 +205,8 @@ class App:
                 code = 1
         if self.guard is not None:
             self.guard.join(JOIN_TIMEOUT_S)
-        close_engine = getattr(self.engine, "close", None)  # test fakes have no line threads
-        if close_engine is not None:
-            close_engine()
+        if self.engine is not None:
+            self.engine.close()
         code = code or self.exit_code
         log.info("stopped code=%d", code)
         return code

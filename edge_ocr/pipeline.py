@@ -41,6 +41,8 @@ class Engine(Protocol):
     def __call__(self, image: bytes | np.ndarray, rois: Sequence[Region] | None = None,
                  det: bool = True, limit_side: int | None = None) -> EngineOutput: ...
 
+    def close(self) -> None: ...
+
 
 class Sink(Protocol):
     """Takes results. ``publish`` must return quickly (spool, not network) and raise SinkError on failure."""

@@ -96,9 +96,10 @@ class OcrEngine:
         return Model(spec, choose_variant(spec, self.options.precision), threads, self.options.allow_spinning)
 
     def close(self) -> None:
-        """Stop the line threads (idempotent); the engine must not be called afterwards."""
-        if self._line_pool is not None:
-            self._line_pool.shutdown(wait=True)
+        """Stop the line threads (idempotent). Later calls still work, reading lines one by one."""
+        pool, self._line_pool = self._line_pool, None
+        if pool is not None:
+            pool.shutdown(wait=True)
 
     @property
     def precisions(self) -> dict[str, str]:
@@ -200,6 +201,7 @@ class OcrEngine:
         stage = model.stage
         assert stage.charset is not None
         masks = [stage.charset.allowed_mask(chars) if chars else None for chars in allowed] if allowed else None
+        pool = self._line_pool  # read once: close() may clear it
         return recognize.recognize(
             crops,
             model.run,
@@ -210,7 +212,7 @@ class OcrEngine:
             batch_size=self.options.rec_batch_size,
             max_columns=self.options.rec_batch_columns,
             masks=masks,
-            map_fn=self._line_pool.map if self._line_pool is not None else map,
+            map_fn=pool.map if pool is not None else map,
         )
 
     def _detect(self, image: np.ndarray, timing: dict[str, float], limit_side: int) -> tuple[list[np.ndarray], list[float]]:

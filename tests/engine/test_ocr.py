@@ -219,11 +219,13 @@ def test_lines_read_in_parallel_match_lines_read_one_by_one(eval_dev):
     parallel = OcrEngine(EngineOptions(threads=2))
     serial = OcrEngine(EngineOptions(threads=2, parallel_lines=False))
     try:
-        assert [ln.text for ln in parallel(page).lines] == [ln.text for ln in serial(page).lines]
+        expected = [ln.text for ln in serial(page).lines]
+        assert [ln.text for ln in parallel(page).lines] == expected
         assert parallel.rec.session.get_session_options().intra_op_num_threads == 1
         assert serial.rec.session.get_session_options().intra_op_num_threads == 2
     finally:
         parallel.close()
+    assert [ln.text for ln in parallel(page).lines] == expected  # closed: lines are read one by one
 
 
 def _counting(run, calls, name):
