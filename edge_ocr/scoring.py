@@ -5,17 +5,29 @@ numpy and OpenCV only; no I/O.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import unicodedata
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import cv2
 import numpy as np
 
 
+def strict(text: str) -> str:
+    """Exact comparison: the text with runs of white space collapsed to one space."""
+    return " ".join(text.split())
+
+
+def relaxed(text: str) -> str:
+    """The yardstick's relaxed form: Unicode NFKC (full- and half-width agree), case-folded,
+    all white space removed (Chinese labels space their characters inconsistently)."""
+    return "".join(unicodedata.normalize("NFKC", text).casefold().split())
+
+
 def alnum(text: str) -> str:
-    """The published IIIT5K/IC15 comparison: letters and digits only, case-folded
-    (CJK characters count as letters, so plates keep their province character)."""
-    return "".join(c for c in text.casefold() if c.isalnum())
+    """The published IIIT5K/IC15 comparison: after NFKC, letters and digits only,
+    case-folded (CJK characters count as letters, so plates keep their province character)."""
+    return "".join(c for c in unicodedata.normalize("NFKC", text).casefold() if c.isalnum())
 
 
 def fold(text: str) -> str:
@@ -52,26 +64,37 @@ def cer(truth: str, predicted: str) -> float:
 
 
 def quad_iou(a: np.ndarray, b: np.ndarray) -> float:
-    """Intersection over union of two convex quads (4, 2)."""
-    pa = np.asarray(a, dtype=np.float32).reshape(-1, 1, 2)
-    pb = np.asarray(b, dtype=np.float32).reshape(-1, 1, 2)
-    area_a = abs(cv2.contourArea(pa))
-    area_b = abs(cv2.contourArea(pb))
+    """Intersection over union of two quads (4, 2), each taken as its convex hull."""
+    area_a, area_b = _hull_area(a), _hull_area(b)
     if area_a <= 0 or area_b <= 0:
         return 0.0
-    inter, _ = cv2.intersectConvexConvex(cv2.convexHull(pa), cv2.convexHull(pb))
+    inter = _intersection(a, b)
     union = area_a + area_b - inter
     return float(inter / union) if union > 0 else 0.0
 
 
+def _hull_area(points: np.ndarray) -> float:
+    return float(cv2.contourArea(cv2.convexHull(np.asarray(points, dtype=np.float32).reshape(-1, 1, 2))))
+
+
+def _intersection(a: np.ndarray, b: np.ndarray) -> float:
+    """Area shared by the convex hulls of two polygons."""
+    pa = np.asarray(a, dtype=np.float32).reshape(-1, 1, 2)
+    pb = np.asarray(b, dtype=np.float32).reshape(-1, 1, 2)
+    inter, _ = cv2.intersectConvexConvex(cv2.convexHull(pa), cv2.convexHull(pb))
+    return float(inter)
+
+
 @dataclass(frozen=True, slots=True)
 class PageMatch:
-    """Counts for one page: detections matched (IoU ≥ threshold) and end-to-end hits."""
+    """Counts for one page, by the yardstick's protocol (shared/yardstick/bench.py)."""
 
-    true_positives: int
-    detections: int  # detections that count (not matched to an ignored box)
-    truths: int  # ground-truth boxes that count (not ignored)
-    e2e_hits: int  # matched pairs whose texts agree
+    true_positives: int  # detections matched one-to-one to a counted box at IoU >= threshold
+    detections: int  # detections that count: all but unmatched ones lying on a don't-care box
+    truths: int  # ground-truth boxes that count (not don't-care)
+    e2e_hits: int  # matched pairs whose relaxed texts are equal
+    page_edits: int = 0  # edit distance of the relaxed page texts, each joined in reading order
+    page_length: int = 0  # length of the relaxed ground-truth page text
 
 
 def match_page(
@@ -81,37 +104,79 @@ def match_page(
     pred_boxes: Sequence[np.ndarray],
     pred_texts: Sequence[str],
     iou_threshold: float = 0.5,
-    normalize=alnum,
+    normalize: Callable[[str], str] = relaxed,
 ) -> PageMatch:
-    """Greedy one-to-one matching by IoU, best pairs first (the IC15 protocol).
+    """Greedy one-to-one matching of detections to counted boxes, best IoU first.
 
-    A detection matched to an ignored ("###") box counts neither as hit nor false alarm;
-    ignored boxes count toward nothing.
+    As in the yardstick and the IC15 protocol: don't-care boxes take no part in matching;
+    an unmatched detection lying on one (IoU >= threshold, or more than half its own area
+    inside it) counts neither as hit nor as false alarm, and its text is left out of the
+    page text too.
     """
+    counted = [i for i, skip in enumerate(ignored) if not skip]
+    dont_care = [truth_boxes[i] for i, skip in enumerate(ignored) if skip]
     pairs = []
-    for t, tb in enumerate(truth_boxes):
+    for t in counted:
         for p, pb in enumerate(pred_boxes):
-            iou = quad_iou(tb, pb)
+            iou = quad_iou(truth_boxes[t], pb)
             if iou >= iou_threshold:
                 pairs.append((iou, t, p))
-    pairs.sort(reverse=True)
+    pairs.sort(key=lambda pair: -pair[0])
     used_t: set[int] = set()
     used_p: set[int] = set()
-    tp = hits = 0
-    ignored_preds = 0
+    hits = 0
     for _, t, p in pairs:
         if t in used_t or p in used_p:
             continue
         used_t.add(t)
         used_p.add(p)
-        if ignored[t]:
-            ignored_preds += 1
-            continue
-        tp += 1
-        if normalize(truth_texts[t]) == normalize(pred_texts[p]):
-            hits += 1
-    truths = sum(1 for i in ignored if not i)
-    return PageMatch(tp, len(pred_boxes) - ignored_preds, truths, hits)
+        hits += normalize(truth_texts[t]) == normalize(pred_texts[p])
+    on_dont_care = {
+        p
+        for p, pb in enumerate(pred_boxes)
+        if p not in used_p and any(_covers(box, pb, iou_threshold) for box in dont_care)
+    }
+    kept = [p for p in range(len(pred_boxes)) if p not in on_dont_care]
+    truth_text = relaxed("".join(truth_texts[counted[i]] for i in scoring_order([truth_boxes[t] for t in counted])))
+    pred_text = relaxed("".join(pred_texts[kept[i]] for i in scoring_order([pred_boxes[p] for p in kept])))
+    return PageMatch(
+        true_positives=len(used_p),
+        detections=len(kept),
+        truths=len(counted),
+        e2e_hits=hits,
+        page_edits=edit_distance(truth_text, pred_text),
+        page_length=len(truth_text),
+    )
+
+
+def _covers(dont_care: np.ndarray, box: np.ndarray, iou_threshold: float) -> bool:
+    if quad_iou(dont_care, box) >= iou_threshold:
+        return True
+    area = _hull_area(box)
+    return area > 0 and _intersection(dont_care, box) / area > 0.5
+
+
+def scoring_order(boxes: Sequence[np.ndarray]) -> list[int]:
+    """Reading order used to join a page's text for page CER, as the yardstick does it:
+    rows of boxes whose vertical centres lie within half the median box height of the
+    row's mean centre, top to bottom, each row left to right."""
+    if not boxes:
+        return []
+    tops = [float(np.min(b[:, 1])) for b in boxes]
+    bottoms = [float(np.max(b[:, 1])) for b in boxes]
+    centres = [(t + b) / 2 for t, b in zip(tops, bottoms)]
+    heights = sorted(max(1.0, b - t) for t, b in zip(tops, bottoms))
+    tolerance = 0.5 * heights[len(heights) // 2]
+    lefts = [float(np.min(b[:, 0])) for b in boxes]
+    rows: list[list[int]] = []
+    row_centre = 0.0
+    for index in sorted(range(len(boxes)), key=lambda i: centres[i]):
+        if rows and abs(centres[index] - row_centre) <= tolerance:
+            rows[-1].append(index)
+        else:
+            rows.append([index])
+        row_centre = sum(centres[i] for i in rows[-1]) / len(rows[-1])
+    return [i for row in rows for i in sorted(row, key=lambda i: lefts[i])]
 
 
 def f1(tp: int, detections: int, truths: int) -> tuple[float, float, float]:

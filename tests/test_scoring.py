@@ -30,6 +30,9 @@ def test_edit_distance_matches_the_textbook_dp():
 def test_cer_and_normalisers():
     assert scoring.cer("kitten", "sitting") == pytest.approx(3 / 6)
     assert scoring.alnum("皖A·C4933") == "皖ac4933"
+    assert scoring.alnum("ＴＯＴＡＬ：１２") == "total12"  # NFKC: full-width letters and digits
+    assert scoring.relaxed("比较 文学，Tax\tINVOICE") == "比较文学,taxinvoice"
+    assert scoring.strict("  Tax   INVOICE\n") == "Tax INVOICE"
     assert scoring.fold("  Tax   INVOICE\n") == "tax invoice"
 
 
@@ -40,15 +43,30 @@ def test_quad_iou():
     assert scoring.quad_iou(a, b) == pytest.approx(50 / 150)
 
 
-def test_match_page_ignores_dont_care_boxes_both_ways():
-    box = np.array([[0, 0], [10, 0], [10, 10], [0, 10]], np.float32)
-    far = box + 100
+def _box(x: float, y: float, w: float = 10, h: float = 10) -> np.ndarray:
+    return np.array([[x, y], [x + w, y], [x + w, y + h], [x, y + h]], np.float32)
+
+
+def test_match_page_leaves_detections_on_dont_care_boxes_out():
     match = scoring.match_page(
-        truth_boxes=[box, far],
+        truth_boxes=[_box(0, 0), _box(100, 100, 40, 10)],
         truth_texts=["HELLO", "###"],
         ignored=[False, True],
-        pred_boxes=[box, far],
-        pred_texts=["hello", "x"],
+        pred_boxes=[_box(0, 0), _box(100, 100, 15, 10), _box(300, 300)],  # the second lies inside the don't-care box
+        pred_texts=["hello", "x", "noise"],
     )
-    assert match == scoring.PageMatch(true_positives=1, detections=1, truths=1, e2e_hits=1)
+    assert (match.true_positives, match.detections, match.truths, match.e2e_hits) == (1, 2, 1, 1)
+    # page CER: "hello" against "hellonoise" (the text on the don't-care box is left out too)
+    assert (match.page_edits, match.page_length) == (5, 5)
     assert scoring.f1(1, 1, 1) == (1.0, 1.0, 1.0)
+
+
+def test_end_to_end_hits_compare_relaxed_texts():
+    match = scoring.match_page([_box(0, 0)], ["比较文学，ＡＢ"], [False], [_box(1, 0)], ["比较 文学,ab"])
+    assert match.e2e_hits == 1
+    assert scoring.match_page([_box(0, 0)], ["TOTAL:"], [False], [_box(1, 0)], ["TOTAL"]).e2e_hits == 0
+
+
+def test_scoring_order_is_rows_then_left_to_right():
+    boxes = [_box(50, 0), _box(0, 2), _box(0, 30), _box(30, 31)]
+    assert scoring.scoring_order(boxes) == [1, 0, 2, 3]

@@ -44,6 +44,11 @@ def batch_width(ratios: Sequence[float], height: int, min_width: int, max_width:
     return min(max_width, int(math.ceil(widest / multiple) * multiple))
 
 
+def line_width(crop: np.ndarray, height: int) -> int:
+    """A crop's width in pixels once scaled to the recogniser's ``height``."""
+    return math.ceil(height * crop.shape[1] / max(crop.shape[0], 1))
+
+
 def recognize(
     crops: Sequence[np.ndarray],
     run: RunModel,
@@ -117,8 +122,25 @@ def maybe_chinese(line: Decoded, min_mass: float) -> bool:
     return has_cjk(line.text) or line.cjk_mass >= min_mass
 
 
-def route_by_script(primary: Sequence[Decoded], chinese: Sequence[Decoded]) -> list[Decoded]:
-    """Per line, the Chinese specialist's reading when either recogniser saw Chinese,
-    else the primary's. Measured on eval-dev: PP-OCRv6 reads Latin text best but drops or
-    garbles the province character of licence plates, which PP-OCRv4 reads reliably."""
-    return [zh if has_cjk(p.text) or has_cjk(zh.text) else p for p, zh in zip(primary, chinese)]
+def needs_specialist(drafts: Sequence[Decoded], readings: Sequence[Decoded], min_mass: float) -> list[int]:
+    """Indices of the lines to show the Chinese specialist (PP-OCRv4): a reader sensed
+    Chinese (a Chinese character, or ``min_mass`` on Chinese at some step) and the reading
+    holds at most one Chinese character.
+
+    That is the licence-plate shape: one province glyph among Latin letters and digits,
+    which PP-OCRv6 drops, turns into a Latin letter or misreads, while PP-OCRv4 reads it.
+    Lines with more Chinese stay with PP-OCRv6, which reads Chinese documents, signs and
+    handwriting better (chosen on one half of eval-dev, confirmed on the other: README).
+    """
+    return [
+        i
+        for i, (draft, reading) in enumerate(zip(drafts, readings))
+        if sum(is_cjk(c) for c in reading.text) <= 1
+        and (maybe_chinese(draft, min_mass) or maybe_chinese(reading, min_mass))
+    ]
+
+
+def take_specialist(reading: Decoded, specialist: Decoded) -> Decoded:
+    """The specialist's reading when it holds Chinese, else the reading: a Latin word
+    whose reader merely hesitated over a Chinese class keeps its PP-OCRv6 text."""
+    return specialist if has_cjk(specialist.text) else reading

@@ -221,8 +221,9 @@ def test_lines_read_in_parallel_match_lines_read_one_by_one(eval_dev):
     try:
         expected = [ln.text for ln in serial(page).lines]
         assert [ln.text for ln in parallel(page).lines] == expected
-        assert parallel.rec.session.get_session_options().intra_op_num_threads == 1
-        assert serial.rec.session.get_session_options().intra_op_num_threads == 2
+        # Sessions keep every thread either way: a lone line or region uses them inside the model.
+        assert parallel.rec.session.get_session_options().intra_op_num_threads == 2
+        assert parallel._line_pool is not None and serial._line_pool is None
     finally:
         parallel.close()
     assert [ln.text for ln in parallel(page).lines] == expected  # closed: lines are read one by one
@@ -236,7 +237,7 @@ def _counting(run, calls, name):
     return counted
 
 
-def test_hopeless_drafts_are_dropped_on_pages_but_single_lines_are_always_reread(eval_dev):
+def test_hopeless_drafts_are_dropped_on_pages_but_single_lines_go_to_the_accurate_reader(eval_dev):
     from edge_ocr.engine.ocr import EngineOptions, OcrEngine
 
     pages = [(eval_dev / "pages" / p["file"]).read_bytes() for p in _pages(eval_dev, "ic15", 6)]
@@ -252,3 +253,24 @@ def test_hopeless_drafts_are_dropped_on_pages_but_single_lines_are_always_reread
         calls["rec"] = 0
         assert len(engine(noise, det=False).lines) == 1 and calls["rec"] == 1
     assert rereads[0.5] < rereads[0.0]
+
+
+def test_short_single_lines_skip_the_draft_and_only_plates_reach_the_chinese_specialist(eval_dev):
+    from edge_ocr.engine.ocr import EngineOptions, OcrEngine
+
+    engine = OcrEngine(EngineOptions(threads=1))
+    calls = {"rec_fast": 0, "rec": 0, "rec_zh": 0}
+    for name in calls:
+        model = getattr(engine, name)
+        model.run = _counting(model.run, calls, name)
+    plate = engine((eval_dev / "lines" / "plate_005621c69989.jpg").read_bytes(), det=False)
+    assert scoring.alnum(plate.text) == scoring.alnum("皖AC4933")
+    assert calls == {"rec_fast": 0, "rec": 1, "rec_zh": 1}  # 94x24 px: short, read accurately, then PP-OCRv4
+
+    calls.update(rec_fast=0, rec=0, rec_zh=0)
+    zh_lines = [r.split("\t") for r in (eval_dev / "zh" / "lines" / "labels.tsv").read_text(encoding="utf-8").splitlines()]
+    document = [(eval_dev / "zh" / "lines" / r[0], r[1]) for r in zh_lines if r[3] == "omnidocbench:book"][:5]
+    for path, label in document:
+        assert scoring.relaxed(engine(path.read_bytes(), det=False).text) == scoring.relaxed(label)
+    # Long lines are drafted, and re-read only when unsure; Chinese text stays with PP-OCRv6.
+    assert calls["rec_fast"] == 5 and calls["rec"] < 5 and calls["rec_zh"] == 0

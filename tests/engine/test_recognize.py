@@ -8,11 +8,13 @@ from edge_ocr.engine.decode import Charset, Decoded
 from edge_ocr.engine.recognize import (
     batch_width,
     has_cjk,
+    line_width,
     maybe_chinese,
     needs_recheck,
+    needs_specialist,
     plan_batches,
     recognize,
-    route_by_script,
+    take_specialist,
 )
 
 
@@ -26,6 +28,11 @@ def test_batches_of_long_lines_stay_within_the_column_budget():
     batches = plan_batches(widths, batch_size=8, max_columns=3200)
     assert batches == [[0, 1, 2, 3, 4, 5], [6, 7], [8]]
     assert all(len(b) * max(widths[i] for i in b) <= 3200 for b in batches)
+
+
+def test_line_width_is_measured_at_the_recogniser_height():
+    assert line_width(np.zeros((24, 94, 3), np.uint8), height=48) == 188  # a plate: short
+    assert line_width(np.zeros((30, 600, 3), np.uint8), height=48) == 960  # a document line: long
 
 
 def test_batch_width_is_the_widest_line_within_bounds():
@@ -51,12 +58,25 @@ def test_results_come_back_in_input_order():
     assert texts == ["aaaaa", "a", "aaa"]  # 80, 16 and 48 px wide at height 16
 
 
-def test_route_by_script_takes_the_chinese_reading_only_for_chinese_lines():
-    primary = [Decoded("A·C4933", 0.9), Decoded("TOTAL 12.50", 0.99), Decoded("皖AC4933", 0.8)]
-    chinese = [Decoded("皖AC4933", 0.95), Decoded("TOTAL12.5O", 0.97), Decoded("皖AC4938", 0.9)]
-    routed = route_by_script(primary, chinese)
-    assert [r.text for r in routed] == ["皖AC4933", "TOTAL 12.50", "皖AC4938"]
+def test_only_plate_like_lines_where_chinese_was_sensed_go_to_the_specialist():
+    drafts = [
+        Decoded("A·C4933", 0.97, cjk_mass=0.6),  # province glyph dropped, but sensed
+        Decoded("TOTAL 12.50", 0.99, cjk_mass=0.0),  # plain Latin: never
+        Decoded("皖A·C4933", 0.9),  # one Chinese character among Latin and digits
+        Decoded("比较文学成为一个有缺陷的词", 0.93),  # Chinese text stays with PP-OCRv6
+        Decoded("TOTAL", 0.99, cjk_mass=0.2),  # the draft sensed Chinese, the reading did not
+    ]
+    readings = list(drafts[:4]) + [Decoded("TOTAL", 0.99, cjk_mass=0.01)]
+    assert needs_specialist(drafts, readings, min_mass=0.05) == [0, 2, 4]
+    assert needs_specialist(drafts, readings, min_mass=0.7) == [2]
     assert has_cjk("京") and not has_cjk("Straße 12")
+
+
+def test_the_specialist_reading_is_kept_only_when_it_holds_chinese():
+    reading = Decoded("WA·C4933", 0.9)
+    assert take_specialist(reading, Decoded("皖A·C4933", 0.95)).text == "皖A·C4933"
+    # A Latin word whose reader only hesitated over a Chinese class keeps its PP-OCRv6 text.
+    assert take_specialist(Decoded("Hotel", 0.9), Decoded("H0tel", 0.97)).text == "Hotel"
 
 
 def test_only_unsure_or_empty_drafts_are_rechecked():
