@@ -61,6 +61,7 @@ class EngineConfig:
     cls: bool = False
     fast_reader: bool = True
     recheck_below: float = 0.95
+    draft_min_width: int = 320
     det_limit_side: int = 960
     max_megapixels: float = 50.0
     low_confidence: float = 0.6
@@ -76,6 +77,7 @@ class EngineConfig:
             use_cls=self.cls,
             use_rec_fast=self.fast_reader,
             recheck_below=self.recheck_below,
+            draft_min_width=self.draft_min_width,
             det_limit_side=self.det_limit_side,
             max_megapixels=self.max_megapixels,
         )
@@ -423,6 +425,7 @@ def _engine(t: _Table) -> EngineConfig:
         cls=t.flag("cls", False),
         fast_reader=t.flag("fast_reader", True),
         recheck_below=t.number("recheck_below", 0.95, 0.0, 1.0),
+        draft_min_width=t.integer("draft_min_width", 320, 0, 100_000),
         det_limit_side=t.integer("det_limit_side", 960, 32, 8192),
         max_megapixels=t.number("max_megapixels", 50.0, 0.1, 1000.0),
         low_confidence=t.number("low_confidence", 0.6, 0.0, 1.0),

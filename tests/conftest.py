@@ -37,8 +37,10 @@ def engines():
     return get
 
 
-def line_samples(eval_dev: Path, source: str, count: int) -> list[tuple[Path, str]]:
-    """The first ``count`` labelled line crops of ``source`` (a fixed, deterministic subset)."""
-    rows = (row.split("\t") for row in (eval_dev / "lines" / "labels.tsv").read_text(encoding="utf-8").splitlines())
-    picked = [(eval_dev / "lines" / r[0], r[1]) for r in rows if len(r) >= 4 and r[3] == source]
+def line_samples(eval_dev: Path, source: str, count: int, folder: str = "lines") -> list[tuple[Path, str]]:
+    """The first ``count`` labelled line crops of ``source`` (a fixed, deterministic subset),
+    from ``lines/`` or ``zh/lines``."""
+    directory = eval_dev / folder
+    rows = (row.split("\t") for row in (directory / "labels.tsv").read_text(encoding="utf-8").splitlines())
+    picked = [(directory / r[0], r[1]) for r in rows if len(r) >= 4 and r[3] == source]
     return picked[:count]

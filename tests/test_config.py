@@ -69,8 +69,8 @@ def test_built_in_defaults_and_state_dirs(tmp_path):
 
 
 def test_engine_keys_reach_the_engine_options(tmp_path):
-    options = load(tmp_path, "[engine]\nfast_reader = false\nrecheck_below = 0.9\n").engine.to_options()
-    assert options.use_rec_fast is False and options.recheck_below == 0.9
+    options = load(tmp_path, "[engine]\nfast_reader = false\nrecheck_below = 0.9\ndraft_min_width = 0\n").engine.to_options()
+    assert options.use_rec_fast is False and options.recheck_below == 0.9 and options.draft_min_width == 0
     assert load(tmp_path, "").engine.to_options().use_rec_fast is True
 
 

@@ -122,22 +122,25 @@ def maybe_chinese(line: Decoded, min_mass: float) -> bool:
     return has_cjk(line.text) or line.cjk_mass >= min_mass
 
 
-def needs_specialist(drafts: Sequence[Decoded], readings: Sequence[Decoded], min_mass: float) -> list[int]:
-    """Indices of the lines to show the Chinese specialist (PP-OCRv4): a reader sensed
-    Chinese (a Chinese character, or ``min_mass`` on Chinese at some step) and the reading
-    holds at most one Chinese character.
+PLATE_MIN_LATIN = 4  # Latin letters and digits in a plate-shaped reading (Chinese plates have 5 or 6)
 
-    That is the licence-plate shape: one province glyph among Latin letters and digits,
-    which PP-OCRv6 drops, turns into a Latin letter or misreads, while PP-OCRv4 reads it.
-    Lines with more Chinese stay with PP-OCRv6, which reads Chinese documents, signs and
-    handwriting better (chosen on one half of eval-dev, confirmed on the other: README).
+
+def plate_shaped(text: str) -> bool:
+    """At most one Chinese character among at least ``PLATE_MIN_LATIN`` Latin letters or
+    digits: a Chinese licence plate, with or without its province glyph."""
+    return sum(is_cjk(c) for c in text) <= 1 and sum(c.isascii() and c.isalnum() for c in text) >= PLATE_MIN_LATIN
+
+
+def needs_specialist(readings: Sequence[Decoded], sensed: Sequence[bool]) -> list[int]:
+    """Indices of the lines to show the Chinese specialist (PP-OCRv4): Chinese was sensed
+    (see ``maybe_chinese``) and the reading is plate-shaped.
+
+    PP-OCRv6 drops a plate's province glyph, turns it into a Latin letter or misreads it,
+    while PP-OCRv4 reads it. Other lines stay with PP-OCRv6, which reads Chinese documents,
+    signs and handwriting better (chosen on one half of eval-dev, confirmed on the other:
+    bench/rules.py, README).
     """
-    return [
-        i
-        for i, (draft, reading) in enumerate(zip(drafts, readings))
-        if sum(is_cjk(c) for c in reading.text) <= 1
-        and (maybe_chinese(draft, min_mass) or maybe_chinese(reading, min_mass))
-    ]
+    return [i for i, (reading, chinese) in enumerate(zip(readings, sensed)) if chinese and plate_shaped(reading.text)]
 
 
 def take_specialist(reading: Decoded, specialist: Decoded) -> Decoded:

@@ -54,6 +54,27 @@ def subset_accuracy(engine, eval_dev, source: str) -> float:
     return 100.0 * hits / len(samples)
 
 
+# Chinese lines (zh/lines, first 30 of each source; the signs have 8): exact match and CER after
+# NFKC with white space removed (the eval-dev README's rule), default pack, measured on x86_64.
+ZH_SOURCES = {  # source: (exact %, CER %, lines; margin in exact %, margin in CER points)
+    "omnidocbench:book": (100.0, 0.0, 30, 6.7, 1.0),
+    "omnidocbench:research_report": (90.0, 0.46, 30, 6.7, 1.0),
+    "rects2019-sample": (37.5, 56.04, 8, 12.5, 10.0),
+}
+
+
+def test_chinese_subset_accuracy_holds(engines, eval_dev):
+    engine = engines()
+    for source, (exact, cer, count, exact_margin, cer_margin) in ZH_SOURCES.items():
+        samples = line_samples(eval_dev, source, 30, "zh/lines")
+        assert len(samples) == count
+        read = [engine(path.read_bytes(), det=False).text for path, _ in samples]
+        hits = sum(scoring.relaxed(text) == scoring.relaxed(label) for text, (_, label) in zip(read, samples))
+        errors = sum(scoring.cer(scoring.relaxed(label), scoring.relaxed(text)) for text, (_, label) in zip(read, samples))
+        assert 100 * hits / count >= exact - exact_margin, (source, read)
+        assert 100 * errors / count <= cer + cer_margin, (source, read)
+
+
 @pytest.mark.parametrize("filename, label", FIXED_LINES)
 def test_fixed_lines_read_their_labels(engines, eval_dev, filename, label):
     output = engines()((eval_dev / "lines" / filename).read_bytes(), det=False)

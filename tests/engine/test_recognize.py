@@ -12,6 +12,7 @@ from edge_ocr.engine.recognize import (
     maybe_chinese,
     needs_recheck,
     needs_specialist,
+    plate_shaped,
     plan_batches,
     recognize,
     take_specialist,
@@ -58,18 +59,25 @@ def test_results_come_back_in_input_order():
     assert texts == ["aaaaa", "a", "aaa"]  # 80, 16 and 48 px wide at height 16
 
 
-def test_only_plate_like_lines_where_chinese_was_sensed_go_to_the_specialist():
-    drafts = [
-        Decoded("A·C4933", 0.97, cjk_mass=0.6),  # province glyph dropped, but sensed
-        Decoded("TOTAL 12.50", 0.99, cjk_mass=0.0),  # plain Latin: never
+def test_only_plate_shaped_lines_where_chinese_was_sensed_go_to_the_specialist():
+    readings = [
+        Decoded("A·C4933", 0.97),  # province glyph dropped
         Decoded("皖A·C4933", 0.9),  # one Chinese character among Latin and digits
+        Decoded("TOTAL 12.50", 0.99),  # plate-shaped, but nothing Chinese was sensed (below)
         Decoded("比较文学成为一个有缺陷的词", 0.93),  # Chinese text stays with PP-OCRv6
-        Decoded("TOTAL", 0.99, cjk_mass=0.2),  # the draft sensed Chinese, the reading did not
+        Decoded("鸭", 0.9),  # a one-character sign is no plate
+        Decoded("QI", 0.6),  # nor are two Latin letters
     ]
-    readings = list(drafts[:4]) + [Decoded("TOTAL", 0.99, cjk_mass=0.01)]
-    assert needs_specialist(drafts, readings, min_mass=0.05) == [0, 2, 4]
-    assert needs_specialist(drafts, readings, min_mass=0.7) == [2]
-    assert has_cjk("京") and not has_cjk("Straße 12")
+    sensed = [True, True, False, True, True, True]
+    assert needs_specialist(readings, sensed) == [0, 1]
+    assert plate_shaped("皖AC4933") and plate_shaped("AC4933") and not plate_shaped("京A")
+
+
+def test_chinese_is_sensed_by_text_or_by_mass():
+    assert maybe_chinese(Decoded("皖AC4933", 0.9), min_mass=0.05)
+    assert maybe_chinese(Decoded("AC4933", 0.99, cjk_mass=0.4), min_mass=0.05)  # province glyph read as nothing
+    assert not maybe_chinese(Decoded("TOTAL", 0.99, cjk_mass=0.01), min_mass=0.05)
+    assert maybe_chinese(Decoded("TOTAL", 0.99, cjk_mass=0.01), min_mass=0.005)
 
 
 def test_the_specialist_reading_is_kept_only_when_it_holds_chinese():
@@ -84,12 +92,6 @@ def test_only_unsure_or_empty_drafts_are_rechecked():
     assert needs_recheck(drafts, below=0.95) == [1, 2]
     assert needs_recheck(drafts, below=1.01) == [0, 1, 2, 3]  # everything goes to the accurate recogniser
     assert needs_recheck(drafts, below=0.0) == [2]
-
-
-def test_a_line_is_maybe_chinese_by_its_text_or_by_its_chinese_mass():
-    assert maybe_chinese(Decoded("皖AC4933", 0.9), min_mass=0.05)
-    assert maybe_chinese(Decoded("AC4933", 0.99, cjk_mass=0.4), min_mass=0.05)  # province glyph read as nothing
-    assert not maybe_chinese(Decoded("TOTAL", 0.99, cjk_mass=0.01), min_mass=0.05)
 
 
 def test_lines_read_on_a_thread_pool_come_back_in_input_order():

@@ -1,0 +1,135 @@
+"""Dev only: choose the engine's line rules on half a of eval-dev and confirm them on half b.
+
+Reads every eval-dev line crop (``lines/`` and ``zh/lines``) once with each recogniser of the
+default pack (PP-OCRv6 tiny, PP-OCRv6 small, PP-OCRv4), caches the readings, then replays the
+engine's own rule functions (``edge_ocr.engine.recognize``) over them for each candidate
+setting, per half (``bench/halves.py``: split by source image) and per source:
+
+* routing: which lines PP-OCRv4 reads (``needs_specialist`` and ``take_specialist``; ``all``
+  is the old rule, any line with Chinese sensed; ``none`` never);
+* ``specialist_mass``: Chinese mass in an accurate reading that counts as Chinese sensed;
+* ``draft_min_width``: single lines up to this width skip the draft.
+
+Cost is the recogniser work per line relative to reading it once with PP-OCRv6 small
+(PP-OCRv6 tiny measured at a fifth per column); p50 and p95 over the half's lines.
+
+    .venv/bin/python bench/rules.py [--cache /tmp/edge-ocr-rules.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import cv2
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from halves import halves  # noqa: E402
+
+from edge_ocr import scoring  # noqa: E402
+from edge_ocr.engine import recognize  # noqa: E402
+from edge_ocr.engine.decode import Decoded  # noqa: E402
+from edge_ocr.engine.ocr import EngineOptions, OcrEngine  # noqa: E402
+
+EVAL_DEV = Path(__file__).resolve().parents[2] / "shared" / "eval-dev"
+READERS = ("rec_fast", "rec", "rec_zh")
+TINY_COST = 1 / 4.5  # PP-OCRv6 tiny per column, relative to PP-OCRv6 small (bench: 2.9 vs 13.1 ms)
+
+
+def read_all(cache: Path) -> list[dict[str, Any]]:
+    if cache.is_file():
+        return json.loads(cache.read_text(encoding="utf-8"))
+    engine = OcrEngine(EngineOptions(threads=2))
+    rows = []
+    for folder in ("lines", "zh/lines"):
+        for record in (EVAL_DEV / folder / "labels.tsv").read_text(encoding="utf-8").splitlines():
+            file, label, _, source = record.split("\t")[:4]
+            crop = cv2.imread(str(EVAL_DEV / folder / file))
+            row: dict[str, Any] = {"file": file, "label": label, "source": source.split("(")[0],
+                                   "width": recognize.line_width(crop, engine.rec.stage.height)}
+            for name in READERS:
+                model = getattr(engine, name)
+                stage = model.stage
+                (decoded,) = recognize.recognize([crop], model.run, stage.charset, stage.height, stage.min_width,
+                                                 stage.width or stage.height * 64, 1)
+                row[name] = [decoded.text, decoded.score, decoded.cjk_mass]
+            rows.append(row)
+    cache.write_text(json.dumps(rows, ensure_ascii=False), encoding="utf-8")
+    return rows
+
+
+def replay(row: dict[str, Any], routing: str, draft_min_width: float, specialist_mass: float = 0.005,
+           recheck_below: float = 0.95, draft_mass: float = 0.05) -> tuple[str, float]:
+    """(text, cost) of one single-line read under the given rules, as OcrEngine._read does it."""
+    tiny, small, v4 = (Decoded(*row[name]) for name in READERS)
+    width = max(row["width"], 160) / 160  # PP-OCRv6 small pads to 160 px
+    if row["width"] <= draft_min_width:
+        draft = reading = small
+        cost = width
+    else:
+        draft, cost = tiny, width * TINY_COST
+        reading = small if recognize.needs_recheck([tiny], recheck_below) else tiny
+        cost += width if reading is small else 0.0
+    reading_mass = specialist_mass if reading is small else draft_mass
+    sensed = recognize.maybe_chinese(draft, draft_mass) or recognize.maybe_chinese(reading, reading_mass)
+    if routing == "all" and (recognize.maybe_chinese(draft, draft_mass) or recognize.maybe_chinese(reading, draft_mass)):
+        return v4.text, cost + width
+    if routing == "plate" and recognize.needs_specialist([reading], [sensed]):
+        return recognize.take_specialist(reading, v4).text, cost + width
+    return reading.text, cost
+
+
+def figures(rows: list[dict[str, Any]], read: Callable[[dict[str, Any]], tuple[str, float]]) -> dict[str, float]:
+    texts = [read(r) for r in rows]
+    costs = sorted(c for _, c in texts)
+    n = max(len(rows), 1)
+    return {
+        "alnum": 100 * sum(scoring.alnum(t) == scoring.alnum(r["label"]) for r, (t, _) in zip(rows, texts)) / n,
+        "exact": 100 * sum(scoring.relaxed(t) == scoring.relaxed(r["label"]) for r, (t, _) in zip(rows, texts)) / n,
+        "cer": 100 * sum(scoring.cer(scoring.relaxed(r["label"]), scoring.relaxed(t)) for r, (t, _) in zip(rows, texts)) / n,
+        "cost_p50": costs[len(costs) // 2] if costs else 0.0,
+        "cost_p95": costs[int(0.95 * (len(costs) - 1))] if costs else 0.0,
+    }
+
+
+CANDIDATES = {
+    "specialist_mass": [(str(m), dict(routing="plate", draft_min_width=320, specialist_mass=m))
+                        for m in (0.05, 0.02, 0.01, 0.005, 0.0)],
+    "routing": [("all", dict(routing="all", draft_min_width=320)), ("none", dict(routing="none", draft_min_width=320)),
+                ("plate", dict(routing="plate", draft_min_width=320))],
+    "draft_min_width": [(str(w), dict(routing="plate", draft_min_width=w)) for w in (0, 240, 320, 480)]
+    + [("all lines (no draft)", dict(routing="plate", draft_min_width=float("inf")))],
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    ap.add_argument("--cache", type=Path, default=Path("/tmp/edge-ocr-rules.json"))
+    args = ap.parse_args(argv)
+    rows = read_all(args.cache)
+    half = halves({r["file"]: r["source"] for r in rows})
+    sources = sorted({r["source"] for r in rows})
+    for rule, candidates in CANDIDATES.items():
+        print("\n### %s\n" % rule)
+        print("| half | %s | alnum / exact / CER per source | cost p50 / p95 |" % rule)
+        print("|---|---|---|---|")
+        for part in "ab":
+            in_half = [r for r in rows if half[r["file"]] == part]
+            for name, settings in candidates:
+                cells = []
+                for source in sources:
+                    group = [r for r in in_half if r["source"] == source]
+                    if group:
+                        f = figures(group, lambda r: replay(r, **settings))
+                        cells.append("%s %.1f / %.1f / %.2f" % (source, f["alnum"], f["exact"], f["cer"]))
+                total = figures(in_half, lambda r: replay(r, **settings))
+                print("| %s | %s | %s | %.2f / %.2f |" % (part, name, "; ".join(cells), total["cost_p50"], total["cost_p95"]))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
