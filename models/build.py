@@ -254,8 +254,8 @@ PACKS: tuple[PackSpec, ...] = (
     PackSpec(
         name="ppocrv6-small",
         description=(
-            "PP-OCRv6 small det; PP-OCRv6 tiny drafts every line, PP-OCRv6 small rec (18708 characters) re-reads "
-            "unsure ones, PP-OCRv4 rec reads lines with Chinese; the most accurate pack"
+            "PP-OCRv6 small det; PP-OCRv6 tiny drafts long lines, PP-OCRv6 small rec (18708 characters) reads short "
+            "single lines and re-reads unsure drafts, PP-OCRv4 rec reads plate-shaped lines; the most accurate pack"
         ),
         languages=("ch", "en", "ja"),
         licence="Apache-2.0",

@@ -36,10 +36,6 @@ ENGINE_TESTS = ("tests/engine/test_decode.py", "tests/engine/test_detect.py", "t
 DISTRIBUTIONS = ("numpy", "onnxruntime", "opencv-python-headless", "psutil", "pytest")
 PI4_CPU = "cortex-a72"
 PI5_CPU = "cortex-a76"
-# Measured: on the Cortex-A76 model (fp16/dotprod NEON kernels) the fp32 page gains two borderline
-# lines the x86_64 and Cortex-A72 runs do not find (a different line count is never "close enough");
-# the line crops agree. strict: notice when it changes.
-PI5_PAGE_DIFFERS = pytest.mark.xfail(strict=True, reason="fp32 page: 2 extra borderline lines on Cortex-A76")
 CPUS = [pytest.param(PI4_CPU, id="pi4-cortex-a72"), pytest.param(PI5_CPU, id="pi5-cortex-a76")]
 
 
@@ -147,7 +143,7 @@ def test_line_crops_read_the_same_as_on_x86(arm64, eval_images, x86_lines, cpu):
     assert got == expected
 
 
-@pytest.mark.parametrize("cpu", [CPUS[0], pytest.param(PI5_CPU, id="pi5-cortex-a76", marks=PI5_PAGE_DIFFERS)])
+@pytest.mark.parametrize("cpu", CPUS)
 def test_page_reads_the_same_as_on_x86_in_fp32(arm64, eval_images, cpu):
     """Detection + recognition of a whole page, fp32. (int8 is not compared on pages: ONNX Runtime's
     x86 and Arm int8 kernels round differently, which moves borderline detection boxes: lines

@@ -182,7 +182,7 @@ class OcrEngine:
         drafts are re-read; drafts too poor to be text are dropped instead. Of single lines
         and regions, the short ones go straight to the accurate recogniser (at their width it
         costs little more than a draft, and drafts err most on short words) and only the long
-        ones are drafted. Plate-like lines then go to the Chinese specialist (see
+        ones are drafted. Plate-shaped lines then go to the Chinese specialist (see
         ``recognize.needs_specialist``).
         """
         if self.rec_fast is None:
