@@ -35,7 +35,7 @@ from edge_ocr.errors import ConfigError, EdgeOcrError
 from edge_ocr.guard import Guard, GuardLimits, GuardState, Level
 from edge_ocr.notify import Notifier
 from edge_ocr.results import Result, Status, status_for
-from edge_ocr.sinks.http import HttpServer, load_token, make_app
+from edge_ocr.sinks.http import HttpServer, make_app
 from edge_ocr.pipeline import Engine, Pipeline, Sink
 from edge_ocr.sinks.files import ResultFiles
 from edge_ocr.sinks.mqtt import MqttSink, probe
@@ -227,7 +227,7 @@ class App:
             ready=self._ready,
             config_json=lambda: config_to_json(self.config),
             accepting=lambda: self.guard is None or self.guard.state.level is not Level.HARD,
-            token=load_token(cfg.token_file),
+            token=cfg.token,
             max_upload_mb=cfg.max_upload_mb,
         )
         self.http = HttpServer(app, bind=cfg.bind)

@@ -27,6 +27,7 @@ if TYPE_CHECKING:
 SYSTEM_CONFIG = Path("/etc/edge-ocr/config.toml")
 SYSTEM_STATE = Path("/var/lib/edge-ocr")
 CREDENTIAL_PASSWORD = "mqtt_password"  # systemd LoadCredential= name looked up when password_file is unset
+CREDENTIAL_TOKEN = "http_token"  # ... and when http.token_file is unset
 NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
 
@@ -167,6 +168,7 @@ class HttpConfig:
     enabled: bool = True
     bind: str = "127.0.0.1:8080"
     token_file: str = ""
+    token: Secret | None = None  # read from token_file (or the http_token credential) when the config loads
     max_upload_mb: float = 20.0
     cache_entries: int = 32  # results of recent identical requests answered without OCR; 0 = off
 
@@ -270,7 +272,7 @@ def load_config(path: str | os.PathLike[str] | None = None, environ: Mapping[str
     top = _Table(data, "", base)
     engine = _engine(top.table("engine"))
     mqtt = _mqtt(top.table("mqtt"), state, env)
-    http = _http(top.table("http"))
+    http = _http(top.table("http"), env)
     guard = _guard(top.table("guard"))
     pipeline = _pipeline(top.table("pipeline"))
     raw_sources = top.take("sources", None)
@@ -510,14 +512,20 @@ def _mqtt(t: _Table, state: Path, env: Mapping[str, str]) -> MqttConfig:
     return cfg
 
 
-def _http(t: _Table) -> HttpConfig:
+def _http(t: _Table, env: Mapping[str, str]) -> HttpConfig:
     enabled = t.flag("enabled", True)
     bind = t.text("bind", "127.0.0.1:8080")
     host, sep, port = bind.rpartition(":")
     # Port 0 asks the kernel for a free port (tests, several instances on one box).
     if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
         raise ConfigError("%s: expected HOST:PORT, got %r" % (t.key("bind"), bind))
-    cfg = HttpConfig(enabled=enabled, bind=bind, token_file=t.text("token_file", ""),
+    # Resolved like mqtt.password_file: under $CREDENTIALS_DIRECTORY, then beside the config file.
+    token_file, token = _read_secret(t, "token_file", env, CREDENTIAL_TOKEN)
+    if token is not None:
+        token = Secret(token.reveal().strip())
+        if not token.reveal():
+            raise ConfigError("%s: the token file is empty" % t.key("token_file"))
+    cfg = HttpConfig(enabled=enabled, bind=bind, token_file=token_file, token=token,
                      max_upload_mb=t.number("max_upload_mb", 20.0, 0.1, 1024.0),
                      cache_entries=t.integer("cache_entries", 32, 0, 100_000))
     t.done()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import replace
 from pathlib import Path
@@ -12,6 +13,7 @@ from edge_ocr.config import (
     FolderSourceConfig,
     Secret,
     config_diff,
+    config_to_json,
     default_state_dir,
     find_config,
     is_live,
@@ -84,7 +86,7 @@ def test_documented_example_has_every_key_and_loads():
     text = (REPO / "config" / "edge-ocr.toml").read_text()
     for section in (config.engine, config.mqtt, config.http, config.guard, config.pipeline, config.sources[0]):
         for name in section.__dataclass_fields__:
-            if name not in ("password", "type"):
+            if name not in ("password", "token", "type"):  # secrets: read from their *_file keys
                 assert "\n%s = " % name in text or "\n# %s = " % name in text, name
 
 
@@ -100,6 +102,26 @@ def test_secrets_come_from_files_and_never_show(tmp_path):
     assert config.mqtt.password is not None and config.mqtt.password.reveal() == "from-systemd"
     with pytest.raises(ConfigError, match="mqtt.password_file: file not found"):
         load(tmp_path, '[mqtt]\nusername = "u"\npassword_file = "missing"\n')
+
+
+def test_the_http_token_is_resolved_like_the_mqtt_password(tmp_path):
+    (tmp_path / "token").write_text("  s3cret-token \n")  # beside the config file, surrounding blanks dropped
+    config = load(tmp_path, '[http]\ntoken_file = "token"\n')
+    assert config.http.token is not None and config.http.token.reveal() == "s3cret-token"
+    assert "s3cret-token" not in repr(config) and "s3cret-token" not in json.dumps(config_to_json(config))
+    creds = tmp_path / "creds"
+    creds.mkdir()
+    (creds / "token").write_text("from-credentials-dir")  # a relative name is looked up there first
+    config = load(tmp_path, '[http]\ntoken_file = "token"\n', {"CREDENTIALS_DIRECTORY": str(creds)})
+    assert config.http.token.reveal() == "from-credentials-dir"
+    (creds / "http_token").write_text("from-systemd")  # LoadCredential=http_token, no token_file
+    assert load(tmp_path, "", {"CREDENTIALS_DIRECTORY": str(creds)}).http.token.reveal() == "from-systemd"
+    assert load(tmp_path, "").http.token is None
+    (tmp_path / "blank").write_text("\n")
+    with pytest.raises(ConfigError, match="http.token_file: the token file is empty"):
+        load(tmp_path, '[http]\ntoken_file = "blank"\n')
+    with pytest.raises(ConfigError, match="http.token_file: file not found"):
+        load(tmp_path, '[http]\ntoken_file = "missing"\n')
 
 
 def test_reload_diff_splits_live_keys_from_restart_keys(tmp_path):

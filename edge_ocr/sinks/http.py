@@ -154,23 +154,6 @@ def make_app(
     return api.app
 
 
-def load_token(token_file: str) -> Secret | None:
-    """The bearer token in ``token_file`` (surrounding whitespace stripped), or None if unset.
-
-    Raises ConfigError naming ``http.token_file`` when the file is unreadable or empty.
-    """
-    if not token_file:
-        return None
-    try:
-        with open(token_file, encoding="utf-8") as fh:
-            value = fh.read().strip()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError("http.token_file: cannot read %s: %s" % (token_file, getattr(exc, "strerror", exc))) from exc
-    if not value:
-        raise ConfigError("http.token_file: %s is empty" % token_file)
-    return Secret(value)
-
-
 class _Api:
     """The routes, the access plugin and the OCR slots of one app (glances' layout: one
     private Bottle, all routes in ``_route()``, auth installed once as a plugin)."""
@@ -778,4 +761,4 @@ def _close_all(socket_map: dict[int, Any]) -> None:
     socket_map.clear()
 
 
-__all__ = ["ERROR_STATUS", "HttpServer", "OcrFn", "load_token", "make_app", "parse_bind"]
+__all__ = ["ERROR_STATUS", "HttpServer", "OcrFn", "make_app", "parse_bind"]

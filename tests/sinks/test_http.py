@@ -23,7 +23,7 @@ from edge_ocr.config import Secret
 from edge_ocr.engine.types import Region
 from edge_ocr.errors import ConfigError, EdgeOcrError, ImageError, SinkError, UnsupportedImage
 from edge_ocr.results import Result, Status, status_for
-from edge_ocr.sinks.http import ERROR_STATUS, HttpServer, load_token, make_app
+from edge_ocr.sinks.http import ERROR_STATUS, HttpServer, make_app
 
 TOKEN = "s3cret-token-for-tests"
 PAGE_IMAGE = "ic15_050210840803.jpg"  # an ICDAR-2015 scene photo: STARBUCKS COFFEE, fast to read
@@ -514,19 +514,6 @@ def test_make_app_refuses_unusable_settings(backend):
         backend.app(token="  ")
     with pytest.raises(ConfigError, match="ocr_slots"):
         backend.app(ocr_slots=0)
-
-
-def test_load_token_reads_and_checks_the_file(tmp_path):
-    path = tmp_path / "token"
-    path.write_text(" %s\n" % TOKEN)
-    token = load_token(str(path))
-    assert token is not None and token.reveal() == TOKEN and TOKEN not in repr(token)
-    assert load_token("") is None
-    path.write_text("\n")
-    with pytest.raises(ConfigError, match=r"http.token_file: .* is empty"):
-        load_token(str(path))
-    with pytest.raises(ConfigError, match=r"http.token_file: cannot read"):
-        load_token(str(tmp_path / "missing"))
 
 
 # -- the server on a real port --------------------------------------------------------------------------
