@@ -35,6 +35,7 @@ from edge_ocr.errors import ConfigError, EdgeOcrError
 from edge_ocr.guard import Guard, GuardLimits, GuardState, Level
 from edge_ocr.notify import Notifier
 from edge_ocr.results import Result, Status, status_for
+from edge_ocr.readiness import Readiness, daemon_readiness
 from edge_ocr.sinks.http import HttpServer, make_app
 from edge_ocr.pipeline import Engine, Pipeline, Sink
 from edge_ocr.sinks.files import ResultFiles
@@ -253,13 +254,15 @@ class App:
     def _latest_result(self, source: str | None) -> Result | None:
         return self._newest if source is None else self._latest.get(source)
 
-    def _ready(self) -> tuple[bool, dict[str, object]]:
-        sources = {name: s.status.value for name, s in self.sources.items()}
-        guard = self.guard.state.to_dict() if self.guard is not None else {"level": "ok"}
-        mqtt = "disabled" if self.mqtt is None else ("connected" if self.mqtt.connected else "spooling")
-        ok = self.engine is not None and self.pipeline is not None and guard.get("level") != Level.HARD.value
-        return ok, {"model": {"name": self.model[0], "version": self.model[1], "loaded": self.engine is not None},
-                    "sources": sources, "mqtt": mqtt, "guard": guard}
+    def _ready(self) -> Readiness:
+        return daemon_readiness(
+            model=self.model,
+            model_loaded=self.engine is not None,
+            pipeline_running=self.pipeline is not None,
+            sources={name: s.status.value for name, s in self.sources.items()},
+            mqtt="disabled" if self.mqtt is None else ("connected" if self.mqtt.connected else "spooling"),
+            guard=self.guard.state.to_dict() if self.guard is not None else {"level": "ok"},
+        )
 
     def _metrics(self) -> str:
         text = self.stats.to_prometheus()

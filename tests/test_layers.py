@@ -8,7 +8,8 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "edge_ocr"
 
-LEAVES = ("edge_ocr.errors", "edge_ocr.results", "edge_ocr.config", "edge_ocr.engine.types", "edge_ocr.stats")
+LEAVES = ("edge_ocr.errors", "edge_ocr.results", "edge_ocr.config", "edge_ocr.engine.types", "edge_ocr.stats",
+          "edge_ocr.readiness")
 
 # module prefix → edge_ocr modules it may import (a prefix allows everything below it)
 ALLOWED: dict[str, tuple[str, ...]] = {
@@ -18,6 +19,7 @@ ALLOWED: dict[str, tuple[str, ...]] = {
     "edge_ocr.results": ("edge_ocr.engine.types", "edge_ocr.errors"),
     "edge_ocr.config": ("edge_ocr.errors", "edge_ocr.engine.types", "edge_ocr.engine.ocr"),
     "edge_ocr.stats": ("edge_ocr.errors",),
+    "edge_ocr.readiness": (),
     "edge_ocr.notify": ("edge_ocr.errors",),
     "edge_ocr.cache": ("edge_ocr.engine.types",),
     "edge_ocr.guard": ("edge_ocr.config", "edge_ocr.stats", "edge_ocr.errors"),

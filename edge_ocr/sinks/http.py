@@ -42,6 +42,7 @@ from waitress.task import ErrorTask
 from edge_ocr.config import NAME_RE, Secret
 from edge_ocr.engine.types import Region
 from edge_ocr.errors import ConfigError, ImageError, SinkError
+from edge_ocr.readiness import Readiness
 from edge_ocr.results import Result
 
 log = logging.getLogger(__name__)
@@ -112,7 +113,7 @@ def make_app(
     sources: Callable[[], Collection[str]],
     stats: Callable[[], Mapping[str, Any]],
     metrics: Callable[[], str],
-    ready: Callable[[], tuple[bool, Mapping[str, Any]]],
+    ready: Callable[[], Readiness],
     config_json: Callable[[], Mapping[str, Any]],
     accepting: Callable[[], bool] = lambda: True,
     token: str | Secret | None = None,
@@ -167,7 +168,7 @@ class _Api:
         sources: Callable[[], Collection[str]],
         stats: Callable[[], Mapping[str, Any]],
         metrics: Callable[[], str],
-        ready: Callable[[], tuple[bool, Mapping[str, Any]]],
+        ready: Callable[[], Readiness],
         config_json: Callable[[], Mapping[str, Any]],
         accepting: Callable[[], bool],
         token: bytes | None,
@@ -229,13 +230,11 @@ class _Api:
         return _response(200, self._page, headers)
 
     def readyz(self) -> bottle.HTTPResponse:
-        ok, details = self._ready()
-        body: dict[str, Any] = {"ready": bool(ok), **details}
-        if not ok:
-            failing = sorted(k for k, v in details.items() if v is False)
-            reason = "not ready: %s" % ", ".join(failing) if failing else "not ready"
-            body["error"] = {"code": "not_ready", "message": reason}
-        return _json(200 if ok else 503, body)
+        readiness = self._ready()
+        body = readiness.to_json()
+        if not readiness.ready:
+            body["error"] = {"code": "not_ready", "message": readiness.reason}
+        return _json(200 if readiness.ready else 503, body)
 
     def metrics(self) -> bottle.HTTPResponse:
         text = self._metrics()

@@ -23,6 +23,7 @@ from edge_ocr.config import Secret
 from edge_ocr.engine.types import Region
 from edge_ocr.errors import ConfigError, EdgeOcrError, ImageError, SinkError, UnsupportedImage
 from edge_ocr.results import Result, Status, status_for
+from edge_ocr.readiness import Readiness, daemon_readiness
 from edge_ocr.sinks.http import ERROR_STATUS, HttpServer, make_app
 
 TOKEN = "s3cret-token-for-tests"
@@ -60,6 +61,17 @@ class Backend:
     is_ready: bool = True
     is_accepting: bool = True
 
+    def ready(self) -> Readiness:
+        """The daemon's own readiness rule, over parts this backend pretends to have."""
+        return daemon_readiness(
+            model=("ppocrv6-small", "1"),
+            model_loaded=True,
+            pipeline_running=True,
+            sources={"inbox": "online" if self.is_ready else "offline"},
+            mqtt="connected",
+            guard={"level": "ok"},
+        )
+
     def capture(self, source: str | None) -> tuple[bool, str]:
         self.captures.append(source)
         return self.capture_ok, "rescan requested" if self.capture_ok else "camera offline"
@@ -77,7 +89,7 @@ class Backend:
             sources=lambda: ("inbox", "meter"),
             stats=lambda: {"jobs_total": 3, "queue_depth": 0},
             metrics=lambda: "# TYPE edge_ocr_jobs_total counter\nedge_ocr_jobs_total 3",
-            ready=lambda: (self.is_ready, {"model": True, "mqtt": self.is_ready, "guard": {"level": "ok"}}),
+            ready=self.ready,
             config_json=lambda: {"http": {"bind": "127.0.0.1:8080", "token_file": "***"}, "path": Path("/etc/x")},
             accepting=lambda: self.is_accepting,
             **settings,
@@ -159,11 +171,17 @@ def test_healthz_is_liveness_json(client):
 def test_readyz_is_200_when_ready_and_503_with_an_error_when_not(backend, client):
     ready = client.get("/readyz")
     assert ready.status_code == 200
-    assert ready.json() == {"ready": True, "model": True, "mqtt": True, "guard": {"level": "ok"}}
+    assert ready.json() == {
+        "ready": True,
+        "model": {"name": "ppocrv6-small", "version": "1", "loaded": True},
+        "sources": {"inbox": "online"},
+        "mqtt": "connected",
+        "guard": {"level": "ok"},
+    }
     backend.is_ready = False
     body = assert_error(client.get("/readyz"), 503, "not_ready")
-    assert body["ready"] is False and body["mqtt"] is False
-    assert "mqtt" in body["error"]["message"]
+    assert body["ready"] is False and body["sources"] == {"inbox": "offline"}
+    assert body["error"]["message"] == "not ready: source inbox offline"
 
 
 def test_metrics_is_prometheus_text_with_the_http_counters(client):
