@@ -28,6 +28,7 @@ import logging
 import re
 import socket
 import threading
+import time
 from collections.abc import Callable, Collection, Mapping
 from importlib import resources
 from io import BytesIO
@@ -632,10 +633,67 @@ class _JsonErrorTask(ErrorTask):
         self.set_close_on_finish()
         self.content_length = len(body)
         self.write(body)
+        self.channel.linger_on_close = True  # the client may still be sending the body we refused
+
+
+LINGER_BYTES = 256 * 1024 * 1024  # a refused body read and dropped after the answer, at most
 
 
 class _JsonErrorChannel(HTTPChannel):
+    """waitress's channel, with its refusals as JSON and a lingering close after them.
+
+    waitress answers 413 as soon as the headers announce a body over the cap, then closes. A
+    client that sends its whole body before reading the answer (urllib, requests, Node-RED's
+    http request node) would then get "connection reset by peer": the kernel resets a socket
+    closed with unread data. So, as nginx and Apache do, after such an answer the channel
+    shuts down its sending side and reads and drops what still arrives, until the client
+    closes, ``LINGER_BYTES`` have come, or the channel times out; then it closes.
+    """
+
     error_task_class = _JsonErrorTask
+    linger_on_close = False
+    _lingering = False
+    _linger_left = 0
+
+    def handle_close(self) -> None:
+        if self.linger_on_close and not self._lingering and self.connected and self.socket is not None:
+            try:
+                self.socket.shutdown(socket.SHUT_WR)  # the answer is flushed; the client sees EOF after it
+            except OSError:
+                super().handle_close()
+                return
+            self._lingering, self._linger_left = True, LINGER_BYTES
+            self.will_close = self.close_when_flushed = False
+            return
+        self._lingering = False
+        super().handle_close()
+
+    def readable(self) -> bool:
+        return True if self._lingering else super().readable()
+
+    def writable(self) -> bool:
+        # While lingering, only the idle timeout (which sets will_close) ends the wait early.
+        return self.will_close if self._lingering else super().writable()
+
+    def handle_write(self) -> None:
+        if self._lingering:
+            self.handle_close()
+        else:
+            super().handle_write()
+
+    def handle_read(self) -> None:
+        if not self._lingering:
+            super().handle_read()
+            return
+        try:
+            data = self.recv(self.adj.recv_bytes)  # b"" once the client closes (recv closes us then)
+        except OSError:
+            self.handle_close()
+            return
+        self.last_activity = time.time()
+        self._linger_left -= len(data)
+        if self._lingering and self._linger_left <= 0:
+            self.handle_close()
 
 
 class HttpServer:

@@ -10,6 +10,8 @@ import socket
 import struct
 import threading
 import time
+import urllib.error
+import urllib.request
 import zlib
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -610,6 +612,20 @@ def test_over_the_cap_on_the_wire_is_json_413_from_us_or_from_waitress(backend, 
         assert chunked.status_code == 200 and chunked.json()["text"] == photo_text
         assert_error(client.post("/api/ocr", content=iter([slightly]), headers={"Content-Type": "image/jpeg"}), 413,
                      "upload_too_large")
+    with httpx.Client(base_url=server.url, timeout=TIMEOUT_S) as client:
+        assert_serving(client, photo, photo_text)
+
+
+def test_a_client_that_sends_a_huge_body_before_reading_still_gets_the_json_413(backend, serve, photo, photo_text):
+    """urllib, requests and Node-RED send the whole body (no Expect: 100-continue) and only then
+    read: the 413 must reach them, not a connection reset."""
+    server = serve(backend.app(max_upload_mb=0.5))
+    request = urllib.request.Request(server.url + "/api/ocr", data=b"\xff" * (60 * 1024 * 1024),
+                                     headers={"Content-Type": "image/jpeg"}, method="POST")
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(request, timeout=TIMEOUT_S)
+    assert refused.value.code == 413
+    assert json.loads(refused.value.read())["error"]["code"] == "upload_too_large"
     with httpx.Client(base_url=server.url, timeout=TIMEOUT_S) as client:
         assert_serving(client, photo, photo_text)
 
