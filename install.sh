@@ -50,7 +50,7 @@ pip_constraints() {
 
 # Debian packages the tests use for real: a broker (tests start their own on a free loopback
 # port, never the system service), openssl for its TLS certificates, headless Chromium for the
-# try-it page, systemd-analyze for the unit; for the proofs (root only): systemd-nspawn and
+# try-it page, systemd-analyze for the unit, promtool (Debian's prometheus package) for /metrics; for the proofs (root only): systemd-nspawn and
 # debootstrap (the service under a booted systemd), qemu-user-static (the engine on aarch64).
 dev_system_packages() {
     local missing=()
@@ -63,6 +63,10 @@ dev_system_packages() {
         command -v systemd-nspawn >/dev/null 2>&1 || missing+=(systemd-container)
         command -v debootstrap >/dev/null 2>&1 || missing+=(debootstrap)
         command -v qemu-aarch64-static >/dev/null 2>&1 || missing+=(qemu-user-static)
+    fi
+    if is_root && ! command -v promtool >/dev/null 2>&1; then
+        # Only its promtool, which lints /metrics: without the recommended node exporter service.
+        apt_install --no-install-recommends prometheus
     fi
     [ ${#missing[@]} -eq 0 ] && return 0
     if is_root; then

@@ -28,12 +28,12 @@ from typing import Any
 import cv2
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from halves import halves  # noqa: E402
+from halves import halves
 
-from edge_ocr import scoring  # noqa: E402
-from edge_ocr.engine import recognize  # noqa: E402
-from edge_ocr.engine.decode import Decoded  # noqa: E402
-from edge_ocr.engine.ocr import EngineOptions, OcrEngine  # noqa: E402
+from edge_ocr import scoring
+from edge_ocr.engine import recognize
+from edge_ocr.engine.decode import Decoded
+from edge_ocr.engine.ocr import EngineOptions, OcrEngine
 
 EVAL_DEV = Path(__file__).resolve().parents[2] / "shared" / "eval-dev"
 READERS = ("rec_fast", "rec", "rec_zh")
@@ -128,9 +128,9 @@ def main(argv: list[str] | None = None) -> int:
                     if not group:
                         cells.append("")
                         continue
-                    f = figures(group, lambda r: replay(r, **settings))
+                    f = figures(group, lambda r, settings=settings: replay(r, **settings))
                     cells.append("%.2f" % f["cer"] if source in zh else "%.1f" % f["alnum"])
-                total = figures(in_half, lambda r: replay(r, **settings))
+                total = figures(in_half, lambda r, settings=settings: replay(r, **settings))
                 print("| %s | %s | %s | %.2f / %.2f |" % (part, name, " | ".join(cells), total["cost_p50"], total["cost_p95"]))
     return 0
 

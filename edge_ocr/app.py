@@ -17,7 +17,9 @@ from collections.abc import Callable
 from dataclasses import fields, replace
 from functools import partial
 from pathlib import Path
+from typing import TYPE_CHECKING, TypeVar
 
+from edge_ocr.cache import OutputCache, content_key
 from edge_ocr.config import (
     CameraSourceConfig,
     Config,
@@ -29,16 +31,15 @@ from edge_ocr.config import (
     is_live,
     load_config,
 )
-from edge_ocr.cache import OutputCache, content_key
 from edge_ocr.engine.types import Region
 from edge_ocr.errors import ConfigError, EdgeOcrError
 from edge_ocr.guard import Guard, GuardLimits, GuardState, Level
 from edge_ocr.notify import Notifier
-from edge_ocr.results import Result, Status, status_for
-from edge_ocr.readiness import Readiness, daemon_readiness
-from edge_ocr.sinks.http import HttpServer, make_app
 from edge_ocr.pipeline import Engine, Pipeline, Sink
+from edge_ocr.readiness import Readiness, daemon_readiness
+from edge_ocr.results import Result, status_for
 from edge_ocr.sinks.files import ResultFiles
+from edge_ocr.sinks.http import HttpServer, make_app
 from edge_ocr.sinks.mqtt import MqttSink, probe
 from edge_ocr.sources.base import SourceStatus
 from edge_ocr.sources.camera import CameraSource
@@ -46,7 +47,12 @@ from edge_ocr.sources.camera import probe as probe_camera
 from edge_ocr.sources.folder import FolderSource
 from edge_ocr.stats import Stats
 
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
 log = logging.getLogger(__name__)
+# A config section (a dataclass), for merging its live keys on reload.
+Section = TypeVar("Section", bound="DataclassInstance")
 
 EngineFactory = Callable[[EngineConfig], tuple[Engine, tuple[str, str]]]
 JOIN_TIMEOUT_S = 5.0
@@ -148,9 +154,9 @@ class App:
         self.pipeline.start()
         files = ResultFiles()
         for scfg in folder_cfgs:
-            source = FolderSource(scfg, self.pipeline.submit, files, self.stats, self._on_source_status)
-            self.sources[scfg.name] = source
-            thread = threading.Thread(target=source.run, args=(self.stop_event,), name="source:%s" % scfg.name,
+            folder = FolderSource(scfg, self.pipeline.submit, files, self.stats, self._on_source_status)
+            self.sources[scfg.name] = folder
+            thread = threading.Thread(target=folder.run, args=(self.stop_event,), name="source:%s" % scfg.name,
                                       daemon=True)
             thread.start()
             self._threads.append(thread)
@@ -352,18 +358,17 @@ class App:
 
     @staticmethod
     def _with_live(old: Config, new: Config) -> Config:
-        def take(a: object, b: object, section: str) -> object:
-            live = {f.name: getattr(b, f.name) for f in fields(a)  # type: ignore[arg-type]
-                    if is_live("%s.%s" % (section, f.name))}
-            return replace(a, **live)  # type: ignore[type-var]
+        def take(a: Section, b: Section, section: str) -> Section:
+            live = {f.name: getattr(b, f.name) for f in fields(a) if is_live("%s.%s" % (section, f.name))}
+            return replace(a, **live)
 
         new_sources = {s.name: s for s in new.sources}
         sources: list[SourceConfig] = []
         for s in old.sources:
             n = new_sources.get(s.name)
-            sources.append(take(s, n, "sources.%s" % s.name) if type(n) is type(s) else s)  # type: ignore[arg-type]
+            sources.append(take(s, n, "sources.%s" % s.name) if n is not None and type(n) is type(s) else s)
         return replace(old, engine=take(old.engine, new.engine, "engine"), mqtt=take(old.mqtt, new.mqtt, "mqtt"),
-                       sources=tuple(sources))  # type: ignore[arg-type]
+                       sources=tuple(sources))
 
 
 def check(config: Config, broker_timeout_s: float = 5.0) -> list[str]:

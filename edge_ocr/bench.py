@@ -82,6 +82,8 @@ def camera_frames(eval_dev: Path, limit: int, out: Path) -> list[Path]:
     frames = []
     for source in sorted((eval_dev / "pages").glob("ic15_*.jpg"))[:limit]:
         image = cv2.imread(str(source))
+        if image is None:
+            raise ConfigError("bench: cannot read %s" % source)
         height, width = image.shape[:2]
         crop = image[(height - 480) // 2 : (height - 480) // 2 + 480, (width - 640) // 2 : (width - 640) // 2 + 640]
         target = out / source.name
@@ -106,7 +108,7 @@ def run_worker(config: BenchConfig, images: Sequence[Path], det: bool, warmup: i
     session_spans: list[tuple[float, float]] = []
     for model in (engine.det, engine.cls, engine.rec_fast, engine.rec, engine.rec_zh):
         if model is not None:
-            model.run = _timed(model.run, session_spans)  # type: ignore[method-assign]
+            model.run = _timed(model.run, session_spans)  # type: ignore[method-assign,assignment]  # timing wrapper on purpose
     loaded_ms = (time.perf_counter() - started) * 1000
     datas = [p.read_bytes() for p in images]
     first = engine(datas[0], det=det)

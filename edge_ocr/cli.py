@@ -13,6 +13,7 @@ import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
+from typing import ClassVar
 
 from edge_ocr import __version__
 from edge_ocr.errors import ConfigError, EdgeOcrError
@@ -25,7 +26,7 @@ EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 class _JournalFormatter(logging.Formatter):
     """Prefix the syslog level (``<4>``) when stderr is the journal, for ``journalctl -p``."""
 
-    LEVELS = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3, logging.CRITICAL: 2}
+    LEVELS: ClassVar[dict[int, int]] = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3, logging.CRITICAL: 2}
 
     def format(self, record: logging.LogRecord) -> str:
         return "<%d>%s" % (self.LEVELS.get(record.levelno, 6), super().format(record))

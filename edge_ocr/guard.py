@@ -22,6 +22,7 @@ import psutil
 
 from edge_ocr.config import GuardConfig
 from edge_ocr.errors import ConfigError
+from edge_ocr.stats import Family, Sample, render
 
 log = logging.getLogger(__name__)
 
@@ -275,20 +276,15 @@ class Guard:
     def to_prometheus(self, prefix: str = "edge_ocr_") -> str:
         """The guard's gauges in Prometheus text, for /metrics."""
         s = self._state
-        rows = [
-            ("guard_level", "memory guard level: 0 ok, 1 soft, 2 hard", "level", s.level.rank),
-            ("guard_rss_mb", "resident memory of this process", "MB", round(s.rss_mb, 1)),
+        families = [
+            Family("guard_level", "gauge", "level", "memory guard level: 0 ok, 1 soft, 2 hard", (Sample(s.level.rank),)),
+            Family("guard_rss_bytes", "gauge", "bytes", "resident memory of this process",
+                   (Sample(int(s.rss_mb * MB)),)),
         ]
         if s.available_mb is not None:
-            rows.append(("guard_available_mb", "memory available on the system", "MB", round(s.available_mb, 1)))
-        lines = []
-        for name, help_text, unit, value in rows:
-            lines += [
-                "# HELP %s%s %s (%s)" % (prefix, name, help_text, unit),
-                "# TYPE %s%s gauge" % (prefix, name),
-                "%s%s %s" % (prefix, name, value),
-            ]
-        return "\n".join(lines) + "\n"
+            families.append(Family("guard_available_bytes", "gauge", "bytes", "memory available on the system",
+                                   (Sample(int(s.available_mb * MB)),)))
+        return render(families, prefix)
 
 
 __all__ = ["Guard", "GuardLimits", "GuardState", "Level", "classify", "read_memory"]

@@ -1,11 +1,15 @@
 """Counters and gauges, each with help text and unit, as JSON (``<p>/stats``, /api/stats) or
 Prometheus text (/metrics). Thread-safe. stdlib only.
+
+``render`` is the one writer of the Prometheus text format: the guard's gauges and the HTTP
+API's own counters go through it too.
 """
 
 from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 
@@ -16,6 +20,17 @@ class Metric:
     unit: str
     help: str
     label: str = ""  # labelled metrics (one series per label value) are kept apart from snapshot()
+    # /metrics follows Prometheus's naming (base units: seconds, bytes); JSON keeps ``name``.
+    exposed: str = ""  # the Prometheus name, when it differs from ``name``
+    scale: float = 1.0  # multiplies values (and histogram bounds) for /metrics
+
+    @property
+    def prometheus_name(self) -> str:
+        return self.exposed or self.name
+
+    @property
+    def prometheus_unit(self) -> str:
+        return {"ms": "seconds", "s": "seconds", "MB": "bytes"}.get(self.unit, self.unit)
 
 
 # Upper bounds (ms) of the stage latency histogram: from a cropped digit to a dense receipt on a Pi.
@@ -35,16 +50,68 @@ METRICS: tuple[Metric, ...] = (
     Metric("frames_dropped_total", "counter", "frames", "camera frames dropped because the queue was full"),
     Metric("camera_errors_total", "counter", "errors", "failed camera opens and reads (each is retried)"),
     Metric("queue_depth", "gauge", "jobs", "jobs waiting for the engine"),
-    Metric("engine_last_ms", "gauge", "ms", "duration of the last engine call"),
+    Metric("engine_last_ms", "gauge", "ms", "duration of the last engine call", exposed="engine_last_seconds",
+           scale=0.001),
     Metric("mqtt_connected", "gauge", "bool", "1 while connected to the broker"),
     Metric("mqtt_published_total", "counter", "messages", "spooled messages acknowledged by the broker"),
     Metric("spool_depth", "gauge", "messages", "messages waiting in the on-disk spool"),
     Metric("spool_dropped_total", "counter", "messages", "oldest spool messages dropped at the bound"),
-    Metric("uptime_s", "gauge", "s", "seconds since the daemon started"),
+    Metric("uptime_s", "gauge", "s", "time since the daemon started", exposed="uptime_seconds"),
     Metric("lines_total", "counter", "lines", "text lines recognised"),
     Metric("errors_total", "counter", "results", "results with status error, by error code", label="code"),
-    Metric("stage_ms", "histogram", "ms", "engine stage latency, by stage", label="stage"),
+    Metric("stage_ms", "histogram", "ms", "engine stage latency, by stage", label="stage", exposed="stage_seconds",
+           scale=0.001),
 )
+
+
+@dataclass(frozen=True, slots=True)
+class Sample:
+    """One line of a family: ``<prefix><name><suffix>{labels} value``."""
+
+    value: float
+    labels: tuple[tuple[str, str], ...] = ()
+    suffix: str = ""  # histograms: "_bucket", "_sum", "_count"
+
+
+@dataclass(frozen=True, slots=True)
+class Family:
+    """A metric with its samples, as the text format groups them under one HELP and TYPE."""
+
+    name: str
+    kind: str  # counter | gauge | histogram
+    unit: str
+    help: str
+    samples: tuple[Sample, ...]
+
+
+def render(families: Iterable[Family], prefix: str = "edge_ocr_") -> str:
+    """The Prometheus text exposition format (version 0.0.4) of ``families``."""
+    lines = []
+    for family in families:
+        name = prefix + family.name
+        lines.append("# HELP %s %s (%s)" % (name, _escape_help(family.help), family.unit))
+        lines.append("# TYPE %s %s" % (name, family.kind))
+        for sample in family.samples:
+            labels = ",".join('%s="%s"' % (key, _escape_label(value)) for key, value in sample.labels)
+            lines.append("%s%s%s %s" % (name, sample.suffix, "{%s}" % labels if labels else "", _number(sample.value)))
+    return "\n".join(lines) + "\n" if lines else ""
+
+
+def _escape_help(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("\n", "\\n")
+
+
+def _escape_label(text: str) -> str:
+    return text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def _scaled(value: float, scale: float) -> float:
+    """``value`` in the base unit, rounded to drop float noise (0.001 * 5.0 is 0.005, not 0.005000000000000001)."""
+    return value if scale == 1.0 else round(value * scale, 9)
+
+
+def _number(value: float) -> str:
+    return repr(float(value)) if isinstance(value, float) else str(value)
 
 
 class Stats:
@@ -96,31 +163,31 @@ class Stats:
             self._values["uptime_s"] = round(time.monotonic() - self._started, 1)
             return dict(self._values)
 
-    def to_prometheus(self, prefix: str = "edge_ocr_") -> str:
-        lines = []
-        for name, value in self.snapshot().items():
-            m = self._metrics[name]
-            lines.append("# HELP %s%s %s (%s)" % (prefix, name, m.help, m.unit))
-            lines.append("# TYPE %s%s %s" % (prefix, name, m.kind))
-            lines.append("%s%s %s" % (prefix, name, repr(float(value)) if isinstance(value, float) else value))
+    def families(self) -> list[Family]:
+        """Every metric with its current samples (labelled ones after the plain ones)."""
+        values = self.snapshot()
         with self._lock:
             series = dict(self._series)
             histograms = {k: list(v) for k, v in self._histograms.items()}
+        out = []
+        for name, value in values.items():
+            m = self._metrics[name]
+            out.append(Family(m.prometheus_name, m.kind, m.prometheus_unit, m.help, (Sample(_scaled(value, m.scale)),)))
         for m in self._metrics.values():
             if not m.label:
                 continue
-            lines.append("# HELP %s%s %s (%s)" % (prefix, m.name, m.help, m.unit))
-            lines.append("# TYPE %s%s %s" % (prefix, m.name, m.kind))
-            for (name, label), value in sorted(series.items()):
-                if name == m.name:
-                    lines.append('%s%s{%s="%s"} %s' % (prefix, name, m.label, label, value))
+            samples = [Sample(value, ((m.label, label),)) for (name, label), value in sorted(series.items())
+                       if name == m.name]
             for (name, label), counts in sorted(histograms.items()):
                 if name != m.name:
                     continue
-                tag = '%s="%s"' % (m.label, label)
                 for bound, count in zip(LATENCY_BUCKETS_MS, counts):
-                    lines.append('%s%s_bucket{%s,le="%s"} %s' % (prefix, name, tag, bound, count))
-                lines.append('%s%s_bucket{%s,le="+Inf"} %s' % (prefix, name, tag, counts[-1]))
-                lines.append("%s%s_sum{%s} %s" % (prefix, name, tag, counts[-2]))
-                lines.append("%s%s_count{%s} %s" % (prefix, name, tag, counts[-1]))
-        return "\n".join(lines) + "\n"
+                    samples.append(Sample(count, ((m.label, label), ("le", repr(_scaled(bound, m.scale)))), "_bucket"))
+                samples.append(Sample(counts[-1], ((m.label, label), ("le", "+Inf")), "_bucket"))
+                samples.append(Sample(_scaled(counts[-2], m.scale), ((m.label, label),), "_sum"))
+                samples.append(Sample(counts[-1], ((m.label, label),), "_count"))
+            out.append(Family(m.prometheus_name, m.kind, m.prometheus_unit, m.help, tuple(samples)))
+        return out
+
+    def to_prometheus(self, prefix: str = "edge_ocr_") -> str:
+        return render(self.families(), prefix)

@@ -21,6 +21,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from edge_ocr.atomic import write_atomic
 from edge_ocr.engine.models import big_cores, cpu_capacities, load_pack
 from edge_ocr.engine.ocr import EngineOptions, OcrEngine
 
@@ -118,9 +119,7 @@ def tune(pack: str, runs: int = 3) -> Tuning:
 def save(tuning: Tuning, state_dir: Path) -> Path:
     path = state_dir / TUNE_FILE
     state_dir.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(tuning.to_json(), encoding="utf-8")
-    os.replace(tmp, path)
+    write_atomic(path, tuning.to_json().encode("utf-8"))
     return path
 
 
@@ -149,9 +148,6 @@ def apply(options: EngineOptions, tuning: Tuning | None) -> EngineOptions:
         log.info("tuning is for pack=%s version=%s, not %s %s: not used", tuning.pack, tuning.pack_version,
                  pack.name, pack.version)
         return options
-    changed = {}
-    if options.threads == "auto":
-        changed["threads"] = tuning.threads
-    if options.precision == "auto":
-        changed["precision"] = tuning.precision
-    return replace(options, **changed) if changed else options
+    threads = tuning.threads if options.threads == "auto" else options.threads
+    precision = tuning.precision if options.precision == "auto" else options.precision
+    return replace(options, threads=threads, precision=precision)

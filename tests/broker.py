@@ -15,9 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import paho.mqtt.client as paho
 import pytest
-from paho.mqtt.enums import CallbackAPIVersion
 
 USER, PASSWORD = "edge", "s3cret-pass"
 SBIN = "/usr/local/sbin:/usr/sbin:/sbin"  # Debian installs mosquitto there, often not on a user's PATH
@@ -150,6 +148,10 @@ class Collector:
         self.messages: list[Received] = []
         self.cond = threading.Condition()
         self.connected = threading.Event()
+        # imported here: this module is a pytest plugin of every test run, also the aarch64 one without paho
+        import paho.mqtt.client as paho
+        from paho.mqtt.enums import CallbackAPIVersion
+
         self.client = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id or "collector-%d" % free_port(),
                                   clean_session=not persistent)
         self.client.username_pw_set(USER, PASSWORD)

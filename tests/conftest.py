@@ -7,8 +7,19 @@ from pathlib import Path
 
 import pytest
 
+# The broker fixture (a real mosquitto on a free loopback port) for every test module that asks for it.
+pytest_plugins = ("tests.broker",)
+
 REPO = Path(__file__).resolve().parents[1]
 EVAL_DEV = Path(os.environ.get("EDGE_OCR_EVAL_DEV", REPO.parent / "shared" / "eval-dev"))
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The booted-systemd and aarch64 proofs take minutes: they are slow too, so that
+    ``pytest -m "not slow"`` is the quick loop (CI runs everything)."""
+    for item in items:
+        if item.get_closest_marker("system") or item.get_closest_marker("aarch64"):
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture(scope="session")

@@ -10,10 +10,11 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 
-from tests.broker import PASSWORD, USER, Collector, Mosquitto, mosquitto, wait_until  # noqa: F401  (fixture)
+from tests.broker import PASSWORD, USER, Collector, Mosquitto, wait_until
 from tests.conftest import line_samples
 
 PREFIX = "e2e/dev"
@@ -40,7 +41,7 @@ def write_config(tmp_path: Path, broker: Mosquitto | None, extra_mqtt: str = "",
 @pytest.fixture(autouse=True)
 def reap_daemons():
     """Kill any daemon a failed test left running."""
-    started: list[Daemon] = []
+    started: ClassVar[list[Daemon]] = []
     Daemon.started = started
     yield
     for daemon in started:
@@ -49,7 +50,7 @@ def reap_daemons():
 
 
 class Daemon:
-    started: list[Daemon] = []
+    started: ClassVar[list[Daemon]] = []
 
     def __init__(self, config: Path) -> None:
         self.config = config
@@ -115,6 +116,7 @@ def test_dropped_file_gives_retained_state_text_one_event_and_done_json(eval_dev
     sub.close()
 
 
+@pytest.mark.slow
 @pytest.mark.broker
 def test_broker_down_during_200_file_burst_then_all_results_in_order(eval_dev, tmp_path, mosquitto):
     samples = [p for p, _ in line_samples(eval_dev, "SROIE2019-task1", 200)]

@@ -11,7 +11,7 @@ import pytest
 from edge_ocr.app import App
 from edge_ocr.config import load_config
 from edge_ocr.sources.base import SourceStatus
-from tests.broker import PASSWORD, USER, Collector, mosquitto, wait_until  # noqa: F401  (fixture)
+from tests.broker import PASSWORD, USER, Collector, wait_until
 from tests.fake_picamera2 import CameraBus
 from tests.frames import BOX, text_frame, write_video
 

@@ -11,6 +11,7 @@ import urllib.request
 from pathlib import Path
 
 import cv2
+import pytest
 
 from tests.broker import wait_until
 from tests.conftest import line_samples
@@ -33,6 +34,7 @@ def _guard(daemon: Daemon) -> dict:
         return json.loads(response.read())["guard"]
 
 
+@pytest.mark.slow
 def test_soft_then_hard_limit_restart_loses_no_folder_file(eval_dev, tmp_path):
     # 1. The daemon's own RSS with its models loaded and nothing to do.
     daemon = Daemon(_config(tmp_path, 100_000, 200_000)).start()

@@ -10,6 +10,7 @@ import urllib.request
 
 from tests.broker import wait_until
 from tests.conftest import line_samples
+from tests.helpers import promtool_check
 from tests.test_app import Daemon, drop
 
 SECRET = "s3cret-do-not-show"
@@ -73,6 +74,7 @@ def test_daemon_serves_health_ocr_latest_config_and_metrics(eval_dev, tmp_path):
 
     status, body = _get(base + "/metrics")
     assert status == 200 and b"edge_ocr_" in body and b"guard" in body
-    assert b'edge_ocr_stage_ms_bucket{stage="recognize"' in body and b"edge_ocr_lines_total" in body
+    assert b'edge_ocr_stage_seconds_bucket{stage="recognize"' in body and b"edge_ocr_lines_total" in body
+    promtool_check(body)  # the daemon's whole /metrics: stats, guard and HTTP counters
     assert SECRET not in daemon.text()
     assert daemon.terminate() == 0

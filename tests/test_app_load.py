@@ -11,6 +11,8 @@ import socket
 import threading
 import urllib.request
 
+import pytest
+
 from tests.broker import wait_until
 from tests.conftest import line_samples
 from tests.test_app import Daemon
@@ -37,6 +39,7 @@ def _rss_mb(daemon: Daemon) -> float:
         return json.loads(response.read())["guard"]["rss_mb"]
 
 
+@pytest.mark.slow
 def test_a_1000_file_burst_with_the_broker_down_stays_bounded(eval_dev, tmp_path):
     config = tmp_path / "edge-ocr.toml"
     config.write_text(_config_text(_unused_port()))  # nobody listens there: everything spools

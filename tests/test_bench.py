@@ -40,6 +40,7 @@ def test_camera_frames_are_640x480(eval_dev, tmp_path):
     assert [cv2.imread(str(f)).shape for f in frames] == [(480, 640, 3)] * 2
 
 
+@pytest.mark.slow
 def test_bench_scores_pages_and_compares_readers(eval_dev, tmp_path):
     report = tmp_path / "bench.json"
     run = subprocess.run(

@@ -16,7 +16,7 @@ def edge_ocr(*args: str, cwd=None) -> subprocess.CompletedProcess:
 
 
 def test_ocr_json_lines_one_per_image_with_errors_kept(eval_dev, tmp_path):
-    (word, label), = line_samples(eval_dev, "IIIT5K-test", 1)
+    (word, _label), = line_samples(eval_dev, "IIIT5K-test", 1)
     page = next((eval_dev / "pages").glob("sroie_*.jpg"))
     broken = tmp_path / "broken.jpg"
     broken.write_bytes(page.read_bytes()[:5000])

@@ -100,7 +100,7 @@ def test_secrets_come_from_files_and_never_show(tmp_path):
     (creds / "mqtt_password").write_text("from-systemd")
     config = load(tmp_path, '[mqtt]\nusername = "u"\n', {"CREDENTIALS_DIRECTORY": str(creds)})
     assert config.mqtt.password is not None and config.mqtt.password.reveal() == "from-systemd"
-    with pytest.raises(ConfigError, match="mqtt.password_file: file not found"):
+    with pytest.raises(ConfigError, match=r"mqtt\.password_file: file not found"):
         load(tmp_path, '[mqtt]\nusername = "u"\npassword_file = "missing"\n')
 
 
@@ -118,9 +118,9 @@ def test_the_http_token_is_resolved_like_the_mqtt_password(tmp_path):
     assert load(tmp_path, "", {"CREDENTIALS_DIRECTORY": str(creds)}).http.token.reveal() == "from-systemd"
     assert load(tmp_path, "").http.token is None
     (tmp_path / "blank").write_text("\n")
-    with pytest.raises(ConfigError, match="http.token_file: the token file is empty"):
+    with pytest.raises(ConfigError, match=r"http\.token_file: the token file is empty"):
         load(tmp_path, '[http]\ntoken_file = "blank"\n')
-    with pytest.raises(ConfigError, match="http.token_file: file not found"):
+    with pytest.raises(ConfigError, match=r"http\.token_file: file not found"):
         load(tmp_path, '[http]\ntoken_file = "missing"\n')
 
 

@@ -13,6 +13,7 @@ import pytest
 from edge_ocr.config import GuardConfig
 from edge_ocr.errors import ConfigError
 from edge_ocr.guard import Guard, GuardLimits, GuardState, Level, classify, read_memory
+from tests.helpers import promtool_check
 
 OK, SOFT, HARD = Level.OK, Level.SOFT, Level.HARD
 LIMITS = GuardLimits(rss_soft_mb=300, rss_hard_mb=450, min_available_soft_mb=200, min_available_hard_mb=100,
@@ -109,7 +110,8 @@ def test_state_json_and_prometheus_text():
     assert data["level"] == "soft" and data["rss_mb"] > 10 and data["changes"] == 1
     text = guard.to_prometheus()
     assert "# TYPE edge_ocr_guard_level gauge\nedge_ocr_guard_level 1\n" in text
-    assert "edge_ocr_guard_rss_mb " in text and "edge_ocr_guard_available_mb " in text
+    assert "edge_ocr_guard_rss_bytes " in text and "edge_ocr_guard_available_bytes " in text
+    promtool_check(text.encode())
 
 
 def test_an_available_memory_floor_above_what_the_system_has_is_soft_at_once():

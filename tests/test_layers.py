@@ -9,7 +9,7 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parents[1] / "edge_ocr"
 
 LEAVES = ("edge_ocr.errors", "edge_ocr.results", "edge_ocr.config", "edge_ocr.engine.types", "edge_ocr.stats",
-          "edge_ocr.readiness")
+          "edge_ocr.readiness", "edge_ocr.atomic")
 
 # module prefix → edge_ocr modules it may import (a prefix allows everything below it)
 ALLOWED: dict[str, tuple[str, ...]] = {
@@ -20,13 +20,14 @@ ALLOWED: dict[str, tuple[str, ...]] = {
     "edge_ocr.config": ("edge_ocr.errors", "edge_ocr.engine.types", "edge_ocr.engine.ocr"),
     "edge_ocr.stats": ("edge_ocr.errors",),
     "edge_ocr.readiness": (),
+    "edge_ocr.atomic": (),
     "edge_ocr.notify": ("edge_ocr.errors",),
     "edge_ocr.cache": ("edge_ocr.engine.types",),
     "edge_ocr.guard": ("edge_ocr.config", "edge_ocr.stats", "edge_ocr.errors"),
     "edge_ocr.scoring": (),
     "edge_ocr.evaluate": ("edge_ocr.scoring", "edge_ocr.engine.detect", "edge_ocr.errors"),
     "edge_ocr.bench": ("edge_ocr.evaluate", "edge_ocr.scoring", "edge_ocr.engine", "edge_ocr.errors"),
-    "edge_ocr.tune": ("edge_ocr.engine", "edge_ocr.errors"),
+    "edge_ocr.tune": ("edge_ocr.engine", "edge_ocr.errors", "edge_ocr.atomic"),
     "edge_ocr.sources": ("edge_ocr.sources",) + LEAVES,
     "edge_ocr.sinks": ("edge_ocr.sinks",) + LEAVES,
     "edge_ocr.pipeline": ("edge_ocr.engine",) + LEAVES,

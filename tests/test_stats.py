@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from edge_ocr.stats import Stats
+from tests.helpers import promtool_check
 
 
 def test_prometheus_text_has_counters_labels_and_histograms():
@@ -17,12 +18,21 @@ def test_prometheus_text_has_counters_labels_and_histograms():
     text = stats.to_prometheus()
     assert "edge_ocr_jobs_total 3" in text
     assert 'edge_ocr_errors_total{code="unsupported_image"} 2' in text
-    assert "# TYPE edge_ocr_stage_ms histogram" in text
-    assert 'edge_ocr_stage_ms_bucket{stage="detect",le="50.0"} 1.0' in text
-    assert 'edge_ocr_stage_ms_bucket{stage="detect",le="1000.0"} 2.0' in text
-    assert 'edge_ocr_stage_ms_bucket{stage="detect",le="+Inf"} 2.0' in text
-    assert 'edge_ocr_stage_ms_sum{stage="detect"} 742.0' in text
+    # Prometheus names carry base units (seconds); the JSON stats keep their millisecond keys.
+    assert "# TYPE edge_ocr_stage_seconds histogram" in text
+    assert 'edge_ocr_stage_seconds_bucket{stage="detect",le="0.05"} 1.0' in text
+    assert 'edge_ocr_stage_seconds_bucket{stage="detect",le="1.0"} 2.0' in text
+    assert 'edge_ocr_stage_seconds_bucket{stage="detect",le="+Inf"} 2.0' in text
+    assert 'edge_ocr_stage_seconds_sum{stage="detect"} 0.742' in text
     assert "errors_total" not in stats.snapshot()  # JSON stays flat numbers
+    assert "engine_last_ms" in stats.snapshot() and "edge_ocr_engine_last_seconds 0.0" in text
+    promtool_check(text.encode())
+
+
+def test_label_values_are_escaped():
+    stats = Stats()
+    stats.inc_labelled("errors_total", 'odd "code"\\n')
+    assert 'edge_ocr_errors_total{code="odd \\"code\\"\\\\n"} 1' in stats.to_prometheus()
 
 
 def test_typos_fail_loudly():

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+import pytest
+
 from edge_ocr import tune
 from edge_ocr.engine.ocr import EngineOptions
 
 
+@pytest.mark.slow
 def test_tune_measures_every_variant_and_keeps_only_same_text_choices(tmp_path):
     tuning = tune.tune("crnn", runs=1)
     combos = {(t.precision, t.threads) for t in tuning.trials}

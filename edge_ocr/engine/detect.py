@@ -29,6 +29,17 @@ class DbParams:
     max_candidates: int = 1000
     dilate: bool = False
 
+    @classmethod
+    def from_published(cls, thresholds: dict[str, float]) -> DbParams:
+        """The thresholds a detector was published with (``thresh``, ``box_thresh``,
+        ``unclip_ratio`` from its inference.yml); the rest at their defaults."""
+        defaults = cls()
+        return cls(
+            thresh=float(thresholds.get("thresh", defaults.thresh)),
+            box_thresh=float(thresholds.get("box_thresh", defaults.box_thresh)),
+            unclip_ratio=float(thresholds.get("unclip_ratio", defaults.unclip_ratio)),
+        )
+
 
 def order_quad(points: np.ndarray) -> Quad:
     """Order 4 points clockwise from top-left (float32, shape (4, 2))."""
@@ -68,7 +79,7 @@ def boxes_from_map(prob: np.ndarray, params: DbParams) -> tuple[list[Quad], list
     prob: float32 (H, W) in [0, 1]. Returns quads in map pixel coordinates (clockwise from
     top-left) and each one's mean probability.
     """
-    binary = (prob > params.thresh).astype(np.uint8)
+    binary: np.ndarray = (prob > params.thresh).astype(np.uint8)
     if params.dilate:
         binary = cv2.dilate(binary, np.ones((2, 2), np.uint8))
     contours, _ = cv2.findContours(binary, cv2.RETR_LIST, cv2.CHAIN_APPROX_SIMPLE)

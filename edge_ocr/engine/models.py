@@ -146,8 +146,8 @@ def _parse_stage(name: str, data: dict[str, Any], directory: Path) -> Stage:
         name=name,
         kind=data["kind"],
         variants=variants,
-        mean=tuple(spec.get("mean", (0.5, 0.5, 0.5))),  # type: ignore[arg-type]
-        std=tuple(spec.get("std", (0.5, 0.5, 0.5))),  # type: ignore[arg-type]
+        mean=tuple(spec.get("mean", (0.5, 0.5, 0.5))),
+        std=tuple(spec.get("std", (0.5, 0.5, 0.5))),
         height=int(spec.get("height", 0)),
         width=int(spec.get("width", spec.get("max_width", 0))),
         min_width=int(spec.get("min_width", 0)),

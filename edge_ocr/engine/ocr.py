@@ -92,7 +92,7 @@ class OcrEngine:
             raise ModelError("pack %s has no recogniser" % self.pack.name)
         self.rec = self._load("rec")
         self.det = self._load("det") if "det" in stages else None
-        self.db_params = self.options.det or detect.DbParams(**stages["det"].postprocess if "det" in stages else {})
+        self.db_params = self.options.det or detect.DbParams.from_published(stages["det"].postprocess if "det" in stages else {})
         self.cls = self._load("cls") if self.options.use_cls and "cls" in stages else None
         self.rec_zh = self._load("rec_zh") if self.options.use_rec_zh and "rec_zh" in stages else None
         self.rec_fast = self._load("rec_fast") if self.options.use_rec_fast and "rec_fast" in stages else None

@@ -1,6 +1,6 @@
 """Crash-safe file moves and JSON writes for results: write a temp file, fsync, rename, fsync
-the directory. Used by the folder source (injected by app) for done/ and failed/.
-Imports results and errors only.
+the directory (edge_ocr.atomic). Used by the folder source (injected by app) for done/ and failed/.
+Imports atomic and errors only.
 """
 
 from __future__ import annotations
@@ -12,29 +12,15 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from edge_ocr.atomic import fsync_dir, write_atomic
 from edge_ocr.errors import SinkError
 
 
-def fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+def write_result(path: Path, data: bytes) -> None:
+    """``atomic.write_atomic``, raising SinkError."""
     try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so a reader or a crash sees the old file or the whole new one."""
-    tmp = path.with_name(".%s.%d.tmp" % (path.name, os.getpid()))
-    try:
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-        fsync_dir(path.parent)
+        write_atomic(path, data)
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
         raise SinkError("cannot write %s: %s" % (path, exc.strerror)) from exc
 
 
@@ -108,7 +94,7 @@ class ResultFiles:
               sha256: str | None) -> Path:
         """Write ``data`` as JSON then move ``src`` (None = delete nothing, keep no original) beside it."""
         original, meta = self.find(directory, name, suffix, sha256)
-        write_atomic(meta, (json.dumps(data, ensure_ascii=False, indent=1) + "\n").encode("utf-8"))
+        write_result(meta, (json.dumps(data, ensure_ascii=False, indent=1) + "\n").encode("utf-8"))
         if src is not None:
             if original.exists() and not original.is_symlink():
                 original.unlink()  # same content, an interrupted earlier attempt: keep one copy

@@ -45,6 +45,7 @@ from edge_ocr.engine.types import Region
 from edge_ocr.errors import ConfigError, ImageError, SinkError
 from edge_ocr.readiness import Readiness
 from edge_ocr.results import Result
+from edge_ocr.stats import Family, Sample, render
 
 log = logging.getLogger(__name__)
 
@@ -199,7 +200,7 @@ class _Api:
         self.app.install(_AccessPlugin(token))
         self.app.add_hook("after_request", self._count)
         # every Bottle error (no route, wrong method, a crash outside the plugin) as JSON
-        self.app.default_error_handler = self._bottle_error  # type: ignore[method-assign]
+        self.app.default_error_handler = self._bottle_error
         self._route()
 
     def _route(self) -> None:
@@ -368,17 +369,12 @@ class _Api:
         with self._counts_lock:
             responses = sorted(self._responses.items())
             busy = self._busy
-        lines = [
-            "# HELP edge_ocr_http_responses_total HTTP responses by status (responses)",
-            "# TYPE edge_ocr_http_responses_total counter",
-        ]
-        lines += ['edge_ocr_http_responses_total{code="%d"} %d' % (status, n) for status, n in responses]
-        lines += [
-            "# HELP edge_ocr_http_ocr_busy_total OCR requests refused because every slot was busy (requests)",
-            "# TYPE edge_ocr_http_ocr_busy_total counter",
-            "edge_ocr_http_ocr_busy_total %d" % busy,
-        ]
-        return "\n".join(lines) + "\n"
+        return render([
+            Family("http_responses_total", "counter", "responses", "HTTP responses by status",
+                   tuple(Sample(n, (("code", str(status)),)) for status, n in responses)),
+            Family("http_ocr_busy_total", "counter", "requests", "OCR requests refused because every slot was busy",
+                   (Sample(busy),)),
+        ])
 
 
 class _AccessPlugin:

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import threading
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 
+from edge_ocr.atomic import write_atomic
 from edge_ocr.errors import SinkError
 
 log = logging.getLogger(__name__)
@@ -66,20 +66,9 @@ class Spool:
             seq = self._next
             self._next += 1
             path = self._path(seq)
-            tmp = self.directory / (".%d.tmp" % seq)
             try:
-                with open(tmp, "wb") as fh:
-                    fh.write(header + b"\n" + message.payload)
-                    fh.flush()
-                    os.fsync(fh.fileno())
-                os.rename(tmp, path)
-                fd = os.open(self.directory, os.O_RDONLY | os.O_DIRECTORY)
-                try:
-                    os.fsync(fd)
-                finally:
-                    os.close(fd)
+                write_atomic(path, header + b"\n" + message.payload)
             except OSError as exc:
-                tmp.unlink(missing_ok=True)
                 raise SinkError("spool %s: cannot write: %s" % (self.directory, exc.strerror)) from exc
             self._seqs.append(seq)
             self._trim()

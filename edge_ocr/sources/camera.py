@@ -25,6 +25,7 @@ Imports results, config, errors, stats, engine types and sources.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import logging
 import math
@@ -376,9 +377,10 @@ class CameraSource:
 
     def _job(self, frame: np.ndarray, capture_ms: float | None) -> Job:
         cfg = self.cfg
-        common = {"stable_reads": cfg.stable_reads, "publish_every": cfg.publish_every, "capture_ms": capture_ms}
+        job = Job(self.name, b"", frame=frame, stable_reads=cfg.stable_reads, publish_every=cfg.publish_every,
+                  capture_ms=capture_ms)
         if not cfg.rois:
-            return Job(self.name, b"", frame=frame, **common)
+            return job
         crops = []
         for roi in cfg.rois:
             if roi.name not in self._outside and regions.clip_box(roi.box, frame.shape) != roi.box:
@@ -388,7 +390,7 @@ class CameraSource:
             crops.append(regions.prepare(regions.crop(frame, roi.box), roi.grey, roi.clahe, roi.invert, roi.rotate))
         image, boxes = regions.canvas(crops)
         rois = tuple(Region(roi.name, box, roi.allowed_chars) for roi, box in zip(cfg.rois, boxes))
-        return Job(self.name, b"", rois=rois, det=False, frame=image, regions=self._rules, **common)
+        return dataclasses.replace(job, rois=rois, det=False, frame=image, regions=self._rules)
 
 
 def probe(cfg: CameraSourceConfig) -> str | None:

@@ -94,7 +94,7 @@ def test_auto_precision_picks_the_faster_shipped_variant():
     assert models.choose_variant(_stage(("fp32", 1.0), ("int8", 0.3)), "auto").precision == "int8"
     assert models.choose_variant(_stage(("fp32", 1.0), ("int8", 1.2)), "auto").precision == "fp32"
     assert models.choose_variant(_stage(("fp32", 1.0)), "int8").precision == "fp32"
-    with pytest.raises(ConfigError, match="engine.precision"):
+    with pytest.raises(ConfigError, match=r"engine\.precision"):
         models.choose_variant(_stage(("fp32", 1.0)), "fp16")
 
 

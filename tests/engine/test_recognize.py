@@ -7,13 +7,12 @@ import numpy as np
 from edge_ocr.engine.decode import Charset, Decoded
 from edge_ocr.engine.recognize import (
     batch_width,
-    has_cjk,
     line_width,
     maybe_chinese,
     needs_recheck,
     needs_specialist,
-    plate_shaped,
     plan_batches,
+    plate_shaped,
     recognize,
     take_specialist,
 )

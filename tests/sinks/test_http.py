@@ -24,8 +24,8 @@ import pytest
 from edge_ocr.config import Secret
 from edge_ocr.engine.types import Region
 from edge_ocr.errors import ConfigError, EdgeOcrError, ImageError, SinkError, UnsupportedImage
-from edge_ocr.results import Result, Status, status_for
 from edge_ocr.readiness import Readiness, daemon_readiness
+from edge_ocr.results import Result, Status, status_for
 from edge_ocr.sinks.http import ERROR_STATUS, HttpServer, make_app
 
 TOKEN = "s3cret-token-for-tests"

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import logging
-import threading
 from dataclasses import replace
 from pathlib import Path
 
@@ -17,7 +16,7 @@ from edge_ocr.engine.types import EngineOutput, TextLine
 from edge_ocr.results import Result, Status
 from edge_ocr.sinks.mqtt import MqttSink, probe
 from edge_ocr.stats import Stats
-from tests.broker import PASSWORD, USER, Collector, Mosquitto, mosquitto, wait_until  # noqa: F401  (fixture)
+from tests.broker import PASSWORD, USER, Collector, Mosquitto, wait_until
 
 pytestmark = pytest.mark.broker
 PREFIX = "test/edge"

@@ -261,7 +261,7 @@ class MjpegServer:
         server_self = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 (http.server API)
+            def do_GET(self) -> None:
                 server_self.connections += 1
                 start = (server_self.connections - 1) * frames_per_connection
                 self.send_response(200)

@@ -1,0 +1,28 @@
+"""edge_ocr.atomic: the one crash-safe write, used for results, the spool and tune.json."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from edge_ocr.atomic import fsync_dir, write_atomic
+
+
+def test_a_write_replaces_the_whole_file_and_leaves_no_temp(tmp_path):
+    target = tmp_path / "result.json"
+    target.write_bytes(b"old")
+    write_atomic(target, b'{"text": "new"}')
+    assert target.read_bytes() == b'{"text": "new"}'
+    assert os.listdir(tmp_path) == ["result.json"]
+    fsync_dir(tmp_path)
+
+
+def test_a_failed_write_keeps_the_old_file_and_removes_its_temp(tmp_path):
+    target = tmp_path / "result.json"
+    target.write_bytes(b"old")
+    (tmp_path / "blocker").mkdir()
+    with pytest.raises(OSError):
+        write_atomic(tmp_path / "blocker", b"cannot replace a directory with a file")
+    assert target.read_bytes() == b"old"
+    assert sorted(os.listdir(tmp_path)) == ["blocker", "result.json"]
