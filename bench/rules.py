@@ -30,10 +30,10 @@ import cv2
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from halves import halves
 
-from edge_ocr import scoring
 from edge_ocr.engine import recognize
 from edge_ocr.engine.decode import Decoded
 from edge_ocr.engine.ocr import EngineOptions, OcrEngine
+from edge_ocr.tools import scoring
 
 EVAL_DEV = Path(__file__).resolve().parents[2] / "shared" / "eval-dev"
 READERS = ("rec_fast", "rec", "rec_zh")

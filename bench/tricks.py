@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from edge_ocr import bench
+from edge_ocr.tools import bench
 
 EVAL_DEV = Path(__file__).resolve().parents[2] / "shared" / "eval-dev"
 

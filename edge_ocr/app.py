@@ -62,12 +62,12 @@ SOFT_DET_LIMIT_SIDE = 640
 
 def build_engine(cfg: EngineConfig) -> tuple[Engine, tuple[str, str]]:
     """The real OcrEngine for ``[engine]`` and its (pack name, version). Raises ModelError."""
-    from edge_ocr import tune
+    from edge_ocr import tuning
     from edge_ocr.config import default_state_dir
     from edge_ocr.engine.ocr import OcrEngine
 
     # threads/precision "auto" take what `edge-ocr tune` measured on this device, if it ran.
-    options = tune.apply(cfg.to_options(), tune.load(default_state_dir()))
+    options = tuning.apply(cfg.to_options(), tuning.load(default_state_dir()))
     engine = OcrEngine(options)
     log.info("engine threads=%d precisions=%s", engine.threads,
              ",".join("%s=%s" % kv for kv in engine.precisions.items()))

@@ -109,7 +109,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from edge_ocr import evaluate
+    from edge_ocr.tools import evaluate
 
     manifest = Path(args.manifest)
     if not manifest.is_file():
@@ -162,14 +162,8 @@ def _int_list(flag: str, text: str) -> list[int]:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from edge_ocr import bench
-
-    if args.worker:
-        images = [Path(line) for line in Path(args.worker).read_text().splitlines() if line]
-        config = bench.BenchConfig(args.pack, args.precision, int(args.threads), args.readers, args.options)
-        print(json.dumps(bench.run_worker(config, images, det=not args.no_det, warmup=args.warmup)))
-        return EXIT_OK
     from edge_ocr.engine.models import auto_threads, load_pack, resolve_pack_name
+    from edge_ocr.tools import bench
 
     eval_dev = Path(args.eval_dev)
     with tempfile.TemporaryDirectory(prefix="edge-ocr-bench.") as tmp:
@@ -226,18 +220,19 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def cmd_tune(args: argparse.Namespace) -> int:
-    from edge_ocr import tune
+    from edge_ocr import tuning
     from edge_ocr.config import default_state_dir, find_config, load_config
+    from edge_ocr.tools import tune
 
     config = load_config(find_config(args.config))
     state_dir = Path(args.state_dir) if args.state_dir else default_state_dir()
-    tuning = tune.tune(config.engine.pack, runs=args.runs)
+    measured = tune.tune(config.engine.pack, runs=args.runs)
     print("| precision | threads | median ms per pass | same text as fp32 |\n|---|---|---|---|")
-    for trial in tuning.trials:
+    for trial in measured.trials:
         print("| %s | %d | %.1f | %s |" % (trial.precision, trial.threads, trial.median_ms, trial.same_text))
-    path = tune.save(tuning, state_dir)
+    path = tuning.save(measured, state_dir)
     print("chosen: threads=%d precision=%s (cpus %s) -> %s" % (
-        tuning.threads, tuning.precision, ",".join(map(str, tuning.cpus)), path))
+        measured.threads, measured.precision, ",".join(map(str, measured.cpus)), path))
     return EXIT_OK
 
 
@@ -328,10 +323,6 @@ def build_parser() -> argparse.ArgumentParser:
     bn.add_argument("--ref-script", default="bench/reference_predict.py")
     bn.add_argument("--eval-dev", default=str(Path(__file__).resolve().parents[1].parent / "shared" / "eval-dev"))
     bn.add_argument("--json", metavar="FILE", help="also write the results as JSON")
-    bn.add_argument("--worker", help=argparse.SUPPRESS)
-    bn.add_argument("--options", default="", help=argparse.SUPPRESS)
-    bn.add_argument("--pack", default="default", help=argparse.SUPPRESS)
-    bn.add_argument("--precision", default="auto", help=argparse.SUPPRESS)
     bn.set_defaults(func=cmd_bench)
 
     tn = sub.add_parser("tune", parents=[common], help="measure the best threads and precision on this device")

@@ -24,10 +24,8 @@ ALLOWED: dict[str, tuple[str, ...]] = {
     "edge_ocr.notify": ("edge_ocr.errors",),
     "edge_ocr.cache": ("edge_ocr.engine.types",),
     "edge_ocr.guard": ("edge_ocr.config", "edge_ocr.stats", "edge_ocr.errors"),
-    "edge_ocr.scoring": (),
-    "edge_ocr.evaluate": ("edge_ocr.scoring", "edge_ocr.engine.detect", "edge_ocr.errors"),
-    "edge_ocr.bench": ("edge_ocr.evaluate", "edge_ocr.scoring", "edge_ocr.engine", "edge_ocr.errors"),
-    "edge_ocr.tune": ("edge_ocr.engine", "edge_ocr.errors", "edge_ocr.atomic"),
+    "edge_ocr.tuning": ("edge_ocr.engine", "edge_ocr.errors", "edge_ocr.atomic"),
+    "edge_ocr.tools": ("edge_ocr.tools", "edge_ocr.engine", "edge_ocr.errors", "edge_ocr.tuning"),
     "edge_ocr.sources": ("edge_ocr.sources",) + LEAVES,
     "edge_ocr.sinks": ("edge_ocr.sinks",) + LEAVES,
     "edge_ocr.pipeline": ("edge_ocr.engine",) + LEAVES,
@@ -38,7 +36,7 @@ ALLOWED: dict[str, tuple[str, ...]] = {
         "edge_ocr.guard",
         "edge_ocr.notify",
         "edge_ocr.engine",
-        "edge_ocr.tune",
+        "edge_ocr.tuning",
         "edge_ocr.cache",
     )
     + LEAVES,
@@ -94,3 +92,14 @@ def test_the_checker_catches_a_sideways_import():
     assert prefix == "edge_ocr.sinks"
     assert not _allowed("edge_ocr.engine.ocr", allowed)
     assert _allowed("edge_ocr.engine.types", allowed)
+
+
+def test_the_daemon_never_imports_the_measuring_tools():
+    import subprocess
+    import sys
+
+    code = ("import sys, edge_ocr.app, edge_ocr.cli; "
+            "print(sorted(m for m in sys.modules if m.startswith('edge_ocr.tools')))")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == "[]"

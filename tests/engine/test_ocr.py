@@ -13,10 +13,10 @@ import cv2
 import numpy as np
 import pytest
 
-from edge_ocr import scoring
 from edge_ocr.engine.models import list_packs, load_pack
 from edge_ocr.engine.types import Region
 from edge_ocr.errors import ImageTooLarge, UnsupportedImage
+from edge_ocr.tools import scoring
 from tests.conftest import line_samples
 
 SOURCES = ("IIIT5K-test", "ICDAR2015-word-test", "SROIE2019-task1", "LPRNet_Pytorch-test-plates")

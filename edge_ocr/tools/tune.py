@@ -1,4 +1,4 @@
-"""`edge-ocr tune`: the device measures its own best thread count and precision.
+"""`edge-ocr tune`: the device measures its own best thread count and precision (edge_ocr.tuning stores it).
 
 int8 wins on some CPUs and loses on others (x86 with VNNI, Cortex-A76 with dot-product
 instructions: yes; Cortex-A72 in a Pi 4: often not), and more threads stop paying off at
@@ -8,52 +8,21 @@ this measured on the device itself, stored as ``<state>/tune.json``.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import platform
 import statistics
 import time
-from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
-from pathlib import Path
 
 import cv2
 import numpy as np
 
-from edge_ocr.atomic import write_atomic
 from edge_ocr.engine.models import big_cores, cpu_capacities, load_pack
 from edge_ocr.engine.ocr import EngineOptions, OcrEngine
+from edge_ocr.tuning import Trial, Tuning
 
 log = logging.getLogger(__name__)
-
-TUNE_FILE = "tune.json"
-
-
-@dataclass(frozen=True, slots=True)
-class Trial:
-    precision: str
-    threads: int
-    median_ms: float
-    same_text: bool
-
-
-@dataclass(frozen=True, slots=True)
-class Tuning:
-    """The stored choice: for ``pack`` (at ``pack_version``), on these ``cpus``."""
-
-    pack: str
-    pack_version: str
-    threads: int
-    precision: str
-    cpus: tuple[int, ...]
-    machine: str
-    measured_at: str
-    trials: tuple[Trial, ...] = ()
-
-    def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=2) + "\n"
-
 
 def sample_images() -> list[np.ndarray]:
     """Deterministic, synthetic test images (no data set needed on the device): a meter-like
@@ -89,8 +58,16 @@ def tune(pack: str, runs: int = 3) -> Tuning:
     The process is pinned to the big cores first, as the daemon will be. The choice is the
     fastest configuration that reads exactly what fp32 on one thread reads.
     """
-    cpus = tuple(sorted(big_cores(set(os.sched_getaffinity(0)), cpu_capacities())))
+    caller = os.sched_getaffinity(0)
+    cpus = tuple(sorted(big_cores(set(caller), cpu_capacities())))
     os.sched_setaffinity(0, cpus)
+    try:
+        return _tune_on(cpus, pack, runs)
+    finally:
+        os.sched_setaffinity(0, caller)  # the caller's affinity is its own: give it back
+
+
+def _tune_on(cpus: tuple[int, ...], pack: str, runs: int) -> Tuning:
     loaded = load_pack(pack)
     precisions = ["fp32"] + (["int8"] if any("int8" in s.variants for s in loaded.stages.values()) else [])
     images = sample_images()
@@ -116,38 +93,3 @@ def tune(pack: str, runs: int = 3) -> Tuning:
     )
 
 
-def save(tuning: Tuning, state_dir: Path) -> Path:
-    path = state_dir / TUNE_FILE
-    state_dir.mkdir(parents=True, exist_ok=True)
-    write_atomic(path, tuning.to_json().encode("utf-8"))
-    return path
-
-
-def load(state_dir: Path) -> Tuning | None:
-    """The stored tuning, or None when there is none or it is unreadable (then auto = defaults)."""
-    path = state_dir / TUNE_FILE
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-        data["cpus"] = tuple(data["cpus"])
-        data["trials"] = tuple(Trial(**t) for t in data.get("trials", ()))
-        return Tuning(**data)
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError, TypeError, KeyError) as exc:
-        log.warning("ignoring unreadable tuning file=%s error=%s", path, exc)
-        return None
-
-
-def apply(options: EngineOptions, tuning: Tuning | None) -> EngineOptions:
-    """``threads``/``precision`` left on "auto" take the tuned values when the tuning was made
-    for the same pack and version; explicit settings always win."""
-    if tuning is None:
-        return options
-    pack = load_pack(options.pack)
-    if (pack.name, pack.version) != (tuning.pack, tuning.pack_version):
-        log.info("tuning is for pack=%s version=%s, not %s %s: not used", tuning.pack, tuning.pack_version,
-                 pack.name, pack.version)
-        return options
-    threads = tuning.threads if options.threads == "auto" else options.threads
-    precision = tuning.precision if options.precision == "auto" else options.precision
-    return replace(options, threads=threads, precision=precision)

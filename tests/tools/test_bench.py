@@ -1,4 +1,4 @@
-"""edge_ocr.bench: the bench command measures real configurations in child processes.
+"""edge_ocr.tools.bench: the bench command measures real configurations in child processes.
 (Numbers are never asserted: only that each configuration was measured and reported.)"""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from edge_ocr import bench
+from edge_ocr.tools import bench
 
 
 def test_bench_measures_each_configuration_in_its_own_process(eval_dev, tmp_path):
@@ -60,7 +60,7 @@ def test_bench_scores_pages_and_compares_readers(eval_dev, tmp_path):
 
 
 def test_page_predictions_are_scored_against_the_labels(eval_dev):
-    from edge_ocr.evaluate import load_pages
+    from edge_ocr.tools.evaluate import load_pages
 
     labels = eval_dev / "pages" / "labels.jsonl"
     samples = [s for s in load_pages(labels) if s.path.name.startswith("sroie_")][:3]

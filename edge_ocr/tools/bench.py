@@ -25,8 +25,8 @@ from typing import Any
 import cv2
 import numpy as np
 
-from edge_ocr import scoring
 from edge_ocr.errors import ConfigError
+from edge_ocr.tools import scoring
 
 STAGES = ("decode", "preprocess", "detect", "classify", "recognize", "total")
 
@@ -155,7 +155,7 @@ def score_pages(result: dict[str, Any], labels: Sequence[Path]) -> dict[str, flo
     """End-to-end F1 (%) per source of a result's page predictions against eval-dev page
     labels (one or more manifests), as ``edge-ocr eval`` scores them; None when some image
     has no label."""
-    from edge_ocr.evaluate import load_pages
+    from edge_ocr.tools.evaluate import load_pages
 
     samples = {s.path.name: s for manifest in labels if manifest.is_file() for s in load_pages(manifest)}
     predictions = result.get("predictions") or []
@@ -213,17 +213,14 @@ def _child(args: list[str], cpus: set[int]) -> tuple[str, float]:
 
 
 def measure(config: BenchConfig, images: Sequence[Path], det: bool, warmup: int, cpus: set[int]) -> dict[str, Any]:
-    with tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False) as listing:
-        listing.write("\n".join(str(p) for p in images))
+    """One configuration in its own child process (edge_ocr.tools.bench_worker), pinned to ``cpus``."""
+    job = {"config": asdict(config), "images": [str(p) for p in images], "det": det, "warmup": warmup}
+    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as spec:
+        json.dump(job, spec)
     try:
-        args = [sys.executable, "-m", "edge_ocr", "bench", "--worker", listing.name, "--pack", config.pack,
-                "--precision", config.precision, "--threads", str(config.threads), "--warmup", str(warmup),
-                "--readers", config.reader, "--options", config.options]
-        if not det:
-            args.append("--no-det")
-        stdout, _ = _child(args, cpus)
+        stdout, _ = _child([sys.executable, "-m", "edge_ocr.tools.bench_worker", spec.name], cpus)
     finally:
-        os.unlink(listing.name)
+        os.unlink(spec.name)
     return json.loads(stdout)
 
 

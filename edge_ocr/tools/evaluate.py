@@ -20,8 +20,8 @@ from typing import Any
 
 import numpy as np
 
-from edge_ocr import scoring
 from edge_ocr.errors import ConfigError, EdgeOcrError
+from edge_ocr.tools import scoring
 
 
 @dataclass(frozen=True, slots=True)

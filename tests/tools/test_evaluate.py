@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from edge_ocr.evaluate import evaluate, file_predictor
+from edge_ocr.tools.evaluate import evaluate, file_predictor
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 YARDSTICK = REPO.parent / "shared" / "yardstick" / "bench.py"
 
 

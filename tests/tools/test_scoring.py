@@ -1,4 +1,4 @@
-"""edge_ocr.scoring: metrics checked against definitions small enough to do by hand."""
+"""edge_ocr.tools.scoring: metrics checked against definitions small enough to do by hand."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import random
 import numpy as np
 import pytest
 
-from edge_ocr import scoring
+from edge_ocr.tools import scoring
 
 
 def _naive_distance(a: str, b: str) -> int:
