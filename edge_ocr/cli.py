@@ -17,6 +17,7 @@ from typing import ClassVar
 
 from edge_ocr import __version__
 from edge_ocr.errors import ConfigError, EdgeOcrError
+from edge_ocr.progress import Progress
 
 log = logging.getLogger("edge_ocr")
 
@@ -67,6 +68,7 @@ def cmd_ocr(args: argparse.Namespace) -> int:
     engine = OcrEngine(_engine_options(args))
     model = (engine.pack.name, engine.pack.version)
     failures = 0
+    progress = Progress(len(args.images), "images")
     for name in args.images:
         path = Path(name)
         try:
@@ -77,12 +79,15 @@ def cmd_ocr(args: argparse.Namespace) -> int:
             error = exc if isinstance(exc, EdgeOcrError) else EdgeOcrError("cannot read file: %s" % exc.strerror)
             result = Result("cli", Status.ERROR, None, model, error=error, file=str(path))
             log.error("file=%s error=%s %s", path, error.code, error.message)
+        progress.clear()
         if args.json:
             print(result.to_json(), flush=True)
         elif result.output is not None:
             if len(args.images) > 1:
                 print("==> %s <==" % path)
             print(result.text, flush=True)
+        progress.step()
+    progress.close()
     return EXIT_FAILURE if failures else EXIT_OK
 
 
@@ -129,11 +134,18 @@ def cmd_eval(args: argparse.Namespace) -> int:
             " ".join("%s=%s" % kv for kv in engine.precisions.items()),
         )
 
+    shown: list[Progress] = []
+
     def progress(done: int, total: int) -> None:
-        if done % 100 == 0 or done == total:
+        if not shown:
+            shown.append(Progress(total, "images"))
+        shown[0].step()
+        if args.verbose and (done % 100 == 0 or done == total):
             log.info("eval progress=%d/%d", done, total)
 
-    report = evaluate.evaluate(manifest, predict, limit=args.limit, progress=progress if args.verbose else None)
+    report = evaluate.evaluate(manifest, predict, limit=args.limit, progress=progress)
+    for bar in shown:
+        bar.close()
     report["engine"] = label
     if args.record:
         if args.predictions or args.limit:
@@ -180,31 +192,34 @@ def cmd_bench(args: argparse.Namespace) -> int:
             raise ConfigError("--readers: expected a comma-separated subset of %s" % ",".join(bench.READERS))
         # Every configuration, ours and the reference, is pinned to the same CPUs.
         cpus = set(sorted(os.sched_getaffinity(0))[: max(thread_counts)])
-        results = []
+        configs = []
         for pack in args.packs.split(","):
             has_int8 = any("int8" in s.variants for s in load_pack(pack).stages.values())
             for precision in args.precisions.split(","):
                 if precision == "int8" and not has_int8:
                     log.info("bench pack=%s has no int8 variant; skipped", pack)
                     continue
-                for threads in thread_counts:
-                    for reader in readers:
-                        config = bench.BenchConfig(resolve_pack_name(pack), precision, threads, reader)
-                        log.info("bench config=%r images=%d", config.label, len(images))
-                        results.append(bench.measure(config, images, det, args.warmup, cpus))
-        reference = None
-        if args.compare:
-            engines = args.compare.split(",")
-            unknown = set(engines) - set(bench.REFERENCES)
-            if unknown:
-                raise ConfigError("--compare: unknown reference %s (expected a subset of %s)" % (
-                    ",".join(sorted(unknown)), ",".join(bench.REFERENCES)))
-            for engine in engines:
-                for threads in thread_counts:
-                    log.info("bench reference=%s threads=%d", engine, threads)
-                    results.append(bench.measure_reference(
-                        engine, Path(args.ref_root), Path(args.ref_script), images, threads, det, args.warmup, cpus))
-            reference = bench.BASELINE if "rapidocr" in engines else None
+                configs += [bench.BenchConfig(resolve_pack_name(pack), precision, threads, reader)
+                            for threads in thread_counts for reader in readers]
+        engines = args.compare.split(",") if args.compare else []
+        unknown = set(engines) - set(bench.REFERENCES)
+        if unknown:
+            raise ConfigError("--compare: unknown reference %s (expected a subset of %s)" % (
+                ",".join(sorted(unknown)), ",".join(bench.REFERENCES)))
+        progress = Progress(len(configs) + len(engines) * len(thread_counts), "configurations")
+        results = []
+        for config in configs:
+            log.info("bench config=%r images=%d", config.label, len(images))
+            results.append(bench.measure(config, images, det, args.warmup, cpus))
+            progress.step()
+        for engine in engines:
+            for threads in thread_counts:
+                log.info("bench reference=%s threads=%d", engine, threads)
+                results.append(bench.measure_reference(
+                    engine, Path(args.ref_root), Path(args.ref_script), images, threads, det, args.warmup, cpus))
+                progress.step()
+        progress.close()
+        reference = bench.BASELINE if "rapidocr" in engines else None
         labels = [eval_dev / "pages" / "labels.jsonl", eval_dev / "zh" / "pages" / "labels.jsonl"]
         for result in results:
             predictions_scored = bench.score_pages(result, labels) if det else None

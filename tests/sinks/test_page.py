@@ -286,3 +286,25 @@ def test_the_page_shows_a_server_error(browser, serve, tmp_path):
     assert shown["state"] == "error"
     assert "unsupported_image" in shown["error"] and "HTTP 415" in shown["error"]
     assert shown["lines"] == [] and not shown["canvasShown"]
+
+
+def test_the_readme_screenshot_reads_a_synthetic_receipt(browser, serve, tmp_path):
+    """The README's picture of the page, from this test: a synthetic receipt (no eval-dev data,
+    whose licence keeps it out of the repo). With EDGE_OCR_DOCS set to a folder, the screenshot
+    is saved there as try-it.png."""
+    import cv2
+
+    from edge_ocr.tools.tune import sample_images
+
+    receipt = tmp_path / "receipt.png"
+    cv2.imwrite(str(receipt), sample_images()[1])
+    cdp = browser(serve().url + "/")
+    shown = cdp.upload(receipt)
+    assert shown["state"] == "done" and shown["error"] == "", shown
+    assert any(line["text"].startswith("ITEM 03") for line in shown["lines"]), shown["lines"]
+    screenshot = tmp_path / "try-it.png"
+    cdp.screenshot(screenshot)
+    assert screenshot.stat().st_size > 10_000
+    docs = os.environ.get("EDGE_OCR_DOCS")
+    if docs:
+        shutil.copyfile(screenshot, Path(docs) / "try-it.png")
