@@ -32,7 +32,7 @@ from edge_ocr.config import (
     load_config,
 )
 from edge_ocr.engine.types import Region
-from edge_ocr.errors import ConfigError, EdgeOcrError
+from edge_ocr.errors import ConfigError, EdgeOcrError, ExitCode
 from edge_ocr.guard import Guard, GuardLimits, GuardState, Level
 from edge_ocr.notify import Notifier
 from edge_ocr.pipeline import Engine, Pipeline, Sink
@@ -93,7 +93,7 @@ class App:
         self.model: tuple[str, str] = ("", "")
         self.http: HttpServer | None = None
         self.guard: Guard | None = None
-        self.exit_code = 0  # non-zero after the memory guard's hard limit: systemd restarts us
+        self.exit_code = ExitCode.OK  # non-zero after the memory guard's hard limit: systemd restarts us
         self._latest: dict[str, Result] = {}
         self._http_cache = OutputCache(config.http.cache_entries)
         self._newest: Result | None = None
@@ -180,36 +180,36 @@ class App:
 
     def shutdown(self) -> int:
         """Reverse data-flow order: STOPPING=1, sources, pipeline (current job finishes), sinks."""
-        code = 0
+        code = ExitCode.OK
         self.notifier.stopping()
         self.stop_event.set()
         log.info("stopping")
         if self.http is not None:
             try:
                 if not self.http.stop():
-                    code = 1
+                    code = ExitCode.FAILURE
             except Exception:
                 log.exception("http stop failed")
-                code = 1
+                code = ExitCode.FAILURE
         deadline = time.monotonic() + JOIN_TIMEOUT_S
         for thread in self._threads:
             thread.join(max(0.1, deadline - time.monotonic()))
             if thread.is_alive():
                 log.error("thread did not stop thread=%s", thread.name)
-                code = 1
+                code = ExitCode.FAILURE
         if self.pipeline is not None:
             try:
                 if not self.pipeline.join(JOIN_TIMEOUT_S):
-                    code = 1
+                    code = ExitCode.FAILURE
             except Exception:
                 log.exception("pipeline stop failed")
-                code = 1
+                code = ExitCode.FAILURE
         if self.mqtt is not None:
             try:
                 self.mqtt.close()
             except Exception:
                 log.exception("mqtt stop failed")
-                code = 1
+                code = ExitCode.FAILURE
         if self.guard is not None:
             self.guard.join(JOIN_TIMEOUT_S)
         if self.engine is not None:
@@ -283,20 +283,17 @@ class App:
         if state.level is Level.HARD:
             log.error("memory guard hard limit rss_mb=%.0f available_mb=%s: stopping for a restart",
                       state.rss_mb, state.available_mb)
-            self.exit_code = 3
+            self.exit_code = ExitCode.MEMORY
             self.stop_event.set()
         elif state.level is Level.SOFT:
-            dropped = 0
-            if self.pipeline is not None:
-                dropped = self.pipeline.drop_frames()
-                self.pipeline.limit_side = SOFT_DET_LIMIT_SIDE
+            dropped = self.pipeline.degrade(SOFT_DET_LIMIT_SIDE) if self.pipeline is not None else 0
             self._http_cache.clear()
             gc.collect()
             log.warning("memory guard soft limit rss_mb=%.0f available_mb=%s dropped_frames=%d det_limit_side=%d",
                         state.rss_mb, state.available_mb, dropped, SOFT_DET_LIMIT_SIDE)
         else:
             if self.pipeline is not None:
-                self.pipeline.limit_side = None
+                self.pipeline.recover()
             log.info("memory guard back to ok rss_mb=%.0f (was %s)", state.rss_mb, previous.value)
 
     # -- commands and status -------------------------------------------------------------------

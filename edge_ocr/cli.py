@@ -16,12 +16,11 @@ from pathlib import Path
 from typing import ClassVar
 
 from edge_ocr import __version__
-from edge_ocr.errors import ConfigError, EdgeOcrError
+from edge_ocr.errors import ConfigError, EdgeOcrError, ExitCode
 from edge_ocr.progress import Progress
 
 log = logging.getLogger("edge_ocr")
 
-EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 
 
 class _JournalFormatter(logging.Formatter):
@@ -88,7 +87,7 @@ def cmd_ocr(args: argparse.Namespace) -> int:
             print(result.text, flush=True)
         progress.step()
     progress.close()
-    return EXIT_FAILURE if failures else EXIT_OK
+    return ExitCode.FAILURE if failures else ExitCode.OK
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -110,7 +109,7 @@ def cmd_check(args: argparse.Namespace) -> int:
         print(problem)
     if not problems:
         print("ok: %s" % (config.path or "built-in defaults"))
-    return EXIT_FAILURE if problems else EXIT_OK
+    return ExitCode.FAILURE if problems else ExitCode.OK
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -160,7 +159,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     print("%s\n\n%s" % (label, evaluate.format_report(report)))
-    return EXIT_OK
+    return ExitCode.OK
 
 
 def _int_list(flag: str, text: str) -> list[int]:
@@ -231,7 +230,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     print("%s\n\n%s" % (header, table))
     if args.json:
         Path(args.json).write_text(json.dumps({"machine": bench.machine(), "set": args.set, "results": results}, indent=2) + "\n")
-    return EXIT_OK
+    return ExitCode.OK
 
 
 def cmd_tune(args: argparse.Namespace) -> int:
@@ -248,7 +247,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
     path = tuning.save(measured, state_dir)
     print("chosen: threads=%d precision=%s (cpus %s) -> %s" % (
         measured.threads, measured.precision, ",".join(map(str, measured.cpus)), path))
-    return EXIT_OK
+    return ExitCode.OK
 
 
 def cmd_models(args: argparse.Namespace) -> int:
@@ -262,7 +261,7 @@ def cmd_models(args: argparse.Namespace) -> int:
             stages = ", ".join("%s[%s]" % (s, "/".join(pack.stages[s].variants)) for s in pack.stages)
             marker = " (default)" if name == DEFAULT_PACK else ""
             print("%-14s v%s%s  %s  — %s" % (name, pack.version, marker, stages, pack.description))
-        return EXIT_OK
+        return ExitCode.OK
     problems = []
     for name in names:
         pack = load_pack(name)
@@ -271,7 +270,7 @@ def cmd_models(args: argparse.Namespace) -> int:
         print("%s: %s" % (name, "ok (%d files)" % len(pack.files()) if not found else "FAILED"))
     for problem in problems:
         print(problem)
-    return EXIT_FAILURE if problems else EXIT_OK
+    return ExitCode.FAILURE if problems else ExitCode.OK
 
 
 def _add_engine_flags(parser: argparse.ArgumentParser) -> None:
@@ -366,9 +365,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.func(args))
     except ConfigError as exc:
         log.error("%s", exc.message)
-        return EXIT_USAGE
+        return ExitCode.USAGE
     except EdgeOcrError as exc:
         log.error("%s: %s", exc.code, exc.message)
-        return EXIT_FAILURE
+        return ExitCode.FAILURE
     except KeyboardInterrupt:
         return 130

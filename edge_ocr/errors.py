@@ -12,6 +12,8 @@
 
 from __future__ import annotations
 
+from enum import IntEnum
+
 
 class EdgeOcrError(Exception):
     """Base of all edge-ocr errors; ``code`` is a stable machine-readable name."""
@@ -49,3 +51,12 @@ class SourceError(EdgeOcrError):
 
 class SinkError(EdgeOcrError):
     code = "sink"
+
+
+class ExitCode(IntEnum):
+    """The process's exit codes (SPEC: 0 ok, 1 runtime failure, 2 usage or config error)."""
+
+    OK = 0
+    FAILURE = 1
+    USAGE = 2
+    MEMORY = 3  # the memory guard's hard limit: systemd restarts the daemon with fresh memory

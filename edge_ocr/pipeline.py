@@ -89,7 +89,7 @@ class Pipeline:
         self._regions: dict[tuple[str, str], _RegionState] = {}
         self._lock = threading.Lock()
         self._threads: list[threading.Thread] = []
-        self.limit_side: int | None = None  # set by the memory guard: a smaller detection input
+        self._limit_side: int | None = None  # degrade(): a smaller detection input under memory pressure
         self.on_result: Callable[[Result], None] | None = None  # e.g. /api/latest; called after sinks
 
     def start(self) -> None:
@@ -140,6 +140,16 @@ class Pipeline:
                 self.progress = time.monotonic()
                 self.stats.set("queue_depth", self.queue.qsize())
 
+    def degrade(self, det_limit_side: int) -> int:
+        """The memory guard's soft level: drop queued camera frames and detect on inputs of at
+        most ``det_limit_side`` px until ``recover()``. Returns the frames dropped."""
+        self._limit_side = det_limit_side
+        return self.drop_frames()
+
+    def recover(self) -> None:
+        """Back to the configured detection input size."""
+        self._limit_side = None
+
     def drop_frames(self) -> int:
         """Drop queued camera frames (never folder files); the memory guard's first step.
         Returns how many were dropped (counted in ``frames_dropped_total``)."""
@@ -182,7 +192,7 @@ class Pipeline:
                 self.stats.inc("results_reused_total")
             else:
                 image = job.frame if job.frame is not None else job.image
-                output = self.engine(image, rois=job.rois or None, det=job.det, limit_side=self.limit_side)
+                output = self.engine(image, rois=job.rois or None, det=job.det, limit_side=self._limit_side)
                 self.stats.set("engine_last_ms", round((time.perf_counter() - start) * 1000.0, 1))
                 self.stats.inc("lines_total", len(output.lines))
                 for stage, elapsed_ms in output.timing_ms.items():
