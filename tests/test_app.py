@@ -103,9 +103,10 @@ def test_dropped_file_gives_retained_state_text_one_event_and_done_json(eval_dev
     sub.wait_topic(PREFIX + "/inbox/event")
     assert state["status"] == "ok" and state["file"] == "word.png"
     assert text.casefold() == label.casefold() == state["text"].casefold()
-    assert wait_until(lambda: (tmp_path / "done" / "word.json").exists())
+    # The JSON is written first, then the original moved beside it: wait for both.
+    assert wait_until(lambda: (tmp_path / "done" / "word.json").exists() and (tmp_path / "done" / "word.png").exists())
     stored = json.loads((tmp_path / "done" / "word.json").read_text())
-    assert stored["id"] == state["id"] and (tmp_path / "done" / "word.png").exists()
+    assert stored["id"] == state["id"]
     assert not list((tmp_path / "inbox").glob("*.png")) and not list((tmp_path / "inbox" / ".processing").iterdir())
     assert daemon.terminate() == 0
     assert sub.wait_topic(PREFIX + "/availability", 2)[-1].payload == b"offline"
