@@ -22,6 +22,18 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.slow)
 
 
+@pytest.fixture(autouse=True)
+def reap_daemons():
+    """Kill any daemon (tests.helpers.Daemon) a failed test left running."""
+    from tests.helpers import Daemon
+
+    Daemon.started = []
+    yield
+    for daemon in Daemon.started:
+        if daemon.proc is not None and daemon.proc.poll() is None:
+            daemon.kill()
+
+
 @pytest.fixture(scope="session")
 def eval_dev() -> Path:
     """The labelled eval-dev set beside the repo (../shared/eval-dev). CI must have it."""

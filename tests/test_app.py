@@ -4,87 +4,15 @@ and default pack, a real drop folder and a real Mosquitto."""
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import signal
 import subprocess
 import sys
 from pathlib import Path
-from typing import ClassVar
 
 import pytest
 
-from tests.broker import PASSWORD, USER, Collector, Mosquitto, wait_until
+from tests.broker import PASSWORD, Collector, wait_until
 from tests.conftest import line_samples
-
-PREFIX = "e2e/dev"
-
-
-def write_config(tmp_path: Path, broker: Mosquitto | None, extra_mqtt: str = "", extra_source: str = "") -> Path:
-    (tmp_path / "secret").write_text(PASSWORD + "\n")
-    mqtt = (
-        '[mqtt]\nenabled = true\nhost = "127.0.0.1"\nport = %d\nusername = "%s"\npassword_file = "secret"\n'
-        'topic_prefix = "%s"\nclient_id = "edge-ocr-e2e"\nspool_dir = "spool"\n'
-        "reconnect_min_delay = 0.1\nreconnect_max_delay = 0.5\n%s"
-        % (broker.port, USER, PREFIX, extra_mqtt)
-        if broker
-        else "[mqtt]\nenabled = false\n"
-    )
-    config = tmp_path / "edge-ocr.toml"
-    config.write_text(
-        '[engine]\nthreads = 2\n\n[http]\nbind = "127.0.0.1:0"\n\n[[sources]]\nname = "inbox"\ntype = "folder"\npath = "inbox"\n'
-        'done_dir = "done"\nfailed_dir = "failed"\nstability_delay = 0.1\n%s\n%s' % (extra_source, mqtt)
-    )
-    return config
-
-
-@pytest.fixture(autouse=True)
-def reap_daemons():
-    """Kill any daemon a failed test left running."""
-    started: ClassVar[list[Daemon]] = []
-    Daemon.started = started
-    yield
-    for daemon in started:
-        if daemon.proc is not None and daemon.proc.poll() is None:
-            daemon.kill()
-
-
-class Daemon:
-    started: ClassVar[list[Daemon]] = []
-
-    def __init__(self, config: Path) -> None:
-        self.config = config
-        self.log = config.parent / ("daemon-%d.log" % len(list(config.parent.glob("daemon-*.log"))))
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> Daemon:
-        with open(self.log, "wb") as fh:
-            self.proc = subprocess.Popen([sys.executable, "-m", "edge_ocr", "run", "-c", str(self.config)],
-                                         stdout=fh, stderr=subprocess.STDOUT)
-        self.started.append(self)
-        assert wait_until(lambda: "daemon ready" in self.text() or self.proc.poll() is not None, 60), self.text()
-        assert self.proc.poll() is None, self.text()
-        return self
-
-    def text(self) -> str:
-        return self.log.read_text(errors="replace")
-
-    def terminate(self, timeout_s: float = 15.0) -> int:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGTERM)
-        return self.proc.wait(timeout_s)
-
-    def kill(self) -> None:
-        assert self.proc is not None
-        self.proc.kill()
-        self.proc.wait(10)
-
-
-def drop(src: Path, inbox: Path, name: str) -> None:
-    """Write like a scanner or Syncthing: a temp name, then an atomic rename."""
-    tmp = inbox / (name + ".part")
-    shutil.copyfile(src, tmp)
-    os.rename(tmp, inbox / name)
+from tests.helpers import PREFIX, Daemon, drop, write_config
 
 
 def originals(directory: Path) -> list[str]:

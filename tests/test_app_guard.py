@@ -15,7 +15,7 @@ import pytest
 
 from tests.broker import wait_until
 from tests.conftest import line_samples
-from tests.test_app import Daemon, drop
+from tests.helpers import Daemon, drop
 
 
 def _config(tmp_path: Path, soft_mb: int, hard_mb: int) -> Path:

@@ -10,8 +10,7 @@ import urllib.request
 
 from tests.broker import wait_until
 from tests.conftest import line_samples
-from tests.helpers import promtool_check
-from tests.test_app import Daemon, drop
+from tests.helpers import Daemon, drop, promtool_check
 
 SECRET = "s3cret-do-not-show"
 

@@ -15,7 +15,7 @@ import pytest
 
 from tests.broker import wait_until
 from tests.conftest import line_samples
-from tests.test_app import Daemon
+from tests.helpers import Daemon
 
 
 def _config_text(port: int, low_confidence: float = 0.6, pack: str = "default") -> str:
