@@ -9,18 +9,19 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parents[1] / "edge_ocr"
 
 LEAVES = ("edge_ocr.errors", "edge_ocr.results", "edge_ocr.config", "edge_ocr.engine.types", "edge_ocr.stats",
-          "edge_ocr.readiness", "edge_ocr.atomic")
+          "edge_ocr.readiness", "edge_ocr.atomic", "edge_ocr.imageformat")
 
 # module prefix → edge_ocr modules it may import (a prefix allows everything below it)
 ALLOWED: dict[str, tuple[str, ...]] = {
     "edge_ocr.errors": (),
     "edge_ocr.engine.types": (),
-    "edge_ocr.engine": ("edge_ocr.engine", "edge_ocr.errors"),
+    "edge_ocr.engine": ("edge_ocr.engine", "edge_ocr.errors", "edge_ocr.imageformat"),
     "edge_ocr.results": ("edge_ocr.engine.types", "edge_ocr.errors"),
     "edge_ocr.config": ("edge_ocr.errors", "edge_ocr.engine.types", "edge_ocr.engine.ocr"),
     "edge_ocr.stats": ("edge_ocr.errors",),
     "edge_ocr.readiness": (),
     "edge_ocr.atomic": (),
+    "edge_ocr.imageformat": (),
     "edge_ocr.notify": ("edge_ocr.errors",),
     "edge_ocr.cache": ("edge_ocr.engine.types",),
     "edge_ocr.guard": ("edge_ocr.config", "edge_ocr.stats", "edge_ocr.errors"),

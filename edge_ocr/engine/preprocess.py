@@ -12,12 +12,13 @@ import struct
 import cv2
 import numpy as np
 
+from edge_ocr import imageformat
 from edge_ocr.engine.types import Quad, Transform
 from edge_ocr.errors import ImageTooLarge, UnsupportedImage
 
-# The formats we decode, by their magic bytes. Probing the header first means the pixel
-# cap is enforced before OpenCV allocates anything (decompression bombs).
-FORMATS = ("jpeg", "png", "bmp", "tiff", "webp")
+# The formats we decode (edge_ocr.imageformat knows their magic bytes). Probing the header first
+# means the pixel cap is enforced before OpenCV allocates anything (decompression bombs).
+FORMATS = imageformat.FORMATS
 
 
 def probe_image(data: bytes) -> tuple[str, int, int]:
@@ -27,20 +28,21 @@ def probe_image(data: bytes) -> tuple[str, int, int]:
     """
     if not data:
         raise UnsupportedImage("empty file (0 bytes)")
+    kind = imageformat.sniff(data)
     try:
-        if data[:3] == b"\xff\xd8\xff":
+        if kind == "jpeg":
             return ("jpeg", *_jpeg_size(data))
-        if data[:8] == b"\x89PNG\r\n\x1a\n":
+        if kind == "png":
             width, height = struct.unpack(">II", data[16:24])
             if data[12:16] != b"IHDR":
                 raise UnsupportedImage("PNG without IHDR chunk")
             return "png", width, height
-        if data[:2] == b"BM":
+        if kind == "bmp":
             width, height = struct.unpack("<ii", data[18:26])
             return "bmp", abs(width), abs(height)
-        if data[:4] in (b"II*\x00", b"MM\x00*"):
+        if kind == "tiff":
             return ("tiff", *_tiff_size(data))
-        if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        if kind == "webp":
             return ("webp", *_webp_size(data))
     except (struct.error, IndexError) as exc:
         raise UnsupportedImage("truncated image header") from exc

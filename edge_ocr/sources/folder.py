@@ -30,6 +30,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any, Protocol
 
+from edge_ocr import imageformat
 from edge_ocr.config import FolderSourceConfig
 from edge_ocr.engine.types import EngineOutput
 from edge_ocr.errors import EdgeOcrError, ImageTooLarge, SourceError
@@ -91,13 +92,14 @@ def looks_complete(path: Path, size: int) -> bool:
             tail = fh.read(32)
     except OSError:
         return False
-    if head.startswith(b"\xff\xd8"):
+    kind = imageformat.sniff(head)
+    if kind == "jpeg":
         return b"\xff\xd9" in tail
-    if head.startswith(b"\x89PNG"):
+    if kind == "png":
         return b"IEND" in tail[-12:]
-    if head.startswith(b"BM") and len(head) >= 6:
+    if kind == "bmp" and len(head) >= 6:
         return int.from_bytes(head[2:6], "little") <= size
-    if head.startswith(b"RIFF") and head[8:12] == b"WEBP":
+    if kind == "webp":
         return int.from_bytes(head[4:8], "little") + 8 <= size
     return True
 
