@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import fields, replace
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from edge_ocr.cache import OutputCache, content_key
 from edge_ocr.config import (
@@ -224,24 +224,14 @@ class App:
         cfg = self.config.http
         if not cfg.enabled:
             return
-        app = make_app(
-            ocr=self._http_ocr,
-            capture=self.capture,
-            latest=self._latest_result,
-            sources=lambda: tuple(self.sources),
-            stats=self.stats.snapshot,
-            metrics=self._metrics,
-            ready=self._ready,
-            config_json=lambda: config_to_json(self.config),
-            accepting=lambda: self.guard is None or self.guard.state.level is not Level.HARD,
-            token=cfg.token,
-            max_upload_mb=cfg.max_upload_mb,
-        )
+        app = make_app(self, token=cfg.token, max_upload_mb=cfg.max_upload_mb)
         self.http = HttpServer(app, bind=cfg.bind)
         self.http.start()
         log.info("http listening url=%s", self.http.url)
 
-    def _http_ocr(self, image: bytes, *, det: bool, rois: tuple[Region, ...]) -> Result:
+    # -- the HTTP API's side (sinks.http.ApiBackend) ------------------------------------------
+
+    def ocr(self, image: bytes, *, det: bool, rois: tuple[Region, ...]) -> Result:
         """POST /api/ocr: straight to the engine (thread-safe), not through the folder queue."""
         assert self.engine is not None
         key = content_key(image, det, rois)
@@ -257,10 +247,22 @@ class App:
         self._latest[result.source] = result
         self._newest = result
 
-    def _latest_result(self, source: str | None) -> Result | None:
+    def source_names(self) -> tuple[str, ...]:
+        return tuple(self.sources)
+
+    def stats_view(self) -> dict[str, float]:
+        return self.stats.snapshot()
+
+    def config_view(self) -> Any:
+        return config_to_json(self.config)
+
+    def accepting(self) -> bool:
+        return self.guard is None or self.guard.state.level is not Level.HARD
+
+    def latest(self, source: str | None) -> Result | None:
         return self._newest if source is None else self._latest.get(source)
 
-    def _ready(self) -> Readiness:
+    def readiness(self) -> Readiness:
         return daemon_readiness(
             model=self.model,
             model_loaded=self.engine is not None,
@@ -270,7 +272,7 @@ class App:
             guard=self.guard.state.to_dict() if self.guard is not None else {"level": "ok"},
         )
 
-    def _metrics(self) -> str:
+    def metrics_text(self) -> str:
         text = self.stats.to_prometheus()
         if self.guard is not None:
             text += self.guard.to_prometheus()

@@ -89,12 +89,38 @@ UPLOAD_KEY = "edge_ocr.max_upload_bytes"
 COMMON_HEADERS = (("Cache-Control", "no-store"), ("X-Content-Type-Options", "nosniff"))
 
 
-class OcrFn(Protocol):
-    """OCR one uploaded image. Raises ImageError for a bad image and TimeoutError when the
-    work cannot be scheduled in time (→ 503 busy); may instead return a Result whose
-    ``error`` is set (an ImageError maps to its 4xx, anything else to 500)."""
+class ApiBackend(Protocol):
+    """What the HTTP API needs from the daemon: one typed seam, which the daemon (App) and the
+    API's tests both implement."""
 
-    def __call__(self, image: bytes, *, det: bool, rois: tuple[Region, ...]) -> Result: ...
+    def ocr(self, image: bytes, *, det: bool, rois: tuple[Region, ...]) -> Result:
+        """OCR one uploaded image. Raises ImageError for a bad image and TimeoutError when the
+        work cannot be scheduled in time (→ 503 busy); may instead return a Result whose
+        ``error`` is set (an ImageError maps to its 4xx, anything else to 500)."""
+
+    def capture(self, source: str | None) -> tuple[bool, str]:
+        """Take an image now from ``source`` (None: every source): ``(ok, message)``."""
+
+    def latest(self, source: str | None) -> Result | None:
+        """The newest result of ``source``, or of any source for None."""
+
+    def source_names(self) -> Collection[str]:
+        """The names /api/latest/<s> and /api/capture/<s> accept."""
+
+    def stats_view(self) -> Mapping[str, Any]:
+        """GET /api/stats."""
+
+    def metrics_text(self) -> str:
+        """The daemon's part of GET /metrics (Prometheus text)."""
+
+    def readiness(self) -> Readiness:
+        """GET /readyz."""
+
+    def config_view(self) -> Mapping[str, Any]:
+        """GET /api/config: the config as JSON, secrets masked."""
+
+    def accepting(self) -> bool:
+        """False at the memory guard's hard level: OCR is refused with 503 not_ready."""
 
 
 class _ApiError(Exception):
@@ -108,26 +134,15 @@ class _ApiError(Exception):
 
 
 def make_app(
+    backend: ApiBackend,
     *,
-    ocr: OcrFn,
-    capture: Callable[[str | None], tuple[bool, str]],
-    latest: Callable[[str | None], Result | None],
-    sources: Callable[[], Collection[str]],
-    stats: Callable[[], Mapping[str, Any]],
-    metrics: Callable[[], str],
-    ready: Callable[[], Readiness],
-    config_json: Callable[[], Mapping[str, Any]],
-    accepting: Callable[[], bool] = lambda: True,
     token: str | Secret | None = None,
     max_upload_mb: float = 20.0,
     ocr_slots: int = 2,
     busy_timeout_s: float = 2.0,
 ) -> bottle.Bottle:
-    """The Bottle app of SPEC "HTTP"; a new private ``Bottle()`` per call.
+    """The Bottle app of SPEC "HTTP" over ``backend``; a new private ``Bottle()`` per call.
 
-    ``capture(source)`` returns ``(ok, message)`` like ``App.capture``; ``latest(None)`` is the
-    newest result of any source; ``sources()`` the names /api/latest/<s> and /api/capture/<s>
-    accept; ``accepting()`` False (memory guard hard) refuses OCR with 503 ``not_ready``.
     ``token`` set: every route but /healthz and the static page needs ``Bearer <token>``.
     At most ``ocr_slots`` OCR calls run at once; a request that waits ``busy_timeout_s`` for
     a slot gets 503 ``busy``. Raises ConfigError for unusable settings.
@@ -140,15 +155,7 @@ def make_app(
     if secret is not None and not secret.strip():
         raise ConfigError("http.token_file: the token is empty")
     api = _Api(
-        ocr=ocr,
-        capture=capture,
-        latest=latest,
-        sources=sources,
-        stats=stats,
-        metrics=metrics,
-        ready=ready,
-        config_json=config_json,
-        accepting=accepting,
+        backend,
         token=secret.strip().encode() if secret is not None else None,
         max_upload_bytes=int(max_upload_mb * 1024 * 1024),
         ocr_slots=ocr_slots,
@@ -163,30 +170,14 @@ class _Api:
 
     def __init__(
         self,
+        backend: ApiBackend,
         *,
-        ocr: OcrFn,
-        capture: Callable[[str | None], tuple[bool, str]],
-        latest: Callable[[str | None], Result | None],
-        sources: Callable[[], Collection[str]],
-        stats: Callable[[], Mapping[str, Any]],
-        metrics: Callable[[], str],
-        ready: Callable[[], Readiness],
-        config_json: Callable[[], Mapping[str, Any]],
-        accepting: Callable[[], bool],
         token: bytes | None,
         max_upload_bytes: int,
         ocr_slots: int,
         busy_timeout_s: float,
     ) -> None:
-        self._ocr = ocr
-        self._capture = capture
-        self._latest = latest
-        self._sources = sources
-        self._stats = stats
-        self._metrics = metrics
-        self._ready = ready
-        self._config_json = config_json
-        self._accepting = accepting
+        self._backend = backend
         self._max_upload = max_upload_bytes
         self._slots = threading.BoundedSemaphore(ocr_slots)
         self._busy_timeout_s = busy_timeout_s
@@ -232,28 +223,28 @@ class _Api:
         return _response(200, self._page, headers)
 
     def readyz(self) -> bottle.HTTPResponse:
-        readiness = self._ready()
+        readiness = self._backend.readiness()
         body = readiness.to_json()
         if not readiness.ready:
             body["error"] = {"code": "not_ready", "message": readiness.reason}
         return _json(200 if readiness.ready else 503, body)
 
     def metrics(self) -> bottle.HTTPResponse:
-        text = self._metrics()
+        text = self._backend.metrics_text()
         if text and not text.endswith("\n"):
             text += "\n"
         return _response(200, text + self._own_metrics(), {"Content-Type": METRICS_CONTENT_TYPE})
 
     def stats(self) -> bottle.HTTPResponse:
-        return _json(200, self._stats())
+        return _json(200, self._backend.stats_view())
 
     def config(self) -> bottle.HTTPResponse:
-        return _json(200, self._config_json())
+        return _json(200, self._backend.config_view())
 
     def latest(self, source: str | None = None) -> bottle.HTTPResponse:
         if source is not None:
             self._known_source(source)
-        result = self._latest(source)
+        result = self._backend.latest(source)
         if result is None:
             where = "source %r" % source if source is not None else "any source"
             raise _ApiError("no_result", "no result yet for %s" % where)
@@ -264,20 +255,20 @@ class _Api:
     def capture(self, source: str | None = None) -> bottle.HTTPResponse:
         if source is not None:
             self._known_source(source)
-        ok, message = self._capture(source)
+        ok, message = self._backend.capture(source)
         if not ok:
             raise _ApiError("capture_failed", message)
         return _json(200, {"ok": True, "source": source, "message": message})
 
     def ocr(self) -> bottle.HTTPResponse:
-        if not self._accepting():
+        if not self._backend.accepting():
             raise _ApiError("not_ready", "not taking work now (memory guard)", {"Retry-After": "5"})
         image, det, rois = self._ocr_request()
         if not self._slots.acquire(timeout=self._busy_timeout_s):
             self._count_busy()
             raise _ApiError("busy", "all OCR slots are busy, retry shortly", {"Retry-After": "1"})
         try:
-            result = self._ocr(image, det=det, rois=rois)
+            result = self._backend.ocr(image, det=det, rois=rois)
         except ImageError as exc:
             log.debug("http ocr refused image error=%s", exc.code)
             raise _ApiError(exc.code if exc.code in ERROR_STATUS else "image", exc.message) from exc
@@ -340,7 +331,7 @@ class _Api:
     # -- helpers -----------------------------------------------------------------------------------
 
     def _known_source(self, source: str) -> None:
-        if source not in self._sources():
+        if source not in self._backend.source_names():
             raise _ApiError("unknown_source", "no source named %r" % source)
 
     def _bottle_error(self, err: bottle.HTTPError) -> bottle.HTTPResponse:
@@ -814,4 +805,4 @@ def _close_all(socket_map: dict[int, Any]) -> None:
     socket_map.clear()
 
 
-__all__ = ["ERROR_STATUS", "HttpServer", "OcrFn", "make_app", "parse_bind"]
+__all__ = ["ERROR_STATUS", "ApiBackend", "HttpServer", "make_app", "parse_bind"]

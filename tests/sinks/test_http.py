@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -54,7 +55,7 @@ class EngineOcr:
 
 @dataclass
 class Backend:
-    """Stands in for the daemon's side of the seam: the callables make_app takes."""
+    """Stands in for the daemon's side of the seam (sinks.http.ApiBackend)."""
 
     ocr: EngineOcr
     results: dict[str, Result] = field(default_factory=dict)
@@ -63,7 +64,7 @@ class Backend:
     is_ready: bool = True
     is_accepting: bool = True
 
-    def ready(self) -> Readiness:
+    def readiness(self) -> Readiness:
         """The daemon's own readiness rule, over parts this backend pretends to have."""
         return daemon_readiness(
             model=("ppocrv6-small", "1"),
@@ -83,19 +84,23 @@ class Backend:
             return max(self.results.values(), key=lambda r: r.ts, default=None)
         return self.results.get(source)
 
+    def source_names(self) -> tuple[str, ...]:
+        return ("inbox", "meter")
+
+    def stats_view(self) -> dict[str, float]:
+        return {"jobs_total": 3, "queue_depth": 0}
+
+    def metrics_text(self) -> str:
+        return "# TYPE edge_ocr_jobs_total counter\nedge_ocr_jobs_total 3"
+
+    def config_view(self) -> dict[str, Any]:
+        return {"http": {"bind": "127.0.0.1:8080", "token_file": "***"}, "path": Path("/etc/x")}
+
+    def accepting(self) -> bool:
+        return self.is_accepting
+
     def app(self, **settings):
-        return make_app(
-            ocr=self.ocr,
-            capture=self.capture,
-            latest=self.latest,
-            sources=lambda: ("inbox", "meter"),
-            stats=lambda: {"jobs_total": 3, "queue_depth": 0},
-            metrics=lambda: "# TYPE edge_ocr_jobs_total counter\nedge_ocr_jobs_total 3",
-            ready=self.ready,
-            config_json=lambda: {"http": {"bind": "127.0.0.1:8080", "token_file": "***"}, "path": Path("/etc/x")},
-            accepting=lambda: self.is_accepting,
-            **settings,
-        )
+        return make_app(self, **settings)
 
 
 @pytest.fixture(scope="module")

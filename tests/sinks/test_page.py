@@ -23,6 +23,7 @@ from typing import Any
 import pytest
 
 from edge_ocr.engine.types import Region
+from edge_ocr.readiness import Readiness
 from edge_ocr.results import Result, status_for
 from edge_ocr.sinks.http import HttpServer, make_app
 
@@ -189,6 +190,37 @@ def browser(chromium, websocket_module, tmp_path) -> Iterator[Any]:
             proc.stderr.close()
 
 
+class PageBackend:
+    """The page needs only OCR from the daemon's side of the API (sinks.http.ApiBackend)."""
+
+    def __init__(self, ocr: Any) -> None:
+        self.ocr = ocr
+
+    def capture(self, source: str | None) -> tuple[bool, str]:
+        return True, ""
+
+    def latest(self, source: str | None) -> Result | None:
+        return None
+
+    def source_names(self) -> tuple[str, ...]:
+        return ()
+
+    def stats_view(self) -> dict[str, float]:
+        return {}
+
+    def metrics_text(self) -> str:
+        return ""
+
+    def readiness(self) -> Readiness:
+        return Readiness()
+
+    def config_view(self) -> dict[str, Any]:
+        return {}
+
+    def accepting(self) -> bool:
+        return True
+
+
 @pytest.fixture
 def serve(engines):
     """An HttpServer on a free loopback port whose OCR is the real engine."""
@@ -203,8 +235,7 @@ def serve(engines):
                       timing_ms=timing)
 
     def start(token: str | None = None) -> HttpServer:
-        app = make_app(ocr=ocr, capture=lambda s: (True, ""), latest=lambda s: None, sources=lambda: (),
-                       stats=dict, metrics=str, ready=lambda: (True, {}), config_json=dict, token=token)
+        app = make_app(PageBackend(ocr), token=token)
         server = HttpServer(app, "127.0.0.1:0")
         server.start()
         servers.append(server)
