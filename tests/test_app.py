@@ -69,6 +69,7 @@ def test_broker_down_during_200_file_burst_then_all_results_in_order(eval_dev, t
     sub.close()
 
 
+@pytest.mark.slow
 @pytest.mark.broker
 def test_kill_9_mid_burst_then_restart_leaves_each_file_once(eval_dev, tmp_path, mosquitto):
     samples = [p for p, _ in line_samples(eval_dev, "SROIE2019-task1", 60)]

@@ -93,6 +93,7 @@ def _int8_packs() -> list[str]:
     return [name for name in list_packs() if any("int8" in s.variants for s in load_pack(name).stages.values())]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("pack", _int8_packs())
 def test_int8_recogniser_stays_with_its_fp32_twin(engines, eval_dev, pack):
     fp32, int8 = engines(pack, "fp32"), engines(pack, "int8")
@@ -112,6 +113,7 @@ def _pages(eval_dev, prefix: str, count: int) -> list[dict]:
     return [r for r in rows if r["file"].startswith(prefix)][:count]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("pack", _int8_packs())
 def test_int8_detector_finds_the_boxes_of_its_fp32_twin(engines, eval_dev, pack):
     fp32, int8 = engines(pack, "fp32"), engines(pack, "int8")
@@ -258,6 +260,7 @@ def _counting(run, calls, name):
     return counted
 
 
+@pytest.mark.slow
 def test_hopeless_drafts_are_dropped_on_pages_but_single_lines_go_to_the_accurate_reader(eval_dev):
     from edge_ocr.engine.ocr import EngineOptions, OcrEngine
 

@@ -46,6 +46,7 @@ FIGURES = {
     ("pages", "pages/labels.jsonl", "rapidocr-1.3.24-pages.jsonl"),
     ("lines", "lines/labels.tsv", "rapidocr-1.3.24-lines.jsonl"),
 ])
+@pytest.mark.slow
 def test_figures_agree_with_the_yardstick(yardstick, eval_dev, task, manifest, recorded):
     predictions = REPO / "bench" / "ref" / recorded
     ours = evaluate(eval_dev / manifest, file_predictor(predictions))["sources"]
