@@ -133,17 +133,17 @@ def cmd_eval(args: argparse.Namespace) -> int:
             " ".join("%s=%s" % kv for kv in engine.precisions.items()),
         )
 
-    shown: list[Progress] = []
+    bar: Progress | None = None  # made on the first call: only evaluate() knows the total
 
     def progress(done: int, total: int) -> None:
-        if not shown:
-            shown.append(Progress(total, "images"))
-        shown[0].step()
+        nonlocal bar
+        bar = bar or Progress(total, "images")
+        bar.step()
         if args.verbose and (done % 100 == 0 or done == total):
             log.info("eval progress=%d/%d", done, total)
 
     report = evaluate.evaluate(manifest, predict, limit=args.limit, progress=progress)
-    for bar in shown:
+    if bar is not None:
         bar.close()
     report["engine"] = label
     if args.record:

@@ -30,11 +30,6 @@ def alnum(text: str) -> str:
     return "".join(c for c in unicodedata.normalize("NFKC", text).casefold() if c.isalnum())
 
 
-def fold(text: str) -> str:
-    """Case-insensitive comparison with runs of white space collapsed."""
-    return " ".join(text.casefold().split())
-
-
 def edit_distance(a: str, b: str) -> int:
     """Levenshtein distance, one numpy row at a time (pages run to thousands of chars)."""
     if not a:
@@ -65,24 +60,19 @@ def cer(truth: str, predicted: str) -> float:
 
 def quad_iou(a: np.ndarray, b: np.ndarray) -> float:
     """Intersection over union of two quads (4, 2), each taken as its convex hull."""
-    area_a, area_b = _hull_area(a), _hull_area(b)
+    inter, area_a, area_b = _overlap(a, b)
     if area_a <= 0 or area_b <= 0:
         return 0.0
-    inter = _intersection(a, b)
     union = area_a + area_b - inter
-    return float(inter / union) if union > 0 else 0.0
+    return inter / union if union > 0 else 0.0
 
 
-def _hull_area(points: np.ndarray) -> float:
-    return float(cv2.contourArea(cv2.convexHull(np.asarray(points, dtype=np.float32).reshape(-1, 1, 2))))
-
-
-def _intersection(a: np.ndarray, b: np.ndarray) -> float:
-    """Area shared by the convex hulls of two polygons."""
-    pa = np.asarray(a, dtype=np.float32).reshape(-1, 1, 2)
-    pb = np.asarray(b, dtype=np.float32).reshape(-1, 1, 2)
-    inter, _ = cv2.intersectConvexConvex(cv2.convexHull(pa), cv2.convexHull(pb))
-    return float(inter)
+def _overlap(a: np.ndarray, b: np.ndarray) -> tuple[float, float, float]:
+    """(shared area, area of a, area of b), each polygon taken as its convex hull (hulled once)."""
+    hull_a = cv2.convexHull(np.asarray(a, dtype=np.float32).reshape(-1, 1, 2))
+    hull_b = cv2.convexHull(np.asarray(b, dtype=np.float32).reshape(-1, 1, 2))
+    inter, _ = cv2.intersectConvexConvex(hull_a, hull_b)
+    return float(inter), float(cv2.contourArea(hull_a)), float(cv2.contourArea(hull_b))
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,10 +140,12 @@ def match_page(
 
 
 def _covers(dont_care: np.ndarray, box: np.ndarray, iou_threshold: float) -> bool:
-    if quad_iou(dont_care, box) >= iou_threshold:
-        return True
-    area = _hull_area(box)
-    return area > 0 and _intersection(dont_care, box) / area > 0.5
+    """``box`` lies on ``dont_care``: IoU at the threshold, or more than half of ``box`` inside it."""
+    inter, area_care, area_box = _overlap(dont_care, box)
+    if area_care <= 0 or area_box <= 0:
+        return False
+    union = area_care + area_box - inter
+    return (union > 0 and inter / union >= iou_threshold) or inter / area_box > 0.5
 
 
 def scoring_order(boxes: Sequence[np.ndarray]) -> list[int]:
