@@ -33,7 +33,7 @@ from edge_ocr.config import (
 )
 from edge_ocr.engine.types import Region
 from edge_ocr.errors import ConfigError, EdgeOcrError, ExitCode
-from edge_ocr.guard import Guard, GuardLimits, GuardState, Level
+from edge_ocr.guard import Guard, GuardState, Level
 from edge_ocr.notify import Notifier
 from edge_ocr.pipeline import Engine, Pipeline, Sink
 from edge_ocr.readiness import Readiness, daemon_readiness
@@ -172,7 +172,7 @@ class App:
         for source in self.sources.values():
             source.ready.wait(10.0)
         self._start_http()
-        self.guard = Guard(GuardLimits.from_config(cfg.guard), self.stop_event, self._on_guard)
+        self.guard = Guard(cfg.guard, self.stop_event, self._on_guard)
         self.guard.start()
         self.notifier.ready(self.status_line())
         log.info("daemon ready sources=%s mqtt=%s", ",".join(self.sources) or "-",

@@ -13,9 +13,10 @@ import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from edge_ocr import __version__
+from edge_ocr.config import EngineConfig, Invalid, keys
 from edge_ocr.errors import ConfigError, EdgeOcrError, ExitCode
 from edge_ocr.progress import Progress
 
@@ -42,29 +43,31 @@ def setup_logging(verbose: bool) -> None:
 
 
 def _engine_options(args: argparse.Namespace):
-    from edge_ocr.engine.ocr import EngineOptions
-
-    threads: int | str = args.threads
-    if threads != "auto":
+    """The ``[engine]`` table made of the engine flags (unset ones keep the config's defaults)."""
+    given: dict[str, Any] = {"pack": args.pack, "precision": args.precision, "recheck_below": args.recheck_below}
+    if args.threads is not None:
         try:
-            threads = int(threads)
+            given["threads"] = args.threads if args.threads == "auto" else int(args.threads)
         except ValueError as exc:
-            raise ConfigError("--threads: expected \"auto\" or an integer, got %r" % threads) from exc
-    return EngineOptions(
-        pack=args.pack,
-        threads=threads,
-        precision=args.precision,
-        use_cls=args.cls,
-        use_rec_fast=not args.no_fast_reader,
-        recheck_below=args.recheck_below,
-    )
+            raise ConfigError("--threads: expected \"auto\" or an integer, got %r" % args.threads) from exc
+    if args.cls:
+        given["cls"] = True
+    if args.no_fast_reader:
+        given["fast_reader"] = False
+    if getattr(args, "low_confidence", None) is not None:
+        given["low_confidence"] = args.low_confidence
+    try:
+        return EngineConfig(**{k: v for k, v in given.items() if v is not None})
+    except Invalid as exc:
+        raise ConfigError("--%s: %s" % (exc.key.replace("_", "-"), exc.reason)) from exc
 
 
 def cmd_ocr(args: argparse.Namespace) -> int:
     from edge_ocr.engine.ocr import OcrEngine
     from edge_ocr.results import Result, Status, status_for
 
-    engine = OcrEngine(_engine_options(args))
+    table = _engine_options(args)
+    engine = OcrEngine(table.to_options())
     model = (engine.pack.name, engine.pack.version)
     failures = 0
     progress = Progress(len(args.images), "images")
@@ -72,7 +75,7 @@ def cmd_ocr(args: argparse.Namespace) -> int:
         path = Path(name)
         try:
             output = engine(path.read_bytes(), det=not args.no_det)
-            result = Result("cli", status_for(output, args.low_confidence), output, model, file=str(path))
+            result = Result("cli", status_for(output, table.low_confidence), output, model, file=str(path))
         except (EdgeOcrError, OSError) as exc:
             failures += 1
             error = exc if isinstance(exc, EdgeOcrError) else EdgeOcrError("cannot read file: %s" % exc.strerror)
@@ -118,13 +121,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
     manifest = Path(args.manifest)
     if not manifest.is_file():
         raise ConfigError("eval: manifest not found: %s" % manifest)
+    table = _engine_options(args)
     if args.predictions:
         predict = evaluate.file_predictor(Path(args.predictions))
         label = "predictions %s" % args.predictions
     else:
         from edge_ocr.engine.ocr import OcrEngine
 
-        engine = OcrEngine(_engine_options(args))
+        engine = OcrEngine(table.to_options())
         predict = evaluate.engine_predictor(engine)
         label = "pack %s %s threads=%d %s" % (
             engine.pack.name,
@@ -152,10 +156,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
         from edge_ocr.engine.models import record_accuracy
 
         key = "%s/%s" % (manifest.parent.parent.name, manifest.parent.name)
-        if args.precision == "int8" and "int8" not in engine.precisions.values():
+        if table.precision == "int8" and "int8" not in engine.precisions.values():
             log.warning("eval: pack %s has no int8 variant; nothing recorded", engine.pack.name)
         else:
-            record_accuracy(engine.pack, key, args.precision, evaluate.accuracy_record(report, label))
+            record_accuracy(engine.pack, key, table.precision, evaluate.accuracy_record(report, label))
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     print("%s\n\n%s" % (label, evaluate.format_report(report)))
@@ -274,14 +278,21 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 def _add_engine_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--pack", default="default", help="model pack name (see `edge-ocr models list`)")
-    parser.add_argument("--threads", default="auto", help="ONNX Runtime threads: auto or an integer")
-    parser.add_argument("--precision", default="auto", choices=("auto", "fp32", "int8"))
-    parser.add_argument("--cls", action="store_true", help="run the angle classifier (upside-down lines)")
+    """The ``[engine]`` keys as flags; defaults and help come from their config declarations."""
+    key = {f.name: f for f in keys(EngineConfig)}
+
+    def help_of(name: str) -> str:
+        f = key[name]
+        return "%s (default %s)" % (f.metadata["doc"].replace("%", "%%").replace("`", ""), f.default)
+
+    parser.add_argument("--pack", help=help_of("pack"))
+    parser.add_argument("--threads", help=help_of("threads"))
+    parser.add_argument("--precision", choices=key["precision"].metadata["choices"], help=help_of("precision"))
+    parser.add_argument("--cls", action="store_true", help=help_of("cls"))
     parser.add_argument("--no-fast-reader", action="store_true",
-                        help="read every detected line with the accurate recogniser (no fast drafts; single lines and regions never use them)")
-    parser.add_argument("--recheck-below", type=float, default=0.95, metavar="SCORE",
-                        help="re-read drafts whose confidence is below this (default 0.95)")
+                        help="read every detected line with the accurate recogniser (no fast drafts; single lines "
+                             "and regions up to draft_min_width never use them)")
+    parser.add_argument("--recheck-below", type=float, metavar="SCORE", help=help_of("recheck_below"))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -305,7 +316,8 @@ def build_parser() -> argparse.ArgumentParser:
     ocr.add_argument("images", nargs="+", metavar="IMAGE")
     ocr.add_argument("--json", action="store_true", help="one result JSON per image per line (JSON Lines)")
     ocr.add_argument("--no-det", action="store_true", help="skip detection: read each image as one line")
-    ocr.add_argument("--low-confidence", type=float, default=0.6, help="status low_confidence below this score")
+    ocr.add_argument("--low-confidence", type=float, metavar="SCORE",
+                     help="status low_confidence below this score (default %s)" % EngineConfig().low_confidence)
     _add_engine_flags(ocr)
     ocr.set_defaults(func=cmd_ocr)
 

@@ -1,28 +1,36 @@
 """The daemon's configuration: one frozen dataclass per TOML table, ``load_config()``, ``Secret``.
 
-TOML is parsed once here; unknown keys and bad values raise ConfigError naming the dotted key
-path and the reason (``mqtt.port: expected 1..65535, got 70000``). Secrets are read from files
-(``password_file``, ``$CREDENTIALS_DIRECTORY``) into ``Secret``, whose repr is ``'***'``.
-Imports stdlib and errors only (``EngineConfig.to_options`` imports the engine lazily).
+Each key is declared once, as a dataclass field: its type, default, bounds, doc and whether
+SIGHUP applies it live (``setting()``). One walker (``_read``) parses every table from those
+declarations; the few keys with their own syntax (``threads``, ``device``, ``size``, ``rois``,
+secrets) are parsed by hand and handed to it. Cross-key rules live on the dataclass
+(``__post_init__``), so a bad combination is refused however the object is built.
+
+Unknown keys and bad values raise ConfigError naming the dotted key path and the reason
+(``mqtt.port: expected 1..65535, got 70000``). Secrets are read from files (``password_file``,
+``$CREDENTIALS_DIRECTORY``) into ``Secret``, whose repr is ``'***'``. ``reference_markdown()``
+renders the declarations as the README's config reference (a test keeps the two equal).
+Imports stdlib, errors and the engine's value types.
 """
 
 from __future__ import annotations
 
 import difflib
 import hashlib
+import ipaddress
+import json
 import os
 import re
 import socket
 import tomllib
+import typing
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields, is_dataclass
+from dataclasses import MISSING, dataclass, field, fields, is_dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from edge_ocr.engine.types import EngineOptions, Region
 from edge_ocr.errors import ConfigError
-
-if TYPE_CHECKING:
-    from edge_ocr.engine.ocr import EngineOptions
 
 SYSTEM_CONFIG = Path("/etc/edge-ocr/config.toml")
 SYSTEM_STATE = Path("/var/lib/edge-ocr")
@@ -54,82 +62,186 @@ class Secret:
         return hash(self._value)
 
 
+class Invalid(ConfigError):
+    """A cross-key rule broken on one dataclass: ``key`` is relative to its table; the walker
+    prefixes the table's path (``guard.rss_hard_mb: ...``)."""
+
+    def __init__(self, key: str, reason: str) -> None:
+        super().__init__("%s: %s" % (key, reason))
+        self.key = key
+        self.reason = reason
+
+
+def parse_bind(bind: str) -> tuple[str, int]:
+    """``HOST:PORT`` or ``[V6]:PORT`` → (host, port); port 0 = any free port. Raises Invalid."""
+    host, sep, port = bind.rpartition(":")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise Invalid("bind", "expected HOST:PORT, got %r" % bind)
+    return host, int(port)
+
+
+def is_loopback(host: str) -> bool:
+    if host.lower() in ("localhost", "localhost.localdomain", "ip6-localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def require_token_off_loopback(host: str, has_token: bool) -> None:
+    """SPEC: "Binding elsewhere requires a token". Raises Invalid for http.bind."""
+    if not has_token and not is_loopback(host):
+        raise Invalid("bind", "%s is reachable from other machines; set http.token_file or bind 127.0.0.1" % host)
+
+
+def _check_declared(obj: Any) -> None:
+    """The declared bounds and choices of every key of ``obj``, however it was built. Raises Invalid."""
+    for f in keys(type(obj)):
+        value, meta = getattr(obj, f.name), f.metadata
+        if meta["choices"] and value not in meta["choices"]:
+            raise Invalid(f.name, "expected one of %s, got %r" % (" | ".join(map(str, meta["choices"])), value))
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            lo, hi = meta["lo"], meta["hi"]
+            if (lo is not None and value < lo) or (hi is not None and value > hi):
+                raise Invalid(f.name, "expected %s, got %s" % (_range_text(lo, hi), value))
+
+
+def _range_text(lo: float | None, hi: float | None) -> str:
+    if lo is not None and hi is not None:
+        return "%s..%s" % (lo, hi)
+    return ">= %s" % lo if lo is not None else "<= %s" % hi
+
+
+def _not_below(key: str, value: float, floor_key: str, floor: float) -> None:
+    """A maximum below its minimum (``retry_max_delay < retry_min_delay``) names both keys."""
+    if value < floor:
+        raise Invalid(key, "expected >= %s (%s), got %s" % (floor_key, floor, value))
+
+
+def setting(default: Any = MISSING, doc: str = "", *, lo: float | None = None, hi: float | None = None,
+            choices: tuple[Any, ...] = (), live: bool = False, shown: str | None = None,
+            option: str | None = None, match: re.Pattern[str] | None = None, max_len: int | None = None) -> Any:
+    """Declare one config key as a dataclass field: its default, doc and bounds.
+
+    ``shown`` is the default as documented when it is computed at load time (``<state>/spool``);
+    ``live`` means SIGHUP applies a change without a restart; ``option`` names the
+    ``EngineOptions`` field an ``[engine]`` key sets. A field without a doc is not a key.
+    """
+    meta = {"doc": doc, "lo": lo, "hi": hi, "choices": choices, "live": live, "shown": shown, "option": option,
+            "match": match, "max_len": max_len}
+    return field(default=default, metadata=meta)
+
+
+def keys(cls: type) -> list[Any]:
+    """The fields of a config dataclass that are keys (declared with a doc), in order."""
+    return [f for f in fields(cls) if f.metadata.get("doc") is not None]
+
+
+def _option(name: str, doc: str, **kw: Any) -> Any:
+    """An ``[engine]`` key whose default is the engine's own (``EngineOptions.<name>``)."""
+    default = next(f.default for f in fields(EngineOptions) if f.name == name)
+    return setting(default, doc, option=name, **kw)
+
+
 @dataclass(frozen=True, slots=True)
 class EngineConfig:
-    pack: str = "default"
-    threads: int | str = "auto"
-    precision: str = "auto"
-    cls: bool = False
-    fast_reader: bool = True
-    recheck_below: float = 0.95
-    draft_min_width: int = 320
-    det_limit_side: int = 960
-    max_megapixels: float = 50.0
-    low_confidence: float = 0.6
+    pack: str = _option("pack", "a pack from `edge-ocr models list`; `default` = the recommended one")
+    threads: int | str = _option("threads", "ONNX Runtime threads: `auto` (the big cores this process may use) "
+                                 "or an integer >= 1", lo=1)
+    precision: str = _option("precision", "`auto` (the fastest variant that passed its accuracy gate), `fp32`, "
+                             "`int8`", choices=("auto", "fp32", "int8"))
+    cls: bool = _option("use_cls", "angle classifier for upside-down lines")
+    fast_reader: bool = _option("use_rec_fast", "draft a page's lines with the pack's fast reader and re-read only "
+                                "unsure ones (see How the engine works)")
+    recheck_below: float = _option("recheck_below", "drafts with a lower mean confidence are re-read by the "
+                                   "accurate recogniser", lo=0.0, hi=1.0)
+    draft_min_width: int = _option("draft_min_width", "single lines and regions up to this wide (px at 48 px high) "
+                                   "skip the draft", lo=0, hi=100_000)
+    det_limit_side: int = _option("det_limit_side", "detection input: longer side at most this many pixels",
+                                  lo=32, hi=8192)
+    max_megapixels: float = _option("max_megapixels", "larger images are refused before decoding", lo=0.1,
+                                    hi=1000.0)
+    low_confidence: float = setting(0.6, 'status "low_confidence" when a line scores below this', lo=0.0, hi=1.0,
+                                    live=True)
+
+    def __post_init__(self) -> None:
+        _check_declared(self)
 
     def to_options(self) -> EngineOptions:
-        """The engine's own options for this table (imports the engine, hence lazily)."""
-        from edge_ocr.engine.ocr import EngineOptions
-
-        return EngineOptions(
-            pack=self.pack,
-            threads=self.threads,
-            precision=self.precision,
-            use_cls=self.cls,
-            use_rec_fast=self.fast_reader,
-            recheck_below=self.recheck_below,
-            draft_min_width=self.draft_min_width,
-            det_limit_side=self.det_limit_side,
-            max_megapixels=self.max_megapixels,
-        )
-
-
-@dataclass(frozen=True, slots=True)
-class RoiConfig:
-    name: str
-    box: tuple[int, int, int, int]  # x, y, width, height in frame pixels
-    allowed_chars: str = ""
-    pattern: str = ""  # the text must fullmatch it, else the region's status is "rejected"
-    grey: bool = False  # light preprocessing of the region before recognition, in this order:
-    clahe: bool = False  # grey, contrast (CLAHE), invert (light-on-dark displays), rotate
-    invert: bool = False
-    rotate: int = 0  # degrees clockwise: 0 | 90 | 180 | 270
+        """The engine's own options for this table."""
+        return EngineOptions(**{f.metadata["option"]: getattr(self, f.name) for f in keys(type(self))
+                                if f.metadata["option"]})
 
 
 @dataclass(frozen=True, slots=True)
 class FolderSourceConfig:
-    name: str
-    path: Path
-    done_dir: Path
-    failed_dir: Path
-    type: str = "folder"
-    watch: str = "auto"  # auto (inotify, else polling) | inotify | poll (NFS/SMB)
-    poll_interval: float = 2.0  # s, poll mode
-    stability_delay: float = 1.0  # s a file's size and mtime must stay unchanged
-    incomplete_timeout: float = 60.0  # s after which a stable file that looks truncated is taken anyway
-    rescan_interval: float = 60.0  # s, safety-net directory scan in inotify mode
-    delete_original: bool = False
-    reuse_results: bool = True
-    reuse_max_entries: int = 1000  # stored results kept for reuse; the least recently used go first
-    max_file_mb: float = 50.0
+    name: str = setting(doc="unique; letters, digits, '_' or '-'; appears in MQTT topics", match=NAME_RE)
+    path: Path = setting(doc="the drop folder")
+    done_dir: Path = setting(doc="results NAME.json (+ the original unless delete_original)",
+                             shown="beside path: done")
+    failed_dir: Path = setting(doc="originals + NAME.error.json", shown="beside path: failed")
+    type: str = setting("folder", "`folder` or `camera`", choices=("folder", "camera"))
+    watch: str = setting("auto", "`auto` (inotify, else polling), `inotify`, `poll` (NFS/SMB)",
+                         choices=("auto", "inotify", "poll"))
+    poll_interval: float = setting(2.0, "seconds between directory listings in poll mode", lo=0.05, hi=3600.0,
+                                   live=True)
+    stability_delay: float = setting(1.0, "seconds a file's size and mtime must stay unchanged before it is taken",
+                                     lo=0.0, hi=3600.0, live=True)
+    incomplete_timeout: float = setting(60.0, "seconds after which a stable file that looks truncated is taken "
+                                        "anyway", lo=0.0, live=True)
+    rescan_interval: float = setting(60.0, "seconds between safety-net rescans in inotify mode", lo=0.5, live=True)
+    delete_original: bool = setting(False, "keep only NAME.json in done_dir", live=True)
+    reuse_results: bool = setting(True, "identical bytes dropped again reuse the stored result (no OCR run)",
+                                  live=True)
+    reuse_max_entries: int = setting(1000, "stored results kept for reuse; the least recently used go first",
+                                     lo=1, hi=10_000_000, live=True)
+    max_file_mb: float = setting(50.0, "larger files go straight to failed_dir", lo=0.001, live=True)
+
+    def __post_init__(self) -> None:
+        _check_declared(self)
+        for key in ("done_dir", "failed_dir"):
+            if getattr(self, key) == self.path:
+                raise Invalid(key, "must differ from path")
 
 
 @dataclass(frozen=True, slots=True)
 class CameraSourceConfig:
-    name: str
-    type: str = "camera"
-    backend: str = "opencv"
-    device: str = "/dev/video0"  # opencv: /dev/videoN, an index, rtsp://, http://, a video file; picamera2: 0, 1
-    interval: float = 1.0  # s between captures; 0 = only on command
-    rois: tuple[RoiConfig, ...] = ()
-    size: tuple[int, int] = (0, 0)  # requested frame size; (0, 0) = the backend's default
-    autofocus: str = "continuous"  # picamera2 with an AF lens: continuous | auto (one cycle on open) | off
-    loop: bool = False  # video file: start again at its end (false: the source goes offline and stays so)
-    change_threshold: float = 3.0  # grey levels; frames closer than this to the last processed are skipped
-    stable_reads: int = 2  # consecutive agreeing reads before a region's value is published
-    publish_every: bool | None = None  # None = mqtt.publish_every
-    retry_min_delay: float = 1.0  # s; doubles up to retry_max_delay while the camera is missing or busy
-    retry_max_delay: float = 60.0
+    name: str = setting(doc="unique; letters, digits, '_' or '-'; appears in MQTT topics", match=NAME_RE)
+    type: str = setting("camera", "`folder` or `camera`", choices=("folder", "camera"))
+    backend: str = setting("opencv", "`picamera2` (Raspberry Pi OS's python3-picamera2) or `opencv`",
+                           choices=("picamera2", "opencv"))
+    device: str = setting("/dev/video0", "opencv: /dev/videoN, an index, rtsp://, http://, a video file; "
+                          "picamera2: the camera number (default 0)")
+    interval: float = setting(1.0, "seconds between captures; 0 = only on command", lo=0.0, hi=86400.0, live=True)
+    rois: tuple[Region, ...] = setting((), "regions read without detection: name, box, allowed_chars, pattern, "
+                                       "grey, clahe, invert, rotate")
+    size: tuple[int, int] = setting((0, 0), "[width, height] to capture; [0, 0] = the camera's default", lo=0,
+                                    hi=16384)
+    autofocus: str = setting("continuous", "picamera2 with an autofocus lens: `continuous`, `auto` (one cycle at "
+                             "start), `off`", choices=("continuous", "auto", "off"))
+    loop: bool = setting(False, "a video file starts again at its end (false: the source goes offline)")
+    change_threshold: float = setting(3.0, "grey levels; frames closer than this to the last OCR'd one are skipped",
+                                      lo=0.0, hi=255.0, live=True)
+    stable_reads: int = setting(2, "consecutive agreeing reads before a region's value is published", lo=1, hi=100,
+                                live=True)
+    publish_every: bool | None = setting(None, "an event for every OCR'd frame", shown="mqtt.publish_every",
+                                         live=True)
+    retry_min_delay: float = setting(1.0, "seconds; doubles up to retry_max_delay while the camera is missing or "
+                                     "busy", lo=0.01, hi=3600.0)
+    retry_max_delay: float = setting(60.0, "seconds", lo=0.01, hi=86400.0)
+
+    def __post_init__(self) -> None:
+        _check_declared(self)
+        _not_below("retry_max_delay", self.retry_max_delay, "retry_min_delay", self.retry_min_delay)
+        if self.backend == "picamera2" and not self.device.isdigit():
+            raise Invalid("device", "picamera2 expects a camera number (0, 1, ...), got %r" % self.device)
+        seen: set[str] = set()
+        for i, roi in enumerate(self.rois):
+            if roi.name in seen:
+                raise Invalid("rois[%d].name" % i, "duplicate region name %r" % roi.name)
+            seen.add(roi.name)
 
 
 SourceConfig = FolderSourceConfig | CameraSourceConfig
@@ -137,54 +249,90 @@ SourceConfig = FolderSourceConfig | CameraSourceConfig
 
 @dataclass(frozen=True, slots=True)
 class MqttConfig:
-    spool_dir: Path
-    topic_prefix: str
-    client_id: str
-    enabled: bool = True
-    host: str = "localhost"
-    port: int = 1883
-    username: str = ""
-    password_file: str = ""
-    password: Secret | None = field(default=None, compare=True)
-    keepalive: int = 60
-    qos: int = 1
-    publish_every: bool = False
-    tls: bool = False
-    ca_file: str = ""
-    cert_file: str = ""
-    key_file: str = ""
-    tls_insecure: bool = False
-    spool_max_messages: int = 10000
-    max_inflight: int = 20
-    reconnect_min_delay: float = 1.0
-    reconnect_max_delay: float = 60.0
-    stats_interval: float = 60.0
-    discovery: bool = True
-    discovery_prefix: str = "homeassistant"
+    spool_dir: Path = setting(doc="results kept on disk until the broker acknowledges them", shown="<state>/spool")
+    topic_prefix: str = setting(doc="`<hostname>` is replaced by the host's name", shown="edge-ocr/<hostname>")
+    client_id: str = setting(doc="unique per device", shown="edge-ocr-<hostname>-<hash of /etc/machine-id>")
+    enabled: bool = setting(True, "the daemon runs (and spools) when no broker is reachable")
+    host: str = setting("localhost", "the broker")
+    port: int = setting(1883, "the broker's port", lo=1, hi=65535, shown="1883, or 8883 with tls")
+    username: str = setting("", "the broker account; with password_file")
+    password_file: str = setting("", "a file holding the password (see Secrets)")
+    password: Secret | None = field(default=None, compare=True)  # read from password_file: not a key
+    keepalive: int = setting(60, "seconds", lo=5, hi=3600)
+    qos: int = setting(1, "for results: 0 or 1 (the spool keeps a message until its QoS 1 ack)", lo=0, hi=1)
+    publish_every: bool = setting(False, "`<p>/<source>/event` for every result, not only when the text changed",
+                                  live=True)
+    tls: bool = setting(False, "TLS to the broker", shown="true when ca_file or cert_file is set")
+    ca_file: str = setting("", "CA bundle to verify the broker (\"\" = system CAs)")
+    cert_file: str = setting("", "client certificate (with key_file)")
+    key_file: str = setting("", "the client certificate's key")
+    tls_insecure: bool = setting(False, "skip the broker hostname check (testing only)")
+    spool_max_messages: int = setting(10000, "on-disk bound; the oldest are dropped (counted in `<p>/stats`)", lo=10)
+    max_inflight: int = setting(20, "unacknowledged messages at a time", lo=1, hi=1000)
+    reconnect_min_delay: float = setting(1.0, "seconds; doubles up to reconnect_max_delay", lo=0.1)
+    reconnect_max_delay: float = setting(60.0, "seconds", lo=0.1)
+    stats_interval: float = setting(60.0, "seconds between retained `<p>/stats` messages", lo=1.0, live=True)
+    discovery: bool = setting(True, "Home Assistant MQTT discovery")
+    discovery_prefix: str = setting("homeassistant", "Home Assistant's discovery topic prefix")
+
+    def __post_init__(self) -> None:
+        _check_declared(self)
+        if not self.topic_prefix or any(c in self.topic_prefix for c in "#+\0") \
+                or self.topic_prefix.startswith("/") or self.topic_prefix.endswith("/"):
+            raise Invalid("topic_prefix", "expected a topic without wildcards or leading/trailing '/', got %r"
+                          % self.topic_prefix)
+        if bool(self.cert_file) != bool(self.key_file):
+            raise Invalid("cert_file", "cert_file and key_file go together")
+        if self.password is not None and not self.username:
+            raise Invalid("password_file", "a password needs mqtt.username")
+        _not_below("reconnect_max_delay", self.reconnect_max_delay, "reconnect_min_delay", self.reconnect_min_delay)
 
 
 @dataclass(frozen=True, slots=True)
 class HttpConfig:
-    enabled: bool = True
-    bind: str = "127.0.0.1:8080"
-    token_file: str = ""
-    token: Secret | None = None  # read from token_file (or the http_token credential) when the config loads
-    max_upload_mb: float = 20.0
-    cache_entries: int = 32  # results of recent identical requests answered without OCR; 0 = off
+    enabled: bool = setting(True, "the local HTTP API and the try-it page")
+    bind: str = setting("127.0.0.1:8080", "HOST:PORT; port 0 = any free port; a non-loopback HOST needs a token")
+    token_file: str = setting("", "a file holding the Bearer token; then every endpoint but /healthz needs it "
+                              "(see Secrets)")
+    token: Secret | None = None  # read from token_file (or the http_token credential): not a key
+    max_upload_mb: float = setting(20.0, "larger uploads get 413", lo=0.1, hi=1024.0)
+    cache_entries: int = setting(32, "the same image and options again is answered from memory; 0 = off", lo=0,
+                                 hi=100_000)
+
+    def __post_init__(self) -> None:
+        _check_declared(self)
+        host, _port = parse_bind(self.bind)
+        if self.token is not None and not self.token.reveal():
+            raise Invalid("token_file", "the token file is empty")
+        if self.enabled:
+            require_token_off_loopback(host, self.token is not None)
 
 
 @dataclass(frozen=True, slots=True)
 class GuardConfig:
-    rss_soft_mb: int = 400
-    rss_hard_mb: int = 550
-    min_available_soft_mb: int = 0  # floors on the system's available memory; 0 = not checked
-    min_available_hard_mb: int = 0
+    # The default pack peaks near 330 MB on a dense receipt page: soft sits above that.
+    rss_soft_mb: int = setting(400, "over this RSS: drop queued camera frames, release caches", lo=16)
+    rss_hard_mb: int = setting(550, "over this RSS: stop taking work, finish the current image, exit 3", lo=16)
+    min_available_soft_mb: int = setting(0, "the same on the system's available memory (0 = not checked)", lo=0)
+    min_available_hard_mb: int = setting(0, "the same on the system's available memory (0 = not checked)", lo=0)
+
+    def __post_init__(self) -> None:
+        _check_declared(self)
+        if self.rss_hard_mb <= self.rss_soft_mb:
+            raise Invalid("rss_hard_mb", "expected more than rss_soft_mb (%d), got %d"
+                          % (self.rss_soft_mb, self.rss_hard_mb))
+        if self.min_available_hard_mb and self.min_available_soft_mb <= self.min_available_hard_mb:
+            raise Invalid("min_available_soft_mb", "expected more than min_available_hard_mb (%d), got %d"
+                          % (self.min_available_hard_mb, self.min_available_soft_mb))
 
 
 @dataclass(frozen=True, slots=True)
 class PipelineConfig:
-    queue_size: int = 8
-    workers: int = 1
+    queue_size: int = setting(8, "jobs waiting for the engine; a full queue holds sources back", lo=1, hi=1024)
+    workers: int = setting(1, "engine threads over the queue (>1 may reorder results)", lo=1, hi=16)
+
+    def __post_init__(self) -> None:
+        _check_declared(self)
 
 
 @dataclass(frozen=True, slots=True)
@@ -198,26 +346,23 @@ class Config:
     path: Path | None = None  # the file it came from; None = built-in defaults
 
 
-# Keys SIGHUP applies without a restart (``*`` = any source name); everything else needs one.
-LIVE_KEYS = frozenset(
-    {
-        "engine.low_confidence",
-        "mqtt.publish_every",
-        "mqtt.stats_interval",
-        "sources.*.stability_delay",
-        "sources.*.poll_interval",
-        "sources.*.rescan_interval",
-        "sources.*.incomplete_timeout",
-        "sources.*.delete_original",
-        "sources.*.reuse_results",
-        "sources.*.reuse_max_entries",
-        "sources.*.max_file_mb",
-        "sources.*.interval",
-        "sources.*.change_threshold",
-        "sources.*.stable_reads",
-        "sources.*.publish_every",
-    }
+SECTIONS: tuple[tuple[str, type], ...] = (
+    ("engine", EngineConfig), ("pipeline", PipelineConfig), ("sources", FolderSourceConfig),
+    ("sources", CameraSourceConfig), ("sources.rois", Region), ("mqtt", MqttConfig), ("http", HttpConfig),
+    ("guard", GuardConfig),
 )
+
+
+def _live_keys() -> frozenset[str]:
+    out: set[str] = set()
+    for section, cls in SECTIONS:
+        prefix = "sources.*" if section == "sources" else section
+        out.update("%s.%s" % (prefix, f.name) for f in keys(cls) if f.metadata.get("live"))
+    return frozenset(out)
+
+
+# Keys SIGHUP applies without a restart (``*`` = any source name); everything else needs one.
+LIVE_KEYS = _live_keys()
 
 
 def find_config(explicit: str | os.PathLike[str] | None, environ: Mapping[str, str] | None = None) -> Path | None:
@@ -273,8 +418,8 @@ def load_config(path: str | os.PathLike[str] | None = None, environ: Mapping[str
     engine = _engine(top.table("engine"))
     mqtt = _mqtt(top.table("mqtt"), state, env)
     http = _http(top.table("http"), env)
-    guard = _guard(top.table("guard"))
-    pipeline = _pipeline(top.table("pipeline"))
+    guard = _read(GuardConfig, top.table("guard"))
+    pipeline = _read(PipelineConfig, top.table("pipeline"))
     raw_sources = top.take("sources", None)
     top.done()
     if raw_sources is None:
@@ -352,7 +497,8 @@ class _Table:
     def table(self, name: str) -> _Table:
         return _Table(self.take(name, {}), self.key(name), self.base)
 
-    def text(self, name: str, default: str | None = None, choices: tuple[str, ...] = ()) -> str:
+    def text(self, name: str, default: str | None = None, choices: tuple[str, ...] = (),
+             match: re.Pattern[str] | None = None, max_len: int | None = None) -> str:
         value = self.take(name, default)
         if value is None:
             raise ConfigError("%s: required key missing" % self.key(name))
@@ -360,6 +506,10 @@ class _Table:
             raise ConfigError("%s: expected a string, got %s" % (self.key(name), _show(value)))
         if choices and value not in choices:
             raise ConfigError("%s: expected one of %s, got %r" % (self.key(name), " | ".join(choices), value))
+        if match is not None and not match.match(value):
+            raise ConfigError("%s: expected letters, digits, '_' or '-' (1-64), got %r" % (self.key(name), value))
+        if max_len is not None and len(value) > max_len:
+            raise ConfigError("%s: expected at most %d characters, got %d" % (self.key(name), max_len, len(value)))
         return value
 
     def flag(self, name: str, default: bool) -> bool:
@@ -368,14 +518,17 @@ class _Table:
             raise ConfigError("%s: expected true or false, got %s" % (self.key(name), _show(value)))
         return value
 
-    def integer(self, name: str, default: int, lo: int, hi: int | None = None) -> int:
+    def integer(self, name: str, default: int, lo: float | None = None, hi: float | None = None,
+                choices: tuple[int, ...] = ()) -> int:
         value = self.take(name, default)
         if isinstance(value, bool) or not isinstance(value, int):
             raise ConfigError("%s: expected an integer, got %s" % (self.key(name), _show(value)))
+        if choices and value not in choices:
+            raise ConfigError("%s: expected one of %s, got %d" % (self.key(name), ", ".join(map(str, choices)), value))
         _check_range(self.key(name), value, lo, hi)
         return value
 
-    def number(self, name: str, default: float, lo: float, hi: float | None = None) -> float:
+    def number(self, name: str, default: float, lo: float | None = None, hi: float | None = None) -> float:
         value = self.take(name, default)
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError("%s: expected a number, got %s" % (self.key(name), _show(value)))
@@ -399,41 +552,63 @@ class _Table:
             raise ConfigError("%s: unknown key%s" % (self.key(extra), hint))
 
 
-def _check_not_below(t: _Table, key: str, value: float, floor_key: str, floor: float) -> None:
-    """A maximum below its minimum (``retry_max_delay < retry_min_delay``) names both keys."""
-    if value < floor:
-        raise ConfigError("%s: expected >= %s (%s), got %s" % (t.key(key), floor_key, floor, value))
-
-
-def _check_range(key: str, value: float, lo: float, hi: float | None) -> None:
-    if value < lo or (hi is not None and value > hi):
-        expected = "%s..%s" % (lo, hi) if hi is not None else ">= %s" % lo
-        raise ConfigError("%s: expected %s, got %s" % (key, expected, value))
-
-
 def _show(value: Any) -> str:
     return "%s %r" % (type(value).__name__, value) if not isinstance(value, dict) else "a table"
 
 
-def _engine(t: _Table) -> EngineConfig:
-    pack = t.text("pack", "default")
-    threads_raw = t.take("threads", "auto")
-    if threads_raw != "auto" and (isinstance(threads_raw, bool) or not isinstance(threads_raw, int) or threads_raw < 1):
-        raise ConfigError('%s: expected "auto" or an integer >= 1, got %r' % (t.key("threads"), threads_raw))
-    cfg = EngineConfig(
-        pack=pack,
-        threads=threads_raw,
-        precision=t.text("precision", "auto", ("auto", "fp32", "int8")),
-        cls=t.flag("cls", False),
-        fast_reader=t.flag("fast_reader", True),
-        recheck_below=t.number("recheck_below", 0.95, 0.0, 1.0),
-        draft_min_width=t.integer("draft_min_width", 320, 0, 100_000),
-        det_limit_side=t.integer("det_limit_side", 960, 32, 8192),
-        max_megapixels=t.number("max_megapixels", 50.0, 0.1, 1000.0),
-        low_confidence=t.number("low_confidence", 0.6, 0.0, 1.0),
-    )
+def _check_range(key: str, value: float, lo: float | None, hi: float | None) -> None:
+    if (lo is not None and value < lo) or (hi is not None and value > hi):
+        raise ConfigError("%s: expected %s, got %s" % (key, _range_text(lo, hi), value))
+
+
+_HAND_PARSED = object()  # the type of a key the section reader parses itself
+
+
+def _read(cls: type, t: _Table, given: Mapping[str, Any] | None = None,
+          defaults: Mapping[str, Any] | None = None) -> Any:
+    """Build ``cls`` from table ``t`` by its key declarations, then reject leftover keys.
+
+    ``given`` holds values the caller parsed itself (their keys already taken from ``t``);
+    ``defaults`` replaces declared defaults that depend on other keys or the machine.
+    """
+    given = dict(given or {})
+    defaults = defaults or {}
+    hints = typing.get_type_hints(cls)
+    values: dict[str, Any] = {}
+    for f in keys(cls):
+        if f.name in given:
+            values[f.name] = given.pop(f.name)
+            continue
+        meta = f.metadata
+        declared: Any = defaults.get(f.name, f.default)
+        default: Any = None if declared is MISSING else declared
+        kind = hints[f.name]
+        if kind is bool:
+            values[f.name] = t.flag(f.name, default)
+        elif kind is int:
+            values[f.name] = t.integer(f.name, default, meta.get("lo"), meta.get("hi"), meta.get("choices", ()))
+        elif kind is float:
+            values[f.name] = t.number(f.name, default, meta.get("lo"), meta.get("hi"))
+        elif kind is str:
+            values[f.name] = t.text(f.name, default, meta.get("choices", ()), meta.get("match"), meta.get("max_len"))
+        elif kind is Path:
+            values[f.name] = t.dir(f.name, default)
+        else:
+            raise TypeError("%s.%s: a %s key is parsed by its section reader" % (cls.__name__, f.name, kind))
+    values.update(given)  # values that are not keys (secrets read from their files)
+    try:
+        obj = cls(**values)
+    except Invalid as exc:
+        raise ConfigError("%s: %s" % (t.key(exc.key), exc.reason)) from exc
     t.done()
-    return cfg
+    return obj
+
+
+def _engine(t: _Table) -> EngineConfig:
+    threads = t.take("threads", "auto")
+    if threads != "auto" and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+        raise ConfigError('%s: expected "auto" or an integer >= 1, got %r' % (t.key("threads"), threads))
+    return _read(EngineConfig, t, {"threads": threads})
 
 
 def _read_secret(t: _Table, key: str, env: Mapping[str, str], credential: str) -> tuple[str, Secret | None]:
@@ -463,159 +638,46 @@ def _mqtt(t: _Table, state: Path, env: Mapping[str, str]) -> MqttConfig:
     if "password" in t.data:
         raise ConfigError("%s: secrets are not read from the config; put it in a file and set password_file"
                           % t.key("password"))
-    prefix = t.text("topic_prefix", "edge-ocr/<hostname>").replace("<hostname>", _hostname())
-    if not prefix or any(c in prefix for c in "#+\0") or prefix.startswith("/") or prefix.endswith("/"):
-        raise ConfigError("%s: expected a topic without wildcards or leading/trailing '/', got %r"
-                          % (t.key("topic_prefix"), prefix))
-    client_id = t.text("client_id", "") or default_client_id()
-    username = t.text("username", "")
-    password_file, password = _read_secret(t, "password_file", env, CREDENTIAL_PASSWORD)
-    files = {}
+    given: dict[str, Any] = {
+        "topic_prefix": t.text("topic_prefix", "edge-ocr/<hostname>").replace("<hostname>", _hostname()),
+        "client_id": t.text("client_id", "") or default_client_id(),
+    }
+    given["password_file"], given["password"] = _read_secret(t, "password_file", env, CREDENTIAL_PASSWORD)
     for key in ("ca_file", "cert_file", "key_file"):
         value = t.text(key, "")
         if value and not (t.base / Path(value).expanduser()).is_file():
             raise ConfigError("%s: file not found: %s" % (t.key(key), value))
-        files[key] = str(t.base / Path(value).expanduser()) if value else ""
-    if bool(files["cert_file"]) != bool(files["key_file"]):
-        raise ConfigError("%s: cert_file and key_file go together" % t.key("cert_file"))
-    tls = t.flag("tls", bool(files["ca_file"] or files["cert_file"]))
-    cfg = MqttConfig(
-        spool_dir=t.dir("spool_dir", state / "spool"),
-        topic_prefix=prefix,
-        client_id=client_id,
-        enabled=t.flag("enabled", True),
-        host=t.text("host", "localhost"),
-        port=t.integer("port", 8883 if tls else 1883, 1, 65535),
-        username=username,
-        password_file=password_file,
-        password=password,
-        keepalive=t.integer("keepalive", 60, 5, 3600),
-        qos=t.integer("qos", 1, 0, 1),
-        publish_every=t.flag("publish_every", False),
-        tls=tls,
-        ca_file=files["ca_file"],
-        cert_file=files["cert_file"],
-        key_file=files["key_file"],
-        tls_insecure=t.flag("tls_insecure", False),
-        spool_max_messages=t.integer("spool_max_messages", 10000, 10),
-        max_inflight=t.integer("max_inflight", 20, 1, 1000),
-        reconnect_min_delay=t.number("reconnect_min_delay", 1.0, 0.1),
-        reconnect_max_delay=t.number("reconnect_max_delay", 60.0, 0.1),
-        stats_interval=t.number("stats_interval", 60.0, 1.0),
-        discovery=t.flag("discovery", True),
-        discovery_prefix=t.text("discovery_prefix", "homeassistant"),
-    )
-    if password is not None and not username:
-        raise ConfigError("%s: a password needs mqtt.username" % t.key("password_file"))
-    _check_not_below(t, "reconnect_max_delay", cfg.reconnect_max_delay, "reconnect_min_delay", cfg.reconnect_min_delay)
-    t.done()
-    return cfg
+        given[key] = str(t.base / Path(value).expanduser()) if value else ""
+    given["tls"] = t.flag("tls", bool(given["ca_file"] or given["cert_file"]))
+    return _read(MqttConfig, t, given, {"spool_dir": state / "spool", "port": 8883 if given["tls"] else 1883})
 
 
 def _http(t: _Table, env: Mapping[str, str]) -> HttpConfig:
-    enabled = t.flag("enabled", True)
-    bind = t.text("bind", "127.0.0.1:8080")
-    host, sep, port = bind.rpartition(":")
-    # Port 0 asks the kernel for a free port (tests, several instances on one box).
-    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise ConfigError("%s: expected HOST:PORT, got %r" % (t.key("bind"), bind))
     # Resolved like mqtt.password_file: under $CREDENTIALS_DIRECTORY, then beside the config file.
     token_file, token = _read_secret(t, "token_file", env, CREDENTIAL_TOKEN)
     if token is not None:
         token = Secret(token.reveal().strip())
-        if not token.reveal():
-            raise ConfigError("%s: the token file is empty" % t.key("token_file"))
-    cfg = HttpConfig(enabled=enabled, bind=bind, token_file=token_file, token=token,
-                     max_upload_mb=t.number("max_upload_mb", 20.0, 0.1, 1024.0),
-                     cache_entries=t.integer("cache_entries", 32, 0, 100_000))
-    t.done()
-    return cfg
-
-
-def _guard(t: _Table) -> GuardConfig:
-    # The default pack peaks near 330 MB on a dense receipt page: soft must sit above that.
-    cfg = GuardConfig(rss_soft_mb=t.integer("rss_soft_mb", 400, 16), rss_hard_mb=t.integer("rss_hard_mb", 550, 16),
-                      min_available_soft_mb=t.integer("min_available_soft_mb", 0, 0),
-                      min_available_hard_mb=t.integer("min_available_hard_mb", 0, 0))
-    if cfg.rss_hard_mb <= cfg.rss_soft_mb:
-        raise ConfigError("%s: expected more than rss_soft_mb (%d), got %d"
-                          % (t.key("rss_hard_mb"), cfg.rss_soft_mb, cfg.rss_hard_mb))
-    t.done()
-    return cfg
-
-
-def _pipeline(t: _Table) -> PipelineConfig:
-    cfg = PipelineConfig(queue_size=t.integer("queue_size", 8, 1, 1024), workers=t.integer("workers", 1, 1, 16))
-    t.done()
-    return cfg
+    return _read(HttpConfig, t, {"token_file": token_file, "token": token})
 
 
 def _source(t: _Table) -> SourceConfig:
-    name = t.text("name")
-    if not NAME_RE.match(name):
-        raise ConfigError("%s: expected letters, digits, '_' or '-' (1-64), got %r" % (t.key("name"), name))
     kind = t.text("type", "folder", ("folder", "camera"))
     if kind == "camera":
-        return _camera(t, name)
+        return _camera(t)
     path = t.dir("path", None)
-    cfg = FolderSourceConfig(
-        name=name,
-        path=path,
-        done_dir=t.dir("done_dir", path.parent / "done"),
-        failed_dir=t.dir("failed_dir", path.parent / "failed"),
-        watch=t.text("watch", "auto", ("auto", "inotify", "poll")),
-        poll_interval=t.number("poll_interval", 2.0, 0.05, 3600.0),
-        stability_delay=t.number("stability_delay", 1.0, 0.0, 3600.0),
-        incomplete_timeout=t.number("incomplete_timeout", 60.0, 0.0),
-        rescan_interval=t.number("rescan_interval", 60.0, 0.5),
-        delete_original=t.flag("delete_original", False),
-        reuse_results=t.flag("reuse_results", True),
-        reuse_max_entries=t.integer("reuse_max_entries", 1000, 1, 10_000_000),
-        max_file_mb=t.number("max_file_mb", 50.0, 0.001),
-    )
-    for key in ("done_dir", "failed_dir"):
-        if getattr(cfg, key) == cfg.path:
-            raise ConfigError("%s: must differ from path" % t.key(key))
-    t.done()
-    return cfg
+    return _read(FolderSourceConfig, t, {"type": kind, "path": path},
+                 {"done_dir": path.parent / "done", "failed_dir": path.parent / "failed"})
 
 
-def _camera(t: _Table, name: str) -> CameraSourceConfig:
+def _camera(t: _Table) -> CameraSourceConfig:
     backend = t.text("backend", "opencv", ("picamera2", "opencv"))
-    rois = []
-    raw = t.take("rois", [])
-    if not isinstance(raw, list):
+    raw_rois = t.take("rois", [])
+    if not isinstance(raw_rois, list):
         raise ConfigError("%s: expected an array of tables" % t.key("rois"))
-    seen: set[str] = set()
-    for i, r in enumerate(raw):
-        rt = _Table(r, "%s[%d]" % (t.key("rois"), i), t.base)
-        roi_name = rt.text("name")
-        if not NAME_RE.match(roi_name):
-            raise ConfigError("%s: expected letters, digits, '_' or '-' (1-64), got %r" % (rt.key("name"), roi_name))
-        if roi_name in seen:
-            raise ConfigError("%s: duplicate region name %r" % (rt.key("name"), roi_name))
-        seen.add(roi_name)
-        box = rt.take("box", None)
-        if not (isinstance(box, list) and len(box) == 4 and all(isinstance(v, int) and not isinstance(v, bool)
-                                                                 and v >= 0 for v in box)) or box[2] < 1 or box[3] < 1:
-            raise ConfigError("%s: expected [x, y, width, height] of integers >= 0 (width, height >= 1), got %r"
-                              % (rt.key("box"), box))
-        roi = RoiConfig(roi_name, (box[0], box[1], box[2], box[3]), rt.text("allowed_chars", ""),
-                        rt.text("pattern", ""), rt.flag("grey", False), rt.flag("clahe", False),
-                        rt.flag("invert", False), rt.integer("rotate", 0, 0, 270))
-        if roi.rotate not in (0, 90, 180, 270):
-            raise ConfigError("%s: expected 0, 90, 180 or 270, got %d" % (rt.key("rotate"), roi.rotate))
-        try:
-            re.compile(roi.pattern)
-        except re.error as exc:
-            raise ConfigError("%s: invalid regular expression: %s" % (rt.key("pattern"), exc)) from exc
-        rt.done()
-        rois.append(roi)
+    rois = tuple(_region(_Table(r, "%s[%d]" % (t.key("rois"), i), t.base)) for i, r in enumerate(raw_rois))
     device = t.take("device", "0" if backend == "picamera2" else "/dev/video0")
     if isinstance(device, bool) or not isinstance(device, (str, int)) or device == "":
         raise ConfigError("%s: expected a path, URL or index, got %s" % (t.key("device"), _show(device)))
-    if backend == "picamera2" and not str(device).isdigit():
-        raise ConfigError("%s: picamera2 expects a camera number (0, 1, ...), got %r" % (t.key("device"), device))
     size = t.take("size", [0, 0])
     if not (isinstance(size, list) and len(size) == 2 and all(isinstance(v, int) and not isinstance(v, bool)
                                                                and 0 <= v <= 16384 for v in size)
@@ -625,24 +687,72 @@ def _camera(t: _Table, name: str) -> CameraSourceConfig:
     publish_every = t.take("publish_every", None)
     if publish_every is not None and not isinstance(publish_every, bool):
         raise ConfigError("%s: expected true or false, got %s" % (t.key("publish_every"), _show(publish_every)))
-    cam = CameraSourceConfig(
-        name=name,
-        backend=backend,
-        device=str(device),
-        interval=t.number("interval", 1.0, 0.0, 86400.0),
-        rois=tuple(rois),
-        size=(size[0], size[1]),
-        autofocus=t.text("autofocus", "continuous", ("continuous", "auto", "off")),
-        loop=t.flag("loop", False),
-        change_threshold=t.number("change_threshold", 3.0, 0.0, 255.0),
-        stable_reads=t.integer("stable_reads", 2, 1, 100),
-        publish_every=publish_every,
-        retry_min_delay=t.number("retry_min_delay", 1.0, 0.01, 3600.0),
-        retry_max_delay=t.number("retry_max_delay", 60.0, 0.01, 86400.0),
-    )
-    _check_not_below(t, "retry_max_delay", cam.retry_max_delay, "retry_min_delay", cam.retry_min_delay)
-    t.done()
-    return cam
+    return _read(CameraSourceConfig, t, {"type": "camera", "backend": backend, "rois": rois, "device": str(device),
+                                         "size": (size[0], size[1]), "publish_every": publish_every})
+
+
+def _region(t: _Table, allowed: tuple[str, ...] | None = None) -> Region:
+    if allowed is not None:
+        for extra in sorted(set(t.data) - set(allowed)):
+            raise ConfigError("%s: unknown key (expected %s)" % (t.key(extra), ", ".join(allowed)))
+    name = t.text("name", None, match=NAME_RE)
+    box = t.take("box", None)
+    if not (isinstance(box, list) and len(box) == 4 and all(isinstance(v, int) and not isinstance(v, bool)
+                                                             and v >= 0 for v in box)) or box[2] < 1 or box[3] < 1:
+        raise ConfigError("%s: expected [x, y, width, height] of integers >= 0 (width, height >= 1), got %r"
+                          % (t.key("box"), box))
+    pattern = t.text("pattern", "")
+    try:
+        re.compile(pattern)
+    except re.error as exc:
+        raise ConfigError("%s: invalid regular expression: %s" % (t.key("pattern"), exc)) from exc
+    return _read(Region, t, {"name": name, "box": (box[0], box[1], box[2], box[3]), "pattern": pattern})
+
+
+def read_regions(value: Any, where: str, allowed: tuple[str, ...], limit: int) -> tuple[Region, ...]:
+    """Regions given outside the config file (``rois`` of ``POST /api/ocr``): the same rules as a
+    camera's ``rois``, limited to the ``allowed`` keys and ``limit`` entries. Raises ConfigError."""
+    if not isinstance(value, list):
+        raise ConfigError("%s: expected a list of {%s}" % (where, ", ".join(allowed)))
+    if len(value) > limit:
+        raise ConfigError("%s: at most %d regions, got %d" % (where, limit, len(value)))
+    regions = tuple(_region(_Table(r, "%s[%d]" % (where, i), Path.cwd()), allowed) for i, r in enumerate(value))
+    seen: set[str] = set()
+    for i, region in enumerate(regions):
+        if region.name in seen:
+            raise ConfigError("%s[%d].name: duplicate region name %r" % (where, i, region.name))
+        seen.add(region.name)
+    return regions
+
+
+def _default_doc(f: Any) -> str:
+    if f.metadata.get("shown") is not None:
+        return "`%s`" % f.metadata["shown"]
+    if f.default is MISSING:
+        return "required"
+    value = list(f.default) if isinstance(f.default, tuple) else f.default
+    return "`%s`" % json.dumps(value, ensure_ascii=False)
+
+
+def reference_markdown() -> str:
+    """The README's config reference: one row per key, from the declarations above."""
+    rows = ["| key | default | live | meaning |", "|---|---|---|---|"]
+    names = {"sources": "sources[].%s", "sources.rois": "sources[].rois[].%s"}
+    for section, cls in SECTIONS:
+        for f in keys(cls):
+            if cls is CameraSourceConfig and f.name in ("name", "type"):
+                continue  # as for folders
+            doc = f.metadata["doc"]
+            if cls is FolderSourceConfig and f.name not in ("name", "type"):
+                doc = "folder: " + doc
+            elif cls is CameraSourceConfig:
+                doc = "camera: " + doc
+            if f.metadata.get("choices") and "`" not in doc:
+                doc += " (%s)" % ", ".join(json.dumps(v) for v in f.metadata["choices"])
+            key = names.get(section, section + ".%s") % f.name
+            rows.append("| `%s` | %s | %s | %s |" % (key, _default_doc(f), "yes" if f.metadata.get("live") else "",
+                                                    doc.replace("|", "\\|")))
+    return "\n".join(rows) + "\n"
 
 
 def config_to_json(config: Any) -> Any:

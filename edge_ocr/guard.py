@@ -21,7 +21,6 @@ from typing import Any
 import psutil
 
 from edge_ocr.config import GuardConfig
-from edge_ocr.errors import ConfigError
 from edge_ocr.stats import Family, Sample, render
 
 log = logging.getLogger(__name__)
@@ -43,42 +42,9 @@ class Level(str, Enum):
 LEVEL_ORDER = ("ok", "soft", "hard")
 
 
-@dataclass(frozen=True, slots=True)
-class GuardLimits:
-    """When the guard degrades. ``*_available_mb`` are floors on the system's available
-    memory (0 = not checked). A level is left only once every value is back past its limit
-    by the ``recover_ratio`` margin: RSS below ``limit * ratio``, available above ``floor / ratio``.
-    """
-
-    rss_soft_mb: float = 300.0
-    rss_hard_mb: float = 450.0
-    min_available_soft_mb: float = 0.0
-    min_available_hard_mb: float = 0.0
-    recover_ratio: float = 0.9
-    interval_s: float = 1.0
-
-    def __post_init__(self) -> None:
-        if not 0 < self.rss_soft_mb < self.rss_hard_mb:
-            raise ConfigError(
-                "guard.rss_hard_mb: expected more than rss_soft_mb (%s), got %s" % (self.rss_soft_mb, self.rss_hard_mb)
-            )
-        if self.min_available_soft_mb < 0 or self.min_available_hard_mb < 0:
-            raise ConfigError("guard.min_available_*_mb: expected >= 0")
-        if self.min_available_hard_mb and self.min_available_soft_mb <= self.min_available_hard_mb:
-            raise ConfigError(
-                "guard.min_available_soft_mb: expected more than min_available_hard_mb (%s), got %s"
-                % (self.min_available_hard_mb, self.min_available_soft_mb)
-            )
-        if not 0 < self.recover_ratio <= 1:
-            raise ConfigError("guard.recover_ratio: expected 0 < ratio <= 1, got %s" % self.recover_ratio)
-        if self.interval_s <= 0:
-            raise ConfigError("guard.interval_s: expected > 0, got %s" % self.interval_s)
-
-    @classmethod
-    def from_config(cls, cfg: GuardConfig) -> GuardLimits:
-        """The ``[guard]`` table; keys it does not have yet keep this class's defaults."""
-        known = {f: getattr(cfg, f) for f in cls.__dataclass_fields__ if hasattr(cfg, f)}
-        return cls(**known)
+# A level is left only once every value is back past its limit by this margin: RSS below
+# ``limit * RECOVER_RATIO``, available memory above ``floor / RECOVER_RATIO`` (no flapping).
+RECOVER_RATIO = 0.9
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,20 +69,21 @@ class GuardState:
         }
 
 
-def classify(rss_mb: float, available_mb: float | None, limits: GuardLimits, previous: Level = Level.OK) -> Level:
+def classify(rss_mb: float, available_mb: float | None, limits: GuardConfig, previous: Level = Level.OK,
+             recover_ratio: float = RECOVER_RATIO) -> Level:
     """The level for one sample. Escalation is immediate (RSS over a limit, or available memory
     under a floor); a level reached before is kept until RSS falls below ``limit * recover_ratio``
     and available memory rises above ``floor / recover_ratio`` (hysteresis, no flapping)."""
-    if _over(rss_mb, available_mb, limits.rss_hard_mb, limits.min_available_hard_mb, limits, previous.rank >= 2):
+    if _over(rss_mb, available_mb, limits.rss_hard_mb, limits.min_available_hard_mb, recover_ratio, previous.rank >= 2):
         return Level.HARD
-    if _over(rss_mb, available_mb, limits.rss_soft_mb, limits.min_available_soft_mb, limits, previous.rank >= 1):
+    if _over(rss_mb, available_mb, limits.rss_soft_mb, limits.min_available_soft_mb, recover_ratio, previous.rank >= 1):
         return Level.SOFT
     return Level.OK
 
 
-def _over(rss_mb: float, available_mb: float | None, rss_limit: float, floor: float, limits: GuardLimits,
+def _over(rss_mb: float, available_mb: float | None, rss_limit: float, floor: float, recover_ratio: float,
           held: bool) -> bool:
-    ratio = limits.recover_ratio if held else 1.0
+    ratio = recover_ratio if held else 1.0
     over_rss = rss_mb >= rss_limit * ratio if held else rss_mb > rss_limit
     under_floor = False
     if floor > 0 and available_mb is not None:
@@ -124,7 +91,7 @@ def _over(rss_mb: float, available_mb: float | None, rss_limit: float, floor: fl
     return over_rss or under_floor
 
 
-def _reason(level: Level, rss_mb: float, available_mb: float | None, limits: GuardLimits) -> str:
+def _reason(level: Level, rss_mb: float, available_mb: float | None, limits: GuardConfig) -> str:
     if level is Level.OK:
         return ""
     text = "rss %.0f MB (soft %g, hard %g)" % (rss_mb, limits.rss_soft_mb, limits.rss_hard_mb)
@@ -184,12 +151,19 @@ class Guard:
 
     def __init__(
         self,
-        limits: GuardLimits,
+        limits: GuardConfig,
         stop: threading.Event,
         on_change: Callable[[GuardState, Level], None] | None = None,
         process: psutil.Process | None = None,
+        *,
+        interval_s: float = 1.0,
+        recover_ratio: float = RECOVER_RATIO,
     ) -> None:
+        if interval_s <= 0 or not 0 < recover_ratio <= 1:
+            raise ValueError("guard: expected interval_s > 0 and 0 < recover_ratio <= 1")
         self.limits = limits
+        self.interval_s = interval_s
+        self.recover_ratio = recover_ratio
         self._stop = stop
         self._on_change = on_change
         self._process = process
@@ -231,7 +205,7 @@ class Guard:
                 self.sample()
             except Exception:  # thread boundary: the guard itself must keep running
                 log.exception("guard sample failed")
-            if self._stop.wait(self.limits.interval_s):
+            if self._stop.wait(self.interval_s):
                 break
 
     def sample(self) -> GuardState:
@@ -248,7 +222,7 @@ class Guard:
                 return self._state
             self._failures = 0
             previous = self._state
-            level = classify(rss_mb, available_mb, self.limits, previous.level)
+            level = classify(rss_mb, available_mb, self.limits, previous.level, self.recover_ratio)
             changed = level is not previous.level
             state = GuardState(
                 level,
@@ -287,4 +261,4 @@ class Guard:
         return render(families, prefix)
 
 
-__all__ = ["Guard", "GuardLimits", "GuardState", "Level", "classify", "read_memory"]
+__all__ = ["RECOVER_RATIO", "Guard", "GuardState", "Level", "classify", "read_memory"]

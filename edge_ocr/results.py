@@ -28,16 +28,6 @@ class Status(str, Enum):
 
 
 @dataclass(frozen=True, slots=True)
-class RegionRule:
-    """What a source asks of one named region: its box in frame pixels and the pattern its text
-    must fullmatch (``""`` = any text)."""
-
-    name: str
-    box: tuple[int, int, int, int]
-    pattern: str = ""
-
-
-@dataclass(frozen=True, slots=True)
 class RegionResult:
     """One region of one frame. ``text`` is the published value: it changes only after
     ``stable_reads`` consecutive agreeing ``ok`` reads; ``read``/``score``/``status`` are this frame's."""
@@ -161,7 +151,7 @@ class Job:
     on_done: Callable[[Result], None] | None = None
     ts: datetime = field(default_factory=lambda: datetime.now(UTC))
     frame: np.ndarray | None = None
-    regions: tuple[RegionRule, ...] = ()
+    regions: tuple[Region, ...] = ()  # the source's rules: boxes in camera pixels, patterns
     stable_reads: int = 1
     publish_every: bool | None = None
     capture_ms: float | None = None

@@ -4,21 +4,32 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import replace
+import tomllib
+from dataclasses import MISSING, replace
 from pathlib import Path
 
 import pytest
 
 from edge_ocr.config import (
+    SECTIONS,
+    CameraSourceConfig,
+    EngineConfig,
     FolderSourceConfig,
+    GuardConfig,
+    HttpConfig,
+    MqttConfig,
+    PipelineConfig,
     Secret,
     config_diff,
     config_to_json,
     default_state_dir,
     find_config,
     is_live,
+    keys,
     load_config,
+    reference_markdown,
 )
+from edge_ocr.engine.types import EngineOptions, Region
 from edge_ocr.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -81,13 +92,56 @@ def test_search_order(tmp_path):
     assert find_config(None, {"EDGE_OCR_CONFIG": "b.toml"}) == Path("b.toml")
 
 
-def test_documented_example_has_every_key_and_loads():
-    config = load_config(REPO / "config" / "edge-ocr.toml", environ={})
+def _example_tables() -> dict[type, dict]:
+    """The example file's tables, with its commented-out camera source (TOML, not prose) uncommented."""
     text = (REPO / "config" / "edge-ocr.toml").read_text()
-    for section in (config.engine, config.mqtt, config.http, config.guard, config.pipeline, config.sources[0]):
-        for name in section.__dataclass_fields__:
-            if name not in ("password", "token", "type"):  # secrets: read from their *_file keys
-                assert "\n%s = " % name in text or "\n# %s = " % name in text, name
+    data = tomllib.loads(text)
+    block = text[text.index("# [[sources]]\n# name = \"meter\""):text.index("[mqtt]")]
+    setting = re.compile(r"# (\[\[sources\]\]|[a-z_]+ = |\s+\{|\])")
+    camera = tomllib.loads("\n".join(line[2:] for line in block.splitlines() if setting.match(line)))["sources"][0]
+    return {EngineConfig: data["engine"], PipelineConfig: data["pipeline"], FolderSourceConfig: data["sources"][0],
+            CameraSourceConfig: camera, Region: camera["rois"][0], MqttConfig: data["mqtt"], HttpConfig: data["http"],
+            GuardConfig: data["guard"]}
+
+
+def test_the_example_file_shows_every_key_at_its_declared_default():
+    load_config(REPO / "config" / "edge-ocr.toml", environ={})  # it loads
+    tables = _example_tables()
+    for _section, cls in SECTIONS:
+        for f in keys(cls):
+            assert f.name in tables[cls], "%s.%s missing from config/edge-ocr.toml" % (cls.__name__, f.name)
+            static = f.default is not MISSING and f.metadata.get("shown") is None
+            if static and cls is not Region and f.name != "rois":  # the example shows a filled-in region
+                declared = list(f.default) if isinstance(f.default, tuple) else f.default
+                assert tables[cls][f.name] == declared, "%s.%s" % (cls.__name__, f.name)
+
+
+def test_the_readme_config_reference_is_generated_from_the_declarations():
+    readme = (REPO / "README.md").read_text()
+    table = readme[readme.index("<!-- config-reference: begin -->\n") + 33:readme.index("<!-- config-reference: end -->")]
+    assert table == reference_markdown(), "regenerate: python -c 'from edge_ocr.config import reference_markdown " \
+                                          "as r; print(r())'"
+
+
+def test_each_key_is_enforced_however_its_table_is_built():
+    # the declared bound holds for a hand-built object too, not only for the TOML walker
+    with pytest.raises(ConfigError, match=r"queue_size: expected 1..1024, got 0"):
+        PipelineConfig(queue_size=0)
+    with pytest.raises(ConfigError, match=r"rss_hard_mb: expected more than rss_soft_mb"):
+        GuardConfig(rss_soft_mb=600)
+    with pytest.raises(ConfigError, match=r"precision: expected one of auto \| fp32 \| int8"):
+        EngineConfig(precision="fp16")
+
+
+def test_engine_defaults_are_the_engines_own():
+    # [engine] keys take their defaults from EngineOptions: one declaration, two layers
+    assert EngineConfig().to_options() == EngineOptions()
+    assert EngineConfig(cls=True, fast_reader=False).to_options() == EngineOptions(use_cls=True, use_rec_fast=False)
+
+
+def test_live_keys_come_from_the_declarations():
+    assert is_live("engine.low_confidence") and is_live("sources.inbox.stability_delay")
+    assert not is_live("engine.pack") and not is_live("mqtt.host") and not is_live("sources.cam.rois")
 
 
 def test_secrets_come_from_files_and_never_show(tmp_path):
@@ -134,7 +188,6 @@ def test_reload_diff_splits_live_keys_from_restart_keys(tmp_path):
 
 
 def test_documented_camera_example_has_every_key_and_loads(tmp_path):
-    from edge_ocr.config import CameraSourceConfig, RoiConfig
 
     text = (REPO / "config" / "edge-ocr.toml").read_text()
     block = text[text.index("# [[sources]]\n# name = \"meter\""):text.index("[mqtt]")]
@@ -142,11 +195,11 @@ def test_documented_camera_example_has_every_key_and_loads(tmp_path):
     toml = "\n".join(line[2:] for line in block.splitlines() if setting.match(line))
     cam = load(tmp_path, toml).sources[0]
     assert isinstance(cam, CameraSourceConfig)
-    assert cam == CameraSourceConfig("meter", rois=(RoiConfig("reading", (100, 40, 220, 60), "0123456789.",
+    assert cam == CameraSourceConfig("meter", rois=(Region("reading", (100, 40, 220, 60), "0123456789.",
                                                               r"^\d+\.\d$"),), publish_every=False)
     for name in CameraSourceConfig.__dataclass_fields__:
         assert "\n# %s = " % name in block, name
-    for name in RoiConfig.__dataclass_fields__:
+    for name in Region.__dataclass_fields__:
         assert "%s = " % name in block, name
 
 
@@ -163,7 +216,7 @@ def test_documented_camera_example_has_every_key_and_loads(tmp_path):
          "sources[0].rois[1].name: duplicate region name 'a'"),
         ("rois = [ { name = \"a\", box = [0, 0, 0, 1] } ]", "sources[0].rois[0].box: expected [x, y, width, height]"),
         ("rois = [ { name = \"a\", box = [0, 0, 1, 1], rotate = 45 } ]",
-         "sources[0].rois[0].rotate: expected 0, 90, 180 or 270, got 45"),
+         "sources[0].rois[0].rotate: expected one of 0, 90, 180, 270, got 45"),
         ("rois = [ { name = \"a\", box = [0, 0, 1, 1], pattern = \"(\" } ]",
          "sources[0].rois[0].pattern: invalid regular expression"),
         ("retry_min_delay = 5.0\nretry_max_delay = 1.0", "sources[0].retry_max_delay: expected >= retry_min_delay"),
@@ -176,7 +229,6 @@ def test_camera_keys_are_validated(tmp_path, extra, message):
 
 
 def test_camera_defaults_and_picamera2_device(tmp_path):
-    from edge_ocr.config import CameraSourceConfig
 
     cam = load(tmp_path, '[[sources]]\nname = "pi"\ntype = "camera"\nbackend = "picamera2"\nsize = [1920, 1080]\n'
                          "device = 0\n").sources[0]

@@ -12,12 +12,11 @@ import pytest
 
 from edge_ocr.config import GuardConfig
 from edge_ocr.errors import ConfigError
-from edge_ocr.guard import Guard, GuardLimits, GuardState, Level, classify, read_memory
+from edge_ocr.guard import Guard, GuardState, Level, classify, read_memory
 from tests.helpers import promtool_check
 
 OK, SOFT, HARD = Level.OK, Level.SOFT, Level.HARD
-LIMITS = GuardLimits(rss_soft_mb=300, rss_hard_mb=450, min_available_soft_mb=200, min_available_hard_mb=100,
-                     recover_ratio=0.9)
+LIMITS = GuardConfig(rss_soft_mb=300, rss_hard_mb=450, min_available_soft_mb=200, min_available_hard_mb=100)
 WAIT_S = 30.0
 
 
@@ -59,7 +58,7 @@ def test_classify_table(rss_mb, available_mb, previous, expected):
 
 
 def test_classify_without_available_floors_ignores_available_memory():
-    limits = GuardLimits(rss_soft_mb=300, rss_hard_mb=450)
+    limits = GuardConfig(rss_soft_mb=300, rss_hard_mb=450)
     assert classify(100, 1, limits, OK) is OK
     assert classify(350, 1, limits, OK) is SOFT
 
@@ -77,22 +76,21 @@ def test_a_rising_then_falling_series_changes_level_once_each_way():
     ("kwargs", "match"),
     [
         ({"rss_soft_mb": 400, "rss_hard_mb": 300}, "rss_hard_mb"),
-        ({"rss_soft_mb": 0}, "rss_hard_mb"),
+        ({"rss_soft_mb": 0}, "rss_soft_mb: expected >= 16"),
         ({"min_available_soft_mb": 100, "min_available_hard_mb": 200}, "min_available_soft_mb"),
         ({"min_available_soft_mb": -1}, "min_available"),
-        ({"recover_ratio": 1.5}, "recover_ratio"),
-        ({"interval_s": 0}, "interval_s"),
     ],
 )
 def test_limits_refuse_unusable_values(kwargs, match):
     with pytest.raises(ConfigError, match=match):
-        GuardLimits(**kwargs)
+        GuardConfig(**kwargs)
 
 
-def test_limits_from_the_guard_table():
-    limits = GuardLimits.from_config(GuardConfig(rss_soft_mb=200, rss_hard_mb=250))
-    assert (limits.rss_soft_mb, limits.rss_hard_mb) == (200, 250)
-    assert limits.min_available_soft_mb == 0 and limits.recover_ratio == 0.9
+def test_the_sampler_refuses_unusable_timing():
+    with pytest.raises(ValueError, match="interval_s"):
+        Guard(GuardConfig(), threading.Event(), interval_s=0)
+    with pytest.raises(ValueError, match="recover_ratio"):
+        Guard(GuardConfig(), threading.Event(), recover_ratio=1.5)
 
 
 def test_read_memory_reads_this_process():
@@ -103,7 +101,7 @@ def test_read_memory_reads_this_process():
 
 def test_state_json_and_prometheus_text():
     stop = threading.Event()
-    guard = Guard(GuardLimits(rss_soft_mb=1, rss_hard_mb=100_000), stop)
+    guard = Guard(GuardConfig(rss_soft_mb=16, rss_hard_mb=100_000), stop)
     state = guard.sample()
     assert state.level is SOFT and state.changes == 1 and "rss" in state.reason
     data = state.to_dict()
@@ -116,7 +114,7 @@ def test_state_json_and_prometheus_text():
 
 def test_an_available_memory_floor_above_what_the_system_has_is_soft_at_once():
     available = psutil.virtual_memory().available / 2**20
-    limits = GuardLimits(rss_soft_mb=100_000, rss_hard_mb=200_000, min_available_soft_mb=available * 4,
+    limits = GuardConfig(rss_soft_mb=100_000, rss_hard_mb=200_000, min_available_soft_mb=available * 4,
                          min_available_hard_mb=1)
     state = Guard(limits, threading.Event()).sample()
     assert state.level is SOFT and "available" in state.reason
@@ -139,10 +137,10 @@ class Changes:
 def test_the_guard_thread_sees_real_allocations_cross_soft_and_hard_and_recover(caplog):
     baseline = psutil.Process().memory_info().rss / 2**20
     # ratio 0.95: after freeing, RSS is back near baseline, well under soft * 0.95
-    limits = GuardLimits(rss_soft_mb=baseline + 96, rss_hard_mb=baseline + 224, recover_ratio=0.95, interval_s=0.01)
+    limits = GuardConfig(rss_soft_mb=int(baseline) + 96, rss_hard_mb=int(baseline) + 224)
     stop = threading.Event()
     changes = Changes()
-    guard = Guard(limits, stop, changes)
+    guard = Guard(limits, stop, changes, interval_s=0.01, recover_ratio=0.95)
     held: list[np.ndarray] = []
     with caplog.at_level(logging.INFO, logger="edge_ocr.guard"):
         guard.start()
@@ -177,13 +175,13 @@ def test_a_failing_callback_does_not_stop_the_guard(caplog):
         reached[state.level].set()
         raise RuntimeError("caller bug")
 
-    guard = Guard(GuardLimits(rss_soft_mb=1, rss_hard_mb=2, interval_s=0.01), stop, on_change)
+    guard = Guard(GuardConfig(rss_soft_mb=16, rss_hard_mb=17), stop, on_change, interval_s=0.01)
     with caplog.at_level(logging.ERROR, logger="edge_ocr.guard"):
         guard.start()
         try:
             assert reached[HARD].wait(WAIT_S)
             # the thread survives the failing callback: new limits (as SIGHUP would set) still reach it
-            guard.limits = GuardLimits(rss_soft_mb=100_000, rss_hard_mb=200_000, interval_s=0.01)
+            guard.limits = GuardConfig(rss_soft_mb=100_000, rss_hard_mb=200_000)
             assert reached[OK].wait(WAIT_S)
         finally:
             stop.set()
@@ -194,7 +192,7 @@ def test_a_failing_callback_does_not_stop_the_guard(caplog):
 
 def test_nothing_runs_before_start_and_start_twice_is_an_error():
     stop = threading.Event()
-    guard = Guard(GuardLimits(interval_s=0.01), stop)
+    guard = Guard(GuardConfig(), stop, interval_s=0.01)
     assert not any(t.name == "guard" for t in threading.enumerate())
     assert guard.join(1)
     guard.start()

@@ -17,7 +17,7 @@ ALLOWED: dict[str, tuple[str, ...]] = {
     "edge_ocr.engine.types": (),
     "edge_ocr.engine": ("edge_ocr.engine", "edge_ocr.errors", "edge_ocr.imageformat"),
     "edge_ocr.results": ("edge_ocr.engine.types", "edge_ocr.errors"),
-    "edge_ocr.config": ("edge_ocr.errors", "edge_ocr.engine.types", "edge_ocr.engine.ocr"),
+    "edge_ocr.config": ("edge_ocr.errors", "edge_ocr.engine.types"),
     "edge_ocr.stats": ("edge_ocr.errors",),
     "edge_ocr.readiness": (),
     "edge_ocr.atomic": (),

@@ -53,7 +53,6 @@ def test_full_queue_holds_the_source_back_and_stop_releases_it():
 
 def test_regions_stable_reads_pattern_and_low_confidence():
     from edge_ocr.engine.types import Region
-    from edge_ocr.results import RegionRule
     from tests.fakes import ScriptedRegionEngine
 
     script = [
@@ -69,7 +68,7 @@ def test_regions_stable_reads_pattern_and_low_confidence():
     ]
     pipe = Pipeline(ScriptedRegionEngine(script), ("fake", "1"), [], Stats(), threading.Event(), low_confidence=0.6)
     job = Job("meter", b"", rois=(Region("r", (0, 0, 10, 5), "0123456789."),), det=False,
-              regions=(RegionRule("r", (100, 40, 220, 60), r"\d+\.\d"),), stable_reads=2, publish_every=True)
+              regions=(Region("r", (100, 40, 220, 60), pattern=r"\d+\.\d"),), stable_reads=2, publish_every=True)
     out = [pipe.process(job) for _ in script]
     reg = [r.regions[0] for r in out]
     assert [r.status for r in reg] == [Status.OK, Status.OK, Status.OK, Status.LOW_CONFIDENCE, Status.OK,

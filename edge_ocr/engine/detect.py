@@ -5,40 +5,10 @@ Also the reading-order sort. numpy and OpenCV only; no I/O, no model.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import cv2
 import numpy as np
 
-from edge_ocr.engine.types import Quad
-
-
-@dataclass(frozen=True, slots=True)
-class DbParams:
-    """DB post-processing knobs (the defaults follow PaddleOCR's published settings).
-
-    thresh: pixel probability that counts as text; box_thresh: minimum mean probability
-    inside a candidate; unclip_ratio: how far a shrunk text kernel is grown back
-    (offset = area × ratio / perimeter); min_size: shortest side in map pixels.
-    """
-
-    thresh: float = 0.3
-    box_thresh: float = 0.6
-    unclip_ratio: float = 1.5
-    min_size: float = 3.0
-    max_candidates: int = 1000
-    dilate: bool = False
-
-    @classmethod
-    def from_published(cls, thresholds: dict[str, float]) -> DbParams:
-        """The thresholds a detector was published with (``thresh``, ``box_thresh``,
-        ``unclip_ratio`` from its inference.yml); the rest at their defaults."""
-        defaults = cls()
-        return cls(
-            thresh=float(thresholds.get("thresh", defaults.thresh)),
-            box_thresh=float(thresholds.get("box_thresh", defaults.box_thresh)),
-            unclip_ratio=float(thresholds.get("unclip_ratio", defaults.unclip_ratio)),
-        )
+from edge_ocr.engine.types import DbParams, Quad
 
 
 def order_quad(points: np.ndarray) -> Quad:

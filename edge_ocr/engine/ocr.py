@@ -10,56 +10,14 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 
 import numpy as np
 
 from edge_ocr.engine import detect, preprocess, recognize
 from edge_ocr.engine.decode import Decoded
 from edge_ocr.engine.models import Model, Pack, auto_threads, choose_variant, load_pack, verify_pack
-from edge_ocr.engine.types import EngineOutput, Region, TextLine
+from edge_ocr.engine.types import DbParams, EngineOptions, EngineOutput, Region, TextLine
 from edge_ocr.errors import ConfigError, ModelError
-
-
-@dataclass(frozen=True, slots=True)
-class EngineOptions:
-    """How the engine runs; config.EngineConfig maps the ``[engine]`` table onto this."""
-
-    pack: str = "default"
-    threads: int | str = "auto"
-    precision: str = "auto"
-    max_megapixels: float = 50.0  # refuse larger images before decoding them
-    det_limit_side: int = 960  # detection input: longer side at most this many pixels
-    det: detect.DbParams | None = None  # None = the thresholds the pack's detector was published with
-    use_cls: bool = False  # angle classifier for upside-down lines
-    use_rec_zh: bool = True  # a pack's Chinese specialist recogniser, where it has one
-    use_rec_fast: bool = True  # a pack's fast draft reader, where it has one (see recognize.needs_recheck)
-    recheck_below: float = 0.95  # drafts with a lower mean confidence are re-read by the accurate recogniser
-    # Single lines and regions at most this wide at the recogniser's height (48 px) skip the draft
-    # and are read by the accurate recogniser: on eval-dev crops this matched reading every line
-    # accurately on both halves, at a third of its p95 cost (README, Accuracy). Page lines are all drafted.
-    draft_min_width: int = 320
-    # Detected lines whose draft is below this are dropped, not re-read (never regions or det=False):
-    # on eval-dev pages they were mostly not text, and re-reading them cost time and F1.
-    drop_drafts_below: float = 0.5
-    chinese_mass: float = 0.05  # this much probability on Chinese at any step of a draft counts as Chinese sensed
-    # ... and this much in a reading of the accurate recogniser: PP-OCRv6 small rarely puts any
-    # mass on Chinese for a Latin glyph, so 0.5 % at one step marks a province glyph it could not
-    # read (plates 92 -> 96 % on both halves of eval-dev, Latin sources unchanged: bench/rules.py).
-    specialist_mass: float = 0.005
-    cls_threshold: float = 0.9
-    rec_batch_size: int = 1  # measured: batching only pads; 1 was fastest and smallest on 1-2 threads
-    rec_batch_columns: int = 4096  # batch lines × padded width: bounds recogniser memory
-    rec_min_width: int = 0  # 0 = the pack's min_width (PP-OCRv5/6 read best padded to 320)
-    rec_max_width: int = 0  # 0 = the pack's max_width, else the model's height × 64
-    min_line_score: float = 0.5  # lines below this recognition confidence are dropped
-    # With threads > 1, a page's lines are read in parallel, one per thread (a 48-px line is too
-    # small to split well: bench/tricks.py). Every session still gets all threads: a single line
-    # or region then uses them inside the model (25 % faster per crop), and concurrent runs
-    # measured no slower on pages than single-threaded recogniser sessions.
-    parallel_lines: bool = True
-    allow_spinning: bool = False  # ORT worker threads busy-wait between ops: no gain measured, idle CPU burnt
-    verify_checksums: bool = True
 
 
 def _threads(value: int | str) -> int:
@@ -92,7 +50,7 @@ class OcrEngine:
             raise ModelError("pack %s has no recogniser" % self.pack.name)
         self.rec = self._load("rec")
         self.det = self._load("det") if "det" in stages else None
-        self.db_params = self.options.det or detect.DbParams.from_published(stages["det"].postprocess if "det" in stages else {})
+        self.db_params = self.options.det or DbParams.from_published(stages["det"].postprocess if "det" in stages else {})
         self.cls = self._load("cls") if self.options.use_cls and "cls" in stages else None
         self.rec_zh = self._load("rec_zh") if self.options.use_rec_zh and "rec_zh" in stages else None
         self.rec_fast = self._load("rec_fast") if self.options.use_rec_fast and "rec_fast" in stages else None

@@ -43,15 +43,25 @@ class Transform:
 
 @dataclass(frozen=True, slots=True)
 class Region:
-    """A named region of interest to recognise directly, skipping detection.
+    """A named region of interest, read directly without detection: what a camera's ``rois``
+    entry declares, what ``POST /api/ocr`` asks for, and what the engine reads.
 
     ``box`` is ``(x, y, width, height)`` in source pixels. ``allowed_chars`` restricts the
-    decoder (an empty string means every character of the pack's charset).
+    decoder (empty = every character of the pack). The rest are camera-only: the text must
+    fullmatch ``pattern`` (else the region's status is "rejected"), and the crop gets light
+    preprocessing before recognition, in this order: grey, contrast (CLAHE), invert, rotate.
+    The metadata are the config keys' docs and bounds (config.py reads them).
     """
 
-    name: str
-    box: tuple[int, int, int, int]
-    allowed_chars: str = ""
+    name: str = field(metadata={"doc": "unique in the source; letters, digits, '_' or '-'"})
+    box: tuple[int, int, int, int] = field(metadata={"doc": "[x, y, width, height] in frame pixels"})
+    allowed_chars: str = field(default="", metadata={"doc": "only these characters are read (\"\" = all)",
+                                                     "max_len": 4096})
+    pattern: str = field(default="", metadata={"doc": "a regular expression the text must fullmatch"})
+    grey: bool = field(default=False, metadata={"doc": "read the crop in grey"})
+    clahe: bool = field(default=False, metadata={"doc": "contrast-limited histogram equalisation"})
+    invert: bool = field(default=False, metadata={"doc": "light-on-dark displays"})
+    rotate: int = field(default=0, metadata={"doc": "degrees clockwise", "choices": (0, 90, 180, 270)})
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,3 +90,72 @@ class EngineOutput:
     @property
     def text(self) -> str:
         return "\n".join(line.text for line in self.lines if line.text)
+
+
+@dataclass(frozen=True, slots=True)
+class DbParams:
+    """DB post-processing knobs (the defaults follow PaddleOCR's published settings).
+
+    thresh: pixel probability that counts as text; box_thresh: minimum mean probability
+    inside a candidate; unclip_ratio: how far a shrunk text kernel is grown back
+    (offset = area × ratio / perimeter); min_size: shortest side in map pixels.
+    """
+
+    thresh: float = 0.3
+    box_thresh: float = 0.6
+    unclip_ratio: float = 1.5
+    min_size: float = 3.0
+    max_candidates: int = 1000
+    dilate: bool = False
+
+    @classmethod
+    def from_published(cls, thresholds: dict[str, float]) -> DbParams:
+        """The thresholds a detector was published with (``thresh``, ``box_thresh``,
+        ``unclip_ratio`` from its inference.yml); the rest at their defaults."""
+        defaults = cls()
+        return cls(
+            thresh=float(thresholds.get("thresh", defaults.thresh)),
+            box_thresh=float(thresholds.get("box_thresh", defaults.box_thresh)),
+            unclip_ratio=float(thresholds.get("unclip_ratio", defaults.unclip_ratio)),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class EngineOptions:
+    """How the engine runs; config.EngineConfig maps the ``[engine]`` table onto this."""
+
+    pack: str = "default"
+    threads: int | str = "auto"
+    precision: str = "auto"
+    max_megapixels: float = 50.0  # refuse larger images before decoding them
+    det_limit_side: int = 960  # detection input: longer side at most this many pixels
+    det: DbParams | None = None  # None = the thresholds the pack's detector was published with
+    use_cls: bool = False  # angle classifier for upside-down lines
+    use_rec_zh: bool = True  # a pack's Chinese specialist recogniser, where it has one
+    use_rec_fast: bool = True  # a pack's fast draft reader, where it has one (see recognize.needs_recheck)
+    recheck_below: float = 0.95  # drafts with a lower mean confidence are re-read by the accurate recogniser
+    # Single lines and regions at most this wide at the recogniser's height (48 px) skip the draft
+    # and are read by the accurate recogniser: on eval-dev crops this matched reading every line
+    # accurately on both halves, at a third of its p95 cost (README, Accuracy). Page lines are all drafted.
+    draft_min_width: int = 320
+    # Detected lines whose draft is below this are dropped, not re-read (never regions or det=False):
+    # on eval-dev pages they were mostly not text, and re-reading them cost time and F1.
+    drop_drafts_below: float = 0.5
+    chinese_mass: float = 0.05  # this much probability on Chinese at any step of a draft counts as Chinese sensed
+    # ... and this much in a reading of the accurate recogniser: PP-OCRv6 small rarely puts any
+    # mass on Chinese for a Latin glyph, so 0.5 % at one step marks a province glyph it could not
+    # read (plates 92 -> 96 % on both halves of eval-dev, Latin sources unchanged: bench/rules.py).
+    specialist_mass: float = 0.005
+    cls_threshold: float = 0.9
+    rec_batch_size: int = 1  # measured: batching only pads; 1 was fastest and smallest on 1-2 threads
+    rec_batch_columns: int = 4096  # batch lines × padded width: bounds recogniser memory
+    rec_min_width: int = 0  # 0 = the pack's min_width (PP-OCRv5/6 read best padded to 320)
+    rec_max_width: int = 0  # 0 = the pack's max_width, else the model's height × 64
+    min_line_score: float = 0.5  # lines below this recognition confidence are dropped
+    # With threads > 1, a page's lines are read in parallel, one per thread (a 48-px line is too
+    # small to split well: bench/tricks.py). Every session still gets all threads: a single line
+    # or region then uses them inside the model (25 % faster per crop), and concurrent runs
+    # measured no slower on pages than single-threaded recogniser sessions.
+    parallel_lines: bool = True
+    allow_spinning: bool = False  # ORT worker threads busy-wait between ops: no gain measured, idle CPU burnt
+    verify_checksums: bool = True

@@ -22,7 +22,6 @@ import base64
 import binascii
 import hashlib
 import hmac
-import ipaddress
 import json
 import logging
 import re
@@ -40,7 +39,7 @@ from waitress.channel import HTTPChannel
 from waitress.server import BaseWSGIServer, create_server
 from waitress.task import ErrorTask
 
-from edge_ocr.config import NAME_RE, Secret
+from edge_ocr.config import Secret, is_loopback, parse_bind, read_regions, require_token_off_loopback
 from edge_ocr.engine.types import Region
 from edge_ocr.errors import ConfigError, ImageError, SinkError
 from edge_ocr.readiness import Readiness
@@ -79,11 +78,9 @@ ERROR_STATUS: Mapping[str, int] = MappingProxyType(
 METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 JSON_CONTENT_TYPE = "application/json"
 MAX_ROIS = 64
-MAX_ALLOWED_CHARS = 4096
 UPLOAD_SLACK_BYTES = 1 << 20  # waitress's own cap = ours + this (multipart headers): it refuses before buffering
 TRUE_WORDS = frozenset({"1", "true", "yes", "on"})
 FALSE_WORDS = frozenset({"0", "false", "no", "off"})
-LOOPBACK_NAMES = frozenset({"localhost", "localhost.localdomain", "ip6-localhost"})
 AUTH_KEY = "edge_ocr.token_required"  # app.config keys HttpServer reads back
 UPLOAD_KEY = "edge_ocr.max_upload_bytes"
 COMMON_HEADERS = (("Cache-Control", "no-store"), ("X-Content-Type-Options", "nosniff"))
@@ -145,15 +142,14 @@ def make_app(
 
     ``token`` set: every route but /healthz and the static page needs ``Bearer <token>``.
     At most ``ocr_slots`` OCR calls run at once; a request that waits ``busy_timeout_s`` for
-    a slot gets 503 ``busy``. Raises ConfigError for unusable settings.
+    a slot gets 503 ``busy``. Raises ValueError for unusable arguments (config.py checked the
+    user's keys already).
     """
-    if max_upload_mb <= 0:
-        raise ConfigError("http.max_upload_mb: expected > 0, got %s" % max_upload_mb)
-    if ocr_slots < 1:
-        raise ConfigError("http.ocr_slots: expected >= 1, got %s" % ocr_slots)
+    if max_upload_mb <= 0 or ocr_slots < 1:
+        raise ValueError("make_app: expected max_upload_mb > 0 and ocr_slots >= 1")
     secret = token.reveal() if isinstance(token, Secret) else token
     if secret is not None and not secret.strip():
-        raise ConfigError("http.token_file: the token is empty")
+        raise ValueError("make_app: the token is empty")
     api = _Api(
         backend,
         token=secret.strip().encode() if secret is not None else None,
@@ -414,7 +410,7 @@ def _check_local_request() -> None:
     """Tokenless mode serves loopback only: refuse a foreign Host (DNS rebinding) and a POST
     whose Origin is another site (CSRF from a page the local user happens to visit)."""
     host = bottle.request.get_header("Host", "")
-    if host and not _is_loopback(_split_host(host)):
+    if host and not is_loopback(_split_host(host)):
         raise _ApiError("forbidden_host", "Host %r is not this device's loopback address" % host[:100])
     origin = bottle.request.get_header("Origin")
     if bottle.request.method == "POST" and origin is not None and origin != "null":
@@ -491,7 +487,8 @@ def _det_option(value: Any) -> bool:
 
 
 def _rois_option(value: Any) -> tuple[Region, ...]:
-    """Parse ``rois``: a list (or its JSON text) of ``{name, box: [x, y, w, h], allowed_chars}``."""
+    """Parse ``rois``: a list (or its JSON text) of ``{name, box: [x, y, w, h], allowed_chars}``,
+    by the same rules as a camera's ``rois`` in the config."""
     if value is None or value == "":
         return ()
     if isinstance(value, str):
@@ -499,43 +496,10 @@ def _rois_option(value: Any) -> tuple[Region, ...]:
             value = json.loads(value)
         except ValueError as exc:
             raise _ApiError("invalid_rois", "rois: not valid JSON: %s" % exc) from exc
-    if not isinstance(value, list):
-        raise _ApiError("invalid_rois", "rois: expected a list of {name, box, allowed_chars}")
-    if len(value) > MAX_ROIS:
-        raise _ApiError("invalid_rois", "rois: at most %d regions, got %d" % (MAX_ROIS, len(value)))
-    regions: list[Region] = []
-    for i, item in enumerate(value):
-        where = "rois[%d]" % i
-        if not isinstance(item, dict):
-            raise _ApiError("invalid_rois", "%s: expected an object" % where)
-        unknown = sorted(set(item) - {"name", "box", "allowed_chars"})
-        if unknown:
-            raise _ApiError("invalid_rois", "%s: unknown key(s) %s" % (where, ", ".join(unknown)))
-        name = item.get("name")
-        if not isinstance(name, str) or not NAME_RE.match(name):
-            raise _ApiError("invalid_rois", "%s.name: expected 1-64 of A-Z a-z 0-9 _ -, got %s" % (where, _show(name)))
-        if any(r.name == name for r in regions):
-            raise _ApiError("invalid_rois", "%s.name: duplicate region name %r" % (where, name))
-        box = item.get("box")
-        if (
-            not isinstance(box, list)
-            or len(box) != 4
-            or not all(isinstance(v, int) and not isinstance(v, bool) for v in box)
-            or box[0] < 0
-            or box[1] < 0
-            or box[2] < 1
-            or box[3] < 1
-        ):
-            raise _ApiError(
-                "invalid_rois", "%s.box: expected [x, y, width, height] integers, x,y >= 0, w,h >= 1" % where
-            )
-        chars = item.get("allowed_chars", "")
-        if not isinstance(chars, str) or len(chars) > MAX_ALLOWED_CHARS:
-            raise _ApiError(
-                "invalid_rois", "%s.allowed_chars: expected a string of at most %d" % (where, MAX_ALLOWED_CHARS)
-            )
-        regions.append(Region(name, (box[0], box[1], box[2], box[3]), chars))
-    return tuple(regions)
+    try:
+        return read_regions(value, "rois", ("name", "box", "allowed_chars"), MAX_ROIS)
+    except ConfigError as exc:
+        raise _ApiError("invalid_rois", str(exc)) from exc
 
 
 def _show(value: Any) -> str:
@@ -583,28 +547,10 @@ def _load_page() -> tuple[str, str]:
 # -- the server ----------------------------------------------------------------------------------------
 
 
-def parse_bind(bind: str) -> tuple[str, int]:
-    """``HOST:PORT`` or ``[V6]:PORT`` → (host, port); port 0 = any free port. Raises ConfigError."""
-    host, sep, port = bind.rpartition(":")
-    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
-    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise ConfigError("http.bind: expected HOST:PORT, got %r" % bind)
-    return host, int(port)
-
-
 def _split_host(header: str) -> str:
     if header.startswith("["):
         return header[1:].partition("]")[0]
     return header.rpartition(":")[0] if header.count(":") == 1 else header
-
-
-def _is_loopback(host: str) -> bool:
-    if host.lower() in LOOPBACK_NAMES:
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 class _JsonErrorTask(ErrorTask):
@@ -700,13 +646,13 @@ class HttpServer:
         connection_limit: int = 32,
         channel_timeout_s: int = 30,
     ) -> None:
-        self.host, self._port = parse_bind(bind)
-        if not _is_loopback(self.host) and not app.config.get(AUTH_KEY, False):
-            raise ConfigError(
-                "http.bind: %s is reachable from other machines; set http.token_file or bind 127.0.0.1" % bind
-            )
+        try:  # config.py refused these already; checked again at the seam, as it guards the token
+            self.host, self._port = parse_bind(bind)
+            require_token_off_loopback(self.host, bool(app.config.get(AUTH_KEY, False)))
+        except ConfigError as exc:
+            raise ConfigError("http.%s" % exc) from exc
         if threads < 1:
-            raise ConfigError("http.threads: expected >= 1, got %d" % threads)
+            raise ValueError("HttpServer: expected threads >= 1, got %d" % threads)
         self.app = app
         self.threads = threads
         self._connection_limit = connection_limit
@@ -805,4 +751,4 @@ def _close_all(socket_map: dict[int, Any]) -> None:
     socket_map.clear()
 
 
-__all__ = ["ERROR_STATUS", "ApiBackend", "HttpServer", "make_app", "parse_bind"]
+__all__ = ["ERROR_STATUS", "ApiBackend", "HttpServer", "make_app"]

@@ -40,9 +40,8 @@ import cv2
 import numpy as np
 
 from edge_ocr.config import CameraSourceConfig
-from edge_ocr.engine.types import Region
 from edge_ocr.errors import SourceError
-from edge_ocr.results import Job, RegionRule
+from edge_ocr.results import Job
 from edge_ocr.sources import regions
 from edge_ocr.sources.base import SourceStatus, Submit
 from edge_ocr.stats import Stats
@@ -232,7 +231,7 @@ class CameraSource:
         self._ref: tuple[np.ndarray, ...] | None = None  # thumbnails of the last frame handed on
         self._settle = 0  # frames still to hand on after a change, so stable_reads can confirm it
         self._outside: set[str] = set()  # regions already warned about as outside the frame
-        self._rules = tuple(RegionRule(r.name, r.box, r.pattern) for r in cfg.rois)
+        self._rules = cfg.rois
 
     @property
     def status(self) -> SourceStatus:
@@ -389,7 +388,7 @@ class CameraSource:
                             list(roi.box), frame.shape[1], frame.shape[0])
             crops.append(regions.prepare(regions.crop(frame, roi.box), roi.grey, roi.clahe, roi.invert, roi.rotate))
         image, boxes = regions.canvas(crops)
-        rois = tuple(Region(roi.name, box, roi.allowed_chars) for roi, box in zip(cfg.rois, boxes))
+        rois = tuple(dataclasses.replace(roi, box=box) for roi, box in zip(cfg.rois, boxes))  # boxes on the canvas
         return dataclasses.replace(job, rois=rois, det=False, frame=image, regions=self._rules)
 
 

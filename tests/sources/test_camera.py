@@ -11,7 +11,8 @@ import cv2
 import numpy as np
 import pytest
 
-from edge_ocr.config import CameraSourceConfig, RoiConfig
+from edge_ocr.config import CameraSourceConfig
+from edge_ocr.engine.types import Region
 from edge_ocr.pipeline import Pipeline
 from edge_ocr.results import Job, Result, Status
 from edge_ocr.sources.base import SourceStatus
@@ -133,7 +134,7 @@ def test_video_file_changes_give_each_value_once_after_stable_reads(tmp_path, ru
 
     pipe = Pipeline(engines(), ("default", "test"), [Sink()], Stats(), stop, queue_size=8)
     pipe.start()
-    roi = RoiConfig("reading", BOX, DIGITS, r"\d+\.\d")
+    roi = Region("reading", BOX, DIGITS, r"\d+\.\d")
     cfg = CameraSourceConfig("meter", device=str(video), interval=0.05, rois=(roi,), stable_reads=2)
     cam = run_camera(cfg, lambda job: pipe.submit(job, block=False))
     cam.thread.join(30)  # the file ends (loop = false): the source goes offline and its thread returns
@@ -193,7 +194,7 @@ def test_offer_skips_unchanged_settles_for_stable_reads_and_counts_drops():
         return accept[0]
 
     stats = Stats()
-    roi = RoiConfig("reading", BOX, DIGITS)
+    roi = Region("reading", BOX, DIGITS)
     source = CameraSource(CameraSourceConfig("c", rois=(roi,), stable_reads=3), submit, stats)
     a, b = text_frame("12.3"), text_frame("12.8")
     assert source.offer(a) == "dropped" and stats.get("frames_dropped_total") == 1
@@ -223,10 +224,10 @@ def test_regions_on_eval_dev_crops_allowed_chars_pattern_and_preprocessing(eval_
         # A label mounted sideways (its text runs top to bottom), read through rotate = 90.
         side_box = paste(frame, cv2.rotate(text_frame("78.9")[60:160, 20:280], cv2.ROTATE_90_COUNTERCLOCKWISE),
                          (520, 20))
-        rois = (RoiConfig("plate", plate_box, "ABCDEFGHJKLMNPQRSTUVWXYZ0123456789", plate_pattern),
-                RoiConfig("price", price_box, DIGITS, r"\d+\.\d\d"),
-                RoiConfig("display", display_box, DIGITS, grey=True, invert=True),
-                RoiConfig("side", side_box, DIGITS, rotate=90))
+        rois = (Region("plate", plate_box, "ABCDEFGHJKLMNPQRSTUVWXYZ0123456789", plate_pattern),
+                Region("price", price_box, DIGITS, r"\d+\.\d\d"),
+                Region("display", display_box, DIGITS, grey=True, invert=True),
+                Region("side", side_box, DIGITS, rotate=90))
         source = CameraSource(CameraSourceConfig("shop%d" % i, rois=rois, stable_reads=1), lambda job: results.append(
             pipe.process(job)) is None, Stats())
         assert source.offer(frame) == "queued"
