@@ -19,6 +19,7 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from edge_ocr.api import HttpServer, make_app
 from edge_ocr.cache import OutputCache, content_key
 from edge_ocr.config import (
     CameraSourceConfig,
@@ -39,7 +40,6 @@ from edge_ocr.pipeline import Engine, Pipeline, Sink
 from edge_ocr.readiness import Readiness, daemon_readiness
 from edge_ocr.results import Result, status_for
 from edge_ocr.sinks.files import ResultFiles
-from edge_ocr.sinks.http import HttpServer, make_app
 from edge_ocr.sinks.mqtt import MqttSink, probe
 from edge_ocr.sources.base import SourceStatus
 from edge_ocr.sources.camera import CameraSource
@@ -229,7 +229,7 @@ class App:
         self.http.start()
         log.info("http listening url=%s", self.http.url)
 
-    # -- the HTTP API's side (sinks.http.ApiBackend) ------------------------------------------
+    # -- the HTTP API's side (api.ApiBackend) ------------------------------------------
 
     def ocr(self, image: bytes, *, det: bool, rois: tuple[Region, ...]) -> Result:
         """POST /api/ocr: straight to the engine (thread-safe), not through the folder queue."""

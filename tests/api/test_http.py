@@ -1,4 +1,4 @@
-"""edge_ocr.sinks.http: every endpoint with auth on and off, each bad input, the OCR slots, and
+"""edge_ocr.api: every endpoint with auth on and off, each bad input, the OCR slots, and
 the waitress server on a real loopback port. OCR runs the real engine on eval-dev images."""
 
 from __future__ import annotations
@@ -22,12 +22,12 @@ from typing import Any
 import httpx
 import pytest
 
+from edge_ocr.api import ERROR_STATUS, HttpServer, make_app
 from edge_ocr.config import Secret
 from edge_ocr.engine.types import Region
 from edge_ocr.errors import ConfigError, EdgeOcrError, ImageError, SinkError, UnsupportedImage
 from edge_ocr.readiness import Readiness, daemon_readiness
 from edge_ocr.results import Result, Status, status_for
-from edge_ocr.sinks.http import ERROR_STATUS, HttpServer, make_app
 
 TOKEN = "s3cret-token-for-tests"
 PAGE_IMAGE = "ic15_050210840803.jpg"  # an ICDAR-2015 scene photo: STARBUCKS COFFEE, fast to read
@@ -55,7 +55,7 @@ class EngineOcr:
 
 @dataclass
 class Backend:
-    """Stands in for the daemon's side of the seam (sinks.http.ApiBackend)."""
+    """Stands in for the daemon's side of the seam (edge_ocr.api.ApiBackend)."""
 
     ocr: EngineOcr
     results: dict[str, Result] = field(default_factory=dict)
@@ -431,7 +431,7 @@ def test_a_crash_in_the_ocr_callable_is_a_logged_500(backend, photo, photo_text,
         return real(image, det=det, rois=rois)
 
     backend.ocr = ocr  # type: ignore[assignment]
-    with client_for(backend.app()) as client, caplog.at_level(logging.ERROR, logger="edge_ocr.sinks.http"):
+    with client_for(backend.app()) as client, caplog.at_level(logging.ERROR, logger="edge_ocr.api"):
         assert_error(client.post("/api/ocr", content=photo, headers={"Content-Type": "image/jpeg"}), 500, "internal")
         assert any("http handler failed" in r.getMessage() and r.exc_info for r in caplog.records)
         assert_serving(client, photo, photo_text)
@@ -528,7 +528,7 @@ def test_logs_never_carry_the_token_or_the_payload(backend, photo, caplog):
         client.post("/api/ocr", content=photo, headers={"Content-Type": "image/jpeg", "X-Note": marker})
         client.get("/api/stats", headers={"Authorization": "Bearer wrong-%s" % marker})
     text = "\n".join(r.getMessage() for r in caplog.records)
-    assert any(r.name == "edge_ocr.sinks.http" for r in caplog.records)
+    assert any(r.name.startswith("edge_ocr.api.") for r in caplog.records)
     assert TOKEN not in text and marker not in text and "Authorization" not in text
 
 

@@ -22,10 +22,10 @@ from typing import Any
 
 import pytest
 
+from edge_ocr.api import HttpServer, make_app
 from edge_ocr.engine.types import Region
 from edge_ocr.readiness import Readiness
 from edge_ocr.results import Result, status_for
-from edge_ocr.sinks.http import HttpServer, make_app
 
 TOKEN = "page-test-token"
 RECEIPT = "sroie_621.jpg"  # a scanned receipt: ~50 lines, a busy canvas
@@ -191,7 +191,7 @@ def browser(chromium, websocket_module, tmp_path) -> Iterator[Any]:
 
 
 class PageBackend:
-    """The page needs only OCR from the daemon's side of the API (sinks.http.ApiBackend)."""
+    """The page needs only OCR from the daemon's side of the API (edge_ocr.api.ApiBackend)."""
 
     def __init__(self, ocr: Any) -> None:
         self.ocr = ocr
