@@ -27,16 +27,15 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import json
 import logging
 import subprocess
 import sys
 import tempfile
 import zipfile
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import measure_int8
 import numpy as np
@@ -52,11 +51,21 @@ from onnxruntime.quantization import (
 )
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
+# the manifest schema the engine loads: the build writes exactly what the loader reads
+from edge_ocr.engine.manifest import (
+    MANIFEST_VERSION,
+    CharsetEntry,
+    InputSpec,
+    Manifest,
+    SourceRef,
+    StageEntry,
+    VariantEntry,
+)
+
 log = logging.getLogger("build")
 
 MODELS_DIR = Path(__file__).resolve().parent
 DEFAULT_CACHE = Path.home() / ".cache" / "edge-ocr-build"
-MANIFEST_VERSION = "1"
 STATIC_OPSET = 13  # per-channel QDQ needs DequantizeLinear with `axis`, i.e. opset >= 13
 DYNAMIC_OP_TYPES = ("MatMul", "Gemm", "LSTM")
 
@@ -332,14 +341,9 @@ PACK_NAMES = tuple(p.name for p in PACKS)
 CLS_SPEC = ModelSpec("cls", CLS)
 CLS_FILE = "cls.fp32.onnx"
 
-DET_INPUT = {
-    "layout": "NCHW",
-    "channels": 3,
-    "mean": list(measure_int8.DET_MEAN),
-    "std": list(measure_int8.DET_STD),
-    "multiple": measure_int8.DET_MULTIPLE,
-}
-CLS_INPUT = {"height": 48, "width": 192, "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5]}
+DET_INPUT = InputSpec(layout="NCHW", channels=3, mean=tuple(measure_int8.DET_MEAN), std=tuple(measure_int8.DET_STD),
+                      multiple=measure_int8.DET_MULTIPLE)
+CLS_INPUT = InputSpec(height=48, width=192, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
 
 
 class BuildError(Exception):
@@ -541,27 +545,15 @@ class Variant:
     speed_vs_fp32: float | None = None
     agreement: dict[str, float | int] | None = None
 
-    def manifest(self) -> dict[str, Any]:
-        out: dict[str, Any] = {
-            "file": self.file,
-            "sha256": sha256_hex(self.data),
-            "bytes": len(self.data),
-            "method": self.method,
-        }
-        if self.speed_vs_fp32 is not None:
-            out["speed_vs_fp32"] = self.speed_vs_fp32
-        if self.agreement is not None:
-            out["agreement"] = self.agreement
-        return out
+    def manifest(self) -> VariantEntry:
+        return VariantEntry(file=self.file, sha256=sha256_hex(self.data), bytes=len(self.data), method=self.method,
+                            speed_vs_fp32=self.speed_vs_fp32,
+                            agreement=dict(self.agreement) if self.agreement is not None else None)
 
 
-def source_manifest(member: Member) -> dict[str, str]:
-    return {
-        "package": member.wheel.requirement,
-        "path": member.path,
-        "sha256": member.sha256,
-        "licence": member.wheel.licence,
-    }
+def source_manifest(member: Member) -> SourceRef:
+    return SourceRef(package=member.wheel.requirement, path=member.path, sha256=member.sha256,
+                     licence=member.wheel.licence)
 
 
 class PackBuilder:
@@ -576,7 +568,7 @@ class PackBuilder:
     def build(self, pack: PackSpec, out: Path) -> None:
         directory = out / pack.name
         directory.mkdir(parents=True, exist_ok=True)
-        stages: dict[str, Any] = {}
+        stages: dict[str, StageEntry] = {}
         files: dict[str, bytes] = {}
 
         recognisers = {"rec": (pack.charset, "charset.txt"), "rec_zh": (pack.charset_zh, "charset_zh.txt")}
@@ -591,9 +583,8 @@ class PackBuilder:
                 assert charset is not None
                 chars = read_charset(charset, variants[0].data, self._sources)
                 files[charset_file] = "\n".join(chars).encode("utf-8")
-                stage["charset"] = self._charset_manifest(charset, chars, variants[0].data)
-                stage["charset"]["file"] = charset_file
-                stage["charset"]["sha256"] = sha256_hex(files[charset_file])
+                stage = replace(stage, charset=self._charset_manifest(charset, chars, variants[0].data, charset_file,
+                                                                      sha256_hex(files[charset_file])))
             stages[spec.stage] = stage
         if pack.rec_fast is not None:
             stages = self._with_shared_rec(pack, stages)
@@ -602,41 +593,28 @@ class PackBuilder:
         cls_file = f"../common/{CLS_FILE}" if pack.shares_cls else CLS_FILE
         if not pack.shares_cls:
             files[CLS_FILE] = cls_data
-        stages["cls"] = {"kind": "angle"}
-        if pack.shares_cls:
-            stages["cls"]["shared"] = "common"
-        stages["cls"].update(
-            {
-                "input": CLS_INPUT,
-                "labels": ["0", "180"],
-                "source": source_manifest(CLS_SPEC.source),
-                "variants": {"fp32": Variant(cls_file, cls_data, "unchanged from source").manifest()},
-            }
+        stages["cls"] = StageEntry(
+            kind="angle",
+            shared="common" if pack.shares_cls else None,
+            input=CLS_INPUT,
+            labels=("0", "180"),
+            source=source_manifest(CLS_SPEC.source),
+            variants={"fp32": Variant(cls_file, cls_data, "unchanged from source").manifest()},
         )
 
         files["LICENSE"] = self._sources.licence_text(pack.licence_source)
         files["NOTICE"] = notice_text(pack).encode("utf-8")
         for name, data in files.items():
             (directory / name).write_bytes(data)
-        manifest = {
-            "name": pack.name,
-            "version": MANIFEST_VERSION,
-            "description": pack.description,
-            "languages": list(pack.languages),
-            "licence": pack.licence,
-            "stages": stages,
-            "accuracy": {},
-        }
         # Accuracy is measured by `edge-ocr eval --record`, not by the build: keep what was recorded.
         committed = MODELS_DIR / pack.name / "manifest.json"
-        if committed.is_file():
-            manifest["accuracy"] = json.loads(committed.read_text(encoding="utf-8")).get("accuracy", {})
-        (directory / "manifest.json").write_text(
-            json.dumps(manifest, indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
-        )
+        accuracy = Manifest.from_json(committed.read_text(encoding="utf-8")).accuracy if committed.is_file() else {}
+        manifest = Manifest(name=pack.name, version=MANIFEST_VERSION, description=pack.description,
+                            languages=tuple(pack.languages), licence=pack.licence, stages=stages, accuracy=accuracy)
+        (directory / "manifest.json").write_text(manifest.to_json(), encoding="utf-8")
         log.info("built %s: %s", pack.name, ", ".join(sorted(files)))
 
-    def _with_shared_rec(self, pack: PackSpec, stages: dict[str, Any]) -> dict[str, Any]:
+    def _with_shared_rec(self, pack: PackSpec, stages: dict[str, StageEntry]) -> dict[str, StageEntry]:
         """``stages`` with the ``rec_fast`` stage (before ``rec``): another pack's fp32 files,
         referenced by relative path so they ship once."""
         spec, charset = pack.rec_fast, pack.charset_fast
@@ -645,10 +623,8 @@ class PackBuilder:
         data = self._sources.read(spec.source)
         stage = self._stage(spec, [Variant(f"{prefix}rec.fp32.onnx", data, "unchanged from source")])
         chars = read_charset(charset, data, self._sources)
-        stage["charset"] = self._charset_manifest(charset, chars, data)
-        stage["charset"]["file"] = f"{prefix}charset.txt"
-        stage["charset"]["sha256"] = sha256_hex("\n".join(chars).encode("utf-8"))
-        stage["shared"] = pack.rec_fast_pack
+        stage = replace(stage, shared=pack.rec_fast_pack, charset=self._charset_manifest(
+            charset, chars, data, f"{prefix}charset.txt", sha256_hex("\n".join(chars).encode("utf-8"))))
         ordered = {k: v for k, v in stages.items() if k == "det"}
         return ordered | {"rec_fast": stage} | {k: v for k, v in stages.items() if k != "det"}
 
@@ -682,51 +658,31 @@ class PackBuilder:
         rounded = {k: round(v, 4) if isinstance(v, float) else v for k, v in asdict(agreement).items()}
         return Variant(int8.file, int8.data, int8.method, round(speed, 2), rounded)
 
-    def _stage(self, spec: ModelSpec, variants: Sequence[Variant]) -> dict[str, Any]:
-        if spec.stage == "det":
-            head: dict[str, Any] = {"kind": "db", "input": DET_INPUT}
-            if spec.postprocess:
-                head["postprocess"] = dict(spec.postprocess)
-        else:
-            head = {
-                "kind": "ctc",
-                "input": {
-                    "height": spec.rec_height,
-                    "min_width": spec.min_width,
-                    "max_width": spec.max_width,
-                    "channels": 3,
-                    "mean": [0.5, 0.5, 0.5],
-                    "std": [0.5, 0.5, 0.5],
-                },
-            }
+    def _stage(self, spec: ModelSpec, variants: Sequence[Variant]) -> StageEntry:
         names = ("fp32", "int8")
-        return head | {
-            "source": source_manifest(spec.source),
-            "variants": {name: v.manifest() for name, v in zip(names, variants, strict=False)},
-        }
+        source = source_manifest(spec.source)
+        shipped = {name: v.manifest() for name, v in zip(names, variants, strict=False)}
+        if spec.stage == "det":
+            return StageEntry(kind="db", input=DET_INPUT, postprocess=dict(spec.postprocess) or None, source=source,
+                              variants=shipped)
+        rec_input = InputSpec(height=spec.rec_height, min_width=spec.min_width, max_width=spec.max_width, channels=3,
+                              mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
+        return StageEntry(kind="ctc", input=rec_input, source=source, variants=shipped)
 
     @staticmethod
-    def _charset_manifest(charset: Charset, chars: Sequence[str], rec_model: bytes) -> dict[str, Any]:
+    def _charset_manifest(charset: Charset, chars: Sequence[str], rec_model: bytes, file: str,
+                          sha256: str) -> CharsetEntry:
         classes = output_classes(rec_model)
         # The engine puts the CTC blank at index 0 and appends a space: classes = characters + 2.
         if len(chars) + 2 != classes:
             raise BuildError(f"charset of {len(chars)} + blank + space != {classes} output classes")
-        out: dict[str, Any] = {
-            "file": "charset.txt",
-            "size": len(chars),
-            "blank_index": 0,
-            "space_appended": True,
-            "num_classes": classes,
-        }
         if charset.member is not None:
-            out["source"] = {
-                "package": charset.member.wheel.requirement,
-                "path": charset.member.path,
-                "sha256": charset.member.sha256,
-            }
+            source = SourceRef(package=charset.member.wheel.requirement, path=charset.member.path,
+                               sha256=charset.member.sha256)
         else:
-            out["source"] = {"metadata_key": charset.metadata_key}
-        return out
+            source = SourceRef(metadata_key=charset.metadata_key)
+        return CharsetEntry(file=file, size=len(chars), blank_index=0, space_appended=True, num_classes=classes,
+                            source=source, sha256=sha256)
 
 
 def notice_text(pack: PackSpec) -> str:
@@ -752,13 +708,13 @@ def notice_text(pack: PackSpec) -> str:
 # ---------------------------------------------------------------- check
 
 
-def pack_files(manifest: dict[str, Any]) -> Iterator[tuple[str, str]]:
+def pack_files(manifest: Manifest) -> Iterator[tuple[str, str]]:
     """(relative file, sha256) for every file a manifest pins."""
-    for stage in manifest["stages"].values():
-        for variant in stage["variants"].values():
-            yield variant["file"], variant["sha256"]
-        if "charset" in stage:
-            yield stage["charset"]["file"], stage["charset"].get("sha256", "")
+    for stage in manifest.stages.values():
+        for variant in stage.variants.values():
+            yield variant.file, variant.sha256
+        if stage.charset is not None:
+            yield stage.charset.file, stage.charset.sha256 or ""
 
 
 def compare(built: Path, committed: Path, names: Sequence[str]) -> list[str]:
@@ -769,8 +725,8 @@ def compare(built: Path, committed: Path, names: Sequence[str]) -> list[str]:
         if not old_path.is_file():
             problems.append(f"{name}: no committed manifest")
             continue
-        new = dict(pack_files(json.loads(new_path.read_text(encoding="utf-8"))))
-        old = dict(pack_files(json.loads(old_path.read_text(encoding="utf-8"))))
+        new = dict(pack_files(Manifest.from_json(new_path.read_text(encoding="utf-8"))))
+        old = dict(pack_files(Manifest.from_json(old_path.read_text(encoding="utf-8"))))
         for file in sorted(new.keys() | old.keys()):
             if new.get(file) != old.get(file):
                 problems.append(f"{name}/{file}: built {new.get(file)}, committed {old.get(file)}")

@@ -1,13 +1,13 @@
-"""Model packs: manifest parsing, sha256 checks, variant choice, ONNX Runtime sessions.
+"""Model packs: loading, sha256 checks, variant choice, ONNX Runtime sessions.
 
-The only module that imports onnxruntime. A pack is a directory under the models root
-with a ``manifest.json`` (see models/README.md); nothing is ever downloaded.
+The only module that imports onnxruntime. A pack is a directory under the models root with a
+``manifest.json`` whose schema is ``engine/manifest.py`` (the one models/build.py writes);
+nothing is ever downloaded.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import sys
 from dataclasses import dataclass, field
@@ -18,6 +18,7 @@ import numpy as np
 import onnxruntime as ort
 
 from edge_ocr.engine.decode import Charset, load_charset
+from edge_ocr.engine.manifest import InputSpec, Manifest, ManifestError, SourceRef, StageEntry
 from edge_ocr.errors import ConfigError, ModelError
 
 DEFAULT_PACK = "ppocrv6-small"
@@ -60,7 +61,7 @@ class Stage:
     multiple: int = 32
     charset: Charset | None = None
     postprocess: dict[str, float] = field(default_factory=dict)  # det: DB thresholds for this model
-    source: dict[str, Any] = field(default_factory=dict)
+    source: SourceRef = field(default_factory=SourceRef)
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,12 +82,16 @@ class Pack:
 def list_packs(root: Path | None = None) -> list[str]:
     """Names of the packs under ``root`` (directories with a manifest declaring det or rec)."""
     root = root or models_root()
-    names = []
-    for manifest in sorted(root.glob("*/manifest.json")):
-        data = json.loads(manifest.read_text(encoding="utf-8"))
-        if {"det", "rec"} & set(data.get("stages", {})):
-            names.append(manifest.parent.name)
-    return names
+    return [manifest.parent.name for manifest in sorted(root.glob("*/manifest.json"))
+            if {"det", "rec"} & set(read_manifest(manifest).stages)]
+
+
+def read_manifest(path: Path) -> Manifest:
+    """One ``manifest.json``, checked against the schema. Raises ModelError naming the key."""
+    try:
+        return Manifest.from_json(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ManifestError) as exc:
+        raise ModelError("malformed manifest %s: %s" % (path, exc)) from exc
 
 
 def resolve_pack_name(name: str) -> str:
@@ -98,72 +103,62 @@ def load_pack(name: str, root: Path | None = None) -> Pack:
     root = root or models_root()
     name = resolve_pack_name(name)
     directory = root / name
-    manifest = directory / "manifest.json"
-    if not manifest.is_file():
+    path = directory / "manifest.json"
+    if not path.is_file():
         available = ", ".join(list_packs(root)) or "none"
         raise ModelError("model pack %r not found in %s (available: %s)" % (name, root, available))
-    try:
-        data = json.loads(manifest.read_text(encoding="utf-8"))
-        stages = {key: _parse_stage(key, value, directory) for key, value in data["stages"].items()}
-        return Pack(
-            name=data["name"],
-            version=str(data["version"]),
-            description=data.get("description", ""),
-            licence=data.get("licence", ""),
-            directory=directory,
-            stages=stages,
-            accuracy=data.get("accuracy", {}),
-        )
-    except (KeyError, TypeError, ValueError) as exc:
-        raise ModelError("malformed manifest %s: %s" % (manifest, exc)) from exc
+    manifest = read_manifest(path)
+    return Pack(
+        name=manifest.name,
+        version=manifest.version,
+        description=manifest.description,
+        licence=manifest.licence,
+        directory=directory,
+        stages={key: _stage(key, entry, directory) for key, entry in manifest.stages.items()},
+        accuracy=manifest.accuracy,
+    )
 
 
-def _parse_stage(name: str, data: dict[str, Any], directory: Path) -> Stage:
-    spec = data.get("input", {})
+def _stage(name: str, entry: StageEntry, directory: Path) -> Stage:
+    spec = entry.input or InputSpec()
     variants = {
-        precision: Variant(
-            precision=precision,
-            path=(directory / item["file"]).resolve(),
-            sha256=item["sha256"],
-            speed_vs_fp32=float(item.get("speed_vs_fp32", 1.0)),
-        )
-        for precision, item in data["variants"].items()
+        precision: Variant(precision, (directory / item.file).resolve(), item.sha256, item.speed_vs_fp32 or 1.0)
+        for precision, item in entry.variants.items()
     }
     charset = None
-    if "charset" in data:
-        info = data["charset"]
-        charset_path = directory / info["file"]
+    if entry.charset is not None:
+        charset_path = directory / entry.charset.file
         try:
             text = charset_path.read_text(encoding="utf-8")
         except OSError as exc:
             raise ModelError("cannot read charset %s: %s" % (charset_path, exc)) from exc
-        charset = load_charset(text, bool(info.get("space_appended", True)))
-        if "num_classes" in info and charset.num_classes != int(info["num_classes"]):
-            raise ModelError(
-                "charset %s gives %d classes, manifest says %s" % (charset_path, charset.num_classes, info["num_classes"])
-            )
+        charset = load_charset(text, entry.charset.space_appended)
+        if charset.num_classes != entry.charset.num_classes:
+            raise ModelError("charset %s gives %d classes, manifest says %d"
+                             % (charset_path, charset.num_classes, entry.charset.num_classes))
+    mean, std = spec.mean or (0.5, 0.5, 0.5), spec.std or (0.5, 0.5, 0.5)
     return Stage(
         name=name,
-        kind=data["kind"],
+        kind=entry.kind,
         variants=variants,
-        mean=tuple(spec.get("mean", (0.5, 0.5, 0.5))),
-        std=tuple(spec.get("std", (0.5, 0.5, 0.5))),
-        height=int(spec.get("height", 0)),
-        width=int(spec.get("width", spec.get("max_width", 0))),
-        min_width=int(spec.get("min_width", 0)),
-        multiple=int(spec.get("multiple", 32)),
+        mean=(mean[0], mean[1], mean[2]),
+        std=(std[0], std[1], std[2]),
+        height=spec.height or 0,
+        width=spec.width or spec.max_width or 0,
+        min_width=spec.min_width or 0,
+        multiple=spec.multiple or 32,
         charset=charset,
-        postprocess={k: float(v) for k, v in data.get("postprocess", {}).items()},
-        source=data.get("source", {}),
+        postprocess=dict(entry.postprocess or {}),
+        source=entry.source,
     )
 
 
 def record_accuracy(pack: Pack, eval_set: str, precision: str, scores: dict[str, Any]) -> None:
     """Store measured accuracy in the pack's manifest under ``accuracy[eval_set][precision]``."""
-    manifest = pack.directory / "manifest.json"
-    data = json.loads(manifest.read_text(encoding="utf-8"))
-    data.setdefault("accuracy", {}).setdefault(eval_set, {})[precision] = scores
-    manifest.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    path = pack.directory / "manifest.json"
+    manifest = read_manifest(path)
+    manifest.accuracy.setdefault(eval_set, {})[precision] = scores
+    path.write_text(manifest.to_json(), encoding="utf-8")
 
 
 def sha256_file(path: Path) -> str:

@@ -26,7 +26,7 @@ def test_every_shipped_file_matches_its_manifest(name):
     assert models.verify_pack(pack) == []
     for stage, variant in pack.files():
         assert variant.path.is_file(), (stage, variant)
-        assert pack.stages[stage].source.get("package"), "provenance missing for %s %s" % (name, stage)
+        assert pack.stages[stage].source.package, "provenance missing for %s %s" % (name, stage)
 
 
 @pytest.mark.parametrize("name", PACKS)

