@@ -9,18 +9,14 @@ from __future__ import annotations
 
 import gc
 import logging
-import os
 import signal
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import fields, replace
-from functools import partial
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any
 
 from edge_ocr.api import HttpServer, make_app
-from edge_ocr.cache import OutputCache, content_key
+from edge_ocr.cache import CachedOcr
 from edge_ocr.config import (
     CameraSourceConfig,
     Config,
@@ -31,28 +27,23 @@ from edge_ocr.config import (
     config_to_json,
     is_live,
     load_config,
+    with_live,
 )
 from edge_ocr.engine.types import Region
-from edge_ocr.errors import ConfigError, EdgeOcrError, ExitCode
+from edge_ocr.errors import ConfigError, ExitCode
 from edge_ocr.guard import Guard, GuardState, Level
 from edge_ocr.notify import Notifier
 from edge_ocr.pipeline import Engine, Pipeline, Sink
 from edge_ocr.readiness import Readiness, daemon_readiness
 from edge_ocr.results import Result, status_for
 from edge_ocr.sinks.files import ResultFiles
-from edge_ocr.sinks.mqtt import MqttSink, probe
-from edge_ocr.sources.base import SourceStatus
+from edge_ocr.sinks.mqtt import MqttSink
+from edge_ocr.sources.base import Source, SourceStatus
 from edge_ocr.sources.camera import CameraSource
-from edge_ocr.sources.camera import probe as probe_camera
 from edge_ocr.sources.folder import FolderSource
 from edge_ocr.stats import Stats
 
-if TYPE_CHECKING:
-    from _typeshed import DataclassInstance
-
 log = logging.getLogger(__name__)
-# A config section (a dataclass), for merging its live keys on reload.
-Section = TypeVar("Section", bound="DataclassInstance")
 
 EngineFactory = Callable[[EngineConfig], tuple[Engine, tuple[str, str]]]
 JOIN_TIMEOUT_S = 5.0
@@ -87,7 +78,7 @@ class App:
         self.stats = Stats()
         self.pipeline: Pipeline | None = None
         self.mqtt: MqttSink | None = None
-        self.sources: dict[str, FolderSource | CameraSource] = {}
+        self.sources: dict[str, Source] = {}
         self._threads: list[threading.Thread] = []
         self.engine: Engine | None = None
         self.model: tuple[str, str] = ("", "")
@@ -95,7 +86,7 @@ class App:
         self.guard: Guard | None = None
         self.exit_code = ExitCode.OK  # non-zero after the memory guard's hard limit: systemd restarts us
         self._latest: dict[str, Result] = {}
-        self._http_cache = OutputCache(config.http.cache_entries)
+        self._http_ocr: CachedOcr | None = None
         self._newest: Result | None = None
 
     # -- signals -------------------------------------------------------------------------------
@@ -139,9 +130,9 @@ class App:
         self.notifier.status("loading models")
         engine, model = self.engine_factory(cfg.engine)
         self.engine, self.model = engine, model
+        self._http_ocr = CachedOcr(engine, cfg.http.cache_entries, lambda: self.stats.inc("http_cache_hits_total"))
         log.info("engine ready pack=%s version=%s", model[0], model[1])
         sinks: list[Sink] = []
-        folder_cfgs = [s for s in cfg.sources if isinstance(s, FolderSourceConfig)]
         camera_cfgs = [s for s in cfg.sources if isinstance(s, CameraSourceConfig)]
         if cfg.mqtt.enabled:
             self.mqtt = MqttSink(cfg.mqtt, tuple(s.name for s in cfg.sources), self.stats, self.capture,
@@ -149,23 +140,13 @@ class App:
             self.mqtt.start()
             sinks.append(self.mqtt)
         self.pipeline = Pipeline(engine, model, sinks, self.stats, self.stop_event, cfg.pipeline.queue_size,
-                                 cfg.pipeline.workers, cfg.engine.low_confidence)
-        self.pipeline.on_result = self._remember
+                                 cfg.pipeline.workers, cfg.engine.low_confidence, on_result=self._remember)
         self.pipeline.start()
         files = ResultFiles()
-        for scfg in folder_cfgs:
-            folder = FolderSource(scfg, self.pipeline.submit, files, self.stats, self._on_source_status)
-            self.sources[scfg.name] = folder
-            thread = threading.Thread(target=folder.run, args=(self.stop_event,), name="source:%s" % scfg.name,
-                                      daemon=True)
-            thread.start()
-            self._threads.append(thread)
-        for ccfg in camera_cfgs:
-            # Camera frames are droppable: submitted without blocking, a full queue drops them.
-            camera = CameraSource(ccfg, partial(self.pipeline.submit, block=False), self.stats,
-                                  self._on_source_status)
-            self.sources[ccfg.name] = camera
-            thread = threading.Thread(target=camera.run, args=(self.stop_event,), name="source:%s" % ccfg.name,
+        for scfg in cfg.sources:
+            source = self._open_source(scfg, self.pipeline, files)
+            self.sources[scfg.name] = source
+            thread = threading.Thread(target=source.run, args=(self.stop_event,), name="source:%s" % scfg.name,
                                       daemon=True)
             thread.start()
             self._threads.append(thread)
@@ -177,6 +158,11 @@ class App:
         self.notifier.ready(self.status_line())
         log.info("daemon ready sources=%s mqtt=%s", ",".join(self.sources) or "-",
                  "%s:%d" % (cfg.mqtt.host, cfg.mqtt.port) if cfg.mqtt.enabled else "disabled")
+
+    def _open_source(self, cfg: SourceConfig, pipeline: Pipeline, files: ResultFiles) -> Source:
+        if isinstance(cfg, FolderSourceConfig):
+            return FolderSource(cfg, pipeline.submit, files, self.stats, self._on_source_status)
+        return CameraSource(cfg, pipeline.submit, self.stats, self._on_source_status)  # its jobs are droppable
 
     def shutdown(self) -> int:
         """Reverse data-flow order: STOPPING=1, sources, pipeline (current job finishes), sinks."""
@@ -233,14 +219,8 @@ class App:
 
     def ocr(self, image: bytes, *, det: bool, rois: tuple[Region, ...]) -> Result:
         """POST /api/ocr: straight to the engine (thread-safe), not through the folder queue."""
-        assert self.engine is not None
-        key = content_key(image, det, rois)
-        output = self._http_cache.get(key)
-        if output is None:
-            output = self.engine(image, rois=list(rois) or None, det=det)
-            self._http_cache.put(key, output)
-        else:
-            self.stats.inc("http_cache_hits_total")
+        assert self._http_ocr is not None
+        output = self._http_ocr(image, det, rois)
         return Result("http", status_for(output, self.config.engine.low_confidence), output, self.model)
 
     def _remember(self, result: Result) -> None:
@@ -289,7 +269,8 @@ class App:
             self.stop_event.set()
         elif state.level is Level.SOFT:
             dropped = self.pipeline.degrade(SOFT_DET_LIMIT_SIDE) if self.pipeline is not None else 0
-            self._http_cache.clear()
+            if self._http_ocr is not None:
+                self._http_ocr.clear()
             gc.collect()
             log.warning("memory guard soft limit rss_mb=%.0f available_mb=%s dropped_frames=%d det_limit_side=%d",
                         state.rss_mb, state.available_mb, dropped, SOFT_DET_LIMIT_SIDE)
@@ -336,17 +317,13 @@ class App:
         if not changed:
             log.info("config reload: no changes")
             return
-        running = self._with_live(self.config, new)
+        running = with_live(self.config, new)
         if self.pipeline is not None:
-            self.pipeline.low_confidence = running.engine.low_confidence
+            self.pipeline.set_low_confidence(running.engine.low_confidence)
         if self.mqtt is not None:
             self.mqtt.update(running.mqtt)
-        for scfg in running.sources:
-            source = self.sources.get(scfg.name)
-            if isinstance(source, FolderSource) and isinstance(scfg, FolderSourceConfig):
-                source.update(scfg)
-            elif isinstance(source, CameraSource) and isinstance(scfg, CameraSourceConfig):
-                source.update(scfg)
+        for scfg in running.sources:  # same names and types as the running sources (with_live)
+            self.sources[scfg.name].update(scfg)
         self.config = running
         live = [k for k in changed if is_live(k)]
         restart = config_diff(running, new)
@@ -354,65 +331,3 @@ class App:
             log.info("config reload applied keys=%s", ",".join(live))
         if restart:
             log.warning("config reload: restart needed for keys=%s", ",".join(restart))
-
-    @staticmethod
-    def _with_live(old: Config, new: Config) -> Config:
-        def take(a: Section, b: Section, section: str) -> Section:
-            live = {f.name: getattr(b, f.name) for f in fields(a) if is_live("%s.%s" % (section, f.name))}
-            return replace(a, **live)
-
-        new_sources = {s.name: s for s in new.sources}
-        sources: list[SourceConfig] = []
-        for s in old.sources:
-            n = new_sources.get(s.name)
-            sources.append(take(s, n, "sources.%s" % s.name) if n is not None and type(n) is type(s) else s)
-        return replace(old, engine=take(old.engine, new.engine, "engine"), mqtt=take(old.mqtt, new.mqtt, "mqtt"),
-                       sources=tuple(sources))
-
-
-def check(config: Config, broker_timeout_s: float = 5.0) -> list[str]:
-    """Problems with models, folders and the broker, one line each (config errors raise before this)."""
-    from edge_ocr.engine.models import load_pack, verify_pack
-
-    problems: list[str] = []
-    try:
-        problems += ["model: %s" % p for p in verify_pack(load_pack(config.engine.pack))]
-    except EdgeOcrError as exc:
-        problems.append("model: %s" % exc.message)
-    for i, src in enumerate(config.sources):
-        if isinstance(src, CameraSourceConfig):
-            problem = probe_camera(src)
-            if problem:
-                problems.append("sources[%d] %s: %s" % (i, src.name, problem))
-            continue
-        for key in ("path", "done_dir", "failed_dir"):
-            problem = _dir_problem(getattr(src, key))
-            if problem:
-                problems.append("sources[%d].%s: %s" % (i, key, problem))
-    if config.mqtt.enabled:
-        problem = _dir_problem(config.mqtt.spool_dir)
-        if problem:
-            problems.append("mqtt.spool_dir: %s" % problem)
-        try:
-            problem = probe(config.mqtt, broker_timeout_s)
-        except EdgeOcrError as exc:
-            problem = exc.message
-        if problem:
-            problems.append("mqtt: %s" % problem)
-    return problems
-
-
-def _dir_problem(directory: Path) -> str | None:
-    """Why the daemon could not use ``directory`` (created on start if missing), or None."""
-    if directory.exists():
-        if not directory.is_dir():
-            return "%s is not a directory" % directory
-        if not os.access(directory, os.W_OK | os.X_OK):
-            return "%s is not writable by uid %d" % (directory, os.geteuid())
-        return None
-    parent = directory.parent
-    while not parent.exists() and parent != parent.parent:
-        parent = parent.parent
-    if not os.access(parent, os.W_OK | os.X_OK):
-        return "%s does not exist and %s is not writable by uid %d" % (directory, parent, os.geteuid())
-    return None

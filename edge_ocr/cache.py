@@ -10,9 +10,9 @@ from __future__ import annotations
 import hashlib
 import threading
 from collections import OrderedDict
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable, Sequence
 
-from edge_ocr.engine.types import EngineOutput
+from edge_ocr.engine.types import EngineOutput, Region
 
 
 def content_key(data: bytes, *options: Hashable) -> str:
@@ -53,3 +53,29 @@ class OutputCache:
     def __len__(self) -> int:
         with self._lock:
             return len(self._items)
+
+
+class CachedOcr:
+    """The HTTP API's OCR path: ``engine(image, rois=..., det=...)`` behind an OutputCache of
+    ``capacity`` outputs; ``on_hit`` is called for each request answered from the cache."""
+
+    def __init__(self, engine: Callable[..., EngineOutput], capacity: int,
+                 on_hit: Callable[[], None] | None = None) -> None:
+        self._engine = engine
+        self._cache = OutputCache(capacity)
+        self._on_hit = on_hit
+
+    def __call__(self, image: bytes, det: bool, rois: Sequence[Region]) -> EngineOutput:
+        key = content_key(image, det, tuple(rois))
+        output = self._cache.get(key)
+        if output is not None:
+            if self._on_hit is not None:
+                self._on_hit()
+            return output
+        output = self._engine(image, rois=list(rois) or None, det=det)
+        self._cache.put(key, output)
+        return output
+
+    def clear(self) -> None:
+        """Release the stored outputs (the memory guard's soft level)."""
+        self._cache.clear()

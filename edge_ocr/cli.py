@@ -103,7 +103,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from edge_ocr.app import check
+    from edge_ocr.check import check
     from edge_ocr.config import find_config, load_config
 
     config = load_config(find_config(args.config))

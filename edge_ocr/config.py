@@ -25,7 +25,7 @@ import socket
 import tomllib
 import typing
 from collections.abc import Mapping
-from dataclasses import MISSING, dataclass, field, fields, is_dataclass
+from dataclasses import MISSING, dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -451,6 +451,24 @@ def config_diff(old: Config, new: Config) -> list[str]:
         else:
             changed += _diff(old_src[name], new_src[name], "sources.%s" % name)
     return changed
+
+
+def with_live(running: Config, new: Config) -> Config:
+    """``running`` with the live keys of ``new`` applied (what SIGHUP does); ``config_diff(result,
+    new)`` then lists the keys that still need a restart. A source whose type changed keeps its
+    running config."""
+    def take(old: Any, fresh: Any, section: str) -> Any:
+        live = {f.name: getattr(fresh, f.name) for f in fields(old) if is_live("%s.%s" % (section, f.name))}
+        return replace(old, **live)
+
+    fresh_sources = {s.name: s for s in new.sources}
+    sources = tuple(
+        take(s, fresh_sources[s.name], "sources.%s" % s.name)
+        if type(fresh_sources.get(s.name)) is type(s) else s
+        for s in running.sources
+    )
+    return replace(running, engine=take(running.engine, new.engine, "engine"),
+                   mqtt=take(running.mqtt, new.mqtt, "mqtt"), sources=sources)
 
 
 def is_live(key: str) -> bool:

@@ -74,13 +74,14 @@ class Pipeline:
         queue_size: int = 8,
         workers: int = 1,
         low_confidence: float = 0.6,
+        on_result: Callable[[Result], None] | None = None,
     ) -> None:
         self.engine = engine
         self.model = model
         self.sinks = list(sinks)
         self.stats = stats
         self.stop_event = stop
-        self.low_confidence = low_confidence
+        self._low_confidence = low_confidence
         self.workers = workers
         self.queue: queue.Queue[Job] = queue.Queue(maxsize=queue_size)
         self.progress = time.monotonic()  # last job finished or idle wait: feeds the watchdog
@@ -90,7 +91,11 @@ class Pipeline:
         self._lock = threading.Lock()
         self._threads: list[threading.Thread] = []
         self._limit_side: int | None = None  # degrade(): a smaller detection input under memory pressure
-        self.on_result: Callable[[Result], None] | None = None  # e.g. /api/latest; called after sinks
+        self._on_result = on_result  # e.g. /api/latest; called after the sinks
+
+    def set_low_confidence(self, value: float) -> None:
+        """SIGHUP: engine.low_confidence is a live key."""
+        self._low_confidence = value
 
     def start(self) -> None:
         for i in range(self.workers):
@@ -99,8 +104,11 @@ class Pipeline:
             thread.start()
             self._threads.append(thread)
 
-    def submit(self, job: Job, block: bool = True) -> bool:
-        """Queue ``job``; with ``block`` wait while full, rechecking stop. False = not queued (stopping/full)."""
+    def submit(self, job: Job, block: bool | None = None) -> bool:
+        """Queue ``job``; with ``block`` (default: unless the job is droppable) wait while full,
+        rechecking stop. False = not queued (stopping, or full and not waiting)."""
+        if block is None:
+            block = not job.droppable
         while not self.stop_event.is_set():
             try:
                 self.queue.put(job, timeout=0.2 if block else 0)
@@ -154,7 +162,7 @@ class Pipeline:
         """Drop queued camera frames (never folder files); the memory guard's first step.
         Returns how many were dropped (counted in ``frames_dropped_total``)."""
         with self.queue.mutex:
-            kept = [job for job in self.queue.queue if job.frame is None]
+            kept = [job for job in self.queue.queue if not job.droppable]
             dropped = len(self.queue.queue) - len(kept)
             self.queue.queue.clear()
             self.queue.queue.extend(kept)
@@ -177,8 +185,8 @@ class Pipeline:
                 job.on_done(result)
             except Exception:
                 log.exception("job completion failed source=%s file=%s", job.source, job.file)
-        if self.on_result is not None:
-            self.on_result(result)
+        if self._on_result is not None:
+            self._on_result(result)
         return result
 
     def _recognise(self, job: Job) -> Result:
@@ -191,7 +199,7 @@ class Pipeline:
                 output = job.cached
                 self.stats.inc("results_reused_total")
             else:
-                image = job.frame if job.frame is not None else job.image
+                image = job.image
                 output = self.engine(image, rois=job.rois or None, det=job.det, limit_side=self._limit_side)
                 self.stats.set("engine_last_ms", round((time.perf_counter() - start) * 1000.0, 1))
                 self.stats.inc("lines_total", len(output.lines))
@@ -223,7 +231,7 @@ class Pipeline:
         with self._lock:
             previous = self._last_text.get(job.source)
             self._last_text[job.source] = output.text
-        return Result(job.source, status_for(output, self.low_confidence), output, self.model, file=job.file,
+        return Result(job.source, status_for(output, self._low_confidence), output, self.model, file=job.file,
                       ts=job.ts, changed=previous != output.text, previous_text=previous, timing_ms=timing,
                       sha256=job.sha256, publish_every=job.publish_every)
 
@@ -237,7 +245,7 @@ class Pipeline:
                 line = lines.get(rule.name)
                 read, score = (line.text, line.score) if line else ("", 0.0)
                 status = Status.ERROR if output is None else region_status(read, score, rule.pattern,
-                                                                           self.low_confidence)
+                                                                           self._low_confidence)
                 state = self._regions.setdefault((job.source, rule.name), _RegionState())
                 previous = state.published
                 if status is Status.OK:

@@ -135,14 +135,15 @@ class Job:
     source moves the file to done/ or failed/ there). A job the pipeline never ran (shutdown)
     gets no call: the source must cope (a folder file stays in ``.processing/``).
 
-    Camera jobs carry ``frame`` (BGR uint8, H×W×3) instead of encoded bytes (``image`` is then
-    ``b""``). With ``regions`` the engine reads ``rois`` (boxes in ``frame``, which may be a
-    canvas of preprocessed region crops) and the pipeline reports each region against its rule
+    ``image`` is the encoded file (bytes) or, from a camera, the frame itself (BGR uint8, H×W×3).
+    A ``droppable`` job (a camera frame) is not waited for when the queue is full and is the
+    first thing shed under memory pressure; a file never is. With ``regions`` the engine reads
+    ``rois`` (boxes in ``image``, which may be a canvas of preprocessed region crops) and the pipeline reports each region against its rule
     (pattern, ``stable_reads``), with line boxes mapped back to the rule's box in camera pixels.
     """
 
     source: str
-    image: bytes
+    image: bytes | np.ndarray
     file: str | None = None
     sha256: str | None = None
     rois: tuple[Region, ...] = ()
@@ -150,7 +151,7 @@ class Job:
     cached: EngineOutput | None = None
     on_done: Callable[[Result], None] | None = None
     ts: datetime = field(default_factory=lambda: datetime.now(UTC))
-    frame: np.ndarray | None = None
+    droppable: bool = False
     regions: tuple[Region, ...] = ()  # the source's rules: boxes in camera pixels, patterns
     stable_reads: int = 1
     publish_every: bool | None = None

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from edge_ocr.cache import OutputCache, content_key
+from edge_ocr.cache import CachedOcr, OutputCache, content_key
 from edge_ocr.engine.types import EngineOutput, Region
 
 
@@ -34,3 +34,22 @@ def test_capacity_zero_stores_nothing():
     cache = OutputCache(0)
     cache.put("a", _output("a"))
     assert cache.get("a") is None and len(cache) == 0
+
+
+def test_cached_ocr_runs_the_engine_once_per_distinct_request():
+    calls: list[tuple[bytes, object, bool]] = []
+    hits: list[int] = []
+
+    def engine(image: bytes, rois=None, det=True) -> EngineOutput:
+        calls.append((image, rois, det))
+        return _output(image.decode())
+
+    ocr = CachedOcr(engine, capacity=4, on_hit=lambda: hits.append(1))
+    region = Region("meter", (0, 0, 5, 5))
+    first = ocr(b"abc", True, ())
+    assert ocr(b"abc", True, ()) is first and len(calls) == 1 and len(hits) == 1
+    ocr(b"abc", False, (region,))  # other options: another engine run, regions passed as a list
+    assert calls[-1] == (b"abc", [region], False) and len(calls) == 2
+    ocr.clear()
+    ocr(b"abc", True, ())
+    assert len(calls) == 3

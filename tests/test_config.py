@@ -28,6 +28,7 @@ from edge_ocr.config import (
     keys,
     load_config,
     reference_markdown,
+    with_live,
 )
 from edge_ocr.engine.types import EngineOptions, Region
 from edge_ocr.errors import ConfigError
@@ -185,6 +186,17 @@ def test_reload_diff_splits_live_keys_from_restart_keys(tmp_path):
     changed = config_diff(old, new)
     assert sorted(changed) == ["mqtt.host", "mqtt.publish_every", "sources.a.stability_delay"]
     assert [k for k in changed if not is_live(k)] == ["mqtt.host"]
+
+
+def test_with_live_applies_only_live_keys_and_keeps_a_retyped_source(tmp_path):
+    old = load(tmp_path, '[[sources]]\nname = "a"\npath = "in"\n[[sources]]\nname = "b"\npath = "in2"\n')
+    new = load(tmp_path, '[engine]\nlow_confidence = 0.3\npack = "crnn"\n[[sources]]\nname = "a"\npath = "in"\n'
+                         'stability_delay = 7.0\nwatch = "poll"\n[[sources]]\nname = "b"\ntype = "camera"\n')
+    running = with_live(old, new)
+    assert running.engine.low_confidence == 0.3 and running.engine.pack == old.engine.pack
+    assert running.sources[0].stability_delay == 7.0 and running.sources[0].watch == "auto"
+    assert running.sources[1] == old.sources[1]  # folder -> camera needs a restart
+    assert sorted(config_diff(running, new)) == ["engine.pack", "sources.a.watch", "sources.b"]
 
 
 def test_documented_camera_example_has_every_key_and_loads(tmp_path):

@@ -41,6 +41,7 @@ def test_full_queue_holds_the_source_back_and_stop_releases_it():
     assert wait_until(lambda: pipe.busy == 1)  # the worker holds job 1
     assert pipe.submit(Job("s", b"TEXT:2")) and pipe.submit(Job("s", b"TEXT:3"))
     assert not pipe.submit(Job("s", b"TEXT:4"), block=False)  # bounded: full
+    assert not pipe.submit(Job("cam", b"TEXT:f", droppable=True))  # a camera frame is not waited for
     result: list[bool] = []
     blocked = threading.Thread(target=lambda: result.append(pipe.submit(Job("s", b"TEXT:5"))), name="test-submit")
     blocked.start()
@@ -83,7 +84,7 @@ def test_regions_stable_reads_pattern_and_low_confidence():
                                      "changed": True, "previous_text": "12.3"}}
     assert data["lines"][0]["box"] == [[100, 40], [320, 40], [320, 100], [100, 100]]
     # An engine failure keeps the published value and reports the region as error.
-    broken = pipe.process(Job("meter", b"", rois=job.rois, det=False, regions=job.regions, frame=None))
+    broken = pipe.process(Job("meter", b"", rois=job.rois, det=False, regions=job.regions))
     assert broken.status is Status.ERROR and broken.regions[0].text == "12.8"
     assert broken.regions[0].status is Status.ERROR and not broken.changed
 
@@ -94,7 +95,7 @@ def test_memory_pressure_drops_queued_camera_frames_never_folder_files():
     stats = Stats()
     pipe = Pipeline(FakeEngine(), ("fake", "1"), [], stats, threading.Event(), queue_size=8)  # not started
     frame = np.zeros((4, 4, 3), np.uint8)
-    jobs = [Job("inbox", b"TEXT:a", file="a.png"), Job("cam", b"", frame=frame), Job("cam", b"", frame=frame),
+    jobs = [Job("inbox", b"TEXT:a", file="a.png"), Job("cam", frame, droppable=True), Job("cam", frame, droppable=True),
             Job("inbox", b"TEXT:b", file="b.png")]
     for job in jobs:
         assert pipe.submit(job, block=False)

@@ -39,7 +39,7 @@ from typing import Any, Protocol
 import cv2
 import numpy as np
 
-from edge_ocr.config import CameraSourceConfig
+from edge_ocr.config import CameraSourceConfig, SourceConfig
 from edge_ocr.errors import SourceError
 from edge_ocr.results import Job
 from edge_ocr.sources import regions
@@ -237,8 +237,10 @@ class CameraSource:
     def status(self) -> SourceStatus:
         return self._status
 
-    def update(self, cfg: CameraSourceConfig) -> None:
+    def update(self, cfg: SourceConfig) -> None:
         """Apply the live keys of a reloaded config (interval, change_threshold, stable_reads, publish_every)."""
+        if not isinstance(cfg, CameraSourceConfig):
+            raise TypeError("%s: a %s cannot update a %s" % (self.name, type(cfg).__name__, type(self).__name__))
         self.cfg = cfg
 
     def capture_now(self) -> str:
@@ -376,7 +378,7 @@ class CameraSource:
 
     def _job(self, frame: np.ndarray, capture_ms: float | None) -> Job:
         cfg = self.cfg
-        job = Job(self.name, b"", frame=frame, stable_reads=cfg.stable_reads, publish_every=cfg.publish_every,
+        job = Job(self.name, frame, droppable=True, stable_reads=cfg.stable_reads, publish_every=cfg.publish_every,
                   capture_ms=capture_ms)
         if not cfg.rois:
             return job
@@ -389,7 +391,7 @@ class CameraSource:
             crops.append(regions.prepare(regions.crop(frame, roi.box), roi.grey, roi.clahe, roi.invert, roi.rotate))
         image, boxes = regions.canvas(crops)
         rois = tuple(dataclasses.replace(roi, box=box) for roi, box in zip(cfg.rois, boxes))  # boxes on the canvas
-        return dataclasses.replace(job, rois=rois, det=False, frame=image, regions=self._rules)
+        return dataclasses.replace(job, rois=rois, det=False, image=image, regions=self._rules)
 
 
 def probe(cfg: CameraSourceConfig) -> str | None:

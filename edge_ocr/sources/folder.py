@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from edge_ocr import imageformat
-from edge_ocr.config import FolderSourceConfig
+from edge_ocr.config import FolderSourceConfig, SourceConfig
 from edge_ocr.engine.types import EngineOutput
 from edge_ocr.errors import EdgeOcrError, ImageTooLarge, SourceError
 from edge_ocr.results import Job, Result, Status, output_from_dict
@@ -194,8 +194,10 @@ class FolderSource:
     def status(self) -> SourceStatus:
         return self._status or SourceStatus.OFFLINE
 
-    def update(self, cfg: FolderSourceConfig) -> None:
+    def update(self, cfg: SourceConfig) -> None:
         """Apply live keys of a reloaded config (timings, delete_original, reuse_results)."""
+        if not isinstance(cfg, FolderSourceConfig):
+            raise TypeError("%s: a %s cannot update a %s" % (self.name, type(cfg).__name__, type(self).__name__))
         self.cfg = cfg
 
     def capture_now(self) -> str:

@@ -94,7 +94,7 @@ def test_picamera2_missing_then_busy_then_present_goes_online_without_restart(bu
     assert cam.stats.get("camera_errors_total") >= 5
     # An unchanged scene costs no OCR: one job, the other frames skipped.
     assert len(cam.jobs) == 1 and cam.stats.get("frames_skipped_total") >= 4
-    assert cam.jobs[0].frame is not None and cam.jobs[0].frame.shape == (480, 640, 3) and cam.jobs[0].image == b""
+    assert cam.jobs[0].droppable and isinstance(cam.jobs[0].image, np.ndarray) and cam.jobs[0].image.shape == (480, 640, 3)
     # Unplugged while running: offline, then back on the same Picamera2 object (no create/close loop).
     bus.unplugged = True
     assert wait_until(lambda: cam.source.status is SourceStatus.OFFLINE)
@@ -169,7 +169,7 @@ def test_video_file_loops_when_asked_and_a_missing_file_is_retried(tmp_path, run
     write_video(tmp_path / "tmp.avi", frames, 100).rename(late)
     cam.thread.join(20)  # online, its 3 frames, then the end of the file
     assert not cam.thread.is_alive()
-    assert [j.frame is not None for j in cam.jobs] == [True] * 3
+    assert [isinstance(j.image, np.ndarray) and j.droppable for j in cam.jobs] == [True] * 3
     assert cam.statuses == [SourceStatus.ONLINE, SourceStatus.OFFLINE]
 
 
@@ -205,7 +205,7 @@ def test_offer_skips_unchanged_settles_for_stable_reads_and_counts_drops():
     assert stats.get("frames_skipped_total") == 2
     job = jobs[0]
     assert job.det is False and job.regions[0].box == BOX and job.stable_reads == 3
-    assert job.frame is not None and job.frame.shape == (100, 260, 3)  # only the region's pixels are queued
+    assert isinstance(job.image, np.ndarray) and job.image.shape == (100, 260, 3)  # only the region's pixels are queued
     assert job.rois[0].box == (0, 0, 260, 100) and job.rois[0].allowed_chars == DIGITS
 
 
