@@ -150,16 +150,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if bar is not None:
         bar.close()
     report["engine"] = label
-    if args.record:
-        if args.predictions or args.limit:
-            raise ConfigError("eval --record: only a full run of a pack can be recorded (no --predictions/--limit)")
-        from edge_ocr.engine.models import record_accuracy
-
-        key = "%s/%s" % (manifest.parent.parent.name, manifest.parent.name)
-        if table.precision == "int8" and "int8" not in engine.precisions.values():
-            log.warning("eval: pack %s has no int8 variant; nothing recorded", engine.pack.name)
-        else:
-            record_accuracy(engine.pack, key, table.precision, evaluate.accuracy_record(report, label))
+    if not args.predictions:  # what models/record_accuracy.py needs to file the report under its pack
+        report["recorded_as"] = {"pack": engine.pack.name, "eval_set": "%s/%s" % (manifest.parent.parent.name,
+                                 manifest.parent.name), "precision": table.precision,
+                                 "precisions": dict(engine.precisions), "full_run": not args.limit}
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     print("%s\n\n%s" % (label, evaluate.format_report(report)))
@@ -326,7 +320,6 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--predictions", help="score a JSON Lines file of another OCR's output instead")
     ev.add_argument("--limit", type=int, help="only the first N samples")
     ev.add_argument("--json", metavar="FILE", help="also write the report as JSON")
-    ev.add_argument("--record", action="store_true", help="store the scores in the pack's manifest.json (maintainers)")
     _add_engine_flags(ev)
     ev.set_defaults(func=cmd_eval)
 

@@ -606,7 +606,7 @@ class PackBuilder:
         files["NOTICE"] = notice_text(pack).encode("utf-8")
         for name, data in files.items():
             (directory / name).write_bytes(data)
-        # Accuracy is measured by `edge-ocr eval --record`, not by the build: keep what was recorded.
+        # Accuracy is measured by `edge-ocr eval --json` and filed by record_accuracy.py: keep what was recorded.
         committed = MODELS_DIR / pack.name / "manifest.json"
         accuracy = Manifest.from_json(committed.read_text(encoding="utf-8")).accuracy if committed.is_file() else {}
         manifest = Manifest(name=pack.name, version=MANIFEST_VERSION, description=pack.description,

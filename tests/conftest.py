@@ -10,9 +10,6 @@ import pytest
 # The broker fixture (a real mosquitto on a free loopback port) for every test module that asks for it.
 pytest_plugins = ("tests.broker",)
 
-REPO = Path(__file__).resolve().parents[1]
-EVAL_DEV = Path(os.environ.get("EDGE_OCR_EVAL_DEV", REPO.parent / "shared" / "eval-dev"))
-
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """The booted-systemd and aarch64 proofs take minutes: they are slow too, so that
@@ -37,6 +34,8 @@ def reap_daemons():
 @pytest.fixture(scope="session")
 def eval_dev() -> Path:
     """The labelled eval-dev set beside the repo (../shared/eval-dev). CI must have it."""
+    from tests.helpers import EVAL_DEV  # imported late: tests.broker must load as a plugin first
+
     if not (EVAL_DEV / "lines" / "labels.tsv").is_file():
         if os.environ.get("CI"):
             pytest.fail("eval-dev not found at %s (set EDGE_OCR_EVAL_DEV)" % EVAL_DEV)
@@ -58,12 +57,3 @@ def engines():
         return cache[key]
 
     return get
-
-
-def line_samples(eval_dev: Path, source: str, count: int, folder: str = "lines") -> list[tuple[Path, str]]:
-    """The first ``count`` labelled line crops of ``source`` (a fixed, deterministic subset),
-    from ``lines/`` or ``zh/lines``."""
-    directory = eval_dev / folder
-    rows = (row.split("\t") for row in (directory / "labels.tsv").read_text(encoding="utf-8").splitlines())
-    picked = [(directory / r[0], r[1]) for r in rows if len(r) >= 4 and r[3] == source]
-    return picked[:count]

@@ -14,6 +14,9 @@ import pytest
 
 from tests.broker import PASSWORD, USER, Mosquitto, wait_until
 
+REPO = Path(__file__).resolve().parents[1]
+EVAL_DEV = Path(os.environ.get("EDGE_OCR_EVAL_DEV", REPO.parent / "shared" / "eval-dev"))
+
 
 def promtool_check(text: bytes) -> None:
     """Fail unless Prometheus's own linter accepts ``text`` without a word (Debian's
@@ -85,3 +88,12 @@ def drop(src: Path, inbox: Path, name: str) -> None:
     tmp = inbox / (name + ".part")
     shutil.copyfile(src, tmp)
     os.rename(tmp, inbox / name)
+
+
+def line_samples(eval_dev: Path, source: str, count: int, folder: str = "lines") -> list[tuple[Path, str]]:
+    """The first ``count`` labelled line crops of ``source`` (a fixed, deterministic subset),
+    from ``lines/`` or ``zh/lines``."""
+    directory = eval_dev / folder
+    rows = (row.split("\t") for row in (directory / "labels.tsv").read_text(encoding="utf-8").splitlines())
+    picked = [(directory / r[0], r[1]) for r in rows if len(r) >= 4 and r[3] == source]
+    return picked[:count]

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from edge_ocr.tools.scoring import edit_distance
-from tests.conftest import EVAL_DEV, line_samples
+from tests.helpers import EVAL_DEV, line_samples
 
 pytestmark = pytest.mark.aarch64
 

@@ -11,8 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.broker import PASSWORD, Collector, wait_until
-from tests.conftest import line_samples
-from tests.helpers import PREFIX, Daemon, drop, write_config
+from tests.helpers import PREFIX, Daemon, drop, line_samples, write_config
 
 
 def originals(directory: Path) -> list[str]:

@@ -14,8 +14,7 @@ import cv2
 import pytest
 
 from tests.broker import wait_until
-from tests.conftest import line_samples
-from tests.helpers import Daemon, drop
+from tests.helpers import Daemon, drop, line_samples
 
 
 def _config(tmp_path: Path, soft_mb: int, hard_mb: int) -> Path:

@@ -9,8 +9,7 @@ import urllib.error
 import urllib.request
 
 from tests.broker import wait_until
-from tests.conftest import line_samples
-from tests.helpers import Daemon, drop, promtool_check
+from tests.helpers import Daemon, drop, line_samples, promtool_check
 
 SECRET = "s3cret-do-not-show"
 

@@ -14,8 +14,7 @@ import urllib.request
 import pytest
 
 from tests.broker import wait_until
-from tests.conftest import line_samples
-from tests.helpers import Daemon
+from tests.helpers import Daemon, line_samples
 
 
 def _config_text(port: int, low_confidence: float = 0.6, pack: str = "default") -> str:

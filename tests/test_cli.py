@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 
-from tests.conftest import line_samples
+import pytest
+
+from tests.helpers import REPO, line_samples
 
 
 def edge_ocr(*args: str, cwd=None) -> subprocess.CompletedProcess:
@@ -66,6 +69,35 @@ def test_eval_scores_a_small_lines_manifest(eval_dev, tmp_path):
     data = json.loads(report.read_text())
     assert data["kind"] == "lines" and data["sources"]["mini"]["n"] == 5
     assert data["sources"]["mini"]["alnum"] >= 60
+    assert data["recorded_as"]["pack"] == "ppocrv6-small" and data["recorded_as"]["full_run"] is True
+
+
+def test_recording_accuracy_is_a_build_step_on_a_models_tree(eval_dev, tmp_path, monkeypatch):
+    """models/record_accuracy.py files an eval report in a manifest of the tree it is given; the
+    CLI itself never writes a manifest (no --record)."""
+    monkeypatch.syspath_prepend(str(REPO / "models"))
+    from record_accuracy import record
+
+    from edge_ocr.engine.manifest import Manifest
+
+    samples = line_samples(eval_dev, "IIIT5K-test", 4)
+    manifest = tmp_path / "labels.tsv"
+    manifest.write_text("".join("%s\t%s\ten\tmini\n" % (p, t) for p, t in samples), encoding="utf-8")
+    tree = tmp_path / "models" / "ppocrv6-small"
+    tree.mkdir(parents=True)
+    shutil.copy(REPO / "models" / "ppocrv6-small" / "manifest.json", tree)
+    assert edge_ocr("eval", str(manifest), "--record").returncode == 2  # not an option any more
+    report = tmp_path / "report.json"
+    assert edge_ocr("eval", str(manifest), "--precision", "fp32", "--json", str(report)).returncode == 0
+    data = json.loads(report.read_text())
+    assert record(data, tmp_path / "models") == tree / "manifest.json"
+    filed = Manifest.from_json((tree / "manifest.json").read_text()).accuracy[data["recorded_as"]["eval_set"]]
+    assert filed["fp32"]["sources"]["mini"]["n"] == 4 and filed["fp32"]["engine"] == data["engine"]
+    limited = dict(data, recorded_as=dict(data["recorded_as"], full_run=False))
+    with pytest.raises(ValueError, match="full run"):
+        record(limited, tmp_path / "models")
+    with pytest.raises(ValueError, match="another engine"):
+        record({k: v for k, v in data.items() if k != "recorded_as"}, tmp_path / "models")
 
 
 def test_models_list_and_verify():

@@ -13,8 +13,7 @@ import urllib.request
 import pytest
 
 from tests.broker import PASSWORD, Collector, wait_until
-from tests.conftest import line_samples
-from tests.helpers import PREFIX, Daemon, drop, write_config
+from tests.helpers import PREFIX, Daemon, drop, line_samples, write_config
 
 TOKEN = "planted-http-token-4c1d"
 

@@ -3,8 +3,8 @@
 
 ``from_json`` refuses unknown keys, missing keys and values of the wrong type, naming the key
 path (``stages.rec.variants.int8.sha256: required key missing``). Optional keys are ``None``
-and are left out when written. ``accuracy`` is measured data (``edge-ocr eval --record``) and
-stays a free-form mapping. Standard library only.
+and are left out when written. ``accuracy`` is measured data (``edge-ocr eval --json``, filed by
+models/record_accuracy.py) and stays a free-form mapping. Standard library only.
 """
 
 from __future__ import annotations

@@ -153,14 +153,6 @@ def _stage(name: str, entry: StageEntry, directory: Path) -> Stage:
     )
 
 
-def record_accuracy(pack: Pack, eval_set: str, precision: str, scores: dict[str, Any]) -> None:
-    """Store measured accuracy in the pack's manifest under ``accuracy[eval_set][precision]``."""
-    path = pack.directory / "manifest.json"
-    manifest = read_manifest(path)
-    manifest.accuracy.setdefault(eval_set, {})[precision] = scores
-    path.write_text(manifest.to_json(), encoding="utf-8")
-
-
 def sha256_file(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:

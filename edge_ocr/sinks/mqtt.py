@@ -117,6 +117,7 @@ class MqttSink:
         if not any(isinstance(f, _PahoNoise) for f in paho_log.filters):
             paho_log.addFilter(_PahoNoise())
         client.enable_logger(paho_log)
+        # paho annotates the delays as int, but its backoff does float arithmetic and accepts floats
         client.reconnect_delay_set(self.cfg.reconnect_min_delay, self.cfg.reconnect_max_delay)  # type: ignore[arg-type]
         client.max_inflight_messages_set(self.cfg.max_inflight + 50)
         client.on_connect = self._on_connect

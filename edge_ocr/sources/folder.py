@@ -49,6 +49,13 @@ IN_NONBLOCK, IN_CLOEXEC = 0o4000, 0o2000000
 EVENT = struct.Struct("iIII")
 
 
+def _stamp_now(path: Path) -> None:
+    """mtime = now at full ns precision: a write or a bare utime() takes the kernel's coarse
+    clock (1-4 ms ticks), so two uses in one tick would tie and prune in arbitrary order."""
+    now = time.time_ns()
+    os.utime(path, ns=(now, now))
+
+
 def prune_least_recent(directory: Path, keep: int) -> int:
     """Delete the least recently modified files of ``directory`` beyond ``keep``; returns how
     many went. Files that vanish meanwhile are skipped."""
@@ -415,7 +422,7 @@ class FolderSource:
         path = self.cache / (sha + ".json")
         try:
             output = output_from_dict(json.loads(path.read_text(encoding="utf-8")))
-            os.utime(path)  # recently used: pruned last
+            _stamp_now(path)  # recently used: pruned last
             return output
         except FileNotFoundError:
             return None
@@ -438,6 +445,7 @@ class FolderSource:
         if cfg.reuse_results and not reused and result.sha256:
             try:
                 self.files.store(None, self.cache, result.sha256, ".json", data, result.sha256)
+                _stamp_now(self.cache / (result.sha256 + ".json"))
                 removed = prune_least_recent(self.cache, cfg.reuse_max_entries)
                 if removed:
                     log.info("reuse store pruned source=%s removed=%d kept=%d", self.name, removed, cfg.reuse_max_entries)

@@ -1,5 +1,6 @@
 """edge_ocr.api: every endpoint with auth on and off, each bad input, the OCR slots, and
-the waitress server on a real loopback port. OCR runs the real engine on eval-dev images."""
+the waitress server on a real loopback port, on eval-dev images. Routing, auth and errors run
+over FakeOcr (the real decoder, no models); three tests read through the real engine."""
 
 from __future__ import annotations
 
@@ -20,11 +21,13 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
 import pytest
 
 from edge_ocr.api import ERROR_STATUS, HttpServer, make_app
 from edge_ocr.config import Secret
-from edge_ocr.engine.types import Region
+from edge_ocr.engine.preprocess import decode_image
+from edge_ocr.engine.types import EngineOutput, Region, TextLine
 from edge_ocr.errors import ConfigError, EdgeOcrError, ImageError, SinkError, UnsupportedImage
 from edge_ocr.readiness import Readiness, daemon_readiness
 from edge_ocr.results import Result, Status, status_for
@@ -34,8 +37,37 @@ PAGE_IMAGE = "ic15_050210840803.jpg"  # an ICDAR-2015 scene photo: STARBUCKS COF
 TIMEOUT_S = 60.0
 
 
+class FakeOcr:
+    """Routing, auth and error tests need an OCR that answers, not one that reads: this one
+    decodes with the engine's real decoder (so bad images fail exactly as in the daemon) and
+    "reads" the image size, one line per region or one for the whole image."""
+
+    model = ("fake", "1")
+
+    def __init__(self) -> None:
+        self.entered = threading.Event()  # set when a call starts
+        self.gate: threading.Event | None = None  # when set, calls wait for it (to hold a slot)
+
+    def __call__(self, image: bytes, *, det: bool, rois: tuple[Region, ...]) -> Result:
+        self.entered.set()
+        if self.gate is not None:
+            assert self.gate.wait(TIMEOUT_S)
+        return Result("http", Status.OK, self.read(image, det, rois), self.model)
+
+    @staticmethod
+    def read(image: bytes, det: bool = True, rois: tuple[Region, ...] = ()) -> EngineOutput:
+        height, width = decode_image(image, 50.0).shape[:2]
+        corners = np.array([[0, 0], [width, 0], [width, height], [0, height]], dtype=np.float32)
+        if rois:
+            lines = tuple(TextLine("%s %dx%d" % (r.name, r.box[2], r.box[3]), 0.99, corners, roi=r.name) for r in rois)
+        else:
+            lines = (TextLine("%s %dx%d" % ("page" if det else "line", width, height), 0.99, corners),)
+        return EngineOutput(lines, (width, height), {"total": 1.0})
+
+
 class EngineOcr:
-    """The app's OCR callable, built from the real engine (test code: the app owns the real one)."""
+    """The app's OCR callable, built from the real engine (test code: the app owns the real one);
+    a few tests keep it, to show real reading through every layer of the API."""
 
     def __init__(self, engine) -> None:
         self.engine = engine
@@ -57,7 +89,7 @@ class EngineOcr:
 class Backend:
     """Stands in for the daemon's side of the seam (edge_ocr.api.ApiBackend)."""
 
-    ocr: EngineOcr
+    ocr: FakeOcr | EngineOcr
     results: dict[str, Result] = field(default_factory=dict)
     captures: list[str | None] = field(default_factory=list)
     capture_ok: bool = True
@@ -109,7 +141,12 @@ def engine(engines):
 
 
 @pytest.fixture
-def backend(engine) -> Backend:
+def backend() -> Backend:
+    return Backend(FakeOcr())
+
+
+@pytest.fixture
+def real_backend(engine) -> Backend:
     return Backend(EngineOcr(engine))
 
 
@@ -131,7 +168,13 @@ def photo(eval_dev) -> bytes:
 
 
 @pytest.fixture(scope="module")
-def photo_text(engine, photo) -> str:
+def photo_text(photo) -> str:
+    """What the fake OCR answers for the photo."""
+    return FakeOcr.read(photo).text
+
+
+@pytest.fixture(scope="module")
+def real_text(engine, photo) -> str:
     return engine(photo).text
 
 
@@ -213,7 +256,7 @@ def test_stats_and_config_are_the_injected_json(client):
     assert config == {"http": {"bind": "127.0.0.1:8080", "token_file": "***"}, "path": "/etc/x"}
 
 
-def test_latest_per_source_and_overall(backend, client, engine, photo):
+def test_latest_per_source_and_overall(backend, client, photo):
     assert_error(client.get("/api/latest"), 404, "no_result")
     assert_error(client.get("/api/latest/inbox"), 404, "no_result")
     assert_error(client.get("/api/latest/garage"), 404, "unknown_source")
@@ -262,8 +305,10 @@ def test_page_is_self_contained_html_with_a_strict_csp(client):
 # -- POST /api/ocr ---------------------------------------------------------------------------------------
 
 
-def test_ocr_multipart_upload_returns_the_result_json(client, photo, photo_text):
-    response = client.post("/api/ocr", files={"image": ("photo.jpg", photo, "image/jpeg")})
+def test_ocr_multipart_upload_returns_the_result_json(real_backend, photo, real_text):
+    photo_text = real_text  # the real engine: the API carries a real reading through unchanged
+    with client_for(real_backend.app()) as client:
+        response = client.post("/api/ocr", files={"image": ("photo.jpg", photo, "image/jpeg")})
     assert response.status_code == 200
     body = response.json()
     assert body["text"] == photo_text and "STARBUCKS" in photo_text
@@ -283,7 +328,8 @@ def test_ocr_raw_image_body(client, photo, photo_text):
     assert octet.json()["text"] == photo_text
 
 
-def test_ocr_json_base64_with_det_and_rois(client, engine, photo, photo_text):
+def test_ocr_json_base64_with_det_and_rois(real_backend, engine, photo, real_text):
+    client, photo_text = client_for(real_backend.app()), real_text  # the real engine reads the regions
     encoded = base64.b64encode(photo).decode()
     assert client.post("/api/ocr", json={"image": encoded}).json()["text"] == photo_text
     as_data_url = client.post("/api/ocr", json={"image": "data:image/jpeg;base64," + encoded})
@@ -301,8 +347,8 @@ def test_ocr_json_base64_with_det_and_rois(client, engine, photo, photo_text):
     assert body["lines"][0]["roi"] == "sign"
 
 
-def test_ocr_options_in_query_and_form_fields(client, engine, photo):
-    one_line = engine(photo, det=False).text
+def test_ocr_options_in_query_and_form_fields(client, photo):
+    one_line = FakeOcr.read(photo, det=False).text
     files = {"image": ("photo.jpg", photo, "image/jpeg")}
     assert client.post("/api/ocr?det=0", files=files).json()["text"] == one_line
     assert client.post("/api/ocr", files=files, data={"det": "false"}).json()["text"] == one_line
@@ -575,11 +621,13 @@ def test_server_binds_port_zero_serves_and_stops(backend, serve, photo, photo_te
         httpx.get(server.url + "/healthz", timeout=5)
 
 
-def test_concurrent_uploads_share_the_engine_in_bounded_slots(backend, serve, eval_dev):
-    """6 uploads at once, 4 server threads, 2 OCR slots: each is 200 or 503 busy, never a 500."""
+def test_concurrent_uploads_share_the_engine_in_bounded_slots(real_backend, serve, eval_dev):
+    """6 uploads at once, 4 server threads, 2 OCR slots, the real engine: each is 200 with its own
+    image's reading or 503 busy, never a 500 or another image's text."""
     photos = sorted((eval_dev / "pages").glob("ic15_*.jpg"))[:6]
-    expected = {p.name: backend.ocr.engine(p.read_bytes()).text for p in photos}
-    server = serve(backend.app(ocr_slots=2, busy_timeout_s=0.5), threads=4)
+    assert isinstance(real_backend.ocr, EngineOcr)
+    expected = {p.name: real_backend.ocr.engine(p.read_bytes()).text for p in photos}
+    server = serve(real_backend.app(ocr_slots=2, busy_timeout_s=0.5), threads=4)
 
     def upload(path: Path) -> tuple[str, httpx.Response]:
         with httpx.Client(base_url=server.url, timeout=TIMEOUT_S) as client:

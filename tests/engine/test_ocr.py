@@ -17,7 +17,7 @@ from edge_ocr.engine.models import list_packs, load_pack
 from edge_ocr.engine.types import Region
 from edge_ocr.errors import ImageTooLarge, UnsupportedImage
 from edge_ocr.tools import scoring
-from tests.conftest import line_samples
+from tests.helpers import line_samples
 
 SOURCES = ("IIIT5K-test", "ICDAR2015-word-test", "SROIE2019-task1", "LPRNet_Pytorch-test-plates")
 SUBSET = 40  # first N crops of each source

@@ -19,9 +19,9 @@ from edge_ocr.sources.base import SourceStatus
 from edge_ocr.sources.camera import CameraSource, device_kind, probe, redact
 from edge_ocr.stats import Stats
 from tests.broker import wait_until
-from tests.conftest import line_samples
 from tests.fake_picamera2 import CameraBus
 from tests.frames import BOX, paste, text_frame, write_video
+from tests.helpers import line_samples
 
 DIGITS = "0123456789."
 
