@@ -233,8 +233,10 @@ class App:
     def stats_view(self) -> dict[str, float]:
         return self.stats.snapshot()
 
-    def config_view(self) -> Any:
-        return config_to_json(self.config)
+    def config_view(self) -> dict[str, Any]:
+        view = config_to_json(self.config)  # a Config is always a JSON object, secrets masked
+        assert isinstance(view, dict)
+        return view
 
     def accepting(self) -> bool:
         return self.guard is None or self.guard.state.level is not Level.HARD
