@@ -8,7 +8,10 @@ Imports nothing from edge_ocr; raises OSError, which callers turn into their own
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
+
+TEMP_NAME = re.compile(r"^\..+\.(\d+)\.tmp$")  # .<name>.<pid>.tmp
 
 
 def fsync_dir(directory: Path) -> None:
@@ -35,3 +38,28 @@ def write_atomic(path: Path, data: bytes) -> None:
     except OSError:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def remove_stale_temps(directory: Path) -> int:
+    """Delete the temp files that writes of dead processes left in ``directory`` (a kill -9
+    between create and rename); returns how many. A live process's temp file is kept."""
+    removed = 0
+    for path in directory.glob(".*.tmp"):
+        match = TEMP_NAME.match(path.name)
+        if match is None:
+            continue
+        if _alive(int(match.group(1))):  # a write in progress, ours included (two sources, one done/)
+            continue
+        path.unlink(missing_ok=True)
+        removed += 1
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True

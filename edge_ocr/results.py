@@ -108,7 +108,7 @@ class Result:
             "error": {"code": self.error.code, "message": self.error.message} if self.error else None,
         }
         if self.file is not None:
-            data["file"] = self.file
+            data["file"] = printable_name(self.file)
         if self.sha256 is not None:
             data["sha256"] = self.sha256
         return data
@@ -156,6 +156,12 @@ class Job:
     stable_reads: int = 1
     publish_every: bool | None = None
     capture_ms: float | None = None
+
+
+def printable_name(name: str) -> str:
+    """A file name as JSON can carry it: bytes that are not UTF-8 (kept by Python as surrogate
+    escapes) become ``\\xff`` text, so a result always encodes; valid names are unchanged."""
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 def output_from_dict(data: dict[str, Any]) -> EngineOutput:

@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from edge_ocr.atomic import fsync_dir, write_atomic
+from edge_ocr.atomic import fsync_dir, remove_stale_temps, write_atomic
 
 
 def test_a_write_replaces_the_whole_file_and_leaves_no_temp(tmp_path):
@@ -26,3 +26,16 @@ def test_a_failed_write_keeps_the_old_file_and_removes_its_temp(tmp_path):
         write_atomic(tmp_path / "blocker", b"cannot replace a directory with a file")
     assert target.read_bytes() == b"old"
     assert sorted(os.listdir(tmp_path)) == ["blocker", "result.json"]
+
+
+def test_stale_temps_of_dead_writers_are_removed_and_live_ones_kept(tmp_path):
+    import subprocess
+    import sys
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead_pid = int(dead.stdout)  # exited: its temp file is garbage
+    (tmp_path / (".a.json.%d.tmp" % dead_pid)).write_bytes(b'{"trunc')
+    (tmp_path / (".b.json.%d.tmp" % os.getpid())).write_bytes(b"{}")  # ours: a write in progress
+    (tmp_path / "c.json").write_bytes(b"{}")
+    assert remove_stale_temps(tmp_path) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".b.json.%d.tmp" % os.getpid(), "c.json"]

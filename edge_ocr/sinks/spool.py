@@ -15,7 +15,7 @@ from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 
-from edge_ocr.atomic import write_atomic
+from edge_ocr.atomic import remove_stale_temps, write_atomic
 from edge_ocr.errors import SinkError
 
 log = logging.getLogger(__name__)
@@ -41,8 +41,7 @@ class Spool:
         self._lock = threading.Lock()
         try:
             directory.mkdir(parents=True, exist_ok=True)
-            for leftover in directory.glob(".*.tmp"):  # a write interrupted by a crash
-                leftover.unlink(missing_ok=True)
+            remove_stale_temps(directory)  # writes interrupted by a crash
             seqs = sorted(int(p.stem) for p in directory.glob("*" + self.SUFFIX) if p.stem.isdigit())
         except OSError as exc:
             raise SinkError("spool %s: %s" % (directory, exc.strerror)) from exc

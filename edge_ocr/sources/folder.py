@@ -31,10 +31,11 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from edge_ocr import imageformat
+from edge_ocr.atomic import remove_stale_temps
 from edge_ocr.config import FolderSourceConfig, SourceConfig
 from edge_ocr.engine.types import EngineOutput
 from edge_ocr.errors import EdgeOcrError, ImageTooLarge, SourceError
-from edge_ocr.results import Job, Result, Status, output_from_dict
+from edge_ocr.results import Job, Result, Status, output_from_dict, printable_name
 from edge_ocr.sources.base import SourceStatus, Submit
 from edge_ocr.stats import Stats
 
@@ -257,6 +258,9 @@ class FolderSource:
                 raise SourceError("%s is not writable by uid %d" % (directory, os.geteuid()))
         if self.cfg.reuse_results:
             self.cache.mkdir(exist_ok=True)
+        for directory in (self.cfg.done_dir, self.cfg.failed_dir, self.cache):
+            if directory.is_dir() and remove_stale_temps(directory):  # writes a crash interrupted
+                log.info("removed interrupted writes source=%s dir=%s", self.name, directory)
 
     def _open_inotify(self) -> Inotify | None:
         if self.cfg.watch == "poll":
@@ -457,7 +461,7 @@ class FolderSource:
     def _fail(self, src: Path, name: str, error: EdgeOcrError, tb: str | None, sha: str | None) -> None:
         now = datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
         data: dict[str, Any] = {
-            "file": name,
+            "file": printable_name(name),
             "source": self.name,
             "reason": "%s: %s" % (error.code, error.message),
             "error": {"code": error.code, "message": error.message},

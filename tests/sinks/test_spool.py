@@ -9,12 +9,12 @@ def test_fifo_survives_reopen_and_removes_only_what_is_acknowledged(tmp_path):
     spool = Spool(tmp_path, 100)
     seqs = [spool.append(Message("t/%d" % i, b"p%d" % i, 1, i % 2 == 0)) for i in range(5)]
     spool.remove(seqs[1])
-    (tmp_path / ".99.tmp").write_bytes(b"half-written")  # a crash mid-append
+    (tmp_path / ".000000000099.msg.999999999.tmp").write_bytes(b"half-")  # a dead writer's append
     again = Spool(tmp_path, 100)
     entries = again.after(0, 10)
     assert [m.topic for _, m in entries] == ["t/0", "t/2", "t/3", "t/4"]
     assert entries[0][1] == Message("t/0", b"p0", 1, True)
-    assert not (tmp_path / ".99.tmp").exists()
+    assert not (tmp_path / ".000000000099.msg.999999999.tmp").exists()
     assert again.append(Message("t/5", b"")) > seqs[-1]
     assert [s for s, _ in again.after(seqs[2], 2)] == [seqs[3], seqs[4]]
 
