@@ -28,7 +28,7 @@ from typing import Protocol
 import numpy as np
 
 from edge_ocr.engine.types import EngineOutput, Region
-from edge_ocr.errors import EdgeOcrError, ImageError
+from edge_ocr.errors import EdgeOcrError, ImageError, SinkError
 from edge_ocr.results import Job, RegionResult, Result, Status, status_for
 from edge_ocr.stats import Stats
 
@@ -178,6 +178,13 @@ class Pipeline:
         for sink in self.sinks:
             try:
                 sink.publish(result)
+            except SinkError as exc:  # the disk under the spool: keep the input, try again later
+                log.error("sink cannot take the result sink=%s source=%s error=%s", sink.name, job.source,
+                          exc.message)
+                self.stats.inc("sink_errors_total")
+                if job.on_stalled is not None:
+                    job.on_stalled(exc.message)
+                    return result
             except Exception:  # a sink failing must not lose the job's own outcome
                 log.exception("sink failed sink=%s source=%s", sink.name, job.source)
         if job.on_done is not None:

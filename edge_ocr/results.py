@@ -150,6 +150,9 @@ class Job:
     det: bool = True
     cached: EngineOutput | None = None
     on_done: Callable[[Result], None] | None = None
+    # Called instead of on_done when a sink could not take the result (a disk failure: the spool
+    # is full): the source keeps the input and offers it again later. None: the result is dropped.
+    on_stalled: Callable[[str], None] | None = None
     ts: datetime = field(default_factory=lambda: datetime.now(UTC))
     droppable: bool = False
     regions: tuple[Region, ...] = ()  # the source's rules: boxes in camera pixels, patterns

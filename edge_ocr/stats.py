@@ -45,6 +45,9 @@ METRICS: tuple[Metric, ...] = (
     Metric("http_cache_hits_total", "counter", "requests", "POST /api/ocr answered from recent identical requests"),
     Metric("files_done_total", "counter", "files", "folder files moved to done_dir"),
     Metric("files_failed_total", "counter", "files", "folder files moved to failed_dir"),
+    Metric("files_stalled_total", "counter", "files", "folder files kept for retry because a result could not be "
+           "written (disk full)"),
+    Metric("sink_errors_total", "counter", "results", "results a sink could not take (the spool's disk failed)"),
     Metric("frames_total", "counter", "frames", "frames captured by camera sources"),
     Metric("frames_skipped_total", "counter", "frames", "camera frames skipped as unchanged (no OCR run)"),
     Metric("frames_dropped_total", "counter", "frames", "camera frames dropped because the queue was full"),

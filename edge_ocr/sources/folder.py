@@ -18,6 +18,7 @@ import hashlib
 import json
 import logging
 import os
+import queue
 import select
 import stat
 import struct
@@ -34,7 +35,7 @@ from edge_ocr import imageformat
 from edge_ocr.atomic import remove_stale_temps
 from edge_ocr.config import FolderSourceConfig, SourceConfig
 from edge_ocr.engine.types import EngineOutput
-from edge_ocr.errors import EdgeOcrError, ImageTooLarge, SourceError
+from edge_ocr.errors import EdgeOcrError, ImageTooLarge, SinkError, SourceError
 from edge_ocr.results import Job, Result, Status, output_from_dict, printable_name
 from edge_ocr.sources.base import SourceStatus, Submit
 from edge_ocr.stats import Stats
@@ -43,6 +44,8 @@ log = logging.getLogger(__name__)
 
 PROCESSING = ".processing"
 CACHE = ".cache"
+STALL_RETRY_MIN_S = 2.0  # a file whose result could not be written (disk full) is offered again
+STALL_RETRY_MAX_S = 60.0
 TEMP_SUFFIXES = (".tmp", ".part", ".partial", ".crdownload", ".swp")
 IN_CLOSE_WRITE, IN_MOVED_TO, IN_DELETE_SELF, IN_MOVE_SELF = 0x8, 0x80, 0x400, 0x800
 IN_Q_OVERFLOW, IN_IGNORED, IN_ONLYDIR = 0x4000, 0x8000, 0x01000000
@@ -195,6 +198,9 @@ class FolderSource:
         self.cache = cfg.path / CACHE
         self._status: SourceStatus | None = None
         self._rescan = threading.Event()
+        # Claimed files whose result could not be written (disk full): offered again with backoff.
+        self._stalled: queue.SimpleQueue[Path] = queue.SimpleQueue()
+        self._stall_delay = STALL_RETRY_MIN_S
         self.ready = threading.Event()  # set once the folders are open and the start-up scan is queued
         self.mode = "none"
 
@@ -291,9 +297,17 @@ class FolderSource:
     def _loop(self, stop: threading.Event, inotify: Inotify | None) -> None:
         seen: dict[str, _Seen] = {}
         next_scan = 0.0
+        next_retry = 0.0
         while not stop.is_set():
             cfg = self.cfg
             now = time.monotonic()
+            if self._stalled.empty():
+                self._stall_delay = STALL_RETRY_MIN_S
+                next_retry = now + self._stall_delay
+            elif now >= next_retry:
+                self._retry_stalled()
+                self._stall_delay = min(self._stall_delay * 2, STALL_RETRY_MAX_S)
+                next_retry = now + self._stall_delay
             if self._rescan.is_set() or now >= next_scan or (inotify is not None and inotify.broken):
                 self._rescan.clear()
                 if inotify is not None and inotify.broken:
@@ -309,6 +323,8 @@ class FolderSource:
                 self._claim(name)
             now = time.monotonic()
             wake = [next_scan] + [s.stable_since + cfg.stability_delay for s in seen.values()]
+            if not self._stalled.empty():
+                wake.append(next_retry)
             timeout = min(max(min(wake) - now, 0.02), 0.25)
             if inotify is not None:
                 names, rescan = inotify.read(timeout)
@@ -402,7 +418,8 @@ class FolderSource:
             return True
         cached = self._cached(sha) if cfg.reuse_results else None
         job = Job(self.name, data, file=name, sha256=sha, cached=cached,
-                  on_done=partial(self._finish, claimed, name, cached is not None))
+                  on_done=partial(self._finish, claimed, name, cached is not None),
+                  on_stalled=partial(self._stall, claimed))
         return self.submit(job)  # False: stopping; the file stays in .processing/ for the next start
 
     def _finish_interrupted(self, claimed: Path, name: str, sha: str) -> bool:
@@ -442,8 +459,12 @@ class FolderSource:
             return
         cfg = self.cfg
         data = result.to_dict()
-        meta = self.files.store(None if cfg.delete_original else claimed, cfg.done_dir, name, ".json", data,
-                                result.sha256)
+        try:
+            meta = self.files.store(None if cfg.delete_original else claimed, cfg.done_dir, name, ".json", data,
+                                    result.sha256)
+        except SinkError as exc:
+            self._stall(claimed, exc.message)
+            return
         if cfg.delete_original:
             claimed.unlink(missing_ok=True)
         if cfg.reuse_results and not reused and result.sha256:
@@ -472,11 +493,33 @@ class FolderSource:
         try:
             meta = self.files.store(src, self.cfg.failed_dir, name, ".error.json", data, sha)
         except EdgeOcrError as exc:
-            log.error("cannot move to failed_dir source=%s file=%s error=%s", self.name, name, exc.message)
+            if src.parent == self.processing:
+                self._stall(src, exc.message)
+            else:  # a refused file still in the inbox: the next scan offers it again
+                log.error("cannot move to failed_dir source=%s file=%s error=%s", self.name, name, exc.message)
             return
         self.stats.inc("files_failed_total")
         log.warning("file failed source=%s file=%s error=%s %s result=%s",
                     self.name, name, error.code, error.message, meta.name)
+
+    def _stall(self, claimed: Path, reason: str) -> None:
+        """The result of ``claimed`` could not be written (pipeline or source thread): it stays in
+        .processing/ and is offered again, from STALL_RETRY_MIN_S up to STALL_RETRY_MAX_S apart."""
+        self.stats.inc("files_stalled_total")
+        log.error("cannot write result, file kept for retry source=%s file=%s error=%s",
+                  self.name, claimed.name, reason)
+        self._stalled.put(claimed)
+
+    def _retry_stalled(self) -> None:
+        """Offer the stalled files again (on the source thread); a finished write is completed
+        without a second OCR run (``_finish_interrupted``)."""
+        stalled: list[Path] = []
+        while not self._stalled.empty():
+            stalled.append(self._stalled.get_nowait())
+        for claimed in stalled:
+            if claimed.exists():
+                log.info("retrying stalled file source=%s file=%s", self.name, claimed.name)
+                self._submit_claimed(claimed, resumed=True)
 
     def _refuse(self, name: str, reason: str) -> None:
         self._fail(self.cfg.path / name, name, SourceError(reason), None, None)

@@ -1,0 +1,104 @@
+"""Disk full: done/, failed/ and the MQTT spool on a 4 MB tmpfs made by the test (root), filled
+to the last byte while files keep arriving. The daemon keeps running and says why, every file
+waits in .processing/, and when space returns every result is written and published."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import re
+import subprocess
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from tests.broker import Collector
+from tests.helpers import PREFIX, Daemon, drop, line_samples, wait_until, write_config
+
+GOOD, BAD = 10, 2
+
+
+def _mount_tmpfs(path: Path, size: str) -> None:
+    if os.geteuid() != 0:
+        if os.environ.get("CI"):
+            pytest.fail("the disk-full test mounts a tmpfs: run as root")
+        pytest.skip("the disk-full test mounts a tmpfs: run as root")
+    path.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=%s,mode=0755" % size, "tmpfs", str(path)], check=True,
+                   timeout=30)
+
+
+def _fill(disk: Path) -> Path:
+    """Write a filler file until the filesystem refuses another byte."""
+    filler = disk / "filler"
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        while True:
+            os.write(fd, b"\0" * 4096)
+    except OSError as exc:
+        assert exc.errno == errno.ENOSPC
+    finally:
+        os.close(fd)
+    return filler
+
+
+def _originals(directory: Path) -> list[str]:
+    if not directory.is_dir():
+        return []
+    return sorted(p.name for p in directory.iterdir() if p.is_file() and p.suffix != ".json"
+                  and not p.name.startswith("."))
+
+
+@pytest.mark.broker
+@pytest.mark.parametrize("on_disk", ["done/, failed/ and the spool", "done/ and failed/ (spool elsewhere)"])
+def test_a_full_disk_keeps_every_file_and_recovers_when_space_returns(eval_dev, tmp_path, mosquitto, report, on_disk):
+    disk = tmp_path / "disk"
+    _mount_tmpfs(disk, "4m")
+    try:
+        config = write_config(tmp_path, mosquitto, "publish_every = true\n")
+        text = config.read_text().replace('done_dir = "done"', 'done_dir = "disk/done"').replace(
+            'failed_dir = "failed"', 'failed_dir = "disk/failed"')
+        if "spool" in on_disk.split("(")[0]:
+            text = text.replace('spool_dir = "spool"', 'spool_dir = "disk/spool"')
+        config.write_text(text)
+        sub = Collector(mosquitto, [PREFIX + "/inbox/event"], client_id="disk-sub", persistent=True)
+        daemon = Daemon(config).start()
+        base = re.search(r"http listening url=(http://127\.0\.0\.1:\d+)", daemon.text()).group(1)
+        filler = _fill(disk)
+        names = ["g%02d.png" % i for i in range(GOOD)] + ["bad%d.png" % i for i in range(BAD)]
+        for src, name in zip([p for p, _ in line_samples(eval_dev, "SROIE2019-task1", GOOD)], names):
+            drop(src, tmp_path / "inbox", name)
+        for name in names[GOOD:]:
+            (tmp_path / "inbox" / name).write_bytes(b"\x89PNG\r\n\x1a\n not an image IEND\xaeB`\x82")
+        processing = tmp_path / "inbox" / ".processing"
+        assert wait_until(lambda: "cannot write result, file kept for retry" in daemon.text(), 60), daemon.text()
+        assert wait_until(lambda: _originals(processing) == sorted(names), 60), _originals(processing)
+        def stalled() -> float:
+            with urllib.request.urlopen(base + "/metrics", timeout=30) as response:
+                metrics = response.read().decode()
+            return float(re.search(r"^edge_ocr_files_stalled_total (\S+)$", metrics, re.M).group(1))
+
+        assert wait_until(lambda: stalled() >= len(names), 60)  # each tried, and kept
+        assert daemon.proc is not None and daemon.proc.poll() is None  # still running
+        assert _originals(disk / "done") == [] and _originals(disk / "failed") == []
+        filler.unlink()  # space returns
+        accounted = lambda: sorted(_originals(disk / "done") + _originals(disk / "failed"))  # noqa: E731
+        assert wait_until(lambda: accounted() == sorted(names), 180), accounted()
+        assert _originals(disk / "failed") == sorted(names[GOOD:])
+        for path in list((disk / "done").glob("*.json")) + list((disk / "failed").glob("*.json")):
+            json.loads(path.read_text(encoding="utf-8"))  # none torn
+        tries = int(stalled())
+        topic = PREFIX + "/inbox/event"
+        sub.wait(lambda ms: {json.loads(m.payload)["file"] for m in ms if m.topic == topic} >= set(names), 120)
+        assert not _originals(processing)
+        files = [json.loads(m.payload)["file"] for m in sub.on(topic)]
+        resent = len(files) - len(set(files))  # a retried file is published again: at least once
+        assert daemon.terminate() == 0
+        sub.close()
+        report("disk full: %s on a full 4 MB tmpfs, then space returns" % on_disk, runs=1, inputs=len(names),
+               lost=0, duplicated="0 in done/; %d re-sent events" % resent,
+               errors="%d tries kept for retry; %d refused to failed/" % (tries, BAD))
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], timeout=30)
