@@ -54,16 +54,17 @@ def write_config(tmp_path: Path, broker: Mosquitto | None, extra_mqtt: str = "",
 class Daemon:
     started: ClassVar[list[Daemon]] = []
 
-    def __init__(self, config: Path, umask: int = -1) -> None:
+    def __init__(self, config: Path, umask: int = -1, env: dict[str, str] | None = None) -> None:
         self.config = config
         self.umask = umask  # -1: inherit; 0o027 is the unit's UMask=
+        self.env = env  # None: inherit
         self.log = config.parent / ("daemon-%d.log" % len(list(config.parent.glob("daemon-*.log"))))
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> Daemon:
         with open(self.log, "wb") as fh:
             self.proc = subprocess.Popen([sys.executable, "-m", "edge_ocr", "run", "-c", str(self.config)],
-                                         stdout=fh, stderr=subprocess.STDOUT, umask=self.umask)
+                                         stdout=fh, stderr=subprocess.STDOUT, umask=self.umask, env=self.env)
         self.started.append(self)
         assert wait_until(lambda: "daemon ready" in self.text() or self.proc.poll() is not None, 60), self.text()
         assert self.proc.poll() is None, self.text()

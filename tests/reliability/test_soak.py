@@ -1,7 +1,15 @@
 """Soak: one daemon reads 10,000 camera frames (a looping video whose meter reading changes
 every 25 frames) while 2,000 real eval-dev line crops go through its drop folder. After a
 warm-up, its RSS grows by under 5 % and it holds no more threads or file descriptors at the
-end than at the warm-up mark, all read from /proc."""
+end than at the warm-up mark, all read from /proc.
+
+glibc's default allocator keeps freed large blocks in the heap and moves its mmap threshold up
+as they are freed, so the default daemon's RSS wanders between 165 and 205 MB on this load,
+with no trend: a 5 % bound on it would test the allocator. The soak therefore runs the daemon
+with ``MALLOC_MMAP_THRESHOLD_=262144`` (blocks of 256 KB and more are mapped and unmapped),
+where the same load holds at 154-156 MB: growth there is memory the daemon really keeps. Each
+mark is the floor of a window of samples (one per 100 files), so a spike in flight is not
+counted."""
 
 from __future__ import annotations
 
@@ -20,6 +28,7 @@ FRAMES = 10_000
 FILES = 2_000
 BATCH = 100
 WARMUP_FILES = 500  # every kind of crop seen (shuffled): the engine's buffers and the heap settle by then
+WINDOW = 5  # batches per mark
 
 
 def _proc_once(pid: int) -> dict[str, int]:
@@ -65,29 +74,28 @@ def test_10000_frames_and_2000_files_hold_memory_threads_and_fds_flat(eval_dev, 
         "stability_delay = 0.05\ndelete_original = true\n\n"
         '[[sources]]\nname = "meter"\ntype = "camera"\ndevice = "%s"\ninterval = 0.001\nloop = true\n'
         'rois = [ { name = "reading", box = [%d, %d, %d, %d], allowed_chars = "0123456789." } ]\n' % (video, *BOX))
-    daemon = Daemon(config).start()
+    daemon = Daemon(config, env=dict(os.environ, MALLOC_MMAP_THRESHOLD_="262144")).start()
     assert daemon.proc is not None
     pid = daemon.proc.pid
     base = re.search(r"http listening url=(http://127\.0\.0\.1:\d+)", daemon.text()).group(1)
     done = tmp_path / "done"
-    marks: dict[str, dict[str, int]] = {}
-    series: list[int] = []
+    series: list[dict[str, int]] = []
     for start in range(0, FILES, BATCH):
         for i, crop in enumerate(crops[start:start + BATCH], start):
             drop(crop, tmp_path / "inbox", "s%04d%s" % (i, crop.suffix))
         assert wait_until(lambda s=start: len(list(done.glob("*.json"))) >= s + BATCH, 300)
-        series.append(_proc_once(pid)["rss_kb"] // 1024)
-        if start + BATCH == WARMUP_FILES:
-            marks["warm"] = _proc(pid)
-            marks["warm_frames"] = {"n": int(_stats(base)["frames_total"])}
+        series.append(_proc(pid))
     assert wait_until(lambda: _stats(base)["frames_total"] >= FRAMES, 600), _stats(base)
     stats = _stats(base)
-    end = _proc(pid)
-    warm = marks["warm"]
+    series.append(_proc(pid))
+    first = WARMUP_FILES // BATCH
+    warm = {key: min(s[key] for s in series[first:first + WINDOW]) for key in series[0]}
+    end = {key: min(s[key] for s in series[-WINDOW:]) for key in series[0]}
     growth = (end["rss_kb"] - warm["rss_kb"]) / warm["rss_kb"]
+    (tmp_path / "proc-series.json").write_text(json.dumps(series))  # for a failure's post-mortem
     assert len(list(done.glob("*.json"))) == FILES and not list((tmp_path / "failed").glob("*"))
     assert stats["files_done_total"] == FILES and stats["results_error_total"] == 0
-    assert growth < 0.05, (warm, end, "RSS MB per 100 files:", series)
+    assert growth < 0.05, (warm, end, "RSS MB per 100 files:", [s["rss_kb"] // 1024 for s in series])
     assert end["threads"] <= warm["threads"], (warm, end)
     assert end["fds"] <= warm["fds"], (warm, end)
     assert daemon.terminate(30) == 0
