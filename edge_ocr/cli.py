@@ -198,6 +198,15 @@ def cmd_bench(args: argparse.Namespace) -> int:
                     continue
                 configs += [bench.BenchConfig(resolve_pack_name(pack), precision, threads, reader)
                             for threads in thread_counts for reader in readers]
+        if args.memory:
+            from edge_ocr.tools import memory
+
+            print("edge-ocr bench --memory · set=%s images=%d det=%s · %s" % (args.set, len(images), det,
+                                                                          bench.machine()))
+            for config in configs:
+                print("\n%s\n\n%s" % (config.label, memory.format_rows(
+                    memory.measure(config.pack, config.precision, config.threads, images, det))), end="")
+            return ExitCode.OK
         engines = args.compare.split(",") if args.compare else []
         unknown = set(engines) - set(bench.REFERENCES)
         if unknown:
@@ -342,6 +351,8 @@ def build_parser() -> argparse.ArgumentParser:
     bn.add_argument("--ref-script", default="bench/reference_predict.py")
     bn.add_argument("--eval-dev", default=str(Path(__file__).resolve().parents[1].parent / "shared" / "eval-dev"))
     bn.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+    bn.add_argument("--memory", action="store_true",
+                    help="instead: where the memory goes, per stage (imports, sessions, activations, glibc)")
     bn.set_defaults(func=cmd_bench)
 
     tn = sub.add_parser("tune", parents=[common], help="measure the best threads and precision on this device")
