@@ -7,6 +7,7 @@ and no stage keeps per-call state.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -52,15 +53,30 @@ class OcrEngine:
         self.det = self._load("det") if "det" in stages else None
         self.db_params = self.options.det or DbParams.from_published(stages["det"].postprocess if "det" in stages else {})
         self.cls = self._load("cls") if self.options.use_cls and "cls" in stages else None
-        self.rec_zh = self._load("rec_zh") if self.options.use_rec_zh and "rec_zh" in stages else None
         self.rec_fast = self._load("rec_fast") if self.options.use_rec_fast and "rec_fast" in stages else None
-        for model in (self.rec, self.rec_zh, self.rec_fast):
-            if model is not None and model.stage.charset is None:
-                raise ModelError("pack %s: recogniser %s has no charset" % (self.pack.name, model.stage.name))
+        # The Chinese plate specialist is loaded at the first line that needs it (11 MB not spent
+        # by the many deployments that never read a plate with a province character).
+        self._rec_zh_stage = stages.get("rec_zh") if self.options.use_rec_zh else None
+        self._rec_zh: Model | None = None
+        self._rec_zh_lock = threading.Lock()
+        for stage in (self.rec.stage, self._rec_zh_stage, self.rec_fast.stage if self.rec_fast else None):
+            if stage is not None and stage.charset is None:
+                raise ModelError("pack %s: recogniser %s has no charset" % (self.pack.name, stage.name))
 
     def _load(self, stage: str) -> Model:
         spec = self.pack.stages[stage]
         return Model(spec, choose_variant(spec, self.options.precision), self.threads, self.options.allow_spinning)
+
+    @property
+    def rec_zh(self) -> Model | None:
+        """The specialist if it was loaded (see ``_specialist``)."""
+        return self._rec_zh
+
+    def _specialist(self) -> Model:
+        with self._rec_zh_lock:  # lines are read on several threads
+            if self._rec_zh is None:
+                self._rec_zh = self._load("rec_zh")
+            return self._rec_zh
 
     def close(self) -> None:
         """Stop the line threads (idempotent). Later calls still work, reading lines one by one."""
@@ -71,8 +87,11 @@ class OcrEngine:
     @property
     def precisions(self) -> dict[str, str]:
         """The precision loaded for each stage, e.g. ``{"det": "int8", "rec": "fp32"}``."""
-        loaded = {"det": self.det, "cls": self.cls, "rec_fast": self.rec_fast, "rec": self.rec, "rec_zh": self.rec_zh}
-        return {name: m.variant.precision for name, m in loaded.items() if m is not None}
+        loaded = {"det": self.det, "cls": self.cls, "rec_fast": self.rec_fast, "rec": self.rec}
+        out = {name: m.variant.precision for name, m in loaded.items() if m is not None}
+        if self._rec_zh_stage is not None:  # what is (or will be) loaded for it
+            out["rec_zh"] = choose_variant(self._rec_zh_stage, self.options.precision).precision
+        return out
 
     def __call__(
         self,
@@ -163,7 +182,7 @@ class OcrEngine:
                     decoded[index] = Decoded("", 0.0)
             self._read_into(decoded, self.rec, crops, allowed, unsure)
             accurate = set(short) | set(unsure)
-        if self.rec_zh is not None:
+        if self._rec_zh_stage is not None:
             draft_mass, accurate_mass = self.options.chinese_mass, self.options.specialist_mass
             sensed = [
                 recognize.maybe_chinese(drafts[i], draft_mass)
@@ -171,7 +190,8 @@ class OcrEngine:
                 for i in range(len(crops))
             ]
             plates = recognize.needs_specialist(decoded, sensed)
-            specialist = self._recognize(self.rec_zh, [crops[i] for i in plates], _pick(allowed, plates))
+            specialist = self._recognize(self._specialist(), [crops[i] for i in plates], _pick(allowed, plates)) \
+                if plates else []
             for index, result in zip(plates, specialist):
                 decoded[index] = recognize.take_specialist(decoded[index], result)
         return decoded

@@ -283,18 +283,21 @@ def test_short_single_lines_skip_the_draft_and_only_plates_reach_the_chinese_spe
     from edge_ocr.engine.ocr import EngineOptions, OcrEngine
 
     engine = OcrEngine(EngineOptions(threads=1))
-    calls = {"rec_fast": 0, "rec": 0, "rec_zh": 0}
+    assert engine.rec_zh is None and engine.precisions["rec_zh"] == "fp32"  # loaded when first needed
+    calls = {"rec_fast": 0, "rec": 0}
     for name in calls:
         model = getattr(engine, name)
         model.run = _counting(model.run, calls, name)
-    plate = engine((eval_dev / "lines" / "plate_005621c69989.jpg").read_bytes(), det=False)
-    assert scoring.alnum(plate.text) == scoring.alnum("皖AC4933")
-    assert calls == {"rec_fast": 0, "rec": 1, "rec_zh": 1}  # 94x24 px: short, read accurately, then PP-OCRv4
-
-    calls.update(rec_fast=0, rec=0, rec_zh=0)
     zh_lines = [r.split("\t") for r in (eval_dev / "zh" / "lines" / "labels.tsv").read_text(encoding="utf-8").splitlines()]
     document = [(eval_dev / "zh" / "lines" / r[0], r[1]) for r in zh_lines if r[3] == "omnidocbench:book"][:5]
     for path, label in document:
         assert scoring.relaxed(engine(path.read_bytes(), det=False).text) == scoring.relaxed(label)
-    # Long lines are drafted, and re-read only when unsure; Chinese text stays with PP-OCRv6.
-    assert calls["rec_fast"] == 5 and calls["rec"] < 5 and calls["rec_zh"] == 0
+    # Long lines are drafted, and re-read only when unsure; Chinese text stays with PP-OCRv6, so
+    # the plate specialist is not even loaded.
+    assert calls["rec_fast"] == 5 and calls["rec"] < 5 and engine.rec_zh is None
+
+    calls.update(rec_fast=0, rec=0)
+    plate = engine((eval_dev / "lines" / "plate_005621c69989.jpg").read_bytes(), det=False)
+    assert scoring.alnum(plate.text) == scoring.alnum("皖AC4933")
+    assert calls == {"rec_fast": 0, "rec": 1}  # 94x24 px: short, read accurately, then PP-OCRv4
+    assert engine.rec_zh is not None and engine.rec_zh.stage.name == "rec_zh"
