@@ -56,6 +56,8 @@ def _engine_options(args: argparse.Namespace):
         given["fast_reader"] = False
     if getattr(args, "low_confidence", None) is not None:
         given["low_confidence"] = args.low_confidence
+    if getattr(args, "memory_mode", None) is not None:
+        given["memory"] = args.memory_mode
     try:
         return EngineConfig(**{k: v for k, v in given.items() if v is not None})
     except Invalid as exc:
@@ -63,10 +65,12 @@ def _engine_options(args: argparse.Namespace):
 
 
 def cmd_ocr(args: argparse.Namespace) -> int:
+    from edge_ocr import allocator
     from edge_ocr.engine.ocr import OcrEngine
     from edge_ocr.results import Result, Status, status_for
 
     table = _engine_options(args)
+    allocator.configure(table.memory)
     engine = OcrEngine(table.to_options())
     model = (engine.pack.name, engine.pack.version)
     failures = 0
@@ -94,11 +98,13 @@ def cmd_ocr(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from edge_ocr import allocator
     from edge_ocr.app import App
     from edge_ocr.config import find_config, load_config
 
     config = load_config(find_config(args.config))
-    log.info("config loaded path=%s", config.path or "built-in defaults")
+    log.info("config loaded path=%s memory=%s", config.path or "built-in defaults", config.engine.memory)
+    allocator.configure(config.engine.memory)
     return App(config).run()
 
 
@@ -196,8 +202,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
                 if precision == "int8" and not has_int8:
                     log.info("bench pack=%s has no int8 variant; skipped", pack)
                     continue
-                configs += [bench.BenchConfig(resolve_pack_name(pack), precision, threads, reader)
-                            for threads in thread_counts for reader in readers]
+                configs += [bench.BenchConfig(resolve_pack_name(pack), precision, threads, reader, memory)
+                            for threads in thread_counts for reader in readers
+                            for memory in args.memory_modes.split(",")]
         if args.memory:
             from edge_ocr.tools import memory
 
@@ -205,7 +212,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
                                                                           bench.machine()))
             for config in configs:
                 print("\n%s\n\n%s" % (config.label, memory.format_rows(
-                    memory.measure(config.pack, config.precision, config.threads, images, det))), end="")
+                    memory.measure(config.pack, config.precision, config.threads, images, det,
+                                   config.memory))), end="")
             return ExitCode.OK
         engines = args.compare.split(",") if args.compare else []
         unknown = set(engines) - set(bench.REFERENCES)
@@ -319,6 +327,8 @@ def build_parser() -> argparse.ArgumentParser:
     ocr.add_argument("images", nargs="+", metavar="IMAGE")
     ocr.add_argument("--json", action="store_true", help="one result JSON per image per line (JSON Lines)")
     ocr.add_argument("--no-det", action="store_true", help="skip detection: read each image as one line")
+    ocr.add_argument("--memory", dest="memory_mode", choices=("default", "low"),
+                     help="low: freed image buffers go back to the kernel at once (see engine.memory)")
     ocr.add_argument("--low-confidence", type=float, metavar="SCORE",
                      help="status low_confidence below this score (default %s)" % EngineConfig().low_confidence)
     _add_engine_flags(ocr)
@@ -351,6 +361,8 @@ def build_parser() -> argparse.ArgumentParser:
     bn.add_argument("--ref-script", default="bench/reference_predict.py")
     bn.add_argument("--eval-dev", default=str(Path(__file__).resolve().parents[1].parent / "shared" / "eval-dev"))
     bn.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+    bn.add_argument("--memory-modes", default="default", metavar="MODES",
+                    help="comma-separated engine.memory settings to measure: default,low")
     bn.add_argument("--memory", action="store_true",
                     help="instead: where the memory goes, per stage (imports, sessions, activations, glibc)")
     bn.set_defaults(func=cmd_bench)
@@ -374,9 +386,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     setup_logging(args.verbose)
-    from edge_ocr.guard import limit_malloc_arenas
+    from edge_ocr import allocator
 
-    limit_malloc_arenas()
+    allocator.configure()  # one arena, before any thread; `run` adds engine.memory's setting
     try:
         return int(args.func(args))
     except ConfigError as exc:

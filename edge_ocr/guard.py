@@ -8,8 +8,6 @@ batches, stop and exit non-zero) is the caller's business. Imports psutil, confi
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import logging
 import threading
 from collections.abc import Callable
@@ -99,25 +97,6 @@ def _reason(level: Level, rss_mb: float, available_mb: float | None, limits: Gua
         text += ", available %.0f MB (soft floor %g, hard floor %g)" % (
             available_mb, limits.min_available_soft_mb, limits.min_available_hard_mb)
     return text
-
-
-M_ARENA_MAX = -8  # glibc mallopt parameter
-
-
-def limit_malloc_arenas(count: int = 1) -> bool:
-    """Ask glibc for at most ``count`` malloc arenas; False where that is not possible (musl, macOS).
-
-    Must run before worker threads start. glibc gives each thread that allocates its own arena
-    and keeps freed memory in each: with lines read on two threads the peak RSS of a page run
-    was 363 MB with the default arenas and 310 MB with one, at the same speed (x86_64, 2 cores).
-    """
-    name = ctypes.util.find_library("c")
-    try:
-        libc = ctypes.CDLL(name) if name else None
-        mallopt = getattr(libc, "mallopt", None)
-    except OSError:
-        return False
-    return bool(mallopt is not None and mallopt(M_ARENA_MAX, count) == 1)
 
 
 def read_memory(process: psutil.Process) -> tuple[float, float | None]:

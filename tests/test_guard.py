@@ -202,11 +202,3 @@ def test_nothing_runs_before_start_and_start_twice_is_an_error():
     finally:
         stop.set()
         assert guard.join(5)
-
-
-def test_malloc_arenas_are_limited_on_glibc():
-    import platform
-
-    from edge_ocr.guard import limit_malloc_arenas
-
-    assert limit_malloc_arenas(1) is (platform.libc_ver()[0] == "glibc")

@@ -9,7 +9,7 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parents[1] / "edge_ocr"
 
 LEAVES = ("edge_ocr.errors", "edge_ocr.results", "edge_ocr.config", "edge_ocr.engine.types", "edge_ocr.stats",
-          "edge_ocr.readiness", "edge_ocr.atomic", "edge_ocr.imageformat")
+          "edge_ocr.readiness", "edge_ocr.atomic", "edge_ocr.imageformat", "edge_ocr.allocator")
 
 # module prefix → edge_ocr modules it may import (a prefix allows everything below it)
 ALLOWED: dict[str, tuple[str, ...]] = {
@@ -22,11 +22,12 @@ ALLOWED: dict[str, tuple[str, ...]] = {
     "edge_ocr.readiness": (),
     "edge_ocr.atomic": (),
     "edge_ocr.imageformat": (),
+    "edge_ocr.allocator": (),
     "edge_ocr.notify": ("edge_ocr.errors",),
     "edge_ocr.cache": ("edge_ocr.engine.types",),
     "edge_ocr.guard": ("edge_ocr.config", "edge_ocr.stats", "edge_ocr.errors"),
     "edge_ocr.tuning": ("edge_ocr.engine", "edge_ocr.errors", "edge_ocr.atomic"),
-    "edge_ocr.tools": ("edge_ocr.tools", "edge_ocr.engine", "edge_ocr.errors", "edge_ocr.tuning"),
+    "edge_ocr.tools": ("edge_ocr.tools", "edge_ocr.engine", "edge_ocr.errors", "edge_ocr.tuning", "edge_ocr.allocator"),
     "edge_ocr.sources": ("edge_ocr.sources",) + LEAVES,
     "edge_ocr.sinks": ("edge_ocr.sinks",) + LEAVES,
     "edge_ocr.api": ("edge_ocr.api",) + LEAVES,

@@ -40,6 +40,7 @@ class BenchConfig:
     precision: str
     threads: int
     reader: str = "cascade"
+    memory: str = "default"  # engine.memory: the child's allocator setting (edge_ocr.allocator)
     options: str = ""  # JSON object of further EngineOptions fields (bench/tricks.py turns single tricks off)
 
     @property
@@ -95,7 +96,10 @@ def camera_frames(eval_dev: Path, limit: int, out: Path) -> list[Path]:
 def run_worker(config: BenchConfig, images: Sequence[Path], det: bool, warmup: int) -> dict[str, Any]:
     """Measure one configuration in this process (called in the child)."""
     started = time.perf_counter()
+    from edge_ocr import allocator
     from edge_ocr.engine.ocr import EngineOptions, OcrEngine
+
+    allocator.configure(config.memory)  # as the CLI and the daemon do
 
     options = EngineOptions(
         pack=config.pack,
@@ -324,4 +328,5 @@ def _label(result: dict[str, Any]) -> str:
     c = result["config"]
     reader = " accurate-only" if c.get("reader") == "accurate" else ""
     options = " " + c["options"] if c.get("options") else ""
-    return "%s %s t%d%s%s" % (c["pack"], c["precision"], c["threads"], reader, options)
+    memory = " memory=%s" % c["memory"] if c.get("memory", "default") != "default" else ""
+    return "%s %s t%d%s%s%s" % (c["pack"], c["precision"], c["threads"], reader, options, memory)

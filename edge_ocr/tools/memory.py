@@ -61,8 +61,12 @@ def _glibc_free_bytes() -> int | None:
     return int(mallinfo2().fordblks)
 
 
-def profile(pack: str, precision: str, threads: int, images: Sequence[Path], det: bool) -> list[dict[str, Any]]:
+def profile(pack: str, precision: str, threads: int, images: Sequence[Path], det: bool,
+            memory: str = "default") -> list[dict[str, Any]]:
     """The rows of the table, measured in this process (call it in a fresh one)."""
+    from edge_ocr import allocator
+
+    allocator.configure(memory)  # as the CLI and the daemon do
     rows: list[dict[str, Any]] = []
 
     def row(step: str, before: int, note: str = "", **extra: Any) -> int:
@@ -144,12 +148,13 @@ def profile(pack: str, precision: str, threads: int, images: Sequence[Path], det
     return rows
 
 
-def measure(pack: str, precision: str, threads: int, images: Sequence[Path], det: bool) -> list[dict[str, Any]]:
+def measure(pack: str, precision: str, threads: int, images: Sequence[Path], det: bool,
+            memory: str = "default") -> list[dict[str, Any]]:
     """``profile`` in a fresh child process."""
     with tempfile.TemporaryDirectory(prefix="edge-ocr-memory.") as tmp:
         job = Path(tmp) / "job.json"
         job.write_text(json.dumps({"pack": pack, "precision": precision, "threads": threads, "det": det,
-                                   "images": [str(p) for p in images]}))
+                                   "memory": memory, "images": [str(p) for p in images]}))
         run = subprocess.run([sys.executable, "-m", "edge_ocr.tools.memory", str(job)], capture_output=True,
                              text=True, timeout=3600)
     if run.returncode != 0:
@@ -168,7 +173,8 @@ def format_rows(rows: Sequence[dict[str, Any]]) -> str:
 
 def main(argv: list[str]) -> int:
     job = json.loads(Path(argv[0]).read_text(encoding="utf-8"))
-    rows = profile(job["pack"], job["precision"], job["threads"], [Path(p) for p in job["images"]], job["det"])
+    rows = profile(job["pack"], job["precision"], job["threads"], [Path(p) for p in job["images"]], job["det"],
+                   job["memory"])
     print(json.dumps(rows))
     return 0
 
