@@ -6,10 +6,12 @@ the bench's children), before the engine's threads exist:
 - always one malloc arena: glibc gives each allocating thread its own arena and keeps freed
   memory in each; with lines read on two threads a page run peaked at 363 MB with the default
   arenas and 310 MB with one, at the same speed (x86_64, 2 cores);
-- ``memory = "low"``: blocks of 256 KB and more get their own mappings, given back to the kernel
+- ``memory = "low"``: blocks of 1 MB and more get their own mappings, given back to the kernel
   when freed. By default glibc raises that threshold as big blocks are freed, then serves them
   from the heap and keeps the freed pages: on eval-dev pages it held ~175-195 MB free in the
-  heap after a run (``edge-ocr bench --memory``). The cost is page faults on every image.
+  heap after a run (``edge-ocr bench --memory``). The cost is page faults on every image: on 20
+  eval-dev pages at 2 threads, peak RSS 289 -> 216 MB for p50 304 -> 439 ms (256 KB: 205 MB,
+  669 ms; 4 MB: 224 MB, 423 ms; 16 MB: 287 MB, 349 ms). Hence an option, not the default.
 
 Imports ctypes only. Elsewhere (musl, macOS) it does nothing and says so.
 """
@@ -21,7 +23,7 @@ import ctypes.util
 
 M_MMAP_THRESHOLD = -3  # glibc mallopt parameters
 M_ARENA_MAX = -8
-LOW_MEMORY_MMAP_THRESHOLD = 256 * 1024
+LOW_MEMORY_MMAP_THRESHOLD = 1024 * 1024
 MODES = ("default", "low")
 
 

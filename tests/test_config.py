@@ -248,3 +248,13 @@ def test_camera_defaults_and_picamera2_device(tmp_path):
     assert (cam.interval, cam.loop, cam.change_threshold, cam.stable_reads, cam.publish_every) == (
         1.0, False, 3.0, 2, None)
     assert is_live("sources.pi.change_threshold") and not is_live("sources.pi.rois")
+
+
+def test_the_pi_zero_2w_profile_loads_and_saves_memory():
+    config = load_config(REPO / "config" / "pi-zero-2w.toml", environ={})
+    assert config.engine.threads == 1 and config.engine.memory == "low" and config.engine.det_limit_side == 640
+    assert config.pipeline.queue_size == 2 and config.guard.rss_hard_mb <= 300
+    text = (REPO / "config" / "pi-zero-2w.toml").read_text()
+    camera = tomllib.loads("\n".join(line[2:] for line in text.splitlines() if line.startswith("# ") and (
+        "=" in line or line.startswith("# [[")) and not line.startswith("# edge") and "Copy" not in line))
+    assert camera["sources"][0]["size"] == [1280, 720]
