@@ -5,8 +5,10 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import struct
 import subprocess
 import sys
+import zlib
 from pathlib import Path
 from typing import ClassVar
 
@@ -98,3 +100,16 @@ def line_samples(eval_dev: Path, source: str, count: int, folder: str = "lines")
     rows = (row.split("\t") for row in (directory / "labels.tsv").read_text(encoding="utf-8").splitlines())
     picked = [(directory / r[0], r[1]) for r in rows if len(r) >= 4 and r[3] == source]
     return picked[:count]
+
+
+def png_bomb(width: int, height: int) -> bytes:
+    """A real grey PNG of width x height pixels that compresses to almost nothing."""
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    compressor = zlib.compressobj(9)
+    row = b"\x00" * (width + 1)
+    body = b"".join(compressor.compress(row) for _ in range(height)) + compressor.flush()
+    header = chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0))
+    return b"\x89PNG\r\n\x1a\n" + header + chunk(b"IDAT", body) + chunk(b"IEND", b"")

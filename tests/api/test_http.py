@@ -8,12 +8,10 @@ import base64
 import json
 import logging
 import socket
-import struct
 import threading
 import time
 import urllib.error
 import urllib.request
-import zlib
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -31,27 +29,36 @@ from edge_ocr.engine.types import EngineOutput, Region, TextLine
 from edge_ocr.errors import ConfigError, EdgeOcrError, ImageError, SinkError, UnsupportedImage
 from edge_ocr.readiness import Readiness, daemon_readiness
 from edge_ocr.results import Result, Status, status_for
+from tests.helpers import png_bomb
 
 TOKEN = "s3cret-token-for-tests"
 PAGE_IMAGE = "ic15_050210840803.jpg"  # an ICDAR-2015 scene photo: STARBUCKS COFFEE, fast to read
 TIMEOUT_S = 60.0
 
 
-class FakeOcr:
+class _Gated:
+    """An OCR callable a test can hold inside a call: ``entered`` is set when a call starts, and
+    while ``gate`` is set to an unset Event, calls wait on it (to keep an OCR slot busy)."""
+
+    def __init__(self) -> None:
+        self.entered = threading.Event()
+        self.gate: threading.Event | None = None
+
+    def _enter(self) -> None:
+        self.entered.set()
+        if self.gate is not None:
+            assert self.gate.wait(TIMEOUT_S)
+
+
+class FakeOcr(_Gated):
     """Routing, auth and error tests need an OCR that answers, not one that reads: this one
     decodes with the engine's real decoder (so bad images fail exactly as in the daemon) and
     "reads" the image size, one line per region or one for the whole image."""
 
     model = ("fake", "1")
 
-    def __init__(self) -> None:
-        self.entered = threading.Event()  # set when a call starts
-        self.gate: threading.Event | None = None  # when set, calls wait for it (to hold a slot)
-
     def __call__(self, image: bytes, *, det: bool, rois: tuple[Region, ...]) -> Result:
-        self.entered.set()
-        if self.gate is not None:
-            assert self.gate.wait(TIMEOUT_S)
+        self._enter()
         return Result("http", Status.OK, self.read(image, det, rois), self.model)
 
     @staticmethod
@@ -65,20 +72,17 @@ class FakeOcr:
         return EngineOutput(lines, (width, height), {"total": 1.0})
 
 
-class EngineOcr:
+class EngineOcr(_Gated):
     """The app's OCR callable, built from the real engine (test code: the app owns the real one);
     a few tests keep it, to show real reading through every layer of the API."""
 
     def __init__(self, engine) -> None:
+        super().__init__()
         self.engine = engine
         self.model = (engine.pack.name, engine.pack.version)
-        self.entered = threading.Event()  # set when a call starts
-        self.gate: threading.Event | None = None  # when set, calls wait for it (to hold a slot)
 
     def __call__(self, image: bytes, *, det: bool, rois: tuple[Region, ...]) -> Result:
-        self.entered.set()
-        if self.gate is not None:
-            assert self.gate.wait(TIMEOUT_S)
+        self._enter()
         start = time.perf_counter()
         output = self.engine(image, rois=list(rois) or None, det=det)
         timing = {"total": round((time.perf_counter() - start) * 1000.0, 2)}
@@ -193,19 +197,6 @@ def assert_serving(client: httpx.Client, photo: bytes, text: str) -> None:
     response = client.post("/api/ocr", files={"image": ("photo.jpg", photo, "image/jpeg")})
     assert response.status_code == 200, response.text
     assert response.json()["text"] == text
-
-
-def png_bomb(width: int, height: int) -> bytes:
-    """A real grey PNG of width x height pixels that compresses to almost nothing."""
-
-    def chunk(kind: bytes, body: bytes) -> bytes:
-        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
-
-    compressor = zlib.compressobj(9)
-    row = b"\x00" * (width + 1)
-    body = b"".join(compressor.compress(row) for _ in range(height)) + compressor.flush()
-    header = chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0))
-    return b"\x89PNG\r\n\x1a\n" + header + chunk(b"IDAT", body) + chunk(b"IEND", b"")
 
 
 # -- read-only endpoints ---------------------------------------------------------------------------------

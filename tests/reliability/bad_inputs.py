@@ -6,26 +6,13 @@ the formats OpenCV cannot (CMYK JPEG, animated GIF/WebP, multi-page TIFF)."""
 from __future__ import annotations
 
 import io
-import struct
-import zlib
 from pathlib import Path
 
 import cv2
 import numpy as np
 from PIL import Image
 
-
-def png_bomb(width: int, height: int) -> bytes:
-    """A real grey PNG of width x height pixels that compresses to almost nothing."""
-
-    def chunk(kind: bytes, body: bytes) -> bytes:
-        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
-
-    compressor = zlib.compressobj(9)
-    row = b"\x00" * (width + 1)
-    body = b"".join(compressor.compress(row) for _ in range(height)) + compressor.flush()
-    header = chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0))
-    return b"\x89PNG\r\n\x1a\n" + header + chunk(b"IDAT", body) + chunk(b"IEND", b"")
+from tests.helpers import png_bomb
 
 
 def _pil(photo: Path) -> Image.Image:
