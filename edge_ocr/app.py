@@ -40,6 +40,7 @@ from edge_ocr.sinks.files import ResultFiles
 from edge_ocr.sinks.mqtt import MqttSink
 from edge_ocr.sources.base import Source, SourceStatus
 from edge_ocr.sources.camera import CameraSource
+from edge_ocr.sources.fleet import FleetWorker
 from edge_ocr.sources.folder import FolderSource
 from edge_ocr.stats import Stats
 
@@ -148,6 +149,12 @@ class App:
             self.sources[scfg.name] = source
             thread = threading.Thread(target=source.run, args=(self.stop_event,), name="source:%s" % scfg.name,
                                       daemon=True)
+            thread.start()
+            self._threads.append(thread)
+        if cfg.fleet.enabled:
+            fleet = FleetWorker(cfg.fleet, cfg.mqtt, self.pipeline.submit, self.stats, self._on_source_status)
+            self.sources[fleet.name] = fleet
+            thread = threading.Thread(target=fleet.run, args=(self.stop_event,), name="source:fleet", daemon=True)
             thread.start()
             self._threads.append(thread)
         for source in self.sources.values():

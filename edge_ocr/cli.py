@@ -265,6 +265,32 @@ def cmd_tune(args: argparse.Namespace) -> int:
     return ExitCode.OK
 
 
+def cmd_submit(args: argparse.Namespace) -> int:
+    from edge_ocr.config import find_config, load_config
+    from edge_ocr.submit import submit
+
+    config = load_config(find_config(args.config))
+    images = [Path(p) for p in args.images]
+    missing = [str(p) for p in images if not p.is_file()]
+    if missing:
+        raise ConfigError("submit: no such file: %s" % ", ".join(missing))
+
+    def show(answer: dict) -> None:
+        print(json.dumps(answer, ensure_ascii=False), flush=True)
+
+    answers = submit(config, images, wait=args.wait, timeout_s=args.timeout, det=not args.no_det, rois=args.rois,
+                     on_answer=show if args.wait else None)
+    if not args.wait:
+        for job in answers:
+            show(job)
+        return ExitCode.OK
+    unanswered = len({p.resolve() for p in images}) - len(answers)
+    if unanswered > 0:
+        log.error("submit: %d job(s) not answered within %.0f s", unanswered, args.timeout)
+        return ExitCode.FAILURE
+    return ExitCode.OK
+
+
 def cmd_models(args: argparse.Namespace) -> int:
     from edge_ocr.engine.models import DEFAULT_PACK, list_packs, load_pack, models_root, verify_pack
 
@@ -372,6 +398,15 @@ def build_parser() -> argparse.ArgumentParser:
     tn.add_argument("--runs", type=int, default=3, help="timed passes per configuration")
     tn.add_argument("--state-dir", help="where tune.json goes (default: the daemon's state directory)")
     tn.set_defaults(func=cmd_tune)
+
+    sb = sub.add_parser("submit", parents=[common], help="send images to the fleet as MQTT 5 jobs (README, Fleet)")
+    sb.add_argument("images", nargs="+", metavar="IMAGE")
+    sb.add_argument("-c", "--config", metavar="FILE", help="config file: its [mqtt] broker and [fleet] jobs_topic")
+    sb.add_argument("--wait", action="store_true", help="print each answer as JSON Lines; exit 1 if some never came")
+    sb.add_argument("--timeout", type=float, default=60.0, metavar="S", help="seconds to wait (default 60)")
+    sb.add_argument("--no-det", action="store_true", help="read each image as one line")
+    sb.add_argument("--rois", default="", help='regions as JSON, as for POST /api/ocr')
+    sb.set_defaults(func=cmd_submit)
 
     models = sub.add_parser("models", parents=[common], help="installed model packs")
     models_sub = models.add_subparsers(dest="action", required=True)

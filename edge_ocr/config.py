@@ -338,6 +338,23 @@ class PipelineConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class FleetConfig:
+    enabled: bool = setting(False, "be a worker of the fleet: take jobs from `$share/<group>/<jobs_topic>` "
+                            "(MQTT 5, the [mqtt] broker)")
+    jobs_topic: str = setting("edge-ocr/jobs", "where jobs are published")
+    group: str = setting("edge-ocr", "the shared subscription's group: each job goes to one of its workers",
+                         match=NAME_RE)
+    max_inflight: int = setting(2, "jobs this worker holds at once (MQTT 5 Receive Maximum)", lo=1, hi=64)
+    session_expiry: int = setting(3600, "seconds the broker keeps this worker's session and the jobs it held",
+                                  lo=0, hi=7 * 86400)
+
+    def __post_init__(self) -> None:
+        _check_declared(self)
+        if not self.jobs_topic or any(ch in self.jobs_topic for ch in "#+\0") or self.jobs_topic.startswith("$"):
+            raise Invalid("jobs_topic", "expected a topic without wildcards, got %r" % self.jobs_topic)
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     engine: EngineConfig
     sources: tuple[SourceConfig, ...]
@@ -345,13 +362,14 @@ class Config:
     http: HttpConfig = HttpConfig()
     guard: GuardConfig = GuardConfig()
     pipeline: PipelineConfig = PipelineConfig()
+    fleet: FleetConfig = FleetConfig()
     path: Path | None = None  # the file it came from; None = built-in defaults
 
 
 SECTIONS: tuple[tuple[str, type], ...] = (
     ("engine", EngineConfig), ("pipeline", PipelineConfig), ("sources", FolderSourceConfig),
     ("sources", CameraSourceConfig), ("sources.rois", Region), ("mqtt", MqttConfig), ("http", HttpConfig),
-    ("guard", GuardConfig),
+    ("guard", GuardConfig), ("fleet", FleetConfig),
 )
 
 
@@ -422,6 +440,7 @@ def load_config(path: str | os.PathLike[str] | None = None, environ: Mapping[str
     http = _http(top.table("http"), env)
     guard = _read(GuardConfig, top.table("guard"))
     pipeline = _read(PipelineConfig, top.table("pipeline"))
+    fleet = _read(FleetConfig, top.table("fleet"))
     raw_sources = top.take("sources", None)
     top.done()
     if raw_sources is None:
@@ -437,13 +456,17 @@ def load_config(path: str | os.PathLike[str] | None = None, environ: Mapping[str
             if src.name in seen:
                 raise ConfigError("sources[%d].name: duplicate source name %r" % (i, src.name))
             seen.add(src.name)
-    return Config(engine, sources, mqtt, http, guard, pipeline, file)
+    if fleet.enabled and not mqtt.enabled:
+        raise ConfigError("fleet.enabled: the fleet needs the broker of [mqtt] (mqtt.enabled = false)")
+    if fleet.enabled and any(s.name == "fleet" for s in sources):
+        raise ConfigError("sources: the name 'fleet' is the fleet worker's while fleet.enabled = true")
+    return Config(engine, sources, mqtt, http, guard, pipeline, fleet, file)
 
 
 def config_diff(old: Config, new: Config) -> list[str]:
     """Dotted key paths whose values differ (sources by name, ``sources.<name>.<key>``)."""
     changed: list[str] = []
-    for section in ("engine", "mqtt", "http", "guard", "pipeline"):
+    for section in ("engine", "mqtt", "http", "guard", "pipeline", "fleet"):
         changed += _diff(getattr(old, section), getattr(new, section), section)
     old_src = {s.name: s for s in old.sources}
     new_src = {s.name: s for s in new.sources}

@@ -48,6 +48,10 @@ METRICS: tuple[Metric, ...] = (
     Metric("files_stalled_total", "counter", "files", "folder files kept for retry because a result could not be "
            "written (disk full)"),
     Metric("sink_errors_total", "counter", "results", "results a sink could not take (the spool's disk failed)"),
+    Metric("fleet_jobs_taken_total", "counter", "jobs", "fleet jobs this worker took from the broker"),
+    Metric("fleet_jobs_done_total", "counter", "jobs", "fleet jobs answered and acknowledged"),
+    Metric("fleet_jobs_failed_total", "counter", "jobs", "fleet jobs answered with an error, or unanswerable"),
+    Metric("fleet_jobs_redelivered_total", "counter", "jobs", "fleet jobs the broker delivered again (DUP set)"),
     Metric("frames_total", "counter", "frames", "frames captured by camera sources"),
     Metric("frames_skipped_total", "counter", "frames", "camera frames skipped as unchanged (no OCR run)"),
     Metric("frames_dropped_total", "counter", "frames", "camera frames dropped because the queue was full"),

@@ -14,6 +14,7 @@ from edge_ocr.config import (
     SECTIONS,
     CameraSourceConfig,
     EngineConfig,
+    FleetConfig,
     FolderSourceConfig,
     GuardConfig,
     HttpConfig,
@@ -102,7 +103,7 @@ def _example_tables() -> dict[type, dict]:
     camera = tomllib.loads("\n".join(line[2:] for line in block.splitlines() if setting.match(line)))["sources"][0]
     return {EngineConfig: data["engine"], PipelineConfig: data["pipeline"], FolderSourceConfig: data["sources"][0],
             CameraSourceConfig: camera, Region: camera["rois"][0], MqttConfig: data["mqtt"], HttpConfig: data["http"],
-            GuardConfig: data["guard"]}
+            GuardConfig: data["guard"], FleetConfig: data["fleet"]}
 
 
 def test_the_example_file_shows_every_key_at_its_declared_default():

@@ -9,7 +9,8 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parents[1] / "edge_ocr"
 
 LEAVES = ("edge_ocr.errors", "edge_ocr.results", "edge_ocr.config", "edge_ocr.engine.types", "edge_ocr.stats",
-          "edge_ocr.readiness", "edge_ocr.atomic", "edge_ocr.imageformat", "edge_ocr.allocator")
+          "edge_ocr.readiness", "edge_ocr.atomic", "edge_ocr.imageformat", "edge_ocr.allocator",
+          "edge_ocr.mqtt_client")
 
 # module prefix → edge_ocr modules it may import (a prefix allows everything below it)
 ALLOWED: dict[str, tuple[str, ...]] = {
@@ -23,6 +24,7 @@ ALLOWED: dict[str, tuple[str, ...]] = {
     "edge_ocr.atomic": (),
     "edge_ocr.imageformat": (),
     "edge_ocr.allocator": (),
+    "edge_ocr.mqtt_client": ("edge_ocr.config", "edge_ocr.errors"),
     "edge_ocr.notify": ("edge_ocr.errors",),
     "edge_ocr.cache": ("edge_ocr.engine.types",),
     "edge_ocr.guard": ("edge_ocr.config", "edge_ocr.stats", "edge_ocr.errors"),
@@ -45,6 +47,7 @@ ALLOWED: dict[str, tuple[str, ...]] = {
     )
     + LEAVES,
     "edge_ocr.check": ("edge_ocr.engine", "edge_ocr.sinks", "edge_ocr.sources") + LEAVES,
+    "edge_ocr.submit": LEAVES,
     "edge_ocr.cli": ("edge_ocr",),
     "edge_ocr.__main__": ("edge_ocr.cli",),
     "edge_ocr": (),  # edge_ocr/__init__.py

@@ -23,11 +23,10 @@ from datetime import UTC, datetime
 from typing import Any
 
 import paho.mqtt.client as paho
-from paho.mqtt.enums import CallbackAPIVersion
 
 from edge_ocr import __version__
 from edge_ocr.config import MqttConfig
-from edge_ocr.errors import SinkError
+from edge_ocr.mqtt_client import make_client
 from edge_ocr.results import Result, Status
 from edge_ocr.sinks.spool import Message, Spool
 from edge_ocr.stats import Stats
@@ -49,23 +48,6 @@ class _PahoNoise(logging.Filter):
             record.levelno, record.levelname = logging.DEBUG, "DEBUG"
             return logging.getLogger(record.name).isEnabledFor(logging.DEBUG)
         return True
-
-
-def make_client(cfg: MqttConfig, client_id: str | None = None) -> paho.Client:
-    """A paho v2 client with TLS, credentials and LWT set from ``cfg`` (not connected)."""
-    client = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id or cfg.client_id,
-                         protocol=paho.MQTTv311, clean_session=True)
-    if cfg.tls:
-        try:
-            client.tls_set(ca_certs=cfg.ca_file or None, certfile=cfg.cert_file or None,
-                           keyfile=cfg.key_file or None, cert_reqs=ssl.CERT_REQUIRED)
-        except (OSError, ssl.SSLError, ValueError) as exc:
-            raise SinkError("mqtt TLS setup failed: %s" % exc) from exc
-        client.tls_insecure_set(cfg.tls_insecure)
-    if cfg.username:
-        client.username_pw_set(cfg.username, cfg.password.reveal() if cfg.password else None)
-    client.will_set("%s/availability" % cfg.topic_prefix, OFFLINE, qos=1, retain=True)
-    return client
 
 
 class MqttSink:

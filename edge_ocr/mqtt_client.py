@@ -1,0 +1,40 @@
+"""One way to make a paho-mqtt 2.x client from ``[mqtt]``: TLS, credentials, and for the
+daemon's own connection the LWT. Shared by the MQTT sink, the fleet worker and ``submit``.
+Imports paho, config and errors."""
+
+from __future__ import annotations
+
+import ssl
+
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion
+
+from edge_ocr.config import MqttConfig
+from edge_ocr.errors import SinkError
+
+OFFLINE = "offline"
+
+
+def make_client(cfg: MqttConfig, client_id: str | None = None, *, mqtt5: bool = False,
+                will: bool = True, manual_ack: bool = False) -> paho.Client:
+    """A paho v2 client with TLS and credentials from ``cfg`` (not connected). MQTT 3.1.1 with a
+    clean session and the ``<p>/availability`` LWT for the daemon; ``mqtt5`` for the fleet, whose
+    session (clean start, expiry) is set at connect."""
+    if mqtt5:
+        client = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id or cfg.client_id,
+                             protocol=paho.MQTTv5, manual_ack=manual_ack)
+    else:
+        client = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id or cfg.client_id,
+                             protocol=paho.MQTTv311, clean_session=True)
+    if cfg.tls:
+        try:
+            client.tls_set(ca_certs=cfg.ca_file or None, certfile=cfg.cert_file or None,
+                           keyfile=cfg.key_file or None, cert_reqs=ssl.CERT_REQUIRED)
+        except (OSError, ssl.SSLError, ValueError) as exc:
+            raise SinkError("mqtt TLS setup failed: %s" % exc) from exc
+        client.tls_insecure_set(cfg.tls_insecure)
+    if cfg.username:
+        client.username_pw_set(cfg.username, cfg.password.reveal() if cfg.password else None)
+    if will:
+        client.will_set("%s/availability" % cfg.topic_prefix, OFFLINE, qos=1, retain=True)
+    return client

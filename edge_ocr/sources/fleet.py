@@ -1,0 +1,201 @@
+"""The fleet worker of SPEC "Fleet": this daemon takes OCR jobs from a shared MQTT 5
+subscription, ``$share/<group>/<jobs_topic>``, and answers each on its Response Topic.
+
+The broker is the scheduler: each job goes to one worker of the group, at most
+``max_inflight`` at a time (MQTT 5 Receive Maximum). A job is acknowledged only after its
+answer was published (PUBACK received), so the jobs of a worker that dies are delivered again:
+to its session when it comes back within ``session_expiry``, or by a cluster broker to another
+worker. Consumers dedup by ``job_id``.
+
+Threads: paho's network loop (``on_message`` only queues), and ``source:fleet``, which hands the
+jobs to the pipeline (waiting while it is full). Answers are published from the pipeline's
+thread (``on_done``). Imports paho, config, results, stats and mqtt_client.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import queue
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
+
+import paho.mqtt.client as paho
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.subscribeoptions import SubscribeOptions
+
+from edge_ocr.config import FleetConfig, MqttConfig, read_regions
+from edge_ocr.errors import ConfigError, EdgeOcrError
+from edge_ocr.mqtt_client import make_client
+from edge_ocr.results import Job, Result, Status
+from edge_ocr.sources.base import SourceStatus, Submit
+from edge_ocr.stats import Stats
+
+log = logging.getLogger(__name__)
+
+NAME = "fleet"
+MAX_ROIS = 64
+PUBLISH_TIMEOUT_S = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class Ticket:
+    """What answering one job needs: where, with what correlation, and which message to ack."""
+
+    mid: int
+    job_id: str
+    response_topic: str
+    correlation: bytes | None
+
+
+class FleetWorker:
+    """A source whose jobs come from the broker and whose answers go back to it."""
+
+    name = NAME
+
+    def __init__(self, cfg: FleetConfig, mqtt: MqttConfig, submit: Submit, stats: Stats,
+                 on_status: Callable[[str, SourceStatus], None] | None = None) -> None:
+        self.cfg = cfg
+        self.mqtt = mqtt
+        self.submit = submit
+        self.stats = stats
+        self.on_status = on_status
+        self.worker_id = mqtt.client_id + "-fleet"
+        self.ready = threading.Event()
+        self._status = SourceStatus.OFFLINE
+        self._inbox: queue.Queue[paho.MQTTMessage] = queue.Queue()  # bounded by Receive Maximum
+        self.client: paho.Client | None = None
+
+    @property
+    def status(self) -> SourceStatus:
+        return self._status
+
+    def update(self, cfg: Any) -> None:
+        """Nothing of [fleet] applies live: a change needs a restart (config.is_live)."""
+
+    def capture_now(self) -> str:
+        return "fleet jobs come from the broker"
+
+    # -- thread body ---------------------------------------------------------------------------
+
+    def run(self, stop: threading.Event) -> None:
+        client = make_client(self.mqtt, self.worker_id, mqtt5=True, will=False, manual_ack=True)
+        client.reconnect_delay_set(self.mqtt.reconnect_min_delay, self.mqtt.reconnect_max_delay)  # type: ignore[arg-type]  # paho annotates int, takes float
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_message = self._on_message
+        connect = Properties(PacketTypes.CONNECT)
+        connect.SessionExpiryInterval = self.cfg.session_expiry
+        connect.ReceiveMaximum = self.cfg.max_inflight
+        self.client = client
+        client.connect_async(self.mqtt.host, self.mqtt.port, keepalive=self.mqtt.keepalive, clean_start=False,
+                             properties=connect)
+        client.loop_start()
+        self.ready.set()
+        try:
+            while not stop.is_set():
+                try:
+                    msg = self._inbox.get(timeout=0.5)
+                except queue.Empty:
+                    continue
+                self._take(msg)
+        finally:
+            client.disconnect()
+            client.loop_stop()
+
+    def _on_connect(self, client: paho.Client, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
+        if reason.is_failure:
+            log.warning("fleet connect refused reason=%s", reason)
+            return
+        topic = "$share/%s/%s" % (self.cfg.group, self.cfg.jobs_topic)
+        client.subscribe(topic, options=SubscribeOptions(qos=1))
+        self._set_status(SourceStatus.ONLINE)
+        log.info("fleet worker connected topic=%s worker=%s session_present=%s", topic, self.worker_id,
+                 getattr(flags, "session_present", None))
+
+    def _on_disconnect(self, client: paho.Client, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
+        self._set_status(SourceStatus.OFFLINE)
+
+    def _on_message(self, client: paho.Client, userdata: Any, msg: paho.MQTTMessage) -> None:
+        self._inbox.put(msg)  # paho's thread must not wait on the pipeline
+
+    def _set_status(self, status: SourceStatus) -> None:
+        if status is not self._status:
+            self._status = status
+            if self.on_status is not None:
+                self.on_status(self.name, status)
+
+    # -- one job ---------------------------------------------------------------------------------
+
+    def _take(self, msg: paho.MQTTMessage) -> None:
+        self.stats.inc("fleet_jobs_taken_total")
+        if msg.dup:
+            self.stats.inc("fleet_jobs_redelivered_total")
+        props = msg.properties
+        user = dict(getattr(props, "UserProperty", None) or [])
+        job_id = user.get("job_id") or hashlib.sha256(msg.payload).hexdigest()
+        response_topic = getattr(props, "ResponseTopic", None)
+        correlation = getattr(props, "CorrelationData", None)
+        if not response_topic:
+            log.warning("fleet job without a response topic dropped job_id=%s", job_id)
+            self.stats.inc("fleet_jobs_failed_total")
+            self._ack(msg.mid)
+            return
+        ticket = Ticket(msg.mid, job_id, response_topic, correlation)
+        try:
+            det, rois = _options(user)
+        except ConfigError as exc:
+            self._answer(ticket, Result(NAME, Status.ERROR, None, ("", ""), error=_OptionError(exc.message)))
+            return
+        job = Job(NAME, bytes(msg.payload), det=det, rois=rois, on_done=partial(self._answer, ticket))
+        if not self.submit(job):
+            log.info("fleet job not taken (stopping): left for redelivery job_id=%s", job_id)
+
+    def _answer(self, ticket: Ticket, result: Result) -> None:
+        """Publish the answer, and acknowledge the job only once the broker has it."""
+        assert self.client is not None
+        data = result.to_dict()
+        data.update(job_id=ticket.job_id, worker=self.worker_id)
+        props = Properties(PacketTypes.PUBLISH)
+        if ticket.correlation is not None:
+            props.CorrelationData = ticket.correlation
+        info = self.client.publish(ticket.response_topic, json.dumps(data), qos=1, properties=props)
+        try:
+            info.wait_for_publish(PUBLISH_TIMEOUT_S)
+        except (RuntimeError, ValueError) as exc:  # not connected, or the queue refused it
+            log.warning("fleet answer not published, job left for redelivery job_id=%s error=%s", ticket.job_id, exc)
+            return
+        if not info.is_published():
+            log.warning("fleet answer not acknowledged in %.0f s, job left for redelivery job_id=%s",
+                        PUBLISH_TIMEOUT_S, ticket.job_id)
+            return
+        self._ack(ticket.mid)
+        self.stats.inc("fleet_jobs_failed_total" if result.status is Status.ERROR else "fleet_jobs_done_total")
+
+    def _ack(self, mid: int) -> None:
+        if self.client is not None:
+            self.client.ack(mid, 1)
+
+
+class _OptionError(EdgeOcrError):
+    code = "invalid_option"
+
+
+def _options(user: dict[str, str]) -> tuple[bool, tuple[Any, ...]]:
+    """``det`` and ``rois`` of a job's user properties, by the rules of POST /api/ocr."""
+    det_text = user.get("det", "true").strip().lower()
+    if det_text not in ("true", "false", "1", "0"):
+        raise ConfigError("det: expected true or false, got %r" % det_text[:20])
+    rois: tuple[Any, ...] = ()
+    if user.get("rois"):
+        try:
+            value = json.loads(user["rois"])
+        except ValueError as exc:
+            raise ConfigError("rois: not valid JSON: %s" % exc) from exc
+        rois = read_regions(value, "rois", ("name", "box", "allowed_chars"), MAX_ROIS)
+    return det_text in ("true", "1"), rois

@@ -1,0 +1,94 @@
+"""``edge-ocr submit IMAGE... [--wait]``: the fleet's client side, for scripts and tests.
+
+Each image is one MQTT 5 job on ``fleet.jobs_topic`` (QoS 1): the bytes as payload, a Response
+Topic of its own (``<jobs_topic>/results/<random>``), Correlation Data, and the user properties
+``job_id`` (the sha256 of the bytes), ``det`` and, when given, ``rois``. With ``wait`` the
+answers are collected, deduplicated by ``job_id`` (delivery is at least once), and returned in
+arrival order. Imports paho, config and mqtt_client.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as paho
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.subscribeoptions import SubscribeOptions
+
+from edge_ocr.config import Config
+from edge_ocr.errors import SinkError
+from edge_ocr.mqtt_client import make_client
+
+
+def submit(config: Config, images: Sequence[Path], *, wait: bool, timeout_s: float, det: bool = True,
+           rois: str = "", on_answer: Callable[[dict[str, Any]], None] | None = None) -> list[dict[str, Any]]:
+    """Publish one job per image; with ``wait``, the answers (each once) until all came or the
+    timeout passed. Without ``wait``, one ``{"job_id", "file"}`` per image. Raises SinkError when
+    the broker cannot be reached."""
+    jobs = {hashlib.sha256(p.read_bytes()).hexdigest(): p for p in images}
+    reply_to = "%s/results/%s" % (config.fleet.jobs_topic, uuid.uuid4().hex)
+    answers: dict[str, dict[str, Any]] = {}
+    lock = threading.Condition()
+    subscribed = threading.Event()
+    client = make_client(config.mqtt, "%s-submit-%s" % (config.mqtt.client_id, uuid.uuid4().hex[:8]), mqtt5=True,
+                         will=False)
+
+    def on_connect(c: paho.Client, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
+        if not reason.is_failure:
+            c.subscribe(reply_to, options=SubscribeOptions(qos=1))
+
+    def on_subscribe(c: paho.Client, userdata: Any, mid: int, reasons: Any, props: Any) -> None:
+        subscribed.set()
+
+    def on_message(c: paho.Client, userdata: Any, msg: paho.MQTTMessage) -> None:
+        try:
+            answer = json.loads(msg.payload)
+        except ValueError:
+            return
+        with lock:
+            job_id = answer.get("job_id")
+            if job_id in jobs and job_id not in answers:
+                answer["file"] = str(jobs[job_id])
+                answers[job_id] = answer
+                if on_answer is not None:
+                    on_answer(answer)
+                lock.notify_all()
+
+    client.on_connect = on_connect
+    client.on_subscribe = on_subscribe
+    client.on_message = on_message
+    try:
+        client.connect(config.mqtt.host, config.mqtt.port, keepalive=config.mqtt.keepalive)
+    except OSError as exc:
+        raise SinkError("cannot reach the broker %s:%d: %s" % (config.mqtt.host, config.mqtt.port, exc)) from exc
+    client.loop_start()
+    try:
+        if not subscribed.wait(min(timeout_s, 30.0)):
+            raise SinkError("the broker did not confirm the subscription to %s" % reply_to)
+        published = []
+        for index, (job_id, path) in enumerate(jobs.items()):
+            props = Properties(PacketTypes.PUBLISH)
+            props.ResponseTopic = reply_to
+            props.CorrelationData = str(index).encode()
+            props.UserProperty = [("job_id", job_id), ("det", "true" if det else "false")] + (
+                [("rois", rois)] if rois else [])
+            published.append(client.publish(config.fleet.jobs_topic, path.read_bytes(), qos=1, properties=props))
+        deadline = time.monotonic() + timeout_s
+        for info in published:
+            info.wait_for_publish(max(0.1, deadline - time.monotonic()))
+        if not wait:
+            return [{"job_id": job_id, "file": str(path)} for job_id, path in jobs.items()]
+        with lock:
+            lock.wait_for(lambda: len(answers) == len(jobs), max(0.0, deadline - time.monotonic()))
+            return list(answers.values())
+    finally:
+        client.disconnect()
+        client.loop_stop()
