@@ -105,8 +105,21 @@ class FleetWorker:
                     continue
                 self._take(msg)
         finally:
-            client.disconnect()
-            client.loop_stop()
+            self._leave(client)
+
+    def _leave(self, client: paho.Client) -> None:
+        """A clean stop leaves the group first: Mosquitto keeps routing a shared subscription's
+        jobs to a persistent session while it is offline, so a worker stopped for good would
+        otherwise swallow its share of new jobs until its session expired. Jobs it still holds
+        unacknowledged stay in its session and come back when it restarts."""
+        if self._status is SourceStatus.ONLINE:
+            left = threading.Event()
+            client.on_unsubscribe = lambda *args: left.set()
+            client.unsubscribe("$share/%s/%s" % (self.cfg.group, self.cfg.jobs_topic))
+            if not left.wait(2.0):
+                log.warning("fleet worker left the group without confirmation worker=%s", self.worker_id)
+        client.disconnect()
+        client.loop_stop()
 
     def _on_connect(self, client: paho.Client, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
         if reason.is_failure:

@@ -78,3 +78,22 @@ def test_a_worker_killed_mid_burst_and_restarted_loses_no_job(eval_dev, tmp_path
     assert {a["file"] for a in answers} == {str(p) for p in images}
     assert len(answers) == len({a["job_id"] for a in answers})
     assert workers[0].terminate() == 0 and restarted.terminate() == 0
+
+
+@pytest.mark.slow
+@pytest.mark.broker
+def test_a_worker_stopped_for_good_leaves_the_group_so_no_job_waits_for_it(eval_dev, tmp_path, mosquitto):
+    """Mosquitto routes a shared subscription's messages to offline persistent sessions too: a
+    worker that stopped without leaving would hold its share of new jobs until it came back."""
+    images = [p for p, _ in line_samples(eval_dev, "SROIE2019-task1", 40)]
+    configs = [_worker_config(tmp_path, mosquitto, i) for i in range(2)]
+    workers = [Daemon(c).start() for c in configs]
+    assert all(wait_until(lambda w=w: "fleet worker connected" in w.text(), 30) for w in workers)
+    assert workers[1].terminate() == 0  # stopped for good (SIGTERM: systemctl stop)
+    run = _submit(configs[0], images, timeout_s=60)
+    stdout, stderr = run.communicate(timeout=120)
+    assert run.returncode == 0, stderr
+    answers = _answers(stdout)
+    assert {a["file"] for a in answers} == {str(p) for p in images}
+    assert {a["worker"] for a in answers} == {"worker0-fleet"}
+    assert workers[0].terminate() == 0
