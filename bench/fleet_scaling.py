@@ -43,16 +43,17 @@ def wait_for(pred, timeout_s: float) -> bool:
     return False
 
 
-def config_text(port: int, name: str, root: Path) -> str:
+def config_text(port: int, name: str, root: Path, inflight: int = 2) -> str:
     return ('[engine]\nthreads = 1\n\n[http]\nenabled = false\n\n[[sources]]\nname = "inbox"\npath = "%s/inbox"\n\n'
             '[mqtt]\nhost = "127.0.0.1"\nport = %d\nclient_id = "%s"\nspool_dir = "%s/spool"\ndiscovery = false\n\n'
-            '[fleet]\nenabled = true\njobs_topic = "bench/jobs"\nmax_inflight = 2\n' % (root, port, name, root))
+            '[fleet]\nenabled = true\njobs_topic = "bench/jobs"\nmax_inflight = %d\n' % (root, port, name, root, inflight))
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--jobs", type=int, default=200)
     parser.add_argument("--workers", default="1,2,4")
+    parser.add_argument("--inflight", type=int, default=2, help="fleet.max_inflight of each worker")
     args = parser.parse_args()
     rows = (EVAL_DEV / "lines" / "labels.tsv").read_text(encoding="utf-8").splitlines()
     images = [EVAL_DEV / "lines" / r.split("\t")[0] for r in rows if "\tSROIE" in r][: args.jobs]
@@ -74,7 +75,7 @@ def main() -> int:
                 for i in range(count):
                     wroot = root / ("n%d-w%d" % (count, i))
                     wroot.mkdir()
-                    (wroot / "c.toml").write_text(config_text(port, "bench-%d-%d" % (count, i), wroot))
+                    (wroot / "c.toml").write_text(config_text(port, "bench-%d-%d" % (count, i), wroot, args.inflight))
                     log = wroot / "log"
                     logs.append(log)
                     with open(log, "wb") as fh:

@@ -175,7 +175,7 @@ class Pipeline:
         """Run one job through engine, sinks and ``on_done``; never raises (one bad image never stops us)."""
         self.stats.inc("jobs_total")
         result = self._recognise(job)
-        for sink in self.sinks:
+        for sink in self.sinks if job.to_sinks else ():
             try:
                 sink.publish(result)
             except SinkError as exc:  # the disk under the spool: keep the input, try again later

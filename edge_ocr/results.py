@@ -155,6 +155,7 @@ class Job:
     on_stalled: Callable[[str], None] | None = None
     ts: datetime = field(default_factory=lambda: datetime.now(UTC))
     droppable: bool = False
+    to_sinks: bool = True  # False: the source answers itself (a fleet job's answer goes to its response topic)
     regions: tuple[Region, ...] = ()  # the source's rules: boxes in camera pixels, patterns
     stable_reads: int = 1
     publish_every: bool | None = None

@@ -165,7 +165,7 @@ class FleetWorker:
         except ConfigError as exc:
             self._answer(ticket, Result(NAME, Status.ERROR, None, ("", ""), error=_OptionError(exc.message)))
             return
-        job = Job(NAME, bytes(msg.payload), det=det, rois=rois, on_done=partial(self._answer, ticket))
+        job = Job(NAME, bytes(msg.payload), det=det, rois=rois, on_done=partial(self._answer, ticket), to_sinks=False)
         if not self.submit(job):
             log.info("fleet job not taken (stopping): left for redelivery job_id=%s", job_id)
 
