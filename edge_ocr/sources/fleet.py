@@ -162,8 +162,8 @@ class FleetWorker:
         ticket = Ticket(msg.mid, job_id, response_topic, correlation)
         try:
             det, rois = _options(user)
-        except ConfigError as exc:
-            self._answer(ticket, Result(NAME, Status.ERROR, None, ("", ""), error=_OptionError(exc.message)))
+        except _OptionError as exc:
+            self._answer(ticket, Result(NAME, Status.ERROR, None, ("", ""), error=exc))
             return
         job = Job(NAME, bytes(msg.payload), det=det, rois=rois, on_done=partial(self._answer, ticket), to_sinks=False)
         if not self.submit(job):
@@ -196,19 +196,24 @@ class FleetWorker:
 
 
 class _OptionError(EdgeOcrError):
-    code = "invalid_option"
+    """A job's ``det`` or ``rois`` property is unusable: codes as POST /api/ocr's."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
 
 
 def _options(user: dict[str, str]) -> tuple[bool, tuple[Any, ...]]:
     """``det`` and ``rois`` of a job's user properties, by the rules of POST /api/ocr."""
     det_text = user.get("det", "true").strip().lower()
     if det_text not in ("true", "false", "1", "0"):
-        raise ConfigError("det: expected true or false, got %r" % det_text[:20])
+        raise _OptionError("invalid_option", "det: expected true or false, got %r" % det_text[:20])
     rois: tuple[Any, ...] = ()
     if user.get("rois"):
         try:
-            value = json.loads(user["rois"])
+            rois = read_regions(json.loads(user["rois"]), "rois", ("name", "box", "allowed_chars"), MAX_ROIS)
         except ValueError as exc:
-            raise ConfigError("rois: not valid JSON: %s" % exc) from exc
-        rois = read_regions(value, "rois", ("name", "box", "allowed_chars"), MAX_ROIS)
+            raise _OptionError("invalid_rois", "rois: not valid JSON: %s" % exc) from exc
+        except ConfigError as exc:
+            raise _OptionError("invalid_rois", exc.message) from exc
     return det_text in ("true", "1"), rois

@@ -24,6 +24,8 @@ from tests.helpers import PREFIX, Daemon, drop, line_samples, wait_until, write_
 from tests.reliability.bad_inputs import makers
 
 TOKEN = "bad-input-token"
+FLEET_JOBS = "bad/jobs"
+FLEET_ANSWERS = "bad/answers"
 PHOTO = "ic15_050210840803.jpg"
 
 # folder kinds: the file name → "done" or the error code in failed/NAME.error.json
@@ -80,7 +82,8 @@ def test_bad_input_on_every_path_gets_its_documented_error_and_loses_nothing(eva
     config = write_config(tmp_path, mosquitto, extra_source="incomplete_timeout = 2.0\n")
     config.write_text(config.read_text().replace('[http]\nbind = "127.0.0.1:0"\n',
                                                  '[http]\nbind = "127.0.0.1:0"\ntoken_file = "token"\n'
-                                                 'max_upload_mb = 20.0\n'))
+                                                 'max_upload_mb = 20.0\n')
+                      + '\n[fleet]\nenabled = true\njobs_topic = "%s"\n' % FLEET_JOBS)
     sub = Collector(mosquitto, [PREFIX + "/cmd/result"])
     daemon = Daemon(config).start()
     base = re.search(r"http listening url=(http://127\.0\.0\.1:\d+)", daemon.text()).group(1)
@@ -200,6 +203,31 @@ def test_bad_input_on_every_path_gets_its_documented_error_and_loses_nothing(eva
     publish.single("%s/inbox/whatever" % PREFIX, b"\0" * 10, qos=1, hostname="127.0.0.1", port=mosquitto.port,
                    auth={"username": USER, "password": PASSWORD})  # not a command: ignored
 
+    # -- fleet jobs -------------------------------------------------------------------------------------
+    fleet_cases = {  # job_id → (payload, user properties, response topic?, documented error code or "ok")
+        "no-response-topic": (good, [], False, None),  # nobody to answer: logged, counted, acknowledged
+        "corrupt": (corrupt, [], True, "unsupported_image"),
+        "empty": (b"", [], True, "unsupported_image"),
+        "100mp": (makers(photo)["huge-100mp.png"], [], True, "image_too_large"),
+        "bad-det": (good, [("det", "maybe")], True, "invalid_option"),
+        "bad-rois": (good, [("rois", "[{")], True, "invalid_rois"),
+        "rois-no-box": (good, [("rois", '[{"name": "a"}]')], True, "invalid_rois"),
+        "good-after": (good, [], True, "ok"),
+    }
+    answers = _fleet(mosquitto.port, fleet_cases)
+    for job_id, (_, _, respond, code) in fleet_cases.items():
+        if not respond:
+            assert job_id not in answers
+            continue
+        answer = answers[job_id]
+        assert answer["worker"].endswith("-fleet") and answer["job_id"] == job_id
+        got = "ok" if answer["error"] is None else answer["error"]["code"]
+        assert got == code, (job_id, answer["error"])
+    with urllib.request.urlopen(urllib.request.Request(base + "/metrics", headers=auth), timeout=30) as response:
+        metrics = response.read().decode()
+    assert re.search(r"^edge_ocr_fleet_jobs_failed_total (\d+)", metrics, re.M).group(1) == "7"
+    assert re.search(r"^edge_ocr_fleet_jobs_done_total (\d+)", metrics, re.M).group(1) == "1"
+
     # -- still serving, nothing else lost ----------------------------------------------------------------
     (word, _), = line_samples(eval_dev, "IIIT5K-test", 1)
     drop(word, inbox, "after.png")
@@ -215,3 +243,44 @@ def test_bad_input_on_every_path_gets_its_documented_error_and_loses_nothing(eva
            errors="%d/%d" % (http_ok, len(http_cases)))
     report("bad input: MQTT commands", runs=1, inputs=len(commands) + 1, lost=0, duplicated=0,
            errors="%d/%d acknowledged as documented" % (len(acks), len(commands)))
+    report("bad input: fleet jobs (no response topic, corrupt, empty, 100 MP, bad det, bad rois)", runs=1,
+           inputs=len(fleet_cases), lost=0, duplicated=0,
+           errors="%d/%d answered as documented, 1 counted and dropped" % (len(answers), len(fleet_cases) - 1))
+
+
+def _fleet(port: int, cases: dict) -> dict[str, dict]:
+    """Publish each case as an MQTT 5 job and collect the answers by job_id."""
+    import paho.mqtt.client as paho
+    from paho.mqtt.enums import CallbackAPIVersion
+    from paho.mqtt.packettypes import PacketTypes
+    from paho.mqtt.properties import Properties
+
+    from tests.broker import PASSWORD, USER
+
+    answers: dict[str, dict] = {}
+    done = threading.Condition()
+    client = paho.Client(CallbackAPIVersion.VERSION2, client_id="bad-fleet-client", protocol=paho.MQTTv5)
+    client.username_pw_set(USER, PASSWORD)
+
+    def on_message(c, u, msg):
+        with done:
+            answer = json.loads(msg.payload)
+            answers[answer["job_id"]] = answer
+            done.notify_all()
+
+    client.on_message = on_message
+    client.connect("127.0.0.1", port)
+    client.loop_start()
+    client.subscribe(FLEET_ANSWERS, qos=1)
+    time.sleep(0.5)
+    for job_id, (payload, user, respond, _) in cases.items():
+        props = Properties(PacketTypes.PUBLISH)
+        props.UserProperty = [("job_id", job_id), *user]
+        if respond:
+            props.ResponseTopic = FLEET_ANSWERS
+        client.publish(FLEET_JOBS, payload, qos=1, properties=props).wait_for_publish(10)
+    with done:
+        done.wait_for(lambda: len(answers) >= sum(1 for c in cases.values() if c[2]), 60)
+    client.disconnect()
+    client.loop_stop()
+    return answers
