@@ -97,7 +97,6 @@ def profile(pack: str, precision: str, threads: int, images: Sequence[Path], det
                    "weights %.1f MB, graph and prepacked buffers %.1f MB" % (
                        weights / MB, (_rss() - before - weights) / MB), weights_mb=round(weights / MB, 1))
     det_model = next((m for m in loaded if m.stage.name == "det"), None)
-    steady = _rss()
     per_mp = []
     if det and det_model is not None:
         for path in images:

@@ -27,6 +27,14 @@ def _worker_config(root: Path, broker: Mosquitto, index: int) -> Path:
     return config
 
 
+def _start_workers(root: Path, broker: Mosquitto, count: int) -> tuple[list[Path], list[Daemon]]:
+    """``count`` worker daemons, each subscribed to the jobs topic."""
+    configs = [_worker_config(root, broker, i) for i in range(count)]
+    workers = [Daemon(c).start() for c in configs]
+    assert all(wait_until(lambda w=w: "fleet worker connected" in w.text(), 30) for w in workers)
+    return configs, workers
+
+
 def _submit(config: Path, images: list[Path], timeout_s: float = 240.0) -> subprocess.Popen[str]:
     return subprocess.Popen([sys.executable, "-m", "edge_ocr", "submit", "-c", str(config), "--wait", "--timeout",
                              str(timeout_s), *map(str, images)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -41,9 +49,7 @@ def _answers(stdout: str) -> list[dict]:
 @pytest.mark.broker
 def test_three_workers_answer_300_jobs_each_once(eval_dev, tmp_path, mosquitto):
     images = [p for p, _ in line_samples(eval_dev, "SROIE2019-task1", 300)]
-    configs = [_worker_config(tmp_path, mosquitto, i) for i in range(3)]
-    workers = [Daemon(c).start() for c in configs]
-    assert all(wait_until(lambda w=w: "fleet worker connected" in w.text(), 30) for w in workers)
+    configs, workers = _start_workers(tmp_path, mosquitto, 3)
     run = _submit(configs[0], images)
     stdout, stderr = run.communicate(timeout=300)
     assert run.returncode == 0, stderr
@@ -61,9 +67,7 @@ def test_three_workers_answer_300_jobs_each_once(eval_dev, tmp_path, mosquitto):
 @pytest.mark.broker
 def test_a_worker_killed_mid_burst_and_restarted_loses_no_job(eval_dev, tmp_path, mosquitto):
     images = [p for p, _ in line_samples(eval_dev, "IIIT5K-test", 120)]
-    configs = [_worker_config(tmp_path, mosquitto, i) for i in range(2)]
-    workers = [Daemon(c).start() for c in configs]
-    assert all(wait_until(lambda w=w: "fleet worker connected" in w.text(), 30) for w in workers)
+    configs, workers = _start_workers(tmp_path, mosquitto, 2)
     run = _submit(configs[0], images)
     lines: list[str] = []
     reader = threading.Thread(target=lambda: lines.extend(run.stdout), name="test-submit-out")  # type: ignore[arg-type]
@@ -86,9 +90,7 @@ def test_a_worker_stopped_for_good_leaves_the_group_so_no_job_waits_for_it(eval_
     """Mosquitto routes a shared subscription's messages to offline persistent sessions too: a
     worker that stopped without leaving would hold its share of new jobs until it came back."""
     images = [p for p, _ in line_samples(eval_dev, "SROIE2019-task1", 40)]
-    configs = [_worker_config(tmp_path, mosquitto, i) for i in range(2)]
-    workers = [Daemon(c).start() for c in configs]
-    assert all(wait_until(lambda w=w: "fleet worker connected" in w.text(), 30) for w in workers)
+    configs, workers = _start_workers(tmp_path, mosquitto, 2)
     assert workers[1].terminate() == 0  # stopped for good (SIGTERM: systemctl stop)
     run = _submit(configs[0], images, timeout_s=60)
     stdout, stderr = run.communicate(timeout=120)
