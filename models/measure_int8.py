@@ -299,11 +299,11 @@ class Bench:
         return rec_agreement(self.reference, session, self.agreement_inputs)
 
 
-def passes(agreement: DetAgreement | RecAgreement) -> bool:
-    """The agreement gate an int8 variant must pass to ship."""
+def passes(agreement: DetAgreement | RecAgreement, min_string_match: float | None = None) -> bool:
+    """The agreement gate an int8 variant must pass to ship (a recipe may set its own string match)."""
     if isinstance(agreement, DetAgreement):
         return agreement.binary_iou_mean >= MIN_DET_BINARY_IOU
-    return agreement.string_match >= MIN_REC_STRING_MATCH
+    return agreement.string_match >= (MIN_REC_STRING_MATCH if min_string_match is None else min_string_match)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

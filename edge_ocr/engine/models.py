@@ -162,9 +162,14 @@ def sha256_file(path: Path) -> str:
 
 
 def verify_pack(pack: Pack) -> list[str]:
-    """One message per missing file or sha256 mismatch; empty when the pack is intact."""
+    """One message per missing file or sha256 mismatch; empty when the pack is intact. A file
+    two stages share (rec_page's fp32 variant is rec's) is checked and reported once."""
     problems = []
+    checked: set[Path] = set()
     for stage, variant in pack.files():
+        if variant.path in checked:
+            continue
+        checked.add(variant.path)
         if not variant.path.is_file():
             problems.append("%s %s %s: file missing: %s" % (pack.name, stage, variant.precision, variant.path))
             continue

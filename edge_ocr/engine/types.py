@@ -132,15 +132,12 @@ class EngineOptions:
     det: DbParams | None = None  # None = the thresholds the pack's detector was published with
     use_cls: bool = False  # angle classifier for upside-down lines
     use_rec_zh: bool = True  # a pack's Chinese specialist recogniser, where it has one
-    use_rec_fast: bool = True  # a pack's fast draft reader, where it has one (see recognize.needs_recheck)
+    use_rec_fast: bool = True  # a pack's fast draft reader for long single lines and regions (recognize.needs_recheck)
     recheck_below: float = 0.95  # drafts with a lower mean confidence are re-read by the accurate recogniser
     # Single lines and regions at most this wide at the recogniser's height (48 px) skip the draft
     # and are read by the accurate recogniser: on eval-dev crops this matched reading every line
-    # accurately on both halves, at a third of its p95 cost (README, Accuracy). Page lines are all drafted.
+    # accurately on both halves, at a third of its p95 cost (README, Accuracy). Page lines are never drafted.
     draft_min_width: int = 320
-    # Detected lines whose draft is below this are dropped, not re-read (never regions or det=False):
-    # on eval-dev pages they were mostly not text, and re-reading them cost time and F1.
-    drop_drafts_below: float = 0.5
     chinese_mass: float = 0.05  # this much probability on Chinese at any step of a draft counts as Chinese sensed
     # ... and this much in a reading of the accurate recogniser: PP-OCRv6 small rarely puts any
     # mass on Chinese for a Latin glyph, so 0.5 % at one step marks a province glyph it could not

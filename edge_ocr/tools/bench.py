@@ -110,7 +110,7 @@ def run_worker(config: BenchConfig, images: Sequence[Path], det: bool, warmup: i
     )
     engine = OcrEngine(options)
     session_spans: list[tuple[float, float]] = []
-    for model in (engine.det, engine.cls, engine.rec_fast, engine.rec, engine.rec_zh):
+    for model in (engine.det, engine.cls, engine.rec_fast, engine.rec, engine.rec_page, engine.rec_zh):
         if model is not None:
             model.run = _timed(model.run, session_spans)  # type: ignore[method-assign,assignment]  # timing wrapper on purpose
     loaded_ms = (time.perf_counter() - started) * 1000

@@ -1,0 +1,149 @@
+"""Dev only: choose how the default pack reads a page's lines on half a of eval-dev pages, confirm on half b.
+
+Detects every eval-dev page (``pages/`` and ``zh/pages``) once with the pack's detector, reads every detected
+line with each recogniser (PP-OCRv6 tiny; PP-OCRv6 small as the page reader's static int8, the dynamic
+int8 of single lines, and fp32), caches the readings, then replays
+each candidate rule over them and scores the pages as the yardstick does (``edge_ocr.tools.scoring``), per
+source and half (``bench/halves.py``: split by page). Candidates:
+
+* ``drafts``: the rule before 2026-12: tiny drafts every line, drafts under ``recheck_below`` are re-read by
+  small, drafts under 0.5 with no Chinese sensed are dropped;
+* ``drafts > W``: lines up to W px (at 48 px high) are read by small directly, longer ones drafted;
+* ``small ...``: every line read once by small (the rule now, with the static int8 variant).
+
+Cost is recogniser work per page relative to reading every line once with small fp32 (columns times the
+measured per-column ratio of each reader); mean over the half's pages.
+
+    .venv/bin/python bench/page_rules.py [--cache /tmp/edge-ocr-page-rules.pkl]
+"""
+
+from __future__ import annotations
+
+import argparse
+import pickle
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from halves import halves
+
+from edge_ocr.engine import preprocess, recognize
+from edge_ocr.engine.decode import Decoded
+from edge_ocr.engine.models import Model, choose_variant
+from edge_ocr.engine.ocr import EngineOptions, OcrEngine
+from edge_ocr.tools import scoring
+from edge_ocr.tools.evaluate import PageSample, load_pages
+
+EVAL_DEV = Path(__file__).resolve().parents[2] / "shared" / "eval-dev"
+MANIFESTS = (EVAL_DEV / "pages" / "labels.jsonl", EVAL_DEV / "zh" / "pages" / "labels.jsonl")
+# Per column, relative to small fp32 (interleaved on the same eval-dev page lines, 2 threads, x86_64):
+COST = {"tiny": 0.20, "small_static": 0.54, "small_dynamic": 0.90, "small_fp32": 1.0}
+Reading = tuple[str, float, float]  # text, mean confidence, Chinese mass
+Rule = Callable[[dict[str, Any]], tuple[str | None, list[str]]]
+
+
+def read_all(cache: Path) -> list[dict[str, Any]]:
+    if cache.is_file():
+        return pickle.loads(cache.read_bytes())
+    engine = OcrEngine(EngineOptions(threads=2))
+    assert engine.det is not None and engine.rec_fast is not None and engine.rec_page is not None
+    readers = {"tiny": engine.rec_fast, "small_static": engine.rec_page, "small_dynamic": engine.rec,
+               "small_fp32": Model(engine.rec.stage, choose_variant(engine.rec.stage, "fp32"), 2)}
+    pages = []
+    for manifest in MANIFESTS:
+        for sample in load_pages(manifest):
+            image = preprocess.decode_image(sample.path.read_bytes(), 100.0)
+            quads, _ = engine._detect(image, {}, engine.options.det_limit_side)
+            lines = []
+            for quad in quads:
+                crop = preprocess.crop_quad(image, quad)
+                line: dict[str, Any] = {"quad": quad, "width": recognize.line_width(crop, 48)}
+                for name, model in readers.items():
+                    stage = model.stage
+                    (decoded,) = recognize.recognize([crop], model.run, stage.charset, stage.height, stage.min_width,
+                                                     stage.width or stage.height * 64, 1)
+                    line[name] = (decoded.text, decoded.score, decoded.cjk_mass)
+                lines.append(line)
+            pages.append({"file": sample.path.name, "source": sample.source, "lines": lines})
+            print(sample.path.name, len(lines), file=sys.stderr)
+    cache.write_bytes(pickle.dumps(pages))
+    return pages
+
+
+def kept(reading: Reading, floor: float = 0.5) -> str | None:
+    """The engine's page filter: empty or unsure readings are dropped (``min_line_score``)."""
+    return reading[0] if reading[0].strip() and reading[1] >= floor else None
+
+
+def every_line(reader: str) -> Rule:
+    return lambda line: (kept(line[reader]), [reader])
+
+
+def drafts(direct_up_to: int = 0, recheck_below: float = 0.95, reader: str = "small_dynamic") -> Rule:
+    def rule(line: dict[str, Any]) -> tuple[str | None, list[str]]:
+        if line["width"] <= direct_up_to:
+            return kept(line[reader]), [reader]
+        draft = Decoded(*line["tiny"])
+        if not recognize.needs_recheck([draft], recheck_below):
+            return kept(line["tiny"]), ["tiny"]
+        if draft.score < 0.5 and not recognize.maybe_chinese(draft, 0.05):
+            return None, ["tiny"]  # the old rule: hopeless drafts dropped unread
+        return kept(line[reader]), ["tiny", reader]
+    return rule
+
+
+def score(pages: list[dict[str, Any]], truth: dict[str, PageSample], rule: Rule) -> dict[str, tuple]:
+    out = {}
+    for page in pages:
+        sample, boxes, texts, cost = truth[page["file"]], [], [], 0.0
+        for line in page["lines"]:
+            text, used = rule(line)
+            cost += line["width"] * sum(COST[u] for u in used)
+            if text is not None:
+                boxes.append(np.asarray(line["quad"], dtype=np.float32))
+                texts.append(text)
+        out[page["file"]] = (scoring.match_page(sample.boxes, sample.texts, sample.ignored, boxes, texts), cost)
+    return out
+
+
+def figures(scored: dict[str, tuple], files: list[str]) -> str:
+    matches = [scored[f][0] for f in files]
+    _, _, f1 = scoring.f1(sum(m.e2e_hits for m in matches), sum(m.detections for m in matches),
+                          sum(m.truths for m in matches))
+    cer = np.mean([m.page_edits / m.page_length for m in matches if m.page_length])
+    cost = np.mean([scored[f][1] for f in files]) / 1000
+    return "%.1f / %.1f / %.2f" % (100 * f1, 100 * cer, cost)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--cache", type=Path, default=Path("/tmp/edge-ocr-page-rules.pkl"))
+    args = parser.parse_args(argv)
+    pages = read_all(args.cache)
+    truth = {s.path.name: s for m in MANIFESTS for s in load_pages(m)}
+    half = halves({p["file"]: p["source"] for p in pages})
+    groups = {"SROIE": lambda s: s.startswith("SROIE"), "IC15": lambda s: s.startswith("ICDAR"),
+              "zh": lambda s: not s.startswith(("SROIE", "ICDAR"))}
+    rules: dict[str, Rule] = {"drafts, dynamic int8 rechecks (before)": drafts(),
+                              "drafts, recheck under 0.98": drafts(recheck_below=0.98),
+                              "drafts, static int8 rechecks": drafts(reader="small_static")}
+    rules |= {"drafts over %d px, static int8" % w: drafts(direct_up_to=w, reader="small_static") for w in (320, 640, 960)}
+    rules |= {"**every line, static int8** (now)": every_line("small_static"),
+              "every line, dynamic int8": every_line("small_dynamic"), "every line, fp32": every_line("small_fp32")}
+    print("| rule | half | " + " | ".join("%s e2e F1 / page CER / cost" % g for g in groups) + " |")
+    print("|---|---|" + "---|" * len(groups))
+    for name, rule in rules.items():
+        scored = score(pages, truth, rule)
+        for h in "ab":
+            cells = [figures(scored, [p["file"] for p in pages if pred(p["source"]) and half[p["file"]] == h])
+                     for pred in groups.values()]
+            print("| %s | %s | %s |" % (name if h == "a" else "", h, " | ".join(cells)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
