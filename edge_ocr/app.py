@@ -160,7 +160,7 @@ class App:
         for source in self.sources.values():
             source.ready.wait(10.0)
         self._start_http()
-        self.guard = Guard(cfg.guard, self.stop_event, self._on_guard)
+        self.guard = Guard(cfg.guard, self.stop_event, self._on_guard, stats=self.stats)
         self.guard.start()
         self.notifier.ready(self.status_line())
         log.info("daemon ready sources=%s mqtt=%s", ",".join(self.sources) or "-",

@@ -291,6 +291,34 @@ def cmd_submit(args: argparse.Namespace) -> int:
     return ExitCode.OK
 
 
+def cmd_fleet_status(args: argparse.Namespace) -> int:
+    from edge_ocr import fleet_status
+    from edge_ocr.config import find_config, load_config
+    from edge_ocr.errors import SinkError
+
+    config = load_config(find_config(args.config))
+    root = fleet_status.default_root(config.mqtt.topic_prefix) if args.root is None else args.root
+    fleet_status.check_root(root)
+    if not 0 < args.wait <= 600:
+        raise ConfigError("--wait: expected 0 < seconds <= 600, got %g" % args.wait)
+    try:
+        messages = fleet_status.collect(config.mqtt, root, args.wait)
+    except SinkError as exc:  # a broker we cannot use is a setup problem, as in `check`
+        log.error("fleet status: %s", exc.message)
+        return ExitCode.USAGE
+    devices = fleet_status.read_devices(messages, root)
+    if not devices:
+        log.error("fleet status: no device under %s within %g s (devices publish <root>/<name>/availability "
+                  "and /stats; another --root?)", "/".join(filter(None, (root, "+"))), args.wait)
+        return ExitCode.FAILURE
+    if args.json:
+        for device in devices:
+            print(fleet_status.to_json_line(device))
+    else:
+        print(fleet_status.format_table(devices))
+    return ExitCode.OK
+
+
 def cmd_models(args: argparse.Namespace) -> int:
     from edge_ocr.engine.models import DEFAULT_PACK, list_packs, load_pack, models_root, verify_pack
 
@@ -407,6 +435,18 @@ def build_parser() -> argparse.ArgumentParser:
     sb.add_argument("--no-det", action="store_true", help="read each image as one line")
     sb.add_argument("--rois", default="", help='regions as JSON, as for POST /api/ocr')
     sb.set_defaults(func=cmd_submit)
+
+    fleet = sub.add_parser("fleet", parents=[common], help="the fleet's devices, as the broker knows them")
+    fleet_sub = fleet.add_subparsers(dest="action", required=True)
+    fs = fleet_sub.add_parser("status", parents=[common],
+                              help="one line per device: online, queue, jobs/s, memory, guard, fleet counters")
+    fs.add_argument("-c", "--config", metavar="FILE", help="config file: its [mqtt] broker and topic_prefix")
+    fs.add_argument("--root", help="the topic level above the devices (default: mqtt.topic_prefix without its "
+                    "last level, e.g. edge-ocr)")
+    fs.add_argument("--wait", type=float, default=2.0, metavar="S",
+                    help="seconds to gather the retained messages (default 2)")
+    fs.add_argument("--json", action="store_true", help="one JSON object per device per line (JSON Lines)")
+    fs.set_defaults(func=cmd_fleet_status)
 
     models = sub.add_parser("models", parents=[common], help="installed model packs")
     models_sub = models.add_subparsers(dest="action", required=True)

@@ -19,11 +19,9 @@ from typing import Any
 import psutil
 
 from edge_ocr.config import GuardConfig
-from edge_ocr.stats import Family, Sample, render
+from edge_ocr.stats import MB, Family, Sample, Stats, render
 
 log = logging.getLogger(__name__)
-
-MB = 1024 * 1024
 
 
 class Level(str, Enum):
@@ -125,7 +123,8 @@ class Guard:
     ``on_change(state, previous_level)`` runs on the guard thread at every level change
     (an exception there is logged, the guard keeps running). ``sample()`` takes one sample
     now, e.g. before start-up work. ``limits`` may be replaced while running (SIGHUP): the
-    next sample uses the new ones. Nothing runs until ``start()``.
+    next sample uses the new ones. Each sample's level and RSS go into ``stats`` (``guard_level``,
+    ``rss_mb``) when given. Nothing runs until ``start()``.
     """
 
     def __init__(
@@ -137,6 +136,7 @@ class Guard:
         *,
         interval_s: float = 1.0,
         recover_ratio: float = RECOVER_RATIO,
+        stats: Stats | None = None,
     ) -> None:
         if interval_s <= 0 or not 0 < recover_ratio <= 1:
             raise ValueError("guard: expected interval_s > 0 and 0 < recover_ratio <= 1")
@@ -146,6 +146,7 @@ class Guard:
         self._stop = stop
         self._on_change = on_change
         self._process = process
+        self._stats = stats
         self._state = GuardState()
         self._lock = threading.Lock()  # one sample at a time: start-up sample() vs the thread
         self._thread: threading.Thread | None = None
@@ -211,6 +212,9 @@ class Guard:
                 previous.changes + (1 if changed else 0),
             )
             self._state = state
+            if self._stats is not None:
+                self._stats.set("guard_level", level.rank)
+                self._stats.set("rss_mb", rss_mb)
         if changed:
             self._report(state, previous.level)
         return state
@@ -227,17 +231,13 @@ class Guard:
                 log.exception("guard on_change failed level=%s", state.level.value)
 
     def to_prometheus(self, prefix: str = "edge_ocr_") -> str:
-        """The guard's gauges in Prometheus text, for /metrics."""
+        """System memory in Prometheus text, for /metrics, when psutil can tell it (level and RSS
+        are in ``stats``)."""
         s = self._state
-        families = [
-            Family("guard_level", "gauge", "level", "memory guard level: 0 ok, 1 soft, 2 hard", (Sample(s.level.rank),)),
-            Family("guard_rss_bytes", "gauge", "bytes", "resident memory of this process",
-                   (Sample(int(s.rss_mb * MB)),)),
-        ]
-        if s.available_mb is not None:
-            families.append(Family("guard_available_bytes", "gauge", "bytes", "memory available on the system",
-                                   (Sample(int(s.available_mb * MB)),)))
-        return render(families, prefix)
+        if s.available_mb is None:
+            return ""
+        return render([Family("guard_available_bytes", "gauge", "bytes", "memory available on the system",
+                              (Sample(int(s.available_mb * MB)),))], prefix)
 
 
 __all__ = ["RECOVER_RATIO", "Guard", "GuardState", "Level", "classify", "read_memory"]

@@ -33,6 +33,8 @@ class Metric:
         return {"ms": "seconds", "s": "seconds", "MB": "bytes"}.get(self.unit, self.unit)
 
 
+MB = 1024 * 1024
+
 # Upper bounds (ms) of the stage latency histogram: from a cropped digit to a dense receipt on a Pi.
 LATENCY_BUCKETS_MS = (5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0, 30000.0)
 
@@ -64,6 +66,9 @@ METRICS: tuple[Metric, ...] = (
     Metric("spool_depth", "gauge", "messages", "messages waiting in the on-disk spool"),
     Metric("spool_dropped_total", "counter", "messages", "oldest spool messages dropped at the bound"),
     Metric("uptime_s", "gauge", "s", "time since the daemon started", exposed="uptime_seconds"),
+    # The guard's last sample, here so that ``<p>/stats`` and /api/stats carry it too (SPEC "Memory guard").
+    Metric("guard_level", "gauge", "level", "memory guard level: 0 ok, 1 soft, 2 hard"),
+    Metric("rss_mb", "gauge", "MB", "resident memory of this process", exposed="guard_rss_bytes", scale=MB),
     Metric("lines_total", "counter", "lines", "text lines recognised"),
     Metric("errors_total", "counter", "results", "results with status error, by error code", label="code"),
     Metric("stage_ms", "histogram", "ms", "engine stage latency, by stage", label="stage", exposed="stage_seconds",

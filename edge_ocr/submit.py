@@ -4,13 +4,20 @@ Each image is one MQTT 5 job on ``fleet.jobs_topic`` (QoS 1): the bytes as paylo
 Topic of its own (``<jobs_topic>/results/<random>``), Correlation Data, and the user properties
 ``job_id`` (the sha256 of the bytes), ``det`` and, when given, ``rois``. With ``wait`` the
 answers are collected, deduplicated by ``job_id`` (delivery is at least once), and returned in
-arrival order. Imports paho, config and mqtt_client.
+arrival order.
+
+The session outlives a lost connection (Session Expiry = the timeout): while this client is
+away, after a network drop or a broker restart, the broker keeps its subscription and queues
+the answers for it (with Mosquitto's persistence, across the restart too); without it, the
+answers workers sent before this client had re-subscribed were acknowledged and lost. The
+session is dropped on the way out (expiry 0 at DISCONNECT). Imports paho, config and mqtt_client.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 import threading
 import time
 import uuid
@@ -27,6 +34,8 @@ from edge_ocr.config import Config
 from edge_ocr.errors import SinkError
 from edge_ocr.mqtt_client import make_client
 
+SESSION_MARGIN_S = 60  # the session outlives the wait a little: answers still in flight at the deadline
+
 
 def submit(config: Config, images: Sequence[Path], *, wait: bool, timeout_s: float, det: bool = True,
            rois: str = "", on_answer: Callable[[dict[str, Any]], None] | None = None) -> list[dict[str, Any]]:
@@ -36,6 +45,7 @@ def submit(config: Config, images: Sequence[Path], *, wait: bool, timeout_s: flo
     jobs = {hashlib.sha256(p.read_bytes()).hexdigest(): p for p in images}
     reply_to = "%s/results/%s" % (config.fleet.jobs_topic, uuid.uuid4().hex)
     answers: dict[str, dict[str, Any]] = {}
+    acked: set[int] = set()  # mids of jobs the broker has
     lock = threading.Condition()
     subscribed = threading.Event()
     client = make_client(config.mqtt, "%s-submit-%s" % (config.mqtt.client_id, uuid.uuid4().hex[:8]), mqtt5=True,
@@ -47,6 +57,11 @@ def submit(config: Config, images: Sequence[Path], *, wait: bool, timeout_s: flo
 
     def on_subscribe(c: paho.Client, userdata: Any, mid: int, reasons: Any, props: Any) -> None:
         subscribed.set()
+
+    def on_publish(c: paho.Client, userdata: Any, mid: int, reason: Any, props: Any) -> None:
+        with lock:
+            acked.add(mid)
+            lock.notify_all()
 
     def on_message(c: paho.Client, userdata: Any, msg: paho.MQTTMessage) -> None:
         try:
@@ -65,8 +80,13 @@ def submit(config: Config, images: Sequence[Path], *, wait: bool, timeout_s: flo
     client.on_connect = on_connect
     client.on_subscribe = on_subscribe
     client.on_message = on_message
+    client.on_publish = on_publish
+    client.reconnect_delay_set(config.mqtt.reconnect_min_delay, config.mqtt.reconnect_max_delay)  # type: ignore[arg-type]  # paho annotates int, takes float
+    connect = Properties(PacketTypes.CONNECT)
+    connect.SessionExpiryInterval = math.ceil(timeout_s) + SESSION_MARGIN_S
     try:
-        client.connect(config.mqtt.host, config.mqtt.port, keepalive=config.mqtt.keepalive)
+        # paho's default clean start is "first connect only": reconnects resume the session
+        client.connect(config.mqtt.host, config.mqtt.port, keepalive=config.mqtt.keepalive, properties=connect)
     except OSError as exc:
         raise SinkError("cannot reach the broker %s:%d: %s" % (config.mqtt.host, config.mqtt.port, exc)) from exc
     client.loop_start()
@@ -82,13 +102,16 @@ def submit(config: Config, images: Sequence[Path], *, wait: bool, timeout_s: flo
                 [("rois", rois)] if rois else [])
             published.append(client.publish(config.fleet.jobs_topic, path.read_bytes(), qos=1, properties=props))
         deadline = time.monotonic() + timeout_s
-        for info in published:
-            info.wait_for_publish(max(0.1, deadline - time.monotonic()))
+        mids = {info.mid for info in published}
+        with lock:  # PUBACKs, also of jobs paho re-sent after a reconnect (wait_for_publish raises then)
+            lock.wait_for(lambda: mids <= acked, max(0.0, deadline - time.monotonic()))
         if not wait:
             return [{"job_id": job_id, "file": str(path)} for job_id, path in jobs.items()]
         with lock:
             lock.wait_for(lambda: len(answers) == len(jobs), max(0.0, deadline - time.monotonic()))
             return list(answers.values())
     finally:
-        client.disconnect()
+        leave = Properties(PacketTypes.DISCONNECT)
+        leave.SessionExpiryInterval = 0  # nothing more to wait for: the broker may forget us
+        client.disconnect(properties=leave)
         client.loop_stop()

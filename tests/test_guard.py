@@ -13,6 +13,7 @@ import pytest
 from edge_ocr.config import GuardConfig
 from edge_ocr.errors import ConfigError
 from edge_ocr.guard import Guard, GuardState, Level, classify, read_memory
+from edge_ocr.stats import Stats
 from tests.helpers import promtool_check
 
 OK, SOFT, HARD = Level.OK, Level.SOFT, Level.HARD
@@ -101,12 +102,14 @@ def test_read_memory_reads_this_process():
 
 def test_state_json_and_prometheus_text():
     stop = threading.Event()
-    guard = Guard(GuardConfig(rss_soft_mb=16, rss_hard_mb=100_000), stop)
+    stats = Stats()
+    guard = Guard(GuardConfig(rss_soft_mb=16, rss_hard_mb=100_000), stop, stats=stats)
     state = guard.sample()
     assert state.level is SOFT and state.changes == 1 and "rss" in state.reason
     data = state.to_dict()
     assert data["level"] == "soft" and data["rss_mb"] > 10 and data["changes"] == 1
-    text = guard.to_prometheus()
+    assert stats.snapshot()["guard_level"] == 1 and stats.snapshot()["rss_mb"] == state.rss_mb  # <p>/stats
+    text = stats.to_prometheus() + guard.to_prometheus()
     assert "# TYPE edge_ocr_guard_level gauge\nedge_ocr_guard_level 1\n" in text
     assert "edge_ocr_guard_rss_bytes " in text and "edge_ocr_guard_available_bytes " in text
     promtool_check(text.encode())

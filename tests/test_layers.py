@@ -48,6 +48,7 @@ ALLOWED: dict[str, tuple[str, ...]] = {
     + LEAVES,
     "edge_ocr.check": ("edge_ocr.engine", "edge_ocr.sinks", "edge_ocr.sources") + LEAVES,
     "edge_ocr.submit": LEAVES,
+    "edge_ocr.fleet_status": LEAVES,
     "edge_ocr.cli": ("edge_ocr",),
     "edge_ocr.__main__": ("edge_ocr.cli",),
     "edge_ocr": (),  # edge_ocr/__init__.py

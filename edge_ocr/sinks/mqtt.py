@@ -87,6 +87,7 @@ class MqttSink:
         self._refusal: str | None = None
         self._was_connected = False
         self.last_error = ""
+        self._rate_from = (time.monotonic(), 0.0)  # (when, jobs_total) of the last <p>/stats message
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -223,8 +224,14 @@ class MqttSink:
         self.stats.set("spool_dropped_total", self.spool.dropped)
 
     def _publish_stats(self) -> None:
+        """The counters, plus ``jobs_per_s`` since the previous message (since start for the first):
+        one retained message cannot give a reader a rate, and a lifetime average hides a stall."""
         assert self.client is not None
         data: dict[str, Any] = dict(self.stats.snapshot())
+        now, jobs = time.monotonic(), data["jobs_total"]
+        since, before = self._rate_from
+        data["jobs_per_s"] = round((jobs - before) / max(now - since, 0.001), 2)
+        self._rate_from = (now, jobs)
         data["ts"] = datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
         self.client.publish("%s/stats" % self.prefix, json.dumps(data), qos=0, retain=True)
 

@@ -7,9 +7,12 @@ answer was published (PUBACK received), so the jobs of a worker that dies are de
 to its session when it comes back within ``session_expiry``, or by a cluster broker to another
 worker. Consumers dedup by ``job_id``.
 
-Threads: paho's network loop (``on_message`` only queues), and ``source:fleet``, which hands the
-jobs to the pipeline (waiting while it is full). Answers are published from the pipeline's
-thread (``on_done``). Imports paho, config, results, stats and mqtt_client.
+Threads: paho's network loop (``on_message`` only queues; ``on_publish`` acknowledges the job
+whose answer the broker now has), and ``source:fleet``, which hands the jobs to the pipeline
+(waiting while it is full). Answers are published from the pipeline's thread (``on_done``),
+which then goes on with the next job instead of waiting for the PUBACK: that wait was half of
+a small job's time (README "Fleet", bench/fleet_overhead.py). Imports paho, config, results,
+stats and mqtt_client.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ import logging
 import queue
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from typing import Any
 
@@ -40,7 +43,6 @@ log = logging.getLogger(__name__)
 
 NAME = "fleet"
 MAX_ROIS = 64
-PUBLISH_TIMEOUT_S = 30.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,6 +53,7 @@ class Ticket:
     job_id: str
     response_topic: str
     correlation: bytes | None
+    failed: bool = False  # the answer is an error result
 
 
 class FleetWorker:
@@ -70,6 +73,10 @@ class FleetWorker:
         self._status = SourceStatus.OFFLINE
         self._inbox: queue.Queue[paho.MQTTMessage] = queue.Queue()  # bounded by Receive Maximum
         self.client: paho.Client | None = None
+        # answers published and not yet acknowledged: the mid of the answer -> its job's ticket
+        self._answering: dict[int, Ticket] = {}
+        self._early: dict[int, Any] = {}  # PUBACKs (their reason codes) that came before publish() returned
+        self._lock = threading.Lock()
 
     @property
     def status(self) -> SourceStatus:
@@ -89,6 +96,7 @@ class FleetWorker:
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
+        client.on_publish = self._on_publish
         connect = Properties(PacketTypes.CONNECT)
         connect.SessionExpiryInterval = self.cfg.session_expiry
         connect.ReceiveMaximum = self.cfg.max_inflight
@@ -170,25 +178,50 @@ class FleetWorker:
             log.info("fleet job not taken (stopping): left for redelivery job_id=%s", job_id)
 
     def _answer(self, ticket: Ticket, result: Result) -> None:
-        """Publish the answer, and acknowledge the job only once the broker has it."""
+        """Publish the answer; the job is acknowledged when the broker has it (``_on_publish``).
+        Published while disconnected, paho keeps the answer and sends it after the reconnect."""
         assert self.client is not None
         data = result.to_dict()
         data.update(job_id=ticket.job_id, worker=self.worker_id)
         props = Properties(PacketTypes.PUBLISH)
         if ticket.correlation is not None:
             props.CorrelationData = ticket.correlation
-        info = self.client.publish(ticket.response_topic, json.dumps(data), qos=1, properties=props)
+        ticket = replace(ticket, failed=result.status is Status.ERROR)
         try:
-            info.wait_for_publish(PUBLISH_TIMEOUT_S)
-        except (RuntimeError, ValueError) as exc:  # not connected, or the queue refused it
-            log.warning("fleet answer not published, job left for redelivery job_id=%s error=%s", ticket.job_id, exc)
+            info = self.client.publish(ticket.response_topic, json.dumps(data), qos=1, properties=props)
+        except ValueError as exc:  # a response topic no answer can go to (a wildcard): never answerable
+            log.warning("fleet job dropped: response topic unusable job_id=%s error=%s", ticket.job_id, exc)
+            self.stats.inc("fleet_jobs_failed_total")
+            self._ack(ticket.mid)
             return
-        if not info.is_published():
-            log.warning("fleet answer not acknowledged in %.0f s, job left for redelivery job_id=%s",
-                        PUBLISH_TIMEOUT_S, ticket.job_id)
+        if info.rc == paho.MQTT_ERR_QUEUE_SIZE:
+            log.warning("fleet answer not queued by paho, job left for redelivery job_id=%s", ticket.job_id)
             return
+        with self._lock:
+            early = info.mid in self._early
+            reason = self._early.pop(info.mid, None)
+            if not early:
+                self._answering[info.mid] = ticket
+        if early:
+            self._answered(ticket, reason)
+
+    def _on_publish(self, client: paho.Client, userdata: Any, mid: int, reason: Any, props: Any) -> None:
+        with self._lock:
+            ticket = self._answering.pop(mid, None)
+            if ticket is None:
+                self._early[mid] = reason
+                return
+        self._answered(ticket, reason)
+
+    def _answered(self, ticket: Ticket, reason: Any) -> None:
+        """The broker has the answer (PUBACK): acknowledge the job. A refused answer (an ACL on
+        the response topic) is acknowledged too: sent again, it would be refused again."""
+        refused = reason is not None and getattr(reason, "is_failure", False)
+        if refused:
+            log.warning("fleet answer refused by the broker job_id=%s topic=%s reason=%s", ticket.job_id,
+                        ticket.response_topic, reason)
         self._ack(ticket.mid)
-        self.stats.inc("fleet_jobs_failed_total" if result.status is Status.ERROR else "fleet_jobs_done_total")
+        self.stats.inc("fleet_jobs_failed_total" if ticket.failed or refused else "fleet_jobs_done_total")
 
     def _ack(self, mid: int) -> None:
         if self.client is not None:

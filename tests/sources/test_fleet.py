@@ -99,3 +99,29 @@ def test_a_worker_stopped_for_good_leaves_the_group_so_no_job_waits_for_it(eval_
     assert {a["file"] for a in answers} == {str(p) for p in images}
     assert {a["worker"] for a in answers} == {"worker0-fleet"}
     assert workers[0].terminate() == 0
+
+
+@pytest.mark.slow
+@pytest.mark.broker
+def test_a_broker_restart_mid_burst_loses_no_job(eval_dev, tmp_path, mosquitto):
+    """Mosquitto with persistence, stopped by SIGTERM (it saves its sessions and queued messages)
+    while jobs are queued, held and answered, then started again on the same port."""
+    images = [p for p, _ in line_samples(eval_dev, "IIIT5K-test", 100)]
+    configs, workers = _start_workers(tmp_path, mosquitto, 2)
+    run = _submit(configs[0], images, timeout_s=120)
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(run.stdout), name="test-submit-out")  # type: ignore[arg-type]
+    reader.start()
+    assert wait_until(lambda: len(lines) >= 20, 120)
+    mosquitto.restart()
+    answered_before = len(lines)
+    reader.join(300)
+    with run:
+        assert run.wait(60) == 0, run.stderr.read() if run.stderr else ""
+    assert answered_before < len(images) - 20  # the restart came mid-burst
+    answers = _answers("".join(lines))
+    assert len(answers) == len({a["job_id"] for a in answers})
+    assert {a["file"] for a in answers} == {str(p) for p in images}
+    # the workers' sessions (subscription, held and queued jobs) came back from the broker's disk
+    assert all("session_present=True" in w.text() for w in workers)
+    assert all(w.terminate() == 0 for w in workers)
