@@ -58,8 +58,6 @@ def _engine_options(args: argparse.Namespace):
         given["low_confidence"] = args.low_confidence
     if getattr(args, "memory_mode", None) is not None:
         given["memory"] = args.memory_mode
-    if getattr(args, "det_strip", None) is not None:
-        given["det_strip"] = args.det_strip
     try:
         return EngineConfig(**{k: v for k, v in given.items() if v is not None})
     except Invalid as exc:
@@ -357,8 +355,6 @@ def build_parser() -> argparse.ArgumentParser:
     ocr.add_argument("--no-det", action="store_true", help="skip detection: read each image as one line")
     ocr.add_argument("--memory", dest="memory_mode", choices=("default", "low"),
                      help="low: freed image buffers go back to the kernel at once (see engine.memory)")
-    ocr.add_argument("--det-strip", type=int, metavar="PX",
-                     help="detect in strips this many px long, 64 px overlap (see engine.det_strip)")
     ocr.add_argument("--low-confidence", type=float, metavar="SCORE",
                      help="status low_confidence below this score (default %s)" % EngineConfig().low_confidence)
     _add_engine_flags(ocr)

@@ -161,8 +161,6 @@ class EngineConfig:
                                    "skip the draft", lo=0, hi=100_000)
     det_limit_side: int = _option("det_limit_side", "detection input: longer side at most this many pixels",
                                   lo=32, hi=8192)
-    det_strip: int = _option("det_strip", "detect in strips this many px long that overlap by 64 (0 = the whole "
-                             "input at once): lower peak RSS, a little lower F1 (see Memory)", lo=0, hi=8192)
     max_megapixels: float = _option("max_megapixels", "larger images are refused before decoding", lo=0.1,
                                     hi=1000.0)
     low_confidence: float = setting(0.6, 'status "low_confidence" when a line scores below this', lo=0.0, hi=1.0,
@@ -172,8 +170,6 @@ class EngineConfig:
 
     def __post_init__(self) -> None:
         _check_declared(self)
-        if self.det_strip and (self.det_strip % 32 or self.det_strip < 128):
-            raise Invalid("det_strip", "expected 0 or a multiple of 32 >= 128, got %d" % self.det_strip)
 
     def to_options(self) -> EngineOptions:
         """The engine's own options for this table."""

@@ -52,8 +52,6 @@ def load(tmp_path: Path, text: str, environ: dict[str, str] | None = None):
         ("[engine]\nprecision = \"fp16\"\n", "engine.precision: expected one of auto | fp32 | int8, got 'fp16'"),
         ("[engine]\nthreads = 0\n", 'engine.threads: expected "auto" or an integer >= 1, got 0'),
         ("[engine]\nrecheck_below = 1.5\n", "engine.recheck_below: expected 0.0..1.0, got 1.5"),
-        ("[engine]\ndet_strip = 300\n", "engine.det_strip: expected 0 or a multiple of 32 >= 128, got 300"),
-        ("[engine]\ndet_strip = 96\n", "engine.det_strip: expected 0 or a multiple of 32 >= 128, got 96"),
         ("[engine]\nfast_reader = \"no\"\n", "engine.fast_reader: expected true or false"),
         ("[nope]\n", "nope: unknown key"),
         ("[[sources]]\nname = \"a\"\npath = \"x\"\nstability_delay = -1\n",

@@ -5,12 +5,10 @@ Also the reading-order sort. numpy and OpenCV only; no I/O, no model.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import cv2
 import numpy as np
 
-from edge_ocr.engine.types import DbParams, Quad, StripPlan
+from edge_ocr.engine.types import DbParams, Quad
 
 
 def order_quad(points: np.ndarray) -> Quad:
@@ -74,23 +72,6 @@ def boxes_from_map(prob: np.ndarray, params: DbParams) -> tuple[list[Quad], list
         quads.append(quad)
         scores.append(score)
     return quads, scores
-
-
-def stitch_strips(maps: Sequence[np.ndarray], plan: StripPlan) -> np.ndarray:
-    """One probability map of the whole image from the maps of ``plan``'s tiles.
-
-    maps: one float32 (*plan.tile) map per tile, in order. Each row (or column, for
-    ``plan.axis`` 1) is taken from the tile that owns it (``StripPlan.owned``: the one where it
-    lies furthest from a cut edge); the tiles' padding is dropped. Returns float32 ``plan.size``.
-    """
-    height, width = plan.size
-    out = np.empty((height, width), dtype=np.float32)
-    for prob, start, (lo, hi) in zip(maps, plan.starts, plan.owned(), strict=True):
-        if plan.axis == 0:
-            out[lo:hi] = prob[lo - start : hi - start, :width]
-        else:
-            out[:, lo:hi] = prob[:height, lo - start : hi - start]
-    return out
 
 
 def reading_order(quads: list[Quad]) -> list[int]:

@@ -43,11 +43,6 @@ class OcrEngine:
             if problems:
                 raise ModelError("; ".join(problems))
         self.threads = _threads(self.options.threads)
-        if self.options.det_strip:
-            try:
-                preprocess.plan_strips((1, 1), self.options.det_strip, self.options.det_strip_overlap, 32)
-            except ValueError as exc:
-                raise ConfigError("engine.det_strip: %s" % exc) from exc
         self._line_pool: ThreadPoolExecutor | None = None
         if self.options.parallel_lines and self.threads > 1:
             self._line_pool = ThreadPoolExecutor(self.threads, thread_name_prefix="edge-ocr-line")
@@ -231,22 +226,10 @@ class OcrEngine:
         t0 = time.perf_counter()
         stage = self.det.stage
         resized, transform = preprocess.resize_for_detection(image, limit_side, stage.multiple)
-        options = self.options
-        if options.det_strip:
-            # The ONNX Runtime arena stays off here too: with it, the strips of one page at 2 threads
-            # peaked 42 MB higher (its regions are kept and grow by powers of two; bench/strips.py).
-            plan = preprocess.plan_strips(resized.shape[:2], options.det_strip, options.det_strip_overlap,
-                                          stage.multiple, stage.multiple)
-            timing["preprocess"] = _ms(t0)
-            t1 = time.perf_counter()
-            maps = [self.det.run(preprocess.strip_tensor(resized, plan, i, stage.mean, stage.std))[0, 0]
-                    for i in range(len(plan.starts))]
-            prob = detect.stitch_strips(maps, plan)
-        else:
-            tensor = preprocess.normalize(resized, stage.mean, stage.std)[None]
-            timing["preprocess"] = _ms(t0)
-            t1 = time.perf_counter()
-            prob = self.det.run(tensor)[0, 0]
+        tensor = preprocess.normalize(resized, stage.mean, stage.std)[None]
+        timing["preprocess"] = _ms(t0)
+        t1 = time.perf_counter()
+        prob = self.det.run(tensor)[0, 0]
         quads, scores = detect.boxes_from_map(prob, self.db_params)
         quads = [transform.to_source(q) for q in quads]
         order = detect.reading_order(quads)

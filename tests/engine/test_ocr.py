@@ -301,35 +301,3 @@ def test_short_single_lines_skip_the_draft_and_only_plates_reach_the_chinese_spe
     assert scoring.alnum(plate.text) == scoring.alnum("皖AC4933")
     assert calls == {"rec_fast": 0, "rec": 1}  # 94x24 px: short, read accurately, then PP-OCRv4
     assert engine.rec_zh is not None and engine.rec_zh.stage.name == "rec_zh"
-
-
-@pytest.mark.parametrize("axis", [0, 1])
-def test_a_line_across_a_strip_seam_comes_out_whole_as_from_the_whole_image(engines, axis):
-    """A text line drawn exactly across the seam between two strips (where the stitched map
-    switches from one tile's rows, or columns, to the next one's) is one box that reads right,
-    as when the detector sees the whole image at once."""
-    from edge_ocr.engine import preprocess
-    from edge_ocr.engine.ocr import EngineOptions, OcrEngine
-
-    strips = OcrEngine(EngineOptions(threads=2, det_strip=288, verify_checksums=False))
-    size = (1200, 600) if axis == 0 else (600, 1200)  # the detector sees 960 x 480 (or 480 x 960)
-    plan = preprocess.plan_strips((size[0] * 4 // 5, size[1] * 4 // 5), 288, 64, 32)
-    seam = plan.owned()[1][1] * 5 / 4  # in source pixels
-    image = np.full((*size, 3), 255, np.uint8)
-    text = "INVOICE 4096 PAID"
-    font, scale, thickness = cv2.FONT_HERSHEY_SIMPLEX, 1.4, 3
-    (width, height), _ = cv2.getTextSize(text, font, scale, thickness)
-    if axis == 0:  # a horizontal seam through the middle of the line's height
-        origin = (40, int(seam + height / 2))
-    else:  # a vertical seam through the middle of the line's length
-        origin = (int(seam - width / 2), 300)
-    cv2.putText(image, text, origin, font, scale, (0, 0, 0), thickness, cv2.LINE_AA)
-    cv2.putText(image, "TOTAL 12.50", (40, 120), font, scale, (0, 0, 0), thickness, cv2.LINE_AA)
-    whole, cut = engines()(image), strips(image)
-    assert [line.text for line in cut.lines] == [line.text for line in whole.lines] == ["TOTAL 12.50", text]
-    for ours, theirs in zip(cut.lines, whole.lines):
-        # not equal: the detector pools over its whole input, so a tile's map differs a little everywhere
-        assert scoring.quad_iou(ours.box, theirs.box) >= 0.85
-    box = cut.lines[1].box
-    low, high = (box[:, 1].min(), box[:, 1].max()) if axis == 0 else (box[:, 0].min(), box[:, 0].max())
-    assert low < seam < high  # the line really crossed the seam
