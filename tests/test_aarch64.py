@@ -124,8 +124,9 @@ def test_engine_unit_tests_pass_on_aarch64(arm64):
 
 @pytest.fixture(scope="module")
 def eval_images(eval_dev) -> tuple[list[str], str]:
-    lines = ["line:%s" % path for source in SOURCES for path, _ in line_samples(eval_dev, source, LINES_PER_SOURCE)]
-    return lines, "page:%s" % (eval_dev / "pages" / PAGE)
+    crops = [path for source in SOURCES for path, _ in line_samples(eval_dev, source, LINES_PER_SOURCE)]
+    return ["line:%s" % path for path in crops] + ["pageline:%s" % path for path in crops], "page:%s" % (
+        eval_dev / "pages" / PAGE)
 
 
 @pytest.fixture(scope="module")
@@ -135,12 +136,19 @@ def x86_lines(eval_images) -> dict[str, str]:
 
 @pytest.mark.parametrize("cpu", CPUS)
 def test_line_crops_read_the_same_as_on_x86(arm64, eval_images, x86_lines, cpu):
-    """The default pack as a user gets it (precision auto: the int8 recogniser) on line crops."""
+    """The default pack as a user gets it (precision auto: the int8 recognisers) on line crops: read as
+    single lines (the dynamic int8 variant) they match x86 exactly; read by the page reader (static
+    QDQ int8, whose Arm kernels round differently from x86's VNNI ones) one character may differ."""
     lines, _ = eval_images
     expected = x86_lines
     machine, got = texts(run_aarch64(arm64, [str(TEXTS), *lines], cpu=cpu))
     assert machine == "aarch64"
-    assert got == expected
+    single = [item for item in lines if item.startswith("line:")]
+    assert {k: got[k] for k in single} == {k: expected[k] for k in single}
+    page_lines = [item for item in lines if item.startswith("pageline:")]
+    assert all(expected[k].strip() for k in page_lines), expected
+    assert same_lines_but_one_character("\n".join(got[k] for k in page_lines), "\n".join(expected[k] for k in page_lines)), (
+        got, expected)
 
 
 @pytest.mark.parametrize("cpu", CPUS)
