@@ -9,6 +9,7 @@ import subprocess
 import sys
 import threading
 from collections import Counter
+from dataclasses import asdict
 from pathlib import Path
 
 import paho.mqtt.client as paho
@@ -272,3 +273,72 @@ def test_a_worker_stopped_mid_burst_hands_back_the_jobs_it_held_and_every_job_is
     assert int(handed[0].split("jobs=")[1].split()[0]) > 0  # it held jobs (inbox, pipeline) when stopped
     assert workers[0].terminate() == 0
 
+
+README_BROKER = Path(__file__).resolve().parents[2] / "config" / "mosquitto"
+
+
+def _device_config(directory: Path, broker: Mosquitto, user: str, fleet: bool) -> Path:
+    """A daemon logged in as ``user`` (its topic_prefix edge-ocr/<user>) over the broker's TLS."""
+    directory.mkdir()
+    config = write_config(directory, broker, extra_mqtt='ca_file = "%s"\nstats_interval = 1\n' % broker.certs["ca.crt"])
+    config.write_text(config.read_text().replace('username = "%s"' % USER, 'username = "%s"' % user)
+                      .replace('topic_prefix = "%s"' % PREFIX, 'topic_prefix = "edge-ocr/%s"' % user)
+                      + "\n[fleet]\nenabled = %s\n" % ("true" if fleet else "false"))
+    return config
+
+
+@pytest.mark.broker
+def test_the_readme_broker_config_serves_a_fleet_and_an_answer_it_refuses_is_counted_failed_and_acknowledged(
+        eval_dev, tmp_path, tmp_path_factory):
+    """config/mosquitto/ (shown in the README as it is) run by Mosquitto 2.0.11: the ACL lets a
+    worker take jobs and answer on edge-ocr/jobs/results/#, and nowhere else: an answer to
+    another device's topic gets PUBACK 0x87; the job is counted failed and acknowledged, so the
+    worker's session does not hand it back after a crash."""
+    from edge_ocr.fleet_status import collect, read_devices
+    from edge_ocr.mqtt_client import make_client
+    from tests.broker import require_mosquitto
+
+    require_mosquitto()
+    conf, acl = (README_BROKER / "fleet.conf").read_text(), (README_BROKER / "acl").read_text()
+    readme = (README_BROKER.parents[1] / "README.md").read_text()
+    assert conf in readme and acl in readme  # the README shows both files as they are
+    directory = tmp_path_factory.mktemp("mosquitto")
+    (directory / "acl").write_text(acl)
+    broker = Mosquitto(directory, conf.replace("listener 8883", "listener {port} 127.0.0.1")
+                       .replace("/etc/mosquitto/", "{dir}/"), users=("gate-pi", "submitter"))
+    broker.start()
+    try:
+        worker_config = _device_config(tmp_path / "gate-pi", broker, "gate-pi", fleet=True)
+        submitter = load_config(_device_config(tmp_path / "submitter", broker, "submitter", fleet=False))
+        worker = Daemon(worker_config).start()
+        assert wait_until(lambda: "fleet worker connected" in worker.text(), 30)
+        images = [p for p, _ in line_samples(eval_dev, "IIIT5K-test", 3)]
+
+        def device() -> dict:  # as edge-ocr fleet status sees it, logged in as the submitter
+            return next(asdict(d) for d in read_devices(collect(submitter.mqtt, "edge-ocr", 0.3), "edge-ocr")
+                        if d.device == "gate-pi")
+
+        assert submit(submitter, images[:1], wait=True, timeout_s=60)[0]["worker"] == "edge-ocr-e2e-fleet"
+        raw = make_client(submitter.mqtt, "raw-submitter", mqtt5=True, will=False)
+        raw.connect("127.0.0.1", broker.port)
+        raw.loop_start()
+        props = Properties(PacketTypes.PUBLISH)
+        props.ResponseTopic = "edge-ocr/submitter/answers"  # the submitter's, not a worker's to write
+        props.UserProperty = [("job_id", "refused")]
+        raw.publish("edge-ocr/jobs", images[0].read_bytes(), qos=1, properties=props).wait_for_publish(10)
+        raw.disconnect()
+        raw.loop_stop()
+        assert len(submit(submitter, images[1:2], wait=True, timeout_s=60)) == 1
+        assert wait_until(lambda: device()["done"] == 2, 30)
+        assert (device()["taken"], device()["failed"]) == (3, 1)
+        refused = [line for line in worker.text().splitlines() if "answer refused" in line]
+        assert len(refused) == 1 and "job_id=refused" in refused[0] and "Not authorized" in refused[0]
+
+        worker.kill()  # had the refused job not been acknowledged, its session would hand it back now
+        worker = Daemon(worker_config).start()
+        assert len(submit(submitter, images[2:3], wait=True, timeout_s=60)) == 1
+        assert wait_until(lambda: device()["done"] == 1, 30)  # the new process's stats
+        assert (device()["taken"], device()["failed"], device()["redelivered"]) == (1, 0, 0)
+        assert worker.terminate() == 0
+    finally:
+        broker.stop()
