@@ -49,26 +49,39 @@ def make_ca(directory: Path) -> dict[str, Path]:
 
 
 class Mosquitto:
-    """One mosquitto process; ``restart()`` keeps ports, users and persisted sessions."""
+    """One mosquitto process; ``restart()`` keeps ports, users and persisted sessions.
 
-    def __init__(self, directory: Path) -> None:
+    ``config``: a mosquitto.conf of its own instead of the test's listeners and auth (e.g. the
+    README's), where ``{port}`` is this broker's port and ``{dir}`` its directory (certificates
+    in ``{dir}/certs``, ``{dir}/passwd`` with ``users``, each with PASSWORD)."""
+
+    def __init__(self, directory: Path, config: str | None = None, users: tuple[str, ...] = (USER,)) -> None:
         self.dir = directory
         self.port = free_port()
         self.tls_port = free_port()
         self.certs = make_ca(directory / "certs")
         passwd = directory / "passwd"
-        subprocess.run([tool("mosquitto_passwd") or "mosquitto_passwd", "-b", "-c", str(passwd), USER, PASSWORD], check=True,
-                       capture_output=True, timeout=30)
+        for i, user in enumerate(users):
+            subprocess.run([tool("mosquitto_passwd") or "mosquitto_passwd", "-b", *(["-c"] if i == 0 else []),
+                            str(passwd), user, PASSWORD], check=True, capture_output=True, timeout=30)
         passwd.chmod(0o600)
         (directory / "data").mkdir()
         self.conf = directory / "mosquitto.conf"
+        self.proc: subprocess.Popen[bytes] | None = None
+        base = [
+            "user %s" % getpass.getuser(),  # as root, mosquitto would otherwise switch to 'mosquitto'
+            "persistence_location %s/" % (directory / "data"),
+            "log_dest file %s" % (directory / "mosquitto.log"),
+        ]
+        if config is not None:
+            self.conf.write_text("\n".join(base) + "\n" + config.replace("{port}", str(self.port))
+                                 .replace("{dir}", str(directory)))
+            return
         self.conf.write_text(
             "\n".join([
-                "user %s" % getpass.getuser(),  # as root, mosquitto would otherwise switch to 'mosquitto'
+                *base,
                 "persistence true",
-                "persistence_location %s/" % (directory / "data"),
                 "max_queued_messages 5000",
-                "log_dest file %s" % (directory / "mosquitto.log"),
                 "per_listener_settings false",
                 "allow_anonymous false",
                 "password_file %s" % passwd,
@@ -80,7 +93,6 @@ class Mosquitto:
                 "",
             ])
         )
-        self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout_s: float = 10.0) -> None:
         self.proc = subprocess.Popen([tool("mosquitto") or "mosquitto", "-c", str(self.conf)], stdout=subprocess.DEVNULL,

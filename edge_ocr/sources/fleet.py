@@ -1,15 +1,20 @@
 """The fleet worker of SPEC "Fleet": this daemon takes OCR jobs from a shared MQTT 5
 subscription, ``$share/<group>/<jobs_topic>``, and answers each on its Response Topic.
 
-The broker is the scheduler: each job goes to one worker of the group, at most
-``max_inflight`` at a time (MQTT 5 Receive Maximum). A job is acknowledged only after its
-answer was published (PUBACK received), so the jobs of a worker that dies are delivered again:
-to its session when it comes back within ``session_expiry``, or by a cluster broker to another
-worker. Consumers dedup by ``job_id``.
+The broker is the scheduler: each job goes to one worker of the group. The worker asks for at
+most ``max_inflight`` jobs at a time (MQTT 5 Receive Maximum) and, since Mosquitto 2.0.11 sends
+more once jobs are acknowledged (README "Fleet"), also hands at most ``max_inflight`` to the
+pipeline at a time, from the time it takes one until the job is acknowledged; the rest wait in
+its inbox, unacknowledged. A job is acknowledged only after its answer was published (PUBACK
+received), so the jobs of a worker that dies are delivered again: to its session when it comes
+back within ``session_expiry``, or by a cluster broker to another worker. A clean stop leaves the
+group and hands back the jobs it has not answered (re-published as they came, each acknowledged
+once the broker has its copy): Mosquitto 2.0.11 would otherwise keep them in the stopped
+worker's session. Consumers dedup by ``job_id``.
 
 Threads: paho's network loop (``on_message`` only queues; ``on_publish`` acknowledges the job
-whose answer the broker now has), and ``source:fleet``, which hands the jobs to the pipeline
-(waiting while it is full). Answers are published from the pipeline's thread (``on_done``),
+whose answer, or handed-back copy, the broker now has), and ``source:fleet``, which hands the
+jobs to the pipeline (waiting for a free slot, then while the pipeline is full). Answers are published from the pipeline's thread (``on_done``),
 which then goes on with the next job instead of waiting for the PUBACK: that wait was half of
 a small job's time (README "Fleet", bench/fleet_overhead.py). Imports paho, config, results,
 stats and mqtt_client.
@@ -22,8 +27,9 @@ import json
 import logging
 import queue
 import threading
+import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
@@ -43,17 +49,31 @@ log = logging.getLogger(__name__)
 
 NAME = "fleet"
 MAX_ROIS = 64
+HAND_BACK_S = 2.5  # a clean stop's budget for handing back held jobs (app.JOIN_TIMEOUT_S is 5 s)
+QUIET_S = 0.3  # ... and how long it waits for the broker to send no more of its session's jobs
+NO_MATCHING_SUBSCRIBERS = 0x10  # a PUBACK's reason when nobody got the message (MQTT 5)
+QUEUED, ANSWERING, RETURNING, KEPT = "queued", "answering", "returning", "kept"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, eq=False)
 class Ticket:
-    """What answering one job needs: where, with what correlation, and which message to ack."""
+    """One job taken from the broker until it is acknowledged: where its answer goes, with what
+    correlation, which message to ack, and its state (guarded by ``FleetWorker._lock``):
+    ``queued`` (in the pipeline), ``answering`` (answer published, awaiting its PUBACK),
+    ``returning`` (handed back at a clean stop, awaiting the copy's PUBACK), ``kept`` (the copy
+    was refused: the job stays unacknowledged in the session)."""
 
-    mid: int
+    msg: paho.MQTTMessage
     job_id: str
     response_topic: str
     correlation: bytes | None
+    session: int  # FleetWorker._session when taken: a mid is only the broker's within its session
+    state: str = QUEUED
     failed: bool = False  # the answer is an error result
+
+    @property
+    def mid(self) -> int:
+        return int(self.msg.mid)
 
 
 class FleetWorker:
@@ -71,12 +91,17 @@ class FleetWorker:
         self.worker_id = mqtt.client_id + "-fleet"
         self.ready = threading.Event()
         self._status = SourceStatus.OFFLINE
-        self._inbox: queue.Queue[paho.MQTTMessage] = queue.Queue()  # bounded by Receive Maximum
+        # jobs not yet taken: paho's thread must not wait. Bounded by the broker: Receive Maximum,
+        # which Mosquitto 2.0.11 exceeds once jobs are acknowledged (51 held, README "Fleet")
+        self._inbox: queue.Queue[paho.MQTTMessage] = queue.Queue()
         self.client: paho.Client | None = None
-        # answers published and not yet acknowledged: the mid of the answer -> its job's ticket
+        self._lock = threading.Lock()
+        self._freed = threading.Condition(self._lock)  # a job was acknowledged or let go: a slot is free
+        self._session = 0  # +1 when the broker has no session of ours (its mids start again)
+        self._held: dict[int, Ticket] = {}  # taken (a slot each) and not acknowledged: job mid -> ticket
+        # answers and handed-back copies published and not yet acknowledged: their mid -> the job's ticket
         self._answering: dict[int, Ticket] = {}
         self._early: dict[int, Any] = {}  # PUBACKs (their reason codes) that came before publish() returned
-        self._lock = threading.Lock()
 
     @property
     def status(self) -> SourceStatus:
@@ -111,28 +136,83 @@ class FleetWorker:
                     msg = self._inbox.get(timeout=0.5)
                 except queue.Empty:
                     continue
-                self._take(msg)
+                self._take(msg, stop)
         finally:
             self._leave(client)
 
     def _leave(self, client: paho.Client) -> None:
         """A clean stop leaves the group first: Mosquitto keeps routing a shared subscription's
         jobs to a persistent session while it is offline, so a worker stopped for good would
-        otherwise swallow its share of new jobs until its session expired. Jobs it still holds
-        unacknowledged stay in its session and come back when it restarts."""
+        otherwise swallow its share of new jobs until its session expired. Then it hands back
+        the jobs it holds and has not answered; any it could not hand back stay unacknowledged
+        in its session and come back when it restarts."""
         if self._status is SourceStatus.ONLINE:
             left = threading.Event()
             client.on_unsubscribe = lambda *args: left.set()
             client.unsubscribe("$share/%s/%s" % (self.cfg.group, self.cfg.jobs_topic))
-            if not left.wait(2.0):
+            if left.wait(2.0):
+                self._hand_back()
+            else:
                 log.warning("fleet worker left the group without confirmation worker=%s", self.worker_id)
         client.disconnect()
         client.loop_stop()
+
+    def _hand_back(self) -> None:
+        """Re-publish every job held and not answered, and each job the broker still sends from
+        this session (those in the inbox, those it queued for us before we left), unchanged, to
+        ``jobs_topic``, for the rest of the group; each is acknowledged when the broker has its
+        copy. Mosquitto 2.0.11 gives neither to another worker by itself: they would wait in this
+        session until the worker came back (measured: README "Fleet"). A copy the broker refuses
+        (an ACL) or gives to nobody (no worker left) leaves its job in the session."""
+        deadline = time.monotonic() + HAND_BACK_S
+        with self._lock:
+            held = [t for t in self._held.values() if t.state == QUEUED]
+            for ticket in held:
+                ticket.state = RETURNING
+        for ticket in held:
+            self._return(ticket)
+        while time.monotonic() < deadline:
+            try:
+                msg = self._inbox.get(timeout=min(QUIET_S, max(0.0, deadline - time.monotonic())))
+            except queue.Empty:
+                break
+            with self._lock:
+                if msg.mid in self._held:  # sent again (a reconnect) while we hold it
+                    continue
+                ticket = self._ticket(msg)
+                ticket.state = RETURNING
+                self._held[ticket.mid] = ticket
+            self._return(ticket)
+        with self._freed:
+            self._freed.wait_for(lambda: not any(t.state in (RETURNING, ANSWERING) for t in self._held.values()),
+                                 max(0.0, deadline - time.monotonic()))
+            kept = len(self._held)
+        if held or kept or self.stats.get("fleet_jobs_returned_total"):
+            log.info("fleet worker handed back jobs=%d kept_in_session=%d", self.stats.get("fleet_jobs_returned_total"),
+                     kept)
+
+    def _return(self, ticket: Ticket) -> None:
+        assert self.client is not None
+        props = ticket.msg.properties
+        user = list(getattr(props, "UserProperty", None) or [])
+        if not any(key == "job_id" for key, _ in user):  # the same id as here: consumers dedup by it
+            user.append(("job_id", ticket.job_id))
+        copy = Properties(PacketTypes.PUBLISH)
+        copy.UserProperty = user
+        for name in ("ResponseTopic", "CorrelationData", "ContentType", "PayloadFormatIndicator"):
+            if getattr(props, name, None) is not None:
+                setattr(copy, name, getattr(props, name))
+        self._publish(ticket, ticket.msg.topic, bytes(ticket.msg.payload), copy)
 
     def _on_connect(self, client: paho.Client, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
         if reason.is_failure:
             log.warning("fleet connect refused reason=%s", reason)
             return
+        if not getattr(flags, "session_present", False):
+            with self._freed:  # the broker forgot the jobs we held: their mids mean nothing now
+                self._session += 1
+                self._held.clear()
+                self._freed.notify_all()
         topic = "$share/%s/%s" % (self.cfg.group, self.cfg.jobs_topic)
         client.subscribe(topic, options=SubscribeOptions(qos=1))
         self._set_status(SourceStatus.ONLINE)
@@ -153,49 +233,75 @@ class FleetWorker:
 
     # -- one job ---------------------------------------------------------------------------------
 
-    def _take(self, msg: paho.MQTTMessage) -> None:
-        self.stats.inc("fleet_jobs_taken_total")
-        if msg.dup:
-            self.stats.inc("fleet_jobs_redelivered_total")
+    def _ticket(self, msg: paho.MQTTMessage) -> Ticket:
         props = msg.properties
         user = dict(getattr(props, "UserProperty", None) or [])
         job_id = user.get("job_id") or hashlib.sha256(msg.payload).hexdigest()
-        response_topic = getattr(props, "ResponseTopic", None)
-        correlation = getattr(props, "CorrelationData", None)
-        if not response_topic:
-            log.warning("fleet job without a response topic dropped job_id=%s", job_id)
+        return Ticket(msg, job_id, getattr(props, "ResponseTopic", None) or "", getattr(props, "CorrelationData", None),
+                      self._session)
+
+    def _take(self, msg: paho.MQTTMessage, stop: threading.Event) -> None:
+        """Take one job: answer or drop a bad one at once; hand a good one to the pipeline once
+        fewer than ``max_inflight`` jobs are held (a job is held until acknowledged)."""
+        with self._lock:
+            if msg.mid in self._held:  # the broker sent it again after a reconnect; we are on it
+                self.stats.inc("fleet_jobs_redelivered_total")
+                return
+            ticket = self._ticket(msg)
+        self.stats.inc("fleet_jobs_taken_total")
+        if msg.dup:
+            self.stats.inc("fleet_jobs_redelivered_total")
+        if not ticket.response_topic or any(c in ticket.response_topic for c in "+#"):
+            # no answer can go there (MQTT 5 forbids wildcards in a Response Topic; Mosquitto passes them on)
+            log.warning("fleet job dropped: no usable response topic job_id=%s response_topic=%r", ticket.job_id,
+                        ticket.response_topic[:200])
             self.stats.inc("fleet_jobs_failed_total")
-            self._ack(msg.mid)
+            self._ack(ticket)
             return
-        ticket = Ticket(msg.mid, job_id, response_topic, correlation)
         try:
-            det, rois = _options(user)
+            det, rois = _options(dict(getattr(msg.properties, "UserProperty", None) or []))
         except _OptionError as exc:
             self._answer(ticket, Result(NAME, Status.ERROR, None, ("", ""), error=exc))
             return
+        with self._freed:
+            while len(self._held) >= self.cfg.max_inflight:
+                if stop.is_set():
+                    self._inbox.put(msg)  # not taken: handed back with the rest of the inbox
+                    return
+                self._freed.wait(0.5)
+            self._held[ticket.mid] = ticket
         job = Job(NAME, bytes(msg.payload), det=det, rois=rois, on_done=partial(self._answer, ticket), to_sinks=False)
         if not self.submit(job):
-            log.info("fleet job not taken (stopping): left for redelivery job_id=%s", job_id)
+            log.info("fleet job not taken (stopping): handed back job_id=%s", ticket.job_id)
 
     def _answer(self, ticket: Ticket, result: Result) -> None:
         """Publish the answer; the job is acknowledged when the broker has it (``_on_publish``).
         Published while disconnected, paho keeps the answer and sends it after the reconnect."""
-        assert self.client is not None
+        with self._lock:
+            if ticket.state != QUEUED:  # handed back at a clean stop: another worker answers it
+                return
+            ticket.state = ANSWERING
+            ticket.failed = result.status is Status.ERROR
         data = result.to_dict()
         data.update(job_id=ticket.job_id, worker=self.worker_id)
         props = Properties(PacketTypes.PUBLISH)
         if ticket.correlation is not None:
             props.CorrelationData = ticket.correlation
-        ticket = replace(ticket, failed=result.status is Status.ERROR)
+        self._publish(ticket, ticket.response_topic, json.dumps(data).encode(), props)
+
+    def _publish(self, ticket: Ticket, topic: str, payload: bytes, props: Properties) -> None:
+        """Publish an answer or a handed-back copy (QoS 1); ``_answered`` follows its PUBACK."""
+        assert self.client is not None
         try:
-            info = self.client.publish(ticket.response_topic, json.dumps(data), qos=1, properties=props)
-        except ValueError as exc:  # a response topic no answer can go to (a wildcard): never answerable
-            log.warning("fleet job dropped: response topic unusable job_id=%s error=%s", ticket.job_id, exc)
+            info = self.client.publish(topic, payload, qos=1, properties=props)
+        except ValueError as exc:  # a topic paho refuses (checked in _take; a payload too large)
+            log.warning("fleet job dropped: publish refused job_id=%s error=%s", ticket.job_id, exc)
             self.stats.inc("fleet_jobs_failed_total")
-            self._ack(ticket.mid)
+            self._ack(ticket)
             return
         if info.rc == paho.MQTT_ERR_QUEUE_SIZE:
-            log.warning("fleet answer not queued by paho, job left for redelivery job_id=%s", ticket.job_id)
+            log.warning("fleet message not queued by paho, job left for redelivery job_id=%s", ticket.job_id)
+            self._let_go(ticket)
             return
         with self._lock:
             early = info.mid in self._early
@@ -215,17 +321,43 @@ class FleetWorker:
 
     def _answered(self, ticket: Ticket, reason: Any) -> None:
         """The broker has the answer (PUBACK): acknowledge the job. A refused answer (an ACL on
-        the response topic) is acknowledged too: sent again, it would be refused again."""
+        the response topic) is acknowledged too: sent again, it would be refused again.
+        For a handed-back copy: acknowledge the job only if the broker took the copy and gave it
+        to a worker; else the job stays in the session."""
         refused = reason is not None and getattr(reason, "is_failure", False)
+        if ticket.state == RETURNING:
+            if refused or getattr(reason, "value", None) == NO_MATCHING_SUBSCRIBERS:
+                log.warning("fleet job not handed back, kept in the session job_id=%s reason=%s", ticket.job_id,
+                            reason)
+                with self._freed:
+                    ticket.state = KEPT
+                    self._freed.notify_all()
+                return
+            self._ack(ticket)
+            self.stats.inc("fleet_jobs_returned_total")
+            return
         if refused:
             log.warning("fleet answer refused by the broker job_id=%s topic=%s reason=%s", ticket.job_id,
                         ticket.response_topic, reason)
-        self._ack(ticket.mid)
+        self._ack(ticket)
         self.stats.inc("fleet_jobs_failed_total" if ticket.failed or refused else "fleet_jobs_done_total")
 
-    def _ack(self, mid: int) -> None:
-        if self.client is not None:
-            self.client.ack(mid, 1)
+    def _ack(self, ticket: Ticket) -> None:
+        """Acknowledge the job (once; only in the session it came in) and free its slot."""
+        with self._freed:
+            current = ticket.session == self._session
+            if self._held.get(ticket.mid) is ticket:
+                del self._held[ticket.mid]
+                self._freed.notify_all()
+        if current and self.client is not None:
+            self.client.ack(ticket.mid, 1)
+
+    def _let_go(self, ticket: Ticket) -> None:
+        """Free the job's slot without acknowledging it: the broker sends it again."""
+        with self._freed:
+            if self._held.get(ticket.mid) is ticket:
+                del self._held[ticket.mid]
+                self._freed.notify_all()
 
 
 class _OptionError(EdgeOcrError):

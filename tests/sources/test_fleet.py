@@ -4,16 +4,27 @@ Mosquitto 2 (MQTT 5 shared subscription, manual acknowledgement), with real eval
 from __future__ import annotations
 
 import json
+import queue
 import subprocess
 import sys
 import threading
 from collections import Counter
+from dataclasses import asdict
 from pathlib import Path
 
+import paho.mqtt.client as paho
 import pytest
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
-from tests.broker import Mosquitto
-from tests.helpers import Daemon, line_samples, wait_until, write_config
+from edge_ocr.config import load_config
+from edge_ocr.results import Job, Result, Status
+from edge_ocr.sources.fleet import FleetWorker
+from edge_ocr.stats import Stats
+from edge_ocr.submit import submit
+from tests.broker import PASSWORD, USER, Collector, Mosquitto, free_port
+from tests.helpers import PREFIX, Daemon, line_samples, wait_until, write_config
 
 JOBS_TOPIC = "test/jobs"
 
@@ -125,3 +136,209 @@ def test_a_broker_restart_mid_burst_loses_no_job(eval_dev, tmp_path, mosquitto):
     # the workers' sessions (subscription, held and queued jobs) came back from the broker's disk
     assert all("session_present=True" in w.text() for w in workers)
     assert all(w.terminate() == 0 for w in workers)
+
+
+class _SlowPipeline:
+    """The Submit seam of a pipeline with one engine thread: each job takes a moment, then its
+    on_done. Records the most jobs handed over and not yet done at once."""
+
+    def __init__(self, stop: threading.Event) -> None:
+        self.jobs: queue.Queue[Job] = queue.Queue()
+        self.lock = threading.Lock()
+        self.open = 0
+        self.most_open = 0
+        self.stop = stop
+        self.thread = threading.Thread(target=self._run, name="test-pipeline", daemon=True)
+
+    def __call__(self, job: Job) -> bool:
+        with self.lock:
+            self.open += 1
+            self.most_open = max(self.most_open, self.open)
+        self.jobs.put(job)
+        return True
+
+    def _run(self) -> None:
+        while not self.stop.is_set():
+            try:
+                job = self.jobs.get(timeout=0.2)
+            except queue.Empty:
+                continue
+            self.stop.wait(0.005)  # the engine
+            with self.lock:
+                self.open -= 1
+            assert job.on_done is not None
+            job.on_done(Result("fleet", Status.NO_TEXT))
+
+
+@pytest.mark.broker
+def test_a_worker_hands_the_pipeline_at_most_max_inflight_jobs_whatever_the_broker_sends(tmp_path, mosquitto):
+    """Mosquitto 2.0.11 sends more than Receive Maximum once jobs are acknowledged; the extra
+    jobs wait in the worker's inbox, not in the pipeline."""
+    config = load_config(_worker_config(tmp_path, mosquitto, 0))
+    stop = threading.Event()
+    pipeline = _SlowPipeline(stop)
+    worker = FleetWorker(config.fleet, config.mqtt, pipeline, Stats())
+    most_waiting = 0
+
+    def watch(job: Job) -> bool:
+        nonlocal most_waiting
+        most_waiting = max(most_waiting, worker._inbox.qsize())  # what the broker sent beyond the hand-off
+        return pipeline(job)
+
+    worker.submit = watch
+    thread = threading.Thread(target=worker.run, args=(stop,), name="source:fleet")
+    thread.start()
+    pipeline.thread.start()
+    try:
+        assert wait_until(lambda: worker.status.value == "online", 10)
+        images = []
+        for i in range(60):
+            images.append(tmp_path / ("job%d.bin" % i))
+            images[-1].write_bytes(b"job %d" % i)
+        answers = submit(config, images, wait=True, timeout_s=60)
+        assert len(answers) == 60 and all(a["worker"] == "worker0-fleet" for a in answers)
+        assert pipeline.most_open <= config.fleet.max_inflight == 2
+        assert most_waiting > 0  # the broker did send more than the worker handed on
+        assert worker.stats.get("fleet_jobs_done_total") == 60
+    finally:
+        stop.set()
+        thread.join(10)
+        pipeline.thread.join(10)
+
+
+def _publish_job(broker: Mosquitto, topic: str, payload: bytes, response_topic: str, job_id: str) -> None:
+    client = paho.Client(CallbackAPIVersion.VERSION2, client_id="raw-%d" % free_port(), protocol=paho.MQTTv5)
+    client.username_pw_set(USER, PASSWORD)
+    client.connect("127.0.0.1", broker.port)
+    client.loop_start()
+    try:
+        props = Properties(PacketTypes.PUBLISH)
+        props.ResponseTopic = response_topic
+        props.UserProperty = [("job_id", job_id)]
+        client.publish(topic, payload, qos=1, properties=props).wait_for_publish(10)
+    finally:
+        client.disconnect()
+        client.loop_stop()
+
+
+@pytest.mark.broker
+def test_a_job_whose_response_topic_has_a_wildcard_is_dropped_counted_and_logged_once(eval_dev, tmp_path, mosquitto):
+    """Mosquitto passes such a job on (MQTT 5 forbids it, no broker checks); no answer can go
+    there, so it is dropped before any OCR, acknowledged, counted failed, logged in one line."""
+    config = _worker_config(tmp_path, mosquitto, 0)
+    config.write_text(config.read_text().replace("[mqtt]\n", "[mqtt]\nstats_interval = 1\n"))
+    worker = Daemon(config).start()
+    assert wait_until(lambda: "fleet worker connected" in worker.text(), 30)
+    (image, _), = line_samples(eval_dev, "IIIT5K-test", 1)
+    for n, topic in enumerate(("test/jobs/results/+", "test/#")):
+        _publish_job(mosquitto, JOBS_TOPIC, image.read_bytes(), topic, "wild%d" % n)
+    run = _submit(config, [image], timeout_s=60)
+    _, stderr = run.communicate(timeout=120)
+    assert run.returncode == 0, stderr
+    watcher = Collector(mosquitto, [PREFIX + "/stats"])
+    stats = next(s for s in map(json.loads, (m.payload for m in watcher.wait(lambda ms: any(
+        json.loads(m.payload).get("fleet_jobs_done_total") == 1 for m in ms)))) if s["fleet_jobs_done_total"] == 1)
+    watcher.close()
+    assert (stats["fleet_jobs_taken_total"], stats["fleet_jobs_failed_total"]) == (3, 2)
+    assert stats["jobs_total"] == 1  # no OCR for a job nobody can be answered about
+    for n in range(2):
+        lines = [line for line in worker.text().splitlines() if "job_id=wild%d" % n in line]
+        assert len(lines) == 1 and "dropped" in lines[0], lines
+    assert worker.terminate() == 0
+
+
+@pytest.mark.slow
+@pytest.mark.broker
+def test_a_worker_stopped_mid_burst_hands_back_the_jobs_it_held_and_every_job_is_answered(eval_dev, tmp_path,
+                                                                                        mosquitto):
+    """Mosquitto 2.0.11 keeps the jobs a stopped worker held, and those it queued for its session,
+    in that session: without the hand-back they waited for the worker to come back."""
+    images = [p for p, _ in line_samples(eval_dev, "IIIT5K-test", 120)]
+    configs, workers = _start_workers(tmp_path, mosquitto, 2)
+    run = _submit(configs[0], images, timeout_s=120)
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(run.stdout), name="test-submit-out")  # type: ignore[arg-type]
+    reader.start()
+    assert wait_until(lambda: len(lines) >= 20, 120)
+    assert workers[1].terminate() == 0  # stopped for good (SIGTERM: systemctl stop)
+    answered_before = len(lines)
+    reader.join(300)
+    with run:
+        assert run.wait(60) == 0, run.stderr.read() if run.stderr else ""
+    assert answered_before < len(images) - 20  # the stop came mid-burst
+    answers = _answers("".join(lines))
+    assert {a["file"] for a in answers} == {str(p) for p in images}
+    handed = [line for line in workers[1].text().splitlines() if "fleet worker handed back" in line]
+    assert len(handed) == 1 and "kept_in_session=0" in handed[0], handed
+    assert int(handed[0].split("jobs=")[1].split()[0]) > 0  # it held jobs (inbox, pipeline) when stopped
+    assert workers[0].terminate() == 0
+
+
+README_BROKER = Path(__file__).resolve().parents[2] / "config" / "mosquitto"
+
+
+def _device_config(directory: Path, broker: Mosquitto, user: str, fleet: bool) -> Path:
+    """A daemon logged in as ``user`` (its topic_prefix edge-ocr/<user>) over the broker's TLS."""
+    directory.mkdir()
+    config = write_config(directory, broker, extra_mqtt='ca_file = "%s"\nstats_interval = 1\n' % broker.certs["ca.crt"])
+    config.write_text(config.read_text().replace('username = "%s"' % USER, 'username = "%s"' % user)
+                      .replace('topic_prefix = "%s"' % PREFIX, 'topic_prefix = "edge-ocr/%s"' % user)
+                      + "\n[fleet]\nenabled = %s\n" % ("true" if fleet else "false"))
+    return config
+
+
+@pytest.mark.broker
+def test_the_readme_broker_config_serves_a_fleet_and_an_answer_it_refuses_is_counted_failed_and_acknowledged(
+        eval_dev, tmp_path, tmp_path_factory):
+    """config/mosquitto/ (shown in the README as it is) run by Mosquitto 2.0.11: the ACL lets a
+    worker take jobs and answer on edge-ocr/jobs/results/#, and nowhere else: an answer to
+    another device's topic gets PUBACK 0x87; the job is counted failed and acknowledged, so the
+    worker's session does not hand it back after a crash."""
+    from edge_ocr.fleet_status import collect, read_devices
+    from edge_ocr.mqtt_client import make_client
+    from tests.broker import require_mosquitto
+
+    require_mosquitto()
+    conf, acl = (README_BROKER / "fleet.conf").read_text(), (README_BROKER / "acl").read_text()
+    readme = (README_BROKER.parents[1] / "README.md").read_text()
+    assert conf in readme and acl in readme  # the README shows both files as they are
+    directory = tmp_path_factory.mktemp("mosquitto")
+    (directory / "acl").write_text(acl)
+    broker = Mosquitto(directory, conf.replace("listener 8883", "listener {port} 127.0.0.1")
+                       .replace("/etc/mosquitto/", "{dir}/"), users=("gate-pi", "submitter"))
+    broker.start()
+    try:
+        worker_config = _device_config(tmp_path / "gate-pi", broker, "gate-pi", fleet=True)
+        submitter = load_config(_device_config(tmp_path / "submitter", broker, "submitter", fleet=False))
+        worker = Daemon(worker_config).start()
+        assert wait_until(lambda: "fleet worker connected" in worker.text(), 30)
+        images = [p for p, _ in line_samples(eval_dev, "IIIT5K-test", 3)]
+
+        def device() -> dict:  # as edge-ocr fleet status sees it, logged in as the submitter
+            return next(asdict(d) for d in read_devices(collect(submitter.mqtt, "edge-ocr", 0.3), "edge-ocr")
+                        if d.device == "gate-pi")
+
+        assert submit(submitter, images[:1], wait=True, timeout_s=60)[0]["worker"] == "edge-ocr-e2e-fleet"
+        raw = make_client(submitter.mqtt, "raw-submitter", mqtt5=True, will=False)
+        raw.connect("127.0.0.1", broker.port)
+        raw.loop_start()
+        props = Properties(PacketTypes.PUBLISH)
+        props.ResponseTopic = "edge-ocr/submitter/answers"  # the submitter's, not a worker's to write
+        props.UserProperty = [("job_id", "refused")]
+        raw.publish("edge-ocr/jobs", images[0].read_bytes(), qos=1, properties=props).wait_for_publish(10)
+        raw.disconnect()
+        raw.loop_stop()
+        assert len(submit(submitter, images[1:2], wait=True, timeout_s=60)) == 1
+        assert wait_until(lambda: device()["done"] == 2, 30)
+        assert (device()["taken"], device()["failed"]) == (3, 1)
+        refused = [line for line in worker.text().splitlines() if "answer refused" in line]
+        assert len(refused) == 1 and "job_id=refused" in refused[0] and "Not authorized" in refused[0]
+
+        worker.kill()  # had the refused job not been acknowledged, its session would hand it back now
+        worker = Daemon(worker_config).start()
+        assert len(submit(submitter, images[2:3], wait=True, timeout_s=60)) == 1
+        assert wait_until(lambda: device()["done"] == 1, 30)  # the new process's stats
+        assert (device()["taken"], device()["failed"], device()["redelivered"]) == (1, 0, 0)
+        assert worker.terminate() == 0
+    finally:
+        broker.stop()
