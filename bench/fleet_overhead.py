@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import itertools
 import os
-import shutil
 import statistics
 import subprocess
 import sys
@@ -30,7 +29,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from fleet_scaling import EVAL_DEV, config_text, free_port, wait_for
+from fleet_scaling import EVAL_DEV, config_text, local_mosquitto, wait_for
 
 from edge_ocr.app import App, build_engine
 from edge_ocr.config import EngineConfig, load_config
@@ -113,33 +112,26 @@ def main() -> int:
     instrument(marks, lock)
     with tempfile.TemporaryDirectory(prefix="edge-ocr-overhead.") as tmp:
         root = Path(tmp)
-        port = free_port()
-        conf = root / "mosquitto.conf"
-        conf.write_text("listener %d 127.0.0.1\nallow_anonymous true\npersistence false\n" % port)
-        broker = subprocess.Popen([shutil.which("mosquitto") or "mosquitto", "-c", str(conf)],
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         app = None
-        try:
-            for name in ("worker", "client"):
-                (root / name).mkdir()
-                (root / name / "c.toml").write_text(config_text(port, "overhead-" + name, root / name))
-            time.sleep(0.5)  # mosquitto's listener
-            app = App(load_config(root / "worker" / "c.toml"), engine_factory=timed_engine_factory(engine_calls))
-            app.start()
-            assert wait_for(lambda: app.sources["fleet"].status.value == "online", 30)
-            start = time.perf_counter()
-            run = subprocess.run([sys.executable, "-m", "edge_ocr", "submit", "--wait", "-c",
-                                  str(root / "client" / "c.toml"), *map(str, images)],
-                                 capture_output=True, text=True, timeout=600)
-            submit_s = time.perf_counter() - start
-            assert run.returncode == 0, run.stderr
-            local = local_loop(app, images)
-        finally:
-            if app is not None:
-                app.stop_event.set()
-                app.shutdown()
-            broker.terminate()
-            broker.wait(10)
+        with local_mosquitto(root) as port:
+            try:
+                for name in ("worker", "client"):
+                    (root / name).mkdir()
+                    (root / name / "c.toml").write_text(config_text(port, "overhead-" + name, root / name))
+                app = App(load_config(root / "worker" / "c.toml"), engine_factory=timed_engine_factory(engine_calls))
+                app.start()
+                assert wait_for(lambda: app.sources["fleet"].status.value == "online", 30)
+                start = time.perf_counter()
+                run = subprocess.run([sys.executable, "-m", "edge_ocr", "submit", "--wait", "-c",
+                                      str(root / "client" / "c.toml"), *map(str, images)],
+                                     capture_output=True, text=True, timeout=600)
+                submit_s = time.perf_counter() - start
+                assert run.returncode == 0, run.stderr
+                local = local_loop(app, images)
+            finally:
+                if app is not None:
+                    app.stop_event.set()
+                    app.shutdown()
     report(marks, engine_calls, local, submit_s, len(images))
     return 0
 

@@ -12,6 +12,7 @@ Dev-only: never imported by the daemon.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shutil
 import socket
@@ -19,6 +20,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from edge_ocr.config import load_config
@@ -26,6 +28,22 @@ from edge_ocr.submit import submit
 
 REPO = Path(__file__).resolve().parents[1]
 EVAL_DEV = Path(os.environ.get("EDGE_OCR_EVAL_DEV", REPO.parent / "shared" / "eval-dev"))
+
+
+@contextlib.contextmanager
+def local_mosquitto(root: Path) -> Iterator[int]:
+    """A Mosquitto on a free loopback port (anonymous, no persistence) for the bench; yields the port."""
+    port = free_port()
+    conf = root / "mosquitto.conf"
+    conf.write_text("listener %d 127.0.0.1\nallow_anonymous true\npersistence false\n" % port)
+    broker = subprocess.Popen([shutil.which("mosquitto") or "mosquitto", "-c", str(conf)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(0.5)  # its listener
+    try:
+        yield port
+    finally:
+        broker.terminate()
+        broker.wait(10)
 
 
 def free_port() -> int:
@@ -59,13 +77,7 @@ def main() -> int:
     images = [EVAL_DEV / "lines" / r.split("\t")[0] for r in rows if "\tSROIE" in r][: args.jobs]
     with tempfile.TemporaryDirectory(prefix="edge-ocr-fleet.") as tmp:
         root = Path(tmp)
-        port = free_port()
-        conf = root / "mosquitto.conf"
-        conf.write_text("listener %d 127.0.0.1\nallow_anonymous true\npersistence false\n" % port)
-        broker = subprocess.Popen([shutil.which("mosquitto") or "mosquitto", "-c", str(conf)],
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        time.sleep(0.5)
-        try:
+        with local_mosquitto(root) as port:
             client_config = root / "client.toml"
             client_config.write_text(config_text(port, "bench-client", root / "client"))
             config = load_config(client_config)
@@ -95,9 +107,6 @@ def main() -> int:
                                    capture_output=True, text=True, check=True)
             local_s = time.perf_counter() - start
             assert local.stdout
-        finally:
-            broker.terminate()
-            broker.wait(10)
     base = results[0][1]
     print("fleet scaling · %d jobs (eval-dev SROIE line crops) · %s, %d CPUs" % (
         len(images), os.uname().machine, os.cpu_count() or 0))

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import threading
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 
@@ -112,6 +113,22 @@ def test_a_worker_stopped_for_good_leaves_the_group_so_no_job_waits_for_it(eval_
     assert workers[0].terminate() == 0
 
 
+def _burst(config: Path, images: list[Path], midway: Callable[[], object]) -> tuple[int, list[dict]]:
+    """Submit ``images`` and wait for every answer, calling ``midway`` once 20 are in; returns how
+    many had come before it and all the answers."""
+    run = _submit(config, images, timeout_s=120)
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(run.stdout), name="test-submit-out")  # type: ignore[arg-type]
+    reader.start()
+    assert wait_until(lambda: len(lines) >= 20, 120)
+    midway()
+    answered_before = len(lines)
+    reader.join(300)
+    with run:
+        assert run.wait(60) == 0, run.stderr.read() if run.stderr else ""
+    return answered_before, _answers("".join(lines))
+
+
 @pytest.mark.slow
 @pytest.mark.broker
 def test_a_broker_restart_mid_burst_loses_no_job(eval_dev, tmp_path, mosquitto):
@@ -119,18 +136,8 @@ def test_a_broker_restart_mid_burst_loses_no_job(eval_dev, tmp_path, mosquitto):
     while jobs are queued, held and answered, then started again on the same port."""
     images = [p for p, _ in line_samples(eval_dev, "IIIT5K-test", 100)]
     configs, workers = _start_workers(tmp_path, mosquitto, 2)
-    run = _submit(configs[0], images, timeout_s=120)
-    lines: list[str] = []
-    reader = threading.Thread(target=lambda: lines.extend(run.stdout), name="test-submit-out")  # type: ignore[arg-type]
-    reader.start()
-    assert wait_until(lambda: len(lines) >= 20, 120)
-    mosquitto.restart()
-    answered_before = len(lines)
-    reader.join(300)
-    with run:
-        assert run.wait(60) == 0, run.stderr.read() if run.stderr else ""
+    answered_before, answers = _burst(configs[0], images, mosquitto.restart)
     assert answered_before < len(images) - 20  # the restart came mid-burst
-    answers = _answers("".join(lines))
     assert len(answers) == len({a["job_id"] for a in answers})
     assert {a["file"] for a in answers} == {str(p) for p in images}
     # the workers' sessions (subscription, held and queued jobs) came back from the broker's disk
@@ -255,18 +262,9 @@ def test_a_worker_stopped_mid_burst_hands_back_the_jobs_it_held_and_every_job_is
     in that session: without the hand-back they waited for the worker to come back."""
     images = [p for p, _ in line_samples(eval_dev, "IIIT5K-test", 120)]
     configs, workers = _start_workers(tmp_path, mosquitto, 2)
-    run = _submit(configs[0], images, timeout_s=120)
-    lines: list[str] = []
-    reader = threading.Thread(target=lambda: lines.extend(run.stdout), name="test-submit-out")  # type: ignore[arg-type]
-    reader.start()
-    assert wait_until(lambda: len(lines) >= 20, 120)
-    assert workers[1].terminate() == 0  # stopped for good (SIGTERM: systemctl stop)
-    answered_before = len(lines)
-    reader.join(300)
-    with run:
-        assert run.wait(60) == 0, run.stderr.read() if run.stderr else ""
-    assert answered_before < len(images) - 20  # the stop came mid-burst
-    answers = _answers("".join(lines))
+    stopped: list[int] = []  # stopped for good (SIGTERM: systemctl stop)
+    answered_before, answers = _burst(configs[0], images, lambda: stopped.append(workers[1].terminate()))
+    assert stopped == [0] and answered_before < len(images) - 20  # the stop came mid-burst
     assert {a["file"] for a in answers} == {str(p) for p in images}
     handed = [line for line in workers[1].text().splitlines() if "fleet worker handed back" in line]
     assert len(handed) == 1 and "kept_in_session=0" in handed[0], handed
