@@ -210,6 +210,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
             print("edge-ocr bench --memory · set=%s images=%d det=%s · %s" % (args.set, len(images), det,
                                                                           bench.machine()))
+            print("\nthe daemon's imports, one at a time in a fresh process\n\n%s"
+                  % memory.format_rows(memory.measure_imports()), end="")
             for config in configs:
                 print("\n%s\n\n%s" % (config.label, memory.format_rows(
                     memory.measure(config.pack, config.precision, config.threads, images, det,

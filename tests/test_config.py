@@ -60,7 +60,7 @@ def load(tmp_path: Path, text: str, environ: dict[str, str] | None = None):
         ("[[sources]]\nname = \"a\"\npath = \"x\"\n[[sources]]\nname = \"a\"\npath = \"y\"\n",
          "sources[1].name: duplicate source name 'a'"),
         ("[mqtt]\npassword = \"hunter2\"\n", "mqtt.password: secrets are not read from the config"),
-        ("[guard]\nrss_soft_mb = 600\n", "guard.rss_hard_mb: expected more than rss_soft_mb (600), got 550"),
+        ("[guard]\nrss_soft_mb = 650\n", "guard.rss_hard_mb: expected more than rss_soft_mb (650), got 600"),
     ],
 )
 def test_bad_values_name_the_key_path_and_reason(tmp_path, text, message):
@@ -130,7 +130,7 @@ def test_each_key_is_enforced_however_its_table_is_built():
     with pytest.raises(ConfigError, match=r"queue_size: expected 1..1024, got 0"):
         PipelineConfig(queue_size=0)
     with pytest.raises(ConfigError, match=r"rss_hard_mb: expected more than rss_soft_mb"):
-        GuardConfig(rss_soft_mb=600)
+        GuardConfig(rss_soft_mb=650)
     with pytest.raises(ConfigError, match=r"precision: expected one of auto \| fp32 \| int8"):
         EngineConfig(precision="fp16")
 

@@ -55,3 +55,15 @@ def test_unit_is_a_notify_service_with_a_watchdog():
     assert keys["Type"] == "notify" and keys["Restart"] == "on-failure"
     assert int(keys["WatchdogSec"].rstrip("s")) > 0
     assert keys["User"] == "edge-ocr" and keys["SupplementaryGroups"] == "video"
+
+
+def test_the_kernels_memory_caps_sit_above_the_guards_levels():
+    from edge_ocr.config import GuardConfig
+
+    keys = dict(
+        line.split("=", 1) for line in UNIT.read_text().splitlines() if "=" in line and not line.startswith("#")
+    )
+    high, cap = int(keys["MemoryHigh"].rstrip("M")), int(keys["MemoryMax"].rstrip("M"))
+    guard = GuardConfig()
+    # The guard must act (soft, then hard and exit 3) before the kernel throttles or kills.
+    assert guard.rss_soft_mb < guard.rss_hard_mb < high < cap

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import os
 import sys
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -249,13 +250,45 @@ def make_session(variant: Variant, threads: int, allow_spinning: bool = False) -
 
 
 class Model:
-    """One loaded stage: a session and its input name; ``run`` is the only hot path."""
+    """One stage: a session and its input name; ``run`` is the only hot path.
 
-    def __init__(self, stage: Stage, variant: Variant, threads: int, allow_spinning: bool = False) -> None:
+    With ``lazy=True`` the session is created at the first ``run`` (or ``session``), not in the
+    constructor, so a stage a deployment never uses costs no memory (README, Memory). The load
+    is double-checked under a lock: lines are read on several threads, and the second thread to
+    ask waits for the first one's session instead of making its own. ``stage`` and ``variant``
+    are known either way. A lazy stage's load errors (ModelError) surface at its first use.
+    """
+
+    def __init__(self, stage: Stage, variant: Variant, threads: int, allow_spinning: bool = False,
+                 lazy: bool = False) -> None:
         self.stage = stage
         self.variant = variant
-        self.session = make_session(variant, threads, allow_spinning)
-        self.input_name = self.session.get_inputs()[0].name
+        self._threads = threads
+        self._allow_spinning = allow_spinning
+        self._lock = threading.Lock()
+        self._session: ort.InferenceSession | None = None
+        self.input_name = ""
+        if not lazy:
+            self._open()
+
+    @property
+    def loaded(self) -> bool:
+        """True once the session exists."""
+        return self._session is not None
+
+    @property
+    def session(self) -> ort.InferenceSession:
+        """The session, created on first access."""
+        return self._session or self._open()
+
+    def _open(self) -> ort.InferenceSession:
+        with self._lock:
+            if self._session is None:
+                session = make_session(self.variant, self._threads, self._allow_spinning)
+                self.input_name = session.get_inputs()[0].name
+                self._session = session  # published last: a reader never sees it without its input name
+            return self._session
 
     def run(self, batch: np.ndarray) -> np.ndarray:
-        return self.session.run(None, {self.input_name: batch})[0]
+        session = self._session or self._open()
+        return session.run(None, {self.input_name: batch})[0]

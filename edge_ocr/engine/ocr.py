@@ -1,13 +1,12 @@
 """OcrEngine: composes decode → detect → crop → classify → recognise for one image.
 
-The engine is built once (sessions are loaded in the constructor's caller-visible
-``load``) and is safe to call from several threads: every per-call option is an argument
-and no stage keeps per-call state.
+The engine is built once (the sessions a page needs are loaded in the constructor; recognisers
+that only some lines need are loaded at their first use) and is safe to call from several
+threads: every per-call option is an argument and no stage keeps per-call state.
 """
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -49,37 +48,55 @@ class OcrEngine:
         stages = self.pack.stages
         if "rec" not in stages:
             raise ModelError("pack %s has no recogniser" % self.pack.name)
-        self.rec = self._load("rec")
         self.det = self._load("det") if "det" in stages else None
         self.db_params = self.options.det or DbParams.from_published(stages["det"].postprocess if "det" in stages else {})
         self.cls = self._load("cls") if self.options.use_cls and "cls" in stages else None
-        self.rec_fast = self._load("rec_fast") if self.options.use_rec_fast and "rec_fast" in stages else None
         # The reader of a page's lines, where the pack has one: `rec`'s model in a faster int8 variant.
         self.rec_page = self._load("rec_page") if self.det is not None and "rec_page" in stages else None
-        # The Chinese plate specialist is loaded at the first line that needs it (11 MB not spent
-        # by the many deployments that never read a plate with a province character).
+        # With a page reader, `rec` and `rec_fast` read only single lines, regions and the rechecks
+        # of drafts, so their sessions are made at the first line that needs one: a daemon that
+        # reads only pages never loads them (README, Memory). Without one, `rec` reads every page.
+        lazy = self.rec_page is not None
+        self._rec = self._load("rec", lazy)
+        self._rec_fast = self._load("rec_fast", lazy) if self.options.use_rec_fast and "rec_fast" in stages else None
+        # The Chinese plate specialist is always loaded at the first line that needs it (11 MB not
+        # spent by the many deployments that never read a plate with a province character).
         self._rec_zh_stage = stages.get("rec_zh") if self.options.use_rec_zh else None
-        self._rec_zh: Model | None = None
-        self._rec_zh_lock = threading.Lock()
-        others = (self.rec_fast, self.rec_page)
-        for stage in (self.rec.stage, self._rec_zh_stage, *(m.stage for m in others if m is not None)):
-            if stage is not None and stage.charset is None:
-                raise ModelError("pack %s: recogniser %s has no charset" % (self.pack.name, stage.name))
+        self._rec_zh = self._load("rec_zh", lazy=True) if self._rec_zh_stage is not None else None
+        for model in (self._rec, self._rec_zh, self._rec_fast, self.rec_page):
+            if model is not None and model.stage.charset is None:
+                raise ModelError("pack %s: recogniser %s has no charset" % (self.pack.name, model.stage.name))
 
-    def _load(self, stage: str) -> Model:
+    def _load(self, stage: str, lazy: bool = False) -> Model:
+        """The stage's model; with ``lazy`` its session is made at its first run (``Model``)."""
         spec = self.pack.stages[stage]
-        return Model(spec, choose_variant(spec, self.options.precision), self.threads, self.options.allow_spinning)
+        return Model(spec, choose_variant(spec, self.options.precision), self.threads, self.options.allow_spinning,
+                     lazy=lazy)
+
+    @property
+    def rec(self) -> Model:
+        """The accurate recogniser (its session made at first run when the pack has a page reader)."""
+        return self._rec
+
+    @property
+    def rec_fast(self) -> Model | None:
+        """The draft reader, if used (lazy like ``rec``)."""
+        return self._rec_fast
 
     @property
     def rec_zh(self) -> Model | None:
         """The specialist if it was loaded (see ``_specialist``)."""
-        return self._rec_zh
+        return self._rec_zh if self._rec_zh is not None and self._rec_zh.loaded else None
 
     def _specialist(self) -> Model:
-        with self._rec_zh_lock:  # lines are read on several threads
-            if self._rec_zh is None:
-                self._rec_zh = self._load("rec_zh")
-            return self._rec_zh
+        assert self._rec_zh is not None  # _read asks only when the pack has one
+        return self._rec_zh
+
+    @property
+    def loaded(self) -> tuple[str, ...]:
+        """The stages whose sessions exist now, e.g. ``("det", "rec_page")`` after pages only."""
+        models = (self.det, self.cls, self._rec_fast, self._rec, self.rec_page, self._rec_zh)
+        return tuple(m.stage.name for m in models if m is not None and m.loaded)
 
     def close(self) -> None:
         """Stop the line threads (idempotent). Later calls still work, reading lines one by one."""
@@ -89,12 +106,11 @@ class OcrEngine:
 
     @property
     def precisions(self) -> dict[str, str]:
-        """The precision loaded for each stage, e.g. ``{"det": "int8", "rec": "fp32"}``."""
-        loaded = {"det": self.det, "cls": self.cls, "rec_fast": self.rec_fast, "rec": self.rec, "rec_page": self.rec_page}
-        out = {name: m.variant.precision for name, m in loaded.items() if m is not None}
-        if self._rec_zh_stage is not None:  # what is (or will be) loaded for it
-            out["rec_zh"] = choose_variant(self._rec_zh_stage, self.options.precision).precision
-        return out
+        """The precision of each stage, loaded or to be loaded at first need, e.g.
+        ``{"det": "int8", "rec": "fp32"}``."""
+        models = {"det": self.det, "cls": self.cls, "rec_fast": self._rec_fast, "rec": self._rec,
+                  "rec_page": self.rec_page, "rec_zh": self._rec_zh}
+        return {name: m.variant.precision for name, m in models.items() if m is not None}
 
     def __call__(
         self,

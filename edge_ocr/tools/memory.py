@@ -3,7 +3,8 @@
 Runs in a fresh child process (``python -m edge_ocr.tools.memory JOB.json``), so nothing of
 the caller is counted, and reports RSS after each step, from /proc/self/status:
 
-- the interpreter, then the imports (numpy, OpenCV, ONNX Runtime, the engine);
+- the interpreter, then each import (numpy, OpenCV, ONNX Runtime, the engine); ``imports()``
+  measures, in a child of its own, the daemon's import graph one module at a time;
 - each session of the pack, loaded one at a time: its file's bytes (the weights) and the rest
   of its growth (graph, prepacked weights, buffers);
 - the detector's activations per megapixel of detection input: the peak over the steady state
@@ -18,6 +19,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import gc
+import importlib
 import json
 import re
 import subprocess
@@ -29,6 +31,12 @@ from pathlib import Path
 from typing import Any
 
 MB = 1024 * 1024
+# (module, label) in the order the process imports them: the engine's, then the rest of the
+# daemon's (the CLI's `run` imports edge_ocr.app, which brings the MQTT, HTTP and guard modules).
+ENGINE_IMPORTS = (("numpy", "numpy"), ("cv2", "OpenCV (cv2)"), ("onnxruntime", "ONNX Runtime"),
+                  ("edge_ocr.engine.ocr", "the engine (edge_ocr.engine.*)"))
+DAEMON_IMPORTS = ENGINE_IMPORTS + (("psutil", "psutil"), ("paho.mqtt.client", "paho-mqtt (and ssl)"),
+                                   ("bottle", "bottle"), ("edge_ocr.app", "the daemon (edge_ocr.app and the rest)"))
 
 
 def _status() -> dict[str, int]:
@@ -76,14 +84,16 @@ def profile(pack: str, precision: str, threads: int, images: Sequence[Path], det
         return now
 
     start = row("interpreter", 0)
-    import cv2  # noqa: F401  (measured: the imports themselves)
+    before = start
+    for module, label in ENGINE_IMPORTS:
+        importlib.import_module(module)
+        before = row("import %s" % label, before)
     import numpy as np
-    import onnxruntime  # noqa: F401
 
     from edge_ocr.engine import models, preprocess
     from edge_ocr.engine.ocr import EngineOptions, OcrEngine
 
-    row("imports: numpy, OpenCV, ONNX Runtime, engine", start)
+    row("imports: numpy, OpenCV, ONNX Runtime, engine", start, "the four rows above")
     pack_spec = models.load_pack(pack)
     loaded = []
     for name, stage in pack_spec.stages.items():
@@ -117,7 +127,8 @@ def profile(pack: str, precision: str, threads: int, images: Sequence[Path], det
     del loaded, det_model
     gc.collect()
     engine = OcrEngine(EngineOptions(pack=pack, precision=precision, threads=threads, verify_checksums=False))
-    steady = row("the engine (every session above, loaded together)", start)
+    steady = row("the engine as built", start, "sessions %s; others at the line that first needs one"
+                 % ", ".join(engine.loaded))
     tracemalloc.start()
     peaks = []
     for path in images:
@@ -129,6 +140,8 @@ def profile(pack: str, precision: str, threads: int, images: Sequence[Path], det
     current, traced_peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
     engine.close()
+    rows.append({"step": "sessions after the images", "rss_mb": None, "delta_mb": None,
+                 "note": ", ".join(engine.loaded)})
     rows.append({"step": "one image, over the steady state", "rss_mb": round(_rss() / MB, 1),
                  "delta_mb": round(float(np.percentile(peaks, 95)) / MB, 1),
                  "note": "p50 %.1f MB, p95 %.1f MB, max %.1f MB over %d images" % (
@@ -144,6 +157,28 @@ def profile(pack: str, precision: str, threads: int, images: Sequence[Path], det
                          "state before them %.0f MB" % (_rss() / MB, steady / MB)})
     rows.append({"step": "peak RSS of the process", "rss_mb": round(_status()["VmHWM"] / MB, 1), "delta_mb": None,
                  "note": "VmHWM since the last reset (the images' run)"})
+    return rows
+
+
+def import_profile(modules: Sequence[tuple[str, str]] = DAEMON_IMPORTS) -> list[dict[str, Any]]:
+    """RSS after each import of ``modules`` in turn, in this process (call it in a fresh one)."""
+    rows = [{"step": "interpreter", "rss_mb": round(_rss() / MB, 1), "delta_mb": round(_rss() / MB, 1), "note": ""}]
+    for module, label in modules:
+        before = _rss()
+        importlib.import_module(module)
+        now = _rss()
+        rows.append({"step": "import %s" % label, "rss_mb": round(now / MB, 1),
+                     "delta_mb": round((now - before) / MB, 1), "note": module})
+    return rows
+
+
+def measure_imports() -> list[dict[str, Any]]:
+    """``import_profile`` of the daemon's imports in a fresh child process."""
+    run = subprocess.run([sys.executable, "-m", "edge_ocr.tools.memory", "--imports"], capture_output=True,
+                         text=True, timeout=600)
+    if run.returncode != 0:
+        raise RuntimeError("import profile failed: %s" % run.stderr[-2000:])
+    rows: list[dict[str, Any]] = json.loads(run.stdout)
     return rows
 
 
@@ -171,6 +206,9 @@ def format_rows(rows: Sequence[dict[str, Any]]) -> str:
 
 
 def main(argv: list[str]) -> int:
+    if argv == ["--imports"]:
+        print(json.dumps(import_profile()))
+        return 0
     job = json.loads(Path(argv[0]).read_text(encoding="utf-8"))
     rows = profile(job["pack"], job["precision"], job["threads"], [Path(p) for p in job["images"]], job["det"],
                    job["memory"])

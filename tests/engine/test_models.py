@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import shutil
+import threading
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from edge_ocr.engine import models
@@ -127,3 +129,31 @@ def test_shipped_int8_variants_passed_their_accuracy_gate(name):
         fp32 = recorded["fp32"]["sources"]["all"][metric]
         int8 = recorded["int8"]["sources"]["all"][metric]
         assert int8 >= fp32 - 1.0, "%s %s int8 %s=%.2f vs fp32 %.2f" % (name, stage, metric, int8, fp32)
+
+
+def test_a_lazy_model_makes_one_session_on_its_first_run_whatever_the_threads(monkeypatch):
+    pack = models.load_pack("default")
+    stage = pack.stages["rec_fast"]
+    made = []
+    real = models.make_session
+
+    def counted(variant, threads, allow_spinning=False):
+        made.append(variant.path.name)
+        return real(variant, threads, allow_spinning)
+
+    monkeypatch.setattr(models, "make_session", counted)
+    model = models.Model(stage, models.choose_variant(stage, "int8"), 1, lazy=True)
+    assert not model.loaded and made == [] and model.stage is stage
+    batch = np.zeros((1, 3, stage.height, 160), np.float32)
+    start = threading.Barrier(4)
+
+    def first_run() -> None:
+        start.wait(10)
+        model.run(batch)
+
+    threads = [threading.Thread(target=first_run, name="test-lazy-%d" % i) for i in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert model.loaded and len(made) == 1 and model.input_name

@@ -321,3 +321,19 @@ def test_short_single_lines_skip_the_draft_and_only_plates_reach_the_chinese_spe
     assert scoring.alnum(plate.text) == scoring.alnum("皖AC4933")
     assert calls == {"rec_fast": 0, "rec": 1}  # 94x24 px: short, read accurately, then PP-OCRv4
     assert engine.rec_zh is not None and engine.rec_zh.stage.name == "rec_zh"
+
+
+def test_a_page_only_engine_never_loads_the_single_line_recognisers(eval_dev):
+    from edge_ocr.engine.ocr import EngineOptions, OcrEngine
+
+    engine = OcrEngine(EngineOptions(threads=1))
+    assert engine.loaded == ("det", "rec_page")
+    assert engine.precisions == {"det": "int8", "rec_fast": "fp32", "rec": "int8", "rec_page": "int8", "rec_zh": "fp32"}
+    page = (eval_dev / "pages" / _pages(eval_dev, "sroie", 1)[0]["file"]).read_bytes()
+    assert len(engine(page).lines) > 20 and engine.loaded == ("det", "rec_page")
+    # The first single line brings in what it needs, once.
+    line = (eval_dev / "lines" / "sroie_003_048.png").read_bytes()
+    assert scoring.alnum(engine(line, det=False).text) == scoring.alnum("TAX CODE")
+    assert "rec" in engine.loaded and engine.rec.loaded
+    # A pack without a page reader reads pages with `rec`, so it is loaded up front.
+    assert OcrEngine(EngineOptions(pack="crnn", threads=1)).rec.loaded

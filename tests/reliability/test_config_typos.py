@@ -13,7 +13,7 @@ TYPOS = [
     ("[mqtt]\nport = 70000\n", "mqtt.port: expected 1..65535, got 70000"),
     ('[engine]\nprecision = "fp16"\n', "engine.precision: expected one of auto | fp32 | int8, got 'fp16'"),
     ("[engine]\nthreads = 0\n", 'engine.threads: expected "auto" or an integer >= 1, got 0'),
-    ("[guard]\nrss_soft_mb = 600\n", "guard.rss_hard_mb: expected more than rss_soft_mb (600), got 550"),
+    ("[guard]\nrss_soft_mb = 650\n", "guard.rss_hard_mb: expected more than rss_soft_mb (650), got 600"),
     ('[http]\nbind = "0.0.0.0:8080"\n', "http.bind: 0.0.0.0 is reachable from other machines"),
     ('[[sources]]\nname = "a b"\npath = "in"\n', "sources[0].name: expected letters, digits"),
     ('[[sources]]\nname = "cam"\ntype = "camera"\nrois = [ { name = "r", box = [0, 0, 0, 5] } ]\n',
