@@ -1,14 +1,16 @@
 """Dev only: choose the engine's line rules on half a of eval-dev and confirm them on half b.
 
 Reads every eval-dev line crop (``lines/`` and ``zh/lines``) once with each recogniser of the
-default pack (PP-OCRv6 tiny, PP-OCRv6 small, PP-OCRv4), caches the readings, then replays the
+default pack (PP-OCRv6 tiny, PP-OCRv6 small in its dynamic and static int8 variants, PP-OCRv4), caches the readings, then replays the
 engine's own rule functions (``edge_ocr.engine.recognize``) over them for each candidate
 setting, per half (``bench/halves.py``: split by source image) and per source:
 
 * routing: which lines PP-OCRv4 reads (``needs_specialist`` and ``take_specialist``; ``all``
   is the old rule, any line with Chinese sensed; ``none`` never);
 * ``specialist_mass``: Chinese mass in an accurate reading that counts as Chinese sensed;
-* ``draft_min_width``: single lines up to this width skip the draft.
+* ``draft_min_width``: single lines up to this width skip the draft;
+* ``confirm_below`` and ``confirm_chinese_mass``: which single lines the static int8 page
+  reader's reading is confirmed by the dynamic int8 recogniser.
 
 Cost is the recogniser work per line relative to reading it once with PP-OCRv6 small
 (PP-OCRv6 tiny measured at a fifth per column); p50 and p95 over the half's lines.
@@ -36,23 +38,30 @@ from edge_ocr.engine.ocr import EngineOptions, OcrEngine
 from edge_ocr.tools import scoring
 
 EVAL_DEV = Path(__file__).resolve().parents[2] / "shared" / "eval-dev"
-READERS = ("rec_fast", "rec", "rec_zh")
+READERS = ("rec_fast", "rec", "rec_zh", "rec_page")
+STATIC_COST = 0.7  # the static int8 page reader per column, relative to the dynamic int8 one (7.0 vs 9.8 ms)
 TINY_COST = 1 / 4.5  # PP-OCRv6 tiny per column, relative to PP-OCRv6 small (bench: 2.9 vs 13.1 ms)
 
 
 def read_all(cache: Path) -> list[dict[str, Any]]:
-    if cache.is_file():
-        return json.loads(cache.read_text(encoding="utf-8"))
+    """Every crop's reading by each of ``READERS``; a cache missing a reader is completed."""
+    cached = {r["file"]: r for r in json.loads(cache.read_text(encoding="utf-8"))} if cache.is_file() else {}
+    if cached and all(name in r for r in cached.values() for name in READERS):
+        return list(cached.values())
     engine = OcrEngine(EngineOptions(threads=2))
+    models = {"rec_fast": engine.rec_fast, "rec": engine.rec, "rec_zh": engine._specialist(), "rec_page": engine.rec_page}
     rows = []
     for folder in ("lines", "zh/lines"):
         for record in (EVAL_DEV / folder / "labels.tsv").read_text(encoding="utf-8").splitlines():
             file, label, _, source = record.split("\t")[:4]
             crop = cv2.imread(str(EVAL_DEV / folder / file))
-            row: dict[str, Any] = {"file": file, "label": label, "source": source.split("(")[0],
-                                   "width": recognize.line_width(crop, engine.rec.stage.height)}
+            row: dict[str, Any] = cached.get(file) or {"file": file, "label": label, "source": source.split("(")[0],
+                                                       "width": recognize.line_width(crop, engine.rec.stage.height)}
             for name in READERS:
-                model = getattr(engine, name)
+                if name in row:
+                    continue
+                model = models[name]
+                assert model is not None
                 stage = model.stage
                 (decoded,) = recognize.recognize([crop], model.run, stage.charset, stage.height, stage.min_width,
                                                  stage.width or stage.height * 64, 1)
@@ -63,22 +72,38 @@ def read_all(cache: Path) -> list[dict[str, Any]]:
 
 
 def replay(row: dict[str, Any], routing: str, draft_min_width: float, specialist_mass: float = 0.005,
-           recheck_below: float = 0.95, draft_mass: float = 0.05) -> tuple[str, float]:
-    """(text, cost) of one single-line read under the given rules, as OcrEngine._read does it."""
-    tiny, small, v4 = (Decoded(*row[name]) for name in READERS)
+           recheck_below: float = 0.95, draft_mass: float = 0.05, confirm: tuple[float, float] | None = (0.9, 0.01)
+           ) -> tuple[str, float]:
+    """(text, cost) of one single-line read under the given rules, as OcrEngine._read does it.
+
+    ``confirm``: (confirm_below, confirm_chinese_mass) when lines are read by the static int8 page
+    reader and confirmed by the dynamic int8 one (``recognize.needs_confirmation``); None reads
+    them with the dynamic one alone (the engine before the page reader read single lines).
+    """
+    tiny, small, v4, static = (Decoded(*row[name]) for name in READERS)
     width = max(row["width"], 160) / 160  # PP-OCRv6 small pads to 160 px
+    first, first_cost = (small, 1.0) if confirm is None else (static, STATIC_COST)
     if row["width"] <= draft_min_width:
-        draft = reading = small
-        cost = width
+        draft = reading = first
+        cost = width * first_cost
     else:
         draft, cost = tiny, width * TINY_COST
-        reading = small if recognize.needs_recheck([tiny], recheck_below) else tiny
-        cost += width if reading is small else 0.0
-    reading_mass = specialist_mass if reading is small else draft_mass
-    sensed = recognize.maybe_chinese(draft, draft_mass) or recognize.maybe_chinese(reading, reading_mass)
+        reading = first if recognize.needs_recheck([tiny], recheck_below) else tiny
+        cost += width * first_cost if reading is first else 0.0
+    accurate = reading is first
+    reading_mass = specialist_mass if accurate else draft_mass
+
+    def sensed() -> bool:
+        return recognize.maybe_chinese(draft, draft_mass) or recognize.maybe_chinese(reading, reading_mass)
+
     if routing == "all" and (recognize.maybe_chinese(draft, draft_mass) or recognize.maybe_chinese(reading, draft_mass)):
         return v4.text, cost + width
-    if routing == "plate" and recognize.needs_specialist([reading], [sensed]):
+    plate = routing == "plate" and recognize.needs_specialist([reading], [sensed()])
+    if not plate and accurate and confirm is not None and recognize.needs_confirmation([reading], *confirm):
+        reading = recognize.confirmed(reading, small, confirm[1])
+        cost += width
+        plate = routing == "plate" and recognize.needs_specialist([reading], [sensed()])
+    if plate:
         return recognize.take_specialist(reading, v4).text, cost + width
     return reading.text, cost
 
@@ -101,6 +126,10 @@ CANDIDATES = {
                         for m in (0.05, 0.02, 0.01, 0.005, 0.0)],
     "routing": [("all", dict(routing="all", draft_min_width=320)), ("none", dict(routing="none", draft_min_width=320)),
                 ("plate", dict(routing="plate", draft_min_width=320))],
+    "confirm_below, confirm_chinese_mass": [("dynamic int8 alone", dict(routing="plate", draft_min_width=320,
+                                                                        confirm=None))]
+    + [("%s, %s" % (below, mass), dict(routing="plate", draft_min_width=320, confirm=(below, mass)))
+       for below in (0.0, 0.8, 0.9, 0.95) for mass in (0.001, 0.01)],
     "draft_min_width": [(str(w), dict(routing="plate", draft_min_width=w)) for w in (0, 240, 320, 480)]
     + [("all lines (no draft)", dict(routing="plate", draft_min_width=float("inf")))],
 }

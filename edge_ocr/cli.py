@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
@@ -71,7 +72,8 @@ def cmd_ocr(args: argparse.Namespace) -> int:
 
     table = _engine_options(args)
     allocator.configure(table.memory)
-    engine = OcrEngine(table.to_options())
+    # One-shot: sessions are made as the images need them (crops never load the detector).
+    engine = OcrEngine(dataclasses.replace(table.to_options(), lazy_sessions=True))
     model = (engine.pack.name, engine.pack.version)
     failures = 0
     progress = Progress(len(args.images), "images")

@@ -8,7 +8,7 @@ threads: every per-call option is an argument and no stage keeps per-call state.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -48,11 +48,12 @@ class OcrEngine:
         stages = self.pack.stages
         if "rec" not in stages:
             raise ModelError("pack %s has no recogniser" % self.pack.name)
-        self.det = self._load("det") if "det" in stages else None
+        eager = not self.options.lazy_sessions
+        self.det = self._load("det", not eager) if "det" in stages else None
         self.db_params = self.options.det or DbParams.from_published(stages["det"].postprocess if "det" in stages else {})
-        self.cls = self._load("cls") if self.options.use_cls and "cls" in stages else None
+        self.cls = self._load("cls", not eager) if self.options.use_cls and "cls" in stages else None
         # The reader of a page's lines, where the pack has one: `rec`'s model in a faster int8 variant.
-        self.rec_page = self._load("rec_page") if self.det is not None and "rec_page" in stages else None
+        self.rec_page = self._load("rec_page", not eager) if self.det is not None and "rec_page" in stages else None
         # With a page reader, `rec` and `rec_fast` read only single lines, regions and the rechecks
         # of drafts, so their sessions are made at the first line that needs one: a daemon that
         # reads only pages never loads them (README, Memory). Without one, `rec` reads every page.
@@ -177,12 +178,13 @@ class OcrEngine:
         Every line of a page (``detected``) is read once by the page reader (``rec_page``: the
         accurate model in its static int8 variant, as fast as drafting and re-reading the unsure
         drafts was, and drafts cost 2 points of end-to-end F1 on receipts: README, Accuracy). Of
-        single lines and regions, the short ones are read by the accurate recogniser (drafts err
-        most on short words) and only the long ones are drafted by the fast reader, the unsure
-        drafts re-read. Plate-shaped lines then go to the Chinese specialist (see
-        ``recognize.needs_specialist``).
+        single lines and regions, the short ones are read by the page reader too (drafts err most
+        on short words) and only the long ones are drafted by the fast reader, the unsure drafts
+        re-read. Plate-shaped lines go to the Chinese specialist (``recognize.needs_specialist``);
+        any other single line the page reader sensed Chinese in or was unsure of is confirmed by
+        the dynamic int8 variant (``rec``: ``recognize.needs_confirmation``).
         """
-        accurate_model = (self.rec_page or self.rec) if detected else self.rec
+        accurate_model = self.rec_page or self.rec
         limit = -1 if self.rec_fast is None or detected else self.options.draft_min_width
         direct = [i for i, c in enumerate(crops) if limit < 0 or recognize.line_width(c, self.rec.stage.height) <= limit]
         drafted = sorted(set(range(len(crops))) - set(direct))
@@ -193,21 +195,40 @@ class OcrEngine:
             self._read_into(drafts, self.rec_fast, crops, allowed, drafted)
         decoded = list(drafts)
         unsure = [drafted[i] for i in recognize.needs_recheck([drafts[i] for i in drafted], self.options.recheck_below)]
-        self._read_into(decoded, self.rec, crops, allowed, unsure)
+        self._read_into(decoded, accurate_model, crops, allowed, unsure)
         accurate = set(direct) | set(unsure)
-        if self._rec_zh_stage is not None:
-            draft_mass, accurate_mass = self.options.chinese_mass, self.options.specialist_mass
-            sensed = [
-                recognize.maybe_chinese(drafts[i], draft_mass)
-                or recognize.maybe_chinese(decoded[i], accurate_mass if i in accurate else draft_mass)
-                for i in range(len(crops))
-            ]
-            plates = recognize.needs_specialist(decoded, sensed)
-            specialist = self._recognize(self._specialist(), [crops[i] for i in plates], _pick(allowed, plates)) \
-                if plates else []
+        plates = self._plates(drafts, decoded, accurate, range(len(crops)))
+        if accurate_model is not self.rec and not detected:
+            confirmed = self._confirm(decoded, crops, allowed, sorted(accurate - set(plates)))
+            plates = sorted(set(plates) | set(self._plates(drafts, decoded, accurate, confirmed)))
+        if plates:
+            specialist = self._recognize(self._specialist(), [crops[i] for i in plates], _pick(allowed, plates))
             for index, result in zip(plates, specialist):
                 decoded[index] = recognize.take_specialist(decoded[index], result)
         return decoded
+
+    def _plates(self, drafts: list[Decoded], decoded: list[Decoded], accurate: set[int], among: Iterable[int]
+                ) -> list[int]:
+        """The lines of ``among`` to show the Chinese specialist, if the pack has one."""
+        if self._rec_zh_stage is None:
+            return []
+        draft_mass, accurate_mass = self.options.chinese_mass, self.options.specialist_mass
+        among = list(among)
+        sensed = [recognize.maybe_chinese(drafts[i], draft_mass)
+                  or recognize.maybe_chinese(decoded[i], accurate_mass if i in accurate else draft_mass) for i in among]
+        return [among[i] for i in recognize.needs_specialist([decoded[i] for i in among], sensed)]
+
+    def _confirm(self, decoded: list[Decoded], crops: list[np.ndarray], allowed: list[str], read: list[int]
+                 ) -> list[int]:
+        """Re-read with ``rec`` the lines of ``read`` the page reader should not answer alone; returns them."""
+        mass = self.options.confirm_chinese_mass
+        doubtful = [read[i] for i in recognize.needs_confirmation([decoded[i] for i in read],
+                                                                  self.options.confirm_below, mass)]
+        second = [Decoded("", 0.0)] * len(crops)
+        self._read_into(second, self.rec, crops, allowed, doubtful)
+        for index in doubtful:
+            decoded[index] = recognize.confirmed(decoded[index], second[index], mass)
+        return doubtful
 
     def _read_into(
         self, readings: list[Decoded], model: Model, crops: list[np.ndarray], allowed: list[str], indices: list[int]

@@ -110,6 +110,26 @@ def needs_recheck(drafts: Sequence[Decoded], below: float) -> list[int]:
     return [i for i, d in enumerate(drafts) if not d.text.strip() or d.score < below]
 
 
+def needs_confirmation(readings: Sequence[Decoded], below: float, chinese_mass: float) -> list[int]:
+    """Indices of the single lines the static int8 page reader should not answer alone: it
+    sensed Chinese (``maybe_chinese`` at ``chinese_mass``: it lost short Chinese crops, "。" read
+    "o", where the dynamic int8 variant reads them) or its mean confidence is under ``below``.
+
+    On eval-dev's single lines this reads Latin words at 0.7x the dynamic variant's cost with
+    alnum accuracy unchanged within a word per half (chosen on half a, confirmed on half b:
+    bench/rules.py, README Accuracy)."""
+    return [i for i, r in enumerate(readings) if maybe_chinese(r, chinese_mass) or r.score < below]
+
+
+def confirmed(first: Decoded, second: Decoded, chinese_mass: float) -> Decoded:
+    """The page reader's ``first`` reading or the dynamic variant's ``second``: the second where
+    the first sensed Chinese, else the more confident of the two (the two int8 variants err on
+    different words: neither one's disagreements are the right ones more often)."""
+    if maybe_chinese(first, chinese_mass) or second.score >= first.score:
+        return second
+    return first
+
+
 def has_cjk(text: str) -> bool:
     """True when ``text`` holds a CJK unified ideograph (basic block or extension A)."""
     return any(is_cjk(c) for c in text)

@@ -143,6 +143,11 @@ class EngineOptions:
     # mass on Chinese for a Latin glyph, so 0.5 % at one step marks a province glyph it could not
     # read (plates 92 -> 96 % on both halves of eval-dev, Latin sources unchanged: bench/rules.py).
     specialist_mass: float = 0.005
+    # A single line or region the static int8 page reader sensed this much Chinese in, or read
+    # with a mean confidence under ``confirm_below``, is re-read by the dynamic int8 recogniser
+    # (recognize.needs_confirmation; chosen on half a of eval-dev's lines, confirmed on half b).
+    confirm_below: float = 0.9
+    confirm_chinese_mass: float = 0.01
     cls_threshold: float = 0.9
     rec_batch_size: int = 1  # measured: batching only pads; 1 was fastest and smallest on 1-2 threads
     rec_batch_columns: int = 4096  # batch lines × padded width: bounds recogniser memory
@@ -156,3 +161,7 @@ class EngineOptions:
     parallel_lines: bool = True
     allow_spinning: bool = False  # ORT worker threads busy-wait between ops: no gain measured, idle CPU burnt
     verify_checksums: bool = True
+    # Make every session at its first use, the detector and page reader too: a one-shot run
+    # (`edge-ocr ocr --no-det` on crops) then holds only the recognisers its images need. A
+    # daemon keeps the default and loads those two up front, so its first page waits for no load.
+    lazy_sessions: bool = False

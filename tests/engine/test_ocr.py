@@ -48,6 +48,12 @@ FIXED_LINES = (
 )
 
 
+def _zh_line(eval_dev, label: str) -> str:
+    """The file of the first zh/lines crop labelled ``label``."""
+    rows = (eval_dev / "zh" / "lines" / "labels.tsv").read_text(encoding="utf-8").splitlines()
+    return next(r.split("\t")[0] for r in rows if r.split("\t")[1] == label)
+
+
 def subset_accuracy(engine, eval_dev, source: str) -> float:
     samples = line_samples(eval_dev, source, SUBSET)
     hits = sum(scoring.alnum(engine(p.read_bytes(), det=False).text) == scoring.alnum(t) for p, t in samples)
@@ -252,10 +258,14 @@ def test_a_pages_lines_are_each_read_once_by_the_page_reader_never_drafted(eval_
     assert engine.precisions["rec_page"] == "int8" and engine.rec_page.variant.path.name == "rec_page.int8.onnx"
     assert calls["rec_fast"] == calls["rec"] == 0 and calls["rec_page"] >= len(read.lines) > 20
     assert [(ln.text, ln.box.tolist()) for ln in read.lines] == [(ln.text, ln.box.tolist()) for ln in without_drafts.lines]
-    # A single line never goes to the page reader: on Chinese crops its variant lost short lines.
+    # A short single line is read by the page reader too, and confirmed by `rec` only where that
+    # was unsure or sensed Chinese (its variant lost short Chinese crops).
     calls.update(rec_page=0)
-    engine(page, det=False)
-    assert calls["rec_page"] == 0
+    word = engine((eval_dev / "lines" / "sroie_003_048.png").read_bytes(), det=False)
+    assert scoring.alnum(word.text) == scoring.alnum("TAX CODE") and word.lines[0].score >= engine.options.confirm_below
+    assert calls == {"rec_fast": 0, "rec": 0, "rec_page": 1}
+    stop = engine((eval_dev / "zh" / "lines" / _zh_line(eval_dev, "。")).read_bytes(), det=False)
+    assert stop.text == "。" and calls == {"rec_fast": 0, "rec": 1, "rec_page": 2}
 
 
 def test_lines_read_in_parallel_match_lines_read_one_by_one(eval_dev):
@@ -304,7 +314,7 @@ def test_short_single_lines_skip_the_draft_and_only_plates_reach_the_chinese_spe
 
     engine = OcrEngine(EngineOptions(threads=1))
     assert engine.rec_zh is None and engine.precisions["rec_zh"] == "fp32"  # loaded when first needed
-    calls = {"rec_fast": 0, "rec": 0}
+    calls = {"rec_fast": 0, "rec": 0, "rec_page": 0}
     for name in calls:
         model = getattr(engine, name)
         model.run = _counting(model.run, calls, name)
@@ -312,14 +322,15 @@ def test_short_single_lines_skip_the_draft_and_only_plates_reach_the_chinese_spe
     document = [(eval_dev / "zh" / "lines" / r[0], r[1]) for r in zh_lines if r[3] == "omnidocbench:book"][:5]
     for path, label in document:
         assert scoring.relaxed(engine(path.read_bytes(), det=False).text) == scoring.relaxed(label)
-    # Long lines are drafted, and re-read only when unsure; Chinese text stays with PP-OCRv6, so
-    # the plate specialist is not even loaded.
-    assert calls["rec_fast"] == 5 and calls["rec"] < 5 and engine.rec_zh is None
+    # Long lines are drafted, and re-read only when unsure (by the page reader, confirmed by `rec`
+    # as it sensed Chinese); Chinese text stays with PP-OCRv6, so the plate specialist is not even loaded.
+    assert calls["rec_fast"] == 5 and calls["rec"] == calls["rec_page"] < 5 and engine.rec_zh is None
 
-    calls.update(rec_fast=0, rec=0)
+    calls.update(rec_fast=0, rec=0, rec_page=0)
     plate = engine((eval_dev / "lines" / "plate_005621c69989.jpg").read_bytes(), det=False)
     assert scoring.alnum(plate.text) == scoring.alnum("皖AC4933")
-    assert calls == {"rec_fast": 0, "rec": 1}  # 94x24 px: short, read accurately, then PP-OCRv4
+    # 94x24 px: short, read by the page reader, plate-shaped with Chinese sensed: straight to PP-OCRv4
+    assert calls == {"rec_fast": 0, "rec": 0, "rec_page": 1}
     assert engine.rec_zh is not None and engine.rec_zh.stage.name == "rec_zh"
 
 
@@ -331,9 +342,24 @@ def test_a_page_only_engine_never_loads_the_single_line_recognisers(eval_dev):
     assert engine.precisions == {"det": "int8", "rec_fast": "fp32", "rec": "int8", "rec_page": "int8", "rec_zh": "fp32"}
     page = (eval_dev / "pages" / _pages(eval_dev, "sroie", 1)[0]["file"]).read_bytes()
     assert len(engine(page).lines) > 20 and engine.loaded == ("det", "rec_page")
-    # The first single line brings in what it needs, once.
+    # A Latin word the page reader is sure of needs nothing more; the first line to confirm brings
+    # in `rec`, once.
     line = (eval_dev / "lines" / "sroie_003_048.png").read_bytes()
     assert scoring.alnum(engine(line, det=False).text) == scoring.alnum("TAX CODE")
+    assert engine.loaded == ("det", "rec_page")
+    assert engine((eval_dev / "zh" / "lines" / _zh_line(eval_dev, "。")).read_bytes(), det=False).text == "。"
     assert "rec" in engine.loaded and engine.rec.loaded
     # A pack without a page reader reads pages with `rec`, so it is loaded up front.
     assert OcrEngine(EngineOptions(pack="crnn", threads=1)).rec.loaded
+
+
+def test_a_one_shot_engine_makes_only_the_sessions_its_images_need(eval_dev):
+    from edge_ocr.engine.ocr import EngineOptions, OcrEngine
+
+    engine = OcrEngine(EngineOptions(threads=1, lazy_sessions=True))  # as `edge-ocr ocr` makes it
+    assert engine.loaded == ()
+    word = engine((eval_dev / "lines" / "sroie_003_048.png").read_bytes(), det=False)
+    assert scoring.alnum(word.text) == scoring.alnum("TAX CODE")
+    assert engine.loaded == ("rec_page",)  # crops never load the detector
+    page = (eval_dev / "pages" / _pages(eval_dev, "sroie", 1)[0]["file"]).read_bytes()
+    assert len(engine(page).lines) > 20 and engine.loaded == ("det", "rec_page")

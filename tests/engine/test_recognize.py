@@ -7,8 +7,10 @@ import numpy as np
 from edge_ocr.engine.decode import Charset, Decoded
 from edge_ocr.engine.recognize import (
     batch_width,
+    confirmed,
     line_width,
     maybe_chinese,
+    needs_confirmation,
     needs_recheck,
     needs_specialist,
     plan_batches,
@@ -91,6 +93,26 @@ def test_only_unsure_or_empty_drafts_are_rechecked():
     assert needs_recheck(drafts, below=0.95) == [1, 2]
     assert needs_recheck(drafts, below=1.01) == [0, 1, 2, 3]  # everything goes to the accurate recogniser
     assert needs_recheck(drafts, below=0.0) == [2]
+
+
+def test_the_page_reader_is_confirmed_where_it_sensed_chinese_or_was_unsure():
+    readings = [
+        Decoded("TOTAL", 0.99),  # sure and Latin: answered alone
+        Decoded("o", 0.61),  # unsure (a "。" the static variant misread)
+        Decoded("TAX", 0.97, cjk_mass=0.02),  # Chinese sensed
+        Decoded("12.50", 0.9),  # at the threshold: answered alone
+        Decoded("", 0.0),  # nothing read
+    ]
+    assert needs_confirmation(readings, below=0.9, chinese_mass=0.01) == [1, 2, 4]
+    assert needs_confirmation(readings, below=0.0, chinese_mass=1.01) == []
+
+
+def test_a_confirmed_line_keeps_the_more_confident_reading_unless_chinese_was_sensed():
+    static, dynamic = Decoded("Roud", 0.62), Decoded("Road", 0.54)
+    assert confirmed(static, dynamic, chinese_mass=0.01).text == "Roud"  # neither variant is right more often
+    assert confirmed(Decoded("o", 0.61), Decoded("。", 0.75), chinese_mass=0.01).text == "。"
+    # Where the page reader sensed Chinese, the dynamic variant answers even when less confident.
+    assert confirmed(Decoded("AC4933", 0.99, cjk_mass=0.3), Decoded("皖AC4933", 0.8), chinese_mass=0.01).text == "皖AC4933"
 
 
 def test_lines_read_on_a_thread_pool_come_back_in_input_order():

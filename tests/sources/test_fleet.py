@@ -80,20 +80,16 @@ def test_three_workers_answer_300_jobs_each_once(eval_dev, tmp_path, mosquitto):
 def test_a_worker_killed_mid_burst_and_restarted_loses_no_job(eval_dev, tmp_path, mosquitto):
     images = [p for p, _ in line_samples(eval_dev, "IIIT5K-test", 120)]
     configs, workers = _start_workers(tmp_path, mosquitto, 2)
-    run = _submit(configs[0], images)
-    lines: list[str] = []
-    reader = threading.Thread(target=lambda: lines.extend(run.stdout), name="test-submit-out")  # type: ignore[arg-type]
-    reader.start()
-    assert wait_until(lambda: len(lines) >= 30, 120)
-    workers[1].kill()  # holds up to max_inflight unacknowledged jobs
-    restarted = Daemon(configs[1]).start()  # same client id: the broker hands back its session
-    reader.join(300)
-    with run:  # closes its pipes
-        assert run.wait(60) == 0, run.stderr.read() if run.stderr else ""
-    answers = _answers("".join(lines))
+    restarted: list[Daemon] = []
+
+    def kill_and_restart() -> None:
+        workers[1].kill()  # holds up to max_inflight unacknowledged jobs
+        restarted.append(Daemon(configs[1]).start())  # same client id: the broker hands back its session
+
+    _, answers = _burst(configs[0], images, kill_and_restart, after=30)
     assert {a["file"] for a in answers} == {str(p) for p in images}
     assert len(answers) == len({a["job_id"] for a in answers})
-    assert workers[0].terminate() == 0 and restarted.terminate() == 0
+    assert workers[0].terminate() == 0 and restarted[0].terminate() == 0
 
 
 @pytest.mark.slow
@@ -113,14 +109,15 @@ def test_a_worker_stopped_for_good_leaves_the_group_so_no_job_waits_for_it(eval_
     assert workers[0].terminate() == 0
 
 
-def _burst(config: Path, images: list[Path], midway: Callable[[], object]) -> tuple[int, list[dict]]:
-    """Submit ``images`` and wait for every answer, calling ``midway`` once 20 are in; returns how
-    many had come before it and all the answers."""
+def _burst(config: Path, images: list[Path], midway: Callable[[], object], after: int = 20
+           ) -> tuple[int, list[dict]]:
+    """Submit ``images`` and wait for every answer, calling ``midway`` once ``after`` are in;
+    returns how many had come before it and all the answers."""
     run = _submit(config, images, timeout_s=120)
     lines: list[str] = []
     reader = threading.Thread(target=lambda: lines.extend(run.stdout), name="test-submit-out")  # type: ignore[arg-type]
     reader.start()
-    assert wait_until(lambda: len(lines) >= 20, 120)
+    assert wait_until(lambda: len(lines) >= after, 120)
     midway()
     answered_before = len(lines)
     reader.join(300)
