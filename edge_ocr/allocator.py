@@ -43,3 +43,14 @@ def configure(memory: str = "default") -> bool:
     if memory == "low":
         ok = mallopt(M_MMAP_THRESHOLD, LOW_MEMORY_MMAP_THRESHOLD) == 1 and ok
     return bool(ok)
+
+
+def trim() -> bool:
+    """Give glibc's free heap pages back to the kernel (``malloc_trim(0)``): the memory guard's
+    soft level. True if memory was released; False where there was none or glibc is absent."""
+    name = ctypes.util.find_library("c")
+    try:
+        malloc_trim = getattr(ctypes.CDLL(name), "malloc_trim", None) if name else None
+    except OSError:
+        return False
+    return bool(malloc_trim(0)) if malloc_trim is not None else False

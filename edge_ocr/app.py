@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from edge_ocr import allocator
 from edge_ocr.api import HttpServer, make_app
 from edge_ocr.cache import CachedOcr
 from edge_ocr.config import (
@@ -280,9 +281,14 @@ class App:
             dropped = self.pipeline.degrade(SOFT_DET_LIMIT_SIDE) if self.pipeline is not None else 0
             if self._http_ocr is not None:
                 self._http_ocr.clear()
+            # Sessions made at first need are made again when a line needs them; the free heap
+            # glibc keeps after big images (README, Memory) goes back to the kernel.
+            released = self.engine.release_idle() if self.engine is not None else ()
             gc.collect()
-            log.warning("memory guard soft limit rss_mb=%.0f available_mb=%s dropped_frames=%d det_limit_side=%d",
-                        state.rss_mb, state.available_mb, dropped, SOFT_DET_LIMIT_SIDE)
+            trimmed = allocator.trim()
+            log.warning("memory guard soft limit rss_mb=%.0f available_mb=%s dropped_frames=%d det_limit_side=%d "
+                        "released_sessions=%s heap_trimmed=%s", state.rss_mb, state.available_mb, dropped,
+                        SOFT_DET_LIMIT_SIDE, ",".join(released) or "none", "yes" if trimmed else "no")
         else:
             if self.pipeline is not None:
                 self.pipeline.recover()

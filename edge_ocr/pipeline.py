@@ -43,6 +43,8 @@ class Engine(Protocol):
 
     def close(self) -> None: ...
 
+    def release_idle(self) -> tuple[str, ...]: ...
+
 
 class Sink(Protocol):
     """Takes results. ``publish`` must return quickly (spool, not network) and raise SinkError on failure."""

@@ -29,6 +29,9 @@ class FakeEngine:
         lines = (TextLine(text, 0.99, QUAD),) if text else ()
         return EngineOutput(lines, (10, 5), {"total": 1.0})
 
+    def release_idle(self) -> tuple[str, ...]:
+        return ()
+
     def close(self) -> None:
         pass
 
@@ -45,6 +48,9 @@ class ScriptedRegionEngine:
         self.calls += 1
         lines = tuple(TextLine(*reads[r.name], QUAD, roi=r.name) for r in rois or () if r.name in reads)
         return EngineOutput(lines, (10, 5), {"total": 1.0})
+
+    def release_idle(self) -> tuple[str, ...]:
+        return ()
 
     def close(self) -> None:
         pass

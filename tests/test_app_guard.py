@@ -46,6 +46,7 @@ def test_soft_then_hard_limit_restart_loses_no_folder_file(eval_dev, tmp_path):
     assert wait_until(lambda: "memory guard soft limit" in daemon.text(), 15), daemon.text()
     assert _guard(daemon)["level"] == "soft"
     assert "det_limit_side=640" in daemon.text()  # the degraded step: smaller detection inputs
+    assert "heap_trimmed=" in daemon.text() and "released_sessions=none" in daemon.text()  # none made yet
     (word, _), = line_samples(eval_dev, "IIIT5K-test", 1)
     drop(word, tmp_path / "inbox", "small.png")
     assert wait_until(lambda: (tmp_path / "done" / "small.json").exists(), 60), daemon.text()

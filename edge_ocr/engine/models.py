@@ -268,6 +268,7 @@ class Model:
         self._lock = threading.Lock()
         self._session: ort.InferenceSession | None = None
         self.input_name = ""
+        self.lazy = lazy
         if not lazy:
             self._open()
 
@@ -288,6 +289,15 @@ class Model:
                 self.input_name = session.get_inputs()[0].name
                 self._session = session  # published last: a reader never sees it without its input name
             return self._session
+
+    def release(self) -> bool:
+        """Drop a lazy stage's session (made again at its next run); True if one was dropped.
+        A run in progress on another thread keeps its own reference and finishes."""
+        with self._lock:
+            if not self.lazy or self._session is None:
+                return False
+            self._session = None
+            return True
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         session = self._session or self._open()

@@ -59,6 +59,8 @@ class OcrEngine:
         # reads only pages never loads them (README, Memory). Without one, `rec` reads every page.
         lazy = self.rec_page is not None
         self._rec = self._load("rec", lazy)
+        if self.rec_page is not None and self.rec_page.variant.path == self._rec.variant.path:
+            self._rec = self.rec_page  # both in fp32: one file, one session, nothing to confirm against
         self._rec_fast = self._load("rec_fast", lazy) if self.options.use_rec_fast and "rec_fast" in stages else None
         # The Chinese plate specialist is always loaded at the first line that needs it (11 MB not
         # spent by the many deployments that never read a plate with a province character).
@@ -97,7 +99,14 @@ class OcrEngine:
     def loaded(self) -> tuple[str, ...]:
         """The stages whose sessions exist now, e.g. ``("det", "rec_page")`` after pages only."""
         models = (self.det, self.cls, self._rec_fast, self._rec, self.rec_page, self._rec_zh)
-        return tuple(m.stage.name for m in models if m is not None and m.loaded)
+        return tuple(dict.fromkeys(m.stage.name for m in models if m is not None and m.loaded))
+
+    def release_idle(self) -> tuple[str, ...]:
+        """Drop the sessions made at first need (single-line recognisers, the plate specialist;
+        with ``lazy_sessions`` all of them): the memory guard's soft level. They are made again
+        when a line needs them. Returns the stages released, e.g. ``("rec", "rec_zh")``."""
+        models = (self.det, self.cls, self._rec_fast, self._rec, self.rec_page, self._rec_zh)
+        return tuple(dict.fromkeys(m.stage.name for m in models if m is not None and m.release()))
 
     def close(self) -> None:
         """Stop the line threads (idempotent). Later calls still work, reading lines one by one."""

@@ -363,3 +363,19 @@ def test_a_one_shot_engine_makes_only_the_sessions_its_images_need(eval_dev):
     assert engine.loaded == ("rec_page",)  # crops never load the detector
     page = (eval_dev / "pages" / _pages(eval_dev, "sroie", 1)[0]["file"]).read_bytes()
     assert len(engine(page).lines) > 20 and engine.loaded == ("det", "rec_page")
+    # In fp32 the page reader and `rec` are one file: one session, and no confirmation against itself.
+    fp32 = OcrEngine(EngineOptions(threads=1, precision="fp32", lazy_sessions=True))
+    assert fp32.rec is fp32.rec_page and fp32.precisions["rec"] == fp32.precisions["rec_page"] == "fp32"
+
+
+def test_released_sessions_are_made_again_when_a_line_needs_them(eval_dev):
+    from edge_ocr.engine.ocr import EngineOptions, OcrEngine
+
+    engine = OcrEngine(EngineOptions(threads=1))
+    plate = (eval_dev / "lines" / "plate_005621c69989.jpg").read_bytes()
+    first = engine(plate, det=False).text
+    assert scoring.alnum(first) == scoring.alnum("皖AC4933") and "rec_zh" in engine.loaded
+    # The memory guard's soft level: only the sessions made at first need go; det and the page reader stay.
+    assert "rec_zh" in engine.release_idle() and engine.loaded == ("det", "rec_page")
+    assert engine.release_idle() == ()
+    assert engine(plate, det=False).text == first and "rec_zh" in engine.loaded
