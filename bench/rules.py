@@ -99,12 +99,15 @@ def replay(row: dict[str, Any], routing: str, draft_min_width: float, specialist
     if routing == "all" and (recognize.maybe_chinese(draft, draft_mass) or recognize.maybe_chinese(reading, draft_mass)):
         return v4.text, cost + width
     plate = routing == "plate" and recognize.needs_specialist([reading], [sensed()])
-    if not plate and accurate and confirm is not None and recognize.needs_confirmation([reading], *confirm):
+    if plate:
+        cost += width
+        if recognize.take_specialist(reading, v4) is v4:
+            return v4.text, cost
+    if accurate and confirm is not None and recognize.needs_confirmation([reading], *confirm):
         reading = recognize.confirmed(reading, small, confirm[1])
         cost += width
-        plate = routing == "plate" and recognize.needs_specialist([reading], [sensed()])
-    if plate:
-        return recognize.take_specialist(reading, v4).text, cost + width
+        if not plate and routing == "plate" and recognize.needs_specialist([reading], [sensed()]):
+            return recognize.take_specialist(reading, v4).text, cost + width
     return reading.text, cost
 
 

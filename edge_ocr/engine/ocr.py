@@ -190,31 +190,52 @@ class OcrEngine:
         single lines and regions, the short ones are read by the page reader too (drafts err most
         on short words) and only the long ones are drafted by the fast reader, the unsure drafts
         re-read. Plate-shaped lines go to the Chinese specialist (``recognize.needs_specialist``);
-        any other single line the page reader sensed Chinese in or was unsure of is confirmed by
-        the dynamic int8 variant (``rec``: ``recognize.needs_confirmation``).
+        any other single line the page reader sensed Chinese in or was unsure of, a plate whose
+        specialist reading was not taken included, is confirmed by the dynamic int8 variant
+        (``rec``: ``recognize.needs_confirmation``). Regions with allowed characters are read by
+        ``rec`` from the start.
         """
-        accurate_model = self.rec_page or self.rec
+        page_reader = self.rec_page or self.rec
+        # A region with allowed characters is read by `rec` alone: its mask hides the Chinese mass
+        # the confirmation rule relies on, and the page reader read a masked plate confidently
+        # wrong ("AT1L05" as "ATL05").
+        masked = set() if detected else {i for i, chars in enumerate(allowed) if chars}
         limit = -1 if self.rec_fast is None or detected else self.options.draft_min_width
         direct = [i for i, c in enumerate(crops) if limit < 0 or recognize.line_width(c, self.rec.stage.height) <= limit]
         drafted = sorted(set(range(len(crops))) - set(direct))
         drafts = [Decoded("", 0.0)] * len(crops)
-        self._read_into(drafts, accurate_model, crops, allowed, direct)
+        self._read_into(drafts, page_reader, crops, allowed, [i for i in direct if i not in masked])
+        self._read_into(drafts, self.rec, crops, allowed, [i for i in direct if i in masked])
         if drafted:
             assert self.rec_fast is not None
             self._read_into(drafts, self.rec_fast, crops, allowed, drafted)
         decoded = list(drafts)
         unsure = [drafted[i] for i in recognize.needs_recheck([drafts[i] for i in drafted], self.options.recheck_below)]
-        self._read_into(decoded, accurate_model, crops, allowed, unsure)
+        self._read_into(decoded, page_reader, crops, allowed, [i for i in unsure if i not in masked])
+        self._read_into(decoded, self.rec, crops, allowed, [i for i in unsure if i in masked])
         accurate = set(direct) | set(unsure)
         plates = self._plates(drafts, decoded, accurate, range(len(crops)))
-        if accurate_model is not self.rec and not detected:
-            confirmed = self._confirm(decoded, crops, allowed, sorted(accurate - set(plates)))
-            plates = sorted(set(plates) | set(self._plates(drafts, decoded, accurate, confirmed)))
-        if plates:
-            specialist = self._recognize(self._specialist(), [crops[i] for i in plates], _pick(allowed, plates))
-            for index, result in zip(plates, specialist):
-                decoded[index] = recognize.take_specialist(decoded[index], result)
+        taken = self._specialise(decoded, crops, allowed, plates)
+        if page_reader is not self.rec and not detected:
+            # A plate whose specialist reading held no Chinese keeps the page reader's reading,
+            # so it may need confirming too.
+            confirmed = self._confirm(decoded, crops, allowed, sorted(accurate - taken - masked))
+            self._specialise(decoded, crops, allowed,
+                             [i for i in self._plates(drafts, decoded, accurate, confirmed) if i not in plates])
         return decoded
+
+    def _specialise(self, decoded: list[Decoded], crops: list[np.ndarray], allowed: list[str], plates: list[int]
+                    ) -> set[int]:
+        """Show ``plates`` to the Chinese specialist; returns those whose reading it replaced."""
+        if not plates:
+            return set()
+        taken = set()
+        specialist = self._recognize(self._specialist(), [crops[i] for i in plates], _pick(allowed, plates))
+        for index, result in zip(plates, specialist):
+            decoded[index] = recognize.take_specialist(decoded[index], result)
+            if decoded[index] is result:
+                taken.add(index)
+        return taken
 
     def _plates(self, drafts: list[Decoded], decoded: list[Decoded], accurate: set[int], among: Iterable[int]
                 ) -> list[int]:

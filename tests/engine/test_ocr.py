@@ -379,3 +379,22 @@ def test_released_sessions_are_made_again_when_a_line_needs_them(eval_dev):
     assert "rec_zh" in engine.release_idle() and engine.loaded == ("det", "rec_page")
     assert engine.release_idle() == ()
     assert engine(plate, det=False).text == first and "rec_zh" in engine.loaded
+
+
+def test_a_region_with_allowed_characters_is_read_by_the_dynamic_reader(eval_dev):
+    """A mask hides the Chinese mass the confirmation rule relies on, and the page reader read
+    this masked plate confidently wrong ("ATL05", 0.99)."""
+    from edge_ocr.engine.ocr import EngineOptions, OcrEngine
+
+    (path, label), = [s for s in line_samples(eval_dev, "LPRNet_Pytorch-test-plates", 2) if s[1] == "皖AT1L05"]
+    image = cv2.imread(str(path))
+    engine = OcrEngine(EngineOptions(threads=1))
+    calls = {"rec": 0, "rec_page": 0}
+    for name in calls:
+        model = getattr(engine, name)
+        model.run = _counting(model.run, calls, name)
+    region = Region("plate", (0, 0, image.shape[1], image.shape[0]), "ABCDEFGHJKLMNPQRSTUVWXYZ0123456789")
+    assert engine(image, rois=[region]).text == label[1:]
+    assert calls == {"rec": 1, "rec_page": 0}
+    # Without allowed characters the same crop starts with the page reader.
+    assert engine(image, det=False).text and calls["rec_page"] == 1
