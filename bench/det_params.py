@@ -40,8 +40,8 @@ UNCLIP = (1.3, 1.4, 1.5, 1.6)
 
 
 def parse_params(text: str) -> DbParams:
-    """``thresh:box_thresh:unclip_ratio[:crop_unclip]``, e.g. ``0.3:0.45:1.5``."""
-    thresh, box_thresh, unclip = (float(v) for v in text.split(":")[:3])
+    """``thresh:box_thresh:unclip_ratio``, e.g. ``0.3:0.45:1.5``."""
+    thresh, box_thresh, unclip = (float(v) for v in text.split(":"))
     return DbParams(thresh=thresh, box_thresh=box_thresh, unclip_ratio=unclip)
 
 

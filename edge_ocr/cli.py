@@ -59,8 +59,6 @@ def _engine_options(args: argparse.Namespace):
         given["low_confidence"] = args.low_confidence
     if getattr(args, "memory_mode", None) is not None:
         given["memory"] = args.memory_mode
-    if getattr(args, "spinning", False):
-        given["spinning"] = True
     try:
         return EngineConfig(**{k: v for k, v in given.items() if v is not None})
     except Invalid as exc:
@@ -389,8 +387,6 @@ def build_parser() -> argparse.ArgumentParser:
     ocr.add_argument("--no-det", action="store_true", help="skip detection: read each image as one line")
     ocr.add_argument("--memory", dest="memory_mode", choices=("default", "low"),
                      help="low: freed image buffers go back to the kernel at once (see engine.memory)")
-    ocr.add_argument("--spinning", action="store_true",
-                     help="ONNX Runtime threads busy-wait between runs (see engine.spinning)")
     ocr.add_argument("--low-confidence", type=float, metavar="SCORE",
                      help="status low_confidence below this score (default %s)" % EngineConfig().low_confidence)
     _add_engine_flags(ocr)

@@ -165,8 +165,6 @@ class EngineConfig:
                                     hi=1000.0)
     low_confidence: float = setting(0.6, 'status "low_confidence" when a line scores below this', lo=0.0, hi=1.0,
                                     live=True)
-    spinning: bool = _option("allow_spinning", "ONNX Runtime's threads busy-wait for the next run: single crops "
-                             "read back to back ~28 % faster at 2 threads, for ~46 ms of CPU after each read")
     memory: str = setting("default", "`low`: freed image buffers go back to the kernel at once (lower, flat RSS; "
                           "costs page faults, see Memory)", choices=("default", "low"))
 

@@ -159,10 +159,7 @@ class EngineOptions:
     # or region then uses them inside the model (25 % faster per crop), and concurrent runs
     # measured no slower on pages than single-threaded recogniser sessions.
     parallel_lines: bool = True
-    # ORT's worker threads busy-wait after a run for the next one. Back-to-back single crops read
-    # 28 % faster at 2 threads (7.3 -> 5.2 ms per PP-OCRv6 small static int8 call), pages no
-    # faster, and each read costs ~46 ms of CPU spinning afterwards, so it is off by default.
-    allow_spinning: bool = False
+    allow_spinning: bool = False  # ORT worker threads busy-wait between ops: no gain measured, idle CPU burnt
     verify_checksums: bool = True
     # Make every session at its first use, the detector and page reader too: a one-shot run
     # (`edge-ocr ocr --no-det` on crops) then holds only the recognisers its images need. A

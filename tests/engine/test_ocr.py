@@ -398,15 +398,3 @@ def test_a_region_with_allowed_characters_is_read_by_the_dynamic_reader(eval_dev
     assert calls == {"rec": 1, "rec_page": 0}
     # Without allowed characters the same crop starts with the page reader.
     assert engine(image, det=False).text and calls["rec_page"] == 1
-
-
-def test_spinning_is_off_unless_asked_for():
-    from edge_ocr.config import EngineConfig
-    from edge_ocr.engine.ocr import OcrEngine
-
-    def spinning(options) -> str:
-        session = OcrEngine(options).rec_page.session
-        return session.get_session_options().get_session_config_entry("session.intra_op.allow_spinning")
-
-    assert spinning(EngineConfig().to_options()) == "0"  # an idle daemon burns no CPU
-    assert spinning(EngineConfig(spinning=True).to_options()) == "1"
