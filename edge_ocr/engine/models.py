@@ -11,6 +11,7 @@ import hashlib
 import os
 import sys
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -269,6 +270,7 @@ class Model:
         self._session: ort.InferenceSession | None = None
         self.input_name = ""
         self.lazy = lazy
+        self.last_used = 0.0  # time.monotonic() of the last run
         if not lazy:
             self._open()
 
@@ -290,15 +292,17 @@ class Model:
                 self._session = session  # published last: a reader never sees it without its input name
             return self._session
 
-    def release(self) -> bool:
-        """Drop a lazy stage's session (made again at its next run); True if one was dropped.
-        A run in progress on another thread keeps its own reference and finishes."""
+    def release(self, idle_s: float = 0.0) -> bool:
+        """Drop a lazy stage's session unused for ``idle_s`` seconds (made again at its next run);
+        True if one was dropped. A run in progress on another thread keeps its own reference and
+        finishes."""
         with self._lock:
-            if not self.lazy or self._session is None:
+            if not self.lazy or self._session is None or time.monotonic() - self.last_used < idle_s:
                 return False
             self._session = None
             return True
 
     def run(self, batch: np.ndarray) -> np.ndarray:
+        self.last_used = time.monotonic()
         session = self._session or self._open()
         return session.run(None, {self.input_name: batch})[0]

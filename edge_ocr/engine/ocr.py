@@ -57,10 +57,13 @@ class OcrEngine:
         # With a page reader, `rec` and `rec_fast` read only single lines, regions and the rechecks
         # of drafts, so their sessions are made at the first line that needs one: a daemon that
         # reads only pages never loads them (README, Memory). Without one, `rec` reads every page.
-        lazy = self.rec_page is not None
+        lazy = self.rec_page is not None or self.options.lazy_sessions
         self._rec = self._load("rec", lazy)
         if self.rec_page is not None and self.rec_page.variant.path == self._rec.variant.path:
             self._rec = self.rec_page  # both in fp32: one file, one session, nothing to confirm against
+        # Only the static int8 page reader's single lines are confirmed by `rec` (an fp32 page
+        # reader, where its int8 variant is missing, reads at least as well as `rec`).
+        self._confirms = self.rec_page is not None and self.rec_page.variant.precision == "int8"
         self._rec_fast = self._load("rec_fast", lazy) if self.options.use_rec_fast and "rec_fast" in stages else None
         # The Chinese plate specialist is always loaded at the first line that needs it (11 MB not
         # spent by the many deployments that never read a plate with a province character).
@@ -101,12 +104,13 @@ class OcrEngine:
         models = (self.det, self.cls, self._rec_fast, self._rec, self.rec_page, self._rec_zh)
         return tuple(dict.fromkeys(m.stage.name for m in models if m is not None and m.loaded))
 
-    def release_idle(self) -> tuple[str, ...]:
+    def release_idle(self, idle_s: float = 30.0) -> tuple[str, ...]:
         """Drop the sessions made at first need (single-line recognisers, the plate specialist;
-        with ``lazy_sessions`` all of them): the memory guard's soft level. They are made again
+        with ``lazy_sessions`` all of them) that no line used for ``idle_s`` seconds: the memory
+        guard's soft level (one in use would only be made again at once). They are made again
         when a line needs them. Returns the stages released, e.g. ``("rec", "rec_zh")``."""
         models = (self.det, self.cls, self._rec_fast, self._rec, self.rec_page, self._rec_zh)
-        return tuple(dict.fromkeys(m.stage.name for m in models if m is not None and m.release()))
+        return tuple(dict.fromkeys(m.stage.name for m in models if m is not None and m.release(idle_s)))
 
     def close(self) -> None:
         """Stop the line threads (idempotent). Later calls still work, reading lines one by one."""
@@ -192,8 +196,8 @@ class OcrEngine:
         re-read. Plate-shaped lines go to the Chinese specialist (``recognize.needs_specialist``);
         any other single line the page reader sensed Chinese in or was unsure of, a plate whose
         specialist reading was not taken included, is confirmed by the dynamic int8 variant
-        (``rec``: ``recognize.needs_confirmation``). Regions with allowed characters are read by
-        ``rec`` from the start.
+        (``rec``: ``recognize.needs_confirmation``). Regions with allowed characters are never
+        read by the page reader: ``rec`` reads them (or re-reads their unsure drafts).
         """
         page_reader = self.rec_page or self.rec
         # A region with allowed characters is read by `rec` alone: its mask hides the Chinese mass
@@ -216,7 +220,7 @@ class OcrEngine:
         accurate = set(direct) | set(unsure)
         plates = self._plates(drafts, decoded, accurate, range(len(crops)))
         taken = self._specialise(decoded, crops, allowed, plates)
-        if page_reader is not self.rec and not detected:
+        if self._confirms and not detected:
             # A plate whose specialist reading held no Chinese keeps the page reader's reading,
             # so it may need confirming too.
             confirmed = self._confirm(decoded, crops, allowed, sorted(accurate - taken - masked))

@@ -106,8 +106,8 @@ def run_worker(config: BenchConfig, images: Sequence[Path], det: bool, warmup: i
         precision=config.precision,
         threads=config.threads,
         use_rec_fast=config.reader == "cascade",
-        lazy_sessions=True,  # as `edge-ocr ocr` does: crops never load the detector
-        **(json.loads(config.options) if config.options else {}),
+        **{"lazy_sessions": True,  # as `edge-ocr ocr` does: crops never load the detector
+           **(json.loads(config.options) if config.options else {})},
     )
     engine = OcrEngine(options)
     session_spans: list[tuple[float, float]] = []

@@ -375,9 +375,11 @@ def test_released_sessions_are_made_again_when_a_line_needs_them(eval_dev):
     plate = (eval_dev / "lines" / "plate_005621c69989.jpg").read_bytes()
     first = engine(plate, det=False).text
     assert scoring.alnum(first) == scoring.alnum("皖AC4933") and "rec_zh" in engine.loaded
-    # The memory guard's soft level: only the sessions made at first need go; det and the page reader stay.
-    assert "rec_zh" in engine.release_idle() and engine.loaded == ("det", "rec_page")
-    assert engine.release_idle() == ()
+    # The memory guard's soft level: only the sessions made at first need, and idle, go; det and
+    # the page reader stay.
+    assert engine.release_idle(idle_s=60.0) == () and "rec_zh" in engine.loaded  # just used
+    assert "rec_zh" in engine.release_idle(idle_s=0.0) and engine.loaded == ("det", "rec_page")
+    assert engine.release_idle(idle_s=0.0) == ()
     assert engine(plate, det=False).text == first and "rec_zh" in engine.loaded
 
 

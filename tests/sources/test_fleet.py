@@ -86,7 +86,7 @@ def test_a_worker_killed_mid_burst_and_restarted_loses_no_job(eval_dev, tmp_path
         workers[1].kill()  # holds up to max_inflight unacknowledged jobs
         restarted.append(Daemon(configs[1]).start())  # same client id: the broker hands back its session
 
-    _, answers = _burst(configs[0], images, kill_and_restart, after=30)
+    _, answers = _burst(configs[0], images, kill_and_restart, after=30, timeout_s=240)  # the restart reloads models
     assert {a["file"] for a in answers} == {str(p) for p in images}
     assert len(answers) == len({a["job_id"] for a in answers})
     assert workers[0].terminate() == 0 and restarted[0].terminate() == 0
@@ -109,16 +109,20 @@ def test_a_worker_stopped_for_good_leaves_the_group_so_no_job_waits_for_it(eval_
     assert workers[0].terminate() == 0
 
 
-def _burst(config: Path, images: list[Path], midway: Callable[[], object], after: int = 20
-           ) -> tuple[int, list[dict]]:
+def _burst(config: Path, images: list[Path], midway: Callable[[], object], after: int = 20,
+           timeout_s: float = 120.0) -> tuple[int, list[dict]]:
     """Submit ``images`` and wait for every answer, calling ``midway`` once ``after`` are in;
     returns how many had come before it and all the answers."""
-    run = _submit(config, images, timeout_s=120)
+    run = _submit(config, images, timeout_s=timeout_s)
     lines: list[str] = []
     reader = threading.Thread(target=lambda: lines.extend(run.stdout), name="test-submit-out")  # type: ignore[arg-type]
     reader.start()
-    assert wait_until(lambda: len(lines) >= after, 120)
-    midway()
+    try:
+        assert wait_until(lambda: len(lines) >= after, 120)
+        midway()
+    except BaseException:
+        run.kill()  # no submitter left behind when the test fails here
+        raise
     answered_before = len(lines)
     reader.join(300)
     with run:
