@@ -97,8 +97,11 @@ def test_10000_frames_and_2000_files_hold_memory_threads_and_fds_flat(eval_dev, 
     assert len(list(done.glob("*.json"))) == FILES and not list((tmp_path / "failed").glob("*"))
     assert stats["files_done_total"] == FILES and stats["results_error_total"] == 0
     assert growth < 0.05, (warm, end, "RSS MB per 100 files:", [s["rss_kb"] // 1024 for s in series])
-    assert end["threads"] <= warm["threads"], (warm, end)
-    assert end["fds"] <= warm["fds"], (warm, end)
+    # A leak grows past anything seen after warm-up; a thread that comes and goes (one was there
+    # in 19 of 21 marks of a CI run, 1 s each) does not.
+    seen = {key: max(s[key] for s in series[first:first + WINDOW]) for key in ("threads", "fds")}
+    assert end["threads"] <= seen["threads"], (warm, end, [s["threads"] for s in series])
+    assert end["fds"] <= seen["fds"], (warm, end, [s["fds"] for s in series])
     assert daemon.terminate(30) == 0
     report("soak: %d camera frames (%d unchanged, skipped; %d dropped at a full queue) and %d folder files" % (
         stats["frames_total"], stats["frames_skipped_total"], stats["frames_dropped_total"], FILES), runs=1,

@@ -15,11 +15,15 @@ def test_the_memory_table_has_every_stage_with_its_own_figures(eval_dev):
     assert rows["imports: numpy, OpenCV, ONNX Runtime, engine"]["delta_mb"] > 20  # OpenCV and ORT are not free
     assert rows["import OpenCV (cv2)"]["delta_mb"] > 5 and rows["import ONNX Runtime"]["delta_mb"] > 5
     pack = models.load_pack("ppocrv6-small")
+    weights = deltas = 0.0
     for name in ("det", "rec_fast", "rec", "rec_page", "rec_zh"):
         variant = models.choose_variant(pack.stages[name], "int8")
         row = rows["session %s (%s)" % (name, variant.precision)]
         assert row["weights_mb"] == round(variant.path.stat().st_size / 2**20, 1)
-        assert row["delta_mb"] > 0
+        weights, deltas = weights + row["weights_mb"], deltas + row["delta_mb"]
+    # One session can reuse the heap the previous one freed (rec_page after rec measured 0.0 MB in
+    # CI), so only the sessions together are bound to hold at least their weights.
+    assert deltas >= weights
     assert rows["detector activations"]["mb_per_mp"] > 10
     assert rows["kept by glibc"]["delta_mb"] >= 0
     engine = rows["the engine as built"]
