@@ -22,12 +22,14 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from halves import halves
 
 from edge_ocr.engine import detect, preprocess
 from edge_ocr.engine.ocr import EngineOptions, OcrEngine
-from edge_ocr.engine.types import DbParams
+from edge_ocr.engine.types import DbParams, Transform
 from edge_ocr.tools import scoring
 from edge_ocr.tools.evaluate import PageSample, load_pages
 
@@ -39,10 +41,18 @@ BOX_THRESH = (0.45, 0.55)
 UNCLIP = (1.3, 1.4, 1.5, 1.6)
 
 
-def parse_params(text: str) -> DbParams:
-    """``thresh:box_thresh:unclip_ratio``, e.g. ``0.3:0.45:1.5``."""
-    thresh, box_thresh, unclip = (float(v) for v in text.split(":"))
-    return DbParams(thresh=thresh, box_thresh=box_thresh, unclip_ratio=unclip)
+def parse_params(text: str, base: DbParams) -> DbParams:
+    """``base`` with ``thresh:box_thresh:unclip_ratio[:crop_unclip]``, e.g. ``0.3:0.45:1.5``."""
+    thresh, box_thresh, unclip = (float(v) for v in text.split(":")[:3])
+    return replace(base, thresh=thresh, box_thresh=box_thresh, unclip_ratio=unclip)
+
+
+def probability_map(engine: OcrEngine, image: np.ndarray) -> tuple[np.ndarray, Transform]:
+    """The detector's map of ``image`` at the engine's input size, and the way back to the image."""
+    assert engine.det is not None
+    stage = engine.det.stage
+    resized, transform = preprocess.resize_for_detection(image, engine.options.det_limit_side, stage.multiple)
+    return engine.det.run(preprocess.normalize(resized, stage.mean, stage.std)[None])[0, 0], transform
 
 
 def label(params: DbParams) -> str:
@@ -76,16 +86,9 @@ def main(argv: list[str] | None = None) -> int:
                for s in load_pages(m)]
     half = halves({s.path.name: s.source for s in samples})
     engine = OcrEngine(EngineOptions(threads=2))
-    assert engine.det is not None
     published = engine.db_params
-    stage = engine.det.stage
-
-    maps = {}
-    for sample in [] if args.no_grid else samples:
-        image = preprocess.decode_image(sample.path.read_bytes(), 100.0)
-        resized, transform = preprocess.resize_for_detection(image, engine.options.det_limit_side, stage.multiple)
-        maps[sample.path.name] = (engine.det.run(preprocess.normalize(resized, stage.mean, stage.std)[None])[0, 0],
-                                  transform)
+    maps = {sample.path.name: probability_map(engine, preprocess.decode_image(sample.path.read_bytes(), 100.0))
+            for sample in ([] if args.no_grid else samples)}
     candidates = [] if args.no_grid else [replace(published, thresh=t, box_thresh=b, unclip_ratio=u)
                                           for t, b, u in itertools.product(THRESH, BOX_THRESH, UNCLIP)]
     rows: dict[str, dict[str, scoring.PageMatch]] = {}
@@ -102,8 +105,7 @@ def main(argv: list[str] | None = None) -> int:
         print("Step 1: detection F1 of each post-processing candidate (one detector run per page)\n")
         table(rows, samples, half, e2e=False)
 
-    chosen = [(published, None)] + [(replace(published, **vars_of(parse_params(t))), crop_unclip(t))
-                                     for t in args.e2e.split(",") if t]
+    chosen = [(published, None)] + [(parse_params(t, published), crop_unclip(t)) for t in args.e2e.split(",") if t]
     e2e_rows: dict[str, dict[str, scoring.PageMatch]] = {}
     for params, crop_ratio in chosen:
         reader = OcrEngine(EngineOptions(threads=2, det=params))
@@ -130,11 +132,8 @@ def read_page(engine: OcrEngine, data: bytes, crop_ratio: float | None) -> tuple
     if crop_ratio is None:
         output = engine(data)
         return [ln.box for ln in output.lines], [ln.text for ln in output.lines]
-    assert engine.det is not None
     image = preprocess.decode_image(data, 100.0)
-    stage = engine.det.stage
-    resized, transform = preprocess.resize_for_detection(image, engine.options.det_limit_side, stage.multiple)
-    prob = engine.det.run(preprocess.normalize(resized, stage.mean, stage.std)[None])[0, 0]
+    prob, transform = probability_map(engine, image)
     tight, _ = detect.boxes_from_map(prob, engine.db_params)
     grown, _ = detect.boxes_from_map(prob, replace(engine.db_params, unclip_ratio=crop_ratio))
     if len(tight) != len(grown):  # a box dropped by the size filter at one ratio only: skip the page's pairing
@@ -144,10 +143,6 @@ def read_page(engine: OcrEngine, data: bytes, crop_ratio: float | None) -> tuple
     decoded = engine._read(crops, [], detected=True)
     kept = [(b, d.text) for b, d in zip(boxes, decoded) if d.text.strip() and d.score >= engine.options.min_line_score]
     return [b for b, _ in kept], [t for _, t in kept]
-
-
-def vars_of(params: DbParams) -> dict[str, float]:
-    return {"thresh": params.thresh, "box_thresh": params.box_thresh, "unclip_ratio": params.unclip_ratio}
 
 
 if __name__ == "__main__":

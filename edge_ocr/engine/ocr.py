@@ -98,19 +98,24 @@ class OcrEngine:
         assert self._rec_zh is not None  # _read asks only when the pack has one
         return self._rec_zh
 
+    def _models(self) -> dict[str, Model]:
+        """Every stage the engine may run, by name, loaded or to be loaded at first need (in fp32
+        ``rec`` and ``rec_page`` are one model)."""
+        models = {"det": self.det, "cls": self.cls, "rec_fast": self._rec_fast, "rec": self._rec,
+                  "rec_page": self.rec_page, "rec_zh": self._rec_zh}
+        return {name: m for name, m in models.items() if m is not None}
+
     @property
     def loaded(self) -> tuple[str, ...]:
         """The stages whose sessions exist now, e.g. ``("det", "rec_page")`` after pages only."""
-        models = (self.det, self.cls, self._rec_fast, self._rec, self.rec_page, self._rec_zh)
-        return tuple(dict.fromkeys(m.stage.name for m in models if m is not None and m.loaded))
+        return tuple(dict.fromkeys(m.stage.name for m in self._models().values() if m.loaded))
 
     def release_idle(self, idle_s: float = 30.0) -> tuple[str, ...]:
         """Drop the sessions made at first need (single-line recognisers, the plate specialist;
         with ``lazy_sessions`` all of them) that no line used for ``idle_s`` seconds: the memory
         guard's soft level (one in use would only be made again at once). They are made again
         when a line needs them. Returns the stages released, e.g. ``("rec", "rec_zh")``."""
-        models = (self.det, self.cls, self._rec_fast, self._rec, self.rec_page, self._rec_zh)
-        return tuple(dict.fromkeys(m.stage.name for m in models if m is not None and m.release(idle_s)))
+        return tuple(dict.fromkeys(m.stage.name for m in self._models().values() if m.release(idle_s)))
 
     def close(self) -> None:
         """Stop the line threads (idempotent). Later calls still work, reading lines one by one."""
@@ -122,9 +127,7 @@ class OcrEngine:
     def precisions(self) -> dict[str, str]:
         """The precision of each stage, loaded or to be loaded at first need, e.g.
         ``{"det": "int8", "rec": "fp32"}``."""
-        models = {"det": self.det, "cls": self.cls, "rec_fast": self._rec_fast, "rec": self._rec,
-                  "rec_page": self.rec_page, "rec_zh": self._rec_zh}
-        return {name: m.variant.precision for name, m in models.items() if m is not None}
+        return {name: m.variant.precision for name, m in self._models().items()}
 
     def __call__(
         self,
@@ -207,16 +210,19 @@ class OcrEngine:
         limit = -1 if self.rec_fast is None or detected else self.options.draft_min_width
         direct = [i for i, c in enumerate(crops) if limit < 0 or recognize.line_width(c, self.rec.stage.height) <= limit]
         drafted = sorted(set(range(len(crops))) - set(direct))
+
+        def read_accurately(readings: list[Decoded], indices: list[int]) -> None:
+            self._read_into(readings, page_reader, crops, allowed, [i for i in indices if i not in masked])
+            self._read_into(readings, self.rec, crops, allowed, [i for i in indices if i in masked])
+
         drafts = [Decoded("", 0.0)] * len(crops)
-        self._read_into(drafts, page_reader, crops, allowed, [i for i in direct if i not in masked])
-        self._read_into(drafts, self.rec, crops, allowed, [i for i in direct if i in masked])
+        read_accurately(drafts, direct)
         if drafted:
             assert self.rec_fast is not None
             self._read_into(drafts, self.rec_fast, crops, allowed, drafted)
         decoded = list(drafts)
         unsure = [drafted[i] for i in recognize.needs_recheck([drafts[i] for i in drafted], self.options.recheck_below)]
-        self._read_into(decoded, page_reader, crops, allowed, [i for i in unsure if i not in masked])
-        self._read_into(decoded, self.rec, crops, allowed, [i for i in unsure if i in masked])
+        read_accurately(decoded, unsure)
         accurate = set(direct) | set(unsure)
         plates = self._plates(drafts, decoded, accurate, range(len(crops)))
         taken = self._specialise(decoded, crops, allowed, plates)
