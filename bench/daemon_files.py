@@ -2,19 +2,23 @@
 
 Pages (eval-dev and zh, in turn) are each followed by 8 line crops, copied into the folder one
 by one (written as a dot-file, then renamed, as a camera or scanner would); every 100 files the
-script waits for their results and samples the daemon's RSS. At the end it prints the peak RSS
-(VmHWM) and how many files failed.
+script waits for their results and samples the daemon's RSS. At the end it samples once more after
+``--idle`` seconds without work (past ``guard.idle_trim_s``, ``--idle-trim``), then prints the peak
+RSS (VmHWM) and how many files failed.
 
-    .venv/bin/python bench/daemon_files.py --memory low --files 1000 [--workdir /tmp/daemon-files]
+    .venv/bin/python bench/daemon_files.py --memory low --files 1000 [--idle-trim 10 --idle 15] [--workdir DIR]
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import re
 import shutil
 import sys
 import tempfile
+import time
+import urllib.request
 from pathlib import Path
 
 import psutil
@@ -39,18 +43,30 @@ def mixed_files(count: int) -> list[Path]:
     return files[:count]
 
 
+def trims(daemon: Daemon) -> int:
+    """The daemon's ``edge_ocr_heap_trims_total`` (GET /metrics)."""
+    url = re.search(r"http listening url=(\S+)", daemon.text()).group(1)
+    with urllib.request.urlopen(url + "/metrics", timeout=30) as response:
+        found = re.search(r"^edge_ocr_heap_trims_total (\S+)$", response.read().decode(), re.M)
+    return int(float(found.group(1))) if found else 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--memory", choices=("default", "low"), default="low")
     parser.add_argument("--files", type=int, default=1000)
+    parser.add_argument("--idle-trim", type=float, default=10.0, help="guard.idle_trim_s (0 = never)")
+    parser.add_argument("--idle", type=float, default=15.0, help="seconds to wait idle before the last sample")
     parser.add_argument("--workdir", type=Path, default=None)
     args = parser.parse_args(argv)
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="daemon-files-"))
     workdir.mkdir(parents=True, exist_ok=True)
     config = write_config(workdir, None)
-    config.write_text(config.read_text().replace("[engine]\n", '[engine]\nmemory = "%s"\n' % args.memory, 1))
+    text = config.read_text().replace("[engine]\n", '[engine]\nmemory = "%s"\n' % args.memory, 1)
+    config.write_text(text + "\n[guard]\nidle_trim_s = %g\n" % args.idle_trim)
     files = mixed_files(args.files)
-    print("%d files (%s), memory = %s" % (len(files), workdir, args.memory), flush=True)
+    print("%d files (%s), memory = %s, idle_trim_s = %g" % (len(files), workdir, args.memory, args.idle_trim),
+          flush=True)
     daemon = Daemon(config).start()
     process = psutil.Process(daemon.proc.pid)
     inbox, done = workdir / "inbox", workdir / "done"
@@ -67,7 +83,10 @@ def main(argv: list[str] | None = None) -> int:
             wait_until(lambda n=index + 1: finished() >= n, 900, 0.2)
             rss = process.memory_info().rss / 2**20
             highest = max(highest, rss)
-            print("after %d files: RSS %.1f MB" % (index + 1, rss), flush=True)
+            print("after %d files: RSS %.1f MB, idle trims %d" % (index + 1, rss, trims(daemon)), flush=True)
+    time.sleep(args.idle)
+    print("after %g s idle: RSS %.1f MB, idle trims %d" % (args.idle, process.memory_info().rss / 2**20, trims(daemon)),
+          flush=True)
     with open("/proc/%d/status" % daemon.proc.pid) as status:
         peak_kb = next(int(line.split()[1]) for line in status if line.startswith("VmHWM"))
     failed = workdir / "failed"

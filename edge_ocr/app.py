@@ -15,6 +15,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import psutil
+
 from edge_ocr import allocator
 from edge_ocr.api import HttpServer, make_app
 from edge_ocr.cache import CachedOcr
@@ -32,7 +34,7 @@ from edge_ocr.config import (
 )
 from edge_ocr.engine.types import Region
 from edge_ocr.errors import ConfigError, ExitCode
-from edge_ocr.guard import Guard, GuardState, Level
+from edge_ocr.guard import Guard, GuardState, IdleTrim, Level
 from edge_ocr.notify import Notifier
 from edge_ocr.pipeline import Engine, Pipeline, Sink
 from edge_ocr.readiness import Readiness, daemon_readiness
@@ -90,6 +92,8 @@ class App:
         self._latest: dict[str, Result] = {}
         self._http_ocr: CachedOcr | None = None
         self._newest: Result | None = None
+        self._http_started = self._http_finished = 0  # POST /api/ocr calls: the idle trim watches them
+        self._idle_trim = IdleTrim(config.guard.idle_trim_s, self._trim_idle, time.monotonic())
 
     # -- signals -------------------------------------------------------------------------------
 
@@ -121,6 +125,9 @@ class App:
                 if now - self.pipeline.progress < 4 * self.notifier.watchdog_s:
                     self.notifier.watchdog()
                 last_watchdog = now
+            if self.pipeline is not None:
+                busy = not self.pipeline.idle or self._http_started != self._http_finished
+                self._idle_trim.tick(now, self.pipeline.finished + self._http_started, busy)
             if self.notifier.enabled and now - last_status >= 10.0:
                 self.notifier.status(self.status_line())
                 last_status = now
@@ -228,7 +235,11 @@ class App:
     def ocr(self, image: bytes, *, det: bool, rois: tuple[Region, ...]) -> Result:
         """POST /api/ocr: straight to the engine (thread-safe), not through the folder queue."""
         assert self._http_ocr is not None
-        output = self._http_ocr(image, det, rois)
+        self._http_started += 1
+        try:
+            output = self._http_ocr(image, det, rois)
+        finally:
+            self._http_finished += 1
         return Result("http", status_for(output, self.config.engine.low_confidence), output, self.model)
 
     def _remember(self, result: Result) -> None:
@@ -294,6 +305,14 @@ class App:
                 self.pipeline.recover()
             log.info("memory guard back to ok rss_mb=%.0f (was %s)", state.rss_mb, previous.value)
 
+    def _trim_idle(self) -> None:
+        """No work for ``guard.idle_trim_s``: hand the free heap back (IdleTrim says why)."""
+        gc.collect()
+        before = _rss_mb()
+        trimmed = allocator.trim()
+        self.stats.inc("heap_trims_total")
+        log.debug("idle: heap trimmed=%s rss_mb=%.0f->%.0f", "yes" if trimmed else "no", before, _rss_mb())
+
     # -- commands and status -------------------------------------------------------------------
 
     def capture(self, source: str | None) -> tuple[bool, str]:
@@ -346,3 +365,11 @@ class App:
             log.info("config reload applied keys=%s", ",".join(live))
         if restart:
             log.warning("config reload: restart needed for keys=%s", ",".join(restart))
+
+
+
+def _rss_mb() -> float:
+    try:
+        return psutil.Process().memory_info().rss / 2**20
+    except (psutil.Error, OSError):
+        return 0.0

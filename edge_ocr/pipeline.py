@@ -88,6 +88,7 @@ class Pipeline:
         self.queue: queue.Queue[Job] = queue.Queue(maxsize=queue_size)
         self.progress = time.monotonic()  # last job finished or idle wait: feeds the watchdog
         self.busy = 0
+        self.finished = 0  # jobs finished since start (the idle trim watches it)
         self._last_text: dict[str, str] = {}
         self._regions: dict[tuple[str, str], _RegionState] = {}
         self._lock = threading.Lock()
@@ -147,8 +148,14 @@ class Pipeline:
                 self.process(job)
             finally:
                 self.busy -= 1
+                self.finished += 1
                 self.progress = time.monotonic()
                 self.stats.set("queue_depth", self.queue.qsize())
+
+    @property
+    def idle(self) -> bool:
+        """No job in progress or queued."""
+        return self.busy == 0 and self.queue.empty()
 
     def degrade(self, det_limit_side: int) -> int:
         """The memory guard's soft level: drop queued camera frames and detect on inputs of at

@@ -55,6 +55,8 @@ METRICS: tuple[Metric, ...] = (
     Metric("fleet_jobs_failed_total", "counter", "jobs", "fleet jobs answered with an error, or unanswerable"),
     Metric("fleet_jobs_redelivered_total", "counter", "jobs", "fleet jobs the broker delivered again (DUP set)"),
     Metric("fleet_jobs_returned_total", "counter", "jobs", "fleet jobs handed back to the group at a clean stop"),
+    Metric("heap_trims_total", "counter", "trims", "free heap handed back to the kernel after guard.idle_trim_s "
+           "without work"),
     Metric("frames_total", "counter", "frames", "frames captured by camera sources"),
     Metric("frames_skipped_total", "counter", "frames", "camera frames skipped as unchanged (no OCR run)"),
     Metric("frames_dropped_total", "counter", "frames", "camera frames dropped because the queue was full"),

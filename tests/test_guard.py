@@ -12,7 +12,7 @@ import pytest
 
 from edge_ocr.config import GuardConfig
 from edge_ocr.errors import ConfigError
-from edge_ocr.guard import Guard, GuardState, Level, classify, read_memory
+from edge_ocr.guard import Guard, GuardState, IdleTrim, Level, classify, read_memory
 from edge_ocr.stats import Stats
 from tests.helpers import promtool_check
 
@@ -205,3 +205,23 @@ def test_nothing_runs_before_start_and_start_twice_is_an_error():
     finally:
         stop.set()
         assert guard.join(5)
+
+
+def test_the_idle_trim_runs_once_per_idle_spell_never_between_jobs():
+    trims: list[float] = []
+    idle = IdleTrim(10.0, lambda: trims.append(1), now=0.0)
+    assert not idle.tick(9.9, 0, busy=False)
+    assert idle.tick(10.0, 0, busy=False)  # start-up leaves free heap: trimmed once
+    assert not idle.tick(30.0, 0, busy=False)  # and not again while nothing happens
+    # jobs back to back (a busy pipeline, or a new job every 5 s) never reach the threshold
+    for second, jobs in ((31, 1), (36, 2), (41, 3), (46, 4)):
+        assert not idle.tick(second, jobs, busy=False)
+    assert not idle.tick(60.0, 5, busy=True)  # an image that takes long is work, not idleness
+    assert not idle.tick(69.0, 5, busy=False)
+    assert idle.tick(70.0, 5, busy=False)  # 10 s after the last work was seen
+    assert trims == [1, 1]
+
+
+def test_an_idle_trim_of_zero_never_trims():
+    idle = IdleTrim(0.0, lambda: pytest.fail("trimmed"), now=0.0)
+    assert not idle.tick(1e6, 0, busy=False)
