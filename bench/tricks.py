@@ -5,8 +5,10 @@ CPUs), so the ratios compare like with like on a shared, noisy machine. The tric
 
 * fast reader: PP-OCRv6 tiny drafts every line, PP-OCRv6 small re-reads only drafts under 0.95
   (``use_rec_fast``), against the accurate recogniser on every line;
-* lines in parallel: with 2 threads, recognisers single-threaded and one line per thread
-  (``parallel_lines``), against ONNX Runtime's intra-op threads inside each line;
+* lines in parallel: with 2 threads, one line per thread (``parallel_lines``), against ONNX
+  Runtime's intra-op threads inside each line;
+* page lines on one intra-op thread each (``page_line_threads = 1``), against every line on a
+  session with all threads (``0``);
 * width-bucket batching: lines sorted by width and run 8 at a time (``rec_batch_size = 8``),
   against one line per call;
 * spinning: ONNX Runtime's worker threads busy-waiting between ops (``allow_spinning``);
@@ -38,6 +40,7 @@ EVAL_DEV = Path(__file__).resolve().parents[2] / "shared" / "eval-dev"
 TRICKS: tuple[tuple[str, int, tuple[str, dict[str, Any]], tuple[str, dict[str, Any]]], ...] = (
     ("fast reader, unsure lines re-read", 1, ("cascade", {}), ("accurate", {})),
     ("lines in parallel (2 threads)", 2, ("cascade", {}), ("cascade", {"parallel_lines": False})),
+    ("page lines on one intra-op thread each (2 threads)", 2, ("cascade", {}), ("cascade", {"page_line_threads": 0})),
     ("width-bucket batching (8 lines)", 1, ("cascade", {"rec_batch_size": 8}), ("cascade", {})),
     ("ORT spinning on (2 threads)", 2, ("cascade", {"allow_spinning": True}), ("cascade", {})),
 )

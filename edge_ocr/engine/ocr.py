@@ -53,7 +53,16 @@ class OcrEngine:
         self.db_params = self.options.det or DbParams.from_published(stages["det"].postprocess if "det" in stages else {})
         self.cls = self._load("cls", not eager) if self.options.use_cls and "cls" in stages else None
         # The reader of a page's lines, where the pack has one: `rec`'s model in a faster int8 variant.
-        self.rec_page = self._load("rec_page", not eager) if self.det is not None and "rec_page" in stages else None
+        has_page_reader = self.det is not None and "rec_page" in stages
+        # A page's lines run `threads` at a time on the line pool, each on a session with fewer intra-op
+        # threads (EngineOptions.page_line_threads); single lines keep all threads on their own
+        # session of the same file, made at the first single line.
+        line_threads = self.options.page_line_threads
+        own_session = has_page_reader and self._line_pool is not None and 0 < line_threads < self.threads
+        self.page_lines = self._load("rec_page", not eager, threads=line_threads) if own_session else None
+        self.rec_page = self._load("rec_page", own_session or not eager) if has_page_reader else None
+        if self.page_lines is None:
+            self.page_lines = self.rec_page
         # With a page reader, `rec` and `rec_fast` read only single lines, regions and the rechecks
         # of drafts, so their sessions are made at the first line that needs one: a daemon that
         # reads only pages never loads them (README, Memory). Without one, `rec` reads every page.
@@ -73,11 +82,12 @@ class OcrEngine:
             if model is not None and model.stage.charset is None:
                 raise ModelError("pack %s: recogniser %s has no charset" % (self.pack.name, model.stage.name))
 
-    def _load(self, stage: str, lazy: bool = False) -> Model:
-        """The stage's model; with ``lazy`` its session is made at its first run (``Model``)."""
+    def _load(self, stage: str, lazy: bool = False, threads: int = 0) -> Model:
+        """The stage's model; with ``lazy`` its session is made at its first run (``Model``);
+        ``threads`` intra-op threads (0 = the engine's)."""
         spec = self.pack.stages[stage]
-        return Model(spec, choose_variant(spec, self.options.precision), self.threads, self.options.allow_spinning,
-                     lazy=lazy)
+        return Model(spec, choose_variant(spec, self.options.precision), threads or self.threads,
+                     self.options.allow_spinning, lazy=lazy)
 
     @property
     def rec(self) -> Model:
@@ -102,7 +112,7 @@ class OcrEngine:
         """Every stage the engine may run, by name, loaded or to be loaded at first need (in fp32
         ``rec`` and ``rec_page`` are one model)."""
         models = {"det": self.det, "cls": self.cls, "rec_fast": self._rec_fast, "rec": self._rec,
-                  "rec_page": self.rec_page, "rec_zh": self._rec_zh}
+                  "rec_page": self.rec_page, "page_lines": self.page_lines, "rec_zh": self._rec_zh}
         return {name: m for name, m in models.items() if m is not None}
 
     @property
@@ -127,7 +137,7 @@ class OcrEngine:
     def precisions(self) -> dict[str, str]:
         """The precision of each stage, loaded or to be loaded at first need, e.g.
         ``{"det": "int8", "rec": "fp32"}``."""
-        return {name: m.variant.precision for name, m in self._models().items()}
+        return {name: m.variant.precision for name, m in self._models().items() if name != "page_lines"}  # = rec_page
 
     def __call__(
         self,
@@ -202,7 +212,7 @@ class OcrEngine:
         (``rec``: ``recognize.needs_confirmation``). Regions with allowed characters are never
         read by the page reader: ``rec`` reads them (or re-reads their unsure drafts).
         """
-        page_reader = self.rec_page or self.rec
+        page_reader = (self.page_lines if detected else self.rec_page) or self.rec
         # A region with allowed characters is read by `rec` alone: its mask hides the Chinese mass
         # the confirmation rule relies on, and the page reader read a masked plate confidently
         # wrong ("AT1L05" as "ATL05").

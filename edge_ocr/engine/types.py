@@ -155,10 +155,13 @@ class EngineOptions:
     rec_max_width: int = 0  # 0 = the pack's max_width, else the model's height × 64
     min_line_score: float = 0.5  # lines below this recognition confidence are dropped
     # With threads > 1, a page's lines are read in parallel, one per thread (a 48-px line is too
-    # small to split well: bench/tricks.py). Every session still gets all threads: a single line
-    # or region then uses them inside the model (25 % faster per crop), and concurrent runs
-    # measured no slower on pages than single-threaded recogniser sessions.
+    # small to split well: bench/tricks.py), by a session of the page reader with
+    # ``page_line_threads`` intra-op threads (0 = all): with one each, English pages took 0.95-0.97x
+    # the time of every line on all threads, which contend for one pool (bench/page_lines.py, paired,
+    # two runs; same texts). Single lines and regions keep all threads inside the model (25 % faster
+    # per crop), so they get a session of their own, made at the first one.
     parallel_lines: bool = True
+    page_line_threads: int = 1
     # ORT worker threads busy-wait after a run. One model read back to back is 28 % faster with it,
     # but the engine's single crops were slower (p50 10.9 -> 15.2 ms, p95 42 -> 74 ms: each model's
     # pool spins against the next model's on 2 cores), pages no faster, and each run leaves ~46 ms

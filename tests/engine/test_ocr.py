@@ -400,3 +400,21 @@ def test_a_region_with_allowed_characters_is_read_by_the_dynamic_reader(eval_dev
     assert calls == {"rec": 1, "rec_page": 0}
     # Without allowed characters the same crop starts with the page reader.
     assert engine(image, det=False).text and calls["rec_page"] == 1
+
+
+def test_with_two_threads_a_pages_lines_get_one_thread_each_and_a_single_line_gets_both(eval_dev):
+    from edge_ocr.engine.ocr import EngineOptions, OcrEngine
+
+    page = (eval_dev / "pages" / _pages(eval_dev, "sroie", 1)[0]["file"]).read_bytes()
+    engine = OcrEngine(EngineOptions(threads=2))
+    assert engine.loaded == ("det", "rec_page") and not engine.rec_page.loaded  # the page lines' session only
+    read = engine(page)
+    assert engine.page_lines.session.get_session_options().intra_op_num_threads == 1
+    assert not engine.rec_page.loaded  # pages never need the single lines' session
+    one_thread = OcrEngine(EngineOptions(threads=1))(page)
+    assert [ln.text for ln in read.lines] == [ln.text for ln in one_thread.lines] and len(read.lines) > 20
+
+    word = engine((eval_dev / "lines" / "sroie_003_048.png").read_bytes(), det=False)
+    assert scoring.alnum(word.text) == scoring.alnum("TAX CODE")
+    assert engine.rec_page.session.get_session_options().intra_op_num_threads == 2
+    assert engine.precisions["rec_page"] == "int8" and engine.loaded == ("det", "rec_page")
