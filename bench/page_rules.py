@@ -9,7 +9,9 @@ source and half (``bench/halves.py``: split by page). Candidates:
 * ``drafts``: the rule before 2026-12: tiny drafts every line, drafts under ``recheck_below`` are re-read by
   small, drafts under 0.5 with no Chinese sensed are dropped;
 * ``drafts > W``: lines up to W px (at 48 px high) are read by small directly, longer ones drafted;
-* ``small ...``: every line read once by small (the rule now, with the static int8 variant).
+* ``small ...``: every line read once by small (the rule now, with the static int8 variant);
+* ``padded to W px``: the same with less padding than the pack's 160 px (``rec_min_width``); their
+  cost counts the padded columns.
 
 Cost is recogniser work per page relative to reading every line once with small fp32 (columns times the
 measured per-column ratio of each reader); mean over the half's pages.
@@ -46,9 +48,18 @@ Reading = tuple[str, float, float]  # text, mean confidence, Chinese mass
 Rule = Callable[[dict[str, Any]], tuple[str | None, list[str]]]
 
 
+# The page reader with less padding than the pack's 160 px (``rec_min_width``): "small_static@W".
+MIN_WIDTHS = (64, 96, 128)
+
+
 def read_all(cache: Path) -> list[dict[str, Any]]:
     if cache.is_file():
-        return pickle.loads(cache.read_bytes())
+        pages = pickle.loads(cache.read_bytes())
+        if all("small_static@%d" % w in line for page in pages for line in page["lines"] for w in MIN_WIDTHS):
+            return pages
+        add_min_widths(pages)
+        cache.write_bytes(pickle.dumps(pages))
+        return pages
     engine = OcrEngine(EngineOptions(threads=2))
     assert engine.det is not None and engine.rec_fast is not None and engine.rec_page is not None
     readers = {"tiny": engine.rec_fast, "small_static": engine.rec_page, "small_dynamic": engine.rec,
@@ -70,8 +81,26 @@ def read_all(cache: Path) -> list[dict[str, Any]]:
                 lines.append(line)
             pages.append({"file": sample.path.name, "source": sample.source, "lines": lines})
             print(sample.path.name, len(lines), file=sys.stderr)
+    add_min_widths(pages)
     cache.write_bytes(pickle.dumps(pages))
     return pages
+
+
+def add_min_widths(pages: list[dict[str, Any]]) -> None:
+    """Each cached line read again by the page reader padded to ``MIN_WIDTHS`` instead of 160 px."""
+    engine = OcrEngine(EngineOptions(threads=2))
+    assert engine.rec_page is not None
+    model, stage = engine.rec_page, engine.rec_page.stage
+    samples = {s.path.name: s for m in MANIFESTS for s in load_pages(m)}
+    for page in pages:
+        image = preprocess.decode_image(samples[page["file"]].path.read_bytes(), 100.0)
+        for line in page["lines"]:
+            crop = preprocess.crop_quad(image, line["quad"])
+            for width in MIN_WIDTHS:
+                (decoded,) = recognize.recognize([crop], model.run, stage.charset, stage.height, width,
+                                                 stage.width or stage.height * 64, 1)
+                line["small_static@%d" % width] = (decoded.text, decoded.score, decoded.cjk_mass)
+        print(page["file"], "min widths", file=sys.stderr)
 
 
 def kept(reading: Reading, floor: float = 0.5) -> str | None:
@@ -96,13 +125,19 @@ def drafts(direct_up_to: int = 0, recheck_below: float = 0.95, reader: str = "sm
     return rule
 
 
-def score(pages: list[dict[str, Any]], truth: dict[str, PageSample], rule: Rule) -> dict[str, tuple]:
+def score(pages: list[dict[str, Any]], truth: dict[str, PageSample], rule: Rule, padded: bool = False
+          ) -> dict[str, tuple]:
+    """Each page's match and cost; ``padded`` counts a line's columns as read (padded to the reader's
+    minimum width, 160 px unless ``@W`` says otherwise) instead of the line's own width."""
     out = {}
     for page in pages:
         sample, boxes, texts, cost = truth[page["file"]], [], [], 0.0
         for line in page["lines"]:
             text, used = rule(line)
-            cost += line["width"] * sum(COST[u] for u in used)
+            for reader in used:
+                base, _, at = reader.partition("@")
+                columns = max(line["width"], int(at) if at else 160) if padded else line["width"]
+                cost += columns * COST[base]
             if text is not None:
                 boxes.append(np.asarray(line["quad"], dtype=np.float32))
                 texts.append(text)
@@ -136,8 +171,10 @@ def main(argv: list[str] | None = None) -> int:
               "every line, dynamic int8": every_line("small_dynamic"), "every line, fp32": every_line("small_fp32")}
     print("| rule | half | " + " | ".join("%s e2e F1 / page CER / cost" % g for g in groups) + " |")
     print("|---|---|" + "---|" * len(groups))
-    for name, rule in rules.items():
-        scored = score(pages, truth, rule)
+    padded = {"every line, static int8, padded to 160 px (now)": every_line("small_static")}
+    padded |= {"every line, static int8, padded to %d px" % w: every_line("small_static@%d" % w) for w in MIN_WIDTHS}
+    for name, rule in list(rules.items()) + list(padded.items()):
+        scored = score(pages, truth, rule, padded=name in padded)
         for h in "ab":
             cells = [figures(scored, [p["file"] for p in pages if pred(p["source"]) and half[p["file"]] == h])
                      for pred in groups.values()]

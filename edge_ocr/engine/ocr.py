@@ -213,6 +213,8 @@ class OcrEngine:
         read by the page reader: ``rec`` reads them (or re-reads their unsure drafts).
         """
         page_reader = (self.page_lines if detected else self.rec_page) or self.rec
+        # A page's lines need less padding than a single word (EngineOptions.page_min_width).
+        min_width = self.options.page_min_width if detected and self.page_lines is not None else 0
         # A region with allowed characters is read by `rec` alone: its mask hides the Chinese mass
         # the confirmation rule relies on, and the page reader read a masked plate confidently
         # wrong ("AT1L05" as "ATL05").
@@ -222,7 +224,7 @@ class OcrEngine:
         drafted = sorted(set(range(len(crops))) - set(direct))
 
         def read_accurately(readings: list[Decoded], indices: list[int]) -> None:
-            self._read_into(readings, page_reader, crops, allowed, [i for i in indices if i not in masked])
+            self._read_into(readings, page_reader, crops, allowed, [i for i in indices if i not in masked], min_width)
             self._read_into(readings, self.rec, crops, allowed, [i for i in indices if i in masked])
 
         drafts = [Decoded("", 0.0)] * len(crops)
@@ -281,13 +283,17 @@ class OcrEngine:
         return doubtful
 
     def _read_into(
-        self, readings: list[Decoded], model: Model, crops: list[np.ndarray], allowed: list[str], indices: list[int]
+        self, readings: list[Decoded], model: Model, crops: list[np.ndarray], allowed: list[str], indices: list[int],
+        min_width: int = 0,
     ) -> None:
         """Read ``crops[i]`` for each i in ``indices`` with ``model``, into ``readings[i]``."""
-        for index, result in zip(indices, self._recognize(model, [crops[i] for i in indices], _pick(allowed, indices))):
+        picked = [crops[i] for i in indices]
+        for index, result in zip(indices, self._recognize(model, picked, _pick(allowed, indices), min_width)):
             readings[index] = result
 
-    def _recognize(self, model: Model, crops: list[np.ndarray], allowed: list[str]) -> list[Decoded]:
+    def _recognize(self, model: Model, crops: list[np.ndarray], allowed: list[str], min_width: int = 0
+                   ) -> list[Decoded]:
+        """``min_width``: pad narrower lines to this many pixels (0 = ``rec_min_width`` or the pack's)."""
         stage = model.stage
         assert stage.charset is not None
         masks = [stage.charset.allowed_mask(chars) if chars else None for chars in allowed] if allowed else None
@@ -297,7 +303,7 @@ class OcrEngine:
             model.run,
             stage.charset,
             height=stage.height,
-            min_width=self.options.rec_min_width or stage.min_width,
+            min_width=min_width or self.options.rec_min_width or stage.min_width,
             max_width=self.options.rec_max_width or stage.width or stage.height * 64,
             batch_size=self.options.rec_batch_size,
             max_columns=self.options.rec_batch_columns,

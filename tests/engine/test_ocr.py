@@ -13,6 +13,7 @@ import cv2
 import numpy as np
 import pytest
 
+from edge_ocr.engine import recognize
 from edge_ocr.engine.models import list_packs, load_pack
 from edge_ocr.engine.types import Region
 from edge_ocr.errors import ImageTooLarge, UnsupportedImage
@@ -402,19 +403,29 @@ def test_a_region_with_allowed_characters_is_read_by_the_dynamic_reader(eval_dev
     assert engine(image, det=False).text and calls["rec_page"] == 1
 
 
-def test_with_two_threads_a_pages_lines_get_one_thread_each_and_a_single_line_gets_both(eval_dev):
+def test_with_two_threads_a_pages_lines_get_one_thread_each_and_less_padding_a_single_line_both_threads(eval_dev):
     from edge_ocr.engine.ocr import EngineOptions, OcrEngine
 
     page = (eval_dev / "pages" / _pages(eval_dev, "sroie", 1)[0]["file"]).read_bytes()
     engine = OcrEngine(EngineOptions(threads=2))
     assert engine.loaded == ("det", "rec_page") and not engine.rec_page.loaded  # the page lines' session only
+    widths: list[int] = []
+    run = engine.page_lines.run
+    engine.page_lines.run = lambda batch: (widths.append(batch.shape[3]), run(batch))[1]
     read = engine(page)
+    assert min(widths) == engine.options.page_min_width == 96  # a page's short lines are padded less
     assert engine.page_lines.session.get_session_options().intra_op_num_threads == 1
     assert not engine.rec_page.loaded  # pages never need the single lines' session
     one_thread = OcrEngine(EngineOptions(threads=1))(page)
     assert [ln.text for ln in read.lines] == [ln.text for ln in one_thread.lines] and len(read.lines) > 20
 
-    word = engine((eval_dev / "lines" / "sroie_003_048.png").read_bytes(), det=False)
-    assert scoring.alnum(word.text) == scoring.alnum("TAX CODE")
+    single: list[int] = []
+    run_single = engine.rec_page.run
+    engine.rec_page.run = lambda batch: (single.append(batch.shape[3]), run_single(batch))[1]
+    # A short single word is padded to the pack's 160 px, as before.
+    (short, label), = [(p, t) for p, t in line_samples(eval_dev, "IIIT5K-test", 40) if len(t) <= 3][:1]
+    assert recognize.line_width(cv2.imread(str(short)), 48) < 160
+    word = engine(short.read_bytes(), det=False)
+    assert scoring.alnum(word.text) == scoring.alnum(label) and single[0] == 160
     assert engine.rec_page.session.get_session_options().intra_op_num_threads == 2
     assert engine.precisions["rec_page"] == "int8" and engine.loaded == ("det", "rec_page")

@@ -1,0 +1,69 @@
+"""Dev only: two engine settings timed against each other, paired in one process.
+
+Two engines (``EngineOptions`` overrides ``--a`` and ``--b``, JSON) read each image of a set in turn,
+in alternating order, so the shared machine's drift falls on both alike; the figure is the median
+per-image time ratio b / a with a bootstrap 95 % interval, then the texts are compared.
+
+    .venv/bin/python bench/paired.py --a '{"page_line_threads": 0}' --b '{}' [--set pages] [--threads 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import statistics
+import sys
+import time
+from pathlib import Path
+
+from edge_ocr.engine.ocr import EngineOptions, OcrEngine
+from edge_ocr.tools import bench
+
+EVAL_DEV = Path(__file__).resolve().parents[2] / "shared" / "eval-dev"
+
+
+def interval(ratios: list[float], draws: int = 2000) -> tuple[float, float]:
+    rng = random.Random(0)
+    medians = sorted(statistics.median(rng.choices(ratios, k=len(ratios))) for _ in range(draws))
+    return medians[int(0.025 * draws)], medians[int(0.975 * draws)]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--set", default="pages")
+    parser.add_argument("--limit", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--a", default="{}", help="EngineOptions overrides of the reference, JSON")
+    parser.add_argument("--b", default="{}", help="EngineOptions overrides of the candidate, JSON")
+    parser.add_argument("--no-det", action="store_true", help="read each image as one line")
+    args = parser.parse_args(argv)
+    datas = [p.read_bytes() for p in bench.image_set(args.set, EVAL_DEV, args.limit or 10_000)]
+    engines = {name: OcrEngine(EngineOptions(threads=args.threads, **json.loads(overrides)))
+               for name, overrides in (("a", args.a), ("b", args.b))}
+    det = not args.no_det
+    for data in datas[:2]:  # warm-up
+        for engine in engines.values():
+            engine(data, det=det)
+    times: dict[str, list[float]] = {"a": [], "b": []}
+    same = 0
+    for index, data in enumerate(datas):
+        texts = []
+        for name in ("a", "b") if index % 2 else ("b", "a"):
+            start = time.perf_counter()
+            texts.append([line.text for line in engines[name](data, det=det).lines])
+            times[name].append((time.perf_counter() - start) * 1000)
+        same += texts[0] == texts[1]
+    ratios = [b / a for a, b in zip(times["a"], times["b"])]
+    low, high = interval(ratios)
+    p95 = lambda xs: sorted(xs)[int(0.95 * (len(xs) - 1))]  # noqa: E731
+    print("%s, %d images, %d threads, b %s against a %s: median per-image time ratio b / a %.3f [%.3f, %.3f]; "
+          "total %.3f; p50 %.1f vs %.1f ms, p95 %.1f vs %.1f ms; same texts on %d of %d"
+          % (args.set, len(datas), args.threads, args.b, args.a, statistics.median(ratios), low, high,
+             sum(times["b"]) / sum(times["a"]), statistics.median(times["b"]), statistics.median(times["a"]),
+             p95(times["b"]), p95(times["a"]), same, len(datas)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
