@@ -13,12 +13,10 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import shutil
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 import psutil
@@ -41,14 +39,6 @@ def mixed_files(count: int) -> list[Path]:
     for index, page in enumerate(pages):
         files += [page, *crops[index * CROPS_PER_PAGE:(index + 1) * CROPS_PER_PAGE]]
     return files[:count]
-
-
-def trims(daemon: Daemon) -> int:
-    """The daemon's ``edge_ocr_heap_trims_total`` (GET /metrics)."""
-    url = re.search(r"http listening url=(\S+)", daemon.text()).group(1)
-    with urllib.request.urlopen(url + "/metrics", timeout=30) as response:
-        found = re.search(r"^edge_ocr_heap_trims_total (\S+)$", response.read().decode(), re.M)
-    return int(float(found.group(1))) if found else 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -83,9 +73,9 @@ def main(argv: list[str] | None = None) -> int:
             wait_until(lambda n=index + 1: finished() >= n, 900, 0.2)
             rss = process.memory_info().rss / 2**20
             highest = max(highest, rss)
-            print("after %d files: RSS %.1f MB, idle trims %d" % (index + 1, rss, trims(daemon)), flush=True)
+            print("after %d files: RSS %.1f MB, idle trims %d" % (index + 1, rss, int(daemon.metric("heap_trims_total"))), flush=True)
     time.sleep(args.idle)
-    print("after %g s idle: RSS %.1f MB, idle trims %d" % (args.idle, process.memory_info().rss / 2**20, trims(daemon)),
+    print("after %g s idle: RSS %.1f MB, idle trims %d" % (args.idle, process.memory_info().rss / 2**20, int(daemon.metric("heap_trims_total"))),
           flush=True)
     with open("/proc/%d/status" % daemon.proc.pid) as status:
         peak_kb = next(int(line.split()[1]) for line in status if line.startswith("VmHWM"))

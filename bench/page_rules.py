@@ -10,8 +10,8 @@ source and half (``bench/halves.py``: split by page). Candidates:
   small, drafts under 0.5 with no Chinese sensed are dropped;
 * ``drafts > W``: lines up to W px (at 48 px high) are read by small directly, longer ones drafted;
 * ``small ...``: every line read once by small (the rule now, with the static int8 variant);
-* ``padded to W px``: the same with less padding than the pack's 160 px (``rec_min_width``); their
-  cost counts the padded columns.
+* ``padded to W px``: the same with less padding than the pack's 160 px (``page_min_width``, 96 now);
+  their cost counts the padded columns.
 
 Cost is recogniser work per page relative to reading every line once with small fp32 (columns times the
 measured per-column ratio of each reader); mean over the half's pages.
@@ -48,7 +48,7 @@ Reading = tuple[str, float, float]  # text, mean confidence, Chinese mass
 Rule = Callable[[dict[str, Any]], tuple[str | None, list[str]]]
 
 
-# The page reader with less padding than the pack's 160 px (``rec_min_width``): "small_static@W".
+# The page reader with less padding than the pack's 160 px (``page_min_width``): "small_static@W".
 MIN_WIDTHS = (64, 96, 128)
 
 
@@ -167,11 +167,11 @@ def main(argv: list[str] | None = None) -> int:
                               "drafts, recheck under 0.98": drafts(recheck_below=0.98),
                               "drafts, static int8 rechecks": drafts(reader="small_static")}
     rules |= {"drafts over %d px, static int8" % w: drafts(direct_up_to=w, reader="small_static") for w in (320, 640, 960)}
-    rules |= {"**every line, static int8** (now)": every_line("small_static"),
+    rules |= {"**every line, static int8**": every_line("small_static"),
               "every line, dynamic int8": every_line("small_dynamic"), "every line, fp32": every_line("small_fp32")}
     print("| rule | half | " + " | ".join("%s e2e F1 / page CER / cost" % g for g in groups) + " |")
     print("|---|---|" + "---|" * len(groups))
-    padded = {"every line, static int8, padded to 160 px (now)": every_line("small_static")}
+    padded = {"every line, static int8, padded to 160 px (before)": every_line("small_static")}
     padded |= {"every line, static int8, padded to %d px" % w: every_line("small_static@%d" % w) for w in MIN_WIDTHS}
     for name, rule in list(rules.items()) + list(padded.items()):
         scored = score(pages, truth, rule, padded=name in padded)

@@ -29,6 +29,10 @@ def interval(ratios: list[float], draws: int = 2000) -> tuple[float, float]:
     return medians[int(0.025 * draws)], medians[int(0.975 * draws)]
 
 
+def p95(values: list[float]) -> float:
+    return sorted(values)[int(0.95 * (len(values) - 1))]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--set", default="pages")
@@ -56,7 +60,6 @@ def main(argv: list[str] | None = None) -> int:
         same += texts[0] == texts[1]
     ratios = [b / a for a, b in zip(times["a"], times["b"])]
     low, high = interval(ratios)
-    p95 = lambda xs: sorted(xs)[int(0.95 * (len(xs) - 1))]  # noqa: E731
     print("%s, %d images, %d threads, b %s against a %s: median per-image time ratio b / a %.3f [%.3f, %.3f]; "
           "total %.3f; p50 %.1f vs %.1f ms, p95 %.1f vs %.1f ms; same texts on %d of %d"
           % (args.set, len(datas), args.threads, args.b, args.a, statistics.median(ratios), low, high,

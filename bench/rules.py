@@ -146,7 +146,7 @@ CANDIDATES = {
                                                                         confirm=None))]
     + [("%s, %s" % (below, mass), dict(routing="plate", draft_min_width=320, confirm=(below, mass)))
        for below in (0.0, 0.8, 0.9, 0.95) for mass in (0.001, 0.01)],
-    "chinese_drafts": [("kept when sure (before)", dict(routing="plate", draft_min_width=320))]
+    "chinese_drafts": [("kept when sure (now)", dict(routing="plate", draft_min_width=320))]
     + [("%s, %s" % (reader, mass), dict(routing="plate", draft_min_width=320, chinese_drafts=(reader, mass)))
        for reader in ("static", "dynamic") for mass in (0.05, 0.01)],
 }

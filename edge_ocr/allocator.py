@@ -47,7 +47,8 @@ def configure(memory: str = "default") -> bool:
 
 def trim() -> bool:
     """Give glibc's free heap pages back to the kernel (``malloc_trim(0)``): the memory guard's
-    soft level. True if memory was released; False where there was none or glibc is absent."""
+    soft level and the daemon's idle trim. True if memory was released; False where there was
+    none or glibc is absent."""
     name = ctypes.util.find_library("c")
     try:
         malloc_trim = getattr(ctypes.CDLL(name), "malloc_trim", None) if name else None

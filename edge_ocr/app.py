@@ -34,9 +34,9 @@ from edge_ocr.config import (
 )
 from edge_ocr.engine.types import Region
 from edge_ocr.errors import ConfigError, ExitCode
-from edge_ocr.guard import Guard, GuardState, IdleTrim, Level
+from edge_ocr.guard import Guard, GuardState, IdleTrim, Level, read_memory
 from edge_ocr.notify import Notifier
-from edge_ocr.pipeline import Engine, Pipeline, Sink
+from edge_ocr.pipeline import Engine, Pipeline, Sink, WorkMeter
 from edge_ocr.readiness import Readiness, daemon_readiness
 from edge_ocr.results import Result, status_for
 from edge_ocr.sinks.files import ResultFiles
@@ -92,7 +92,8 @@ class App:
         self._latest: dict[str, Result] = {}
         self._http_ocr: CachedOcr | None = None
         self._newest: Result | None = None
-        self._http_started = self._http_finished = 0  # POST /api/ocr calls: the idle trim watches them
+        self._process = psutil.Process()
+        self._work = WorkMeter()  # jobs and POST /api/ocr calls: the idle trim watches them
         self._idle_trim = IdleTrim(config.guard.idle_trim_s, self._trim_idle, time.monotonic())
 
     # -- signals -------------------------------------------------------------------------------
@@ -126,8 +127,8 @@ class App:
                     self.notifier.watchdog()
                 last_watchdog = now
             if self.pipeline is not None:
-                busy = not self.pipeline.idle or self._http_started != self._http_finished
-                self._idle_trim.tick(now, self.pipeline.finished + self._http_started, busy)
+                seen, busy = self._work.snapshot()
+                self._idle_trim.tick(now, seen, busy or not self.pipeline.queue.empty())
             if self.notifier.enabled and now - last_status >= 10.0:
                 self.notifier.status(self.status_line())
                 last_status = now
@@ -149,7 +150,8 @@ class App:
             self.mqtt.start()
             sinks.append(self.mqtt)
         self.pipeline = Pipeline(engine, model, sinks, self.stats, self.stop_event, cfg.pipeline.queue_size,
-                                 cfg.pipeline.workers, cfg.engine.low_confidence, on_result=self._remember)
+                                 cfg.pipeline.workers, cfg.engine.low_confidence, on_result=self._remember,
+                                 meter=self._work)
         self.pipeline.start()
         files = ResultFiles()
         for scfg in cfg.sources:
@@ -235,11 +237,8 @@ class App:
     def ocr(self, image: bytes, *, det: bool, rois: tuple[Region, ...]) -> Result:
         """POST /api/ocr: straight to the engine (thread-safe), not through the folder queue."""
         assert self._http_ocr is not None
-        self._http_started += 1
-        try:
+        with self._work.working():
             output = self._http_ocr(image, det, rois)
-        finally:
-            self._http_finished += 1
         return Result("http", status_for(output, self.config.engine.low_confidence), output, self.model)
 
     def _remember(self, result: Result) -> None:
@@ -308,10 +307,19 @@ class App:
     def _trim_idle(self) -> None:
         """No work for ``guard.idle_trim_s``: hand the free heap back (IdleTrim says why)."""
         gc.collect()
-        before = _rss_mb()
+        debug = log.isEnabledFor(logging.DEBUG)
+        before = self._rss_mb() if debug else 0.0
         trimmed = allocator.trim()
         self.stats.inc("heap_trims_total")
-        log.debug("idle: heap trimmed=%s rss_mb=%.0f->%.0f", "yes" if trimmed else "no", before, _rss_mb())
+        if debug:
+            log.debug("idle heap trim heap_trimmed=%s rss_mb_before=%.0f rss_mb=%.0f", "yes" if trimmed else "no",
+                      before, self._rss_mb())
+
+    def _rss_mb(self) -> float:
+        try:
+            return read_memory(self._process)[0]
+        except (psutil.Error, OSError):
+            return 0.0
 
     # -- commands and status -------------------------------------------------------------------
 
@@ -365,11 +373,3 @@ class App:
             log.info("config reload applied keys=%s", ",".join(live))
         if restart:
             log.warning("config reload: restart needed for keys=%s", ",".join(restart))
-
-
-
-def _rss_mb() -> float:
-    try:
-        return psutil.Process().memory_info().rss / 2**20
-    except (psutil.Error, OSError):
-        return 0.0

@@ -1,4 +1,5 @@
-"""The memory guard of SPEC "Memory guard": a psutil sampler thread → GuardState ok/soft/hard.
+"""The memory guard of SPEC "Memory guard": a psutil sampler thread → GuardState ok/soft/hard,
+and ``IdleTrim``, the rule that hands the free heap back once the daemon has been idle a while.
 
 ``classify()`` is the pure rule (limits plus hysteresis); ``Guard`` samples this process's RSS
 and the system's available memory every ``interval_s`` on a thread named ``guard`` and calls the
@@ -121,15 +122,15 @@ class IdleTrim:
     """Calls ``trim`` once when the daemon has had no work for ``after_s`` seconds.
 
     glibc keeps the pages of freed image buffers for reuse (README, Memory): a busy daemon
-    reuses them at no cost, an idle one holds 60-130 MB that other services on a small board
-    could use. So the heap is trimmed once per idle spell, never between back-to-back images;
-    the next image pays the page faults. ``tick`` is called periodically with a count of the
-    work seen so far (jobs finished, HTTP requests started) and whether any is in progress.
-    ``after_s <= 0`` never trims.
+    reuses them at no cost, an idle one holds tens to hundreds of MB that other services on a
+    small board could use. So the heap is trimmed once per idle spell, never between
+    back-to-back images; the next image pays the page faults. ``tick`` is called periodically
+    with a count of the work started so far and whether any is in progress or waiting
+    (``pipeline.WorkMeter``). ``after_s <= 0`` never trims.
     """
 
     def __init__(self, after_s: float, trim: Callable[[], object], now: float = 0.0) -> None:
-        self.after_s = after_s
+        self._after_s = after_s
         self._trim = trim
         self._seen = 0
         self._since = now  # the last moment work was seen
@@ -140,7 +141,7 @@ class IdleTrim:
         if busy or work_seen != self._seen:
             self._seen, self._since, self._armed = work_seen, now, True
             return False
-        if not self._armed or self.after_s <= 0 or now - self._since < self.after_s:
+        if not self._armed or self._after_s <= 0 or now - self._since < self._after_s:
             return False
         self._armed = False
         self._trim()

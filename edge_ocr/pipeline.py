@@ -21,7 +21,8 @@ import re
 import threading
 import time
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from typing import Protocol
 
@@ -63,6 +64,32 @@ class _RegionState:
     count: int = 0
 
 
+class WorkMeter:
+    """Counts work as it starts and ends, on any thread (the pipeline's workers, the HTTP API's):
+    what the daemon's idle trim watches (``guard.IdleTrim``)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._started = 0
+        self._active = 0
+
+    @contextmanager
+    def working(self) -> Iterator[None]:
+        with self._lock:
+            self._started += 1
+            self._active += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._active -= 1
+
+    def snapshot(self) -> tuple[int, bool]:
+        """(work started so far, whether any is in progress)."""
+        with self._lock:
+            return self._started, self._active > 0
+
+
 class Pipeline:
     """Job → engine → Result → sinks → ``job.on_done``. ``start()`` runs the workers."""
 
@@ -77,6 +104,7 @@ class Pipeline:
         workers: int = 1,
         low_confidence: float = 0.6,
         on_result: Callable[[Result], None] | None = None,
+        meter: WorkMeter | None = None,
     ) -> None:
         self.engine = engine
         self.model = model
@@ -88,7 +116,7 @@ class Pipeline:
         self.queue: queue.Queue[Job] = queue.Queue(maxsize=queue_size)
         self.progress = time.monotonic()  # last job finished or idle wait: feeds the watchdog
         self.busy = 0
-        self.finished = 0  # jobs finished since start (the idle trim watches it)
+        self.meter = meter or WorkMeter()
         self._last_text: dict[str, str] = {}
         self._regions: dict[tuple[str, str], _RegionState] = {}
         self._lock = threading.Lock()
@@ -145,17 +173,12 @@ class Pipeline:
                 continue
             self.busy += 1
             try:
-                self.process(job)
+                with self.meter.working():
+                    self.process(job)
             finally:
                 self.busy -= 1
-                self.finished += 1
                 self.progress = time.monotonic()
                 self.stats.set("queue_depth", self.queue.qsize())
-
-    @property
-    def idle(self) -> bool:
-        """No job in progress or queued."""
-        return self.busy == 0 and self.queue.empty()
 
     def degrade(self, det_limit_side: int) -> int:
         """The memory guard's soft level: drop queued camera frames and detect on inputs of at

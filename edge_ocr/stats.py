@@ -55,8 +55,6 @@ METRICS: tuple[Metric, ...] = (
     Metric("fleet_jobs_failed_total", "counter", "jobs", "fleet jobs answered with an error, or unanswerable"),
     Metric("fleet_jobs_redelivered_total", "counter", "jobs", "fleet jobs the broker delivered again (DUP set)"),
     Metric("fleet_jobs_returned_total", "counter", "jobs", "fleet jobs handed back to the group at a clean stop"),
-    Metric("heap_trims_total", "counter", "trims", "free heap handed back to the kernel after guard.idle_trim_s "
-           "without work"),
     Metric("frames_total", "counter", "frames", "frames captured by camera sources"),
     Metric("frames_skipped_total", "counter", "frames", "camera frames skipped as unchanged (no OCR run)"),
     Metric("frames_dropped_total", "counter", "frames", "camera frames dropped because the queue was full"),
@@ -72,6 +70,7 @@ METRICS: tuple[Metric, ...] = (
     # The guard's last sample, here so that ``<p>/stats`` and /api/stats carry it too (SPEC "Memory guard").
     Metric("guard_level", "gauge", "level", "memory guard level: 0 ok, 1 soft, 2 hard"),
     Metric("rss_mb", "gauge", "MB", "resident memory of this process", exposed="guard_rss_bytes", scale=MB),
+    Metric("heap_trims_total", "counter", "trims", "idle trims: malloc_trim after guard.idle_trim_s without work"),
     Metric("lines_total", "counter", "lines", "text lines recognised"),
     Metric("errors_total", "counter", "results", "results with status error, by error code", label="code"),
     Metric("stage_ms", "histogram", "ms", "engine stage latency, by stage", label="stage", exposed="stage_seconds",

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import struct
 import subprocess
 import sys
+import urllib.request
 import zlib
 from pathlib import Path
 from typing import ClassVar
@@ -74,6 +76,13 @@ class Daemon:
 
     def text(self) -> str:
         return self.log.read_text(errors="replace")
+
+    def metric(self, name: str) -> float:
+        """The value of ``edge_ocr_<name>`` on the daemon's GET /metrics (0 when absent)."""
+        url = re.search(r"http listening url=(\S+)", self.text()).group(1)
+        with urllib.request.urlopen(url + "/metrics", timeout=30) as response:
+            found = re.search(r"^edge_ocr_%s (\S+)$" % name, response.read().decode(), re.M)
+        return float(found.group(1)) if found else 0.0
 
     def terminate(self, timeout_s: float = 15.0) -> int:
         assert self.proc is not None

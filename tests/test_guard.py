@@ -216,9 +216,9 @@ def test_the_idle_trim_runs_once_per_idle_spell_never_between_jobs():
     # jobs back to back (a busy pipeline, or a new job every 5 s) never reach the threshold
     for second, jobs in ((31, 1), (36, 2), (41, 3), (46, 4)):
         assert not idle.tick(second, jobs, busy=False)
-    assert not idle.tick(60.0, 5, busy=True)  # an image that takes long is work, not idleness
-    assert not idle.tick(69.0, 5, busy=False)
-    assert idle.tick(70.0, 5, busy=False)  # 10 s after the last work was seen
+    assert not idle.tick(58.0, 4, busy=True)  # an image that takes long is work, not idleness
+    assert not idle.tick(67.0, 4, busy=False)
+    assert idle.tick(68.0, 4, busy=False)  # 10 s after the last work was seen
     assert trims == [1, 1]
 
 

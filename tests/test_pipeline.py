@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 
-from edge_ocr.pipeline import Pipeline
+from edge_ocr.pipeline import Pipeline, WorkMeter
 from edge_ocr.results import Job, Result, Status
 from edge_ocr.stats import Stats
 from tests.broker import wait_until
@@ -102,3 +102,31 @@ def test_memory_pressure_drops_queued_camera_frames_never_folder_files():
     assert pipe.drop_frames() == 2
     assert [j.file for j in list(pipe.queue.queue)] == ["a.png", "b.png"]
     assert stats.snapshot()["frames_dropped_total"] == 2
+
+
+def test_the_work_meter_counts_work_from_many_threads_and_knows_when_some_is_in_progress():
+    meter = WorkMeter()
+    inside, release = threading.Event(), threading.Event()
+
+    def long_job() -> None:
+        with meter.working():
+            inside.set()
+            release.wait(10)
+
+    def short_jobs() -> None:
+        for _ in range(2000):
+            with meter.working():
+                pass
+
+    holder = threading.Thread(target=long_job)
+    holder.start()
+    assert inside.wait(10) and meter.snapshot() == (1, True)
+    workers = [threading.Thread(target=short_jobs) for _ in range(4)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    assert meter.snapshot() == (8001, True)  # the long job is still in progress
+    release.set()
+    holder.join()
+    assert meter.snapshot() == (8001, False)

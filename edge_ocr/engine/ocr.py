@@ -52,11 +52,12 @@ class OcrEngine:
         self.det = self._load("det", not eager) if "det" in stages else None
         self.db_params = self.options.det or DbParams.from_published(stages["det"].postprocess if "det" in stages else {})
         self.cls = self._load("cls", not eager) if self.options.use_cls and "cls" in stages else None
-        # The reader of a page's lines, where the pack has one: `rec`'s model in a faster int8 variant.
+        # The page reader, where the pack has one: `rec`'s model in a faster int8 variant. It reads
+        # every line of a page and, first, every single line. A page's lines run `threads` at a time
+        # on the line pool, each on a session with fewer intra-op threads (`page_lines`:
+        # EngineOptions.page_line_threads); single lines keep all threads on `rec_page`, then its
+        # own session of the same file, made at the first single line.
         has_page_reader = self.det is not None and "rec_page" in stages
-        # A page's lines run `threads` at a time on the line pool, each on a session with fewer intra-op
-        # threads (EngineOptions.page_line_threads); single lines keep all threads on their own
-        # session of the same file, made at the first single line.
         line_threads = self.options.page_line_threads
         own_session = has_page_reader and self._line_pool is not None and 0 < line_threads < self.threads
         self.page_lines = self._load("rec_page", not eager, threads=line_threads) if own_session else None
@@ -117,15 +118,17 @@ class OcrEngine:
 
     @property
     def loaded(self) -> tuple[str, ...]:
-        """The stages whose sessions exist now, e.g. ``("det", "rec_page")`` after pages only."""
+        """The stages whose sessions exist now, e.g. ``("det", "rec_page")`` after pages only
+        (``rec_page`` whichever of its sessions, page lines' or single lines', exists)."""
         return tuple(dict.fromkeys(m.stage.name for m in self._models().values() if m.loaded))
 
     def release_idle(self, idle_s: float = 30.0) -> tuple[str, ...]:
-        """Drop the sessions made at first need (single-line recognisers, the plate specialist;
-        with ``lazy_sessions`` all of them) that no line used for ``idle_s`` seconds: the memory
-        guard's soft level (one in use would only be made again at once). They are made again
-        when a line needs them. Returns the stages released, e.g. ``("rec", "rec_zh")``."""
-        return tuple(dict.fromkeys(m.stage.name for m in self._models().values() if m.release(idle_s)))
+        """Drop the sessions made at first need (single-line recognisers, the page reader's
+        single-line session, the plate specialist; with ``lazy_sessions`` all of them) that no
+        line used for ``idle_s`` seconds: the memory guard's soft level (one in use would only be
+        made again at once). They are made again when a line needs them. Returns the sessions
+        released by role, e.g. ``("rec", "rec_page", "rec_zh")`` (``page_lines``: a page's)."""
+        return tuple(name for name, m in self._models().items() if m.release(idle_s))
 
     def close(self) -> None:
         """Stop the line threads (idempotent). Later calls still work, reading lines one by one."""
@@ -201,9 +204,10 @@ class OcrEngine:
     def _read(self, crops: list[np.ndarray], allowed: list[str], detected: bool) -> list[Decoded]:
         """Accurate reading, drafts for long single lines, then the Chinese specialist.
 
-        Every line of a page (``detected``) is read once by the page reader (``rec_page``: the
+        Every line of a page (``detected``) is read once by the page reader (``page_lines``: the
         accurate model in its static int8 variant, as fast as drafting and re-reading the unsure
-        drafts was, and drafts cost 2 points of end-to-end F1 on receipts: README, Accuracy). Of
+        drafts was, and drafts cost 2 points of end-to-end F1 on receipts: README, Accuracy),
+        padded to ``page_min_width`` only. Of
         single lines and regions, the short ones are read by the page reader too (drafts err most
         on short words) and only the long ones are drafted by the fast reader, the unsure drafts
         re-read. Plate-shaped lines go to the Chinese specialist (``recognize.needs_specialist``);
@@ -212,9 +216,12 @@ class OcrEngine:
         (``rec``: ``recognize.needs_confirmation``). Regions with allowed characters are never
         read by the page reader: ``rec`` reads them (or re-reads their unsure drafts).
         """
-        page_reader = (self.page_lines if detected else self.rec_page) or self.rec
-        # A page's lines need less padding than a single word (EngineOptions.page_min_width).
-        min_width = self.options.page_min_width if detected and self.page_lines is not None else 0
+        # After close() there is no line pool: a page's lines then run one by one, on all threads.
+        on_pool = detected and self._line_pool is not None
+        page_reader = (self.page_lines if on_pool else self.rec_page) or self.rec
+        # A page's lines need less padding than a single word (EngineOptions.page_min_width), never more.
+        pack_min_width = page_reader.stage.min_width or 0
+        min_width = min(self.options.page_min_width, pack_min_width) if detected and self.rec_page is not None else 0
         # A region with allowed characters is read by `rec` alone: its mask hides the Chinese mass
         # the confirmation rule relies on, and the page reader read a masked plate confidently
         # wrong ("AT1L05" as "ATL05").

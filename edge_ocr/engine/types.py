@@ -152,9 +152,10 @@ class EngineOptions:
     rec_batch_size: int = 1  # measured: batching only pads; 1 was fastest and smallest on 1-2 threads
     rec_batch_columns: int = 4096  # batch lines × padded width: bounds recogniser memory
     rec_min_width: int = 0  # 0 = the pack's min_width (PP-OCRv5/6 read best padded to 320)
-    # A page's lines, read by the page reader, are padded only to this width (0 = as single lines):
-    # the pack's 160 px helps a single short word, but on eval-dev pages 96 px read the same (e2e F1
-    # within 0.1 on each half, bench/page_rules.py) for ~8 % fewer columns on receipts, 19 % on photos.
+    # A page's lines, read by the page reader, are padded only to this width, never beyond the
+    # pack's (0 = as single lines, ``rec_min_width`` or the pack's): the pack's 160 px helps a
+    # single short word, but on eval-dev pages 96 px read as well (e2e F1 within 0.1 on half a,
+    # as good or better on half b: bench/page_rules.py) for ~8 % fewer columns on receipts, 19 % on photos.
     page_min_width: int = 96
     rec_max_width: int = 0  # 0 = the pack's max_width, else the model's height × 64
     min_line_score: float = 0.5  # lines below this recognition confidence are dropped
@@ -162,8 +163,8 @@ class EngineOptions:
     # small to split well: bench/tricks.py), by a session of the page reader with
     # ``page_line_threads`` intra-op threads (0 = all): with one each, English pages took 0.95-0.97x
     # the time of every line on all threads, which contend for one pool (bench/paired.py, paired,
-    # two runs; same texts). Single lines and regions keep all threads inside the model (25 % faster
-    # per crop), so they get a session of their own, made at the first one.
+    # two runs; same texts). Single lines and regions keep all threads inside the model (one thread
+    # was p50 +8 % per crop), so they get a session of their own, made at the first one.
     parallel_lines: bool = True
     page_line_threads: int = 1
     # ORT worker threads busy-wait after a run. One model read back to back is 28 % faster with it,

@@ -113,8 +113,7 @@ def run_worker(config: BenchConfig, images: Sequence[Path], det: bool, warmup: i
     session_spans: list[tuple[float, float]] = []
     stages = (engine.det, engine.cls, engine.rec_fast, engine.rec, engine.rec_page, engine.page_lines, engine.rec_zh)
     for model in {id(m): m for m in stages if m is not None}.values():  # one Model may fill two roles
-        if model is not None:
-            model.run = _timed(model.run, session_spans)  # type: ignore[method-assign,assignment]  # timing wrapper on purpose
+        model.run = _timed(model.run, session_spans)  # type: ignore[method-assign,assignment]  # timing wrapper on purpose
     loaded_ms = (time.perf_counter() - started) * 1000
     datas = [p.read_bytes() for p in images]
     first = engine(datas[0], det=det)

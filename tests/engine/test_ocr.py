@@ -278,9 +278,14 @@ def test_lines_read_in_parallel_match_lines_read_one_by_one(eval_dev):
     try:
         expected = [ln.text for ln in serial(page).lines]
         assert [ln.text for ln in parallel(page).lines] == expected
-        # Sessions keep every thread either way: a lone line or region uses them inside the model.
+        # A page's lines run one per thread, each on one intra-op thread; a lone line or region
+        # keeps both threads inside the model, and without the pool so does every page line.
+        assert parallel.page_lines.session.get_session_options().intra_op_num_threads == 1
         assert parallel.rec.session.get_session_options().intra_op_num_threads == 2
+        assert serial.page_lines is serial.rec_page
         assert parallel._line_pool is not None and serial._line_pool is None
+        parallel.close()
+        assert [ln.text for ln in parallel(page).lines] == expected  # after close: one by one, both threads
     finally:
         parallel.close()
     assert [ln.text for ln in parallel(page).lines] == expected  # closed: lines are read one by one
@@ -367,6 +372,11 @@ def test_a_one_shot_engine_makes_only_the_sessions_its_images_need(eval_dev):
     # In fp32 the page reader and `rec` are one file: one session, and no confirmation against itself.
     fp32 = OcrEngine(EngineOptions(threads=1, precision="fp32", lazy_sessions=True))
     assert fp32.rec is fp32.rec_page and fp32.precisions["rec"] == fp32.precisions["rec_page"] == "fp32"
+    # With two threads a page's lines get a one-thread session of that file besides.
+    fp32_two = OcrEngine(EngineOptions(threads=2, precision="fp32", lazy_sessions=True))
+    assert fp32_two.rec is fp32_two.rec_page and fp32_two.page_lines is not fp32_two.rec_page
+    assert "page_lines" not in fp32_two.precisions and fp32_two.page_lines.variant.precision == "fp32"
+    fp32_two.close()
 
 
 def test_released_sessions_are_made_again_when_a_line_needs_them(eval_dev):
