@@ -6,7 +6,7 @@ script waits for their results and samples the daemon's RSS. At the end it sampl
 ``--idle`` seconds without work (past ``guard.idle_trim_s``, ``--idle-trim``), then prints the peak
 RSS (VmHWM) and how many files failed.
 
-    .venv/bin/python bench/daemon_files.py --memory low --files 1000 [--idle-trim 10 --idle 15] [--workdir DIR]
+    .venv/bin/python bench/daemon_files.py --memory low --files 1000 [--idle-trim 60 --idle 65] [--workdir DIR]
 """
 
 from __future__ import annotations
@@ -45,8 +45,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--memory", choices=("default", "low"), default="low")
     parser.add_argument("--files", type=int, default=1000)
-    parser.add_argument("--idle-trim", type=float, default=10.0, help="guard.idle_trim_s (0 = never)")
-    parser.add_argument("--idle", type=float, default=15.0, help="seconds to wait idle before the last sample")
+    parser.add_argument("--idle-trim", type=float, default=60.0, help="guard.idle_trim_s (0 = never)")
+    parser.add_argument("--idle", type=float, default=65.0, help="seconds to wait idle before the last sample")
     parser.add_argument("--workdir", type=Path, default=None)
     args = parser.parse_args(argv)
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="daemon-files-"))
@@ -73,10 +73,11 @@ def main(argv: list[str] | None = None) -> int:
             wait_until(lambda n=index + 1: finished() >= n, 900, 0.2)
             rss = process.memory_info().rss / 2**20
             highest = max(highest, rss)
-            print("after %d files: RSS %.1f MB, idle trims %d" % (index + 1, rss, int(daemon.metric("heap_trims_total"))), flush=True)
+            trims = int(daemon.metric("heap_trims_total"))
+            print("after %d files: RSS %.1f MB, idle trims %d" % (index + 1, rss, trims), flush=True)
     time.sleep(args.idle)
-    print("after %g s idle: RSS %.1f MB, idle trims %d" % (args.idle, process.memory_info().rss / 2**20, int(daemon.metric("heap_trims_total"))),
-          flush=True)
+    rss, trims = process.memory_info().rss / 2**20, int(daemon.metric("heap_trims_total"))
+    print("after %g s idle: RSS %.1f MB, idle trims %d" % (args.idle, rss, trims), flush=True)
     with open("/proc/%d/status" % daemon.proc.pid) as status:
         peak_kb = next(int(line.split()[1]) for line in status if line.startswith("VmHWM"))
     failed = workdir / "failed"
