@@ -74,10 +74,7 @@ def read_all(cache: Path) -> list[dict[str, Any]]:
                 crop = preprocess.crop_quad(image, quad)
                 line: dict[str, Any] = {"quad": quad, "width": recognize.line_width(crop, 48)}
                 for name, model in readers.items():
-                    stage = model.stage
-                    (decoded,) = recognize.recognize([crop], model.run, stage.charset, stage.height, stage.min_width,
-                                                     stage.width or stage.height * 64, 1)
-                    line[name] = (decoded.text, decoded.score, decoded.cjk_mass)
+                    line[name] = read_line(model, crop, model.stage.min_width)
                 lines.append(line)
             pages.append({"file": sample.path.name, "source": sample.source, "lines": lines})
             print(sample.path.name, len(lines), file=sys.stderr)
@@ -86,20 +83,26 @@ def read_all(cache: Path) -> list[dict[str, Any]]:
     return pages
 
 
+def read_line(model: Model, crop: np.ndarray, min_width: int) -> Reading:
+    """One crop read by ``model``, padded to ``min_width``."""
+    stage = model.stage
+    (decoded,) = recognize.recognize([crop], model.run, stage.charset, stage.height, min_width,
+                                     stage.width or stage.height * 64, 1)
+    return decoded.text, decoded.score, decoded.cjk_mass
+
+
 def add_min_widths(pages: list[dict[str, Any]]) -> None:
     """Each cached line read again by the page reader padded to ``MIN_WIDTHS`` instead of 160 px."""
     engine = OcrEngine(EngineOptions(threads=2))
     assert engine.rec_page is not None
-    model, stage = engine.rec_page, engine.rec_page.stage
+    model = engine.rec_page
     samples = {s.path.name: s for m in MANIFESTS for s in load_pages(m)}
     for page in pages:
         image = preprocess.decode_image(samples[page["file"]].path.read_bytes(), 100.0)
         for line in page["lines"]:
             crop = preprocess.crop_quad(image, line["quad"])
             for width in MIN_WIDTHS:
-                (decoded,) = recognize.recognize([crop], model.run, stage.charset, stage.height, width,
-                                                 stage.width or stage.height * 64, 1)
-                line["small_static@%d" % width] = (decoded.text, decoded.score, decoded.cjk_mass)
+                line["small_static@%d" % width] = read_line(model, crop, width)
         print(page["file"], "min widths", file=sys.stderr)
 
 

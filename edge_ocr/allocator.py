@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+from typing import Any
 
 M_MMAP_THRESHOLD = -3  # glibc mallopt parameters
 M_ARENA_MAX = -8
@@ -27,16 +28,20 @@ LOW_MEMORY_MMAP_THRESHOLD = 1024 * 1024
 MODES = ("default", "low")
 
 
+def _libc_function(name: str) -> Any:
+    """A function of the C library by name, or None (no glibc, or no such symbol)."""
+    path = ctypes.util.find_library("c")
+    try:
+        return getattr(ctypes.CDLL(path), name, None) if path else None
+    except OSError:
+        return None
+
+
 def configure(memory: str = "default") -> bool:
     """Apply the settings for ``memory`` ("default" or "low"); False where glibc is absent."""
     if memory not in MODES:
         raise ValueError("memory: expected one of %s, got %r" % (", ".join(MODES), memory))
-    name = ctypes.util.find_library("c")
-    try:
-        libc = ctypes.CDLL(name) if name else None
-        mallopt = getattr(libc, "mallopt", None)
-    except OSError:
-        return False
+    mallopt = _libc_function("mallopt")
     if mallopt is None:
         return False
     ok = mallopt(M_ARENA_MAX, 1) == 1
@@ -49,9 +54,5 @@ def trim() -> bool:
     """Give glibc's free heap pages back to the kernel (``malloc_trim(0)``): the memory guard's
     soft level and the daemon's idle trim. True if memory was released; False where there was
     none or glibc is absent."""
-    name = ctypes.util.find_library("c")
-    try:
-        malloc_trim = getattr(ctypes.CDLL(name), "malloc_trim", None) if name else None
-    except OSError:
-        return False
+    malloc_trim = _libc_function("malloc_trim")
     return bool(malloc_trim(0)) if malloc_trim is not None else False

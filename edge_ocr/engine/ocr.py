@@ -109,9 +109,10 @@ class OcrEngine:
         assert self._rec_zh is not None  # _read asks only when the pack has one
         return self._rec_zh
 
-    def _models(self) -> dict[str, Model]:
-        """Every stage the engine may run, by name, loaded or to be loaded at first need (in fp32
-        ``rec`` and ``rec_page`` are one model)."""
+    def models(self) -> dict[str, Model]:
+        """Every stage the engine may run, by role, loaded or to be loaded at first need (one
+        ``Model`` may fill two roles: in fp32 ``rec`` and ``rec_page``, with one thread
+        ``rec_page`` and ``page_lines``)."""
         models = {"det": self.det, "cls": self.cls, "rec_fast": self._rec_fast, "rec": self._rec,
                   "rec_page": self.rec_page, "page_lines": self.page_lines, "rec_zh": self._rec_zh}
         return {name: m for name, m in models.items() if m is not None}
@@ -120,7 +121,7 @@ class OcrEngine:
     def loaded(self) -> tuple[str, ...]:
         """The stages whose sessions exist now, e.g. ``("det", "rec_page")`` after pages only
         (``rec_page`` whichever of its sessions, page lines' or single lines', exists)."""
-        return tuple(dict.fromkeys(m.stage.name for m in self._models().values() if m.loaded))
+        return tuple(dict.fromkeys(m.stage.name for m in self.models().values() if m.loaded))
 
     def release_idle(self, idle_s: float = 30.0) -> tuple[str, ...]:
         """Drop the sessions made at first need (single-line recognisers, the page reader's
@@ -128,7 +129,7 @@ class OcrEngine:
         line used for ``idle_s`` seconds: the memory guard's soft level (one in use would only be
         made again at once). They are made again when a line needs them. Returns the sessions
         released by role, e.g. ``("rec", "rec_page", "rec_zh")`` (``page_lines``: a page's)."""
-        return tuple(name for name, m in self._models().items() if m.release(idle_s))
+        return tuple(name for name, m in self.models().items() if m.release(idle_s))
 
     def close(self) -> None:
         """Stop the line threads (idempotent). Later calls still work, reading lines one by one."""
@@ -140,7 +141,7 @@ class OcrEngine:
     def precisions(self) -> dict[str, str]:
         """The precision of each stage, loaded or to be loaded at first need, e.g.
         ``{"det": "int8", "rec": "fp32"}``."""
-        return {name: m.variant.precision for name, m in self._models().items() if name != "page_lines"}  # = rec_page
+        return {name: m.variant.precision for name, m in self.models().items() if name != "page_lines"}  # = rec_page
 
     def __call__(
         self,

@@ -111,8 +111,7 @@ def run_worker(config: BenchConfig, images: Sequence[Path], det: bool, warmup: i
     )
     engine = OcrEngine(options)
     session_spans: list[tuple[float, float]] = []
-    stages = (engine.det, engine.cls, engine.rec_fast, engine.rec, engine.rec_page, engine.page_lines, engine.rec_zh)
-    for model in {id(m): m for m in stages if m is not None}.values():  # one Model may fill two roles
+    for model in {id(m): m for m in engine.models().values()}.values():  # one Model may fill two roles
         model.run = _timed(model.run, session_spans)  # type: ignore[method-assign,assignment]  # timing wrapper on purpose
     loaded_ms = (time.perf_counter() - started) * 1000
     datas = [p.read_bytes() for p in images]
