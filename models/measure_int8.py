@@ -264,9 +264,11 @@ class Bench:
     """Fixed inputs for one model kind, loaded once, and the fp32 reference session to compare against."""
 
     def __init__(
-        self, kind: str, fp32: Path, height: int = 48, eval_dev: Path = DEFAULT_EVAL_DEV, runs: int = 20
+        self, kind: str, fp32: Path, height: int = 48, eval_dev: Path = DEFAULT_EVAL_DEV, runs: int = 20,
+        lines: Sequence[Path] | None = None,
     ) -> None:
-        """kind: "det" or "rec"; height: rec input height (48, or 32 for crnn)."""
+        """kind: "det" or "rec"; height: rec input height (48, or 32 for crnn); lines: the rec agreement
+        crops (default: AGREEMENT_LINES of eval-dev lines)."""
         self.kind = kind
         self.runs = runs
         self.reference = open_session(fp32)
@@ -279,7 +281,7 @@ class Bench:
             }
             self.agreement_inputs = [det_tensor(read_bgr(p)) for p in pages]
         elif kind == "rec":
-            lines = agreement_lines(eval_dev)
+            lines = agreement_lines(eval_dev) if lines is None else lines
             self.agreement_inputs = rec_batches(lines, height)
             self.timing_inputs = {"batch8": self.agreement_inputs[0]}
         else:

@@ -78,7 +78,8 @@ class OcrEngine:
         # The Chinese plate specialist is always loaded at the first line that needs it (11 MB not
         # spent by the many deployments that never read a plate with a province character).
         self._rec_zh_stage = stages.get("rec_zh") if self.options.use_rec_zh else None
-        self._rec_zh = self._load("rec_zh", lazy=True) if self._rec_zh_stage is not None else None
+        self._rec_zh = (self._load("rec_zh", lazy=True, threads=self.options.specialist_threads)
+                        if self._rec_zh_stage is not None else None)
         for model in (self._rec, self._rec_zh, self._rec_fast, self.rec_page):
             if model is not None and model.stage.charset is None:
                 raise ModelError("pack %s: recogniser %s has no charset" % (self.pack.name, model.stage.name))

@@ -319,7 +319,7 @@ def test_short_single_lines_skip_the_draft_and_only_plates_reach_the_chinese_spe
     from edge_ocr.engine.ocr import EngineOptions, OcrEngine
 
     engine = OcrEngine(EngineOptions(threads=1))
-    assert engine.rec_zh is None and engine.precisions["rec_zh"] == "fp32"  # loaded when first needed
+    assert engine.rec_zh is None and engine.precisions["rec_zh"] == "int8"  # loaded when first needed
     calls = {"rec_fast": 0, "rec": 0, "rec_page": 0}
     for name in calls:
         model = getattr(engine, name)
@@ -340,12 +340,26 @@ def test_short_single_lines_skip_the_draft_and_only_plates_reach_the_chinese_spe
     assert engine.rec_zh is not None and engine.rec_zh.stage.name == "rec_zh"
 
 
+def test_the_plate_specialist_runs_on_its_own_thread_count(eval_dev):
+    """PP-OCRv4 on one plate gains nothing from a second thread (EngineOptions.specialist_threads)."""
+    from edge_ocr.engine.ocr import EngineOptions, OcrEngine
+
+    plate = (eval_dev / "lines" / "plate_005621c69989.jpg").read_bytes()
+    for specialist_threads, expected in ((1, 1), (0, 2)):
+        engine = OcrEngine(EngineOptions(threads=2, specialist_threads=specialist_threads, lazy_sessions=True))
+        assert scoring.alnum(engine(plate, det=False).text) == scoring.alnum("皖AC4933")
+        assert engine.rec_zh is not None and engine.rec_zh.variant.precision == "int8"
+        assert engine.rec_zh.session.get_session_options().intra_op_num_threads == expected
+        assert engine.rec_page.session.get_session_options().intra_op_num_threads == 2
+        engine.close()
+
+
 def test_a_page_only_engine_never_loads_the_single_line_recognisers(eval_dev):
     from edge_ocr.engine.ocr import EngineOptions, OcrEngine
 
     engine = OcrEngine(EngineOptions(threads=1))
     assert engine.loaded == ("det", "rec_page")
-    assert engine.precisions == {"det": "int8", "rec_fast": "fp32", "rec": "int8", "rec_page": "int8", "rec_zh": "fp32"}
+    assert engine.precisions == {"det": "int8", "rec_fast": "fp32", "rec": "int8", "rec_page": "int8", "rec_zh": "int8"}
     page = (eval_dev / "pages" / _pages(eval_dev, "sroie", 1)[0]["file"]).read_bytes()
     assert len(engine(page).lines) > 20 and engine.loaded == ("det", "rec_page")
     # A Latin word the page reader is sure of needs nothing more; the first line to confirm brings
