@@ -18,6 +18,7 @@ import hashlib
 import math
 import sys
 from pathlib import Path
+from typing import Literal
 
 import cv2
 import numpy as np
@@ -40,7 +41,7 @@ def half_a_lines(eval_dev: Path) -> dict[str, list[Path]]:
     return half_lines(eval_dev, "a")
 
 
-def half_lines(eval_dev: Path, part: str) -> dict[str, list[Path]]:
+def half_lines(eval_dev: Path, part: Literal["a", "b"]) -> dict[str, list[Path]]:
     """One half's crops of eval-dev lines and zh/lines, per source."""
     out: dict[str, list[Path]] = {}
     for labels in (eval_dev / "lines" / "labels.tsv", eval_dev / "zh" / "lines" / "labels.tsv"):

@@ -75,7 +75,7 @@ class OcrEngine:
         # reader, where its int8 variant is missing, reads at least as well as `rec`).
         self._confirms = self.rec_page is not None and self.rec_page.variant.precision == "int8"
         self._rec_fast = self._load("rec_fast", lazy) if self.options.use_rec_fast and "rec_fast" in stages else None
-        # The Chinese plate specialist is always loaded at the first line that needs it (11 MB not
+        # The Chinese plate specialist is always loaded at the first line that needs it (3-6 MB not
         # spent by the many deployments that never read a plate with a province character).
         self._rec_zh_stage = stages.get("rec_zh") if self.options.use_rec_zh else None
         self._rec_zh = (self._load("rec_zh", lazy=True, threads=self.options.specialist_threads)
@@ -86,9 +86,10 @@ class OcrEngine:
 
     def _load(self, stage: str, lazy: bool = False, threads: int = 0) -> Model:
         """The stage's model; with ``lazy`` its session is made at its first run (``Model``);
-        ``threads`` intra-op threads (0 = the engine's)."""
+        ``threads`` intra-op threads, never more than the engine's (0 or less = the engine's)."""
         spec = self.pack.stages[stage]
-        return Model(spec, choose_variant(spec, self.options.precision), threads or self.threads,
+        threads = min(threads, self.threads) if threads > 0 else self.threads
+        return Model(spec, choose_variant(spec, self.options.precision), threads,
                      self.options.allow_spinning, lazy=lazy)
 
     @property

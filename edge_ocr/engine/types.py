@@ -170,7 +170,7 @@ class EngineOptions:
     # Intra-op threads of the plate specialist (0 = all). PP-OCRv4 on one 48x320 plate gains
     # nothing from a second thread: on eval-dev's 527 plates one thread took 0.994 [0.988, 1.001]
     # of the time per plate, and p95 30.6 vs 36.7 ms (bench/paired.py, 2 threads): its feature
-    # maps are too small to split.
+    # maps are too small to split. Measured on this 2-core x86 machine only; never more than ``threads``.
     specialist_threads: int = 1
     # ORT worker threads busy-wait after a run. One model read back to back is 28 % faster with it,
     # but the engine's single crops were slower (p50 10.9 -> 15.2 ms, p95 42 -> 74 ms: each model's

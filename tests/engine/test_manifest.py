@@ -85,17 +85,21 @@ def test_the_plate_specialist_is_calibrated_on_half_a_plates_and_gated_on_half_b
     monkeypatch.syspath_prepend(str(MODELS))
     sys.modules.pop("build", None)
     build = pytest.importorskip("build", reason="models/build.py needs onnx (the dev extra)")
-    import static_rec
-
-    recipe = next(p for p in build.PACKS if p.name == "ppocrv6-small").rec_zh.int8
     sys.modules.pop("build", None)
-    assert recipe.calibration_source == static_rec.PLATE_SOURCE and recipe.calibration_width == 320
-    calibration = static_rec.calibration_lines(eval_dev, recipe.calibration_per_source, source=recipe.calibration_source)
-    agreement = static_rec.half_lines(eval_dev, "b")[recipe.calibration_source]
+
+    small = next(p for p in build.PACKS if p.name == "ppocrv6-small")
+    recipe = small.rec_zh.int8
+    calibration = build.calibration_crops(recipe, eval_dev)  # what quantize() feeds the calibrator
+    agreement = build.agreement_crops(recipe, eval_dev)  # what the build's agreement gate reads
     assert len(calibration) == recipe.calibration_per_source and len(agreement) > 200
     assert all(p.name.startswith("plate_") for p in calibration + agreement)
     assert not set(calibration) & set(agreement)
-    # The default recipe still draws from every source.
-    assert len({p.name.split("_")[0] for p in static_rec.calibration_lines(eval_dev)}) >= 5
-    with pytest.raises(ValueError, match="no half-a"):
-        static_rec.calibration_lines(eval_dev, source="no-such-source")
+    assert recipe.calibration_width == small.rec_zh.min_width == build.PLATE_WIDTH
+    # The page reader's recipe draws from every source and is gated on measure_int8's lines.
+    page_reader = small.rec_page.int8
+    assert len({p.name.split("_")[0] for p in build.calibration_crops(page_reader, eval_dev)}) >= 5
+    assert build.agreement_crops(page_reader, eval_dev) is None
+    with pytest.raises(build.BuildError, match="no half-b"):
+        build.agreement_crops(build.Int8Recipe("static-rec", "x", calibration_source="no-such-source"), eval_dev)
+    with pytest.raises(ValueError, match="static-rec only"):
+        build.Int8Recipe("dynamic", "x", calibration_source=recipe.calibration_source)

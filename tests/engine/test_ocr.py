@@ -352,6 +352,10 @@ def test_the_plate_specialist_runs_on_its_own_thread_count(eval_dev):
         assert engine.rec_zh.session.get_session_options().intra_op_num_threads == expected
         assert engine.rec_page.session.get_session_options().intra_op_num_threads == 2
         engine.close()
+    # Never more threads than the engine has.
+    one = OcrEngine(EngineOptions(threads=1, specialist_threads=4, lazy_sessions=True))
+    assert scoring.alnum(one(plate, det=False).text) == scoring.alnum("皖AC4933")
+    assert one.rec_zh.session.get_session_options().intra_op_num_threads == 1
 
 
 def test_a_page_only_engine_never_loads_the_single_line_recognisers(eval_dev):
