@@ -1,10 +1,11 @@
-"""Static QDQ int8 of the PP-OCRv6 small recogniser: the parts build.py needs beyond its det recipe.
+"""Static QDQ int8 of the recognisers (the PP-OCRv6 small page reader, the PP-OCRv4 plate specialist):
+the parts build.py needs beyond its det recipe.
 
 build.py's ``static-rec`` recipe: the source converted to opset 13 and pre-processed as for every
 static recipe, then each exact-erf GELU subgraph fused into one Gelu node (``fuse_gelu``: without it
 the QDQ model is only ~0.7x fp32), then quantize_static with percentile calibration on a fixed list of
 half-a eval-dev line crops (``calibration_lines``; half b stays clean for confirmation) and the
-``SMALL_KEPT_FP32`` nodes left in fp32. Byte-reproducible for a given onnx/onnxruntime version.
+``SMALL_KEPT_FP32`` nodes left in fp32 (the plate specialist: half-a plates alone, ``V4_KEPT_FP32``). Byte-reproducible for a given onnx/onnxruntime version.
 Calibration peaks at ~12 GB RSS (ORT keeps every intermediate tensor of the 168 crops for the histograms).
 
 Measured (onnxruntime 1.32, AMD EPYC with AVX-512 VNNI, 2 threads, 300 crops): 0.55-0.61x fp32 per crop
