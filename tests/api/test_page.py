@@ -14,6 +14,7 @@ import os
 import queue
 import shutil
 import subprocess
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -139,10 +140,15 @@ class Cdp:
 
 @pytest.fixture
 def browser(chromium, websocket_module, tmp_path) -> Iterator[Any]:
-    """Start headless Chromium; yields ``open(url) -> Cdp`` on its first page."""
+    """Start headless Chromium; yields ``open(url) -> Cdp`` on its first page. Its profile and its
+    temporary files (the ``org.chromium.Chromium.*`` singleton socket directories, otherwise left in
+    /tmp after each run) in a short-named directory removed afterwards: a socket path under
+    ``tmp_path`` would pass the 108-byte limit of a Unix socket's name."""
+    scratch = Path(tempfile.mkdtemp(prefix="cr"))
     proc = subprocess.Popen(
         [chromium, *CHROMIUM_FLAGS, "--user-data-dir=%s" % (tmp_path / "profile"), "about:blank"],
         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "TMPDIR": str(scratch)},
     )
     endpoint: queue.Queue[str] = queue.Queue()
 
@@ -188,6 +194,7 @@ def browser(chromium, websocket_module, tmp_path) -> Iterator[Any]:
         reader.join(10)
         if proc.stderr is not None:
             proc.stderr.close()
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 class PageBackend:
