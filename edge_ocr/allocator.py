@@ -13,6 +13,13 @@ the bench's children), before the engine's threads exist:
   eval-dev pages at 2 threads, peak RSS 289 -> 216 MB for p50 304 -> 439 ms (256 KB: 205 MB,
   669 ms; 4 MB: 224 MB, 423 ms; 16 MB: 287 MB, 349 ms). Hence an option, not the default.
 
+Transparent huge pages (``HUGEPAGE_TUNABLE``): glibc ≥ 2.35 asks the kernel for 2 MB pages for
+its heap and its mapped blocks when ``GLIBC_TUNABLES`` says so. The engine runs ONNX Runtime
+without its arena, so every run allocates and frees its activations; on huge pages that costs
+far fewer page faults and TLB misses (README, Memory). glibc reads the variable only at process
+start, so it is set where processes are started: the systemd unit and the bench's children
+(``with_hugepages``). Where the kernel's THP mode is ``never`` or glibc is older, it does nothing.
+
 Imports ctypes only. Elsewhere (musl, macOS) it does nothing and says so.
 """
 
@@ -20,12 +27,36 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 M_MMAP_THRESHOLD = -3  # glibc mallopt parameters
 M_ARENA_MAX = -8
 LOW_MEMORY_MMAP_THRESHOLD = 1024 * 1024
 MODES = ("default", "low")
+HUGEPAGE_TUNABLE = "glibc.malloc.hugetlb=1"  # also in systemd/edge-ocr.service (a test keeps them equal)
+THP_MODE = Path("/sys/kernel/mm/transparent_hugepage/enabled")
+
+
+def with_hugepages(environ: Mapping[str, str]) -> dict[str, str]:
+    """``environ`` for a child process, with ``HUGEPAGE_TUNABLE`` added to ``GLIBC_TUNABLES``;
+    a ``glibc.malloc.hugetlb`` value set there already is kept (``=0`` turns it off)."""
+    env = dict(environ)
+    tunables = env.get("GLIBC_TUNABLES", "")
+    if "glibc.malloc.hugetlb=" not in tunables:
+        env["GLIBC_TUNABLES"] = ":".join(t for t in (tunables, HUGEPAGE_TUNABLE) if t)
+    return env
+
+
+def hugepage_mode(path: Path = THP_MODE) -> str:
+    """The kernel's transparent huge page mode (``always``, ``madvise`` or ``never``), or ``""``
+    for a kernel without them."""
+    try:
+        text = path.read_text()
+    except OSError:
+        return ""
+    return text[text.find("[") + 1 : text.find("]")] if "[" in text else ""
 
 
 def _libc_function(name: str) -> Any:

@@ -40,3 +40,66 @@ def test_trim_gives_the_free_heap_back_to_the_kernel():
     assert allocator.trim() is True
     assert before - _rss_mb() > 40
     assert len(kept) == 400
+
+
+def test_children_get_glibcs_huge_pages_and_keep_other_tunables():
+    from edge_ocr.allocator import HUGEPAGE_TUNABLE, with_hugepages
+
+    assert with_hugepages({"PATH": "/bin"}) == {"PATH": "/bin", "GLIBC_TUNABLES": HUGEPAGE_TUNABLE}
+    assert with_hugepages({"GLIBC_TUNABLES": "glibc.malloc.arena_max=1"})["GLIBC_TUNABLES"] == (
+        "glibc.malloc.arena_max=1:" + HUGEPAGE_TUNABLE)
+    # someone measuring without huge pages says so, and keeps it
+    assert with_hugepages({"GLIBC_TUNABLES": "glibc.malloc.hugetlb=0"})["GLIBC_TUNABLES"] == "glibc.malloc.hugetlb=0"
+
+
+def test_the_kernels_huge_page_mode_is_read_from_sysfs(tmp_path):
+    from edge_ocr.allocator import hugepage_mode
+
+    mode = tmp_path / "enabled"
+    mode.write_text("always [madvise] never\n")
+    assert hugepage_mode(mode) == "madvise"
+    assert hugepage_mode(tmp_path / "missing") == ""
+
+
+# A child that mallocs a 64 MB block (glibc gives blocks that big their own mapping), touches it and
+# prints how much of its anonymous memory is on huge pages. ctypes, not numpy: numpy advises huge
+# pages for its own big arrays, ONNX Runtime's buffers come from plain malloc.
+HUGE_PAGE_PROBE = """
+import ctypes
+libc = ctypes.CDLL("libc.so.6")
+libc.malloc.restype = ctypes.c_void_p
+block = libc.malloc(64 * 2**20)
+ctypes.memset(block, 1, 64 * 2**20)
+for line in open("/proc/self/smaps_rollup"):
+    if line.startswith("AnonHugePages:"):
+        print(int(line.split()[1]))
+"""
+
+
+def _anon_huge_kb(env: dict[str, str]) -> int:
+    import subprocess
+    import sys
+
+    run = subprocess.run([sys.executable, "-c", HUGE_PAGE_PROBE], env=env, capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run.stderr
+    return int(run.stdout)
+
+
+def test_the_tunable_puts_big_buffers_on_huge_pages():
+    """What the systemd unit's GLIBC_TUNABLES does, for real: with it a big buffer lies on 2 MB
+    pages; without it (the kernel's mode being madvise, as on Debian) it does not."""
+    import os
+    import platform
+
+    from edge_ocr.allocator import hugepage_mode, with_hugepages
+
+    libc, version = platform.libc_ver()
+    if libc != "glibc" or tuple(int(x) for x in version.split(".")[:2]) < (2, 35):
+        pytest.skip("glibc < 2.35 has no glibc.malloc.hugetlb")
+    mode = hugepage_mode()
+    if mode not in ("madvise", "always"):
+        pytest.skip("this kernel's transparent huge pages are %r" % (mode or "absent"))
+    plain = {k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES"}
+    assert _anon_huge_kb(with_hugepages(plain)) >= 2048
+    if mode == "madvise":
+        assert _anon_huge_kb(plain) == 0

@@ -67,3 +67,12 @@ def test_the_kernels_memory_caps_sit_above_the_guards_levels():
     guard = GuardConfig()
     # The guard must act (soft, then hard and exit 3) before the kernel throttles or kills.
     assert guard.rss_soft_mb < guard.rss_hard_mb < high < cap
+
+
+def test_the_unit_runs_the_daemon_on_glibcs_huge_pages():
+    """The same tunable the bench's children get (allocator.with_hugepages), so benchmarks
+    measure what the service runs."""
+    from edge_ocr.allocator import HUGEPAGE_TUNABLE
+
+    environment = [line.split("=", 1)[1].split() for line in UNIT.read_text().splitlines() if line.startswith("Environment=")]
+    assert "GLIBC_TUNABLES=" + HUGEPAGE_TUNABLE in [item for items in environment for item in items]

@@ -25,6 +25,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from edge_ocr import allocator
 from edge_ocr.errors import ConfigError
 from edge_ocr.tools import scoring
 
@@ -204,9 +205,12 @@ def _covered_ms(spans: Sequence[tuple[float, float]]) -> float:
 
 
 def _child(args: list[str], cpus: set[int]) -> tuple[str, float]:
-    """Run a child pinned to ``cpus``; returns its stdout and its own peak RSS in MB."""
+    """Run a child pinned to ``cpus``, with glibc's huge pages on as the systemd unit has them
+    (``allocator.with_hugepages``, for edge-ocr and the reference engines alike); returns its
+    stdout and its own peak RSS in MB."""
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
-        process = subprocess.Popen(args, stdout=out, stderr=err, text=True, preexec_fn=lambda: os.sched_setaffinity(0, cpus))
+        process = subprocess.Popen(args, stdout=out, stderr=err, text=True, env=allocator.with_hugepages(os.environ),
+                                   preexec_fn=lambda: os.sched_setaffinity(0, cpus))
         _, status, usage = os.wait4(process.pid, 0)
         process.returncode = os.waitstatus_to_exitcode(status)
         out.seek(0)
@@ -282,7 +286,9 @@ def machine() -> str:
                 break
     except OSError:
         pass
-    return "%s %s, %d CPUs" % (platform.machine(), model, os.cpu_count() or 0)
+    tunables = allocator.with_hugepages(os.environ)["GLIBC_TUNABLES"]
+    return "%s %s, %d CPUs, THP %s, children's GLIBC_TUNABLES=%s" % (
+        platform.machine(), model, os.cpu_count() or 0, allocator.hugepage_mode() or "absent", tunables)
 
 
 def format_table(results: Sequence[dict[str, Any]], reference: str | None) -> str:

@@ -172,10 +172,20 @@ def import_profile(modules: Sequence[tuple[str, str]] = DAEMON_IMPORTS) -> list[
     return rows
 
 
+def _child_environment() -> dict[str, str]:
+    """The children run with glibc's huge pages on, as the systemd unit and the bench's children
+    have them (imported here, not at the top: the child's import profile starts from nothing)."""
+    import os
+
+    from edge_ocr.allocator import with_hugepages
+
+    return with_hugepages(os.environ)
+
+
 def measure_imports() -> list[dict[str, Any]]:
     """``import_profile`` of the daemon's imports in a fresh child process."""
     run = subprocess.run([sys.executable, "-m", "edge_ocr.tools.memory", "--imports"], capture_output=True,
-                         text=True, timeout=600)
+                         text=True, timeout=600, env=_child_environment())
     if run.returncode != 0:
         raise RuntimeError("import profile failed: %s" % run.stderr[-2000:])
     rows: list[dict[str, Any]] = json.loads(run.stdout)
@@ -190,7 +200,7 @@ def measure(pack: str, precision: str, threads: int, images: Sequence[Path], det
         job.write_text(json.dumps({"pack": pack, "precision": precision, "threads": threads, "det": det,
                                    "memory": memory, "images": [str(p) for p in images]}))
         run = subprocess.run([sys.executable, "-m", "edge_ocr.tools.memory", str(job)], capture_output=True,
-                             text=True, timeout=3600)
+                             text=True, timeout=3600, env=_child_environment())
     if run.returncode != 0:
         raise RuntimeError("memory profile failed: %s" % run.stderr[-2000:])
     rows: list[dict[str, Any]] = json.loads(run.stdout)

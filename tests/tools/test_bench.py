@@ -100,3 +100,19 @@ def test_compare_names_a_missing_reference_venv(eval_dev, tmp_path):
 def test_overlapping_session_spans_count_once():
     assert bench._covered_ms([(0.0, 0.002), (0.001, 0.003), (0.005, 0.006)]) == pytest.approx(4.0)
     assert bench._covered_ms([]) == 0.0
+
+
+def test_bench_children_run_with_the_units_glibc_tunables(monkeypatch):
+    """Every measured child (edge-ocr's and the reference engines') gets the systemd unit's huge
+    pages, unless the caller set that tunable; the report's machine line says which."""
+    import os
+
+    from edge_ocr.allocator import HUGEPAGE_TUNABLE
+
+    probe = [sys.executable, "-c", "import os; print(os.environ.get('GLIBC_TUNABLES'))"]
+    monkeypatch.delenv("GLIBC_TUNABLES", raising=False)
+    stdout, peak_rss_mb = bench._child(probe, os.sched_getaffinity(0))
+    assert stdout.strip() == HUGEPAGE_TUNABLE and peak_rss_mb > 0
+    assert "GLIBC_TUNABLES=%s" % HUGEPAGE_TUNABLE in bench.machine()
+    monkeypatch.setenv("GLIBC_TUNABLES", "glibc.malloc.hugetlb=0")
+    assert bench._child(probe, os.sched_getaffinity(0))[0].strip() == "glibc.malloc.hugetlb=0"
