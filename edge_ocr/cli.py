@@ -105,7 +105,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     from edge_ocr.config import find_config, load_config
 
     config = load_config(find_config(args.config))
-    log.info("config loaded path=%s memory=%s", config.path or "built-in defaults", config.engine.memory)
+    log.info("config loaded path=%s memory=%s huge_pages=%s", config.path or "built-in defaults", config.engine.memory,
+             allocator.huge_pages(os.environ, allocator.hugepage_mode()))
     allocator.configure(config.engine.memory)
     return App(config).run()
 

@@ -61,6 +61,16 @@ def test_the_kernels_huge_page_mode_is_read_from_sysfs(tmp_path):
     assert hugepage_mode(tmp_path / "missing") == ""
 
 
+def test_the_daemon_says_whether_it_runs_on_huge_pages():
+    from edge_ocr.allocator import HUGEPAGE_TUNABLE, huge_pages
+
+    assert huge_pages({"GLIBC_TUNABLES": "glibc.malloc.arena_max=1:" + HUGEPAGE_TUNABLE}, "madvise") == "on"
+    assert huge_pages({}, "always") == "off"
+    assert huge_pages({"GLIBC_TUNABLES": "glibc.malloc.hugetlb=0"}, "madvise") == "off"
+    assert huge_pages({"GLIBC_TUNABLES": HUGEPAGE_TUNABLE}, "never") == "kernel never"
+    assert huge_pages({"GLIBC_TUNABLES": HUGEPAGE_TUNABLE}, "") == "kernel without THP"
+
+
 # A child that mallocs a 64 MB block (glibc gives blocks that big their own mapping), touches it and
 # prints how much of its anonymous memory is on huge pages. ctypes, not numpy: numpy advises huge
 # pages for its own big arrays, ONNX Runtime's buffers come from plain malloc.
