@@ -16,6 +16,7 @@ from typing import ClassVar
 
 import pytest
 
+from edge_ocr import allocator
 from tests.broker import PASSWORD, USER, Mosquitto, wait_until
 
 REPO = Path(__file__).resolve().parents[1]
@@ -61,7 +62,9 @@ class Daemon:
     def __init__(self, config: Path, umask: int = -1, env: dict[str, str] | None = None) -> None:
         self.config = config
         self.umask = umask  # -1: inherit; 0o027 is the unit's UMask=
-        self.env = env  # None: inherit
+        # None: inherit, plus the systemd unit's GLIBC_TUNABLES (huge pages), so the daemon under
+        # test allocates as the service does
+        self.env = env if env is not None else allocator.with_hugepages(os.environ)
         self.log = config.parent / ("daemon-%d.log" % len(list(config.parent.glob("daemon-*.log"))))
         self.proc: subprocess.Popen[bytes] | None = None
 

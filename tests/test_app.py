@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from edge_ocr import allocator
 from tests.broker import PASSWORD, Collector, wait_until
 from tests.helpers import PREFIX, Daemon, drop, line_samples, write_config
 
@@ -35,6 +36,9 @@ def test_dropped_file_gives_retained_state_text_one_event_and_done_json(eval_dev
     stored = json.loads((tmp_path / "done" / "word.json").read_text())
     assert stored["id"] == state["id"]
     assert not list((tmp_path / "inbox").glob("*.png")) and not list((tmp_path / "inbox" / ".processing").iterdir())
+    # started as the unit starts it: on glibc's huge pages where the kernel has them
+    mode = allocator.hugepage_mode()
+    assert "huge_pages=%s" % ("on" if mode in ("madvise", "always") else "kernel " + (mode or "without THP")) in daemon.text()
     assert daemon.terminate() == 0
     assert sub.wait_topic(PREFIX + "/availability", 2)[-1].payload == b"offline"
     assert len(sub.on(PREFIX + "/inbox/event")) == 1
