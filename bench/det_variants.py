@@ -15,12 +15,16 @@ Time: each variant and fp32 run interleaved on 12 receipts at 1 thread, as a rat
 shipped one. Accuracy: the engine (2 threads) with its detector swapped, det F1 / e2e F1 / page
 CER per source and half (``bench/halves.py``) of eval-dev pages and ``zh/pages``.
 
-    .venv/bin/python bench/det_variants.py [--variants stem_int8,stem_int8_gelu,gelu] [--work /tmp/edge-ocr-det]
+    .venv/bin/python bench/det_variants.py [--variants stem_int8,stem_int8_gelu,gelu] [--work DIR]
+
+``--work`` keeps the built variants and each detector's page predictions (keyed by the model's
+sha256) for a later run; without it everything is made afresh in a temporary directory.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import pickle
 import sys
 import tempfile
@@ -158,7 +162,7 @@ def score(paths: dict[str, Path], out: Path) -> None:
     print("| detector | " + " | ".join("%s %s" % (g, h) for g in GROUPS for h in "ab") + " |  (det F1 / e2e F1 / page CER)")
     print("|---|" + "---|" * 6)
     for name, path in paths.items():
-        cache = out / f"{name}.predictions.pkl"
+        cache = out / f"{name}-{hashlib.sha256(path.read_bytes()).hexdigest()[:16]}.predictions.pkl"
         if not cache.exists():
             engine.det._session = session(path, 2)
             engine.det.input_name = engine.det._session.get_inputs()[0].name
@@ -186,8 +190,9 @@ def score(paths: dict[str, Path], out: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--variants", default=",".join(RECIPES))
-    parser.add_argument("--work", type=Path, default=Path("/tmp/edge-ocr-det"))
+    parser.add_argument("--work", type=Path, default=None)
     args = parser.parse_args(argv)
+    args.work = args.work or Path(tempfile.mkdtemp(prefix="edge-ocr-det-"))
     args.work.mkdir(parents=True, exist_ok=True)
     paths = {"fp32": PACK / "det.fp32.onnx", "shipped": PACK / "det.int8.onnx"}
     paths |= {name: make_variant(name, args.work) for name in args.variants.split(",")}

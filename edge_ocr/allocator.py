@@ -13,20 +13,23 @@ the bench's children), before the engine's threads exist:
   eval-dev pages at 2 threads, peak RSS 289 -> 216 MB for p50 304 -> 439 ms (256 KB: 205 MB,
   669 ms; 4 MB: 224 MB, 423 ms; 16 MB: 287 MB, 349 ms). Hence an option, not the default.
 
-Transparent huge pages (``HUGEPAGE_TUNABLE``): glibc ≥ 2.35 asks the kernel for 2 MB pages for
-its heap and its mapped blocks when ``GLIBC_TUNABLES`` says so. The engine runs ONNX Runtime
-without its arena, so every run allocates and frees its activations; on huge pages that costs
-far fewer page faults: with ``memory = "low"`` pages took 0.75x the CPU (README, Memory). glibc reads the variable only at process
-start, so it is set where processes are started: the systemd unit and the bench's children
-(``with_hugepages``). Where the kernel's THP mode is ``never`` or glibc is older, it does nothing.
+Transparent huge pages (``HUGEPAGE_TUNABLE``): glibc ≥ 2.35 asks the kernel for huge pages
+(2 MB on x86_64 and on arm64 with 4 KB pages) for its heap and its mapped blocks when
+``GLIBC_TUNABLES`` says so. The engine runs ONNX Runtime without its arena, so every run
+allocates and frees its activations; on huge pages that costs far fewer page faults: with
+``memory = "low"`` pages took 0.75x the CPU on x86_64 (README, Memory; not measured on a Pi).
+glibc reads the variable only at process start, so it is set where processes are started: the
+systemd unit and the bench's children (``with_hugepages``). Where the kernel's THP mode is
+``never`` or glibc is older, it does nothing; with ``always`` the kernel gives them anyway.
 
-Imports ctypes only. Elsewhere (musl, macOS) it does nothing and says so.
+Imports ctypes, os and pathlib only. Elsewhere (musl, macOS) it does nothing and says so.
 """
 
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -49,15 +52,26 @@ def with_hugepages(environ: Mapping[str, str]) -> dict[str, str]:
     return env
 
 
-def huge_pages(environ: Mapping[str, str], mode: str) -> str:
-    """For the daemon's start-up line: ``on`` when this process started with the tunable and the
-    kernel's THP ``mode`` allows it, ``off`` without the tunable, ``kernel <mode>`` otherwise."""
-    if mode not in ("madvise", "always"):
-        return "kernel %s" % (mode or "without THP")
-    return "on" if HUGEPAGE_TUNABLE in environ.get("GLIBC_TUNABLES", "").split(":") else "off"
+def glibc_version() -> tuple[int, int] | None:
+    """(major, minor) of the running glibc, or None under another C library."""
+    try:
+        name, _, version = (os.confstr("CS_GNU_LIBC_VERSION") or "").partition(" ")  # "glibc 2.36"
+        major, minor = version.split(".")[:2]
+        return (int(major), int(minor)) if name == "glibc" else None
+    except (AttributeError, OSError, TypeError, ValueError):
+        return None
 
 
-def hugepage_mode(path: Path = THP_MODE) -> str:
+def huge_pages_on(environ: Mapping[str, str], thp_mode: str, glibc: tuple[int, int] | None) -> bool:
+    """Whether a process started with ``environ`` gets its big blocks on huge pages: always under
+    the kernel's ``always`` mode; under ``madvise`` only with glibc ≥ 2.35 and the tunable set."""
+    if thp_mode == "always":
+        return True
+    tunable_set = HUGEPAGE_TUNABLE in environ.get("GLIBC_TUNABLES", "").split(":")
+    return thp_mode == "madvise" and glibc is not None and glibc >= (2, 35) and tunable_set
+
+
+def read_thp_mode(path: Path = THP_MODE) -> str:
     """The kernel's transparent huge page mode (``always``, ``madvise`` or ``never``), or ``""``
     for a kernel without them."""
     try:

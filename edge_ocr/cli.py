@@ -105,8 +105,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     from edge_ocr.config import find_config, load_config
 
     config = load_config(find_config(args.config))
-    log.info("config loaded path=%s memory=%s huge_pages=%s", config.path or "built-in defaults", config.engine.memory,
-             allocator.huge_pages(os.environ, allocator.hugepage_mode()))
+    thp_mode = allocator.read_thp_mode()
+    huge_pages = allocator.huge_pages_on(os.environ, thp_mode, allocator.glibc_version())
+    log.info("config loaded path=%s memory=%s huge_pages=%s thp=%s", config.path or "built-in defaults",
+             config.engine.memory, "on" if huge_pages else "off", thp_mode or "absent")
     allocator.configure(config.engine.memory)
     return App(config).run()
 

@@ -53,22 +53,35 @@ def test_children_get_glibcs_huge_pages_and_keep_other_tunables():
 
 
 def test_the_kernels_huge_page_mode_is_read_from_sysfs(tmp_path):
-    from edge_ocr.allocator import hugepage_mode
+    from edge_ocr.allocator import read_thp_mode
 
     mode = tmp_path / "enabled"
     mode.write_text("always [madvise] never\n")
-    assert hugepage_mode(mode) == "madvise"
-    assert hugepage_mode(tmp_path / "missing") == ""
+    assert read_thp_mode(mode) == "madvise"
+    assert read_thp_mode(tmp_path / "missing") == ""
 
 
-def test_the_daemon_says_whether_it_runs_on_huge_pages():
-    from edge_ocr.allocator import HUGEPAGE_TUNABLE, huge_pages
+def test_huge_pages_need_the_tunable_a_new_glibc_and_a_kernel_that_offers_them():
+    from edge_ocr.allocator import HUGEPAGE_TUNABLE, huge_pages_on
 
-    assert huge_pages({"GLIBC_TUNABLES": "glibc.malloc.arena_max=1:" + HUGEPAGE_TUNABLE}, "madvise") == "on"
-    assert huge_pages({}, "always") == "off"
-    assert huge_pages({"GLIBC_TUNABLES": "glibc.malloc.hugetlb=0"}, "madvise") == "off"
-    assert huge_pages({"GLIBC_TUNABLES": HUGEPAGE_TUNABLE}, "never") == "kernel never"
-    assert huge_pages({"GLIBC_TUNABLES": HUGEPAGE_TUNABLE}, "") == "kernel without THP"
+    tunable = {"GLIBC_TUNABLES": "glibc.malloc.arena_max=1:" + HUGEPAGE_TUNABLE}
+    assert huge_pages_on(tunable, "madvise", (2, 36))
+    assert not huge_pages_on({}, "madvise", (2, 36))
+    assert not huge_pages_on({"GLIBC_TUNABLES": "glibc.malloc.hugetlb=0"}, "madvise", (2, 36))
+    assert not huge_pages_on(tunable, "madvise", (2, 31))  # Debian bullseye: no such tunable
+    assert not huge_pages_on(tunable, "madvise", None)  # musl
+    assert not huge_pages_on(tunable, "never", (2, 36)) and not huge_pages_on(tunable, "", (2, 36))
+    assert huge_pages_on({}, "always", None)  # the kernel gives them to every mapping
+
+
+def test_the_running_glibc_version_is_read():
+    import platform
+
+    from edge_ocr.allocator import glibc_version
+
+    libc, version = platform.libc_ver()
+    expected = tuple(int(x) for x in version.split(".")[:2]) if libc == "glibc" else None
+    assert glibc_version() == expected
 
 
 # A child that mallocs a 64 MB block (glibc gives blocks that big their own mapping), touches it and
@@ -99,14 +112,13 @@ def test_the_tunable_puts_big_buffers_on_huge_pages():
     """What the systemd unit's GLIBC_TUNABLES does, for real: with it a big buffer lies on 2 MB
     pages; without it (the kernel's mode being madvise, as on Debian) it does not."""
     import os
-    import platform
 
-    from edge_ocr.allocator import hugepage_mode, with_hugepages
+    from edge_ocr.allocator import glibc_version, read_thp_mode, with_hugepages
 
-    libc, version = platform.libc_ver()
-    if libc != "glibc" or tuple(int(x) for x in version.split(".")[:2]) < (2, 35):
+    glibc = glibc_version()
+    if glibc is None or glibc < (2, 35):
         pytest.skip("glibc < 2.35 has no glibc.malloc.hugetlb")
-    mode = hugepage_mode()
+    mode = read_thp_mode()
     if mode not in ("madvise", "always"):
         pytest.skip("this kernel's transparent huge pages are %r" % (mode or "absent"))
     plain = {k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES"}

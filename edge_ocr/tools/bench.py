@@ -288,7 +288,7 @@ def machine() -> str:
         pass
     tunables = allocator.with_hugepages(os.environ)["GLIBC_TUNABLES"]
     return "%s %s, %d CPUs, THP %s, children's GLIBC_TUNABLES=%s" % (
-        platform.machine(), model, os.cpu_count() or 0, allocator.hugepage_mode() or "absent", tunables)
+        platform.machine(), model, os.cpu_count() or 0, allocator.read_thp_mode() or "absent", tunables)
 
 
 def format_table(results: Sequence[dict[str, Any]], reference: str | None) -> str:

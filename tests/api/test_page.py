@@ -140,15 +140,20 @@ class Cdp:
 
 @pytest.fixture
 def browser(chromium, websocket_module, tmp_path) -> Iterator[Any]:
-    """Start headless Chromium; yields ``open(url) -> Cdp`` on its first page. Its profile and its
-    temporary files (the ``org.chromium.Chromium.*`` singleton socket directories, otherwise left in
-    /tmp after each run) in a short-named directory removed afterwards: a socket path under
-    ``tmp_path`` would pass the 108-byte limit of a Unix socket's name."""
-    scratch = Path(tempfile.mkdtemp(prefix="cr"))
+    """Start headless Chromium; yields ``open(url) -> Cdp`` on its first page. Its profile lives
+    under ``tmp_path``; its temporary files (the ``org.chromium.Chromium.*`` singleton socket
+    directories, otherwise left in /tmp after each run) in a short-named directory under /tmp,
+    removed afterwards: a socket path under ``tmp_path`` would pass the 108-byte limit of a Unix
+    socket's name."""
+    with tempfile.TemporaryDirectory(prefix="cr", dir="/tmp") as scratch:
+        yield from _run_browser(chromium, websocket_module, tmp_path, scratch)
+
+
+def _run_browser(chromium: str, websocket_module: Any, tmp_path: Path, scratch: str) -> Iterator[Any]:
     proc = subprocess.Popen(
         [chromium, *CHROMIUM_FLAGS, "--user-data-dir=%s" % (tmp_path / "profile"), "about:blank"],
         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-        env={**os.environ, "TMPDIR": str(scratch)},
+        env={**os.environ, "TMPDIR": scratch},
     )
     endpoint: queue.Queue[str] = queue.Queue()
 
@@ -194,7 +199,6 @@ def browser(chromium, websocket_module, tmp_path) -> Iterator[Any]:
         reader.join(10)
         if proc.stderr is not None:
             proc.stderr.close()
-        shutil.rmtree(scratch, ignore_errors=True)
 
 
 class PageBackend:
