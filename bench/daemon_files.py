@@ -6,7 +6,7 @@ script waits for their results and samples the daemon's RSS. At the end it sampl
 ``--idle`` seconds without work (past ``guard.idle_trim_s``, ``--idle-trim``), then prints the peak
 RSS (VmHWM) and how many files failed.
 
-    .venv/bin/python bench/daemon_files.py --memory low --files 1000 [--idle-trim 60 --idle 65] [--workdir DIR]
+    .venv/bin/python bench/daemon_files.py --memory low --files 1000 [--idle-trim 10 --idle 15] [--workdir DIR]
 """
 
 from __future__ import annotations
@@ -45,8 +45,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--memory", choices=("default", "low"), default="low")
     parser.add_argument("--files", type=int, default=1000)
-    parser.add_argument("--idle-trim", type=float, default=60.0, help="guard.idle_trim_s (0 = never)")
-    parser.add_argument("--idle", type=float, default=65.0, help="seconds to wait idle before the last sample")
+    parser.add_argument("--idle-trim", type=float, default=10.0, help="guard.idle_trim_s (0 = never)")
+    parser.add_argument("--idle", type=float, default=15.0, help="seconds to wait idle before the last sample")
     parser.add_argument("--workdir", type=Path, default=None)
     args = parser.parse_args(argv)
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="daemon-files-"))

@@ -321,10 +321,10 @@ class GuardConfig:
     rss_hard_mb: int = setting(600, "over this RSS: stop taking work, finish the current image, exit 3", lo=16)
     min_available_soft_mb: int = setting(0, "the same on the system's available memory (0 = not checked)", lo=0)
     min_available_hard_mb: int = setting(0, "the same on the system's available memory (0 = not checked)", lo=0)
-    # 60 s: a camera or a script that sends work more often than once a minute never pays the page
-    # faults a trim costs the next image (~100-150 ms a page on x86, README Memory); a daemon left
-    # idle gives the memory back within a minute.
-    idle_trim_s: float = setting(60.0, "seconds without work after which the free heap goes back to the kernel "
+    # 10 s, as jemalloc's default decay of dirty pages: the next image pays the page faults, a
+    # page 1.03-1.09x its time and a crop +3 ms (paired, x86, README Memory), and a camera that
+    # sends a frame every 30 s holds ~135 MB between frames instead of what its last image left.
+    idle_trim_s: float = setting(10.0, "seconds without work after which the free heap goes back to the kernel "
                                  "(malloc_trim; the next image pays the page faults); 0 = never", lo=0.0, hi=86400.0)
 
     def __post_init__(self) -> None:
