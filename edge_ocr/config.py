@@ -323,7 +323,7 @@ class GuardConfig:
     min_available_hard_mb: int = setting(0, "the same on the system's available memory (0 = not checked)", lo=0)
     # 10 s, as jemalloc's default decay of dirty pages: the next image pays the page faults, a
     # page 1.03-1.09x its time and a crop +3 ms (paired, x86, README Memory), and a camera that
-    # sends a frame every 30 s holds ~135 MB between frames instead of what its last image left.
+    # sends a frame every 30 s gives its heap back between frames (123-148 MB, not 176-198 MB).
     idle_trim_s: float = setting(10.0, "seconds without work after which the free heap goes back to the kernel "
                                  "(malloc_trim; the next image pays the page faults); 0 = never", lo=0.0, hi=86400.0)
 
