@@ -30,6 +30,8 @@ from pathlib import Path
 
 import pytest
 
+from edge_ocr import allocator
+
 pytestmark = pytest.mark.system
 
 REPO = Path(__file__).resolve().parents[1]
@@ -227,6 +229,10 @@ def test_active_only_after_ready(container, installed):
     assert started and loaded and loaded[-1] < started[-1], journal[-4000:]
     props = container.show("ExecMainStartTimestampMonotonic", "ActiveEnterTimestampMonotonic")
     assert int(props["ActiveEnterTimestampMonotonic"]) > int(props["ExecMainStartTimestampMonotonic"]), props
+    # The unit's GLIBC_TUNABLES reach the daemon (bookworm's glibc 2.36 reads it; the kernel is this host's).
+    thp_mode = allocator.read_thp_mode()
+    expected = "on" if thp_mode in ("madvise", "always") else "off"
+    assert "huge_pages=%s thp=%s" % (expected, thp_mode or "absent") in journal, journal[-4000:]
 
 
 def test_dropped_file_yields_its_done_json(container, installed):
