@@ -42,13 +42,20 @@ HUGEPAGE_TUNABLE = "glibc.malloc.hugetlb=1"  # also in systemd/edge-ocr.service 
 THP_MODE = Path("/sys/kernel/mm/transparent_hugepage/enabled")
 
 
+def _tunables(environ: Mapping[str, str]) -> dict[str, str]:
+    """``GLIBC_TUNABLES`` (``name=value:name=value``) as a dict."""
+    pairs = (item.partition("=") for item in environ.get("GLIBC_TUNABLES", "").split(":") if item)
+    return {name: value for name, _, value in pairs}
+
+
 def with_hugepages(environ: Mapping[str, str]) -> dict[str, str]:
     """``environ`` for a child process, with ``HUGEPAGE_TUNABLE`` added to ``GLIBC_TUNABLES``;
     a ``glibc.malloc.hugetlb`` value set there already is kept (``=0`` turns it off)."""
     env = dict(environ)
-    tunables = env.get("GLIBC_TUNABLES", "")
-    if "glibc.malloc.hugetlb=" not in tunables:
-        env["GLIBC_TUNABLES"] = ":".join(t for t in (tunables, HUGEPAGE_TUNABLE) if t)
+    name, _, value = HUGEPAGE_TUNABLE.partition("=")
+    tunables = _tunables(env)
+    if name not in tunables:
+        env["GLIBC_TUNABLES"] = ":".join("%s=%s" % pair for pair in {**tunables, name: value}.items())
     return env
 
 
@@ -67,7 +74,8 @@ def huge_pages_on(environ: Mapping[str, str], thp_mode: str, glibc: tuple[int, i
     the kernel's ``always`` mode; under ``madvise`` only with glibc ≥ 2.35 and the tunable set."""
     if thp_mode == "always":
         return True
-    tunable_set = HUGEPAGE_TUNABLE in environ.get("GLIBC_TUNABLES", "").split(":")
+    name, _, value = HUGEPAGE_TUNABLE.partition("=")
+    tunable_set = _tunables(environ).get(name) == value
     return thp_mode == "madvise" and glibc is not None and glibc >= (2, 35) and tunable_set
 
 

@@ -21,6 +21,7 @@ import ctypes.util
 import gc
 import importlib
 import json
+import os
 import re
 import subprocess
 import sys
@@ -174,9 +175,8 @@ def import_profile(modules: Sequence[tuple[str, str]] = DAEMON_IMPORTS) -> list[
 
 def _child_environment() -> dict[str, str]:
     """The children run with glibc's huge pages on, as the systemd unit and the bench's children
-    have them (imported here, not at the top: the child's import profile starts from nothing)."""
-    import os
-
+    have them (the allocator imported here, not at the top: the child's import profile would
+    count its ctypes)."""
     from edge_ocr.allocator import with_hugepages
 
     return with_hugepages(os.environ)
