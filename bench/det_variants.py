@@ -8,6 +8,7 @@ calibration pages):
 * ``stem_int8``: every node int8;
 * ``stem_int8_gelu``: the same with the backbone's GELUs fused first (``static_rec.fuse_gelu``);
 * ``gelu``: the shipped stem kept fp32, GELUs fused;
+* ``stem_c0`` (``_gelu``): only the first convolution (on the RGB input) kept fp32;
 * ``stem_int8_gelu_p<q>``: every node int8, GELUs fused, calibrated at percentile q on 96 tiles of
   320 x 320 px from half-a pages (the percentile calibrator needs inputs of one shape).
 
@@ -57,6 +58,8 @@ RECIPES: dict[str, tuple[build.Int8Recipe, bool, tuple[float, int] | None]] = {
     "stem_int8": (EVERY_NODE, False, None),
     "stem_int8_gelu": (EVERY_NODE, True, None),
     "gelu": (build.Int8Recipe("static", "stem fp32", exclude_nodes=build.V6_SMALL_DET_STEM), True, None),
+    "stem_c0": (build.Int8Recipe("static", "first conv fp32", exclude_nodes=("Conv.0", "Relu.0")), False, None),
+    "stem_c0_gelu": (build.Int8Recipe("static", "first conv fp32", exclude_nodes=("Conv.0", "Relu.0")), True, None),
     "stem_int8_gelu_p99.99": (EVERY_NODE, True, (99.99, 320)),
     "stem_int8_gelu_p99.999": (EVERY_NODE, True, (99.999, 320)),
     "stem_int8_gelu_p100": (EVERY_NODE, True, (100.0, 320)),

@@ -115,6 +115,7 @@ def profile(pack: str, precision: str, threads: int, images: Sequence[Path], det
             resized, _ = preprocess.resize_for_detection(image, EngineOptions().det_limit_side, det_model.stage.multiple)
             tensor = preprocess.normalize(resized, det_model.stage.mean, det_model.stage.std)[None]
             gc.collect()
+            allocator.trim()  # else the run may fit in heap that glibc kept free, and count as ~0 MB
             base = _rss()
             _reset_peak()
             det_model.run(tensor)
