@@ -223,10 +223,14 @@ def test_bad_input_on_every_path_gets_its_documented_error_and_loses_nothing(eva
         assert answer["worker"].endswith("-fleet") and answer["job_id"] == job_id
         got = "ok" if answer["error"] is None else answer["error"]["code"]
         assert got == code, (job_id, answer["error"])
-    with urllib.request.urlopen(urllib.request.Request(base + "/metrics", headers=auth), timeout=30) as response:
-        metrics = response.read().decode()
-    assert re.search(r"^edge_ocr_fleet_jobs_failed_total (\d+)", metrics, re.M).group(1) == "7"
-    assert re.search(r"^edge_ocr_fleet_jobs_done_total (\d+)", metrics, re.M).group(1) == "1"
+    def fleet_counts() -> tuple[str, str]:
+        with urllib.request.urlopen(urllib.request.Request(base + "/metrics", headers=auth), timeout=30) as response:
+            metrics = response.read().decode()
+        return tuple(re.search(r"^edge_ocr_fleet_jobs_%s_total (\d+)" % name, metrics, re.M).group(1)
+                     for name in ("failed", "done"))
+
+    # A job counts once the broker has acknowledged its answer, which may come after we received it.
+    assert wait_until(lambda: fleet_counts() == ("7", "1"), 30), fleet_counts()
 
     # -- still serving, nothing else lost ----------------------------------------------------------------
     (word, _), = line_samples(eval_dev, "IIIT5K-test", 1)
