@@ -128,6 +128,7 @@ def profile(pack: str, precision: str, threads: int, images: Sequence[Path], det
                      "mb_per_mp": round(float(np.median(per_mp)) / MB, 1)})
     del loaded, det_model
     gc.collect()
+    allocator.trim()  # the activations' heap, kept by glibc's default settings, is not the engine's
     engine = OcrEngine(EngineOptions(pack=pack, precision=precision, threads=threads, verify_checksums=False))
     steady = row("the engine as built", start, "sessions %s; others at the line that first needs one"
                  % ", ".join(engine.loaded))
