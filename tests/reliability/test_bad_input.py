@@ -223,7 +223,7 @@ def test_bad_input_on_every_path_gets_its_documented_error_and_loses_nothing(eva
         assert answer["worker"].endswith("-fleet") and answer["job_id"] == job_id
         got = "ok" if answer["error"] is None else answer["error"]["code"]
         assert got == code, (job_id, answer["error"])
-    def fleet_counts() -> tuple[str, str]:
+    def fleet_counts() -> tuple[str, ...]:
         with urllib.request.urlopen(urllib.request.Request(base + "/metrics", headers=auth), timeout=30) as response:
             metrics = response.read().decode()
         return tuple(re.search(r"^edge_ocr_fleet_jobs_%s_total (\d+)" % name, metrics, re.M).group(1)
