@@ -162,27 +162,31 @@ def test_page_reads_the_same_as_on_x86_in_fp32(arm64, eval_images, cpu):
     machine, got = texts(run_aarch64(arm64, [str(TEXTS), *args], cpu=cpu))
     assert machine == "aarch64"
     assert expected[page].strip()
-    assert same_lines_but_one_character(got[page], expected[page]), (got, expected)
+    assert same_lines_but_one_character(got[page], expected[page], lines=2), (got, expected)
 
 
-def same_lines_but_one_character(got: str, expected: str) -> bool:
-    """The same lines in the same order, except at most one line one character apart.
+def same_lines_but_one_character(got: str, expected: str, lines: int = 1) -> bool:
+    """The same lines in the same order, except at most ``lines`` lines one character apart each.
 
-    Measured: a garbled, low-confidence word of the IC15 page reads "ASKN" on x86_64 and "ANKN" on
-    the Cortex-A72 model (the CPUs' fp32 kernels round differently, and the fast reader's draft of
-    that word sits near the recheck threshold); every other line matches exactly.
+    Measured on the IC15 page in fp32: its garbled, low-confidence words read "NOFATING" and "ANKN"
+    on x86_64 and, once in six fresh-clone CI runs on 2026-12-02 (both CPU models), "NOEATING"
+    and "ANKNG" under emulation (the CPUs' fp32 kernels round differently; earlier "ASKN" against
+    "ANKN"); every other line matches exactly. Hence two lines for the page.
     """
     got_lines, expected_lines = got.splitlines(), expected.splitlines()
     if len(got_lines) != len(expected_lines):
         return False
     distances = [edit_distance(a, b) for a, b in zip(got_lines, expected_lines)]
-    return sum(d > 0 for d in distances) <= 1 and max(distances, default=0) <= 1
+    return sum(d > 0 for d in distances) <= lines and max(distances, default=0) <= 1
 
 
-def test_page_comparison_allows_one_flipped_character_only():
+def test_page_comparison_allows_one_flipped_character_in_as_many_lines_as_asked():
     expected = "BAG DOV\nASKN\nRES"
     assert same_lines_but_one_character(expected, expected)
     assert same_lines_but_one_character("BAG DOV\nANKN\nRES", expected)
     assert not same_lines_but_one_character("BAG DOV\nANKM\nRES", expected)  # two characters
     assert not same_lines_but_one_character("BAG D0V\nANKN\nRES", expected)  # two lines
     assert not same_lines_but_one_character("BAG DOV\nASKN\nRES\nX", expected)  # an extra line
+    assert same_lines_but_one_character("BAG D0V\nANKN\nRES", expected, lines=2)
+    assert not same_lines_but_one_character("BAG D0V\nANKN\nRFS", expected, lines=2)  # three lines
+    assert not same_lines_but_one_character("BAG D0V\nANKM\nRES", expected, lines=2)  # two characters
