@@ -52,14 +52,15 @@ EVAL_DEV = ROOT.parent / "shared" / "eval-dev"
 MANIFESTS = (EVAL_DEV / "pages" / "labels.jsonl", EVAL_DEV / "zh" / "pages" / "labels.jsonl")
 PACK = ROOT / "models" / "ppocrv6-small"
 EVERY_NODE = build.Int8Recipe("static", "every node int8")
+FIRST_CONV_FP32 = build.Int8Recipe("static", "first conv fp32", exclude_nodes=("Conv.0", "Relu.0"))
 # name: (recipe, GELUs fused, calibration: None = the build's (MinMax on its 16 pages), else
 # (percentile, tile) = that percentile on tile x tile crops of half-a pages)
 RECIPES: dict[str, tuple[build.Int8Recipe, bool, tuple[float, int] | None]] = {
     "stem_int8": (EVERY_NODE, False, None),
     "stem_int8_gelu": (EVERY_NODE, True, None),
     "gelu": (build.Int8Recipe("static", "stem fp32", exclude_nodes=build.V6_SMALL_DET_STEM), True, None),
-    "stem_c0": (build.Int8Recipe("static", "first conv fp32", exclude_nodes=("Conv.0", "Relu.0")), False, None),
-    "stem_c0_gelu": (build.Int8Recipe("static", "first conv fp32", exclude_nodes=("Conv.0", "Relu.0")), True, None),
+    "stem_c0": (FIRST_CONV_FP32, False, None),
+    "stem_c0_gelu": (FIRST_CONV_FP32, True, None),
     "stem_int8_gelu_p99.99": (EVERY_NODE, True, (99.99, 320)),
     "stem_int8_gelu_p99.999": (EVERY_NODE, True, (99.999, 320)),
     "stem_int8_gelu_p100": (EVERY_NODE, True, (100.0, 320)),

@@ -39,6 +39,7 @@ M_ARENA_MAX = -8
 LOW_MEMORY_MMAP_THRESHOLD = 1024 * 1024
 MODES = ("default", "low")
 HUGEPAGE_TUNABLE = "glibc.malloc.hugetlb=1"  # also in systemd/edge-ocr.service (a test keeps them equal)
+_HUGEPAGE_NAME, _, _HUGEPAGE_VALUE = HUGEPAGE_TUNABLE.partition("=")
 THP_MODE = Path("/sys/kernel/mm/transparent_hugepage/enabled")
 
 
@@ -52,10 +53,10 @@ def with_hugepages(environ: Mapping[str, str]) -> dict[str, str]:
     """``environ`` for a child process, with ``HUGEPAGE_TUNABLE`` added to ``GLIBC_TUNABLES``;
     a ``glibc.malloc.hugetlb`` value set there already is kept (``=0`` turns it off)."""
     env = dict(environ)
-    name, _, value = HUGEPAGE_TUNABLE.partition("=")
     tunables = _tunables(env)
-    if name not in tunables:
-        env["GLIBC_TUNABLES"] = ":".join("%s=%s" % pair for pair in {**tunables, name: value}.items())
+    if _HUGEPAGE_NAME not in tunables:
+        tunables[_HUGEPAGE_NAME] = _HUGEPAGE_VALUE
+        env["GLIBC_TUNABLES"] = ":".join("%s=%s" % pair for pair in tunables.items())
     return env
 
 
@@ -74,8 +75,7 @@ def huge_pages_on(environ: Mapping[str, str], thp_mode: str, glibc: tuple[int, i
     the kernel's ``always`` mode; under ``madvise`` only with glibc ≥ 2.35 and the tunable set."""
     if thp_mode == "always":
         return True
-    name, _, value = HUGEPAGE_TUNABLE.partition("=")
-    tunable_set = _tunables(environ).get(name) == value
+    tunable_set = _tunables(environ).get(_HUGEPAGE_NAME) == _HUGEPAGE_VALUE
     return thp_mode == "madvise" and glibc is not None and glibc >= (2, 35) and tunable_set
 
 
