@@ -68,7 +68,8 @@ def test_a_1000_file_burst_with_the_broker_down_stays_bounded(eval_dev, tmp_path
     assert peak[0] < idle_mb + 150, (idle_mb, peak[0])
     spooled = list((tmp_path / "spool").glob("*"))
     assert len(spooled) >= 1000  # state + text (+ event on change) per result, waiting for a broker
-    assert not list(inbox.glob("*.png")) and not list((inbox / ".processing").iterdir())
+    # The last original is deleted just after its JSON lands (delete_original).
+    assert wait_until(lambda: not list(inbox.glob("*.png")) and not list((inbox / ".processing").iterdir()), 30)
     assert daemon.terminate() == 0
 
 

@@ -15,7 +15,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from edge_ocr.fleet_status import DeviceStatus, default_root, format_table, read_devices, to_json_line
 from tests.broker import PASSWORD, USER, Collector, Mosquitto, free_port
-from tests.helpers import PREFIX, Daemon, line_samples, write_config
+from tests.helpers import PREFIX, Daemon, line_samples, wait_until, write_config
 
 ROOT = PREFIX.rpartition("/")[0]  # "e2e": the daemon of write_config() is e2e/dev
 STATS = {"jobs_total": 12, "queue_depth": 3, "jobs_per_s": 1.5, "rss_mb": 201.4375, "guard_level": 1,
@@ -82,6 +82,7 @@ def test_fleet_status_shows_a_working_daemon_and_an_offline_device(eval_dev, tmp
     _publish_retained(mosquitto, {ROOT + "/ghost/availability": b"offline",
                                   ROOT + "/ghost/stats": json.dumps(ghost).encode()})
     daemon = Daemon(config).start()
+    assert wait_until(lambda: "fleet worker connected" in daemon.text(), 30)  # subscribed: jobs reach it
     images = [p for p, _ in line_samples(eval_dev, "IIIT5K-test", 3)]
     submitted = edge_ocr("submit", "-c", str(config), "--wait", "--timeout", "60", *map(str, images))
     assert submitted.returncode == 0, submitted.stderr

@@ -89,6 +89,8 @@ class FleetWorker:
         self.stats = stats
         self.on_status = on_status
         self.worker_id = mqtt.client_id + "-fleet"
+        self._topic = "$share/%s/%s" % (cfg.group, cfg.jobs_topic)
+        self._session_present: bool | None = None  # as the last CONNACK said, for the log
         self.ready = threading.Event()
         self._status = SourceStatus.OFFLINE
         # jobs not yet taken: paho's thread must not wait. Bounded by the broker: Receive Maximum,
@@ -121,6 +123,7 @@ class FleetWorker:
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
+        client.on_subscribe = self._on_subscribe
         client.on_publish = self._on_publish
         connect = Properties(PacketTypes.CONNECT)
         connect.SessionExpiryInterval = self.cfg.session_expiry
@@ -149,7 +152,7 @@ class FleetWorker:
         if self._status is SourceStatus.ONLINE:
             left = threading.Event()
             client.on_unsubscribe = lambda *args: left.set()
-            client.unsubscribe("$share/%s/%s" % (self.cfg.group, self.cfg.jobs_topic))
+            client.unsubscribe(self._topic)
             if left.wait(2.0):
                 self._hand_back()
             else:
@@ -213,11 +216,19 @@ class FleetWorker:
                 self._session += 1
                 self._held.clear()
                 self._freed.notify_all()
-        topic = "$share/%s/%s" % (self.cfg.group, self.cfg.jobs_topic)
-        client.subscribe(topic, options=SubscribeOptions(qos=1))
+        self._session_present = getattr(flags, "session_present", None)
+        client.subscribe(self._topic, options=SubscribeOptions(qos=1))
+
+    def _on_subscribe(self, client: paho.Client, userdata: Any, mid: int, reasons: Any, props: Any) -> None:
+        # Online only once the broker granted the shared subscription: jobs published before
+        # that reach no worker of the group, and a broker's ACL may refuse it.
+        refused = [r for r in reasons if r.is_failure]
+        if refused:
+            log.warning("fleet subscription refused topic=%s reason=%s", self._topic, refused[0])
+            return
         self._set_status(SourceStatus.ONLINE)
-        log.info("fleet worker connected topic=%s worker=%s session_present=%s", topic, self.worker_id,
-                 getattr(flags, "session_present", None))
+        log.info("fleet worker connected topic=%s worker=%s session_present=%s", self._topic, self.worker_id,
+                 self._session_present)
 
     def _on_disconnect(self, client: paho.Client, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
         self._set_status(SourceStatus.OFFLINE)

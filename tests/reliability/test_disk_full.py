@@ -92,7 +92,7 @@ def test_a_full_disk_keeps_every_file_and_recovers_when_space_returns(eval_dev, 
         tries = int(stalled())
         topic = PREFIX + "/inbox/event"
         sub.wait(lambda ms: {json.loads(m.payload)["file"] for m in ms if m.topic == topic} >= set(names), 120)
-        assert not _originals(processing)
+        assert wait_until(lambda: not _originals(processing), 10), _originals(processing)  # deleted after the copy lands
         files = [json.loads(m.payload)["file"] for m in sub.on(topic)]
         resent = len(files) - len(set(files))  # a retried file is published again: at least once
         assert daemon.terminate() == 0

@@ -87,6 +87,7 @@ def test_10000_frames_and_2000_files_hold_memory_threads_and_fds_flat(eval_dev, 
         assert wait_until(lambda s=start: len(list(done.glob("*.json"))) >= s + BATCH, 300)
         series.append(_proc(pid))
     assert wait_until(lambda: _stats(base)["frames_total"] >= FRAMES, 600), _stats(base)
+    assert wait_until(lambda: _stats(base)["files_done_total"] == FILES, 60), _stats(base)  # counted after the JSON
     stats = _stats(base)
     series.append(_proc(pid))
     first = WARMUP_FILES // BATCH

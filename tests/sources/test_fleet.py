@@ -267,7 +267,9 @@ def test_a_worker_stopped_mid_burst_hands_back_the_jobs_it_held_and_every_job_is
     configs, workers = _start_workers(tmp_path, mosquitto, 2)
     stopped: list[int] = []  # stopped for good (SIGTERM: systemctl stop)
     answered_before, answers = _burst(configs[0], images, lambda: stopped.append(workers[1].terminate()))
-    assert stopped == [0] and answered_before < len(images) - 20  # the stop came mid-burst
+    # The stop came mid-burst: the worker held jobs when it stopped (its hand-back, below). How many
+    # answers came before depends on the machine's speed, so no margin is asserted on it.
+    assert stopped == [0] and answered_before < len(images)
     assert {a["file"] for a in answers} == {str(p) for p in images}
     handed = [line for line in workers[1].text().splitlines() if "fleet worker handed back" in line]
     assert len(handed) == 1 and "kept_in_session=0" in handed[0], handed

@@ -92,9 +92,9 @@ def test_resume_from_processing_and_finish_an_interrupted_move(tmp_path, folder)
 
 def test_identical_content_reuses_the_stored_result(tmp_path, folder):
     (tmp_path / "inbox").mkdir()
-    _, engine = folder()
+    source, engine = folder()
     (tmp_path / "inbox" / "a.txt").write_bytes(b"TEXT:same")
-    assert wait_until(lambda: (tmp_path / "done" / "a.json").exists())
+    assert wait_until(lambda: source.stats.get("files_done_total") == 1)  # a's result stored for reuse too
     (tmp_path / "inbox" / "b.txt").write_bytes(b"TEXT:same")
     assert wait_until(lambda: (tmp_path / "done" / "b.json").exists())
     assert len(engine.calls) == 1
@@ -106,10 +106,11 @@ def test_identical_content_reuses_the_stored_result(tmp_path, folder):
 
 def test_the_reuse_store_keeps_only_the_most_recently_used_results(tmp_path, folder):
     (tmp_path / "inbox").mkdir()
-    _, engine = folder(reuse_max_entries=2)
-    for name in ("a", "b", "a-again", "c"):  # a-again reuses a, so b is the least recently used
+    source, engine = folder(reuse_max_entries=2)
+    for count, name in enumerate(("a", "b", "a-again", "c"), 1):  # a-again reuses a, so b is the least recently used
         (tmp_path / "inbox" / (name + ".txt")).write_bytes(b"TEXT:" + name.split("-")[0].encode())
-        assert wait_until(lambda n=name: (tmp_path / "done" / (n + ".json")).exists())
+        # Counted once the JSON, the original, the reuse store and its pruning are all done.
+        assert wait_until(lambda n=count: source.stats.get("files_done_total") == n)
     assert engine.calls == [b"TEXT:a", b"TEXT:b", b"TEXT:c"]
     stored = {json.loads(p.read_text())["text"] for p in (tmp_path / "inbox" / ".cache").iterdir()}
     assert stored == {"a", "c"}
