@@ -161,6 +161,9 @@ class EngineConfig:
                                    "skip the draft", lo=0, hi=100_000)
     det_limit_side: int = _option("det_limit_side", "detection input: longer side at most this many pixels",
                                   lo=32, hi=8192)
+    det_small_text: float = _option("det_small_text", "a shrunk image whose lines are on median fewer pixels "
+                                    "high than this is detected again at twice the scale, in strips (0 = never)",
+                                    lo=0.0, hi=1000.0)
     max_megapixels: float = _option("max_megapixels", "larger images are refused before decoding", lo=0.1,
                                     hi=1000.0)
     low_confidence: float = setting(0.6, 'status "low_confidence" when a line scores below this', lo=0.0, hi=1.0,

@@ -5,10 +5,12 @@ Also the reading-order sort. numpy and OpenCV only; no I/O, no model.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import cv2
 import numpy as np
 
-from edge_ocr.engine.types import DbParams, Quad
+from edge_ocr.engine.types import DbParams, Quad, StripPlan
 
 
 def order_quad(points: np.ndarray) -> Quad:
@@ -72,6 +74,31 @@ def boxes_from_map(prob: np.ndarray, params: DbParams) -> tuple[list[Quad], list
         quads.append(quad)
         scores.append(score)
     return quads, scores
+
+
+def median_height(quads: Sequence[Quad]) -> float:
+    """The median of the quads' shorter sides (0.0 for none): how tall the text lines are."""
+    if not quads:
+        return 0.0
+    sides = [min(np.linalg.norm(q[0] - q[1]), np.linalg.norm(q[0] - q[3])) for q in quads]
+    return float(np.median(sides))
+
+
+def stitch_strips(maps: Sequence[np.ndarray], plan: StripPlan) -> np.ndarray:
+    """One probability map of the whole image from the maps of ``plan``'s tiles.
+
+    maps: one float32 (*plan.tile) map per tile, in order. Each row (or column, for
+    ``plan.axis`` 1) is taken from the tile that owns it (``StripPlan.owned``: the one where it
+    lies furthest from a cut edge); the tiles' padding is dropped. Returns float32 ``plan.size``.
+    """
+    height, width = plan.size
+    out = np.empty((height, width), dtype=np.float32)
+    for prob, start, (lo, hi) in zip(maps, plan.starts, plan.owned(), strict=True):
+        if plan.axis == 0:
+            out[lo:hi] = prob[lo - start : hi - start, :width]
+        else:
+            out[:, lo:hi] = prob[:height, lo - start : hi - start]
+    return out
 
 
 def reading_order(quads: list[Quad]) -> list[int]:

@@ -330,11 +330,32 @@ class OcrEngine:
         timing["preprocess"] = _ms(t0)
         t1 = time.perf_counter()
         prob = self.det.run(tensor)[0, 0]
+        del tensor
         quads, scores = detect.boxes_from_map(prob, self.db_params)
+        small = self.options.det_small_text
+        # Not when the memory guard lowered the limit: the second pass is more work, not more memory.
+        if (small and limit_side >= self.options.det_limit_side and transform.scale_x < 1.0
+                and quads and detect.median_height(quads) < small):
+            resized, transform = preprocess.resize_for_detection(image, 2 * max(resized.shape[:2]), stage.multiple)
+            prob = self._detect_in_strips(resized, prob.size)
+            quads, scores = detect.boxes_from_map(prob, self.db_params)
+            timing["detect_small_text"] = _ms(t1)
         quads = [transform.to_source(q) for q in quads]
         order = detect.reading_order(quads)
         timing["detect"] = _ms(t1)
         return [quads[i] for i in order], [scores[i] for i in order]
+
+    def _detect_in_strips(self, image: np.ndarray, area: int) -> np.ndarray:
+        """The probability map of a detection input run in overlapping strips of at most ``area``
+        pixels each (``preprocess.plan_strips``, ``detect.stitch_strips``)."""
+        assert self.det is not None
+        stage = self.det.stage
+        short = min(image.shape[:2])
+        strip = max(4 * stage.multiple, area // max(short, 1) // stage.multiple * stage.multiple)
+        plan = preprocess.plan_strips(image.shape[:2], strip, 2 * stage.multiple, stage.multiple, stage.multiple)
+        maps = [self.det.run(preprocess.strip_tensor(image, plan, i, stage.mean, stage.std))[0, 0]
+                for i in range(len(plan.starts))]
+        return detect.stitch_strips(maps, plan)
 
 
 def _pick(allowed: list[str], indices: list[int]) -> list[str]:

@@ -13,7 +13,7 @@ import cv2
 import numpy as np
 
 from edge_ocr import imageformat
-from edge_ocr.engine.types import Quad, Transform
+from edge_ocr.engine.types import Quad, StripPlan, Transform
 from edge_ocr.errors import ImageTooLarge, UnsupportedImage
 
 # The formats we decode (edge_ocr.imageformat knows their magic bytes). Probing the header first
@@ -133,6 +133,44 @@ def resize_for_detection(image: np.ndarray, limit_side: int, multiple: int = 32)
     new_h = max(multiple, int(round(height * ratio / multiple)) * multiple)
     resized = cv2.resize(image, (new_w, new_h), interpolation=cv2.INTER_LINEAR if ratio < 1 else cv2.INTER_CUBIC)
     return resized, Transform(scale_x=new_w / width, scale_y=new_h / height)
+
+
+def plan_strips(size: tuple[int, int], strip: int, overlap: int, bucket: int, multiple: int = 32) -> StripPlan:
+    """Cut a detection input of ``size`` (height, width) into tiles of one shape.
+
+    Along the longer side, tiles are ``strip`` long and overlap by at least ``overlap``; each
+    starts on a multiple of ``multiple`` (the detector's stride, so a tile sees the same
+    pixel grid as the whole image) and the last one ends at the image's end. An image that
+    fits in one strip is one tile. The shorter side is padded up to a multiple of ``bucket``,
+    so a detector sees a few input shapes, never more than ``strip`` x (the longest side
+    rounded up to ``bucket``). Raises ValueError when the overlap leaves no step.
+    """
+    height, width = size
+    axis = 0 if height >= width else 1
+    long, short = size[axis], size[1 - axis]
+    step = (strip - overlap) // multiple * multiple
+    if strip % multiple or bucket % multiple or step <= 0:
+        raise ValueError("strip %d, overlap %d, bucket %d: expected multiples of %d with strip > overlap + %d"
+                         % (strip, overlap, bucket, multiple, multiple - 1))
+    if long <= strip:
+        starts: tuple[int, ...] = (0,)
+    else:
+        count = -(-(long - strip) // step) + 1
+        starts = tuple(min(i * step, long - strip) for i in range(count))
+    padded_short = -(-short // bucket) * bucket
+    tile = (strip, padded_short) if axis == 0 else (padded_short, strip)
+    return StripPlan(axis=axis, starts=starts, length=strip, tile=tile, size=(height, width))
+
+
+def strip_tensor(image: np.ndarray, plan: StripPlan, index: int, mean: tuple[float, ...], std: tuple[float, ...]
+                 ) -> np.ndarray:
+    """Tile ``index`` of ``plan`` as the detector's input: float32 (1, 3, *plan.tile), the image's
+    pixels normalised as ``normalize`` does, the padding 0 (the normalised mean colour)."""
+    start = plan.starts[index]
+    part = image[start : start + plan.length] if plan.axis == 0 else image[:, start : start + plan.length]
+    out = np.zeros((1, 3, *plan.tile), dtype=np.float32)
+    out[0, :, : part.shape[0], : part.shape[1]] = normalize(part, mean, std)
+    return out
 
 
 def normalize(image: np.ndarray, mean: tuple[float, ...], std: tuple[float, ...]) -> np.ndarray:

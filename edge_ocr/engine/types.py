@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -39,6 +40,32 @@ class Transform:
             offset_x=self.offset_x * other.scale_x + other.offset_x,
             offset_y=self.offset_y * other.scale_y + other.offset_y,
         )
+
+
+@dataclass(frozen=True, slots=True)
+class StripPlan:
+    """How a detection input is cut into tiles of one fixed shape along its longer side.
+
+    ``axis`` 0 cuts bands of rows (the image is at least as tall as wide), 1 bands of columns.
+    ``starts`` are each tile's first row (or column) in the image; ``tile`` is the (height,
+    width) every tile is padded to; ``size`` the (height, width) of the whole image. A tile's
+    content is the image from its start on, ``length`` long and as wide as the image; the rest
+    of the tile is padding.
+    """
+
+    axis: int
+    starts: tuple[int, ...]
+    length: int
+    tile: tuple[int, int]
+    size: tuple[int, int]
+
+    def owned(self) -> tuple[tuple[int, int], ...]:
+        """The range along ``axis`` each tile's map is kept for: from the middle of its overlap
+        with the previous tile to the middle of its overlap with the next, so every row (or
+        column) comes from the tile where it lies furthest from a cut edge."""
+        total = self.size[self.axis]
+        bounds = [0] + [(nxt + cur + self.length) // 2 for cur, nxt in itertools.pairwise(self.starts)] + [total]
+        return tuple((bounds[i], bounds[i + 1]) for i in range(len(self.starts)))
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,7 +156,21 @@ class EngineOptions:
     precision: str = "auto"
     max_megapixels: float = 50.0  # refuse larger images before decoding them
     det_limit_side: int = 960  # detection input: longer side at most this many pixels
+    # Detect in tiles this long along the longer side (0 = the whole input at once), overlapping by
+    # det_strip_overlap: the detector's activations are bounded by one tile, not the page. The
+    # detector's edge effects fade within 16-32 px of a cut (bench/strips.py), so 64 keeps every
+    # kept row at least 32 px from one. Not free: the detector pools globally, so a tile's map
+    # differs from the page's everywhere, by a little (README, Memory).
+    det_strip: int = 0
+    det_strip_overlap: int = 64
     det: DbParams | None = None  # None = the thresholds the pack's detector was published with
+    # Small text on a big image (a dense page scanned at 300 dpi, a two-page spread): when the
+    # image was shrunk for detection and the median height of the boxes found is under this
+    # many pixels of detection input, it is detected again at twice the scale (never above its
+    # own size), in overlapping strips no larger than the first input, so the detector's memory
+    # stays where it was (detect.median_height; 0 = never). The post-processing keeps no box under
+    # ~7 px; no eval-dev page's median is under 9.5 px (README, Accuracy: dense pages).
+    det_small_text: float = 9.0
     use_cls: bool = False  # angle classifier for upside-down lines
     use_rec_zh: bool = True  # a pack's Chinese specialist recogniser, where it has one
     use_rec_fast: bool = True  # a pack's fast draft reader for long single lines and regions (recognize.needs_recheck)

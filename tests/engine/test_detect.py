@@ -1,9 +1,11 @@
-"""edge_ocr.engine.detect: DB post-processing on synthetic probability maps, reading order."""
+"""edge_ocr.engine.detect: DB post-processing on synthetic probability maps, strip stitching, reading order."""
 
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
+from edge_ocr.engine import detect, preprocess
 from edge_ocr.engine.detect import DbParams, boxes_from_map, order_quad, reading_order
 
 
@@ -41,3 +43,28 @@ def test_reading_order_is_rows_then_left_to_right():
 
 def test_reading_order_of_nothing():
     assert reading_order([]) == []
+
+
+@pytest.mark.parametrize("size", [(960, 544), (544, 960), (300 // 32 * 32, 224), (1024, 1024)])
+def test_stitched_strips_give_back_the_whole_map(size):
+    """Each tile's map is the whole map's window (plus junk in the padding): stitching them
+    must give back the whole map exactly, rows (columns) taken from their owners."""
+    rng = np.random.default_rng(0)
+    whole = rng.random(size, dtype=np.float32)
+    plan = preprocess.plan_strips(size, 384, 96, 160)
+    maps = []
+    for start in plan.starts:
+        tile = rng.random(plan.tile, dtype=np.float32) + 5.0  # padding: never copied
+        window = whole[start : start + plan.length] if plan.axis == 0 else whole[:, start : start + plan.length]
+        tile[: window.shape[0], : window.shape[1]] = window
+        maps.append(tile)
+    np.testing.assert_array_equal(detect.stitch_strips(maps, plan), whole)
+
+
+def test_stitching_takes_each_row_from_the_tile_where_it_is_furthest_from_a_cut():
+    plan = preprocess.plan_strips((960, 320), 512, 64, 160)
+    assert plan.starts == (0, 448)
+    maps = [np.full(plan.tile, float(i), dtype=np.float32) for i in range(len(plan.starts))]
+    stitched = detect.stitch_strips(maps, plan)
+    # the overlap is rows 448..511: its first half from tile 0, its second from tile 1
+    assert (stitched[:480] == 0).all() and (stitched[480:] == 1).all()

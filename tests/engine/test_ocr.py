@@ -457,3 +457,50 @@ def test_with_two_threads_a_pages_lines_get_one_thread_each_and_less_padding_a_s
     assert scoring.alnum(word.text) == scoring.alnum(label) and single[0] == 160
     assert engine.rec_page.session.get_session_options().intra_op_num_threads == 2
     assert engine.precisions["rec_page"] == "int8" and engine.loaded == ("det", "rec_page")
+
+
+def _four_in_one(page: np.ndarray, truth: list[dict]) -> tuple[np.ndarray, list[dict]]:
+    """A 2x2 mosaic of ``page`` and its labels: four times the lines at the same text size, as
+    on a dense page scanned at high resolution."""
+    height, width = page.shape[:2]
+    mosaic = np.full((2 * height, 2 * width, 3), 255, np.uint8)
+    lines = []
+    for cell in range(4):
+        dx, dy = (cell % 2) * width, (cell // 2) * height
+        mosaic[dy:dy + height, dx:dx + width] = page
+        lines += [dict(t, box=[[x + dx, y + dy] for x, y in t["box"]]) for t in truth]
+    return mosaic, lines
+
+
+def _e2e_f1(output, truth: list[dict]) -> float:
+    match = scoring.match_page([np.asarray(t["box"], np.float32) for t in truth], [t["text"] for t in truth],
+                               [bool(t.get("ignore")) or t["text"] == "###" for t in truth],
+                               [ln.box for ln in output.lines], [ln.text for ln in output.lines])
+    return scoring.f1(match.e2e_hits, match.detections, match.truths)[2]
+
+
+@pytest.mark.slow
+def test_small_text_on_a_big_image_is_detected_again_at_twice_the_scale(engines, eval_dev):
+    from edge_ocr.engine.ocr import EngineOptions, OcrEngine
+
+    row = next(r for r in map(json.loads, (eval_dev / "zh" / "pages" / "labels.jsonl").read_text().splitlines())
+               if r["file"] == "zhpage_c600fccdb4e4.jpg")  # a two-column research report, 1655x2340, 123 lines
+    page = cv2.imread(str(eval_dev / "zh" / "pages" / row["file"]))
+    mosaic, truth = _four_in_one(page, row["lines"])
+    engine = engines()
+    assert "detect_small_text" not in engine(page).timing_ms  # its lines are ~12 px high at 960 px: found at once
+
+    # At 960 px the mosaic's lines are ~5 px high: the detector merges and misses them (measured:
+    # end-to-end F1 0.31 once, 0.50 with the second pass).
+    once = OcrEngine(EngineOptions(threads=2, det_small_text=0))(mosaic)
+    twice = engine(mosaic)
+    assert "detect_small_text" in twice.timing_ms and "detect_small_text" not in once.timing_ms
+    assert _e2e_f1(once, truth) < 0.4 and _e2e_f1(twice, truth) > _e2e_f1(once, truth) + 0.1, (
+        _e2e_f1(once, truth), _e2e_f1(twice, truth))
+    # Boxes are in the mosaic's pixels, in all four quarters.
+    boxes = np.stack([ln.box for ln in twice.lines])
+    assert boxes[..., 0].max() <= mosaic.shape[1] + 1 and boxes[..., 1].max() <= mosaic.shape[0] + 1
+    quarters = {(bool(x > page.shape[1]), bool(y > page.shape[0])) for x, y in boxes.mean(axis=1)}
+    assert len(quarters) == 4
+    # Under the memory guard's soft level (a lowered detection limit) there is no second pass.
+    assert "detect_small_text" not in engine(mosaic, limit_side=640).timing_ms

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import struct
 import zlib
 
@@ -134,3 +135,51 @@ def test_resize_for_recognition_pads_with_normalised_grey():
     tensor = preprocess.resize_for_recognition(crop, height=48, width=320)
     assert tensor.shape == (3, 48, 320) and tensor.dtype == np.float32
     assert np.allclose(tensor[:, :, :96], 1.0) and np.allclose(tensor[:, :, 96:], 0.0)
+
+
+@pytest.mark.parametrize("size", [(960, 544), (544, 960), (960, 960), (928, 608), (480, 640), (64, 32), (512, 96)])
+@pytest.mark.parametrize("strip, overlap", [(512, 64), (384, 96), (288, 64)])
+def test_strips_cover_the_image_with_their_overlap_in_one_shape(size, strip, overlap):
+    plan = preprocess.plan_strips(size, strip, overlap, bucket=160)
+    long, short = max(size), min(size)
+    assert plan.axis == (0 if size[0] >= size[1] else 1)
+    assert plan.starts[0] == 0 and all(s % 32 == 0 for s in plan.starts)
+    assert plan.starts[-1] + strip >= long  # the last tile reaches the end
+    assert all(b - a <= strip - overlap for a, b in itertools.pairwise(plan.starts))  # overlap at least `overlap`
+    long_side, short_side = plan.tile[plan.axis], plan.tile[1 - plan.axis]
+    assert long_side == strip and short_side % 160 == 0 and short <= short_side < short + 160
+    owned = plan.owned()  # every row (column) has one owner, far from the owner's cut edges
+    assert owned[0][0] == 0 and owned[-1][1] == long
+    assert all(a[1] == b[0] for a, b in itertools.pairwise(owned))
+    for index, (start, (lo, hi)) in enumerate(zip(plan.starts, owned)):
+        assert start <= lo < hi <= start + strip
+        if index > 0:
+            assert lo - start >= overlap // 2
+        if index < len(plan.starts) - 1:
+            assert start + strip - hi >= overlap // 2
+
+
+def test_strips_of_every_image_are_a_few_shapes_bounded_by_the_strip():
+    shapes = {preprocess.plan_strips((h, w), 512, 64, 160).tile for h in range(32, 961, 32) for w in range(32, 961, 32)}
+    assert len(shapes) <= 12
+    assert max(h * w for h, w in shapes) == 512 * 960
+
+
+def test_strip_plan_refuses_an_overlap_that_leaves_no_step():
+    with pytest.raises(ValueError):
+        preprocess.plan_strips((960, 544), 256, 240, 160)
+    with pytest.raises(ValueError):
+        preprocess.plan_strips((960, 544), 500, 64, 160)
+
+
+def test_strip_tensor_is_the_normalised_pixels_then_the_mean_as_padding():
+    rng = np.random.default_rng(1)
+    image = rng.integers(0, 255, size=(640, 96, 3), dtype=np.uint8)
+    plan = preprocess.plan_strips(image.shape[:2], 384, 64, 160)
+    mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+    whole = preprocess.normalize(image, mean, std)
+    for index, start in enumerate(plan.starts):
+        tensor = preprocess.strip_tensor(image, plan, index, mean, std)
+        assert tensor.shape == (1, 3, 384, 160) and tensor.dtype == np.float32
+        np.testing.assert_array_equal(tensor[0, :, :, :96], whole[:, start : start + 384])
+        assert not tensor[0, :, :, 96:].any()
