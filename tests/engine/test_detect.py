@@ -68,3 +68,11 @@ def test_stitching_takes_each_row_from_the_tile_where_it_is_furthest_from_a_cut(
     stitched = detect.stitch_strips(maps, plan)
     # the overlap is rows 448..511: its first half from tile 0, its second from tile 1
     assert (stitched[:480] == 0).all() and (stitched[480:] == 1).all()
+
+
+def test_median_height_is_the_median_of_the_quads_shorter_sides():
+    def rect(w: float, h: float) -> np.ndarray:
+        return np.array([[0, 0], [w, 0], [w, h], [0, h]], dtype=np.float32)
+
+    assert detect.median_height([]) == 0.0
+    assert detect.median_height([rect(100, 8), rect(60, 10), rect(9, 200)]) == 9.0  # a tall line counts its width
