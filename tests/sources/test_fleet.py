@@ -4,6 +4,7 @@ Mosquitto 2 (MQTT 5 shared subscription, manual acknowledgement), with real eval
 from __future__ import annotations
 
 import json
+import logging
 import queue
 import subprocess
 import sys
@@ -345,3 +346,30 @@ def test_the_readme_broker_config_serves_a_fleet_and_an_answer_it_refuses_is_cou
         assert worker.terminate() == 0
     finally:
         broker.stop()
+
+
+
+@pytest.mark.broker
+def test_a_worker_is_online_once_the_broker_granted_its_subscription_never_when_refused(tmp_path, mosquitto, caplog):
+    from paho.mqtt.reasoncodes import ReasonCode
+
+    from edge_ocr.sources.base import SourceStatus
+
+    caplog.set_level(logging.INFO, logger="edge_ocr.sources.fleet")
+    config = load_config(_worker_config(tmp_path, mosquitto, 0))
+    worker = FleetWorker(config.fleet, config.mqtt, lambda job: True, Stats())
+    # A broker whose ACL refuses the shared subscription answers SUBACK 0x87 (Mosquitto 2.0.11
+    # grants it and filters at delivery instead, so the refusal is handed in as paho would).
+    worker._on_subscribe(None, None, 1, [ReasonCode(PacketTypes.SUBACK, "Not authorized")], None)
+    assert worker.status is SourceStatus.OFFLINE
+    assert "fleet subscription refused topic=$share/edge-ocr/test/jobs reason=Not authorized" in caplog.text
+    stop = threading.Event()
+    thread = threading.Thread(target=worker.run, args=(stop,), name="source:fleet")
+    thread.start()
+    try:
+        assert wait_until(lambda: "fleet worker connected topic=$share/edge-ocr/test/jobs" in caplog.text, 30)
+        assert worker.status is SourceStatus.ONLINE  # set before the line is logged
+    finally:
+        stop.set()
+        thread.join(15)
+    assert not thread.is_alive()
