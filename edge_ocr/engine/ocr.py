@@ -19,6 +19,10 @@ from edge_ocr.engine.models import Model, Pack, auto_threads, choose_variant, lo
 from edge_ocr.engine.types import DbParams, EngineOptions, EngineOutput, Region, TextLine
 from edge_ocr.errors import ConfigError, ModelError
 
+# The second detection pass for small text (EngineOptions.det_small_text) only for an image at
+# least this much larger than the first pass's input: less would redo the same work.
+SMALL_TEXT_GAIN = 1.25
+
 
 def _threads(value: int | str) -> int:
     if value == "auto":
@@ -333,10 +337,12 @@ class OcrEngine:
         del tensor
         quads, scores = detect.boxes_from_map(prob, self.db_params)
         small = self.options.det_small_text
-        # Not when the memory guard lowered the limit: the second pass is more work, not more memory.
-        if (small and limit_side >= self.options.det_limit_side and transform.scale_x < 1.0
+        longer = max(resized.shape[:2])
+        # Not when the memory guard lowered the limit (the second pass is more work, not more
+        # memory), nor when the image is hardly larger than the first input.
+        if (small and limit_side >= self.options.det_limit_side and max(image.shape[:2]) >= SMALL_TEXT_GAIN * longer
                 and quads and detect.median_height(quads) < small):
-            resized, transform = preprocess.resize_for_detection(image, 2 * max(resized.shape[:2]), stage.multiple)
+            resized, transform = preprocess.resize_for_detection(image, 2 * longer, stage.multiple)
             prob = self._detect_in_strips(resized, prob.size)
             quads, scores = detect.boxes_from_map(prob, self.db_params)
             timing["detect_small_text"] = _ms(t1)

@@ -165,11 +165,12 @@ class EngineOptions:
     det_strip_overlap: int = 64
     det: DbParams | None = None  # None = the thresholds the pack's detector was published with
     # Small text on a big image (a dense page scanned at 300 dpi, a two-page spread): when the
-    # image was shrunk for detection and the median height of the boxes found is under this
-    # many pixels of detection input, it is detected again at twice the scale (never above its
-    # own size), in overlapping strips no larger than the first input, so the detector's memory
-    # stays where it was (detect.median_height; 0 = never). The post-processing keeps no box under
-    # ~7 px; no eval-dev page's median is under 9.5 px (README, Accuracy: dense pages).
+    # image was shrunk for detection (by 1.25x or more: ocr.SMALL_TEXT_GAIN) and the median
+    # height of the boxes found is under this many pixels of detection input, it is detected
+    # again at twice the scale (never above its own size), in overlapping strips no larger than
+    # the first input, so the detector's memory stays where it was (detect.median_height; 0 =
+    # never). The post-processing keeps no box under ~7 px; no eval-dev page's median is under
+    # 9.5 px (README, Accuracy: dense pages).
     det_small_text: float = 9.0
     use_cls: bool = False  # angle classifier for upside-down lines
     use_rec_zh: bool = True  # a pack's Chinese specialist recogniser, where it has one
