@@ -5,7 +5,7 @@ Also the reading-order sort. numpy and OpenCV only; no I/O, no model.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import cv2
 import numpy as np
@@ -84,10 +84,11 @@ def median_height(quads: Sequence[Quad]) -> float:
     return float(np.median(sides))
 
 
-def stitch_strips(maps: Sequence[np.ndarray], plan: StripPlan) -> np.ndarray:
+def stitch_strips(maps: Iterable[np.ndarray], plan: StripPlan) -> np.ndarray:
     """One probability map of the whole image from the maps of ``plan``'s tiles.
 
-    maps: one float32 (*plan.tile) map per tile, in order. Each row (or column, for
+    maps: one float32 (*plan.tile) map per tile, in order (an iterator is consumed one map at a
+    time). Each row (or column, for
     ``plan.axis`` 1) is taken from the tile that owns it (``StripPlan.owned``: the one where it
     lies furthest from a cut edge); the tiles' padding is dropped. Returns float32 ``plan.size``.
     """

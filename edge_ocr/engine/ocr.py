@@ -22,6 +22,9 @@ from edge_ocr.errors import ConfigError, ModelError
 # The second detection pass for small text (EngineOptions.det_small_text) only for an image at
 # least this much larger than the first pass's input: less would redo the same work.
 SMALL_TEXT_GAIN = 1.25
+# Its strips overlap by this many pixels: the detector's edge effects fade within 16-32 px of a
+# cut (measured with the strips of commit 66ee299), so every kept row is at least 32 px from one.
+STRIP_OVERLAP = 64
 
 
 def _threads(value: int | str) -> int:
@@ -176,7 +179,7 @@ class OcrEngine:
             allowed: list[str] = [r.allowed_chars for r in rois]
         elif det and self.det is not None:
             side = min(limit_side or self.options.det_limit_side, self.options.det_limit_side)
-            quads, det_scores = self._detect(image, timing, side)
+            quads, det_scores = self._detect(image, timing, side, second_pass=limit_side is None)
             names, allowed = [None] * len(quads), []
         else:
             quads = [preprocess.box_quad((0, 0, width, height), (width, height))]
@@ -325,7 +328,12 @@ class OcrEngine:
             map_fn=pool.map if pool is not None else map,
         )
 
-    def _detect(self, image: np.ndarray, timing: dict[str, float], limit_side: int) -> tuple[list[np.ndarray], list[float]]:
+    def _detect(self, image: np.ndarray, timing: dict[str, float], limit_side: int, second_pass: bool = True
+                ) -> tuple[list[np.ndarray], list[float]]:
+        """Quads (source pixels, reading order) and their scores. ``second_pass``: small text on a
+        big image may be detected again (EngineOptions.det_small_text); off when the caller gave
+        ``limit_side`` (the memory guard's soft level): under memory pressure a page gets the smaller
+        input, never a larger one."""
         assert self.det is not None
         t0 = time.perf_counter()
         stage = self.det.stage
@@ -336,16 +344,15 @@ class OcrEngine:
         prob = self.det.run(tensor)[0, 0]
         del tensor
         quads, scores = detect.boxes_from_map(prob, self.db_params)
-        small = self.options.det_small_text
-        longer = max(resized.shape[:2])
-        # Not when the memory guard lowered the limit (the second pass is more work, not more
-        # memory), nor when the image is hardly larger than the first input.
-        if (small and limit_side >= self.options.det_limit_side and max(image.shape[:2]) >= SMALL_TEXT_GAIN * longer
-                and quads and detect.median_height(quads) < small):
+        small, longer, area = self.options.det_small_text, max(resized.shape[:2]), prob.size
+        if (second_pass and small and max(image.shape[:2]) >= SMALL_TEXT_GAIN * longer and quads
+                and detect.median_height(quads) < small):
+            t2 = time.perf_counter()
+            del prob
             resized, transform = preprocess.resize_for_detection(image, 2 * longer, stage.multiple)
-            prob = self._detect_in_strips(resized, prob.size)
+            prob = self._detect_in_strips(resized, area)
             quads, scores = detect.boxes_from_map(prob, self.db_params)
-            timing["detect_small_text"] = _ms(t1)
+            timing["detect_small_text"] = _ms(t2)
         quads = [transform.to_source(q) for q in quads]
         order = detect.reading_order(quads)
         timing["detect"] = _ms(t1)
@@ -358,9 +365,10 @@ class OcrEngine:
         stage = self.det.stage
         short = min(image.shape[:2])
         strip = max(4 * stage.multiple, area // max(short, 1) // stage.multiple * stage.multiple)
-        plan = preprocess.plan_strips(image.shape[:2], strip, 2 * stage.multiple, stage.multiple, stage.multiple)
-        maps = [self.det.run(preprocess.strip_tensor(image, plan, i, stage.mean, stage.std))[0, 0]
-                for i in range(len(plan.starts))]
+        plan = preprocess.plan_strips(image.shape[:2], strip, STRIP_OVERLAP, stage.multiple, stage.multiple)
+        # One strip's map at a time: stitched as it comes, never all at once.
+        maps = (self.det.run(preprocess.strip_tensor(image, plan, i, stage.mean, stage.std))[0, 0]
+                for i in range(len(plan.starts)))
         return detect.stitch_strips(maps, plan)
 
 

@@ -142,7 +142,7 @@ def plan_strips(size: tuple[int, int], strip: int, overlap: int, bucket: int, mu
     starts on a multiple of ``multiple`` (the detector's stride, so a tile sees the same
     pixel grid as the whole image) and the last one ends at the image's end. An image that
     fits in one strip is one tile. The shorter side is padded up to a multiple of ``bucket``,
-    so a detector sees a few input shapes, never more than ``strip`` x (the longest side
+    so a detector sees a few input shapes, never more than ``strip`` x (the shorter side
     rounded up to ``bucket``). Raises ValueError when the overlap leaves no step.
     """
     height, width = size

@@ -156,21 +156,14 @@ class EngineOptions:
     precision: str = "auto"
     max_megapixels: float = 50.0  # refuse larger images before decoding them
     det_limit_side: int = 960  # detection input: longer side at most this many pixels
-    # Detect in tiles this long along the longer side (0 = the whole input at once), overlapping by
-    # det_strip_overlap: the detector's activations are bounded by one tile, not the page. The
-    # detector's edge effects fade within 16-32 px of a cut (bench/strips.py), so 64 keeps every
-    # kept row at least 32 px from one. Not free: the detector pools globally, so a tile's map
-    # differs from the page's everywhere, by a little (README, Memory).
-    det_strip: int = 0
-    det_strip_overlap: int = 64
     det: DbParams | None = None  # None = the thresholds the pack's detector was published with
     # Small text on a big image (a dense page scanned at 300 dpi, a two-page spread): when the
     # image was shrunk for detection (by 1.25x or more: ocr.SMALL_TEXT_GAIN) and the median
     # height of the boxes found is under this many pixels of detection input, it is detected
-    # again at twice the scale (never above its own size), in overlapping strips no larger than
-    # the first input, so the detector's memory stays where it was (detect.median_height; 0 =
-    # never). The post-processing keeps no box under ~7 px; no eval-dev page's median is under
-    # 9.5 px (README, Accuracy: dense pages).
+    # again at twice the scale (at most its own size, on the detector's 32 px grid), in
+    # overlapping strips no larger than the first input, so the detector's memory stays where
+    # it was (detect.median_height; 0 = never). The post-processing keeps no box under ~7 px;
+    # no eval-dev page's median is under 9.5 px (README, Accuracy: dense pages).
     det_small_text: float = 9.0
     use_cls: bool = False  # angle classifier for upside-down lines
     use_rec_zh: bool = True  # a pack's Chinese specialist recogniser, where it has one

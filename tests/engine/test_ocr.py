@@ -505,6 +505,9 @@ def test_small_text_on_a_big_image_is_detected_again_at_twice_the_scale(engines,
     # Under the memory guard's soft level (a lowered detection limit) there is no second pass, nor
     # for an image hardly larger than the detector's input (the same small lines at 1.15x).
     assert "detect_small_text" not in engine(mosaic, limit_side=640).timing_ms
+    pi_zero = OcrEngine(EngineOptions(threads=2, det_limit_side=640))  # config/pi-zero-2w.toml's limit
+    assert "detect_small_text" in pi_zero(mosaic).timing_ms
+    assert "detect_small_text" not in pi_zero(mosaic, limit_side=640).timing_ms  # the guard's level there
     shrunk = cv2.resize(mosaic, (int(mosaic.shape[1] * 1100 / mosaic.shape[0]), 1100), interpolation=cv2.INTER_AREA)
     assert "detect_small_text" not in engine(shrunk).timing_ms
     assert "detect_small_text" in OcrEngine(EngineOptions(threads=2, det_limit_side=832))(shrunk).timing_ms  # 1.32x
