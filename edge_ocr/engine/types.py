@@ -159,7 +159,8 @@ class EngineOptions:
     det: DbParams | None = None  # None = the thresholds the pack's detector was published with
     # Small text on a big image (a dense page scanned at 300 dpi, a two-page spread): when the
     # image was shrunk for detection (by 1.25x or more: ocr.SMALL_TEXT_GAIN) and the median
-    # height of the boxes found is under this many pixels of detection input, it is detected
+    # height of the boxes found (20 or more: ocr.SMALL_TEXT_MIN_BOXES) is under this many
+    # pixels of detection input, it is detected
     # again at twice the scale (at most its own size, on the detector's 32 px grid), in
     # overlapping strips no larger than the first input, so the detector's memory stays where
     # it was (detect.median_height; 0 = never). The post-processing keeps no box under ~7 px;
