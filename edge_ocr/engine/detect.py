@@ -55,10 +55,14 @@ def boxes_from_map(prob: np.ndarray, params: DbParams) -> tuple[list[Quad], list
     if params.dilate:
         binary = cv2.dilate(binary, np.ones((2, 2), np.uint8))
     contours, _ = cv2.findContours(binary, cv2.RETR_LIST, cv2.CHAIN_APPROX_SIMPLE)
+    if len(contours) > params.max_candidates:
+        # Keep the largest: OpenCV lists contours from the bottom of the map up, so cutting its
+        # list would drop the top of a dense page and keep the specks below it.
+        contours = sorted(contours, key=cv2.contourArea, reverse=True)[: params.max_candidates]
     height, width = prob.shape
     quads: list[Quad] = []
     scores: list[float] = []
-    for contour in contours[: params.max_candidates]:
+    for contour in contours:
         rect = cv2.minAreaRect(contour)
         if min(rect[1]) < params.min_size:
             continue

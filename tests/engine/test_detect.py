@@ -76,3 +76,18 @@ def test_median_height_is_the_median_of_the_quads_shorter_sides():
 
     assert detect.median_height([]) == 0.0
     assert detect.median_height([rect(100, 8), rect(60, 10), rect(9, 200)]) == 9.0  # a tall line counts its width
+
+
+def test_past_max_candidates_the_largest_regions_are_kept_not_the_first_found():
+    # 10 lines at the top of a page and 1,200 specks below: with room for 1,000 candidates the
+    # lines must survive (OpenCV lists contours from the bottom of the map up).
+    prob = np.zeros((800, 800), dtype=np.float32)
+    for row in range(10):
+        prob[20 + row * 30 : 32 + row * 30, 50:750] = 0.9
+    for i in range(1200):
+        y, x = 400 + (i // 40) * 12, 10 + (i % 40) * 19
+        prob[y : y + 4, x : x + 4] = 0.9
+    params = DbParams(max_candidates=1000)
+    quads, _ = boxes_from_map(prob, params)
+    tops = [q for q in quads if q[:, 1].max() < 400]
+    assert len(tops) == 10
