@@ -163,9 +163,12 @@ class EngineOptions:
     # pixels of detection input, it is detected
     # again at twice the scale (at most its own size, on the detector's 32 px grid), in
     # overlapping strips no larger than the first input, so the detector's memory stays where
-    # it was (detect.median_height; 0 = never). The post-processing keeps no box under ~7 px;
-    # no eval-dev page's median is under 9.5 px (README, Accuracy: dense pages).
-    det_small_text: float = 9.0
+    # it was (detect.median_height; 0 = never). Box medians come in steps (7.1, 9.5, 11.8, 14 px:
+    # the post-processing keeps no box under ~7). 12 was chosen on half a of eval-dev (its pages
+    # and 2x2 mosaics of them: four receipts on one scan 65.5 -> 81.3 e2e F1, the book page one
+    # line less; 14 cost IC15 1.5) and confirmed on half b (mosaics 60.4 -> 79.8 and 75.1 -> 80.1,
+    # pages unchanged): bench/small_text.py, README Accuracy "Dense pages".
+    det_small_text: float = 12.0
     use_cls: bool = False  # angle classifier for upside-down lines
     use_rec_zh: bool = True  # a pack's Chinese specialist recogniser, where it has one
     use_rec_fast: bool = True  # a pack's fast draft reader for long single lines and regions (recognize.needs_recheck)
