@@ -26,33 +26,42 @@ DOCUMENTS = ("zhpage_8c1a908c02f6.jpg", "zhpage_c600fccdb4e4.jpg", "zhpage_8da54
 LAYOUTS = ((0, 1, 2, 1), (1, 2, 0, 2), (2, 0, 1, 0), (1, 1, 2, 2))
 
 
+def mosaic(rows: list[dict], base: Path, cell: tuple[int, int] | None = None) -> tuple[np.ndarray, list[dict]]:
+    """Four pages (``rows`` of a pages manifest, images in ``base``) in a 2x2 grid, and their
+    labels moved with them. Cells are ``cell`` (width, height), by default as large as the largest
+    of the four pages; white around smaller ones."""
+    images = [cv2.imread(str(base / r["file"])) for r in rows]
+    cell_w, cell_h = cell or (max(i.shape[1] for i in images), max(i.shape[0] for i in images))
+    canvas = np.full((2 * cell_h, 2 * cell_w, 3), 255, np.uint8)
+    truth = []
+    for cell, (image, row) in enumerate(zip(images, rows)):
+        dx, dy = (cell % 2) * cell_w, (cell // 2) * cell_h
+        canvas[dy:dy + image.shape[0], dx:dx + image.shape[1]] = image
+        truth += [dict(t, box=[[x + dx, y + dy] for x, y in t["box"]]) for t in row["lines"]]
+    return canvas, truth
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out", type=Path, help="a directory outside the repository")
     args = parser.parse_args(argv)
     source = EVAL_DEV / "zh" / "pages"
     rows = {row["file"]: row for row in map(json.loads, (source / "labels.jsonl").read_text().splitlines()) if row}
-    images = [cv2.imread(str(source / name)) for name in DOCUMENTS]
-    cell_w, cell_h = max(i.shape[1] for i in images), max(i.shape[0] for i in images)
     args.out.mkdir(parents=True, exist_ok=True)
+    sizes = [cv2.imread(str(source / name)).shape[:2] for name in DOCUMENTS]
+    cell = (max(w for _, w in sizes), max(h for h, _ in sizes))  # one size for every mosaic
     manifest = []
     for number, layout in enumerate(LAYOUTS):
-        canvas = np.full((2 * cell_h, 2 * cell_w, 3), 255, np.uint8)
-        lines = []
-        for cell, document in enumerate(layout):
-            image, dx, dy = images[document], (cell % 2) * cell_w, (cell // 2) * cell_h
-            canvas[dy:dy + image.shape[0], dx:dx + image.shape[1]] = image
-            lines += [dict(line, box=[[x + dx, y + dy] for x, y in line["box"]])
-                      for line in rows[DOCUMENTS[document]]["lines"]]
+        canvas, lines = mosaic([rows[DOCUMENTS[d]] for d in layout], source, cell)
         name = "zhdense_%d.jpg" % number
         cv2.imwrite(str(args.out / name), canvas, [cv2.IMWRITE_JPEG_QUALITY, 92])
-        manifest.append(dict(rows[DOCUMENTS[layout[0]]], file=name, orig_size=[2 * cell_w, 2 * cell_h], lines=lines,
+        height, width = canvas.shape[:2]
+        manifest.append(dict(rows[DOCUMENTS[layout[0]]], file=name, orig_size=[width, height], lines=lines,
                              source="mosaic"))
-        print("%s %dx%d, %d lines" % (name, 2 * cell_w, 2 * cell_h, len(lines)))
+        print("%s %dx%d, %d lines" % (name, width, height, len(lines)))
     (args.out / "labels.jsonl").write_text("".join(json.dumps(m, ensure_ascii=False) + "\n" for m in manifest),
                                            encoding="utf-8")
     return 0
-
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -21,10 +21,10 @@ import sys
 import time
 from pathlib import Path
 
-import cv2
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from dense_pages import mosaic
 from halves import halves
 
 from edge_ocr.engine.ocr import EngineOptions, OcrEngine
@@ -36,19 +36,6 @@ MANIFESTS = (EVAL_DEV / "pages" / "labels.jsonl", EVAL_DEV / "zh" / "pages" / "l
 GROUPS = {"SROIE": lambda s: s.startswith("SROIE"), "IC15": lambda s: s.startswith("ICDAR"),
           "zh": lambda s: not s.startswith(("SROIE", "ICDAR"))}
 Mosaic = tuple[str, np.ndarray, list[dict]]
-
-
-def mosaic(rows: list[dict], base: Path) -> tuple[np.ndarray, list[dict]]:
-    """Four pages (``rows`` of a manifest) in a 2x2 grid, and their labels moved with them."""
-    images = [cv2.imread(str(base / r["file"])) for r in rows]
-    cell_w, cell_h = max(i.shape[1] for i in images), max(i.shape[0] for i in images)
-    canvas = np.full((2 * cell_h, 2 * cell_w, 3), 255, np.uint8)
-    truth = []
-    for cell, (image, row) in enumerate(zip(images, rows)):
-        dx, dy = (cell % 2) * cell_w, (cell // 2) * cell_h
-        canvas[dy:dy + image.shape[0], dx:dx + image.shape[1]] = image
-        truth += [dict(t, box=[[x + dx, y + dy] for x, y in t["box"]]) for t in row["lines"]]
-    return canvas, truth
 
 
 def mosaics(rows: list[dict], half: dict[str, str]) -> dict[str, list[Mosaic]]:
