@@ -131,3 +131,21 @@ def test_lines_read_on_a_thread_pool_come_back_in_input_order():
     with ThreadPoolExecutor(3, thread_name_prefix="test-lines") as pool:
         texts = [d.text for d in recognize(crops, count_columns, charset, 16, 0, 1000, 1, map_fn=pool.map)]
     assert texts == ["aaaaa", "a", "aaa", "aa", "aaaa"]
+
+
+def test_the_widest_lines_are_handed_to_the_threads_first():
+    # Longest first: on two threads a long line never starts last and runs alone.
+    charset = Charset(tuple("abc"))
+    crops = [np.full((16, 16 * n, 3), 200, np.uint8) for n in (2, 9, 1, 4)]
+    started: list[int] = []
+
+    def first_come(read, batches):
+        for batch in batches:  # what a pool's map submits, in this order
+            started.append(crops[batch[0]].shape[1] // 16)
+            yield read(batch)
+
+    def blank(batch: np.ndarray) -> np.ndarray:
+        return np.zeros((batch.shape[0], batch.shape[3] // 4, 4), np.float32)
+
+    recognize(crops, blank, charset, 16, 0, 1000, 1, map_fn=first_come)
+    assert started == [9, 4, 2, 1]
