@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # install.sh — install edge-ocr. Idempotent: run it again to upgrade.
 #   sudo ./install.sh              system install: user edge-ocr, venv in /opt/edge-ocr, config in
-#                                  /etc/edge-ocr (kept on upgrade), state in /var/lib/edge-ocr, systemd unit
+#                                  /etc/edge-ocr (kept on upgrade; on a board with <= 1 GB of memory
+#                                  config/pi-zero-2w.toml), state in /var/lib/edge-ocr, systemd unit
 #   ./install.sh --dev             a .venv in this checkout (editable, with the test tools); no root
 #   sudo ./install.sh --uninstall  remove what the system install added, keeping config and data
 #   sudo ./install.sh --purge      remove config and data too
@@ -37,6 +38,22 @@ need_python() {
     if ! "$python" -c 'import ensurepip, venv' 2>/dev/null; then
         is_root || die "the venv module is missing; on Debian: sudo apt-get install python3-venv"
         apt_install python3-venv
+    fi
+}
+
+# MemTotal in MB (EDGE_OCR_MEMINFO: another meminfo file, for the tests).
+mem_total_mb() { awk '/^MemTotal:/ { print int($2 / 1024) }' "${EDGE_OCR_MEMINFO:-/proc/meminfo}" 2>/dev/null; }
+
+# The config a fresh install writes. A board with 1 GB or less (a Pi Zero 2 W, a Pi 3, a 1 GB CM4:
+# Linux reports 430-950 MB of it) gets the small-board profile: the default guard limits (450/600
+# MB) are over what such a board can give, so the kernel would kill the daemon before its guard acts.
+config_for_this_machine() {
+    local mb
+    mb=$(mem_total_mb) || mb=""
+    if [ -n "$mb" ] && [ "$mb" -gt 0 ] && [ "$mb" -le 1024 ]; then
+        echo "$here/config/pi-zero-2w.toml"
+    else
+        echo "$here/config/edge-ocr.toml"
     fi
 }
 
@@ -129,8 +146,10 @@ install_system() {
         install -m 0644 "$here/config/edge-ocr.toml" "$etc/config.toml.example"
         say "kept $etc/config.toml; the new example is $etc/config.toml.example"
     else
-        install -m 0644 "$here/config/edge-ocr.toml" "$etc/config.toml"
-        say "wrote $etc/config.toml"
+        local config
+        config=$(config_for_this_machine)
+        install -m 0644 "$config" "$etc/config.toml"
+        say "wrote $etc/config.toml (from config/$(basename "$config"); this machine has $(mem_total_mb) MB)"
     fi
     install -d -m 0750 -o "$user" -g "$user" "$state" "$state/inbox" "$state/done" "$state/failed" "$state/spool"
     # Writers (scanners, Syncthing, SMB) drop files here as members of group edge-ocr.
@@ -165,6 +184,8 @@ uninstall() {
     fi
 }
 
+# Sourced (the tests), it only defines the functions above.
+[ "${BASH_SOURCE[0]}" = "$0" ] || return 0
 case "${1:-}" in
     "") install_system ;;
     --dev) install_dev ;;

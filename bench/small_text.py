@@ -10,12 +10,13 @@ page at a low bound, so it is judged on two kinds of image per half (``bench/hal
 
 Prints end-to-end F1 per source and half, the pages the pass fired on, and the total time.
 
-    .venv/bin/python bench/small_text.py 9 12 14
+    .venv/bin/python bench/small_text.py 9 12 14 [--min-boxes 20,100]
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import sys
 import time
@@ -27,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from dense_pages import mosaic
 from halves import halves
 
+from edge_ocr.engine import ocr
 from edge_ocr.engine.ocr import EngineOptions, OcrEngine
 from edge_ocr.tools import scoring
 from edge_ocr.tools.evaluate import load_pages, source_name
@@ -58,12 +60,15 @@ def f1(matches: list[scoring.PageMatch]) -> float:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("bounds", nargs="+", type=float, help="det_small_text values (px)")
+    parser.add_argument("--min-boxes", default=str(ocr.SMALL_TEXT_MIN_BOXES),
+                        help="comma-separated values of ocr.SMALL_TEXT_MIN_BOXES to try with each bound")
     args = parser.parse_args(argv)
     rows = [json.loads(line) for m in MANIFESTS for line in m.read_text(encoding="utf-8").splitlines() if line.strip()]
     half = halves({r["file"]: source_name(r.get("source", "all")) for r in rows})
     samples = [s for m in MANIFESTS for s in load_pages(m)]
     built = mosaics(rows, half)
-    for bound in args.bounds:
+    for bound, min_boxes in itertools.product(args.bounds, [int(v) for v in args.min_boxes.split(",")]):
+        ocr.SMALL_TEXT_MIN_BOXES = min_boxes
         engine = OcrEngine(EngineOptions(threads=2, det_small_text=bound))
         real, fired, start = {}, [], time.perf_counter()
         for sample in samples:
@@ -89,8 +94,8 @@ def main(argv: list[str] | None = None) -> int:
                         [bool(t.get("ignore")) or t["text"] == "###" for t in truth],
                         [ln.box for ln in output.lines], [ln.text for ln in output.lines]))
                 cells.append("%s %s %.1f (%d/%d passes)" % (kind, h, f1(matches), passes, len(matches)))
-        print("det_small_text %g: %s | real pages with a second pass: %s | real pages %.1f s"
-              % (bound, " | ".join(cells), ", ".join("%s (%s)" % (n, half[n]) for n in sorted(fired)) or "none",
+        print("det_small_text %g, min boxes %d: %s | real pages with a second pass: %s | real pages %.1f s"
+              % (bound, min_boxes, " | ".join(cells), ", ".join("%s (%s)" % (n, half[n]) for n in sorted(fired)) or "none",
                  seconds), flush=True)
     return 0
 

@@ -34,7 +34,7 @@ from edge_ocr.config import (
 )
 from edge_ocr.engine.types import Region
 from edge_ocr.errors import ConfigError, ExitCode
-from edge_ocr.guard import Guard, GuardState, IdleTrim, Level, read_memory
+from edge_ocr.guard import Guard, GuardState, IdleTrim, Level, check_fit, read_memory
 from edge_ocr.notify import Notifier
 from edge_ocr.pipeline import Engine, Pipeline, Sink, WorkMeter
 from edge_ocr.readiness import Readiness, daemon_readiness
@@ -170,6 +170,9 @@ class App:
         for source in self.sources.values():
             source.ready.wait(10.0)
         self._start_http()
+        unfit = check_fit(cfg.guard)
+        if unfit:
+            log.warning("memory guard cannot act in time: %s", unfit)
         self.guard = Guard(cfg.guard, self.stop_event, self._on_guard, stats=self.stats)
         self.guard.start()
         self.notifier.ready(self.status_line())

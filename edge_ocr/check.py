@@ -1,5 +1,6 @@
 """``edge-ocr check``: what would stop the daemon from working, found before it starts: the
-model pack's files, the folders it writes, the cameras and the broker. One line per problem.
+model pack's files, the folders it writes, the cameras, the broker, and memory limits the machine
+cannot give. One line per problem.
 (A bad config raises ConfigError before any of this.)"""
 
 from __future__ import annotations
@@ -9,12 +10,13 @@ from pathlib import Path
 
 from edge_ocr.config import CameraSourceConfig, Config
 from edge_ocr.errors import EdgeOcrError
+from edge_ocr.guard import check_fit
 from edge_ocr.sinks.mqtt import probe
 from edge_ocr.sources.camera import probe as probe_camera
 
 
 def check(config: Config, broker_timeout_s: float = 5.0) -> list[str]:
-    """Problems with models, folders and the broker, one line each (config errors raise before this)."""
+    """Problems with models, folders, the broker and the guard's limits, one line each (config errors raise before this)."""
     from edge_ocr.engine.models import load_pack, verify_pack
 
     problems: list[str] = []
@@ -42,6 +44,9 @@ def check(config: Config, broker_timeout_s: float = 5.0) -> list[str]:
             problem = exc.message
         if problem:
             problems.append("mqtt: %s" % problem)
+    unfit = check_fit(config.guard)
+    if unfit:
+        problems.append("guard: %s" % unfit)
     return problems
 
 

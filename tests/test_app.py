@@ -116,6 +116,30 @@ def test_config_typo_exits_2_naming_the_key(tmp_path):
     assert run.returncode == 2 and "mqtt.port: expected 1..65535, got 70000" in run.stderr
 
 
+def test_check_and_the_daemon_name_guard_limits_the_machine_cannot_give(tmp_path):
+    inbox = tmp_path / "inbox"
+    config = tmp_path / "big.toml"
+    # A hard limit of 100 TB is more than any machine here has, as 600 MB is for a 512 MB Pi.
+    config.write_text('[guard]\nrss_soft_mb = 90000000\nrss_hard_mb = 100000000\n[http]\nenabled = false\n'
+                      '[[sources]]\nname = "inbox"\ntype = "folder"\npath = "%s"\n' % inbox)
+    run = subprocess.run([sys.executable, "-m", "edge_ocr", "check", "-c", str(config)], capture_output=True,
+                         text=True, timeout=120)
+    assert run.returncode == 1
+    (guard,) = [line for line in run.stdout.splitlines() if line.startswith("guard")]
+    assert guard.startswith("guard: guard.rss_hard_mb 100000000 is over 80 % of this machine's memory")
+    assert "config/pi-zero-2w.toml" in guard
+    daemon = subprocess.Popen([sys.executable, "-m", "edge_ocr", "run", "-c", str(config)],
+                              stderr=subprocess.PIPE, text=True)
+    try:
+        for line in daemon.stderr:
+            if "memory guard cannot act in time: guard.rss_hard_mb 100000000" in line or "daemon ready" in line:
+                break
+        assert "memory guard cannot act in time" in line
+    finally:
+        daemon.terminate()
+        daemon.communicate(timeout=60)
+
+
 @pytest.mark.broker
 def test_check_reports_wrong_password_and_bad_ca_one_line_each(tmp_path, mosquitto):
     config = write_config(tmp_path, mosquitto)

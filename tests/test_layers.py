@@ -46,7 +46,7 @@ ALLOWED: dict[str, tuple[str, ...]] = {
         "edge_ocr.cache",
     )
     + LEAVES,
-    "edge_ocr.check": ("edge_ocr.engine", "edge_ocr.sinks", "edge_ocr.sources") + LEAVES,
+    "edge_ocr.check": ("edge_ocr.engine", "edge_ocr.sinks", "edge_ocr.sources", "edge_ocr.guard") + LEAVES,
     "edge_ocr.submit": LEAVES,
     "edge_ocr.fleet_status": LEAVES,
     "edge_ocr.cli": ("edge_ocr",),

@@ -1,0 +1,43 @@
+"""install.sh's choice of config for the machine it runs on, read from /proc/meminfo (the system
+install itself, as root under a booted systemd, is tests/test_install_systemd.py)."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from edge_ocr.config import load_config
+from edge_ocr.guard import fit_problem
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def config_for(meminfo: Path) -> str:
+    run = subprocess.run(["bash", "-c", "source ./install.sh && config_for_this_machine"], cwd=REPO,
+                         env={"PATH": "/usr/bin:/bin", "EDGE_OCR_MEMINFO": str(meminfo)},
+                         capture_output=True, text=True, timeout=30, check=True)
+    return Path(run.stdout.strip()).relative_to(REPO).as_posix()
+
+
+@pytest.mark.parametrize("mem_total_kb, config", [
+    (437_452, "config/pi-zero-2w.toml"),  # Pi Zero 2 W, 512 MB
+    (948_304, "config/pi-zero-2w.toml"),  # Pi 3 B+ or a CM4 with 1 GB
+    (1_918_712, "config/edge-ocr.toml"),  # Pi 4 with 2 GB
+    (24_682_000, "config/edge-ocr.toml"),
+])
+def test_a_board_with_1_gb_or_less_gets_the_small_board_profile(tmp_path, mem_total_kb, config):
+    meminfo = tmp_path / "meminfo"
+    meminfo.write_text("MemTotal:       %d kB\nMemFree:        1000 kB\n" % mem_total_kb)
+    assert config_for(meminfo) == config
+
+
+def test_without_a_meminfo_the_default_config_is_written(tmp_path):
+    assert config_for(tmp_path / "absent") == "config/edge-ocr.toml"
+
+
+def test_the_small_board_profile_fits_a_pi_zero_and_the_default_does_not():
+    pi_zero_mb = 437_452 / 1024
+    assert fit_problem(load_config(REPO / "config" / "pi-zero-2w.toml").guard, pi_zero_mb, None) is None
+    assert fit_problem(load_config(REPO / "config" / "edge-ocr.toml").guard, pi_zero_mb, None) is not None
