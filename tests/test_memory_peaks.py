@@ -21,6 +21,7 @@ import sys
 from pathlib import Path
 
 import cv2
+import numpy as np
 import psutil
 import pytest
 
@@ -36,6 +37,9 @@ PHOTO_12MP_MB = 159.5  # a receipt upscaled to 3000x4000 (36 MB decoded), 27 lin
 # The Chinese pages: the book page (2756x1969, 64 lines found) and the report page with the highest
 # peak of eval-dev (1654x2339, 59 lines; 146 lines on the densest page peak at 305 MB).
 ZH_PAGES_MB = {"zhpage_8c1a908c02f6.jpg": 175.0, "zhpage_8da5496bf574.jpg": 186.4}
+# The dense page class (#12's several hundred lines): the two-column report page 2x2 (3310x4680,
+# 583 lines read), which takes the second detection pass for small text, in strips.
+DENSE_PAGE_MB = 191.3
 CROPS_MB = 126.3  # 250 crops: 50 of each English source and 50 Chinese book lines
 MARGIN = 0.10  # 10 %: two runs moved 0-12 %
 # The daemon: 300 files in two rounds; RSS after the second may exceed RSS after the first by this.
@@ -87,6 +91,17 @@ def test_a_chinese_page_stays_under_its_measured_peak(eval_dev, page):
     print("zh page %s: peak %.1f MB, %d lines" % (page, peak_mb, len(results[0]["lines"])))
     assert len(results[0]["lines"]) > 40
     assert peak_mb <= _bound(ZH_PAGES_MB[page]), peak_mb
+
+
+def test_a_dense_page_of_several_hundred_lines_stays_under_its_measured_peak(eval_dev, tmp_path):
+    report = cv2.imread(str(eval_dev / "zh" / "pages" / "zhpage_c600fccdb4e4.jpg"))
+    page = tmp_path / "dense.jpg"
+    cv2.imwrite(str(page), np.vstack([np.hstack([report, report])] * 2), [cv2.IMWRITE_JPEG_QUALITY, 90])
+    peak_mb, results = _ocr_peak_mb(str(page))
+    print("dense page: peak %.1f MB, %d lines" % (peak_mb, len(results[0]["lines"])))
+    assert len(results[0]["lines"]) > 450
+    assert "detect_small_text" in results[0]["timing_ms"]  # many lines, each a crop, and twice the detection
+    assert peak_mb <= _bound(DENSE_PAGE_MB), peak_mb
 
 
 def test_single_crops_stay_under_their_measured_peak(eval_dev):
