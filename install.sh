@@ -45,8 +45,9 @@ need_python() {
 mem_total_mb() { awk '/^MemTotal:/ { print int($2 / 1024) }' "${EDGE_OCR_MEMINFO:-/proc/meminfo}" 2>/dev/null; }
 
 # The config a fresh install writes. A board with 1 GB or less (a Pi Zero 2 W, a Pi 3, a 1 GB CM4:
-# Linux reports 430-950 MB of it) gets the small-board profile: the default guard limits (450/600
-# MB) are over what such a board can give, so the kernel would kill the daemon before its guard acts.
+# Linux reports 430-950 MB of it) gets the small-board profile (guard 220/300 MB, one thread, the
+# low-memory allocator): the default hard limit of 600 MB is more than a 512 MB board has, and on
+# 1 GB it would leave the services beside the daemon a few hundred MB.
 config_for_this_machine() {
     local mb
     mb=$(mem_total_mb) || mb=""
@@ -149,7 +150,7 @@ install_system() {
         local config
         config=$(config_for_this_machine)
         install -m 0644 "$config" "$etc/config.toml"
-        say "wrote $etc/config.toml (from config/$(basename "$config"); this machine has $(mem_total_mb) MB)"
+        say "wrote $etc/config.toml (from config/$(basename "$config"), for $(mem_total_mb || echo '?') MB of memory)"
     fi
     install -d -m 0750 -o "$user" -g "$user" "$state" "$state/inbox" "$state/done" "$state/failed" "$state/spool"
     # Writers (scanners, Syncthing, SMB) drop files here as members of group edge-ocr.
@@ -184,7 +185,7 @@ uninstall() {
     fi
 }
 
-# Sourced (the tests), it only defines the functions above.
+# Sourced (the tests), it stops here: the functions and settings above, no install.
 [ "${BASH_SOURCE[0]}" = "$0" ] || return 0
 case "${1:-}" in
     "") install_system ;;

@@ -28,7 +28,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from dense_pages import mosaic
 from halves import halves
 
-from edge_ocr.engine import ocr
 from edge_ocr.engine.ocr import EngineOptions, OcrEngine
 from edge_ocr.tools import scoring
 from edge_ocr.tools.evaluate import load_pages, source_name
@@ -60,16 +59,16 @@ def f1(matches: list[scoring.PageMatch]) -> float:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("bounds", nargs="+", type=float, help="det_small_text values (px)")
-    parser.add_argument("--min-boxes", default=str(ocr.SMALL_TEXT_MIN_BOXES),
-                        help="comma-separated values of ocr.SMALL_TEXT_MIN_BOXES to try with each bound")
+    parser.add_argument("--min-boxes", type=lambda text: [int(v) for v in text.split(",")],
+                        default=[EngineOptions.det_small_text_min_boxes],
+                        help="comma-separated values of EngineOptions.det_small_text_min_boxes to try with each bound")
     args = parser.parse_args(argv)
     rows = [json.loads(line) for m in MANIFESTS for line in m.read_text(encoding="utf-8").splitlines() if line.strip()]
     half = halves({r["file"]: source_name(r.get("source", "all")) for r in rows})
     samples = [s for m in MANIFESTS for s in load_pages(m)]
     built = mosaics(rows, half)
-    for bound, min_boxes in itertools.product(args.bounds, [int(v) for v in args.min_boxes.split(",")]):
-        ocr.SMALL_TEXT_MIN_BOXES = min_boxes
-        engine = OcrEngine(EngineOptions(threads=2, det_small_text=bound))
+    for bound, min_boxes in itertools.product(args.bounds, args.min_boxes):
+        engine = OcrEngine(EngineOptions(threads=2, det_small_text=bound, det_small_text_min_boxes=min_boxes))
         real, fired, start = {}, [], time.perf_counter()
         for sample in samples:
             output = engine(sample.path.read_bytes())

@@ -34,7 +34,8 @@ from edge_ocr.config import (
 )
 from edge_ocr.engine.types import Region
 from edge_ocr.errors import ConfigError, ExitCode
-from edge_ocr.guard import Guard, GuardState, IdleTrim, Level, check_fit, read_memory
+from edge_ocr.fit import SMALL_BOARD_PROFILE, check_fit
+from edge_ocr.guard import Guard, GuardState, IdleTrim, Level, read_memory
 from edge_ocr.notify import Notifier
 from edge_ocr.pipeline import Engine, Pipeline, Sink, WorkMeter
 from edge_ocr.readiness import Readiness, daemon_readiness
@@ -137,6 +138,10 @@ class App:
     def start(self) -> None:
         """Load the models, open sinks and sources, start every thread, then READY=1."""
         cfg = self.config
+        unfit = check_fit(cfg.guard)  # first: on a board it does not fit, loading the models may be fatal
+        if unfit:
+            log.warning("memory guard cannot act in time rss_hard_mb=%d limit_mb=%.0f limit=%s%s", unfit.hard_mb,
+                        unfit.limit_mb, unfit.limit, " profile=%s" % SMALL_BOARD_PROFILE if unfit.limit == "machine" else "")
         self.notifier.status("loading models")
         engine, model = self.engine_factory(cfg.engine)
         self.engine, self.model = engine, model
@@ -170,9 +175,6 @@ class App:
         for source in self.sources.values():
             source.ready.wait(10.0)
         self._start_http()
-        unfit = check_fit(cfg.guard)
-        if unfit:
-            log.warning("memory guard cannot act in time: %s", unfit)
         self.guard = Guard(cfg.guard, self.stop_event, self._on_guard, stats=self.stats)
         self.guard.start()
         self.notifier.ready(self.status_line())

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from edge_ocr.config import CameraSourceConfig, Config
 from edge_ocr.errors import EdgeOcrError
-from edge_ocr.guard import check_fit
+from edge_ocr.fit import check_fit
 from edge_ocr.sinks.mqtt import probe
 from edge_ocr.sources.camera import probe as probe_camera
 
@@ -46,7 +46,7 @@ def check(config: Config, broker_timeout_s: float = 5.0) -> list[str]:
             problems.append("mqtt: %s" % problem)
     unfit = check_fit(config.guard)
     if unfit:
-        problems.append("guard: %s" % unfit)
+        problems.append("guard: %s" % unfit.message())
     return problems
 
 

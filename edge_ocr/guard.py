@@ -15,7 +15,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import Enum
-from pathlib import Path
 from typing import Any
 
 import psutil
@@ -117,62 +116,6 @@ def read_memory(process: psutil.Process) -> tuple[float, float | None]:
     if available is not None and isinstance(total, (int, float)) and total > 0:
         available = min(available, total)
     return rss_mb, None if available is None else available / MB
-
-
-# The hard limit must leave the rest of the machine (or of the service's cgroup) at least a fifth of
-# its memory: above that, the kernel's OOM killer or the cgroup's MemoryMax stops the daemon before
-# the guard can degrade it or let it exit cleanly. The default 600 MB is exactly 0.8 of the unit's
-# MemoryMax=750M; a 512 MB Pi Zero 2 W (~430 MB for Linux) needs config/pi-zero-2w.toml (300 MB).
-FIT_SHARE = 0.8
-
-
-def fit_problem(limits: GuardConfig, total_mb: float, cgroup_max_mb: float | None) -> str | None:
-    """Why ``limits`` cannot work where the daemon runs, or None: ``rss_hard_mb`` over
-    ``FIT_SHARE`` of the memory it can have (the machine's ``total_mb``, or the cgroup's limit
-    when that is smaller)."""
-    capacity, what = total_mb, "this machine's memory"
-    if cgroup_max_mb is not None and cgroup_max_mb < total_mb:
-        capacity, what = cgroup_max_mb, "the memory limit of its cgroup (systemd MemoryMax)"
-    if limits.rss_hard_mb <= FIT_SHARE * capacity:
-        return None
-    return ("guard.rss_hard_mb %d is over %d %% of %s, %.0f MB: the kernel would stop the daemon before its "
-            "memory guard does; lower guard.rss_soft_mb and rss_hard_mb (a board with 1 GB or less: "
-            "config/pi-zero-2w.toml)" % (limits.rss_hard_mb, round(100 * FIT_SHARE), what, capacity))
-
-
-def cgroup_memory_max_mb(proc_cgroup: Path = Path("/proc/self/cgroup"), root: Path = Path("/sys/fs/cgroup")
-                         ) -> float | None:
-    """The tightest ``memory.max`` of this process's cgroup v2 and its ancestors, in MB; None when
-    there is none (``max``), under cgroup v1, or unreadable."""
-    try:
-        lines = proc_cgroup.read_text().splitlines()
-    except OSError:
-        return None
-    path = next((line[3:] for line in lines if line.startswith("0::")), None)
-    if path is None:
-        return None
-    limits = []
-    node = root / path.strip("/")
-    while True:
-        try:
-            value = (node / "memory.max").read_text().strip()
-        except OSError:
-            value = "max"
-        if value.isdigit():
-            limits.append(int(value) / MB)
-        if node == root or root not in node.parents:
-            break
-        node = node.parent
-    return min(limits) if limits else None
-
-
-def check_fit(limits: GuardConfig) -> str | None:
-    """``fit_problem`` for this process on this machine (psutil's total memory, the cgroup's limit)."""
-    try:
-        total_mb = psutil.virtual_memory().total / MB
-    except (psutil.Error, OSError):
-        return None
-    return fit_problem(limits, total_mb, cgroup_memory_max_mb())
 
 
 class IdleTrim:

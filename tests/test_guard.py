@@ -12,7 +12,7 @@ import pytest
 
 from edge_ocr.config import GuardConfig
 from edge_ocr.errors import ConfigError
-from edge_ocr.guard import Guard, GuardState, IdleTrim, Level, cgroup_memory_max_mb, classify, fit_problem, read_memory
+from edge_ocr.guard import Guard, GuardState, IdleTrim, Level, classify, read_memory
 from edge_ocr.stats import Stats
 from tests.helpers import promtool_check
 
@@ -225,37 +225,3 @@ def test_the_idle_trim_runs_once_per_idle_spell_never_between_jobs():
 def test_an_idle_trim_of_zero_never_trims():
     idle = IdleTrim(0.0, lambda: pytest.fail("trimmed"), now=0.0)
     assert not idle.tick(1e6, 0, busy=False)
-
-
-def test_limits_that_a_small_board_cannot_give_are_named_with_the_profile_that_fits():
-    pi_zero = 427.0  # MemTotal of a 512 MB Pi Zero 2 W, in MB
-    problem = fit_problem(GuardConfig(), pi_zero, None)
-    assert problem is not None
-    assert "guard.rss_hard_mb 600 is over 80 % of this machine's memory, 427 MB" in problem
-    assert "config/pi-zero-2w.toml" in problem
-    assert fit_problem(GuardConfig(rss_soft_mb=220, rss_hard_mb=300), pi_zero, None) is None  # the profile's
-    assert fit_problem(GuardConfig(), 24_000.0, None) is None
-    # The unit's MemoryMax=750M leaves the default hard limit (600 = 0.8 x 750) just room enough.
-    assert fit_problem(GuardConfig(), 24_000.0, 750.0) is None
-    tighter = fit_problem(GuardConfig(), 24_000.0, 512.0)
-    assert tighter is not None and "the memory limit of its cgroup (systemd MemoryMax), 512 MB" in tighter
-
-
-def test_the_cgroup_limit_is_the_tightest_of_the_service_and_its_parents(tmp_path):
-    proc = tmp_path / "cgroup"
-    root = tmp_path / "fs"
-    service = root / "system.slice" / "edge-ocr.service"
-    service.mkdir(parents=True)
-    (root / "memory.max").write_text("max\n")
-    (root / "system.slice" / "memory.max").write_text("max\n")
-    (service / "memory.max").write_text("786432000\n")
-    proc.write_text("0::/system.slice/edge-ocr.service\n")
-    assert cgroup_memory_max_mb(proc, root) == 750.0
-    (root / "system.slice" / "memory.max").write_text("%d\n" % (512 * 1024 * 1024))
-    assert cgroup_memory_max_mb(proc, root) == 512.0
-    (service / "memory.max").write_text("max\n")
-    (root / "system.slice" / "memory.max").write_text("max\n")
-    assert cgroup_memory_max_mb(proc, root) is None  # no limit anywhere
-    proc.write_text("4:memory:/user.slice\n1:cpu:/\n")  # cgroup v1 only: not read
-    assert cgroup_memory_max_mb(proc, root) is None
-    assert cgroup_memory_max_mb(tmp_path / "absent", root) is None

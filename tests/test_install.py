@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from edge_ocr.config import load_config
-from edge_ocr.guard import fit_problem
+from edge_ocr.fit import fit
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -39,5 +39,5 @@ def test_without_a_meminfo_the_default_config_is_written(tmp_path):
 
 def test_the_small_board_profile_fits_a_pi_zero_and_the_default_does_not():
     pi_zero_mb = 437_452 / 1024
-    assert fit_problem(load_config(REPO / "config" / "pi-zero-2w.toml").guard, pi_zero_mb, None) is None
-    assert fit_problem(load_config(REPO / "config" / "edge-ocr.toml").guard, pi_zero_mb, None) is not None
+    assert fit(load_config(REPO / "config" / "pi-zero-2w.toml").guard, pi_zero_mb, None) is None
+    assert fit(load_config(REPO / "config" / "edge-ocr.toml").guard, pi_zero_mb, None) is not None

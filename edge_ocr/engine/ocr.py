@@ -22,10 +22,6 @@ from edge_ocr.errors import ConfigError, ModelError
 # The second detection pass for small text (EngineOptions.det_small_text) only for an image at
 # least this much larger than the first pass's input: less would redo the same work.
 SMALL_TEXT_GAIN = 1.25
-# ... and only with at least this many boxes found: the pass is for dense pages (the mosaics of
-# bench/dense_pages.py give 224-419 boxes at 960 px). A camera frame with a few specks of texture
-# (small boxes, small median) would otherwise pay ~4x the detection on every frame.
-SMALL_TEXT_MIN_BOXES = 20
 # Its strips overlap by this many pixels: the detector's edge effects fade within 16-32 px of a
 # cut (measured with the strips of commit 66ee299), so every kept row is at least 32 px from one.
 STRIP_OVERLAP = 64
@@ -350,7 +346,7 @@ class OcrEngine:
         quads, scores = detect.boxes_from_map(prob, self.db_params)
         small, longer, area = self.options.det_small_text, max(resized.shape[:2]), prob.size
         if (second_pass and small and max(image.shape[:2]) >= SMALL_TEXT_GAIN * longer
-                and len(quads) >= SMALL_TEXT_MIN_BOXES and detect.median_height(quads) < small):
+                and len(quads) >= self.options.det_small_text_min_boxes and detect.median_height(quads) < small):
             t2 = time.perf_counter()
             del prob
             resized, transform = preprocess.resize_for_detection(image, 2 * longer, stage.multiple)

@@ -480,8 +480,7 @@ def _e2e_f1(output, truth: list[dict]) -> float:
 
 
 @pytest.mark.slow
-def test_small_text_on_a_big_image_is_detected_again_at_twice_the_scale(engines, eval_dev, monkeypatch):
-    from edge_ocr.engine import ocr
+def test_small_text_on_a_big_image_is_detected_again_at_twice_the_scale(engines, eval_dev):
     from edge_ocr.engine.ocr import EngineOptions, OcrEngine
 
     row = next(r for r in map(json.loads, (eval_dev / "zh" / "pages" / "labels.jsonl").read_text().splitlines())
@@ -512,8 +511,7 @@ def test_small_text_on_a_big_image_is_detected_again_at_twice_the_scale(engines,
     sparse = np.full_like(mosaic, 255)
     sparse[:300, :page.shape[1]] = page[600:900]  # 13 boxes at 960 px, median 8.8 px
     assert "detect_small_text" not in engine(sparse).timing_ms
-    monkeypatch.setattr(ocr, "SMALL_TEXT_MIN_BOXES", 1)
-    assert "detect_small_text" in engine(sparse).timing_ms
+    assert "detect_small_text" in OcrEngine(EngineOptions(threads=2, det_small_text_min_boxes=1))(sparse).timing_ms
     pi_zero = OcrEngine(EngineOptions(threads=2, det_limit_side=640))  # config/pi-zero-2w.toml's limit
     assert "detect_small_text" in pi_zero(mosaic).timing_ms
     assert "detect_small_text" not in pi_zero(mosaic, limit_side=640).timing_ms  # the guard's level there
