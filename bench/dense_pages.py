@@ -63,5 +63,6 @@ def main(argv: list[str] | None = None) -> int:
                                            encoding="utf-8")
     return 0
 
+
 if __name__ == "__main__":
     raise SystemExit(main())

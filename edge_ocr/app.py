@@ -34,7 +34,7 @@ from edge_ocr.config import (
 )
 from edge_ocr.engine.types import Region
 from edge_ocr.errors import ConfigError, ExitCode
-from edge_ocr.fit import SMALL_BOARD_PROFILE, check_fit
+from edge_ocr.fit import check_fit
 from edge_ocr.guard import Guard, GuardState, IdleTrim, Level, read_memory
 from edge_ocr.notify import Notifier
 from edge_ocr.pipeline import Engine, Pipeline, Sink, WorkMeter
@@ -141,7 +141,7 @@ class App:
         unfit = check_fit(cfg.guard)  # first: on a board it does not fit, loading the models may be fatal
         if unfit:
             log.warning("memory guard cannot act in time rss_hard_mb=%d limit_mb=%.0f limit=%s%s", unfit.hard_mb,
-                        unfit.limit_mb, unfit.limit, " profile=%s" % SMALL_BOARD_PROFILE if unfit.limit == "machine" else "")
+                        unfit.limit_mb, unfit.limit, " profile=%s" % unfit.profile if unfit.profile else "")
         self.notifier.status("loading models")
         engine, model = self.engine_factory(cfg.engine)
         self.engine, self.model = engine, model

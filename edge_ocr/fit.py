@@ -33,10 +33,16 @@ class Unfit:
     limit_mb: float
     limit: str
 
+    @property
+    def profile(self) -> str | None:
+        """The config that fits, when the machine itself is too small (a cgroup limit is the
+        operator's own choice)."""
+        return SMALL_BOARD_PROFILE if self.limit == "machine" else None
+
     def message(self) -> str:
         """One line for ``edge-ocr check``."""
         where = "this machine's memory" if self.limit == "machine" else "its cgroup's memory limit"
-        hint = " (a board with 1 GB or less: %s)" % SMALL_BOARD_PROFILE if self.limit == "machine" else ""
+        hint = " (a board with 1 GB or less: %s)" % self.profile if self.profile else ""
         return ("guard.rss_hard_mb %d is over %d %% of %s, %.0f MB: the kernel would stop the daemon before its "
                 "memory guard does; lower guard.rss_soft_mb and rss_hard_mb%s"
                 % (self.hard_mb, round(100 * FIT_SHARE), where, self.limit_mb, hint))
