@@ -13,13 +13,15 @@ the full classifier; if none has a CJK mass of ``--mass`` or more (``Decoded.cjk
 character, the other lines are read with the cut one, and a reading that is empty or holds
 CJK punctuation, kana, full-width forms or compatibility ideographs (signs that the line was
 Chinese after all) is read again with the full classifier. Pages of ``--sample`` lines or fewer
-are read as shipped.
+are read as shipped. ``--sentinels gb2312-1`` also keeps GB2312's 3,755 level-1 hanzi (the
+commonest) in the cut classifier, so that a Chinese line on a page taken for English reads as
+Chinese and is read again whole.
 
 Both engines read every eval-dev page (``pages/`` and ``zh/pages``) in turn, in alternating order,
 in one process; printed: end-to-end F1 / page CER per source and half (``bench/halves.py``) and
 the time per page as a ratio to the shipped engine.
 
-    .venv/bin/python bench/narrow_head.py --threads 1 [--sample 8] [--mass 0.5]
+    .venv/bin/python bench/narrow_head.py --threads 1 [--sample 8] [--mass 0.5] [--sentinels gb2312-1]
 """
 
 from __future__ import annotations
@@ -65,12 +67,21 @@ def cut_classifier(model_path: Path, keep: np.ndarray, out: Path) -> Path:
     return out
 
 
+def gb2312_level1(char: str) -> bool:
+    """One of GB2312's level-1 hanzi (rows 16-55: the 3,755 commonest)."""
+    try:
+        encoded = char.encode("gb2312")
+    except UnicodeEncodeError:
+        return False
+    return len(encoded) == 2 and 0xB0 <= encoded[0] <= 0xD7
+
+
 def looks_chinese(text: str) -> bool:
     """A reading of the cut classifier that hints at a Chinese line: empty, or holding CJK
     punctuation, kana, bopomofo, hangul, full-width forms or compatibility ideographs."""
     if not text.strip():
         return True
-    return any(0x3000 <= ord(c) <= 0x31FF or 0xAC00 <= ord(c) <= 0xD7AF or 0xF900 <= ord(c) <= 0xFAFF
+    return any(is_cjk(c) or 0x3000 <= ord(c) <= 0x31FF or 0xAC00 <= ord(c) <= 0xD7AF or 0xF900 <= ord(c) <= 0xFAFF
                or 0xFF00 <= ord(c) <= 0xFFEF or ord(c) >= 0x20000 for c in text)
 
 
@@ -78,7 +89,7 @@ class NarrowPages(OcrEngine):
     """The shipped engine, except that a page whose sampled lines show no Chinese is read with
     the cut classifier (single lines and regions: as shipped)."""
 
-    def __init__(self, options: EngineOptions, work: Path, sample: int, mass: float) -> None:
+    def __init__(self, options: EngineOptions, work: Path, sample: int, mass: float, sentinels: bool) -> None:
         super().__init__(options)
         self.sample, self.mass = sample, mass
         reader = self.page_lines
@@ -86,10 +97,14 @@ class NarrowPages(OcrEngine):
         charset = reader.stage.charset
         assert charset.other_classes is not None
         keep = np.asarray(charset.other_classes)  # ascending, blank (0) first
+        if sentinels:
+            hanzi = [k for k, char in enumerate(charset.chars, start=1) if gb2312_level1(char)]
+            keep = np.union1d(keep, hanzi)
         path = cut_classifier(reader.variant.path, keep, work / "rec_page.non_cjk.onnx")
         stage = dataclasses.replace(reader.stage, name="rec_page_non_cjk",
                                     charset=Charset(tuple(charset.chars[k - 1] for k in keep[1:])))
         self.narrow = Model(stage, Variant("int8", path, ""), reader._threads, lazy=True)
+        self.kept = len(keep)
         self.counts = {"pages": 0, "narrow": 0, "read_again": 0}
 
     def _read(self, crops: list[np.ndarray], allowed: list[str], detected: bool) -> list[Decoded]:
@@ -141,12 +156,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--sample", type=int, default=8, help="lines read with the full classifier first")
     parser.add_argument("--mass", type=float, default=0.5, help="CJK mass that marks a sampled line Chinese")
+    parser.add_argument("--sentinels", choices=("none", "gb2312-1"), default="none",
+                        help="hanzi kept in the cut classifier")
     args = parser.parse_args(argv)
     pages = [s for m in MANIFESTS for s in load_pages(m)]
     half = halves({s.path.name: s.source for s in pages})
     with tempfile.TemporaryDirectory() as work:
         engines = {"shipped": OcrEngine(EngineOptions(threads=args.threads)),
-                   "narrow": NarrowPages(EngineOptions(threads=args.threads), Path(work), args.sample, args.mass)}
+                   "narrow": NarrowPages(EngineOptions(threads=args.threads), Path(work), args.sample,
+                                                 args.mass, args.sentinels != "none")}
         lines: dict[str, dict[str, tuple[list, list[str]]]] = {name: {} for name in engines}
         seconds: dict[str, dict[str, float]] = {name: {} for name in engines}
         for engine in engines.values():
@@ -160,7 +178,8 @@ def main(argv: list[str] | None = None) -> int:
                 lines[name][sample.path.name] = ([line.box for line in output.lines], [line.text for line in output.lines])
     narrow = engines["narrow"]
     assert isinstance(narrow, NarrowPages)
-    print("threads %d, sample %d, mass %.2f: %s" % (args.threads, args.sample, args.mass, narrow.counts))
+    print("threads %d, sample %d, mass %.2f, sentinels %s, %d classes kept: %s"
+          % (args.threads, args.sample, args.mass, args.sentinels, narrow.kept, narrow.counts))
     for name in engines:
         print("%-8s e2e F1 / page CER: %s" % (name, accuracy(pages, half, lines[name])))
     for group, prefixes in GROUPS.items():
