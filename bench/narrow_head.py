@@ -77,8 +77,9 @@ def gb2312_level1(char: str) -> bool:
 
 
 def looks_chinese(text: str) -> bool:
-    """A reading of the cut classifier that hints at a Chinese line: empty, or holding CJK
-    punctuation, kana, bopomofo, hangul, full-width forms or compatibility ideographs."""
+    """A reading of the cut classifier that hints at a Chinese line: empty, or holding a CJK
+    ideograph (a sentinel), CJK punctuation, kana, bopomofo, hangul, full-width forms or
+    compatibility ideographs."""
     if not text.strip():
         return True
     return any(is_cjk(c) or 0x3000 <= ord(c) <= 0x31FF or 0xAC00 <= ord(c) <= 0xD7AF or 0xF900 <= ord(c) <= 0xFAFF
