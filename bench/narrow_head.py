@@ -39,6 +39,7 @@ import onnx
 from onnx import numpy_helper
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from det_variants import GROUPS, in_group
 from halves import halves
 
 from edge_ocr.engine.decode import Charset, Decoded, is_cjk
@@ -51,7 +52,6 @@ EVAL_DEV = Path(__file__).resolve().parents[2] / "shared" / "eval-dev"
 MANIFESTS = (EVAL_DEV / "pages" / "labels.jsonl", EVAL_DEV / "zh" / "pages" / "labels.jsonl")
 # The page reader's classifier: int8 weights, their per-column scales and zero points, the bias.
 CLASSIFIER = ("linear_8.w_0_quantized", "linear_8.w_0_scale", "linear_8.w_0_zero_point", "linear_8.b_0")
-GROUPS = {"SROIE": ("SROIE",), "IC15": ("ICDAR",), "zh": ()}
 
 
 def cut_classifier(model_path: Path, keep: np.ndarray, out: Path) -> Path:
@@ -131,10 +131,6 @@ class NarrowPages(OcrEngine):
             self._read_into(decoded, reader, crops, allowed, again, min_width)
         self._specialise(decoded, crops, allowed, self._plates(decoded, decoded, set(range(count)), range(count)))
         return decoded
-
-
-def in_group(sample: PageSample, prefixes: tuple[str, ...]) -> bool:
-    return sample.source.startswith(prefixes) if prefixes else not sample.source.startswith(("SROIE", "ICDAR"))
 
 
 def accuracy(pages: Sequence[PageSample], half: dict[str, str], lines: dict[str, tuple[list, list[str]]]) -> str:
