@@ -41,7 +41,7 @@ import measure_int8
 import numpy as np
 import onnx
 import static_rec
-from onnx import version_converter
+from onnx import numpy_helper, version_converter
 from onnxruntime.quantization import (
     CalibrationDataReader,
     CalibrationMethod,
@@ -53,6 +53,7 @@ from onnxruntime.quantization import (
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
 # the manifest schema the engine loads: the build writes exactly what the loader reads
+from edge_ocr.engine.decode import is_cjk
 from edge_ocr.engine.manifest import (
     MANIFEST_VERSION,
     CharsetEntry,
@@ -262,6 +263,9 @@ class PackSpec:
     rec_fast: ModelSpec | None = None
     rec_fast_pack: str = ""
     charset_fast: Charset | None = None
+    # The page reader with its classifier cut for pages without Chinese (``narrow_classes``), as
+    # the stage ``rec_page_narrow``: made from ``rec_page``'s int8 file, no calibration of its own.
+    narrow_page_reader: bool = False
 
 
 # Measured with measure_int8.py on x86-64 with VNNI, 1 thread (numbers in the pack manifests):
@@ -358,6 +362,7 @@ PACKS: tuple[PackSpec, ...] = (
         rec_fast=ModelSpec("rec_fast", V6_TINY_REC, min_width=48),
         rec_fast_pack="ppocrv6-tiny",
         charset_fast=Charset(member=V6_TINY_DICT),
+        narrow_page_reader=True,
     ),
     PackSpec(
         name="ppocrv6-tiny",
@@ -629,6 +634,46 @@ def output_classes(model_bytes: bytes) -> int:
     return int(dim.dim_value)
 
 
+# ---------------------------------------------------------------- the narrow page reader
+
+
+def gb2312_level1(char: str) -> bool:
+    """One of GB2312's level-1 hanzi (rows 16-55: the 3,755 commonest Chinese characters)."""
+    try:
+        encoded = char.encode("gb2312")
+    except UnicodeEncodeError:
+        return False
+    return len(encoded) == 2 and 0xB0 <= encoded[0] <= 0xD7
+
+
+def narrow_classes(chars: Sequence[str]) -> np.ndarray:
+    """The classes the narrow page reader keeps, ascending: the blank, every character that is
+    not a CJK ideograph, GB2312's level-1 hanzi as sentinels (a Chinese line on a page taken for
+    English then still reads as Chinese, and is read again whole), and the appended space.
+    ``chars`` as ``read_charset`` gives them (class k is ``chars[k - 1]``)."""
+    kept = [k for k, char in enumerate(chars, start=1) if not is_cjk(char) or gb2312_level1(char)]
+    return np.array([0, *kept, len(chars) + 1], dtype=np.int64)
+
+
+def narrow_classifier(model_bytes: bytes, keep: np.ndarray) -> bytes:
+    """The recogniser with its classifier cut to the classes ``keep``: each initializer whose
+    last axis runs over the classes (the int8 weights, their per-class scales and zero points, the
+    bias) sliced along it. With weights quantized per class and one output scale, every kept
+    logit is the whole model's, so its softmax is the whole one renormalised over the kept classes."""
+    model = onnx.load_from_string(model_bytes)
+    classes = output_classes(model_bytes)
+    sliced = []
+    for initializer in model.graph.initializer:
+        if initializer.dims and initializer.dims[-1] == classes:
+            values = numpy_helper.to_array(initializer)
+            initializer.CopyFrom(numpy_helper.from_array(np.ascontiguousarray(values[..., keep]), initializer.name))
+            sliced.append(initializer.name)
+    if len(sliced) != 4:
+        raise BuildError(f"expected the classifier's weights, scales, zero points and bias, sliced {sliced}")
+    model.graph.output[0].type.tensor_type.shape.dim[-1].dim_value = len(keep)
+    return model.SerializeToString()
+
+
 # ---------------------------------------------------------------- building
 
 
@@ -682,6 +727,8 @@ class PackBuilder:
                 stage = replace(stage, charset=self._charset_manifest(charset, chars, variants[0].data, charset_file,
                                                                       sha256_hex(files[charset_file])))
             stages[spec.stage] = stage
+        if pack.narrow_page_reader:
+            stages["rec_page_narrow"] = self._narrow_page_reader(stages["rec_page"], files)
         if pack.rec_fast is not None:
             stages = self._with_shared_rec(pack, stages)
 
@@ -709,6 +756,24 @@ class PackBuilder:
                             languages=tuple(pack.languages), licence=pack.licence, stages=stages, accuracy=accuracy)
         (directory / "manifest.json").write_text(manifest.to_json(), encoding="utf-8")
         log.info("built %s: %s", pack.name, ", ".join(sorted(files)))
+
+    @staticmethod
+    def _narrow_page_reader(page_reader: StageEntry, files: dict[str, bytes]) -> StageEntry:
+        """The stage ``rec_page_narrow``: the page reader's int8 file with its classifier cut to
+        ``narrow_classes``, and their charset; its files are added to ``files``."""
+        int8, charset = page_reader.variants["int8"], page_reader.charset
+        assert charset is not None
+        chars = files[charset.file].decode("utf-8").split("\n")
+        keep = narrow_classes(chars)
+        method = (f"{int8.file} with its classifier cut to {len(keep)} of {charset.num_classes} classes: all but the "
+                  f"CJK ideographs, and GB2312's level-1 hanzi")
+        data = narrow_classifier(files[int8.file], keep)
+        model = "rec_page_narrow.int8.onnx"
+        narrow_chars = "\n".join(chars[k - 1] for k in keep[1:-1]).encode("utf-8")
+        files[model], files["charset_narrow.txt"] = data, narrow_chars
+        return replace(page_reader, variants={"int8": Variant(model, data, method).manifest()},
+                       charset=replace(charset, file="charset_narrow.txt", size=len(keep) - 2, num_classes=len(keep),
+                                       sha256=sha256_hex(narrow_chars)))
 
     def _with_shared_rec(self, pack: PackSpec, stages: dict[str, StageEntry]) -> dict[str, StageEntry]:
         """``stages`` with the ``rec_fast`` stage (before ``rec``): another pack's fp32 files,

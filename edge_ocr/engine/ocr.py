@@ -71,6 +71,12 @@ class OcrEngine:
         self.rec_page = self._load("rec_page", own_session or not eager) if has_page_reader else None
         if self.page_lines is None:
             self.page_lines = self.rec_page
+        # The narrow page reader (EngineOptions.narrow_sample): made at the first page without
+        # Chinese, with the page lines' threads; only beside the static int8 page reader it was cut from.
+        narrow = (has_page_reader and "rec_page_narrow" in stages and self.options.narrow_sample > 0
+                  and self.rec_page is not None and self.rec_page.variant.precision == "int8")
+        self._narrow = (self._load("rec_page_narrow", lazy=True, threads=line_threads if own_session else 0)
+                        if narrow else None)
         # With a page reader, `rec` and `rec_fast` read only single lines, regions and the rechecks
         # of drafts, so their sessions are made at the first line that needs one: a daemon that
         # reads only pages never loads them (README, Memory). Without one, `rec` reads every page.
@@ -87,7 +93,7 @@ class OcrEngine:
         self._rec_zh_stage = stages.get("rec_zh") if self.options.use_rec_zh else None
         self._rec_zh = (self._load("rec_zh", lazy=True, threads=self.options.specialist_threads)
                         if self._rec_zh_stage is not None else None)
-        for model in (self._rec, self._rec_zh, self._rec_fast, self.rec_page):
+        for model in (self._rec, self._rec_zh, self._rec_fast, self.rec_page, self._narrow):
             if model is not None and model.stage.charset is None:
                 raise ModelError("pack %s: recogniser %s has no charset" % (self.pack.name, model.stage.name))
 
@@ -118,12 +124,18 @@ class OcrEngine:
         assert self._rec_zh is not None  # _read asks only when the pack has one
         return self._rec_zh
 
+    @property
+    def rec_page_narrow(self) -> Model | None:
+        """The narrow page reader, if used (its session made at the first page without Chinese)."""
+        return self._narrow
+
     def models(self) -> dict[str, Model]:
         """Every stage the engine may run, by role, loaded or to be loaded at first need (one
         ``Model`` may fill two roles: in fp32 ``rec`` and ``rec_page``, with one thread
         ``rec_page`` and ``page_lines``)."""
         models = {"det": self.det, "cls": self.cls, "rec_fast": self._rec_fast, "rec": self._rec,
-                  "rec_page": self.rec_page, "page_lines": self.page_lines, "rec_zh": self._rec_zh}
+                  "rec_page": self.rec_page, "page_lines": self.page_lines, "rec_page_narrow": self._narrow,
+                  "rec_zh": self._rec_zh}
         return {name: m for name, m in models.items() if m is not None}
 
     @property
@@ -245,7 +257,10 @@ class OcrEngine:
             self._read_into(readings, self.rec, crops, allowed, [i for i in indices if i in masked])
 
         drafts = [Decoded("", 0.0)] * len(crops)
-        read_accurately(drafts, direct)
+        if detected:
+            self._read_page(drafts, page_reader, crops, min_width)
+        else:
+            read_accurately(drafts, direct)
         if drafted:
             assert self.rec_fast is not None
             self._read_into(drafts, self.rec_fast, crops, allowed, drafted)
@@ -262,6 +277,24 @@ class OcrEngine:
             self._specialise(decoded, crops, allowed,
                              [i for i in self._plates(drafts, decoded, accurate, confirmed) if i not in plates])
         return decoded
+
+    def _read_page(self, readings: list[Decoded], reader: Model, crops: list[np.ndarray], min_width: int) -> None:
+        """Every line of a page into ``readings``: by ``reader`` or, on a page without Chinese,
+        most of them by the narrow page reader (EngineOptions.narrow_sample). The sample is read
+        first, before the rest start: a few lines' wait on a page of many."""
+        lines = list(range(len(crops)))
+        sample = recognize.spread(len(crops), self.options.narrow_sample)
+        if self._narrow is None or len(sample) == len(crops):
+            self._read_into(readings, reader, crops, [], lines, min_width)
+            return
+        self._read_into(readings, reader, crops, [], sample, min_width)
+        rest = sorted(set(lines) - set(sample))
+        if recognize.shows_chinese([readings[i] for i in sample], self.options.narrow_chinese_mass):
+            self._read_into(readings, reader, crops, [], rest, min_width)
+            return
+        self._read_into(readings, self._narrow, crops, [], rest, min_width)
+        again = [i for i in rest if recognize.looks_chinese(readings[i].text)]
+        self._read_into(readings, reader, crops, [], again, min_width)
 
     def _specialise(self, decoded: list[Decoded], crops: list[np.ndarray], allowed: list[str], plates: list[int]
                     ) -> set[int]:

@@ -171,3 +171,30 @@ def take_specialist(reading: Decoded, specialist: Decoded) -> Decoded:
     """The specialist's reading when it holds Chinese, else the reading: a Latin word
     whose reader merely hesitated over a Chinese class keeps its PP-OCRv6 text."""
     return specialist if has_cjk(specialist.text) else reading
+
+
+def spread(count: int, size: int) -> list[int]:
+    """``size`` indices spread evenly over ``range(count)`` from first to last (all when
+    ``count <= size``): the lines of a page in reading order that stand for the whole page."""
+    if count <= size:
+        return list(range(count))
+    if size <= 1:
+        return [0][:size]
+    return sorted({round(i * (count - 1) / (size - 1)) for i in range(size)})
+
+
+def shows_chinese(readings: Sequence[Decoded], min_mass: float) -> bool:
+    """True when any reading holds a Chinese character or put ``min_mass`` probability on
+    Chinese at some step: the sample that keeps a page off the narrow page reader."""
+    return any(maybe_chinese(r, min_mass) for r in readings)
+
+
+def looks_chinese(text: str) -> bool:
+    """A narrow page reader's reading that hints at a Chinese line after all, so it is read
+    again whole: empty, or holding a CJK ideograph (one of its sentinel hanzi), CJK
+    punctuation, kana or bopomofo, hangul, full-width forms, compatibility ideographs or a
+    supplementary-plane character."""
+    if not text.strip():
+        return True
+    return any(is_cjk(c) or "\u3000" <= c <= "\u31ff" or "\uac00" <= c <= "\ud7af" or "\uf900" <= c <= "\ufaff"
+               or "\uff00" <= c <= "\uffef" or ord(c) >= 0x20000 for c in text)

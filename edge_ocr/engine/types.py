@@ -216,6 +216,16 @@ class EngineOptions:
     # of the time per plate, and p95 30.6 vs 36.7 ms (bench/paired.py, 2 threads): its feature
     # maps are too small to split. Measured on this 2-core x86 machine only; never more than ``threads``.
     specialist_threads: int = 1
+    # A page with more lines than this has that many of them, spread over it, read first by the
+    # page reader; if none shows Chinese (mass ``narrow_chinese_mass``: recognize.shows_chinese),
+    # the rest are read by the pack's narrow page reader (``rec_page_narrow``: its classifier cut
+    # to the classes that are not CJK ideographs, GB2312's level-1 hanzi kept as sentinels), and
+    # a reading that looks Chinese after all is read again whole (recognize.looks_chinese). Every
+    # kept class scores as in the whole classifier, so a line reads the same unless its best
+    # class was cut. On eval-dev pages: the same e2e F1 and page CER on every source and half,
+    # receipts in ~0.9x the time at 1 thread (bench/paired.py, README Benchmarks). 0 = never.
+    narrow_sample: int = 8
+    narrow_chinese_mass: float = 0.5
     # ORT worker threads busy-wait after a run. One model read back to back is 28 % faster with it,
     # but the engine's single crops were slower (p50 10.9 -> 15.2 ms, p95 42 -> 74 ms: each model's
     # pool spins against the next model's on 2 cores), pages no faster, and each run leaves ~46 ms

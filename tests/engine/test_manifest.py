@@ -103,3 +103,26 @@ def test_the_plate_specialist_is_calibrated_on_half_a_plates_and_gated_on_half_b
         build.agreement_crops(build.Int8Recipe("static-rec", "x", calibration_source="no-such-source"), eval_dev)
     with pytest.raises(ValueError, match="static-rec only"):
         build.Int8Recipe("dynamic", "x", calibration_source=recipe.calibration_source)
+
+
+def test_the_narrow_page_reader_is_rebuilt_byte_for_byte_from_the_page_reader(monkeypatch):
+    monkeypatch.syspath_prepend(str(MODELS))
+    sys.modules.pop("build", None)
+    build = pytest.importorskip("build", reason="models/build.py needs onnx (the dev extra)")
+    sys.modules.pop("build", None)
+
+    pack = MODELS / "ppocrv6-small"
+    manifest = Manifest.from_json((pack / "manifest.json").read_text(encoding="utf-8"))
+    files = {name: (pack / name).read_bytes() for name in ("rec_page.int8.onnx", "charset.txt")}
+    stage = build.PackBuilder._narrow_page_reader(manifest.stages["rec_page"], files)
+    assert stage == manifest.stages["rec_page_narrow"]  # same files (sha256), charset, input and source
+    for name in ("rec_page_narrow.int8.onnx", "charset_narrow.txt"):
+        assert files[name] == (pack / name).read_bytes()
+    # Kept: every class but the CJK ideographs, and GB2312's level-1 hanzi; cut: rarer and traditional ones.
+    chars = files["charset.txt"].decode("utf-8").split("\n")
+    keep = build.narrow_classes(chars)
+    kept = {chars[k - 1] for k in keep[1:-1]}
+    assert keep[0] == 0 and keep[-1] == len(chars) + 1 and (keep[1:] > keep[:-1]).all()
+    assert {"A", "z", "7", "€", "%", "。", "ア", "的", "市", "皖", "冀"} <= kept
+    assert not {"鑫", "褚", "鴨"} & kept
+    assert len(keep) == stage.charset.num_classes == 6762

@@ -248,7 +248,7 @@ def test_a_pages_lines_are_each_read_once_by_the_page_reader_never_drafted(eval_
     from edge_ocr.engine.ocr import EngineOptions, OcrEngine
 
     page = (eval_dev / "pages" / _pages(eval_dev, "sroie", 1)[0]["file"]).read_bytes()
-    calls = {"rec_fast": 0, "rec": 0, "rec_page": 0}
+    calls = {"rec_fast": 0, "rec": 0, "rec_page": 0, "rec_page_narrow": 0}
     engine = OcrEngine(EngineOptions(threads=1))
     for name in calls:
         model = getattr(engine, name)
@@ -257,7 +257,10 @@ def test_a_pages_lines_are_each_read_once_by_the_page_reader_never_drafted(eval_
     without_drafts = OcrEngine(EngineOptions(threads=1, use_rec_fast=False))(page)
 
     assert engine.precisions["rec_page"] == "int8" and engine.rec_page.variant.path.name == "rec_page.int8.onnx"
-    assert calls["rec_fast"] == calls["rec"] == 0 and calls["rec_page"] >= len(read.lines) > 20
+    # Its 8 sample lines whole, the rest by the narrow variant (the receipt has no Chinese).
+    assert calls["rec_fast"] == calls["rec"] == 0 and len(read.lines) > 20
+    assert calls["rec_page"] >= 8 and calls["rec_page"] + calls["rec_page_narrow"] >= len(read.lines)
+    del calls["rec_page_narrow"]
     assert [(ln.text, ln.box.tolist()) for ln in read.lines] == [(ln.text, ln.box.tolist()) for ln in without_drafts.lines]
     # A short single line is read by the page reader too, and confirmed by `rec` only where that
     # was unsure or sensed Chinese (its variant lost short Chinese crops).
@@ -363,14 +366,16 @@ def test_a_page_only_engine_never_loads_the_single_line_recognisers(eval_dev):
 
     engine = OcrEngine(EngineOptions(threads=1))
     assert engine.loaded == ("det", "rec_page")
-    assert engine.precisions == {"det": "int8", "rec_fast": "fp32", "rec": "int8", "rec_page": "int8", "rec_zh": "int8"}
+    assert engine.precisions == {"det": "int8", "rec_fast": "fp32", "rec": "int8", "rec_page": "int8",
+                                 "rec_page_narrow": "int8", "rec_zh": "int8"}
     page = (eval_dev / "pages" / _pages(eval_dev, "sroie", 1)[0]["file"]).read_bytes()
-    assert len(engine(page).lines) > 20 and engine.loaded == ("det", "rec_page")
+    # The receipt's lines: by the page reader and, as it has no Chinese, by its narrow variant.
+    assert len(engine(page).lines) > 20 and engine.loaded == ("det", "rec_page", "rec_page_narrow")
     # A Latin word the page reader is sure of needs nothing more; the first line to confirm brings
     # in `rec`, once.
     line = (eval_dev / "lines" / "sroie_003_048.png").read_bytes()
     assert scoring.alnum(engine(line, det=False).text) == scoring.alnum("TAX CODE")
-    assert engine.loaded == ("det", "rec_page")
+    assert engine.loaded == ("det", "rec_page", "rec_page_narrow")
     assert engine((eval_dev / "zh" / "lines" / _zh_line(eval_dev, "。")).read_bytes(), det=False).text == "。"
     assert "rec" in engine.loaded and engine.rec.loaded
     # A pack without a page reader reads pages with `rec`, so it is loaded up front.
@@ -386,10 +391,11 @@ def test_a_one_shot_engine_makes_only_the_sessions_its_images_need(eval_dev):
     assert scoring.alnum(word.text) == scoring.alnum("TAX CODE")
     assert engine.loaded == ("rec_page",)  # crops never load the detector
     page = (eval_dev / "pages" / _pages(eval_dev, "sroie", 1)[0]["file"]).read_bytes()
-    assert len(engine(page).lines) > 20 and engine.loaded == ("det", "rec_page")
+    assert len(engine(page).lines) > 20 and engine.loaded == ("det", "rec_page", "rec_page_narrow")
     # In fp32 the page reader and `rec` are one file: one session, and no confirmation against itself.
     fp32 = OcrEngine(EngineOptions(threads=1, precision="fp32", lazy_sessions=True))
     assert fp32.rec is fp32.rec_page and fp32.precisions["rec"] == fp32.precisions["rec_page"] == "fp32"
+    assert fp32.rec_page_narrow is None  # it is cut from the int8 page reader: no fp32 twin
     # With two threads a page's lines get a one-thread session of that file besides.
     fp32_two = OcrEngine(EngineOptions(threads=2, precision="fp32", lazy_sessions=True))
     assert fp32_two.rec is fp32_two.rec_page and fp32_two.page_lines is not fp32_two.rec_page
@@ -456,7 +462,7 @@ def test_with_two_threads_a_pages_lines_get_one_thread_each_and_less_padding_a_s
     word = engine(short.read_bytes(), det=False)
     assert scoring.alnum(word.text) == scoring.alnum(label) and single[0] == 160
     assert engine.rec_page.session.get_session_options().intra_op_num_threads == 2
-    assert engine.precisions["rec_page"] == "int8" and engine.loaded == ("det", "rec_page")
+    assert engine.precisions["rec_page"] == "int8" and engine.loaded == ("det", "rec_page", "rec_page_narrow")
 
 
 def _four_in_one(page: np.ndarray, truth: list[dict]) -> tuple[np.ndarray, list[dict]]:
@@ -518,3 +524,54 @@ def test_small_text_on_a_big_image_is_detected_again_at_twice_the_scale(engines,
     shrunk = cv2.resize(mosaic, (int(mosaic.shape[1] * 1100 / mosaic.shape[0]), 1100), interpolation=cv2.INTER_AREA)
     assert "detect_small_text" not in engine(shrunk).timing_ms
     assert "detect_small_text" in OcrEngine(EngineOptions(threads=2, det_limit_side=832))(shrunk).timing_ms  # 1.32x
+
+
+def test_a_page_without_chinese_reads_the_same_with_the_narrow_page_reader(eval_dev):
+    from edge_ocr.engine.ocr import EngineOptions, OcrEngine
+
+    whole = OcrEngine(EngineOptions(threads=2, narrow_sample=0))
+    engine = OcrEngine(EngineOptions(threads=2))
+    assert whole.rec_page_narrow is None and not engine.rec_page_narrow.loaded  # made at the first such page
+    receipt = (eval_dev / "pages" / _pages(eval_dev, "sroie", 1)[0]["file"]).read_bytes()
+    read = engine(receipt)
+    assert len(read.lines) > 20 and [line.text for line in read.lines] == [line.text for line in whole(receipt).lines]
+    assert engine.loaded == ("det", "rec_page", "rec_page_narrow")
+    # A Chinese page's sample shows Chinese: every line is read whole, the narrow reader never made.
+    fresh = OcrEngine(EngineOptions(threads=2))
+    book = (eval_dev / "zh" / "pages" / "zhpage_8c1a908c02f6.jpg").read_bytes()
+    assert [line.text for line in fresh(book).lines] == [line.text for line in whole(book).lines]
+    assert fresh.loaded == ("det", "rec_page")
+    for each in (whole, engine, fresh):
+        each.close()
+
+
+def test_a_chinese_line_on_a_page_taken_for_english_is_read_again_whole(eval_dev):
+    from edge_ocr.engine.ocr import EngineOptions, OcrEngine
+
+    english = [cv2.imread(str(path)) for path, _ in line_samples(eval_dev, "SROIE2019-task1", 10)]
+    chinese = cv2.imread(str(eval_dev / "zh" / "lines" / "zhline_8c1a908c02f6_001.png"))  # “比较文学”成为一个“有缺陷的词”。
+    crops = english[:5] + [chinese] + english[5:]
+    assert 5 not in recognize.spread(len(crops), 8)  # not in the sample: read narrow first
+    engine = OcrEngine(EngineOptions(threads=1))
+    whole = OcrEngine(EngineOptions(threads=1, narrow_sample=0))
+    read = engine._read(crops, [], detected=True)
+    assert engine.rec_page_narrow.loaded and recognize.has_cjk(read[5].text)
+    assert [r.text for r in read] == [r.text for r in whole._read(crops, [], detected=True)]
+
+
+def test_the_narrow_page_reader_scores_its_classes_as_the_whole_page_reader(eval_dev):
+    from edge_ocr.engine.ocr import EngineOptions, OcrEngine
+    from edge_ocr.engine.preprocess import resize_for_recognition
+
+    engine = OcrEngine(EngineOptions(threads=1))
+    whole, narrow = engine.rec_page, engine.rec_page_narrow
+    index = {char: k for k, char in enumerate(whole.stage.charset.chars, start=1)}
+    keep = np.array([0] + [index[char] for char in narrow.stage.charset.chars])
+    lines = line_samples(eval_dev, "SROIE2019-task1", 4) + line_samples(eval_dev, "omnidocbench:book", 4, "zh/lines")
+    for path, _ in lines:
+        batch = resize_for_recognition(cv2.imread(str(path)), 48, 320)[None]
+        probs, cut = whole.run(batch), narrow.run(batch)
+        kept = probs[..., keep] / probs[..., keep].sum(axis=2, keepdims=True)
+        # The same logits; only float32 sums of the two softmaxes differ (by ~3e-5 of a probability).
+        assert cut.shape == kept.shape and np.allclose(cut, kept, rtol=1e-4, atol=1e-7)
+        assert (cut.argmax(axis=2) == kept.argmax(axis=2)).all()

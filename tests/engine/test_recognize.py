@@ -9,6 +9,7 @@ from edge_ocr.engine.recognize import (
     batch_width,
     confirmed,
     line_width,
+    looks_chinese,
     maybe_chinese,
     needs_confirmation,
     needs_recheck,
@@ -16,6 +17,8 @@ from edge_ocr.engine.recognize import (
     plan_batches,
     plate_shaped,
     recognize,
+    shows_chinese,
+    spread,
     take_specialist,
 )
 
@@ -149,3 +152,25 @@ def test_the_widest_lines_are_handed_to_the_threads_first():
 
     recognize(crops, blank, charset, 16, 0, 1000, 1, map_fn=first_come)
     assert started == [9, 4, 2, 1]
+
+
+def test_the_sample_of_a_page_spreads_from_its_first_line_to_its_last():
+    assert spread(20, 8) == [0, 3, 5, 8, 11, 14, 16, 19]
+    assert spread(9, 8) == [0, 1, 2, 3, 5, 6, 7, 8]
+    assert spread(8, 8) == list(range(8)) and spread(5, 8) == list(range(5))  # few lines: all of them
+    assert spread(3, 1) == [0] and spread(3, 0) == []
+
+
+def test_a_sample_shows_chinese_by_a_character_or_by_mass():
+    latin = [Decoded("TOTAL 12.00", 0.99, 0.01), Decoded("CASH", 0.98, 0.2)]
+    assert not shows_chinese(latin, 0.5)
+    assert shows_chinese(latin + [Decoded("合计 12.00", 0.9, 0.99)], 0.5)
+    assert shows_chinese(latin + [Decoded("12.00", 0.9, 0.6)], 0.5)  # a glyph it nearly read as Chinese
+    assert not shows_chinese([], 0.5)
+
+
+def test_a_narrow_reading_that_looks_chinese_is_read_again():
+    for text in ("", "  ", "9174市", "（注）", "ア", "한", "ＡＢ", "\uf900", "\U00020000"):
+        assert looks_chinese(text), text
+    for text in ("TOTAL 12.00", "RM 3.50", "café", "Straße", "½ kg", "№ 5", "€ 9,99"):
+        assert not looks_chinese(text), text
