@@ -229,10 +229,10 @@ class OcrEngine:
         Every line of a page (``detected``) is read once by the page reader (``page_lines``: the
         accurate model in its static int8 variant, as fast as drafting and re-reading the unsure
         drafts was, and drafts cost 2 points of end-to-end F1 on receipts: README, Accuracy),
-        padded to ``page_min_width`` only. Of
-        single lines and regions, the short ones are read by the page reader too (drafts err most
-        on short words) and only the long ones are drafted by the fast reader, the unsure drafts
-        re-read. Plate-shaped lines go to the Chinese specialist (``recognize.needs_specialist``);
+        padded to ``page_min_width`` only; on a page without Chinese most of them by its narrow
+        variant (``_read_page``). Of single lines and regions, the short ones are read by the
+        page reader too (drafts err most on short words) and only the long ones are drafted by
+        the fast reader, the unsure drafts re-read. Plate-shaped lines go to the Chinese specialist (``recognize.needs_specialist``);
         any other single line the page reader sensed Chinese in or was unsure of, a plate whose
         specialist reading was not taken included, is confirmed by the dynamic int8 variant
         (``rec``: ``recognize.needs_confirmation``). Regions with allowed characters are never
@@ -281,7 +281,8 @@ class OcrEngine:
     def _read_page(self, readings: list[Decoded], reader: Model, crops: list[np.ndarray], min_width: int) -> None:
         """Every line of a page into ``readings``: by ``reader`` or, on a page without Chinese,
         most of them by the narrow page reader (EngineOptions.narrow_sample). The sample is read
-        first, before the rest start: a few lines' wait on a page of many."""
+        first, before the rest start: a few lines' wait on a page of many. A narrow reading's
+        Chinese mass (``Decoded.cjk_mass``, which the plate rule reads) is that on its sentinel hanzi."""
         lines = list(range(len(crops)))
         sample = recognize.spread(len(crops), self.options.narrow_sample)
         if self._narrow is None or len(sample) == len(crops):
