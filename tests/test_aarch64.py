@@ -30,7 +30,8 @@ SOURCES = ("IIIT5K-test", "ICDAR2015-word-test", "SROIE2019-task1", "LPRNet_Pyto
 LINES_PER_SOURCE = 2
 PAGE = "ic15_1c04cfaaba93.jpg"
 # Pure stages (no model sessions), quick enough under emulation.
-ENGINE_TESTS = ("tests/engine/test_decode.py", "tests/engine/test_detect.py", "tests/engine/test_preprocess.py")
+ENGINE_TESTS = ("tests/engine/test_decode.py", "tests/engine/test_detect.py", "tests/engine/test_preprocess.py",
+                "tests/engine/test_narrow.py")
 # The wheels the engine imports, at the versions this (x86_64) venv runs, so both sides compare
 # the same library versions; pytest runs the engine's own tests over there.
 DISTRIBUTIONS = ("numpy", "onnxruntime", "opencv-python-headless", "psutil", "pytest")

@@ -557,21 +557,3 @@ def test_a_chinese_line_on_a_page_taken_for_english_is_read_again_whole(eval_dev
     read = engine._read(crops, [], detected=True)
     assert engine.rec_page_narrow.loaded and recognize.has_cjk(read[5].text)
     assert [r.text for r in read] == [r.text for r in whole._read(crops, [], detected=True)]
-
-
-def test_the_narrow_page_reader_scores_its_classes_as_the_whole_page_reader(eval_dev):
-    from edge_ocr.engine.ocr import EngineOptions, OcrEngine
-    from edge_ocr.engine.preprocess import resize_for_recognition
-
-    engine = OcrEngine(EngineOptions(threads=1))
-    whole, narrow = engine.rec_page, engine.rec_page_narrow
-    index = {char: k for k, char in enumerate(whole.stage.charset.chars, start=1)}
-    keep = np.array([0] + [index[char] for char in narrow.stage.charset.chars])
-    lines = line_samples(eval_dev, "SROIE2019-task1", 4) + line_samples(eval_dev, "omnidocbench:book", 4, "zh/lines")
-    for path, _ in lines:
-        batch = resize_for_recognition(cv2.imread(str(path)), 48, 320)[None]
-        probs, cut = whole.run(batch), narrow.run(batch)
-        kept = probs[..., keep] / probs[..., keep].sum(axis=2, keepdims=True)
-        # The same logits; only float32 sums of the two softmaxes differ (by ~3e-5 of a probability).
-        assert cut.shape == kept.shape and np.allclose(cut, kept, rtol=1e-4, atol=1e-7)
-        assert (cut.argmax(axis=2) == kept.argmax(axis=2)).all()
