@@ -232,10 +232,10 @@ class OcrEngine:
         padded to ``page_min_width`` only; on a page without Chinese most of them by its narrow
         variant (``_read_page``). Of single lines and regions, the short ones are read by the
         page reader too (drafts err most on short words) and only the long ones are drafted by
-        the fast reader, the unsure drafts re-read. Plate-shaped lines go to the Chinese specialist (``recognize.needs_specialist``);
-        any other single line the page reader sensed Chinese in or was unsure of, a plate whose
-        specialist reading was not taken included, is confirmed by the dynamic int8 variant
-        (``rec``: ``recognize.needs_confirmation``). Regions with allowed characters are never
+        the fast reader, the unsure drafts re-read. Plate-shaped lines go to the Chinese
+        specialist (``recognize.needs_specialist``); any other single line the page reader
+        sensed Chinese in or was unsure of, a plate whose specialist reading was not taken
+        included, is confirmed by the dynamic int8 variant (``rec``: ``recognize.needs_confirmation``). Regions with allowed characters are never
         read by the page reader: ``rec`` reads them (or re-reads their unsure drafts).
         """
         # After close() there is no line pool: a page's lines then run one by one, on all threads.
