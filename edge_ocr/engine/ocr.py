@@ -235,8 +235,9 @@ class OcrEngine:
         the fast reader, the unsure drafts re-read. Plate-shaped lines go to the Chinese
         specialist (``recognize.needs_specialist``); any other single line the page reader
         sensed Chinese in or was unsure of, a plate whose specialist reading was not taken
-        included, is confirmed by the dynamic int8 variant (``rec``: ``recognize.needs_confirmation``). Regions with allowed characters are never
-        read by the page reader: ``rec`` reads them (or re-reads their unsure drafts).
+        included, is confirmed by the dynamic int8 variant (``rec``:
+        ``recognize.needs_confirmation``). Regions with allowed characters are never read by the
+        page reader: ``rec`` reads them (or re-reads their unsure drafts).
         """
         # After close() there is no line pool: a page's lines then run one by one, on all threads.
         on_pool = detected and self._line_pool is not None
