@@ -670,7 +670,11 @@ def narrow_classifier(model_bytes: bytes, keep: np.ndarray) -> bytes:
             sliced.append(initializer.name)
     if len(sliced) != 4:
         raise BuildError(f"expected the classifier's weights, scales, zero points and bias, sliced {sliced}")
-    model.graph.output[0].type.tensor_type.shape.dim[-1].dim_value = len(keep)
+    # The shapes recorded for the classifier's outputs too, or ONNX Runtime warns at every load.
+    for value in (*model.graph.output, *model.graph.value_info):
+        dims = value.type.tensor_type.shape.dim
+        if dims and dims[-1].dim_value == classes:
+            dims[-1].dim_value = len(keep)
     return model.SerializeToString()
 
 
