@@ -20,13 +20,14 @@ class Charset:
     """The characters a recogniser emits, in class order after the blank."""
 
     chars: tuple[str, ...]
-    # Class ids that are not CJK ideographs (blank included); None when the charset has no CJK.
-    # Chinese mass is 1 minus their sum: they are far fewer than the CJK classes.
-    other_classes: np.ndarray | None = field(init=False, repr=False, compare=False)
+    # The classes that are not CJK ideographs (blank included) as (start, stop) runs of class ids;
+    # None when the charset has no CJK. Chinese mass is 1 minus their sum: they are far fewer than
+    # the CJK classes, and in the shipped charsets two runs, so summed as slices, not gathered.
+    other_runs: tuple[tuple[int, int], ...] | None = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         cjk = np.array([False] + [is_cjk(c) for c in self.chars], dtype=bool)
-        object.__setattr__(self, "other_classes", np.flatnonzero(~cjk) if cjk.any() else None)
+        object.__setattr__(self, "other_runs", class_runs(~cjk) if cjk.any() else None)
 
     @property
     def num_classes(self) -> int:
@@ -39,6 +40,12 @@ class Charset:
             return np.ones(self.num_classes, dtype=bool)
         wanted = set(allowed_chars)
         return np.array([True] + [c in wanted for c in self.chars], dtype=bool)
+
+
+def class_runs(selected: np.ndarray) -> tuple[tuple[int, int], ...]:
+    """The True entries of a boolean vector as (start, stop) runs, in order."""
+    edges = np.flatnonzero(np.diff(np.concatenate(([False], selected, [False])).astype(np.int8)))
+    return tuple((int(start), int(stop)) for start, stop in zip(edges[::2], edges[1::2]))
 
 
 def load_charset(text: str, space_appended: bool) -> Charset:
@@ -77,9 +84,10 @@ def ctc_greedy(probs: np.ndarray, charset: Charset, mask: np.ndarray | None = No
         probs = allowed / np.maximum(total, 1e-12)
     best = probs.argmax(axis=2)
     best_prob = np.take_along_axis(probs, best[:, :, None], axis=2)[:, :, 0]
-    if charset.other_classes is not None:
-        # A gather and sum, not a matmul: numpy's BLAS would wake its thread pool for every line.
-        cjk_mass = 1.0 - probs[:, :, charset.other_classes].sum(axis=2).min(axis=1)
+    if charset.other_runs is not None:
+        # Slices summed, not a matmul: numpy's BLAS would wake its thread pool for every line.
+        other = sum(probs[:, :, start:stop].sum(axis=2) for start, stop in charset.other_runs)
+        cjk_mass = 1.0 - other.min(axis=1)
     else:
         cjk_mass = np.zeros(len(probs))
     results = []
