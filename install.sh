@@ -69,7 +69,8 @@ pip_constraints() {
 # Debian packages the tests use for real: a broker (tests start their own on a free loopback
 # port, never the system service), openssl for its TLS certificates, headless Chromium for the
 # try-it page, systemd-analyze for the unit, promtool (Debian's prometheus package) for /metrics,
-# libfaketime (the reliability suite's wall-clock jump); for the proofs (root only): systemd-nspawn and
+# libfaketime (the reliability suite's wall-clock jump), two CJK fonts (Chinese lines rendered in
+# tests/engine/test_punctuation.py); for the proofs (root only): systemd-nspawn and
 # debootstrap (the service under a booted systemd), qemu-user-static (the engine on aarch64).
 dev_system_packages() {
     local missing=()
@@ -79,6 +80,8 @@ dev_system_packages() {
     command -v chromium >/dev/null 2>&1 || missing+=(chromium)
     command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
     command -v faketime >/dev/null 2>&1 || missing+=(faketime)
+    [ -f /usr/share/fonts/truetype/arphic/uming.ttc ] || missing+=(fonts-arphic-uming)
+    [ -f /usr/share/fonts/truetype/arphic/ukai.ttc ] || missing+=(fonts-arphic-ukai)
     if is_root; then
         command -v systemd-nspawn >/dev/null 2>&1 || missing+=(systemd-container)
         command -v debootstrap >/dev/null 2>&1 || missing+=(debootstrap)

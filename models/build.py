@@ -198,7 +198,8 @@ class Int8Recipe:
              activations (the fast pair on x86), MinMax calibration; `exclude_nodes` stay fp32.
     static-rec: the same for a recogniser with GELUs fused first, `op_types` only and percentile
              calibration on eval-dev line crops (models/static_rec.py): `calibration_per_source` half-a
-             crops of every source, or of `calibration_source` alone, fed `calibration_width` px wide.
+             crops of every source, or of `calibration_source` alone, fed `calibration_width` px wide;
+             the `full_range` activations get their MinMax range over the same crops instead.
     min_string_match: the agreement gate for a recogniser (share of crops read exactly as fp32), measured
              on eval-dev lines, or on the half-b crops of `calibration_source` when it is set.
     """
@@ -208,6 +209,7 @@ class Int8Recipe:
     op_types: tuple[str, ...] = DYNAMIC_OP_TYPES
     per_channel: bool = False
     exclude_nodes: tuple[str, ...] = ()
+    full_range: tuple[str, ...] = ()
     min_string_match: float = measure_int8.MIN_REC_STRING_MATCH
     calibration_source: str | None = None
     calibration_per_source: int = static_rec.CALIBRATION_PER_SOURCE
@@ -215,9 +217,9 @@ class Int8Recipe:
 
     def __post_init__(self) -> None:
         calibration = (self.calibration_source, self.calibration_per_source, self.calibration_width)
-        if self.method != "static-rec" and calibration != (None, static_rec.CALIBRATION_PER_SOURCE,
-                                                           static_rec.CALIBRATION_WIDTH):
-            raise ValueError(f"{self.method} recipe: the calibration_* fields are for static-rec only")
+        if self.method != "static-rec" and (self.full_range or calibration != (
+                None, static_rec.CALIBRATION_PER_SOURCE, static_rec.CALIBRATION_WIDTH)):
+            raise ValueError(f"{self.method} recipe: the calibration_* and full_range fields are for static-rec only")
 
 
 @dataclass(frozen=True, slots=True)
@@ -331,9 +333,11 @@ PACKS: tuple[PackSpec, ...] = (
                 "static-rec",
                 f"static QDQ per-channel (uint8 activations, int8 weights) of Conv/MatMul, opset 13, GELU fused, "
                 f"percentile {static_rec.CALIBRATION_PERCENTILE} calibration on {static_rec.CALIBRATION_PER_SOURCE} "
-                f"half-a eval-dev crops per source; kept fp32: {', '.join(static_rec.SMALL_KEPT_FP32)}",
+                f"half-a eval-dev crops per source, MinMax for {', '.join(static_rec.SMALL_FULL_RANGE)}; kept fp32: "
+                f"{', '.join(static_rec.SMALL_KEPT_FP32)}",
                 op_types=static_rec.OP_TYPES,
                 exclude_nodes=static_rec.SMALL_KEPT_FP32,
+                full_range=static_rec.SMALL_FULL_RANGE,
                 # 5-14 % of crops read differently from fp32, yet eval-dev page accuracy stays within
                 # 0.2 of fp32: the accuracy gate is tests/engine/test_models.py.
                 min_string_match=0.85,
@@ -557,6 +561,7 @@ def quantize(spec: ModelSpec, recipe: Int8Recipe, source: bytes, eval_dev: Path,
     elif recipe.method == "static-rec":
         calibration = [static_rec.calibration_input(p, spec.min_width, recipe.calibration_width)
                        for p in calibration_crops(recipe, eval_dev)]
+        ranges = static_rec.tensor_ranges(prepared, calibration, recipe.full_range) if recipe.full_range else {}
         quantize_static(
             prepared,
             quantized,
@@ -568,7 +573,9 @@ def quantize(spec: ModelSpec, recipe: Int8Recipe, source: bytes, eval_dev: Path,
             weight_type=QuantType.QInt8,
             calibrate_method=CalibrationMethod.Percentile,
             nodes_to_exclude=list(recipe.exclude_nodes),
-            extra_options={"CalibPercentile": static_rec.CALIBRATION_PERCENTILE},
+            extra_options={"CalibPercentile": static_rec.CALIBRATION_PERCENTILE,
+                           "TensorQuantOverrides": {
+                               n: [{"rmin": np.float32(low), "rmax": np.float32(high)}] for n, (low, high) in ranges.items()}},
         )
     else:
         input_name = model.graph.input[0].name
