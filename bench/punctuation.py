@@ -12,6 +12,7 @@ tensor it names is the one to calibrate on its whole range (models/static_rec.py
     .venv/bin/python bench/punctuation.py                      # the shipped files
     .venv/bin/python bench/punctuation.py --page-reader /tmp/rec_page.int8.onnx
     .venv/bin/python bench/punctuation.py --search
+    .venv/bin/python bench/punctuation.py --style inverted     # light text on dark; or slide: on blue
 """
 
 from __future__ import annotations
@@ -66,6 +67,17 @@ def render(text: str, font_file: str, index: int, rng: random.Random) -> np.ndar
     return cv2.cvtColor(cv2.imdecode(encoded, cv2.IMREAD_GRAYSCALE), cv2.COLOR_GRAY2BGR)
 
 
+def restyle(crop: np.ndarray, style: str) -> np.ndarray:
+    """``paper`` as rendered; ``inverted``: light text on dark; ``slide``: light text on blue."""
+    if style == "paper":
+        return crop
+    ink = (255 - crop).astype(np.float32) / 255.0
+    if style == "inverted":
+        return (ink * 255).astype(np.uint8)
+    text, background = np.array([255, 230, 200], np.float32), np.array([140, 60, 20], np.float32)  # BGR
+    return (ink * text + (1 - ink) * background).astype(np.uint8)
+
+
 def engine_input(crop: np.ndarray) -> np.ndarray:
     width = max(96, int(np.ceil(48 * crop.shape[1] / crop.shape[0])))
     return resize_for_recognition(crop, 48, width)[None]
@@ -92,13 +104,13 @@ def read(sess: ort.InferenceSession, x: np.ndarray, charset: Charset) -> str:
     return ctc_greedy(sess.run(None, {sess.get_inputs()[0].name: x})[0], charset)[0].text
 
 
-def compare(models: dict[str, str], lines: list[str], charset: Charset) -> None:
+def compare(models: dict[str, str], lines: list[str], charset: Charset, style: str = "paper") -> None:
     sessions = {name: session(path) for name, path in models.items()}
     print("| font | model | CER % | exact % | same as fp32 % | 、 kept | ， kept |")
     print("|---|---|---|---|---|---|---|")
     for font, (font_file, index) in FONTS.items():
         rng = random.Random(11)
-        inputs = [engine_input(render(t, font_file, index, rng)) for t in lines]
+        inputs = [engine_input(restyle(render(t, font_file, index, rng), style)) for t in lines]
         readings = {name: [read(s, x, charset).replace(" ", "") for x in inputs] for name, s in sessions.items()}
         for name, texts_read in readings.items():
             truth = [unicodedata.normalize("NFKC", t) for t in lines]
@@ -167,6 +179,7 @@ def main() -> None:
     parser.add_argument("--page-reader", default=str(PACK / "rec_page.int8.onnx"))
     parser.add_argument("--lines", type=int, default=240)
     parser.add_argument("--search", action="store_true", help="rank the page reader's activation quantizations")
+    parser.add_argument("--style", choices=("paper", "inverted", "slide"), default="paper")
     args = parser.parse_args()
     missing = [f for f, _ in FONTS.values() if not Path(f).is_file()]
     if missing:
@@ -177,7 +190,7 @@ def main() -> None:
         search(args.page_reader, lines, charset)
     else:
         compare({"fp32": str(PACK / "rec.fp32.onnx"), "dynamic int8": str(PACK / "rec.int8.onnx"),
-                 "page reader": args.page_reader}, lines, charset)
+                 "page reader": args.page_reader}, lines, charset, args.style)
 
 
 if __name__ == "__main__":
