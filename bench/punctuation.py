@@ -32,6 +32,7 @@ sys.path.insert(0, str(ROOT))
 
 from edge_ocr.engine.decode import Charset, ctc_greedy, load_charset  # noqa: E402
 from edge_ocr.engine.preprocess import resize_for_recognition  # noqa: E402
+from edge_ocr.tools.scoring import edit_distance  # noqa: E402
 
 PACK = ROOT / "models" / "ppocrv6-small"
 FONTS = {"ming": ("/usr/share/fonts/truetype/arphic/uming.ttc", 1), "kai": ("/usr/share/fonts/truetype/arphic/ukai.ttc", 0)}
@@ -83,16 +84,6 @@ def engine_input(crop: np.ndarray) -> np.ndarray:
     return resize_for_recognition(crop, 48, width)[None]
 
 
-def edits(a: str, b: str) -> int:
-    previous = list(range(len(b) + 1))
-    for i, ca in enumerate(a, 1):
-        current = [i]
-        for j, cb in enumerate(b, 1):
-            current.append(min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (ca != cb)))
-        previous = current
-    return previous[-1]
-
-
 def session(model: str | bytes) -> ort.InferenceSession:
     options = ort.SessionOptions()
     options.intra_op_num_threads = 2
@@ -115,7 +106,7 @@ def compare(models: dict[str, str], lines: list[str], charset: Charset, style: s
         for name, texts_read in readings.items():
             truth = [unicodedata.normalize("NFKC", t) for t in lines]
             got = [unicodedata.normalize("NFKC", t) for t in texts_read]
-            errors = sum(edits(t, g) for t, g in zip(truth, got))
+            errors = sum(edit_distance(t, g) for t, g in zip(truth, got))
             exact = sum(t == g for t, g in zip(truth, got))
             same = sum(a == b for a, b in zip(readings["fp32"], texts_read))
             kept = {mark: f"{sum(t.count(mark) for t in texts_read)} / {sum(t.count(mark) for t in lines)}"

@@ -72,3 +72,11 @@ def test_chinese_mass_counts_cjk_probability_even_where_a_latin_class_wins():
     assert decoded.text == "A1" and abs(decoded.cjk_mass - 0.4) < 1e-6
     (latin_only,) = ctc_greedy(probs[:, :, [0, 1, 3]], Charset(("A", "1")))
     assert latin_only.cjk_mass == 0.0
+
+
+def test_class_runs_are_the_true_stretches_in_order():
+    from edge_ocr.engine.decode import class_runs
+
+    assert class_runs(np.array([True, True, False, True, False, False, True])) == ((0, 2), (3, 4), (6, 7))
+    assert class_runs(np.array([False, False])) == ()
+    assert class_runs(np.array([True])) == ((0, 1),)
