@@ -152,15 +152,16 @@ def test_line_crops_read_the_same_as_on_x86(arm64, eval_images, x86_lines, cpu):
         got, expected)
 
 
-@pytest.mark.parametrize("cpu", CPUS)
-def test_page_reads_the_same_as_on_x86_in_fp32(arm64, eval_images, cpu):
+def test_page_reads_the_same_as_on_x86_in_fp32(arm64, eval_images):
     """Detection + recognition of a whole page, fp32. (int8 is not compared on pages: ONNX Runtime's
     x86 and Arm int8 kernels round differently, which moves borderline detection boxes: lines
-    near the threshold appear or go, on either side.)"""
+    near the threshold appear or go, on either side.) On the Pi 4's CPU model only: the two models
+    differ in the int8 dot-product instructions (the line test runs on both), not in the fp32
+    kernels, and each emulated page takes over two minutes of the CI budget."""
     _, page = eval_images
     args = ["--precision", "fp32", page]
     expected = x86_texts(args)
-    machine, got = texts(run_aarch64(arm64, [str(TEXTS), *args], cpu=cpu))
+    machine, got = texts(run_aarch64(arm64, [str(TEXTS), *args], cpu=PI4_CPU))
     assert machine == "aarch64"
     assert expected[page].strip()
     assert same_lines_but_one_character(got[page], expected[page], lines=2), (got, expected)
