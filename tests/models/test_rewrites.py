@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -84,3 +85,16 @@ def test_the_shipped_int8_detector_has_its_stem_join_split():
     model = onnx.load(str(MODELS / "ppocrv6-small" / "det.int8.onnx"))
     names = {n.name for n in model.graph.node}
     assert "Concat.0" not in names and {"Conv.3.0", "Conv.3.1", "Conv.3.sum.1"} <= names
+
+
+def test_a_recipe_splits_only_concats_it_keeps_fp32_in_a_static_model(monkeypatch):
+    monkeypatch.syspath_prepend(str(MODELS))
+    sys.modules.pop("build", None)
+    build = pytest.importorskip("build", reason="models/build.py needs onnx (the dev extra)")
+    sys.modules.pop("build", None)
+    detector = next(p for p in build.PACKS if p.name == "ppocrv6-small").det.int8
+    assert detector.split_concats == ("Concat.0",) and "Concat.0" in detector.exclude_nodes
+    with pytest.raises(ValueError, match="split_concats"):
+        build.Int8Recipe("dynamic", "x", exclude_nodes=("Concat.0",), split_concats=("Concat.0",))
+    with pytest.raises(ValueError, match="kept fp32"):
+        build.Int8Recipe("static", "x", split_concats=("Concat.0",))  # a quantized Concat has no fp32 Conv after it
