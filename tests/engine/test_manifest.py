@@ -7,7 +7,6 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
-import sys
 from pathlib import Path
 
 import pytest
@@ -15,6 +14,7 @@ import pytest
 from edge_ocr.engine import models
 from edge_ocr.engine.manifest import Manifest, ManifestError
 from edge_ocr.errors import ModelError
+from tests.helpers import models_build
 
 MODELS = Path(__file__).resolve().parents[2] / "models"
 MANIFESTS = sorted(MODELS.glob("*/manifest.json"))
@@ -65,14 +65,11 @@ class _CommittedSources:
 
 
 def test_a_pack_built_by_build_py_loads_and_verifies_through_the_engine(tmp_path, monkeypatch):
-    monkeypatch.syspath_prepend(str(MODELS))
-    sys.modules.pop("build", None)
-    build = pytest.importorskip("build", reason="models/build.py needs onnx (the dev extra)")
+    build = models_build(monkeypatch)
     assert Path(build.__file__).parent == MODELS, "another module named build shadows models/build.py"
     spec = next(p for p in build.PACKS if p.name == "ppocrv6-tiny")  # fp32 only: no calibration run
     shutil.copytree(MODELS / "common", tmp_path / "common")  # the shared angle classifier
     build.PackBuilder(_CommittedSources(), tmp_path, measure=False, runs=1).build(spec, tmp_path)
-    sys.modules.pop("build", None)
     built = (tmp_path / "ppocrv6-tiny" / "manifest.json").read_text(encoding="utf-8")
     assert built == (MODELS / "ppocrv6-tiny" / "manifest.json").read_text(encoding="utf-8")
     pack = models.load_pack("ppocrv6-tiny", tmp_path)
@@ -82,10 +79,7 @@ def test_a_pack_built_by_build_py_loads_and_verifies_through_the_engine(tmp_path
 
 def test_the_plate_specialist_is_calibrated_on_half_a_plates_and_gated_on_half_b(eval_dev, monkeypatch):
     """Its int8 variant sees only plates (all it ever reads) and half b stays clean for confirmation."""
-    monkeypatch.syspath_prepend(str(MODELS))
-    sys.modules.pop("build", None)
-    build = pytest.importorskip("build", reason="models/build.py needs onnx (the dev extra)")
-    sys.modules.pop("build", None)
+    build = models_build(monkeypatch)
 
     small = next(p for p in build.PACKS if p.name == "ppocrv6-small")
     recipe = small.rec_zh.int8
@@ -106,10 +100,7 @@ def test_the_plate_specialist_is_calibrated_on_half_a_plates_and_gated_on_half_b
 
 
 def test_the_narrow_page_reader_is_rebuilt_byte_for_byte_from_the_page_reader(monkeypatch):
-    monkeypatch.syspath_prepend(str(MODELS))
-    sys.modules.pop("build", None)
-    build = pytest.importorskip("build", reason="models/build.py needs onnx (the dev extra)")
-    sys.modules.pop("build", None)
+    build = models_build(monkeypatch)
 
     pack = MODELS / "ppocrv6-small"
     manifest = Manifest.from_json((pack / "manifest.json").read_text(encoding="utf-8"))

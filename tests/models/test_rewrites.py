@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +10,8 @@ import pytest
 onnx = pytest.importorskip("onnx", reason="models/ needs onnx (the dev extra)")
 ort = pytest.importorskip("onnxruntime")
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
+
+from tests.helpers import models_build  # noqa: E402
 
 MODELS = Path(__file__).resolve().parents[2] / "models"
 
@@ -88,10 +89,7 @@ def test_the_shipped_int8_detector_has_its_stem_join_split():
 
 
 def test_a_recipe_splits_only_concats_it_keeps_fp32_in_a_static_model(monkeypatch):
-    monkeypatch.syspath_prepend(str(MODELS))
-    sys.modules.pop("build", None)
-    build = pytest.importorskip("build", reason="models/build.py needs onnx (the dev extra)")
-    sys.modules.pop("build", None)
+    build = models_build(monkeypatch)
     detector = next(p for p in build.PACKS if p.name == "ppocrv6-small").det.int8
     assert detector.split_concats == ("Concat.0",) and "Concat.0" in detector.exclude_nodes
     with pytest.raises(ValueError, match="split_concats"):
