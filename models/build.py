@@ -70,6 +70,7 @@ log = logging.getLogger("build")
 MODELS_DIR = Path(__file__).resolve().parent
 DEFAULT_CACHE = Path.home() / ".cache" / "edge-ocr-build"
 STATIC_OPSET = 13  # per-channel QDQ needs DequantizeLinear with `axis`, i.e. opset >= 13
+HARDSWISH_OPSET = 14  # HardSwish's first version (Int8Recipe.fold_affines)
 DYNAMIC_OP_TYPES = ("MatMul", "Gemm", "LSTM")
 
 
@@ -205,6 +206,9 @@ class Int8Recipe:
              on eval-dev lines, or on the half-b crops of `calibration_source` when it is set.
     split_concats: static only: Concat nodes left fp32 whose only consumer is an fp32 Conv, made one Conv
              per input, summed, after quantizing (models/rewrites.py: the same function, no joined copy).
+    fold_affines: static-rec only: before calibrating, each `x * Clip(x + 3, 0, 6) / 6` becomes one
+             HardSwish (opset 14) and scalar `x * s + b` pairs are folded into the convolutions beside
+             them (models/rewrites.py: the same function in fewer element-wise passes).
     """
 
     method: Literal["dynamic", "static", "static-rec"]
@@ -218,6 +222,7 @@ class Int8Recipe:
     calibration_per_source: int = static_rec.CALIBRATION_PER_SOURCE
     calibration_width: int = static_rec.CALIBRATION_WIDTH
     split_concats: tuple[str, ...] = ()
+    fold_affines: bool = False
 
     def __post_init__(self) -> None:
         calibration = (self.calibration_source, self.calibration_per_source, self.calibration_width)
@@ -226,6 +231,8 @@ class Int8Recipe:
             raise ValueError(f"{self.method} recipe: the calibration_* and full_range fields are for static-rec only")
         if self.split_concats and (self.method != "static" or not set(self.split_concats) <= set(self.exclude_nodes)):
             raise ValueError("split_concats: static recipes only, and the Concat nodes must be kept fp32")
+        if self.fold_affines and self.method != "static-rec":
+            raise ValueError("fold_affines: static-rec recipes only")
 
 
 @dataclass(frozen=True, slots=True)
@@ -359,14 +366,16 @@ PACKS: tuple[PackSpec, ...] = (
             V4_REC,
             Int8Recipe(
                 "static-rec",
-                f"static QDQ per-channel (uint8 activations, int8 weights) of Conv/MatMul, opset 13, percentile "
-                f"{static_rec.CALIBRATION_PERCENTILE} calibration on {static_rec.PLATE_CALIBRATION} half-a eval-dev "
-                f"plates at {PLATE_WIDTH} px; kept fp32: the first two convolutions and every depthwise one",
+                f"static QDQ per-channel (uint8 activations, int8 weights) of Conv/MatMul, opset {HARDSWISH_OPSET}, "
+                f"percentile {static_rec.CALIBRATION_PERCENTILE} calibration on {static_rec.PLATE_CALIBRATION} half-a "
+                f"eval-dev plates at {PLATE_WIDTH} px; first each HardSwish fused into one op and the scalar affines "
+                f"folded into the convolutions beside them; kept fp32: the first two convolutions and every depthwise one",
                 op_types=static_rec.OP_TYPES,
                 exclude_nodes=static_rec.V4_KEPT_FP32,
                 calibration_source=static_rec.PLATE_SOURCE,
                 calibration_per_source=static_rec.PLATE_CALIBRATION,
                 calibration_width=PLATE_WIDTH,
+                fold_affines=True,
             ),
             min_width=PLATE_WIDTH,
         ),
@@ -543,8 +552,9 @@ def default_opset(model: onnx.ModelProto) -> int:
 def quantize(spec: ModelSpec, recipe: Int8Recipe, source: bytes, eval_dev: Path, work: Path) -> bytes:
     """The int8 model bytes for `source` made by `recipe`."""
     model = onnx.load_from_string(source)
-    if recipe.method != "dynamic" and default_opset(model) < STATIC_OPSET:
-        model = version_converter.convert_version(model, STATIC_OPSET)
+    opset = HARDSWISH_OPSET if recipe.fold_affines else STATIC_OPSET
+    if recipe.method != "dynamic" and default_opset(model) < opset:
+        model = version_converter.convert_version(model, opset)
     converted = work / f"{spec.stage}.source.onnx"
     prepared, quantized = work / f"{spec.stage}.prepared.onnx", work / f"{spec.stage}.int8.onnx"
     onnx.save(model, converted)
@@ -552,6 +562,10 @@ def quantize(spec: ModelSpec, recipe: Int8Recipe, source: bytes, eval_dev: Path,
     if recipe.method == "static-rec":
         fused = onnx.load(prepared)
         static_rec.fuse_gelu(fused)
+        if recipe.fold_affines:
+            rewrites.fuse_hardswish(fused)
+            quantized_convs = {n.name for n in fused.graph.node if n.op_type in recipe.op_types} - set(recipe.exclude_nodes)
+            rewrites.fold_scalar_affines(fused, quantized_convs)
         onnx.save(fused, prepared)
 
     node_names = {n.name for n in onnx.load(prepared).graph.node}

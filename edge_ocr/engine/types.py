@@ -211,11 +211,13 @@ class EngineOptions:
     # was p50 +8 % per crop), so they get a session of their own, made at the first one.
     parallel_lines: bool = True
     page_line_threads: int = 1
-    # Intra-op threads of the plate specialist (0 = all). PP-OCRv4 on one 48x320 plate gains
-    # nothing from a second thread: on eval-dev's 527 plates one thread took 0.994 [0.988, 1.001]
-    # of the time per plate, and p95 30.6 vs 36.7 ms (bench/paired.py, 2 threads): its feature
-    # maps are too small to split. Measured on this 2-core x86 machine only; never more than ``threads``.
-    specialist_threads: int = 1
+    # Intra-op threads of the plate specialist (0 = all; never more than ``threads``). Its int8
+    # file used to gain nothing from a second thread (0.994 of the time per plate): paddle2onnx's
+    # element-wise chains, run one op at a time, were half its time. With them fused and folded
+    # into its convolutions (models/rewrites.py), two threads take 0.871 [0.867, 0.877] of one's
+    # time per plate on half a of eval-dev's plates and 0.848 [0.835, 0.859] on half b, the same
+    # texts (bench/paired.py, 2 threads, 2-core x86).
+    specialist_threads: int = 0
     # A page with more lines than this has that many of them, spread over it, read first by the
     # page reader; if none shows Chinese (mass ``narrow_chinese_mass``: recognize.shows_chinese),
     # the rest are read by the pack's narrow page reader (``rec_page_narrow``: its classifier cut

@@ -344,10 +344,11 @@ def test_short_single_lines_skip_the_draft_and_only_plates_reach_the_chinese_spe
 
 
 def test_the_plate_specialist_runs_on_its_own_thread_count(eval_dev):
-    """PP-OCRv4 on one plate gains nothing from a second thread (EngineOptions.specialist_threads)."""
+    """PP-OCRv4 runs on its own thread count (EngineOptions.specialist_threads; by default all)."""
     from edge_ocr.engine.ocr import EngineOptions, OcrEngine
 
     plate = (eval_dev / "lines" / "plate_005621c69989.jpg").read_bytes()
+    assert EngineOptions().specialist_threads == 0
     for specialist_threads, expected in ((1, 1), (0, 2)):
         engine = OcrEngine(EngineOptions(threads=2, specialist_threads=specialist_threads, lazy_sessions=True))
         assert scoring.alnum(engine(plate, det=False).text) == scoring.alnum("皖AC4933")

@@ -96,3 +96,90 @@ def test_a_recipe_splits_only_concats_it_keeps_fp32_in_a_static_model(monkeypatc
         build.Int8Recipe("dynamic", "x", exclude_nodes=("Concat.0",), split_concats=("Concat.0",))
     with pytest.raises(ValueError, match="kept fp32"):
         build.Int8Recipe("static", "x", split_concats=("Concat.0",))  # a quantized Concat has no fp32 Conv after it
+
+
+def lcnet_blocks(opset: int = 14) -> onnx.ModelProto:
+    """Two of PP-OCRv4's backbone blocks in small, as paddle2onnx writes them: each convolution is
+    followed by a scalar affine, a HardSwish in four element-wise ops and another scalar affine."""
+    rng = np.random.default_rng(2)
+    initializers = []
+
+    def constant(name: str, value) -> str:
+        initializers.append(numpy_helper.from_array(np.asarray(value, dtype=np.float32), name))
+        return name
+
+    nodes: list[onnx.NodeProto] = []
+
+    def activation(x: str, tag: str) -> str:
+        """x * s + b -> HardSwish as x * Clip(x + 3, 0, 6) / 6 -> * s + b."""
+        steps = [
+            ("Mul", [constant(f"s.{tag}", [rng.uniform(0.5, 1.5)]), x], f"{tag}.scaled"),
+            ("Add", [f"{tag}.scaled", constant(f"b.{tag}", [rng.uniform(-1, 1)])], f"{tag}.affine"),
+            ("Add", [f"{tag}.affine", constant(f"three.{tag}", 3.0)], f"{tag}.plus3"),
+            ("Clip", [f"{tag}.plus3", constant(f"zero.{tag}", 0.0), constant(f"six.{tag}", 6.0)], f"{tag}.clip"),
+            ("Mul", [f"{tag}.affine", f"{tag}.clip"], f"{tag}.product"),
+            ("Div", [f"{tag}.product", constant(f"sixth.{tag}", 6.0)], f"{tag}.hswish"),
+            ("Mul", [constant(f"s2.{tag}", [rng.uniform(0.5, 1.5)]), f"{tag}.hswish"], f"{tag}.scaled2"),
+            ("Add", [f"{tag}.scaled2", constant(f"b2.{tag}", [rng.uniform(-1, 1)])], f"{tag}.out"),
+        ]
+        nodes.extend(helper.make_node(op, inputs, [out], name=out) for op, inputs, out in steps)
+        return f"{tag}.out"
+
+    def conv(x: str, name: str, shape: tuple[int, ...], **attributes) -> str:
+        nodes.append(helper.make_node("Conv", [x, constant(f"{name}.w", rng.normal(0, 0.3, shape)),
+                                               constant(f"{name}.b", rng.normal(0, 0.1, shape[0]))],
+                                      [f"{name}.y"], name=name, **attributes))
+        return f"{name}.y"
+
+    y = activation(conv("x", "dw.0", (4, 1, 3, 3), group=4, pads=[1, 1, 1, 1]), "a0")
+    y = activation(conv(y, "pw.0", (8, 4, 1, 1)), "a1")
+    y = activation(conv(y, "dw.1", (8, 1, 3, 3), group=8, pads=[1, 1, 1, 1]), "a2")
+    nodes.append(helper.make_node("Identity", [y], ["y"], name="out"))
+    graph = helper.make_graph(
+        nodes, "lcnet", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 6, 20])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8, 6, 20])], initializers)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+
+
+def test_hardswish_chains_and_scalar_affines_fold_into_fewer_ops_with_the_same_output(rewrites):
+    model = lcnet_blocks()
+    x = np.random.default_rng(3).normal(size=(1, 4, 6, 20)).astype(np.float32)
+    before = run(model, x)
+    assert rewrites.fuse_hardswish(model) == 3
+    # Each convolution takes the affine after it, and pw.0 (1x1, unpadded) a0's second one too; a1's
+    # second stays before the padded dw.1, a2's before the graph's output.
+    assert rewrites.fold_scalar_affines(model) == 4
+    onnx.checker.check_model(model)
+    ops = [n.op_type for n in model.graph.node]
+    assert ops.count("HardSwish") == 3 and "Clip" not in ops and "Div" not in ops
+    assert ops.count("Mul") == 2 and ops.count("Add") == 2  # a1's and a2's second affines
+    np.testing.assert_allclose(run(model, x), before, rtol=1e-5, atol=1e-5)
+
+
+def test_into_a_convolution_to_be_quantized_only_the_scale_folds(rewrites):
+    model = lcnet_blocks()
+    x = np.random.default_rng(4).normal(size=(1, 4, 6, 20)).astype(np.float32)
+    before = run(model, x)
+    rewrites.fuse_hardswish(model)
+    rewrites.fold_scalar_affines(model, quantized={"pw.0"})
+    pointwise = next(n for n in model.graph.node if n.name == "pw.0")
+    consumers = [n for n in model.graph.node if pointwise.output[0] in n.input]
+    assert [n.op_type for n in consumers] == ["Add"]  # the shift stays: a uint8 range must hold 0
+    np.testing.assert_allclose(run(model, x), before, rtol=1e-5, atol=1e-5)
+
+
+def test_hardswish_needs_opset_14(rewrites):
+    with pytest.raises(ValueError, match="opset 14"):
+        rewrites.fuse_hardswish(lcnet_blocks(opset=13))
+
+
+def test_the_shipped_plate_specialist_has_its_activations_fused():
+    ops = [n.op_type for n in onnx.load(str(MODELS / "ppocrv6-small" / "rec_zh.int8.onnx")).graph.node]
+    assert ops.count("HardSwish") == 28 and "Clip" not in ops  # the Divs left are the neck's layer norms
+
+
+def test_a_recipe_folds_affines_only_when_it_calibrates_on_crops(monkeypatch):
+    build = models_build(monkeypatch)
+    assert next(p for p in build.PACKS if p.name == "ppocrv6-small").rec_zh.int8.fold_affines
+    with pytest.raises(ValueError, match="fold_affines"):
+        build.Int8Recipe("static", "x", fold_affines=True)
