@@ -13,6 +13,10 @@ specialist) as convolutions each followed by a scalar affine (two ops), a HardSw
 another affine; ONNX Runtime fuses none of them once QDQ pairs sit around the convolutions, and they
 were half the int8 file's time. Fused and folded before calibrating, the same function runs in a
 quarter of the element-wise passes (models/README.md).
+
+``reduce_means_to_global_pools``: PP-OCRv6's detector averages five feature maps over height and
+width with ReduceMean; as GlobalAveragePool (the same mean) between its QDQ pair ONNX Runtime runs
+it as one quantized op, and the detector took 0.90x the time at one thread.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from collections.abc import Collection
 import numpy as np
 import onnx
 import onnx.numpy_helper
+import onnx.shape_inference
 
 
 def split_concat_conv(model: onnx.ModelProto, concat_name: str) -> None:
@@ -85,6 +90,26 @@ def _channels(graph: onnx.GraphProto, tensor: str, initializers: dict[str, onnx.
     if node is None or node.op_type != "Conv" or node.input[1] not in initializers:
         raise ValueError(f"cannot tell the channels of {tensor!r}")
     return int(initializers[node.input[1]].dims[0])
+
+
+def reduce_means_to_global_pools(model: onnx.ModelProto) -> int:
+    """Replace every ReduceMean over axes 2 and 3 of a 4-D tensor, keeping them, by GlobalAveragePool
+    in place; returns how many. The rank comes from ONNX shape inference; a tensor of unknown rank or
+    axes given as an input (opset 18) is left alone."""
+    inferred = onnx.shape_inference.infer_shapes(model)
+    ranks = {v.name: len(v.type.tensor_type.shape.dim) for v in list(inferred.graph.value_info) + list(inferred.graph.input)
+             if v.type.tensor_type.HasField("shape")}
+    replaced = 0
+    for node in model.graph.node:
+        if node.op_type != "ReduceMean" or len(node.input) != 1 or ranks.get(node.input[0]) != 4:
+            continue
+        attributes = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+        if sorted(attributes.get("axes", [])) not in ([2, 3], [-2, -1]) or attributes.get("keepdims", 1) != 1:
+            continue
+        node.op_type = "GlobalAveragePool"
+        del node.attribute[:]
+        replaced += 1
+    return replaced
 
 
 def fuse_hardswish(model: onnx.ModelProto) -> int:

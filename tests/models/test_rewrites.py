@@ -183,3 +183,41 @@ def test_a_recipe_folds_affines_only_when_it_calibrates_on_crops(monkeypatch):
     assert next(p for p in build.PACKS if p.name == "ppocrv6-small").rec_zh.int8.fold_affines
     with pytest.raises(ValueError, match="fold_affines"):
         build.Int8Recipe("static", "x", fold_affines=True)
+
+
+def attention(axes: list[int], keepdims: int = 1, rank: int = 4) -> onnx.ModelProto:
+    """The detector's channel attention in small: a mean over height and width scales the map."""
+    shape = [1, 6, 9, 11][:rank]
+    nodes = [helper.make_node("ReduceMean", ["x"], ["mean"], name="ReduceMean.0", axes=axes, keepdims=keepdims),
+             helper.make_node("Sigmoid", ["mean"], ["gate"], name="Sigmoid.0"),
+             helper.make_node("Mul", ["x", "gate"], ["y"], name="Mul.0")]
+    graph = helper.make_graph(nodes, "attention", [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, shape)])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+
+
+def test_a_mean_over_height_and_width_becomes_a_global_average_pool(rewrites):
+    model = attention([2, 3])
+    x = np.random.default_rng(5).normal(size=(1, 6, 9, 11)).astype(np.float32)
+    before = run(model, x)
+    assert rewrites.reduce_means_to_global_pools(model) == 1
+    onnx.checker.check_model(model)
+    assert [n.op_type for n in model.graph.node] == ["GlobalAveragePool", "Sigmoid", "Mul"]
+    np.testing.assert_allclose(run(model, x), before, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("axes, keepdims, rank", [([1], 1, 4), ([2, 3], 0, 4), ([1, 2], 1, 3)])
+def test_other_means_are_left_alone(rewrites, axes, keepdims, rank):
+    model = attention(axes, keepdims, rank)
+    assert rewrites.reduce_means_to_global_pools(model) == 0
+    assert model.graph.node[0].op_type == "ReduceMean"
+
+
+def test_the_shipped_int8_detector_pools_instead_of_reducing(monkeypatch):
+    ops = {n.name: n.op_type for n in onnx.load(str(MODELS / "ppocrv6-small" / "det.int8.onnx")).graph.node}
+    assert "ReduceMean" not in ops.values()
+    assert [ops[f"ReduceMean.{i}"] for i in (0, 2, 4, 6, 8)] == ["GlobalAveragePool"] * 5  # the names stay
+    build = models_build(monkeypatch)
+    assert next(p for p in build.PACKS if p.name == "ppocrv6-small").det.int8.global_pools
+    with pytest.raises(ValueError, match="global_pools"):
+        build.Int8Recipe("dynamic", "x", global_pools=True)
