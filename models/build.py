@@ -553,15 +553,11 @@ def agreement_crops(recipe: Int8Recipe, eval_dev: Path) -> list[Path] | None:
     return crops
 
 
-def default_opset(model: onnx.ModelProto) -> int:
-    return next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
-
-
 def quantize(spec: ModelSpec, recipe: Int8Recipe, source: bytes, eval_dev: Path, work: Path) -> bytes:
     """The int8 model bytes for `source` made by `recipe`."""
     model = onnx.load_from_string(source)
     opset = HARDSWISH_OPSET if recipe.fold_affines else STATIC_OPSET
-    if recipe.method != "dynamic" and default_opset(model) < opset:
+    if recipe.method != "dynamic" and rewrites.default_opset(model) < opset:
         model = version_converter.convert_version(model, opset)
     converted = work / f"{spec.stage}.source.onnx"
     prepared, quantized = work / f"{spec.stage}.prepared.onnx", work / f"{spec.stage}.int8.onnx"

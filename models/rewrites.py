@@ -116,7 +116,7 @@ def fuse_hardswish(model: onnx.ModelProto) -> int:
     """Replace every ``x * Clip(x + 3, 0, 6) / 6`` (four element-wise passes, as paddle2onnx writes
     PP-OCRv4's activations) by one ``HardSwish(x)`` in place; returns how many. The graph must import
     opset 14 or later (HardSwish's first version). Only exact constants match."""
-    if _opset(model) < 14:
+    if default_opset(model) < 14:
         raise ValueError("HardSwish needs opset 14")
     graph = model.graph
     constants = _constants(graph)
@@ -265,7 +265,7 @@ def _set_conv_params(graph: onnx.GraphProto, conv: onnx.NodeProto, initializers:
 def _padded(conv: onnx.NodeProto) -> bool:
     attributes = {a.name: onnx.helper.get_attribute_value(a) for a in conv.attribute}
     auto_pad = attributes.get("auto_pad", b"NOTSET")
-    return any(attributes.get("pads", [])) or auto_pad not in (b"NOTSET", b"VALID", "NOTSET", "VALID")
+    return any(attributes.get("pads", [])) or auto_pad not in (b"NOTSET", b"VALID")  # string attributes are bytes
 
 
 def _remove(graph: onnx.GraphProto, ids: set[int]) -> None:
@@ -304,5 +304,6 @@ def _is_scalar(constants: dict[str, np.ndarray], name: str, value: float) -> boo
     return name in constants and constants[name].size == 1 and float(constants[name].reshape(())) == value
 
 
-def _opset(model: onnx.ModelProto) -> int:
+def default_opset(model: onnx.ModelProto) -> int:
+    """The version of the default (ai.onnx) domain that ``model`` imports."""
     return next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))

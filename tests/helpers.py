@@ -23,7 +23,6 @@ REPO = Path(__file__).resolve().parents[1]
 EVAL_DEV = Path(os.environ.get("EDGE_OCR_EVAL_DEV", REPO.parent / "shared" / "eval-dev"))
 
 
-
 def models_build(monkeypatch):
     """models/build.py as a module (it sits beside its helpers, not in the package), imported
     afresh and not left in sys.modules for the next test; skipped without onnx."""
@@ -32,6 +31,7 @@ def models_build(monkeypatch):
     build = pytest.importorskip("build", reason="models/build.py needs onnx (the dev extra)")
     sys.modules.pop("build", None)
     return build
+
 
 def promtool_check(text: bytes) -> None:
     """Fail unless Prometheus's own linter accepts ``text`` without a word (Debian's
