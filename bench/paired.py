@@ -38,11 +38,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--set", default="pages")
     parser.add_argument("--limit", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--repeat", type=int, default=1, help="read the set this many times (a small set, e.g. zh)")
     parser.add_argument("--a", default="{}", help="EngineOptions overrides of the reference, JSON")
     parser.add_argument("--b", default="{}", help="EngineOptions overrides of the candidate, JSON")
     parser.add_argument("--no-det", action="store_true", help="read each image as one line")
     args = parser.parse_args(argv)
-    datas = [p.read_bytes() for p in bench.image_set(args.set, EVAL_DEV, args.limit or 10_000)]
+    datas = [p.read_bytes() for p in bench.image_set(args.set, EVAL_DEV, args.limit or 10_000)] * args.repeat
     engines = {name: OcrEngine(EngineOptions(threads=args.threads, **json.loads(overrides)))
                for name, overrides in (("a", args.a), ("b", args.b))}
     det = not args.no_det

@@ -96,6 +96,11 @@ def test_a_recipe_splits_only_concats_it_keeps_fp32_in_a_static_model(monkeypatc
         build.Int8Recipe("dynamic", "x", exclude_nodes=("Concat.0",), split_concats=("Concat.0",))
     with pytest.raises(ValueError, match="kept fp32"):
         build.Int8Recipe("static", "x", split_concats=("Concat.0",))  # a quantized Concat has no fp32 Conv after it
+    # A static-rec recipe quantizes its op_types alone: a Concat stays fp32 unless it is one of them.
+    page_reader = next(p for p in build.PACKS if p.name == "ppocrv6-small").rec_page.int8
+    assert page_reader.split_concats == ("Concat.0",) and "Concat" not in page_reader.op_types
+    with pytest.raises(ValueError, match="kept fp32"):
+        build.Int8Recipe("static-rec", "x", op_types=("Conv", "Concat"), split_concats=("Concat.0",))
 
 
 def lcnet_blocks(opset: int = 14) -> onnx.ModelProto:
@@ -221,3 +226,76 @@ def test_the_shipped_int8_detector_pools_instead_of_reducing(monkeypatch):
     assert next(p for p in build.PACKS if p.name == "ppocrv6-small").det.int8.global_pools
     with pytest.raises(ValueError, match="global_pools"):
         build.Int8Recipe("dynamic", "x", global_pools=True)
+
+
+def classifier(steps: int = 7, features: int = 12, classes: int = 40) -> onnx.ModelProto:
+    """A recogniser's head in small: features at every time step -> MatMul -> bias -> Softmax."""
+    rng = np.random.default_rng(6)
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["logits"], name="MatMul.0"),
+             helper.make_node("Add", ["logits", "b"], ["biased"], name="Add.0"),
+             helper.make_node("Softmax", ["biased"], ["y"], name="Softmax.0", axis=-1)]
+    graph = helper.make_graph(
+        nodes, "head", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, steps, features])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, steps, classes])],
+        [numpy_helper.from_array(rng.normal(0, 0.5, (features, classes)).astype(np.float32), "w"),
+         numpy_helper.from_array(rng.normal(0, 0.5, classes).astype(np.float32), "b")])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+
+
+def quantized_classifier(tmp_path: Path) -> onnx.ModelProto:
+    """``classifier()`` through quantize_static as the page reader's recipe runs it (QDQ, per-channel)."""
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            rng = np.random.default_rng(7)
+            self.batches = iter([{"x": rng.normal(size=(1, 7, 12)).astype(np.float32)} for _ in range(4)])
+
+        def get_next(self):
+            return next(self.batches, None)
+
+    onnx.save(classifier(), tmp_path / "fp32.onnx")
+    quantize_static(tmp_path / "fp32.onnx", tmp_path / "int8.onnx", Reader(), quant_format=QuantFormat.QDQ,
+                    op_types_to_quantize=["MatMul"], per_channel=True, activation_type=QuantType.QUInt8,
+                    weight_type=QuantType.QInt8)
+    return onnx.load(tmp_path / "int8.onnx")
+
+
+def test_the_classifier_becomes_one_integer_matmul_with_its_logits_in_fp32(rewrites, tmp_path):
+    model = quantized_classifier(tmp_path)
+    assert rewrites.float_classifier(model) == "MatMul.0"
+    ops = [n.op_type for n in model.graph.node]
+    assert ops == ["QuantizeLinear", "MatMulIntegerToFloat", "Softmax"]  # the input's Q, the head, the softmax
+    # The output is the softmax of the int8 sums, scaled and biased, with no rounding of the logits.
+    values = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    head = model.graph.node[1]
+    x = np.random.default_rng(8).normal(size=(1, 7, 12)).astype(np.float32)
+    a_scale, a_zero = values[head.input[2]], values[head.input[4]]
+    a = np.clip(np.round(x / a_scale) + a_zero, 0, 255) - a_zero.astype(np.float32)
+    logits = (a * a_scale) @ (values[head.input[1]].astype(np.float32) * values[head.input[3]]) + values[head.input[6]]
+    expected = np.exp(logits - logits.max(-1, keepdims=True))
+    np.testing.assert_allclose(run(model, x), expected / expected.sum(-1, keepdims=True), rtol=1e-4, atol=1e-6)
+
+
+def test_a_head_without_its_qdq_classifier_is_refused(rewrites, tmp_path):
+    with pytest.raises(ValueError, match="no MatMul -> Q -> DQ -> Add -> Softmax"):
+        rewrites.float_classifier(classifier())  # fp32: no QDQ pair after the MatMul
+    model = quantized_classifier(tmp_path)
+    matmul = next(n for n in model.graph.node if n.op_type == "MatMul")
+    model.graph.output.append(helper.make_tensor_value_info(matmul.output[0], TensorProto.FLOAT, None))
+    with pytest.raises(ValueError, match="used elsewhere"):
+        rewrites.float_classifier(model)
+
+
+def test_the_shipped_page_readers_compute_their_logits_in_fp32(monkeypatch):
+    for name, classes in (("rec_page.int8.onnx", 18710), ("rec_page_narrow.int8.onnx", None)):
+        graph = onnx.load(str(MODELS / "ppocrv6-small" / name)).graph
+        heads = [n for n in graph.node if n.op_type == "MatMulIntegerToFloat"]
+        assert len(heads) == 1 and len(heads[0].input) == 7  # with its bias
+        bias = next(i for i in graph.initializer if i.name == heads[0].input[6])
+        assert classes is None or bias.dims == [classes]
+        assert "Concat.0" not in {n.name for n in graph.node}
+    build = models_build(monkeypatch)
+    assert next(p for p in build.PACKS if p.name == "ppocrv6-small").rec_page.int8.float_classifier
+    with pytest.raises(ValueError, match="float_classifier"):
+        build.Int8Recipe("static", "x", float_classifier=True)
