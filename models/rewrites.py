@@ -18,6 +18,11 @@ quarter of the element-wise passes (models/README.md).
 width with ReduceMean; as GlobalAveragePool (the same mean) between its QDQ pair ONNX Runtime runs
 it as one quantized op, and the detector took 0.90x the time at one thread.
 
+``divisions_into_dequantize``: PP-OCRv6's detector writes each of its 13 GELUs with erf, as
+``x * (1 + erf(x / sqrt 2)) / 2``; quantized, ``x`` comes from a DequantizeLinear and the division is
+one more fp32 pass over the map. A DequantizeLinear whose scale is divided instead gives the same
+values (to float rounding) in the pass it already makes: 0.94x the detector's time at one thread.
+
 ``float_classifier``: a static int8 recogniser's classifier (PP-OCRv6: 120 features -> 18,710 classes at
 every time step) is quantized as MatMul -> QuantizeLinear -> DequantizeLinear -> Add(bias) -> Softmax:
 the logits rounded to uint8 and expanded again, then the bias added, three passes over a (T, 18,710)
@@ -117,6 +122,41 @@ def reduce_means_to_global_pools(model: onnx.ModelProto) -> int:
         del node.attribute[:]
         replaced += 1
     return replaced
+
+
+def divisions_into_dequantize(model: onnx.ModelProto) -> int:
+    """Replace, in place, each ``Div(DequantizeLinear(q, s, z), c)`` with ``c`` a positive
+    one-element constant and ``s`` a one-element initializer by ``DequantizeLinear(q, s / c, z)``;
+    returns how many. The DequantizeLinear stays where it has other consumers."""
+    graph = model.graph
+    constants = _constants(graph)
+    consumers = _consumers(graph)
+    producer = {o: n for n in graph.node for o in n.output}
+    initializers = {i.name for i in graph.initializer}
+    replaced: dict[int, onnx.NodeProto] = {}
+    dropped: set[int] = set()
+    for div in graph.node:
+        if div.op_type != "Div":
+            continue
+        dequantize, divisor = producer.get(div.input[0]), constants.get(div.input[1])
+        if dequantize is None or dequantize.op_type != "DequantizeLinear" or divisor is None or divisor.size != 1:
+            continue
+        scale = dequantize.input[1]
+        if scale not in initializers or constants[scale].size != 1 or float(divisor.reshape(())) <= 0:
+            continue
+        name = f"{div.name}.scale"
+        graph.initializer.append(onnx.numpy_helper.from_array(
+            (constants[scale] / divisor.reshape(())).astype(constants[scale].dtype), name))
+        replaced[id(div)] = onnx.helper.make_node(
+            "DequantizeLinear", [dequantize.input[0], name, *dequantize.input[2:]], [div.output[0]],
+            name=f"{div.name}.dequantize", **{a.name: onnx.helper.get_attribute_value(a) for a in dequantize.attribute})
+        if len(consumers[dequantize.output[0]]) == 1:
+            dropped.add(id(dequantize))
+    nodes = [replaced.get(id(n), n) for n in graph.node if id(n) not in dropped]
+    del graph.node[:]
+    graph.node.extend(nodes)
+    _drop_unused_initializers(graph)
+    return len(replaced)
 
 
 def float_classifier(model: onnx.ModelProto) -> str:

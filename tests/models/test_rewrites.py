@@ -299,3 +299,39 @@ def test_the_shipped_page_readers_compute_their_logits_in_fp32(monkeypatch):
     assert next(p for p in build.PACKS if p.name == "ppocrv6-small").rec_page.int8.float_classifier
     with pytest.raises(ValueError, match="float_classifier"):
         build.Int8Recipe("static", "x", float_classifier=True)
+
+
+def gelu_input(divisor: float = float(np.sqrt(2.0))) -> onnx.ModelProto:
+    """The detector's GELU as quantized: x -> Q -> DQ, which feeds both Div(sqrt 2) -> Erf and a Mul."""
+    nodes = [helper.make_node("QuantizeLinear", ["x", "s", "z"], ["q"], name="Q.0"),
+             helper.make_node("DequantizeLinear", ["q", "s", "z"], ["dq"], name="DQ.0"),
+             helper.make_node("Div", ["dq", "c"], ["scaled"], name="Div.0"),
+             helper.make_node("Erf", ["scaled"], ["erf"], name="Erf.0"),
+             helper.make_node("Mul", ["dq", "erf"], ["y"], name="Mul.0")]
+    graph = helper.make_graph(
+        nodes, "gelu", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 5, 6])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 5, 6])],
+        [numpy_helper.from_array(np.array(0.03, np.float32), "s"), numpy_helper.from_array(np.array(120, np.uint8), "z"),
+         numpy_helper.from_array(np.array([divisor], np.float32), "c")])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+
+
+def test_a_division_of_a_dequantized_map_moves_into_the_scale(rewrites):
+    model = gelu_input()
+    x = np.random.default_rng(9).normal(size=(1, 4, 5, 6)).astype(np.float32)
+    before = run(model, x)
+    assert rewrites.divisions_into_dequantize(model) == 1
+    onnx.checker.check_model(model)
+    # The Mul still reads the first DequantizeLinear; Erf reads a second one with the scale divided.
+    assert [n.op_type for n in model.graph.node] == ["QuantizeLinear", "DequantizeLinear", "DequantizeLinear", "Erf", "Mul"]
+    np.testing.assert_allclose(run(model, x), before, rtol=1e-6, atol=1e-6)
+    assert rewrites.divisions_into_dequantize(gelu_input(-1.0)) == 0  # a negative scale is no DequantizeLinear
+
+
+def test_the_shipped_int8_detector_divides_in_its_dequantize(monkeypatch):
+    ops = [n.op_type for n in onnx.load(str(MODELS / "ppocrv6-small" / "det.int8.onnx")).graph.node]
+    assert "Div" not in ops and ops.count("Erf") == 13
+    build = models_build(monkeypatch)
+    assert next(p for p in build.PACKS if p.name == "ppocrv6-small").det.int8.fold_divisions
+    with pytest.raises(ValueError, match="fold_divisions"):
+        build.Int8Recipe("static-rec", "x", fold_divisions=True)
