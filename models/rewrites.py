@@ -190,7 +190,8 @@ def float_classifier(model: onnx.ModelProto) -> str:
     activation, weights = (producer.get(name) for name in matmul.input)
     if any(n is None or n.op_type != "DequantizeLinear" or len(n.input) != 3 for n in (activation, weights)):
         raise ValueError(f"{matmul.name}: both operands must come from DequantizeLinear with zero points")
-    if weights.input[0] not in initializers or initializers[activation.input[1]].dims:
+    activation_scale = initializers.get(activation.input[1])
+    if weights.input[0] not in initializers or activation_scale is None or activation_scale.dims:
         raise ValueError(f"{matmul.name}: needs int8 weights as an initializer and a per-tensor activation scale")
     fused = onnx.helper.make_node(
         "MatMulIntegerToFloat",
