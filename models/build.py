@@ -239,8 +239,9 @@ class Int8Recipe:
                 None, static_rec.CALIBRATION_PER_SOURCE, static_rec.CALIBRATION_WIDTH)):
             raise ValueError(f"{self.method} recipe: the calibration_* and full_range fields are for static-rec only")
         # static-rec quantizes `op_types` alone, so a Concat stays fp32 unless it is one of them.
-        kept = set(self.exclude_nodes) if self.method == "static" or "Concat" in self.op_types else None
-        if self.split_concats and (self.method == "dynamic" or (kept is not None and not set(self.split_concats) <= kept)):
+        quantizes_concats = self.method == "static" or "Concat" in self.op_types
+        if self.split_concats and (self.method == "dynamic" or (
+                quantizes_concats and not set(self.split_concats) <= set(self.exclude_nodes))):
             raise ValueError("split_concats: static recipes only, and the Concat nodes must be kept fp32")
         if self.fold_affines and self.method != "static-rec":
             raise ValueError("fold_affines: static-rec recipes only")

@@ -94,7 +94,7 @@ def split_concat_conv(model: onnx.ModelProto, concat_name: str) -> None:
 
 def _channels(graph: onnx.GraphProto, tensor: str, initializers: dict[str, onnx.TensorProto]) -> int:
     """Channels of ``tensor``: a Conv's output channels, through any element-wise op or pool."""
-    producer = {o: n for n in graph.node for o in n.output}
+    producer = _producers(graph)
     node = producer.get(tensor)
     while node is not None and node.op_type in ("Relu", "MaxPool", "AveragePool", "Add", "Mul", "Sigmoid",
                                                 "HardSigmoid", "Clip"):
@@ -131,7 +131,7 @@ def divisions_into_dequantize(model: onnx.ModelProto) -> int:
     graph = model.graph
     constants = _constants(graph)
     consumers = _consumers(graph)
-    producer = {o: n for n in graph.node for o in n.output}
+    producer = _producers(graph)
     initializers = {i.name for i in graph.initializer}
     replaced: dict[int, onnx.NodeProto] = {}
     dropped: set[int] = set()
@@ -169,7 +169,7 @@ def float_classifier(model: onnx.ModelProto) -> str:
     """
     graph = model.graph
     consumers = _consumers(graph)
-    producer = {o: n for n in graph.node for o in n.output}
+    producer = _producers(graph)
     initializers = {i.name: i for i in graph.initializer}
     outputs = {o.name for o in graph.output}
     softmax = next((n for n in graph.node if n.op_type == "Softmax" and n.output[0] in outputs), None)
@@ -218,7 +218,7 @@ def fuse_hardswish(model: onnx.ModelProto) -> int:
     graph = model.graph
     constants = _constants(graph)
     consumers = _consumers(graph)
-    producer = {o: n for n in graph.node for o in n.output}
+    producer = _producers(graph)
     replaced: dict[int, onnx.NodeProto] = {}  # id of the Div -> its HardSwish
     dropped: set[int] = set()
     for div in graph.node:
@@ -384,6 +384,10 @@ def _constants(graph: onnx.GraphProto) -> dict[str, np.ndarray]:
         if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
             values[node.output[0]] = onnx.numpy_helper.to_array(node.attribute[0].t)
     return values
+
+
+def _producers(graph: onnx.GraphProto) -> dict[str, onnx.NodeProto]:
+    return {name: node for node in graph.node for name in node.output}
 
 
 def _consumers(graph: onnx.GraphProto) -> dict[str, list[onnx.NodeProto]]:
