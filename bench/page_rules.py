@@ -12,6 +12,9 @@ source and half (``bench/halves.py``: split by page). Candidates:
 * ``small ...``: every line read once by small (the rule now, with the static int8 variant);
 * ``padded to W px``: the same with less padding than the pack's 160 px (``page_min_width``, 96 now);
   their cost counts the padded columns.
+* ``Chinese pages drafted ...``: the page reader (padded to 96 px) reads a sample of 8 lines; where it
+  shows Chinese (``recognize.shows_chinese``) tiny drafts the other lines and the drafts a rule flags are
+  read again by the page reader (``recognize.needs_page_recheck`` is the rule now); other pages as before.
 
 Cost is recogniser work per page relative to reading every line once with small fp32 (columns times the
 measured per-column ratio of each reader); mean over the half's pages.
@@ -46,6 +49,7 @@ MANIFESTS = (EVAL_DEV / "pages" / "labels.jsonl", EVAL_DEV / "zh" / "pages" / "l
 COST = {"tiny": 0.20, "small_static": 0.54, "small_dynamic": 0.90, "small_fp32": 1.0}
 Reading = tuple[str, float, float]  # text, mean confidence, Chinese mass
 Rule = Callable[[dict[str, Any]], tuple[str | None, list[str]]]
+PageRule = Callable[[list[dict[str, Any]]], list[tuple[str | None, list[str]]]]
 
 
 # The page reader with less padding than the pack's 160 px (``page_min_width``): "small_static@W".
@@ -128,18 +132,50 @@ def drafts(direct_up_to: int = 0, recheck_below: float = 0.95, reader: str = "sm
     return rule
 
 
-def score(pages: list[dict[str, Any]], truth: dict[str, PageSample], rule: Rule, padded: bool = False
-          ) -> dict[str, tuple]:
+def chinese_pages(flagged: Callable[[Decoded], bool], reader: str = "small_static@96", sample_size: int = 8,
+                  mass: float = 0.5) -> PageRule:
+    """The engine's page rule (``OcrEngine._read_page``): a page whose sample shows Chinese has its
+    other lines drafted by tiny, and the drafts ``flagged`` read again by ``reader``."""
+    def page_rule(lines: list[dict[str, Any]]) -> list[tuple[str | None, list[str]]]:
+        sample = recognize.spread(len(lines), sample_size)
+        if len(sample) == len(lines) or not recognize.shows_chinese([Decoded(*lines[i][reader]) for i in sample], mass):
+            return [(kept(line[reader]), [reader]) for line in lines]
+        out: list[tuple[str | None, list[str]]] = []
+        for index, line in enumerate(lines):
+            if index in sample:
+                out.append((kept(line[reader]), [reader]))
+            elif flagged(Decoded(*line["tiny"])):
+                out.append((kept(line[reader]), ["tiny", reader]))
+            else:
+                out.append((kept(line["tiny"]), ["tiny"]))
+        return out
+    return page_rule
+
+
+def sure_chinese(below: float, latin: str, spaces: bool) -> Callable[[Decoded], bool]:
+    """Alternatives to ``recognize.needs_page_recheck``: flag all but sure drafts with Chinese, and
+    (``latin``) with no ASCII ``letter`` or ``alnum``, (``spaces``) with no white space."""
+    def flagged(draft: Decoded) -> bool:
+        text = draft.text
+        latin_found = latin and any(c.isascii() and (c.isalpha() if latin == "letter" else c.isalnum()) for c in text)
+        return (not text.strip() or draft.score < below or not recognize.has_cjk(text) or bool(latin_found)
+                or (spaces and any(c.isspace() for c in text)))
+    return flagged
+
+
+def score(pages: list[dict[str, Any]], truth: dict[str, PageSample], rule: Rule | PageRule, padded: bool = False,
+          whole_page: bool = False) -> dict[str, tuple]:
     """Each page's match and cost; ``padded`` counts a line's columns as read (padded to the reader's
-    minimum width, 160 px unless ``@W`` says otherwise) instead of the line's own width."""
+    minimum width, 160 px unless ``@W`` says otherwise) instead of the line's own width. A
+    ``whole_page`` rule reads a page's lines at once (a ``PageRule``)."""
     out = {}
     for page in pages:
         sample, boxes, texts, cost = truth[page["file"]], [], [], 0.0
-        for line in page["lines"]:
-            text, used = rule(line)
+        results = rule(page["lines"]) if whole_page else [rule(line) for line in page["lines"]]  # type: ignore[arg-type]
+        for line, (text, used) in zip(page["lines"], results):
             for reader in used:
                 base, _, at = reader.partition("@")
-                columns = max(line["width"], int(at) if at else 160) if padded else line["width"]
+                columns = max(line["width"], int(at) if at else 48 if base == "tiny" else 160) if padded else line["width"]
                 cost += columns * COST[base]
             if text is not None:
                 boxes.append(np.asarray(line["quad"], dtype=np.float32))
@@ -176,8 +212,17 @@ def main(argv: list[str] | None = None) -> int:
     print("|---|---|" + "---|" * len(groups))
     padded = {"every line, static int8, padded to 160 px (before)": every_line("small_static")}
     padded |= {"every line, static int8, padded to %d px" % w: every_line("small_static@%d" % w) for w in MIN_WIDTHS}
-    for name, rule in list(rules.items()) + list(padded.items()):
-        scored = score(pages, truth, rule, padded=name in padded)
+    padded |= {"every line, static int8, padded to 96 px (the sample's reader)": every_line("small_static@96")}
+    whole_pages: dict[str, PageRule] = {
+        "Chinese pages drafted, sure Chinese drafts kept": chinese_pages(sure_chinese(0.95, "", False)),
+        "Chinese pages drafted, ... with no Latin letter or digit": chinese_pages(sure_chinese(0.95, "alnum", False)),
+        "**Chinese pages drafted, ... with no Latin letter, no space (now)**":
+            chinese_pages(lambda d: bool(recognize.needs_page_recheck([d], 0.95))),
+        "Chinese pages drafted, the same at 0.98": chinese_pages(lambda d: bool(recognize.needs_page_recheck([d], 0.98))),
+        "Chinese pages drafted, sure Chinese drafts with no space": chinese_pages(sure_chinese(0.95, "", True)),
+    }
+    for name, rule in list(rules.items()) + list(padded.items()) + list(whole_pages.items()):
+        scored = score(pages, truth, rule, padded=name in padded or name in whole_pages, whole_page=name in whole_pages)
         for h in "ab":
             cells = [figures(scored, [p["file"] for p in pages if pred(p["source"]) and half[p["file"]] == h])
                      for pred in groups.values()]

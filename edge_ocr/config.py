@@ -153,8 +153,8 @@ class EngineConfig:
     precision: str = _option("precision", "`auto` (the fastest variant that passed its accuracy gate), `fp32`, "
                              "`int8`", choices=("auto", "fp32", "int8"))
     cls: bool = _option("use_cls", "angle classifier for upside-down lines")
-    fast_reader: bool = _option("use_rec_fast", "draft single lines and regions wider than `draft_min_width` with "
-                                "the pack's fast reader and re-read only unsure ones (a page's lines are never drafted)")
+    fast_reader: bool = _option("use_rec_fast", "draft single lines and regions wider than `draft_min_width`, and the "
+                                "lines of Chinese pages, with the pack's fast reader and re-read the unsure ones")
     recheck_below: float = _option("recheck_below", "drafts with a lower mean confidence are re-read by the "
                                    "accurate recogniser", lo=0.0, hi=1.0)
     draft_min_width: int = _option("draft_min_width", "single lines and regions up to this wide (px at 48 px high) "

@@ -176,11 +176,14 @@ class EngineOptions:
     det_small_text_min_boxes: int = 20
     use_cls: bool = False  # angle classifier for upside-down lines
     use_rec_zh: bool = True  # a pack's Chinese specialist recogniser, where it has one
-    use_rec_fast: bool = True  # a pack's fast draft reader for long single lines and regions (recognize.needs_recheck)
+    # A pack's fast draft reader, for long single lines and regions (recognize.needs_recheck) and
+    # for the lines of a page whose sample shows Chinese (recognize.needs_page_recheck; see
+    # ``narrow_sample``); False reads every line with the accurate recogniser.
+    use_rec_fast: bool = True
     recheck_below: float = 0.95  # drafts with a lower mean confidence are re-read by the accurate recogniser
     # Single lines and regions at most this wide at the recogniser's height (48 px) skip the draft
     # and are read by the accurate recogniser: on eval-dev crops this matched reading every line
-    # accurately on both halves, at a third of its p95 cost (README, Accuracy). Page lines are never drafted.
+    # accurately on both halves, at a third of its p95 cost (README, Accuracy). A page's lines: ``use_rec_fast``.
     draft_min_width: int = 320
     chinese_mass: float = 0.05  # this much probability on Chinese at any step of a draft counts as Chinese sensed
     # ... and this much in a reading of the accurate recogniser: PP-OCRv6 small rarely puts any

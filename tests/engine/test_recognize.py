@@ -12,6 +12,7 @@ from edge_ocr.engine.recognize import (
     looks_chinese,
     maybe_chinese,
     needs_confirmation,
+    needs_page_recheck,
     needs_recheck,
     needs_specialist,
     plan_batches,
@@ -96,6 +97,21 @@ def test_only_unsure_or_empty_drafts_are_rechecked():
     assert needs_recheck(drafts, below=0.95) == [1, 2]
     assert needs_recheck(drafts, below=1.01) == [0, 1, 2, 3]  # everything goes to the accurate recogniser
     assert needs_recheck(drafts, below=0.0) == [2]
+
+
+def test_a_chinese_pages_drafts_are_kept_only_when_sure_chinese_with_no_latin_and_no_spaces():
+    drafts = [
+        Decoded("比较文学不是方法，因", 0.99),  # kept: sure Chinese prose
+        Decoded("同比增长20.8%；年化", 0.97),  # kept: digits and punctuation are no Latin letters
+        Decoded("比较文学不是方法", 0.94),  # unsure
+        Decoded("", 0.0),  # nothing read
+        Decoded("12.50", 0.99),  # no Chinese: tiny drops decimal points and colons with full confidence
+        Decoded("来自于英文“℉ine Art”", 0.98),  # Latin letters
+        Decoded("增速较1 季度下滑", 0.99),  # a space tiny puts between a digit and a hanzi
+        Decoded("年化ROE12.40%", 0.99),  # Latin letters
+    ]
+    assert needs_page_recheck(drafts, below=0.95) == [2, 3, 4, 5, 6, 7]
+    assert needs_page_recheck(drafts, below=1.01) == list(range(8))
 
 
 def test_the_page_reader_is_confirmed_where_it_sensed_chinese_or_was_unsure():
