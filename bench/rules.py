@@ -91,7 +91,11 @@ def replay(row: dict[str, Any], routing: str, draft_min_width: float, specialist
         cost = width * first_cost
     else:
         draft, cost = tiny, width * TINY_COST
-        if chinese_drafts is not None and recognize.maybe_chinese(tiny, chinese_drafts[1]):
+        if chinese_drafts is not None and chinese_drafts[0] == "page rule":
+            # As on a Chinese page: a draft with hanzi is kept only when needs_page_recheck passes it.
+            flagged = recognize.has_cjk(tiny.text) and recognize.needs_page_recheck([tiny], recheck_below)
+            reading = first if flagged or recognize.needs_recheck([tiny], recheck_below) else tiny
+        elif chinese_drafts is not None and recognize.maybe_chinese(tiny, chinese_drafts[1]):
             if chinese_drafts[0] == "dynamic":
                 return small.text, cost + width
             reading = first
@@ -148,7 +152,8 @@ CANDIDATES = {
        for below in (0.0, 0.8, 0.9, 0.95) for mass in (0.001, 0.01)],
     "chinese_drafts": [("kept when sure (now)", dict(routing="plate", draft_min_width=320))]
     + [("%s, %s" % (reader, mass), dict(routing="plate", draft_min_width=320, chinese_drafts=(reader, mass)))
-       for reader in ("static", "dynamic") for mass in (0.05, 0.01)],
+       for reader in ("static", "dynamic") for mass in (0.05, 0.01)]
+    + [("with hanzi: as on a Chinese page", dict(routing="plate", draft_min_width=320, chinese_drafts=("page rule", 0.0)))],
 }
 
 
