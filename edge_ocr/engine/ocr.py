@@ -139,9 +139,8 @@ class OcrEngine:
         ``Model`` may fill two roles: in fp32 ``rec`` and ``rec_page``, with one thread
         ``rec_page`` and ``page_lines``)."""
         models = {"det": self.det, "cls": self.cls, "rec_fast": self._rec_fast, "page_drafts": self._page_drafts,
-                  "rec": self._rec,
-                  "rec_page": self.rec_page, "page_lines": self.page_lines, "rec_page_narrow": self._narrow,
-                  "rec_zh": self._rec_zh}
+                  "rec": self._rec, "rec_page": self.rec_page, "page_lines": self.page_lines,
+                  "rec_page_narrow": self._narrow, "rec_zh": self._rec_zh}
         return {name: m for name, m in models.items() if m is not None}
 
     @property
@@ -169,7 +168,9 @@ class OcrEngine:
     def precisions(self) -> dict[str, str]:
         """The precision of each stage, loaded or to be loaded at first need, e.g.
         ``{"det": "int8", "rec": "fp32"}``."""
-        return {name: m.variant.precision for name, m in self.models().items() if name not in ("page_lines", "page_drafts")}  # = rec_page
+        # page_lines is rec_page's file, page_drafts rec_fast's
+        return {name: m.variant.precision for name, m in self.models().items()
+                if name not in ("page_lines", "page_drafts")}
 
     def __call__(
         self,
@@ -308,7 +309,8 @@ class OcrEngine:
                 self._read_into(readings, reader, crops, [], rest, min_width)
                 return
             self._read_into(readings, self._page_drafts, crops, [], rest)
-            again = [rest[i] for i in recognize.needs_page_recheck([readings[i] for i in rest], self.options.recheck_below)]
+            flagged = recognize.needs_page_recheck([readings[i] for i in rest], self.options.recheck_below)
+            again = [rest[i] for i in flagged]
             self._read_into(readings, reader, crops, [], again, min_width)
             return
         if self._narrow is None:

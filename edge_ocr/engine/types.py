@@ -229,7 +229,8 @@ class EngineOptions:
     # kept class scores as in the whole classifier, so a line reads the same unless its best
     # class was cut. On eval-dev pages: the same e2e F1 and page CER on every source and half,
     # receipts in 0.93x the time at 1 thread, 0.94x at 2 (bench/narrow_head.py, README Benchmarks).
-    # 0 = never.
+    # Where the sample does show Chinese, the rest are drafted by the fast reader (``use_rec_fast``;
+    # recognize.needs_page_recheck). 0 = never: every line by the page reader.
     narrow_sample: int = 8
     narrow_chinese_mass: float = 0.5
     # ORT worker threads busy-wait after a run. One model read back to back is 28 % faster with it,
