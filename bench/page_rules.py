@@ -133,12 +133,15 @@ def drafts(direct_up_to: int = 0, recheck_below: float = 0.95, reader: str = "sm
 
 
 def chinese_pages(flagged: Callable[[Decoded], bool], reader: str = "small_static@96", sample_size: int = 8,
-                  mass: float = 0.5) -> PageRule:
-    """The engine's page rule (``OcrEngine._read_page``): a page whose sample shows Chinese has its
-    other lines drafted by tiny, and the drafts ``flagged`` read again by ``reader``."""
+                  mass: float = 0.5, chinese_lines: int = 5) -> PageRule:
+    """The engine's page rule (``OcrEngine._read_page``): a page whose sample shows Chinese, with
+    ``chinese_lines`` of its lines holding hanzi, has its other lines drafted by tiny, and the drafts
+    ``flagged`` read again by ``reader``."""
     def page_rule(lines: list[dict[str, Any]]) -> list[tuple[str | None, list[str]]]:
         sample = recognize.spread(len(lines), sample_size)
-        if len(sample) == len(lines) or not recognize.shows_chinese([Decoded(*lines[i][reader]) for i in sample], mass):
+        readings = [Decoded(*lines[i][reader]) for i in sample]
+        if (len(sample) == len(lines) or not recognize.shows_chinese(readings, mass)
+                or sum(recognize.has_cjk(r.text) for r in readings) < chinese_lines):
             return [(kept(line[reader]), [reader]) for line in lines]
         out: list[tuple[str | None, list[str]]] = []
         for index, line in enumerate(lines):
@@ -213,6 +216,7 @@ def main(argv: list[str] | None = None) -> int:
     padded = {"every line, static int8, padded to 160 px (before)": every_line("small_static")}
     padded |= {"every line, static int8, padded to %d px" % w: every_line("small_static@%d" % w) for w in MIN_WIDTHS}
     padded |= {"every line, static int8, padded to 96 px (the sample's reader)": every_line("small_static@96")}
+    now = lambda d: bool(recognize.needs_page_recheck([d], 0.95))  # noqa: E731
     whole_pages: dict[str, PageRule] = {
         "Chinese pages drafted, sure Chinese drafts kept": chinese_pages(sure_chinese(0.95, "", False)),
         "Chinese pages drafted, ... with no Latin letter or digit": chinese_pages(sure_chinese(0.95, "alnum", False)),
@@ -221,6 +225,8 @@ def main(argv: list[str] | None = None) -> int:
         "Chinese pages drafted, the same at 0.98": chinese_pages(lambda d: bool(recognize.needs_page_recheck([d], 0.98))),
         "Chinese pages drafted, sure Chinese drafts with no space": chinese_pages(sure_chinese(0.95, "", True)),
     }
+    whole_pages |= {"(now), drafted where %d of the 8 sample lines hold hanzi%s" % (k, " (now)" if k == 5 else ""):
+                    chinese_pages(now, chinese_lines=k) for k in (1, 2, 3, 4, 5)}
     for name, rule in list(rules.items()) + list(padded.items()) + list(whole_pages.items()):
         scored = score(pages, truth, rule, padded=name in padded or name in whole_pages, whole_page=name in whole_pages)
         for h in "ab":

@@ -294,9 +294,10 @@ class OcrEngine:
         - where the sample shows no Chinese, most lines by the narrow page reader. A narrow
           reading's Chinese mass (``Decoded.cjk_mass``, which the plate rule reads) is that on its
           sentinel hanzi;
-        - where it does, the rest drafted by the fast reader (``use_rec_fast``), and only the drafts
-          ``recognize.needs_page_recheck`` flags read again by ``reader``: tiny reads Chinese
-          prose as the page reader does at ~0.3x its cost (README, Accuracy)."""
+        - where it does, every line by ``reader``; but where ``draft_page_chinese_lines`` of the
+          sample hold hanzi, the rest drafted by the fast reader (``use_rec_fast``), and only the
+          drafts ``recognize.needs_page_recheck`` flags read again by ``reader``: tiny reads
+          Chinese prose as the page reader does at ~0.3x its cost (README, Accuracy)."""
         lines = list(range(len(crops)))
         sample = recognize.spread(len(crops), self.options.narrow_sample)
         if (self._narrow is None and self._page_drafts is None) or len(sample) == len(crops):
@@ -305,7 +306,8 @@ class OcrEngine:
         self._read_into(readings, reader, crops, [], sample, min_width)
         rest = sorted(set(lines) - set(sample))
         if recognize.shows_chinese([readings[i] for i in sample], self.options.narrow_chinese_mass):
-            if self._page_drafts is None:
+            chinese_lines = sum(recognize.has_cjk(readings[i].text) for i in sample)
+            if self._page_drafts is None or chinese_lines < self.options.draft_page_chinese_lines:
                 self._read_into(readings, reader, crops, [], rest, min_width)
                 return
             self._read_into(readings, self._page_drafts, crops, [], rest)

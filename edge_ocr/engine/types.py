@@ -229,10 +229,17 @@ class EngineOptions:
     # kept class scores as in the whole classifier, so a line reads the same unless its best
     # class was cut. On eval-dev pages: the same e2e F1 and page CER on every source and half,
     # receipts in 0.93x the time at 1 thread, 0.94x at 2 (bench/narrow_head.py, README Benchmarks).
-    # Where the sample does show Chinese, the rest are drafted by the fast reader (``use_rec_fast``;
-    # recognize.needs_page_recheck). 0 = never: every line by the page reader.
+    # Where the sample does show Chinese and at least ``draft_page_chinese_lines`` of its lines hold
+    # hanzi, the rest are drafted by the fast reader (``use_rec_fast``; recognize.needs_page_recheck).
+    # 0 = never: every line by the page reader.
     narrow_sample: int = 8
     narrow_chinese_mass: float = 0.5
+    # English receipts and photos with a hanzi or two among their sample lines (1-2 of 8 on eval-dev)
+    # would be drafted for nothing (their drafts hold no hanzi, so all are read again); a report page
+    # of tables and figures had 4, where tiny's drafts and the re-reads cost as much as reading every
+    # line; the pages of prose 7. 5 was the least work at the same scores on half a of eval-dev's
+    # pages (3 and 4: 1 % more on its Chinese pages), confirmed on half b (bench/page_rules.py).
+    draft_page_chinese_lines: int = 5
     # ORT worker threads busy-wait after a run. One model read back to back is 28 % faster with it,
     # but the engine's single crops were slower (p50 10.9 -> 15.2 ms, p95 42 -> 74 ms: each model's
     # pool spins against the next model's on 2 cores), pages no faster, and each run leaves ~46 ms

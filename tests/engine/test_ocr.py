@@ -596,3 +596,27 @@ def test_a_chinese_line_on_a_page_taken_for_english_is_read_again_whole(eval_dev
     read = engine._read(crops, [], detected=True)
     assert engine.rec_page_narrow.loaded and recognize.has_cjk(read[5].text)
     assert [r.text for r in read] == [r.text for r in whole._read(crops, [], detected=True)]
+
+
+def test_a_page_is_drafted_only_where_most_of_its_sample_holds_hanzi(eval_dev):
+    from edge_ocr.engine.ocr import EngineOptions, OcrEngine
+
+    english = [cv2.imread(str(path)) for path, _ in line_samples(eval_dev, "SROIE2019-task1", 12)]
+    rows = (eval_dev / "zh" / "lines" / "labels.tsv").read_text(encoding="utf-8").splitlines()
+    chinese = [cv2.imread(str(eval_dev / "zh" / "lines" / r.split("\t")[0])) for r in rows
+               if r.startswith("zhline_8c1a908c02f6")][:12]
+    sample = recognize.spread(12, 8)
+    engine = OcrEngine(EngineOptions(threads=1))
+    assert engine.options.draft_page_chinese_lines == 5
+    calls = {"page_drafts": 0}
+    drafter = engine.models()["page_drafts"]
+    drafter.run = _counting(drafter.run, calls, "page_drafts")
+    for hanzi_lines, drafted in ((2, False), (4, False), (5, True), (8, True)):
+        # A receipt with a shop name in Chinese among its sample lines is read as before (every
+        # line by the page reader: the sample showed Chinese); a page of Chinese prose is drafted.
+        crops = list(english)
+        for index in sample[:hanzi_lines]:
+            crops[index] = chinese[index]
+        calls["page_drafts"] = 0
+        engine._read(crops, [], detected=True)
+        assert calls["page_drafts"] == (12 - 8 if drafted else 0), hanzi_lines
