@@ -89,7 +89,7 @@ class OcrEngine:
         self._confirms = self.rec_page is not None and self.rec_page.variant.precision == "int8"
         self._rec_fast = self._load("rec_fast", lazy) if self.options.use_rec_fast and "rec_fast" in stages else None
         # The draft reader of a Chinese page's lines (``_read_page``): made at the first page whose
-        # sample shows Chinese, with the page lines' threads.
+        # sample holds enough hanzi (``draft_page_chinese_lines``), with the page lines' threads.
         self._page_drafts = self._rec_fast if has_page_reader else None
         if own_session and self._rec_fast is not None:
             self._page_drafts = self._load("rec_fast", lazy=True, threads=line_threads)
