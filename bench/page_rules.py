@@ -15,6 +15,7 @@ source and half (``bench/halves.py``: split by page). Candidates:
 * ``Chinese pages drafted ...``: the page reader (padded to 96 px) reads a sample of 8 lines; where it
   shows Chinese (``recognize.shows_chinese``) tiny drafts the other lines and the drafts a rule flags are
   read again by the page reader (``recognize.needs_page_recheck`` is the rule now); other pages as before.
+  Where tiny keeps too few of its first drafts (the probe), the rest are read by the page reader.
 
 Cost is recogniser work per page relative to reading every line once with small fp32 (columns times the
 measured per-column ratio of each reader); mean over the half's pages.
@@ -133,19 +134,24 @@ def drafts(direct_up_to: int = 0, recheck_below: float = 0.95, reader: str = "sm
 
 
 def chinese_pages(flagged: Callable[[Decoded], bool], reader: str = "small_static@96", sample_size: int = 8,
-                  mass: float = 0.5, chinese_lines: int = 5) -> PageRule:
+                  mass: float = 0.5, chinese_lines: int = 5, probe_kept: int = 3) -> PageRule:
     """The engine's page rule (``OcrEngine._read_page``): a page whose sample shows Chinese, with
     ``chinese_lines`` of its lines holding hanzi, has its other lines drafted by tiny, and the drafts
-    ``flagged`` read again by ``reader``."""
+    ``flagged`` read again by ``reader``; unless tiny keeps fewer than ``probe_kept`` of its first
+    ``sample_size`` drafts (the probe, spread over the other lines): then the lines after the probe
+    are read by ``reader`` alone."""
     def page_rule(lines: list[dict[str, Any]]) -> list[tuple[str | None, list[str]]]:
         sample = recognize.spread(len(lines), sample_size)
         readings = [Decoded(*lines[i][reader]) for i in sample]
         if (len(sample) == len(lines) or not recognize.shows_chinese(readings, mass)
                 or sum(recognize.has_cjk(r.text) for r in readings) < chinese_lines):
             return [(kept(line[reader]), [reader]) for line in lines]
+        rest = [i for i in range(len(lines)) if i not in sample]
+        probe = {rest[i] for i in recognize.spread(len(rest), sample_size)}
+        stopped = sum(not flagged(Decoded(*lines[i]["tiny"])) for i in probe) < probe_kept
         out: list[tuple[str | None, list[str]]] = []
         for index, line in enumerate(lines):
-            if index in sample:
+            if index in sample or (stopped and index not in probe):
                 out.append((kept(line[reader]), [reader]))
             elif flagged(Decoded(*line["tiny"])):
                 out.append((kept(line[reader]), ["tiny", reader]))
@@ -225,6 +231,9 @@ def main(argv: list[str] | None = None) -> int:
     }
     whole_pages |= {"the rule now, drafted where %d of the 8 sample lines hold hanzi%s" % (k, " (now)" if k == 5 else ""):
                     chinese_pages(now, chinese_lines=k) for k in (1, 2, 3, 4, 5)}
+    whole_pages |= {"the rule now, drafting stopped where tiny keeps under %d of its first 8 drafts%s"
+                    % (k, " (now)" if k == 3 else " (never stopped: before)" if k == 0 else ""):
+                    chinese_pages(now, probe_kept=k) for k in (0, 3, 4, 6)}
     for name, rule in list(rules.items()) + list(padded.items()) + list(whole_pages.items()):
         scored = score(pages, truth, rule, padded=name in padded or name in whole_pages, whole_page=name in whole_pages)
         for h in "ab":

@@ -297,7 +297,8 @@ class OcrEngine:
         - where it does, every line by ``reader``; but where ``draft_page_chinese_lines`` of the
           sample hold hanzi, the rest drafted by the fast reader (``use_rec_fast``), and only the
           drafts ``recognize.needs_page_recheck`` flags read again by ``reader``: tiny reads
-          Chinese prose as the page reader does at ~0.3x its cost (README, Accuracy)."""
+          Chinese prose as the page reader does at ~0.3x its cost (README, Accuracy); unless it
+          is unsure of its first drafts (``_draft_page``)."""
         lines = list(range(len(crops)))
         sample = recognize.spread(len(crops), self.options.narrow_sample)
         if (self._narrow is None and self._page_drafts is None) or len(sample) == len(crops):
@@ -310,10 +311,7 @@ class OcrEngine:
             if self._page_drafts is None or chinese_lines < self.options.draft_page_chinese_lines:
                 self._read_into(readings, reader, crops, [], rest, min_width)
                 return
-            self._read_into(readings, self._page_drafts, crops, [], rest)
-            flagged = recognize.needs_page_recheck([readings[i] for i in rest], self.options.recheck_below)
-            again = [rest[i] for i in flagged]
-            self._read_into(readings, reader, crops, [], again, min_width)
+            self._draft_page(readings, reader, crops, rest, min_width)
             return
         if self._narrow is None:
             self._read_into(readings, reader, crops, [], rest, min_width)
@@ -321,6 +319,25 @@ class OcrEngine:
         self._read_into(readings, self._narrow, crops, [], rest, min_width)
         again = [i for i in rest if recognize.looks_chinese(readings[i].text)]
         self._read_into(readings, reader, crops, [], again, min_width)
+
+    def _draft_page(self, readings: list[Decoded], reader: Model, crops: list[np.ndarray], rest: list[int],
+                    min_width: int) -> None:
+        """The ``rest`` of a Chinese page's lines drafted by the fast reader and the drafts
+        ``recognize.needs_page_recheck`` flags read again by ``reader``; but where it keeps fewer
+        than ``draft_probe_kept`` of its first drafts (the probe), every line it has not drafted
+        is read by ``reader`` instead."""
+        below = self.options.recheck_below
+        probe = [rest[i] for i in recognize.spread(len(rest), self.options.narrow_sample)]
+        assert self._page_drafts is not None  # _read_page drafts only with a drafter
+        self._read_into(readings, self._page_drafts, crops, [], probe)
+        again = {probe[i] for i in recognize.needs_page_recheck([readings[i] for i in probe], below)}
+        others = sorted(set(rest) - set(probe))
+        if len(probe) - len(again) >= self.options.draft_probe_kept:
+            self._read_into(readings, self._page_drafts, crops, [], others)
+            again |= {others[i] for i in recognize.needs_page_recheck([readings[i] for i in others], below)}
+        else:
+            again |= set(others)
+        self._read_into(readings, reader, crops, [], sorted(again), min_width)
 
     def _specialise(self, decoded: list[Decoded], crops: list[np.ndarray], allowed: list[str], plates: list[int]
                     ) -> set[int]:

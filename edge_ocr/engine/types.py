@@ -240,6 +240,14 @@ class EngineOptions:
     # line; the pages of prose 7. 5 was the least work at the same scores on half a of eval-dev's
     # pages (3 and 4: 1 % more on its Chinese pages), confirmed on half b (bench/page_rules.py).
     draft_page_chinese_lines: int = 5
+    # The first drafts of a page (``narrow_sample`` of its other lines, spread over them) are its
+    # probe: where tiny keeps fewer than this many of them (``recognize.needs_page_recheck``), it is
+    # unsure of this page's lines (hand-like writing, say), and drafting the rest would cost more
+    # than reading them (a draft is ~0.37 of a page reader's line, so 3 in 8 kept is the break-even)
+    # and keep more of its sure but wrong readings: the rest are read by the page reader. 3 lost
+    # nothing on any style of half a of the rendered lines and 4 did (bench/chinese_drafts.py),
+    # confirmed on half b; eval-dev's Chinese pages keep 7 of 8 (README, Accuracy). 0 = never stop.
+    draft_probe_kept: int = 3
     # ORT worker threads busy-wait after a run. One model read back to back is 28 % faster with it,
     # but the engine's single crops were slower (p50 10.9 -> 15.2 ms, p95 42 -> 74 ms: each model's
     # pool spins against the next model's on 2 cores), pages no faster, and each run leaves ~46 ms
