@@ -244,9 +244,11 @@ class EngineOptions:
     # probe: where tiny keeps fewer than this many of them (``recognize.needs_page_recheck``), it is
     # unsure of this page's lines (hand-like writing, say), and drafting the rest would cost more
     # than reading them (a draft is ~0.37 of a page reader's line, so 3 in 8 kept is the break-even)
-    # and keep more of its sure but wrong readings: the rest are read by the page reader. 3 lost
-    # nothing on any style of half a of the rendered lines and 4 did (bench/chinese_drafts.py),
-    # confirmed on half b; eval-dev's Chinese pages keep 7 of 8 (README, Accuracy). 0 = never stop.
+    # and keep more of its sure but wrong readings: the rest are read by the page reader. On pages
+    # drawn from half a of the rendered lines (bench/chinese_drafts.py) 3 cost at most 0.02 CER
+    # points on any style (4: 0.11) and stopped 86-98 % of the pages tiny reads worst, where drafting
+    # cost 1.2x reading; confirmed on half b. eval-dev's Chinese pages keep 7 of 8 (README,
+    # Accuracy). 0 = never stop.
     draft_probe_kept: int = 3
     # ORT worker threads busy-wait after a run. One model read back to back is 28 % faster with it,
     # but the engine's single crops were slower (p50 10.9 -> 15.2 ms, p95 42 -> 74 ms: each model's
