@@ -227,13 +227,20 @@ def auto_threads() -> int:
     return max(1, len(big_cores(set(usable), cpu_capacities())))
 
 
-def make_session(variant: Variant, threads: int, allow_spinning: bool = False) -> ort.InferenceSession:
+def make_session(variant: Variant, threads: int, allow_spinning: bool = False,
+                 exact_sums: bool = False) -> ort.InferenceSession:
     """An ONNX Runtime CPU session with our measured settings.
 
     The CPU memory arena and memory-pattern planning are off: with them, the buffers of one
     large input stay reserved for the life of the process (358 MB after one big page here;
     with dynamic shapes a pattern is planned per input shape). Spinning is off so an idle
     daemon does not burn a core waiting for work.
+
+    ``exact_sums`` (``session.x64quantprecision``): x86 CPUs without VNNI (AVX2 only, as AMD Zen 1-3
+    and Intel before Ice Lake) add an int8 model's u8 x s8 products in pairs into int16, which
+    saturates; with it ONNX Runtime computes those layers exactly (u8 x u8) on such CPUs, and
+    changes nothing elsewhere (VNNI, ARM). The engine asks it for the detector (see
+    ``EngineOptions.exact_detector_sums``).
     """
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
@@ -244,6 +251,8 @@ def make_session(variant: Variant, threads: int, allow_spinning: bool = False) -
     options.enable_mem_pattern = False
     options.log_severity_level = 3
     options.add_session_config_entry("session.intra_op.allow_spinning", "1" if allow_spinning else "0")
+    if exact_sums:
+        options.add_session_config_entry("session.x64quantprecision", "1")
     try:
         return ort.InferenceSession(str(variant.path), sess_options=options, providers=["CPUExecutionProvider"])
     except Exception as exc:  # ORT raises its own untyped Fail/InvalidGraph errors
@@ -261,11 +270,12 @@ class Model:
     """
 
     def __init__(self, stage: Stage, variant: Variant, threads: int, allow_spinning: bool = False,
-                 lazy: bool = False) -> None:
+                 lazy: bool = False, exact_sums: bool = False) -> None:
         self.stage = stage
         self.variant = variant
         self._threads = threads
         self._allow_spinning = allow_spinning
+        self._exact_sums = exact_sums
         self._lock = threading.Lock()
         self._session: ort.InferenceSession | None = None
         self.input_name = ""
@@ -287,7 +297,7 @@ class Model:
     def _open(self) -> ort.InferenceSession:
         with self._lock:
             if self._session is None:
-                session = make_session(self.variant, self._threads, self._allow_spinning)
+                session = make_session(self.variant, self._threads, self._allow_spinning, self._exact_sums)
                 self.input_name = session.get_inputs()[0].name
                 self._session = session  # published last: a reader never sees it without its input name
             return self._session

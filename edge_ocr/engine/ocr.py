@@ -108,7 +108,7 @@ class OcrEngine:
         spec = self.pack.stages[stage]
         threads = min(threads, self.threads) if threads > 0 else self.threads
         return Model(spec, choose_variant(spec, self.options.precision), threads,
-                     self.options.allow_spinning, lazy=lazy)
+                     self.options.allow_spinning, lazy=lazy, exact_sums=stage == "det" and self.options.exact_detector_sums)
 
     @property
     def rec(self) -> Model:
