@@ -577,11 +577,12 @@ def test_a_chinese_pages_lines_are_drafted_and_only_the_flagged_drafts_read_agai
     again = recognize.needs_page_recheck(drafts, engine.options.recheck_below)
     assert calls["page_drafts"] == len(read.lines) - 8 == len(drafts) and calls["rec_page_narrow"] == 0
     assert calls["page_lines"] == 8 + len(again) and len(again) < len(drafts) / 2
-    # The same boxes, and the same text by the scoring rule (NFKC, no white space) on all but one line
-    # in 66 (a footnote mark, "”2这" against "”这").
+    # The same boxes, and the same text by the scoring rule (NFKC, no white space) on all but the
+    # footnote marks the page reader reads and tiny does not, 1 or 2 in 66 by CPU ("”2这" against
+    # "”“这" and "。1因此" against "。因此" on an AVX2 EPYC; only the first on a VNNI Xeon).
     assert [line.box.tolist() for line in read.lines] == [line.box.tolist() for line in without.lines]
     same = sum(scoring.relaxed(a.text) == scoring.relaxed(b.text) for a, b in zip(read.lines, without.lines))
-    assert same >= len(read.lines) - 1, same
+    assert same >= len(read.lines) - 2, same
 
 
 def test_a_chinese_line_on_a_page_taken_for_english_is_read_again_whole(eval_dev):
