@@ -201,7 +201,8 @@ class EngineOptions:
     # then agreed with fp32 at 0.96 binary IoU as on a VNNI CPU (0.93 without, one photo 0.68), and
     # pages read 0.4 / 1.3 e2e F1 more on receipts / photos, at 1.07x the time in total. The
     # recognisers agree with fp32 alike either way (their exact sums: 1.25x the time), so only the
-    # detector. No effect on VNNI or ARM CPUs.
+    # detector. There it costs ~11 MB of peak RSS on pages (README, Benchmarks). No effect on VNNI
+    # or ARM CPUs.
     exact_detector_sums: bool = True
     rec_batch_size: int = 1  # measured: batching only pads; 1 was fastest and smallest on 1-2 threads
     rec_batch_columns: int = 4096  # batch lines × padded width: bounds recogniser memory
