@@ -151,6 +151,7 @@ def test_the_int8_detector_sums_exactly_on_every_x86_cpu(eval_dev):
     resized, _ = preprocess.resize_for_detection(image, 960, stage.multiple)
     x = preprocess.normalize(resized, stage.mean, stage.std)[None]
     ref, got = (s.run(None, {s.get_inputs()[0].name: x})[0] > 0.3 for s in (fp32, int8))
+    engine.close()
     assert (ref & got).sum() / (ref | got).sum() > 0.93
 
 
