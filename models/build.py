@@ -215,6 +215,10 @@ class Int8Recipe:
              becomes a DequantizeLinear with the scale divided (models/rewrites.py: one fp32 pass less).
     float_classifier: static-rec only: after quantizing, the classifier's MatMul, output QDQ pair and
              bias Add become one MatMulIntegerToFloat (models/rewrites.py: fp32 logits in one pass).
+    seven_bit_convs: static only: these convolutions get 7-bit weights (the same calibration quantized
+             again with reduce_range, their weights, weight scales and int32 biases spliced in): on x86
+             CPUs without VNNI ONNX Runtime adds u8 x s8 products in pairs into int16, which saturates
+             with full-range weights; 7-bit weights cannot (255 x 64 x 2 < 32,768).
     """
 
     method: Literal["dynamic", "static", "static-rec"]
@@ -232,6 +236,7 @@ class Int8Recipe:
     global_pools: bool = False
     fold_divisions: bool = False
     float_classifier: bool = False
+    seven_bit_convs: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         calibration = (self.calibration_source, self.calibration_per_source, self.calibration_width)
@@ -251,6 +256,8 @@ class Int8Recipe:
             raise ValueError("fold_divisions: static recipes only")
         if self.float_classifier and self.method != "static-rec":
             raise ValueError("float_classifier: static-rec recipes only")
+        if self.seven_bit_convs and self.method != "static":
+            raise ValueError("seven_bit_convs: static recipes only")
 
 
 @dataclass(frozen=True, slots=True)
@@ -317,6 +324,16 @@ class PackSpec:
 # PP-OCRv4 reads plates padded to RapidOCR's 320 px: eval-dev plates 97.3 % on both halves, against
 # 95.1 / 93.9 % at their own 188 px and 97.0 / 96.2 % at 240 (fp32, read alone).
 PLATE_WIDTH = 320
+# The detector's convolutions whose u8 x s8 pair sums saturated int16 on an AVX2-only x86 CPU (an AMD
+# EPYC): with that conv alone at 8-bit weights and the rest at 7, its probability map differed between
+# ONNX Runtime's saturating and exact (session.x64quantprecision) kernels on 6 calibration pages; on
+# the other 50 it was bit-identical (models/saturating_convs.py). They get 7-bit weights, the rest keep 8.
+V6_SMALL_DET_SATURATING = (
+    "Conv.8", "Conv.11", "Conv.14", "Conv.19", "Conv.20", "Conv.22", "Conv.25", "Conv.26", "Conv.30",
+    "Conv.33", "Conv.36", "Conv.38", "Conv.41", "Conv.44", "Conv.47", "Conv.49", "Conv.52", "Conv.54",
+    "Conv.55", "Conv.57", "Conv.58", "Conv.60", "Conv.63", "Conv.71", "Conv.73", "Conv.76", "Conv.77",
+    "Conv.79", "Conv.82",
+)
 V6_SMALL_DET_STEM = ("Conv.0", "Relu.0", "MaxPool.0", "Conv.1", "Relu.1", "Conv.2", "Relu.2", "Concat.0", "Conv.3")
 
 PACKS: tuple[PackSpec, ...] = (
@@ -338,7 +355,8 @@ PACKS: tuple[PackSpec, ...] = (
                 f"{measure_int8.CALIBRATION_PAGES} eval-dev pages; stem (first 9 nodes) kept fp32, its Concat.0 -> "
                 "Conv.3 computed as one convolution per branch, summed; each ReduceMean over height and width "
                 "as a GlobalAveragePool; each GELU's division by sqrt 2 folded into the scale of the "
-                "DequantizeLinear before it",
+                "DequantizeLinear before it; 7-bit weights on the 29 convolutions whose u8 x s8 pair sums "
+                "saturate on x86 without VNNI",
                 exclude_nodes=V6_SMALL_DET_STEM,
                 # The stem's join was the detector's largest buffer and ~11 % of its time at 1 thread.
                 split_concats=("Concat.0",),
@@ -346,6 +364,7 @@ PACKS: tuple[PackSpec, ...] = (
                 global_pools=True,
                 # Its 13 GELUs' divisions by sqrt 2 were ~6 % of its time at 1 thread, one fp32 pass each.
                 fold_divisions=True,
+                seven_bit_convs=V6_SMALL_DET_SATURATING,
             ),
             postprocess=(("thresh", 0.2), ("box_thresh", 0.45), ("unclip_ratio", 1.4)),
         ),
@@ -627,17 +646,25 @@ def quantize(spec: ModelSpec, recipe: Int8Recipe, source: bytes, eval_dev: Path,
         )
     else:
         input_name = model.graph.input[0].name
-        quantize_static(
-            prepared,
-            quantized,
-            TensorReader(input_name, calibration_tensors(spec, eval_dev)),
-            quant_format=QuantFormat.QDQ,
-            per_channel=True,
-            activation_type=QuantType.QUInt8,
-            weight_type=QuantType.QInt8,
-            calibrate_method=CalibrationMethod.MinMax,
-            nodes_to_exclude=list(recipe.exclude_nodes),
-        )
+        tensors = calibration_tensors(spec, eval_dev)
+        seven_bit = work / f"{spec.stage}.int8.7bit.onnx"
+        for output, reduce_range in ((quantized, False), (seven_bit, True)) if recipe.seven_bit_convs else ((quantized, False),):
+            quantize_static(
+                prepared,
+                output,
+                TensorReader(input_name, tensors),
+                quant_format=QuantFormat.QDQ,
+                per_channel=True,
+                activation_type=QuantType.QUInt8,
+                weight_type=QuantType.QInt8,
+                calibrate_method=CalibrationMethod.MinMax,
+                nodes_to_exclude=list(recipe.exclude_nodes),
+                reduce_range=reduce_range,
+            )
+        if recipe.seven_bit_convs:
+            spliced = onnx.load(quantized)
+            splice_quantized_convs(spliced, onnx.load(seven_bit), recipe.seven_bit_convs)
+            onnx.save(spliced, quantized)
     if recipe.split_concats or recipe.global_pools or recipe.fold_divisions or recipe.float_classifier:
         rewritten = onnx.load(quantized)
         for name in recipe.split_concats:
@@ -650,6 +677,32 @@ def quantize(spec: ModelSpec, recipe: Int8Recipe, source: bytes, eval_dev: Path,
             rewrites.float_classifier(rewritten)
         onnx.save(rewritten, quantized)
     return add_notice(quantized.read_bytes(), spec.source, recipe.description)
+
+
+def splice_quantized_convs(model: onnx.ModelProto, source: onnx.ModelProto, convs: Sequence[str]) -> None:
+    """Give each QDQ Conv of ``convs`` in ``model``, in place, the quantized weights, weight scales and
+    int32 bias (with its scale, the input's times the weights') of the same Conv in ``source``, a
+    quantization of the same graph and calibration with other weight settings. ONNX Runtime fuses a
+    Conv into QLinearConv only where the bias scale is that product, so the four go together."""
+    producers = {output: node for node in model.graph.node for output in node.output}
+    by_name = {node.name: node for node in model.graph.node}
+    replacements = {init.name: init for init in source.graph.initializer}
+    names = set()
+    for conv_name in convs:
+        conv = by_name.get(conv_name)
+        weights = producers.get(conv.input[1]) if conv is not None and conv.op_type == "Conv" else None
+        if weights is None or weights.op_type != "DequantizeLinear":
+            raise BuildError(f"{conv_name}: not a quantized Conv of the graph")
+        names.update(weights.input[:2])
+        bias = producers.get(conv.input[2]) if len(conv.input) > 2 else None
+        if bias is not None and bias.op_type == "DequantizeLinear":
+            names.update(bias.input[:2])
+    missing = sorted(names - set(replacements))
+    if missing:
+        raise BuildError(f"the other quantization lacks {missing}")
+    for init in model.graph.initializer:
+        if init.name in names:
+            init.CopyFrom(replacements[init.name])
 
 
 def add_notice(model_bytes: bytes, source: Member, method: str) -> bytes:

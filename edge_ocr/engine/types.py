@@ -196,14 +196,12 @@ class EngineOptions:
     confirm_below: float = 0.9
     confirm_chinese_mass: float = 0.01
     cls_threshold: float = 0.9
-    # Exact int8 sums in the detector on x86 CPUs without VNNI (models.make_session ``exact_sums``):
-    # there ONNX Runtime's u8 x s8 pairs saturate in int16. On an AMD EPYC (AVX2) the int8 detector
-    # then agreed with fp32 at 0.96 binary IoU as on a VNNI CPU (0.93 without, one photo 0.68), and
-    # pages read 0.4 / 1.3 e2e F1 more on receipts / photos, at 1.07x the time in total. The
-    # recognisers agree with fp32 alike either way (their exact sums: 1.25x the time), so only the
-    # detector. There it costs ~11 MB of peak RSS on pages (README, Benchmarks). No effect on VNNI
-    # or ARM CPUs.
-    exact_detector_sums: bool = True
+    # Exact int8 sums in the detector on x86 CPUs without VNNI (models.make_session ``exact_sums``),
+    # where ONNX Runtime adds u8 x s8 products in pairs into int16. Not needed by the shipped
+    # detector: its 27 convolutions whose pairs saturated have 7-bit weights (models/build.py), so it
+    # agrees with fp32 on such a CPU as on a VNNI one (binary IoU 0.956 either way) at full speed; with
+    # exact sums it took 1.2-1.3x the time there. No effect on VNNI or ARM CPUs.
+    exact_detector_sums: bool = False
     rec_batch_size: int = 1  # measured: batching only pads; 1 was fastest and smallest on 1-2 threads
     rec_batch_columns: int = 4096  # batch lines × padded width: bounds recogniser memory
     rec_min_width: int = 0  # 0 = the pack's min_width (PP-OCRv5/6 read best padded to 320)

@@ -131,20 +131,20 @@ def test_shipped_int8_variants_passed_their_accuracy_gate(name):
         assert int8 >= fp32 - 1.0, "%s %s int8 %s=%.2f vs fp32 %.2f" % (name, stage, metric, int8, fp32)
 
 
-def test_the_int8_detector_sums_exactly_on_every_x86_cpu(eval_dev):
+def test_the_int8_detector_agrees_with_fp32_on_every_x86_cpu(eval_dev):
     """On x86 without VNNI (AVX2 only) ONNX Runtime adds u8 x s8 products in pairs into int16, which
-    saturates; the engine's detector asks for exact sums there (``session.x64quantprecision``). On
-    this IC15 photo the int8 map then agrees with fp32 as on a VNNI CPU: binary IoU 0.965 on an
-    AMD EPYC (AVX2) against 0.789 with the saturating sums."""
+    saturates with full-range 8-bit weights. The shipped detector has 7-bit weights on the
+    convolutions where that happened, so without exact sums (``session.x64quantprecision``) its map
+    agrees with fp32 as on a VNNI CPU: on this IC15 photo binary IoU 0.789 with the all-8-bit file's
+    saturating sums on an AMD EPYC (AVX2), 0.965 with exact ones, and above 0.93 here either way."""
     import cv2
 
     from edge_ocr.engine import preprocess
 
-    engine = OcrEngine(EngineOptions(threads=2))
-    assert engine.det is not None and engine.rec_page is not None
-    assert engine.det.session.get_session_options().get_session_config_entry("session.x64quantprecision") == "1"
-    with pytest.raises(RuntimeError):  # the recognisers' sums agree with fp32 as well either way
-        engine.rec_page.session.get_session_options().get_session_config_entry("session.x64quantprecision")
+    engine = OcrEngine(EngineOptions(threads=2, precision="int8"))
+    assert engine.det is not None and engine.det.variant.precision == "int8"
+    with pytest.raises(RuntimeError):  # no exact sums asked for: ONNX Runtime's fast kernels
+        engine.det.session.get_session_options().get_session_config_entry("session.x64quantprecision")
     stage = engine.det.stage
     fp32, int8 = models.make_session(stage.variants["fp32"], 2), engine.det.session
     image = cv2.imread(str(eval_dev / "pages" / "ic15_0e596fe8d8a8.jpg"))

@@ -337,3 +337,51 @@ def test_the_shipped_int8_detector_divides_in_its_dequantize(monkeypatch):
     assert next(p for p in build.PACKS if p.name == "ppocrv6-small").det.int8.fold_divisions
     with pytest.raises(ValueError, match="fold_divisions"):
         build.Int8Recipe("static-rec", "x", fold_divisions=True)
+
+
+def qdq_conv(weights: np.ndarray, bias_scale_factor: float = 1.0) -> onnx.ModelProto:
+    """One QDQ convolution as quantize_static writes it: int8 weights and an int32 bias, each behind a
+    DequantizeLinear, the bias at the input's scale times the weights'."""
+    out = weights.shape[0]
+    scale = np.full(out, 0.01, np.float32)
+    inits = [numpy_helper.from_array(weights.astype(np.int8), "w_q"), numpy_helper.from_array(scale, "w_scale"),
+             numpy_helper.from_array(np.zeros(out, np.int8), "w_zero"),
+             numpy_helper.from_array(np.arange(out, dtype=np.int32), "b_q"),
+             numpy_helper.from_array(scale * 0.02 * bias_scale_factor, "b_scale"),
+             numpy_helper.from_array(np.zeros(out, np.int32), "b_zero")]
+    nodes = [helper.make_node("DequantizeLinear", ["w_q", "w_scale", "w_zero"], ["w"], name="dq_w", axis=0),
+             helper.make_node("DequantizeLinear", ["b_q", "b_scale", "b_zero"], ["b"], name="dq_b", axis=0),
+             helper.make_node("Conv", ["x", "w", "b"], ["y"], name="Conv.8", kernel_shape=[1, 1])]
+    graph = helper.make_graph(nodes, "conv", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 2, 2])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, out, 2, 2])], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+
+
+def test_a_spliced_convolution_takes_the_other_quantization_s_weights_and_bias_together(monkeypatch):
+    build = models_build(monkeypatch)
+    eight = qdq_conv(np.full((3, 4, 1, 1), 127))
+    seven = qdq_conv(np.full((3, 4, 1, 1), 64), bias_scale_factor=2.0)  # 7-bit: twice the scale
+    build.splice_quantized_convs(eight, seven, ["Conv.8"])
+    arrays = {i.name: numpy_helper.to_array(i) for i in eight.graph.initializer}
+    assert arrays["w_q"].max() == 64
+    # ONNX Runtime fuses a QLinearConv only where the bias scale is the input's times the weights'.
+    np.testing.assert_array_equal(arrays["b_scale"], numpy_helper.to_array(seven.graph.initializer[4]))
+    with pytest.raises(build.BuildError, match=r"Conv\.9"):
+        build.splice_quantized_convs(eight, seven, ["Conv.9"])
+
+
+def test_the_shipped_int8_detector_has_7_bit_weights_where_its_pair_sums_saturate(monkeypatch):
+    """x86 without VNNI adds u8 x s8 pairs into int16: weights within [-64, 64] cannot overflow it
+    (255 x 64 x 2 < 32,768), so those convolutions need no exact sums; the others keep 8 bits."""
+    build = models_build(monkeypatch)
+    recipe = next(p for p in build.PACKS if p.name == "ppocrv6-small").det.int8
+    model = onnx.load(str(MODELS / "ppocrv6-small" / "det.int8.onnx"))
+    producers = {o: n for n in model.graph.node for o in n.output}
+    arrays = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    widest = {n.name: int(np.abs(arrays[producers[n.input[1]].input[0]].astype(np.int32)).max())
+              for n in model.graph.node if n.op_type == "Conv" and n.input[1] in producers}
+    assert len(recipe.seven_bit_convs) == 29 and set(recipe.seven_bit_convs) <= set(widest)
+    assert all(widest[name] <= 64 for name in recipe.seven_bit_convs)
+    assert all(widest[name] == 127 for name in set(widest) - set(recipe.seven_bit_convs))
+    with pytest.raises(ValueError, match="seven_bit_convs"):
+        build.Int8Recipe("dynamic", "x", seven_bit_convs=("Conv.8",))
