@@ -5,6 +5,9 @@ in alternating order, so the shared machine's drift falls on both alike; the fig
 per-image time ratio b / a with a bootstrap 95 % interval, then the texts are compared.
 
     .venv/bin/python bench/paired.py --a '{"page_line_threads": 0}' --b '{}' [--set pages] [--threads 2]
+
+``--a-det FILE`` gives the reference another detector file (an older pack's, say:
+``git show 8ba36f0:models/ppocrv6-small/det.int8.onnx > /tmp/old-det.onnx``).
 """
 
 from __future__ import annotations
@@ -15,8 +18,10 @@ import random
 import statistics
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
+from edge_ocr.engine.models import Model
 from edge_ocr.engine.ocr import EngineOptions, OcrEngine
 from edge_ocr.tools import bench
 
@@ -42,10 +47,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--a", default="{}", help="EngineOptions overrides of the reference, JSON")
     parser.add_argument("--b", default="{}", help="EngineOptions overrides of the candidate, JSON")
     parser.add_argument("--no-det", action="store_true", help="read each image as one line")
+    parser.add_argument("--a-det", type=Path, help="another detector file for the reference")
     args = parser.parse_args(argv)
     datas = [p.read_bytes() for p in bench.image_set(args.set, EVAL_DEV, args.limit or 10_000)] * args.repeat
     engines = {name: OcrEngine(EngineOptions(threads=args.threads, **json.loads(overrides)))
                for name, overrides in (("a", args.a), ("b", args.b))}
+    if args.a_det:
+        det = engines["a"].det
+        assert det is not None
+        engines["a"].det = Model(det.stage, replace(det.variant, path=args.a_det), engines["a"].threads,
+                                 exact_sums=engines["a"].options.exact_detector_sums)
     det = not args.no_det
     for data in datas[:2]:  # warm-up
         for engine in engines.values():

@@ -198,7 +198,7 @@ class EngineOptions:
     cls_threshold: float = 0.9
     # Exact int8 sums in the detector on x86 CPUs without VNNI (models.make_session ``exact_sums``),
     # where ONNX Runtime adds u8 x s8 products in pairs into int16. Not needed by the shipped
-    # detector: its 27 convolutions whose pairs saturated have 7-bit weights (models/build.py), so it
+    # detector: its 29 convolutions whose pairs saturated have 7-bit weights (models/build.py), so it
     # agrees with fp32 on such a CPU as on a VNNI one (binary IoU 0.956 either way) at full speed; with
     # exact sums it took 1.2-1.3x the time there. No effect on VNNI or ARM CPUs.
     exact_detector_sums: bool = False
