@@ -1,7 +1,8 @@
-"""models/rewrites.py: a stem's Concat -> Conv computed as summed convolutions, the same function."""
+"""models/: graph rewrites that keep the function (rewrites.py), the build's 7-bit splice and saturating_convs.py."""
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -385,3 +386,19 @@ def test_the_shipped_int8_detector_has_7_bit_weights_where_its_pair_sums_saturat
     assert all(widest[name] == 127 for name in set(widest) - set(recipe.seven_bit_convs))
     with pytest.raises(ValueError, match="seven_bit_convs"):
         build.Int8Recipe("dynamic", "x", seven_bit_convs=("Conv.8",))
+
+
+def test_saturating_convs_tries_every_quantized_convolution_and_nothing_else(monkeypatch):
+    build = models_build(monkeypatch)  # puts models/ on the path
+    sys.modules.pop("saturating_convs", None)
+    import saturating_convs
+
+    sys.modules.pop("saturating_convs", None)
+    sys.modules.pop("build", None)  # its own import of build.py, not left for the next test
+
+    model = qdq_conv(np.full((3, 4, 1, 1), 127))
+    float_conv = helper.make_node("Conv", ["y", "w_float"], ["z"], name="Conv.9", kernel_shape=[1, 1])
+    model.graph.node.append(float_conv)
+    model.graph.initializer.append(numpy_helper.from_array(np.ones((3, 3, 1, 1), np.float32), "w_float"))
+    assert saturating_convs.quantized_convs(model) == ["Conv.8"]
+    assert build.V6_SMALL_DET_SATURATING == next(p for p in build.PACKS if p.name == "ppocrv6-small").det.int8.seven_bit_convs
