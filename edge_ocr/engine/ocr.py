@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 
 import numpy as np
 
@@ -285,7 +286,8 @@ class OcrEngine:
             confirmed = self._confirm(decoded, crops, allowed, sorted(accurate - taken - masked))
             self._specialise(decoded, crops, allowed,
                              [i for i in self._plates(drafts, decoded, accurate, confirmed) if i not in plates])
-        return decoded
+        # A plate's registration number: without the separator dot read off the plate (recognize.plate_number).
+        return [replace(d, text=number) if (number := recognize.plate_number(d.text)) != d.text else d for d in decoded]
 
     def _read_page(self, readings: list[Decoded], reader: Model, crops: list[np.ndarray], min_width: int) -> None:
         """Every line of a page into ``readings``: by ``reader``, except on a page of more lines

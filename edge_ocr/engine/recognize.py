@@ -7,6 +7,7 @@ each batch is only as wide as its widest line. The model is passed in as a calla
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
@@ -185,6 +186,22 @@ def take_specialist(reading: Decoded, specialist: Decoded) -> Decoded:
     """The specialist's reading when it holds Chinese, else the reading: a Latin word
     whose reader merely hesitated over a Chinese class keeps its PP-OCRv6 text."""
     return specialist if has_cjk(specialist.text) else reading
+
+
+# A Chinese plate (GA 36): province, issuing-office letter, the separator dot, 5 letters or digits
+# (6 on new-energy plates), or 4 and a class character (trailers, coaches, police, Hong Kong and
+# Macau), 5 with one on some.
+PLATE_PROVINCES = "京津沪渝冀豫云辽黑湘皖鲁新苏浙赣鄂桂甘晋蒙陕吉闽贵粤青藏川宁琼"
+PLATE_SEPARATORS = "·•・‧."
+_PLATE_WITH_SEPARATOR = re.compile(
+    "^([%s][A-Z])[%s]([A-Z0-9]{5,6}[挂学警港澳]?|[A-Z0-9]{4}[挂学警港澳])$" % (PLATE_PROVINCES, re.escape(PLATE_SEPARATORS)))
+
+
+def plate_number(text: str) -> str:
+    """A Chinese plate's reading as its registration number, without the separator dot the
+    readers see between the office letter and the serial ("皖A·C4933" -> "皖AC4933"), as it is
+    written in registers and matched by gate lists; any other text unchanged."""
+    return _PLATE_WITH_SEPARATOR.sub(r"\1\2", text)
 
 
 def spread(count: int, size: int) -> list[int]:
