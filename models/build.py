@@ -648,7 +648,8 @@ def quantize(spec: ModelSpec, recipe: Int8Recipe, source: bytes, eval_dev: Path,
         input_name = model.graph.input[0].name
         tensors = calibration_tensors(spec, eval_dev)
         seven_bit = work / f"{spec.stage}.int8.7bit.onnx"
-        for output, reduce_range in ((quantized, False), (seven_bit, True)) if recipe.seven_bit_convs else ((quantized, False),):
+        outputs = [(quantized, False)] + ([(seven_bit, True)] if recipe.seven_bit_convs else [])
+        for output, reduce_range in outputs:
             quantize_static(
                 prepared,
                 output,

@@ -154,16 +154,19 @@ def rec_batches(files: Sequence[Path], height: int, batch: int = REC_TIMING_BATC
 # ---------------------------------------------------------------- sessions and timing
 
 
-def open_session(model: Path | bytes) -> ort.InferenceSession:
-    """A single-threaded CPU session without the memory arena, as the engine runs on a small board."""
+def open_session(model: Path | bytes, exact_sums: bool = True) -> ort.InferenceSession:
+    """A single-threaded CPU session without the memory arena, as the engine runs on a small board;
+    ``exact_sums=False`` leaves x86 CPUs without VNNI their saturating int16 pair sums
+    (saturating_convs.py compares the two)."""
     options = ort.SessionOptions()
     options.intra_op_num_threads = 1
     options.inter_op_num_threads = 1
     options.enable_cpu_mem_arena = False
     options.log_severity_level = 3
-    # Exact int8 sums on x86 CPUs without VNNI, as the engine runs its detector (engine.models.make_session)
-    # and as the gates were measured on VNNI CPUs.
-    options.add_session_config_entry("session.x64quantprecision", "1")
+    # Exact int8 sums on x86 CPUs without VNNI, as VNNI and ARM CPUs sum: the gates measure the model,
+    # not one CPU's int16 overflow.
+    if exact_sums:
+        options.add_session_config_entry("session.x64quantprecision", "1")
     source = model if isinstance(model, bytes) else str(model)
     return ort.InferenceSession(source, sess_options=options, providers=["CPUExecutionProvider"])
 

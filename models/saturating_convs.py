@@ -28,17 +28,6 @@ import build
 import measure_int8
 import numpy as np
 import onnx
-import onnxruntime as ort
-
-
-def open_session(model: bytes, exact: bool) -> ort.InferenceSession:
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
-    options.enable_cpu_mem_arena = False
-    options.log_severity_level = 3
-    if exact:
-        options.add_session_config_entry("session.x64quantprecision", "1")
-    return ort.InferenceSession(model, sess_options=options, providers=["CPUExecutionProvider"])
 
 
 def quantized_convs(model: onnx.ModelProto) -> list[str]:
@@ -55,7 +44,7 @@ def saturating(eight: onnx.ModelProto, seven: onnx.ModelProto, tensors: Sequence
         model = copy.deepcopy(seven)  # every conv at 7 bits but this one
         build.splice_quantized_convs(model, eight, [name])
         data = model.SerializeToString()
-        fast, exact = open_session(data, exact=False), open_session(data, exact=True)
+        fast, exact = measure_int8.open_session(data, exact_sums=False), measure_int8.open_session(data)
         differs = any(not np.array_equal(measure_int8.run(fast, x), measure_int8.run(exact, x)) for x in tensors)
         print(f"{index + 1}/{len(convs)} {name} {'saturates' if differs else 'exact'}", file=sys.stderr, flush=True)
         if differs:
