@@ -212,6 +212,12 @@ class FolderSource:
         """Apply live keys of a reloaded config (timings, delete_original, reuse_results)."""
         if not isinstance(cfg, FolderSourceConfig):
             raise TypeError("%s: a %s cannot update a %s" % (self.name, type(cfg).__name__, type(self).__name__))
+        if cfg.reuse_results and not self.cfg.reuse_results:
+            # Turned on by a reload: its store is made here, as _prepare makes it at start.
+            try:
+                self.cache.mkdir(exist_ok=True)
+            except OSError as exc:
+                log.warning("cannot create reuse store source=%s dir=%s error=%s", self.name, self.cache, exc.strerror)
         self.cfg = cfg
 
     def capture_now(self) -> str:

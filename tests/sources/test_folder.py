@@ -3,6 +3,7 @@ and a fake engine (tests/fakes.py)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import threading
@@ -102,6 +103,18 @@ def test_identical_content_reuses_the_stored_result(tmp_path, folder):
     (tmp_path / "inbox" / "a.txt").write_bytes(b"TEXT:different")  # same name, new content
     assert wait_until(lambda: (tmp_path / "done" / "a-1.json").exists())
     assert json.loads((tmp_path / "done" / "a-1.json").read_text())["text"] == "different"
+
+
+def test_reuse_turned_on_by_a_reload_makes_its_store(tmp_path, folder):
+    (tmp_path / "inbox").mkdir()
+    source, engine = folder(reuse_results=False)
+    assert not (tmp_path / "inbox" / ".cache").exists()
+    source.update(dataclasses.replace(source.cfg, reuse_results=True))  # what SIGHUP applies
+    (tmp_path / "inbox" / "a.txt").write_bytes(b"TEXT:same")
+    assert wait_until(lambda: source.stats.get("files_done_total") == 1)
+    (tmp_path / "inbox" / "b.txt").write_bytes(b"TEXT:same")
+    assert wait_until(lambda: (tmp_path / "done" / "b.json").exists())
+    assert engine.calls == [b"TEXT:same"]  # b reused a's result: the store worked without a restart
 
 
 def test_the_reuse_store_keeps_only_the_most_recently_used_results(tmp_path, folder):
