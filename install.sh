@@ -5,7 +5,7 @@
 #                                  config/pi-zero-2w.toml), state in /var/lib/edge-ocr, systemd unit
 #   ./install.sh --dev             a .venv in this checkout (editable, with the test tools); no root
 #   sudo ./install.sh --uninstall  remove what the system install added, keeping config and data
-#   sudo ./install.sh --purge      remove config and data too
+#   sudo ./install.sh --purge      remove config and data too (also: --uninstall --purge)
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -188,13 +188,26 @@ uninstall() {
     fi
 }
 
+# The one action the arguments ask for; "--uninstall --purge" (either order) is --purge, as the
+# SPEC words it: never a silent keep of what was asked to be removed.
+install_action() {
+    case "$*" in
+        "--uninstall --purge"|"--purge --uninstall") echo --purge; return ;;
+    esac
+    [ $# -le 1 ] || die "one option at a time, got: $* (try --help)"
+    case "${1:-}" in
+        ""|--dev|--uninstall|--purge|-h|--help) echo "${1:-}" ;;
+        *) die "unknown option: $1 (try --help)" ;;
+    esac
+}
+
 # Sourced (the tests), it stops here: the functions and settings above, no install.
 [ "${BASH_SOURCE[0]}" = "$0" ] || return 0
-case "${1:-}" in
+action="$(install_action "$@")" || exit 2
+case "$action" in
     "") install_system ;;
     --dev) install_dev ;;
     --uninstall) uninstall no ;;
     --purge) uninstall yes ;;
     -h|--help) sed -n '2,8p' "$0" | sed 's/^# \{0,1\}//' ;;
-    *) die "unknown option: $1 (try --help)" ;;
 esac

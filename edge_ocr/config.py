@@ -27,6 +27,7 @@ import typing
 from collections.abc import Mapping
 from dataclasses import MISSING, dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 from edge_ocr.engine.types import EngineOptions, Region
@@ -297,8 +298,8 @@ class MqttConfig:
 class HttpConfig:
     enabled: bool = setting(True, "the local HTTP API and the try-it page")
     bind: str = setting("127.0.0.1:8080", "HOST:PORT; port 0 = any free port; a non-loopback HOST needs a token")
-    token_file: str = setting("", "a file holding the Bearer token; then every endpoint but /healthz needs it "
-                              "(see Secrets)")
+    token_file: str = setting("", "a file holding the Bearer token; then every endpoint but /healthz and the page (/) "
+                              "needs it (see Secrets)")
     token: Secret | None = None  # read from token_file (or the http_token credential): not a key
     max_upload_mb: float = setting(20.0, "larger uploads get 413", lo=0.1, hi=1024.0)
     cache_entries: int = setting(32, "the same image and options again is answered from memory; 0 = off", lo=0,
@@ -764,9 +765,18 @@ def _region(t: _Table, allowed: tuple[str, ...] | None = None) -> Region:
     return _read(Region, t, {"name": name, "box": (box[0], box[1], box[2], box[3]), "pattern": pattern})
 
 
-def read_regions(value: Any, where: str, allowed: tuple[str, ...], limit: int) -> tuple[Region, ...]:
-    """Regions given outside the config file (``rois`` of ``POST /api/ocr``): the same rules as a
-    camera's ``rois``, limited to the ``allowed`` keys and ``limit`` entries. Raises ConfigError."""
+# The options of one request (``POST /api/ocr``, a fleet job), read alike wherever they come from:
+# at most this many regions, and ``det`` as one of these words (case-insensitive).
+REQUEST_MAX_ROIS = 64
+REQUEST_FLAG_WORDS: Mapping[str, bool] = MappingProxyType(
+    {"1": True, "true": True, "yes": True, "on": True, "0": False, "false": False, "no": False, "off": False})
+
+
+def read_regions(value: Any, where: str, allowed: tuple[str, ...] = ("name", "box", "allowed_chars"),
+                 limit: int = REQUEST_MAX_ROIS) -> tuple[Region, ...]:
+    """Regions given outside the config file (``rois`` of ``POST /api/ocr`` or of a fleet job): the
+    same rules as a camera's ``rois``, limited to the ``allowed`` keys and ``limit`` entries.
+    Raises ConfigError."""
     if not isinstance(value, list):
         raise ConfigError("%s: expected a list of {%s}" % (where, ", ".join(allowed)))
     if len(value) > limit:

@@ -1,5 +1,5 @@
-"""install.sh's choice of config for the machine it runs on, read from /proc/meminfo (the system
-install itself, as root under a booted systemd, is tests/test_install_systemd.py)."""
+"""install.sh's choice of config for the machine it runs on, read from /proc/meminfo, and of the
+action its arguments ask for (the system install itself, as root under a booted systemd, is tests/test_install_systemd.py)."""
 
 from __future__ import annotations
 
@@ -41,3 +41,24 @@ def test_the_small_board_profile_fits_a_pi_zero_and_the_default_does_not():
     pi_zero_mb = 437_452 / 1024
     assert fit(load_config(REPO / "config" / "pi-zero-2w.toml").guard, pi_zero_mb, None) is None
     assert fit(load_config(REPO / "config" / "edge-ocr.toml").guard, pi_zero_mb, None) is not None
+
+
+def install_action(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["bash", "-c", 'source ./install.sh && install_action "$@"', "install.sh", *args],
+                          cwd=REPO, env={"PATH": "/usr/bin:/bin"}, capture_output=True, text=True, timeout=30)
+
+
+@pytest.mark.parametrize("args, action", [
+    ((), ""), (("--dev",), "--dev"), (("--uninstall",), "--uninstall"), (("--purge",), "--purge"),
+    (("--uninstall", "--purge"), "--purge"), (("--purge", "--uninstall"), "--purge"),  # the SPEC's words
+])
+def test_the_arguments_choose_one_action_and_uninstall_purge_is_purge(args, action):
+    run = install_action(*args)
+    assert (run.returncode, run.stdout.strip()) == (0, action)
+
+
+@pytest.mark.parametrize("args", [("--bogus",), ("--dev", "--purge"), ("--uninstall", "--dev")])
+def test_other_arguments_are_refused_by_name(args):
+    run = install_action(*args)
+    assert run.returncode != 0 and run.stdout == ""
+    assert run.stderr.startswith("install.sh: error:") and args[0] in run.stderr

@@ -14,13 +14,9 @@ from typing import Any
 import bottle
 
 from edge_ocr.api.responses import ApiError, mb
-from edge_ocr.config import read_regions
+from edge_ocr.config import REQUEST_FLAG_WORDS, read_regions
 from edge_ocr.engine.types import Region
 from edge_ocr.errors import ConfigError
-
-MAX_ROIS = 64
-TRUE_WORDS = frozenset({"1", "true", "yes", "on"})
-FALSE_WORDS = frozenset({"0", "false", "no", "off"})
 
 
 def read_ocr_request(max_upload: int) -> tuple[bytes, bool, tuple[Region, ...]]:
@@ -129,8 +125,8 @@ def _det_option(value: Any) -> bool:
         return value
     if isinstance(value, int) and value in (0, 1):
         return bool(value)
-    if isinstance(value, str) and value.strip().lower() in TRUE_WORDS | FALSE_WORDS:
-        return value.strip().lower() in TRUE_WORDS
+    if isinstance(value, str) and value.strip().lower() in REQUEST_FLAG_WORDS:
+        return REQUEST_FLAG_WORDS[value.strip().lower()]
     raise ApiError("invalid_option", "det: expected 0 or 1 (true/false), got %s" % _show(value))
 
 
@@ -145,7 +141,7 @@ def _rois_option(value: Any) -> tuple[Region, ...]:
         except ValueError as exc:
             raise ApiError("invalid_rois", "rois: not valid JSON: %s" % exc) from exc
     try:
-        return read_regions(value, "rois", ("name", "box", "allowed_chars"), MAX_ROIS)
+        return read_regions(value, "rois")
     except ConfigError as exc:
         raise ApiError("invalid_rois", str(exc)) from exc
 

@@ -38,7 +38,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
-from edge_ocr.config import FleetConfig, MqttConfig, read_regions
+from edge_ocr.config import REQUEST_FLAG_WORDS, FleetConfig, MqttConfig, read_regions
 from edge_ocr.errors import ConfigError, EdgeOcrError
 from edge_ocr.mqtt_client import make_client
 from edge_ocr.results import Job, Result, Status
@@ -48,7 +48,6 @@ from edge_ocr.stats import Stats
 log = logging.getLogger(__name__)
 
 NAME = "fleet"
-MAX_ROIS = 64
 HAND_BACK_S = 2.5  # a clean stop's budget for handing back held jobs (app.JOIN_TIMEOUT_S is 5 s)
 QUIET_S = 0.3  # ... and how long it waits for the broker to send no more of its session's jobs
 NO_MATCHING_SUBSCRIBERS = 0x10  # a PUBACK's reason when nobody got the message (MQTT 5)
@@ -382,14 +381,14 @@ class _OptionError(EdgeOcrError):
 def _options(user: dict[str, str]) -> tuple[bool, tuple[Any, ...]]:
     """``det`` and ``rois`` of a job's user properties, by the rules of POST /api/ocr."""
     det_text = user.get("det", "true").strip().lower()
-    if det_text not in ("true", "false", "1", "0"):
-        raise _OptionError("invalid_option", "det: expected true or false, got %r" % det_text[:20])
+    if det_text not in REQUEST_FLAG_WORDS:
+        raise _OptionError("invalid_option", "det: expected true or false (1/0, yes/no, on/off), got %r" % det_text[:20])
     rois: tuple[Any, ...] = ()
     if user.get("rois"):
         try:
-            rois = read_regions(json.loads(user["rois"]), "rois", ("name", "box", "allowed_chars"), MAX_ROIS)
+            rois = read_regions(json.loads(user["rois"]), "rois")
         except ValueError as exc:
             raise _OptionError("invalid_rois", "rois: not valid JSON: %s" % exc) from exc
         except ConfigError as exc:
             raise _OptionError("invalid_rois", exc.message) from exc
-    return det_text in ("true", "1"), rois
+    return REQUEST_FLAG_WORDS[det_text], rois

@@ -22,7 +22,7 @@ from paho.mqtt.properties import Properties
 
 from edge_ocr.config import load_config
 from edge_ocr.results import Job, Result, Status
-from edge_ocr.sources.fleet import FleetWorker
+from edge_ocr.sources.fleet import FleetWorker, _OptionError, _options
 from edge_ocr.stats import Stats
 from edge_ocr.submit import submit
 from tests.broker import PASSWORD, USER, Collector, Mosquitto, free_port
@@ -373,3 +373,18 @@ def test_a_worker_is_online_once_the_broker_granted_its_subscription_never_when_
         stop.set()
         thread.join(15)
     assert not thread.is_alive()
+
+
+@pytest.mark.parametrize("det, expected", [("true", True), ("0", False), ("Off", False), (" yes ", True)])
+def test_a_jobs_det_property_takes_the_words_post_api_ocr_takes(det, expected):
+    assert _options({"det": det}) == (expected, ())
+
+
+def test_a_jobs_bad_options_are_refused_with_the_codes_of_post_api_ocr():
+    with pytest.raises(_OptionError) as bad_det:
+        _options({"det": "maybe"})
+    with pytest.raises(_OptionError) as bad_rois:
+        _options({"rois": json.dumps([{"name": "a", "box": [0, 0, 10, 10], "rotate": 90}])})
+    assert (bad_det.value.code, bad_rois.value.code) == ("invalid_option", "invalid_rois")
+    det, rois = _options({"rois": json.dumps([{"name": "meter", "box": [1, 2, 30, 40]}])})
+    assert det and [(r.name, r.box) for r in rois] == [("meter", (1, 2, 30, 40))]
