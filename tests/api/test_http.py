@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import re
 import socket
 import threading
 import time
@@ -735,3 +736,14 @@ def test_a_taken_port_is_a_sink_error(backend, serve):
     first = serve(backend.app())
     with pytest.raises(SinkError, match="cannot listen on 127.0.0.1:%d" % first.port):
         HttpServer(backend.app(), "127.0.0.1:%d" % first.port).start()
+
+
+def test_the_readme_lists_every_error_code_under_its_status():
+    """README's "Errors are ..." paragraph names each code of ERROR_STATUS after its status number."""
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    start = readme.index('Errors are `{"error": {"code", "message"}}`')
+    paragraph = readme[start:readme.index("\n\n", start)]
+    for code, status in ERROR_STATUS.items():
+        at = paragraph.find("`%s`" % code)
+        assert at >= 0, "%s missing from the README's HTTP errors" % code
+        assert re.findall(r"\b([1-5]\d\d)\b", paragraph[:at])[-1] == str(status), code
