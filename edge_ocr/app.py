@@ -52,6 +52,10 @@ log = logging.getLogger(__name__)
 
 EngineFactory = Callable[[EngineConfig], tuple[Engine, tuple[str, str]]]
 JOIN_TIMEOUT_S = 5.0
+# On SIGTERM the images being read (a page, an HTTP request) get this long, all together, to finish
+# and be answered: a 48 MP photo takes ~7 s here, a page more on a Pi. It stays under the unit's
+# TimeoutStopSec (20 s; a test keeps 3 s between them) so systemd never has to SIGKILL.
+STOP_BUDGET_S = 15.0
 # Under memory pressure detection runs on smaller inputs (960 → 640 px: ~0.45x the activations).
 SOFT_DET_LIMIT_SIDE = 640
 
@@ -90,6 +94,7 @@ class App:
         self.http: HttpServer | None = None
         self.guard: Guard | None = None
         self.exit_code = ExitCode.OK  # non-zero after the memory guard's hard limit: systemd restarts us
+        self.leave_now = False  # set by shutdown when an image outlived STOP_BUDGET_S (cli.cmd_run)
         self._latest: dict[str, Result] = {}
         self._http_ocr: CachedOcr | None = None
         self._newest: Result | None = None
@@ -192,10 +197,12 @@ class App:
         self.notifier.stopping()
         self.stop_event.set()
         log.info("stopping")
+        budget = time.monotonic() + STOP_BUDGET_S
         if self.http is not None:
             try:
-                if not self.http.stop():
+                if not self.http.stop(STOP_BUDGET_S):
                     code = ExitCode.FAILURE
+                    self.leave_now = True  # a request still in the engine (below)
             except Exception:
                 log.exception("http stop failed")
                 code = ExitCode.FAILURE
@@ -207,8 +214,12 @@ class App:
                 code = ExitCode.FAILURE
         if self.pipeline is not None:
             try:
-                if not self.pipeline.join(JOIN_TIMEOUT_S):
+                if not self.pipeline.join(max(JOIN_TIMEOUT_S, budget - time.monotonic())):
                     code = ExitCode.FAILURE
+                    # An image still in the engine: its file stays in .processing/ and is read
+                    # again at the next start. Python's own exit would unwind that thread inside
+                    # ONNX Runtime and abort (exit 134, a core dump for systemd): leave at once.
+                    self.leave_now = True
             except Exception:
                 log.exception("pipeline stop failed")
                 code = ExitCode.FAILURE

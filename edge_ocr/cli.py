@@ -110,7 +110,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     log.info("config loaded path=%s memory=%s huge_pages=%s thp=%s", config.path or "built-in defaults",
              config.engine.memory, "on" if huge_pages else "off", thp_mode or "absent")
     allocator.configure(config.engine.memory)
-    return App(config).run()
+    app = App(config)
+    code = app.run()
+    if app.leave_now:
+        # An image was still in the engine after the stop budget: its thread must not be unwound
+        # by the interpreter's exit (an abort inside ONNX Runtime). The journal has every line.
+        logging.shutdown()
+        os._exit(code)
+    return code
 
 
 def cmd_check(args: argparse.Namespace) -> int:

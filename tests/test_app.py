@@ -45,6 +45,7 @@ def test_dropped_file_gives_retained_state_text_one_event_and_done_json(eval_dev
         assert "huge_pages=on thp=%s" % thp_mode in daemon.text()
     assert daemon.terminate() == 0
     assert sub.wait_topic(PREFIX + "/availability", 2)[-1].payload == b"offline"
+    assert sub.on(PREFIX + "/inbox/status")[-1].payload == b"offline"  # a stopped daemon's source too
     assert len(sub.on(PREFIX + "/inbox/event")) == 1
     late = Collector(mosquitto, [PREFIX + "/inbox/state", PREFIX + "/inbox/text"])
     assert all(m.retain for m in late.wait(lambda ms: len(ms) >= 2))

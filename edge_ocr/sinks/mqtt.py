@@ -76,6 +76,7 @@ class MqttSink:
         self.client: paho.Client | None = None
         self._thread: threading.Thread | None = None
         self._closing = threading.Event()
+        self._statused: set[str] = set()  # sources whose status was published: set offline on close
         self._wake = threading.Event()
         self._connected = threading.Event()
         self._lock = threading.Lock()
@@ -133,6 +134,10 @@ class MqttSink:
         self._drain_acks()
         if self._connected.is_set():
             try:
+                # Every source's retained status too: a stopped daemon's sources read no longer
+                # online to whoever watches them (a Node-RED flow on <p>/<source>/status).
+                for source in sorted(set(self.sources) | self._statused):
+                    client.publish("%s/%s/status" % (self.prefix, source), OFFLINE, qos=1, retain=True)
                 info = client.publish("%s/availability" % self.prefix, OFFLINE, qos=1, retain=True)
                 info.wait_for_publish(timeout_s)
             except (RuntimeError, ValueError) as exc:
@@ -167,6 +172,7 @@ class MqttSink:
         self._wake.set()
 
     def set_source_status(self, source: str, status: str) -> None:
+        self._statused.add(source)  # the fleet's source is not among ``sources``
         if self._connected.is_set() and self.client is not None:
             self.client.publish("%s/%s/status" % (self.prefix, source), status, qos=1, retain=True)
 
