@@ -15,6 +15,7 @@ from dataclasses import replace
 import numpy as np
 
 from edge_ocr.engine import detect, preprocess, recognize
+from edge_ocr.engine.budget import PixelBudget
 from edge_ocr.engine.decode import Decoded
 from edge_ocr.engine.models import Model, Pack, auto_threads, choose_variant, load_pack, verify_pack
 from edge_ocr.engine.types import DbParams, EngineOptions, EngineOutput, Region, TextLine
@@ -50,6 +51,8 @@ class OcrEngine:
             if problems:
                 raise ModelError("; ".join(problems))
         self.threads = _threads(self.options.threads)
+        # The megapixels read at once by concurrent calls (engine/budget.py).
+        self._pixels = PixelBudget(self.options.max_megapixels)
         self._line_pool: ThreadPoolExecutor | None = None
         if self.options.parallel_lines and self.threads > 1:
             self._line_pool = ThreadPoolExecutor(self.threads, thread_name_prefix="edge-ocr-line")
@@ -187,11 +190,23 @@ class OcrEngine:
         ``limit_side`` lowers the detection input cap for this call (the memory guard's
         soft level); it never raises it above ``options.det_limit_side``.
         """
-        timing: dict[str, float] = {}
         start = time.perf_counter()
         if isinstance(image, (bytes, bytearray, memoryview)):
-            image = preprocess.decode_image(bytes(image), self.options.max_megapixels)
-            timing["decode"] = _ms(start)
+            data = bytes(image)
+            _, width, height = preprocess.probe_image(data)  # raises UnsupportedImage, nothing decoded yet
+            megapixels = width * height / 1e6
+            if megapixels > self.options.max_megapixels:  # refused at once, never queued for the budget
+                preprocess.decode_image(data, self.options.max_megapixels)
+            with self._pixels.hold(megapixels):
+                decoding = time.perf_counter()
+                decoded = preprocess.decode_image(data, self.options.max_megapixels)
+                return self._ocr(decoded, rois, det, limit_side, start, {"decode": _ms(decoding)})
+        with self._pixels.hold(image.shape[0] * image.shape[1] / 1e6):
+            return self._ocr(image, rois, det, limit_side, start, {})
+
+    def _ocr(self, image: np.ndarray, rois: Sequence[Region] | None, det: bool, limit_side: int | None,
+             start: float, timing: dict[str, float]) -> EngineOutput:
+        """The rest of ``__call__`` on a decoded image, its megapixels held."""
         height, width = image.shape[:2]
         if rois:
             quads = [preprocess.box_quad(r.box, (width, height)) for r in rois]
