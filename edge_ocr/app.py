@@ -341,13 +341,18 @@ class App:
 
     def capture(self, source: str | None) -> tuple[bool, str]:
         """``<p>/cmd/capture``, ``<p>/<source>/capture``, POST /api/capture: a camera takes a frame now
-        (OCR'd even if unchanged), a folder rescans."""
+        (OCR'd even if unchanged), a folder rescans. Not ok (503 ``capture_failed``, ``"ok": false``
+        on ``<p>/cmd/result``) for a source that is offline: it captures when back, but not now,
+        and an automation must not take the request for a capture; for all sources, ok if any is online."""
         if source is None:
             notes = ["%s: %s" % (name, s.capture_now()) for name, s in self.sources.items()]
-            return bool(notes), "; ".join(notes) or "no sources"
+            online = any(s.status is SourceStatus.ONLINE for s in self.sources.values())
+            return online, "; ".join(notes) or "no sources"
         if source not in self.sources:
             return False, "unknown source %r" % source
-        return True, self.sources[source].capture_now()
+        chosen = self.sources[source]
+        message = chosen.capture_now()
+        return chosen.status is SourceStatus.ONLINE, message
 
     def _source_status(self, name: str) -> str:
         source = self.sources.get(name)

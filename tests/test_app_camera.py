@@ -80,3 +80,26 @@ def test_video_meter_events_once_per_change_and_picamera_appearing_later(tmp_pat
         assert app.shutdown() == 0
         sub.close()
     assert bus.closed == 1
+
+
+class StubSource:
+    """Just what App.capture reads of a source: its status and capture_now()."""
+
+    def __init__(self, status: SourceStatus) -> None:
+        self.status = status
+
+    def capture_now(self) -> str:
+        return "capture requested" if self.status is SourceStatus.ONLINE else "offline (no camera); capture when back"
+
+
+def test_capture_now_on_an_offline_source_is_not_ok_but_says_it_will_capture_when_back(tmp_path):
+    config = tmp_path / "edge-ocr.toml"
+    config.write_text("[mqtt]\nenabled = false\n[http]\nenabled = false\n")
+    app = App(load_config(config))
+    app.sources = {"gate": StubSource(SourceStatus.ONLINE), "gone": StubSource(SourceStatus.OFFLINE)}
+    assert app.capture("gate") == (True, "capture requested")
+    ok, message = app.capture("gone")
+    assert not ok and "capture when back" in message  # POST /api/capture/gone answers 503 capture_failed
+    assert app.capture(None)[0]  # all sources: one took it
+    app.sources.pop("gate")
+    assert not app.capture(None)[0]
