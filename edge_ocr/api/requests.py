@@ -23,9 +23,10 @@ def read_ocr_request(max_upload: int) -> tuple[bytes, bool, tuple[Region, ...]]:
     """The image bytes and options of POST /api/ocr; raises ApiError 400/413/415/422."""
     req = bottle.request
     kind = (req.content_type or "").split(";", 1)[0].strip().lower()
-    if req.content_length > max_upload:
-        raise ApiError("upload_too_large", "upload over the %s limit" % mb(max_upload))
     is_json = kind == "application/json" or kind.endswith("+json")
+    # The limit is on the image: base64 in JSON carries it in 4/3 the bytes.
+    if req.content_length > (json_body_limit(max_upload) if is_json else max_upload):
+        raise ApiError("upload_too_large", "upload over the %s limit" % mb(max_upload))
     is_raw = kind.startswith("image/") or kind == "application/octet-stream"
     if not (is_json or is_raw or kind == "multipart/form-data"):
         raise ApiError(
@@ -38,6 +39,8 @@ def read_ocr_request(max_upload: int) -> tuple[bytes, bool, tuple[Region, ...]]:
     rois_raw: Any = req.query.get("rois")
     if is_json:
         image, det_raw, rois_raw = _json_image(body, det_raw, rois_raw)
+        if len(image) > max_upload:
+            raise ApiError("upload_too_large", "image over the %s limit" % mb(max_upload))
     elif is_raw:
         image = body
     else:
@@ -45,6 +48,12 @@ def read_ocr_request(max_upload: int) -> tuple[bytes, bool, tuple[Region, ...]]:
     if not image:
         raise ApiError("missing_image", "the image is empty")
     return image, _det_option(det_raw), _rois_option(rois_raw)
+
+def json_body_limit(max_upload: int) -> int:
+    """The largest JSON body that may hold an image of ``max_upload`` bytes in base64, with room
+    for the other keys (``rois``) and line breaks."""
+    return (max_upload + 2) // 3 * 4 + (1 << 16)
+
 
 def _read_body() -> bytes:
     """At most ``max_upload`` bytes of the request body (Content-Length was checked)."""

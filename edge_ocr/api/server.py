@@ -18,6 +18,7 @@ from waitress.channel import HTTPChannel
 from waitress.server import BaseWSGIServer, create_server
 from waitress.task import ErrorTask
 
+from edge_ocr.api.requests import json_body_limit
 from edge_ocr.api.responses import COMMON_HEADERS, JSON_CONTENT_TYPE
 from edge_ocr.api.routes import AUTH_KEY, UPLOAD_KEY
 from edge_ocr.config import parse_bind, require_token_off_loopback
@@ -25,7 +26,9 @@ from edge_ocr.errors import ConfigError, SinkError
 
 log = logging.getLogger(__name__)
 
-UPLOAD_SLACK_BYTES = 1 << 20  # waitress's own cap = ours + this (multipart headers): it refuses before buffering
+# waitress's own cap = our largest body (base64 in JSON) + this (multipart headers): it refuses before
+# buffering, so our handler answers every upload within it with our own 413.
+UPLOAD_SLACK_BYTES = 1 << 20
 
 
 class _JsonErrorTask(ErrorTask):
@@ -157,7 +160,7 @@ class HttpServer:
             sockets=[sock],
             threads=self.threads,
             ident="edge-ocr",
-            max_request_body_size=upload + UPLOAD_SLACK_BYTES,
+            max_request_body_size=json_body_limit(upload) + UPLOAD_SLACK_BYTES,
             connection_limit=self._connection_limit,
             channel_timeout=self._channel_timeout_s,
             expose_tracebacks=False,

@@ -662,6 +662,22 @@ def test_over_the_cap_on_the_wire_is_json_413_from_us_or_from_waitress(backend, 
         assert_serving(client, photo, photo_text)
 
 
+def test_the_cap_is_on_the_image_so_base64_in_json_may_carry_one_just_under_it(backend, serve, photo, photo_text):
+    """A 0.45 MB image is 0.6 MB of base64: under a 0.5 MB cap it is taken in JSON as in a raw body;
+    one over the cap is refused by us, naming the cap (never waitress's own words)."""
+    server = serve(backend.app(max_upload_mb=0.5))
+    under = photo + b"\0" * (460_000 - len(photo))  # trailing bytes after the JPEG's end: still the photo
+    over = photo + b"\0" * (540_000 - len(photo))
+    with httpx.Client(base_url=server.url, timeout=TIMEOUT_S) as client:
+        taken = client.post("/api/ocr", json={"image": base64.b64encode(under).decode()})
+        assert taken.status_code == 200 and taken.json()["text"] == photo_text
+        body = assert_error(client.post("/api/ocr", json={"image": base64.b64encode(over).decode()}), 413,
+                            "upload_too_large")
+        assert body["error"]["message"] == "image over the 0.5 MB limit"
+        far = base64.b64encode(photo * (2_000_000 // len(photo))).decode()  # 2 MB: over even the JSON body's cap
+        assert_error(client.post("/api/ocr", json={"image": far}), 413, "upload_too_large")
+
+
 def test_a_client_that_sends_a_huge_body_before_reading_still_gets_the_json_413(backend, serve, photo, photo_text):
     """urllib, requests and Node-RED send the whole body (no Expect: 100-continue) and only then
     read: the 413 must reach them, not a connection reset."""
