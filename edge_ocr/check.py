@@ -6,6 +6,7 @@ cannot give. One line per problem.
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 from edge_ocr.config import CameraSourceConfig, Config
@@ -51,13 +52,21 @@ def check(config: Config, broker_timeout_s: float = 5.0) -> list[str]:
 
 
 def _dir_problem(directory: Path) -> str | None:
-    """Why the daemon could not use ``directory`` (created on start if missing), or None."""
-    if directory.exists():
-        if not directory.is_dir():
-            return "%s is not a directory" % directory
-        if not os.access(directory, os.W_OK | os.X_OK):
-            return "%s is not writable by uid %d" % (directory, os.geteuid())
-        return None
+    """Why the daemon could not use ``directory`` (created on start if missing), or None.
+
+    Writability is tried, not asked of ``os.access``: as root (``sudo edge-ocr check``) that says
+    yes to /proc and to read-only mounts, where the daemon then fails to start its source."""
+    existing = directory
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        return "%s cannot be created: %s is not a directory" % (directory, existing)
+    try:
+        tempfile.TemporaryDirectory(dir=existing, prefix=".edge-ocr-check-").cleanup()
+    except OSError as exc:
+        where = "" if existing == directory else " does not exist and %s" % existing
+        return "%s%s is not writable by uid %d (%s)" % (directory, where, os.geteuid(), exc.strerror or exc)
+    return None
     parent = directory.parent
     while not parent.exists() and parent != parent.parent:
         parent = parent.parent
