@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from edge_ocr.errors import ExitCode
+
 UNIT = Path(__file__).resolve().parents[1] / "systemd" / "edge-ocr.service"
 
 
@@ -53,6 +55,7 @@ def test_unit_is_a_notify_service_with_a_watchdog():
         line.split("=", 1) for line in UNIT.read_text().splitlines() if "=" in line and not line.startswith("#")
     )
     assert keys["Type"] == "notify" and keys["Restart"] == "on-failure"
+    assert keys["RestartPreventExitStatus"] == str(int(ExitCode.USAGE))  # a config typo fails the unit, no loop
     assert int(keys["WatchdogSec"].rstrip("s")) > 0
     assert keys["User"] == "edge-ocr" and keys["SupplementaryGroups"] == "video"
 
