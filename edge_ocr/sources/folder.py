@@ -196,6 +196,7 @@ class FolderSource:
         self.on_status = on_status
         self.processing = cfg.path / PROCESSING
         self.cache = cfg.path / CACHE
+        self._told_subfolders: set[str] = set()  # subfolders already named in the journal
         self._status: SourceStatus | None = None
         self._rescan = threading.Event()
         # Claimed files whose result could not be written (disk full): offered again with backoff.
@@ -375,6 +376,11 @@ class FolderSource:
                 continue
             if not stat.S_ISREG(st.st_mode):
                 del seen[name]  # sub-directories, fifos, sockets: not ours
+                if stat.S_ISDIR(st.st_mode) and name not in self._told_subfolders:
+                    # Said once per name: someone who dropped a folder of scans learns why nothing comes.
+                    self._told_subfolders.add(name)
+                    log.warning("subfolder not read source=%s dir=%s (only files in the folder itself are taken)",
+                                self.name, name)
                 continue
             if (st.st_size, st.st_mtime_ns) != (s.size, s.mtime_ns):
                 s.size, s.mtime_ns, s.stable_since = st.st_size, st.st_mtime_ns, now

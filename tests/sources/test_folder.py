@@ -7,6 +7,7 @@ import dataclasses
 import json
 import os
 import threading
+import time
 
 import pytest
 
@@ -103,6 +104,21 @@ def test_identical_content_reuses_the_stored_result(tmp_path, folder):
     (tmp_path / "inbox" / "a.txt").write_bytes(b"TEXT:different")  # same name, new content
     assert wait_until(lambda: (tmp_path / "done" / "a-1.json").exists())
     assert json.loads((tmp_path / "done" / "a-1.json").read_text())["text"] == "different"
+
+
+def test_a_subfolder_is_left_alone_and_named_once_in_the_journal(tmp_path, folder, caplog):
+    inbox = tmp_path / "inbox"
+    (inbox / "scans").mkdir(parents=True)
+    (inbox / "scans" / "a.txt").write_bytes(b"TEXT:inside")
+    source, engine = folder(watch="poll")
+    (inbox / "b.txt").write_bytes(b"TEXT:beside")
+    assert wait_until(lambda: source.stats.get("files_done_total") == 1)
+    source.capture_now()  # a rescan sees the subfolder again
+    assert wait_until(lambda: source.stats.get("files_done_total") == 1 and len(caplog.records) > 0)
+    time.sleep(0.5)
+    assert engine.calls == [b"TEXT:beside"] and (inbox / "scans" / "a.txt").exists()
+    told = [r.getMessage() for r in caplog.records if "subfolder not read" in r.getMessage()]
+    assert told == ["subfolder not read source=inbox dir=scans (only files in the folder itself are taken)"]
 
 
 def test_reuse_turned_on_by_a_reload_makes_its_store(tmp_path, folder):
