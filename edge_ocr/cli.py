@@ -481,7 +481,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args))
     except ConfigError as exc:
-        log.error("%s", exc.message)
+        for problem in exc.problems:  # one line each: every problem of a config file at once
+            log.error("%s", problem)
         return ExitCode.USAGE
     except EdgeOcrError as exc:
         log.error("%s: %s", exc.code, exc.message)

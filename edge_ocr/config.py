@@ -24,8 +24,9 @@ import re
 import socket
 import tomllib
 import typing
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import MISSING, dataclass, field, fields, is_dataclass, replace
+from functools import partial
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
@@ -448,22 +449,39 @@ def load_config(path: str | os.PathLike[str] | None = None, environ: Mapping[str
         base = file.resolve().parent
     state = default_state_dir(env)
     top = _Table(data, "", base)
-    engine = _engine(top.table("engine"))
-    mqtt = _mqtt(top.table("mqtt"), state, env)
-    http = _http(top.table("http"), env)
-    guard = _read(GuardConfig, top.table("guard"))
-    pipeline = _read(PipelineConfig, top.table("pipeline"))
-    fleet = _read(FleetConfig, top.table("fleet"))
+    # Each section and each source is read on its own, so one run names a problem in each
+    # (`edge-ocr check`: one line per problem), not only the first.
+    problems: list[str] = []
+
+    def section(read: Callable[[], Any]) -> Any:
+        try:
+            return read()
+        except ConfigError as exc:
+            problems.append(exc.message)
+            return None
+
+    engine = section(lambda: _engine(top.table("engine")))
+    mqtt = section(lambda: _mqtt(top.table("mqtt"), state, env))
+    http = section(lambda: _http(top.table("http"), env))
+    guard = section(lambda: _read(GuardConfig, top.table("guard")))
+    pipeline = section(lambda: _read(PipelineConfig, top.table("pipeline")))
+    fleet = section(lambda: _read(FleetConfig, top.table("fleet")))
     raw_sources = top.take("sources", None)
-    top.done()
+    section(top.done)
     if raw_sources is None:
         sources: tuple[SourceConfig, ...] = (
             FolderSourceConfig("inbox", state / "inbox", state / "done", state / "failed"),
         )
+    elif not isinstance(raw_sources, list) or not all(isinstance(s, dict) for s in raw_sources):
+        problems.append("sources: expected an array of tables ([[sources]])")
+        sources = ()
     else:
-        if not isinstance(raw_sources, list) or not all(isinstance(s, dict) for s in raw_sources):
-            raise ConfigError("sources: expected an array of tables ([[sources]])")
-        sources = tuple(_source(_Table(s, "sources[%d]" % i, base)) for i, s in enumerate(raw_sources))
+        read_sources = [section(partial(_source, _Table(s, "sources[%d]" % i, base)))
+                        for i, s in enumerate(raw_sources)]
+        sources = tuple(s for s in read_sources if s is not None)
+    if problems:
+        raise ConfigError(problems[0] if len(problems) == 1 else "; ".join(problems), tuple(problems))
+    if raw_sources is not None:
         seen: set[str] = set()
         for i, src in enumerate(sources):
             if src.name in seen:

@@ -26,7 +26,14 @@ class EdgeOcrError(Exception):
 
 
 class ConfigError(EdgeOcrError):
+    """``problems``: each problem on its own (a config file may have several, one per section or
+    source); ``message`` joins them."""
+
     code = "config"
+
+    def __init__(self, message: str, problems: tuple[str, ...] = ()) -> None:
+        super().__init__(message)
+        self.problems = problems or (message,)
 
 
 class ModelError(EdgeOcrError):

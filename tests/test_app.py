@@ -116,6 +116,14 @@ def test_config_typo_exits_2_naming_the_key(tmp_path):
     run = subprocess.run([sys.executable, "-m", "edge_ocr", "check", "-c", str(config)], capture_output=True,
                          text=True, timeout=60)
     assert run.returncode == 2 and "mqtt.port: expected 1..65535, got 70000" in run.stderr
+    # A problem in each of three sections and a source: one run names all four, one line each.
+    config.write_text('[engine]\nthreads = "many"\n[mqtt]\nhots = "x"\n[guard]\nrss_soft_mb = 5\n'
+                      '[[sources]]\nname = "inbox"\ntype = "folder"\npath = "in"\npoll_intervall = 2\n')
+    run = subprocess.run([sys.executable, "-m", "edge_ocr", "check", "-c", str(config)], capture_output=True,
+                         text=True, timeout=60)
+    named = [key for key in ("engine.threads", "mqtt.hots", "guard.rss_soft_mb", "sources[0].poll_intervall")
+             if sum(key in line for line in run.stderr.splitlines()) == 1]
+    assert run.returncode == 2 and len(named) == 4, run.stderr
 
 
 def test_check_and_the_daemon_name_guard_limits_the_machine_cannot_give(tmp_path):
