@@ -85,7 +85,7 @@ def cmd_ocr(args: argparse.Namespace) -> int:
         except (EdgeOcrError, OSError) as exc:
             failures += 1
             error = exc if isinstance(exc, EdgeOcrError) else EdgeOcrError("cannot read file: %s" % exc.strerror)
-            result = Result("cli", Status.ERROR, None, model, error=error, file=str(path))
+            result = Result("cli", Status.ERROR, None, model, error=error, file=str(path), changed=False)
             log.error("file=%s error=%s %s", path, error.code, error.message)
         progress.clear()
         if args.json:

@@ -35,7 +35,7 @@ def test_ocr_json_lines_one_per_image_with_errors_kept(eval_dev, tmp_path):
     assert results[1]["model"]["name"] == "ppocrv6-small"
     assert set(results[1]["timing_ms"]) >= {"detect", "recognize", "total"}
     assert [r["error"]["code"] for r in results[2:]] == ["unsupported_image", "unsupported_image", "error"]
-    assert all(r["status"] == "error" and r["lines"] == [] for r in results[2:])
+    assert all(r["status"] == "error" and r["lines"] == [] and r["changed"] is False for r in results[2:])  # as the daemon says it
     assert "file=%s" % broken in run.stderr
 
 
