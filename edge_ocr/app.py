@@ -12,7 +12,7 @@ import logging
 import signal
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import psutil
@@ -156,12 +156,14 @@ class App:
         camera_cfgs = [s for s in cfg.sources if isinstance(s, CameraSourceConfig)]
         if cfg.mqtt.enabled:
             self.mqtt = MqttSink(cfg.mqtt, tuple(s.name for s in cfg.sources), self.stats, self.capture,
-                                 self._source_status, {c.name: tuple(r.name for r in c.rois) for c in camera_cfgs})
-            self.mqtt.start()
+                                 self._source_status, {c.name: tuple(r.name for r in c.rois) for c in camera_cfgs},
+                                 on_previous=self._seed_previous)
             sinks.append(self.mqtt)
         self.pipeline = Pipeline(engine, model, sinks, self.stats, self.stop_event, cfg.pipeline.queue_size,
                                  cfg.pipeline.workers, cfg.engine.low_confidence, on_result=self._remember,
                                  meter=self._work)
+        if self.mqtt is not None:
+            self.mqtt.start()  # after the pipeline exists: the retained states it reads go to it
         self.pipeline.start()
         files = ResultFiles()
         for scfg in cfg.sources:
@@ -353,6 +355,10 @@ class App:
         chosen = self.sources[source]
         message = chosen.capture_now()
         return chosen.status is SourceStatus.ONLINE, message
+
+    def _seed_previous(self, source: str, text: str, regions: Mapping[str, str]) -> None:
+        if self.pipeline is not None:
+            self.pipeline.seed_previous(source, text, regions)
 
     def _source_status(self, name: str) -> str:
         source = self.sources.get(name)

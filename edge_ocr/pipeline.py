@@ -21,7 +21,7 @@ import re
 import threading
 import time
 import traceback
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from typing import Protocol
@@ -321,6 +321,17 @@ class Pipeline:
             status = Status.OK
         return replace(result, status=status, output=replace(output, lines=mapped), changed=changed,
                        previous_text=previous_text)
+
+    def seed_previous(self, source: str, text: str, regions: Mapping[str, str]) -> None:
+        """What ``source`` last read before this process started (the retained MQTT state): the
+        first result compares with it, so the same reading after a restart is no change. A source
+        or region that already has a result here keeps it."""
+        with self._lock:
+            self._last_text.setdefault(source, text)
+            for name, published in regions.items():
+                state = self._regions.setdefault((source, name), _RegionState())
+                if state.published is None:
+                    state.published = published
 
     def _previous(self, source: str) -> str | None:
         with self._lock:

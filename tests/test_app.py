@@ -53,6 +53,31 @@ def test_dropped_file_gives_retained_state_text_one_event_and_done_json(eval_dev
     sub.close()
 
 
+@pytest.mark.broker
+def test_after_a_restart_the_same_reading_is_no_change_and_sends_no_event(eval_dev, tmp_path, mosquitto):
+    """The retained state says what the device read last: a restarted daemon that reads it again
+    (a meter that has not moved) publishes it as unchanged, with that text as previous_text."""
+    (word, _), = line_samples(eval_dev, "IIIT5K-test", 1)
+    config = write_config(tmp_path, mosquitto)
+    sub = Collector(mosquitto, ["%s/inbox/#" % PREFIX])
+    first = Daemon(config).start()
+    drop(word, tmp_path / "inbox", "before.png")
+    state = json.loads(sub.wait_topic(PREFIX + "/inbox/state")[-1].payload)
+    assert state["changed"] and state["previous_text"] is None and state["text"]
+    assert first.terminate() == 0
+    events = len(sub.on(PREFIX + "/inbox/event"))
+    assert events == 1
+    second = Daemon(config).start()
+    drop(word, tmp_path / "inbox", "after.png")
+    assert wait_until(lambda: (tmp_path / "done" / "after.json").exists())
+    again = json.loads(sub.wait_topic(PREFIX + "/inbox/state", 2)[-1].payload)
+    assert again["file"] == "after.png" and again["text"] == state["text"]
+    assert again["changed"] is False and again["previous_text"] == state["text"]
+    assert second.terminate() == 0
+    assert len(sub.on(PREFIX + "/inbox/event")) == events  # no event for a reading that did not change
+    sub.close()
+
+
 @pytest.mark.slow
 @pytest.mark.broker
 def test_broker_down_during_200_file_burst_then_all_results_in_order(eval_dev, tmp_path, mosquitto):

@@ -89,6 +89,24 @@ def test_regions_stable_reads_pattern_and_low_confidence():
     assert broken.regions[0].status is Status.ERROR and not broken.changed
 
 
+def test_a_seeded_previous_reading_is_no_change_and_a_result_here_outranks_the_seed():
+    from edge_ocr.engine.types import Region
+    from tests.fakes import ScriptedRegionEngine
+
+    pipe = Pipeline(FakeEngine(), ("fake", "1"), [], Stats(), threading.Event())
+    pipe.seed_previous("cam", "a", {})  # what the retained state said before the restart
+    first = pipe.process(Job("cam", b"TEXT:a"))
+    assert (first.changed, first.previous_text) == (False, "a")
+    pipe.seed_previous("cam", "stale", {})  # a late retained message: the result here wins
+    assert pipe.process(Job("cam", b"TEXT:b")).previous_text == "a"
+    meter = Pipeline(ScriptedRegionEngine([{"r": ("12.3", 0.99)}]), ("fake", "1"), [], Stats(), threading.Event())
+    meter.seed_previous("meter", "12.3", {"r": "12.3"})
+    job = Job("meter", b"", rois=(Region("r", (0, 0, 10, 5)),), det=False, regions=(Region("r", (0, 0, 10, 5)),),
+              stable_reads=2)
+    read = meter.process(job)  # one read of a value already published before the restart
+    assert read.regions[0].text == "12.3" and not read.changed
+
+
 def test_memory_pressure_drops_queued_camera_frames_never_folder_files():
     import numpy as np
 

@@ -37,6 +37,7 @@ ONLINE, OFFLINE = "online", "offline"
 
 # on_capture(source or None for all) -> (ok, message); called on paho's thread, must not block.
 CaptureCallback = Callable[[str | None], tuple[bool, str]]
+PreviousCallback = Callable[[str, str, Mapping[str, str]], None]  # (source, text, {region: text})
 
 
 class _PahoNoise(logging.Filter):
@@ -63,8 +64,14 @@ class MqttSink:
         on_capture: CaptureCallback,
         source_status: Callable[[str], str] = lambda name: ONLINE,
         regions: Mapping[str, tuple[str, ...]] | None = None,
+        on_previous: PreviousCallback | None = None,
     ) -> None:
         self.cfg = cfg
+        # Given the last text this device published per source (and per region) before it started:
+        # the retained <p>/<source>/state, read once at the first connect, so a restart does not
+        # announce the same reading as a change (pipeline.Pipeline.seed_previous).
+        self.on_previous = on_previous
+        self._state_mid: int | None = None
         self.sources = sources
         self.regions = dict(regions or {})  # source -> its ROI names: one HA sensor each
         self.stats = stats
@@ -109,6 +116,7 @@ class MqttSink:
         client.on_disconnect = self._on_disconnect
         client.on_publish = self._on_publish
         client.on_message = self._on_message
+        client.on_subscribe = self._on_subscribe
         self.client = client
         client.connect_async(self.cfg.host, self.cfg.port, keepalive=self.cfg.keepalive)
         client.loop_start()
@@ -264,6 +272,10 @@ class MqttSink:
             subs.append(("%s/sensor/%s/+/config" % (self.cfg.discovery_prefix, self.node), 1))
             self._publish_discovery(client)
         client.subscribe(subs)
+        if self.on_previous is not None and not self._was_connected:
+            # Retained messages come right after the SUBACK; then the subscription goes
+            # (_on_subscribe), so this device's own results do not come back to it.
+            self._state_mid = client.subscribe("%s/+/state" % self.prefix, qos=1)[1]
         for source in self.sources:
             client.publish("%s/%s/status" % (self.prefix, source), self.source_status(source), qos=1, retain=True)
         with self._lock:
@@ -293,8 +305,30 @@ class MqttSink:
         self._acked.append(mid)
         self._wake.set()
 
+    def _on_subscribe(self, client: paho.Client, userdata: Any, mid: int, reason_codes: Any, properties: Any) -> None:
+        if mid == self._state_mid:
+            self._state_mid = None
+            client.unsubscribe("%s/+/state" % self.prefix)
+
+    def _take_previous(self, msg: paho.MQTTMessage) -> bool:
+        """A retained ``<p>/<source>/state`` of one of our sources: hand its texts to ``on_previous``."""
+        source, _, leaf = msg.topic[len(self.prefix) + 1:].partition("/")
+        if not (msg.retain and leaf == "state" and source in self.sources and self.on_previous is not None):
+            return False
+        try:
+            state = json.loads(msg.payload)
+            if state.get("status") != "error":  # an error kept the text before it
+                regions = {name: r["text"] for name, r in (state.get("regions") or {}).items() if r.get("text")}
+                self.on_previous(source, str(state.get("text") or ""), regions)
+        except (ValueError, TypeError, AttributeError, KeyError):
+            log.warning("retained state not readable topic=%s", msg.topic)
+        return True
+
     def _on_message(self, client: paho.Client, userdata: Any, msg: paho.MQTTMessage) -> None:
         try:
+            if msg.topic.startswith(self.prefix + "/") and msg.topic.endswith("/state"):
+                self._take_previous(msg)
+                return
             if msg.topic == "%s/status" % self.cfg.discovery_prefix:
                 if msg.payload.decode("utf-8", "replace").strip().lower() == ONLINE:
                     log.info("home assistant online, discovery re-sent")
