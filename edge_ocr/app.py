@@ -53,9 +53,10 @@ log = logging.getLogger(__name__)
 EngineFactory = Callable[[EngineConfig], tuple[Engine, tuple[str, str]]]
 JOIN_TIMEOUT_S = 5.0
 # On SIGTERM the images being read (a page, an HTTP request) get this long, all together, to finish
-# and be answered: a 48 MP photo takes ~7 s here, a page more on a Pi. It stays under the unit's
-# TimeoutStopSec (20 s; a test keeps 3 s between them) so systemd never has to SIGKILL.
-STOP_BUDGET_S = 15.0
+# and be answered: a 48 MP photo takes ~7 s here, a page more on a Pi. The rest of the unit's
+# TimeoutStopSec (20 s) is for the broker's goodbyes (MqttSink.close: up to 3 s) and the guard, so
+# systemd never has to SIGKILL (a test keeps 5 s between them).
+STOP_BUDGET_S = 12.0
 # Under memory pressure detection runs on smaller inputs (960 → 640 px: ~0.45x the activations).
 SOFT_DET_LIMIT_SIDE = 640
 
@@ -199,10 +200,14 @@ class App:
         self.notifier.stopping()
         self.stop_event.set()
         log.info("stopping")
-        budget = time.monotonic() + STOP_BUDGET_S
+        budget = time.monotonic() + STOP_BUDGET_S  # one deadline for every image being read
+
+        def left() -> float:
+            return max(0.1, budget - time.monotonic())
+
         if self.http is not None:
             try:
-                if not self.http.stop(STOP_BUDGET_S):
+                if not self.http.stop(left()):
                     code = ExitCode.FAILURE
                     self.leave_now = True  # a request still in the engine (below)
             except Exception:
@@ -210,13 +215,13 @@ class App:
                 code = ExitCode.FAILURE
         deadline = time.monotonic() + JOIN_TIMEOUT_S
         for thread in self._threads:
-            thread.join(max(0.1, deadline - time.monotonic()))
+            thread.join(max(0.1, min(deadline, budget) - time.monotonic()))
             if thread.is_alive():
                 log.error("thread did not stop thread=%s", thread.name)
                 code = ExitCode.FAILURE
         if self.pipeline is not None:
             try:
-                if not self.pipeline.join(max(JOIN_TIMEOUT_S, budget - time.monotonic())):
+                if not self.pipeline.join(left()):
                     code = ExitCode.FAILURE
                     # An image still in the engine: its file stays in .processing/ and is read
                     # again at the next start. Python's own exit would unwind that thread inside
@@ -233,7 +238,7 @@ class App:
                 code = ExitCode.FAILURE
         if self.guard is not None:
             self.guard.join(JOIN_TIMEOUT_S)
-        if self.engine is not None:
+        if self.engine is not None and not self.leave_now:  # close() would wait for the image still read
             self.engine.close()
         code = code or self.exit_code
         log.info("stopped code=%d", code)
@@ -348,13 +353,12 @@ class App:
         and an automation must not take the request for a capture; for all sources, ok if any is online."""
         if source is None:
             notes = ["%s: %s" % (name, s.capture_now()) for name, s in self.sources.items()]
-            online = any(s.status is SourceStatus.ONLINE for s in self.sources.values())
-            return online, "; ".join(notes) or "no sources"
+            return any(_captures(s) for s in self.sources.values()), "; ".join(notes) or "no sources"
         if source not in self.sources:
             return False, "unknown source %r" % source
         chosen = self.sources[source]
         message = chosen.capture_now()
-        return chosen.status is SourceStatus.ONLINE, message
+        return _captures(chosen), message
 
     def _seed_previous(self, source: str, text: str, regions: Mapping[str, str]) -> None:
         if self.pipeline is not None:
@@ -400,3 +404,9 @@ class App:
             log.info("config reload applied keys=%s", ",".join(live))
         if restart:
             log.warning("config reload: restart needed for keys=%s", ",".join(restart))
+
+
+def _captures(source: Source) -> bool:
+    """Whether "capture now" takes an image from ``source`` now: online, and not the fleet (its
+    jobs come from the broker)."""
+    return source.status is SourceStatus.ONLINE and not isinstance(source, FleetWorker)

@@ -111,13 +111,15 @@ def cmd_run(args: argparse.Namespace) -> int:
              config.engine.memory, "on" if huge_pages else "off", thp_mode or "absent")
     allocator.configure(config.engine.memory)
     app = App(config)
-    code = app.run()
-    if app.leave_now:
-        # An image was still in the engine after the stop budget: its thread must not be unwound
-        # by the interpreter's exit (an abort inside ONNX Runtime). The journal has every line.
-        logging.shutdown()
-        os._exit(code)
-    return code
+    try:
+        return app.run()
+    finally:
+        if app.leave_now:
+            # An image was still in the engine after the stop budget (on a failed start too): its
+            # thread must not be unwound by the interpreter's exit (an abort inside ONNX Runtime).
+            # The journal has every line.
+            logging.shutdown()
+            os._exit(app.exit_code or ExitCode.FAILURE)
 
 
 def cmd_check(args: argparse.Namespace) -> int:

@@ -479,18 +479,19 @@ def load_config(path: str | os.PathLike[str] | None = None, environ: Mapping[str
         read_sources = [section(partial(_source, _Table(s, "sources[%d]" % i, base)))
                         for i, s in enumerate(raw_sources)]
         sources = tuple(s for s in read_sources if s is not None)
+        seen: set[str] = set()
+        for i, src in enumerate(read_sources):  # i as in the file, past a source that did not read
+            if src is not None and src.name in seen:
+                problems.append("sources[%d].name: duplicate source name %r" % (i, src.name))
+            if src is not None:
+                seen.add(src.name)
+    if fleet is not None and fleet.enabled:  # checks across sections, where those were read
+        if mqtt is not None and not mqtt.enabled:
+            problems.append("fleet.enabled: the fleet needs the broker of [mqtt] (mqtt.enabled = false)")
+        if any(s.name == "fleet" for s in sources):
+            problems.append("sources: the name 'fleet' is the fleet worker's while fleet.enabled = true")
     if problems:
         raise ConfigError(problems[0] if len(problems) == 1 else "; ".join(problems), tuple(problems))
-    if raw_sources is not None:
-        seen: set[str] = set()
-        for i, src in enumerate(sources):
-            if src.name in seen:
-                raise ConfigError("sources[%d].name: duplicate source name %r" % (i, src.name))
-            seen.add(src.name)
-    if fleet.enabled and not mqtt.enabled:
-        raise ConfigError("fleet.enabled: the fleet needs the broker of [mqtt] (mqtt.enabled = false)")
-    if fleet.enabled and any(s.name == "fleet" for s in sources):
-        raise ConfigError("sources: the name 'fleet' is the fleet worker's while fleet.enabled = true")
     return Config(engine, sources, mqtt, http, guard, pipeline, fleet, file)
 
 

@@ -175,6 +175,8 @@ class Pipeline:
             try:
                 with self.meter.working():
                     self.process(job)
+            except Exception:  # thread boundary: a bug in one job's result must not stop the worker
+                log.exception("job failed source=%s file=%s", job.source, job.file)
             finally:
                 self.busy -= 1
                 self.progress = time.monotonic()

@@ -67,7 +67,7 @@ def test_an_image_longer_than_the_join_timeout_is_finished_and_written(tmp_path)
 def test_an_image_past_the_stop_budget_stays_for_the_next_start_and_the_process_leaves_at_once(tmp_path, monkeypatch):
     monkeypatch.setattr(app_module, "STOP_BUDGET_S", 0.5)
     monkeypatch.setattr(app_module, "JOIN_TIMEOUT_S", 0.5)
-    app, code = run_and_stop_mid_image(tmp_path, 4.0)
+    app, code = run_and_stop_mid_image(tmp_path, 2.0)
     assert (code, app.leave_now) == (1, True)
     assert [p.name for p in (tmp_path / "inbox" / ".processing").iterdir()] == ["big.png"]
     assert not (tmp_path / "done" / "big.json").exists()
@@ -77,4 +77,4 @@ def test_the_stop_budget_fits_under_the_units_stop_timeout():
     text = (Path(__file__).resolve().parents[1] / "systemd" / "edge-ocr.service").read_text()
     stop_timeout = float(next(line.split("=", 1)[1].rstrip("s") for line in text.splitlines()
                               if line.startswith("TimeoutStopSec=")))
-    assert app_module.STOP_BUDGET_S + 3 <= stop_timeout
+    assert app_module.STOP_BUDGET_S + 5 <= stop_timeout  # 5 s: the broker's goodbyes (MqttSink.close: 3 s) and the guard

@@ -50,9 +50,10 @@ def read_ocr_request(max_upload: int) -> tuple[bytes, bool, tuple[Region, ...]]:
     return image, _det_option(det_raw), _rois_option(rois_raw)
 
 def json_body_limit(max_upload: int) -> int:
-    """The largest JSON body that may hold an image of ``max_upload`` bytes in base64, with room
-    for the other keys (``rois``) and line breaks."""
-    return (max_upload + 2) // 3 * 4 + (1 << 16)
+    """The largest JSON body taken for an image of at most ``max_upload`` bytes: its base64 (4/3)
+    with room for line breaks every 64-76 columns, escaped slashes (``\\/``) and the other keys;
+    the decoded image is then held to ``max_upload`` exactly."""
+    return max_upload * 3 // 2 + (1 << 16)
 
 
 def _read_body() -> bytes:

@@ -187,16 +187,20 @@ class HttpServer:
         dispatcher = next(
             (d for d in self._map.values() if isinstance(d, BaseWSGIServer)), None
         )
+        requests_done = True
         if dispatcher is not None:
             dispatcher.task_dispatcher.shutdown(cancel_pending=True, timeout=timeout_s)
+            # A request still running (in the engine) keeps its waitress thread: not stopped.
+            requests_done = not dispatcher.task_dispatcher.threads
             # close_all must run on the loop's own thread: hand it over through waitress's trigger
             dispatcher.trigger.pull_trigger(lambda: _close_all(self._map))
         self._thread.join(timeout_s)
-        stopped = not self._thread.is_alive()
+        stopped = requests_done and not self._thread.is_alive()
         if stopped:
             log.info("http stopped")
         else:
-            log.warning("http stop timed out thread=%s", self._thread.name)
+            log.warning("http stop timed out thread=%s requests_running=%s", self._thread.name,
+                        "no" if requests_done else "yes")
         return stopped
 
 

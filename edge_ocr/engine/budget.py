@@ -10,16 +10,19 @@ than the whole budget (``max_megapixels`` refuses bigger ones first), so none wa
 from __future__ import annotations
 
 import threading
+from collections import deque
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 
 class PixelBudget:
-    """At most ``capacity`` megapixels held at once; ``hold(mp)`` waits for room."""
+    """At most ``capacity`` megapixels held at once; ``hold(mp)`` waits for room, in arrival order
+    (a big image is not passed over for ever by small ones that keep fitting beside others)."""
 
     def __init__(self, capacity: float) -> None:
         self.capacity = capacity
         self._free = capacity
+        self._line: deque[object] = deque()  # the holds waiting, first come first
         self._changed = threading.Condition()
 
     @property
@@ -27,11 +30,23 @@ class PixelBudget:
         with self._changed:
             return self._free
 
+    @property
+    def waiting(self) -> int:
+        """How many holds wait for room now."""
+        with self._changed:
+            return len(self._line)
+
     @contextmanager
     def hold(self, megapixels: float) -> Iterator[None]:
         need = min(max(megapixels, 0.0), self.capacity)
+        ticket = object()
         with self._changed:
-            self._changed.wait_for(lambda: self._free >= need)
+            self._line.append(ticket)
+            try:
+                self._changed.wait_for(lambda: self._line[0] is ticket and self._free >= need)
+            finally:
+                self._line.remove(ticket)
+                self._changed.notify_all()  # the next in line may fit beside this one
             self._free -= need
         try:
             yield

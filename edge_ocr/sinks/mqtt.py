@@ -124,7 +124,9 @@ class MqttSink:
         self._thread.start()
 
     def close(self, timeout_s: float = 3.0) -> None:
-        """Publish ``offline`` (clean stop), disconnect, stop the threads. Unacked entries stay spooled."""
+        """Publish ``offline`` (clean stop), disconnect, stop the threads, all within ``timeout_s``
+        (the daemon's stop fits systemd's TimeoutStopSec). Unacked entries stay spooled."""
+        deadline = time.monotonic() + timeout_s
         self._closing.set()
         self._wake.set()
         if self._thread is not None:
@@ -134,7 +136,6 @@ class MqttSink:
         client = self.client
         if client is None:
             return
-        deadline = time.monotonic() + timeout_s
         while self._connected.is_set() and self._inflight and time.monotonic() < deadline:
             self._wake.wait(0.1)  # let PUBACKs of what is in flight arrive, so they leave the spool
             self._wake.clear()
@@ -147,7 +148,7 @@ class MqttSink:
                 for source in sorted(set(self.sources) | self._statused):
                     client.publish("%s/%s/status" % (self.prefix, source), OFFLINE, qos=1, retain=True)
                 info = client.publish("%s/availability" % self.prefix, OFFLINE, qos=1, retain=True)
-                info.wait_for_publish(timeout_s)
+                info.wait_for_publish(max(0.5, deadline - time.monotonic()))
             except (RuntimeError, ValueError) as exc:
                 log.warning("mqtt offline not published error=%s", exc)
             client.disconnect()
@@ -276,7 +277,7 @@ class MqttSink:
             # Retained messages come right after the SUBACK; then the subscription goes
             # (_on_subscribe), so this device's own results do not come back to it.
             self._state_mid = client.subscribe("%s/+/state" % self.prefix, qos=1)[1]
-        for source in self.sources:
+        for source in sorted(set(self.sources) | self._statused):  # the fleet's too (set_source_status)
             client.publish("%s/%s/status" % (self.prefix, source), self.source_status(source), qos=1, retain=True)
         with self._lock:
             self._hold = set(self._inflight)  # paho re-sends these first, in order
@@ -317,11 +318,15 @@ class MqttSink:
             return False
         try:
             state = json.loads(msg.payload)
-            if state.get("status") != "error":  # an error kept the text before it
-                regions = {name: r["text"] for name, r in (state.get("regions") or {}).items() if r.get("text")}
-                self.on_previous(source, str(state.get("text") or ""), regions)
-        except (ValueError, TypeError, AttributeError, KeyError):
+            # An error result's text is empty: the reading before it is its previous_text.
+            text = state.get("previous_text") if state.get("status") == "error" else state.get("text")
+            regions = {name: r.get("text") for name, r in (state.get("regions") or {}).items()}
+        except (ValueError, TypeError, AttributeError):
             log.warning("retained state not readable topic=%s", msg.topic)
+            return True
+        # Only text: a retained state another tool wrote may hold anything.
+        if isinstance(text, str):
+            self.on_previous(source, text, {n: t for n, t in regions.items() if isinstance(t, str) and t})
         return True
 
     def _on_message(self, client: paho.Client, userdata: Any, msg: paho.MQTTMessage) -> None:

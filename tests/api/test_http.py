@@ -613,6 +613,22 @@ def test_server_binds_port_zero_serves_and_stops(backend, serve, photo, photo_te
         httpx.get(server.url + "/healthz", timeout=5)
 
 
+def test_a_stop_with_a_request_still_in_the_engine_says_it_did_not_stop(backend, photo, photo_text):
+    """What App.shutdown reads to leave at once (App.leave_now) instead of unwinding that request's
+    thread inside the engine (a request that finishes in time: every other test's teardown)."""
+    server = HttpServer(backend.app(), "127.0.0.1:0", 4)
+    server.start()
+    backend.ocr.gate = threading.Event()
+    with ThreadPoolExecutor(1) as pool:
+        answer = pool.submit(httpx.post, server.url + "/api/ocr", content=photo,
+                             headers={"Content-Type": "image/jpeg"}, timeout=TIMEOUT_S)
+        assert backend.ocr.entered.wait(TIMEOUT_S)
+        assert server.stop(timeout_s=0.5) is False  # the request is still in the engine
+        backend.ocr.gate.set()
+        with pytest.raises(httpx.HTTPError):  # its connection was closed by the stop
+            answer.result(TIMEOUT_S).raise_for_status()
+
+
 def test_concurrent_uploads_share_the_engine_in_bounded_slots(real_backend, serve, eval_dev):
     """6 uploads at once, 4 server threads, 2 OCR slots, the real engine: each is 200 with its own
     image's reading or 503 busy, never a 500 or another image's text."""

@@ -9,11 +9,11 @@ from concurrent.futures import ThreadPoolExecutor
 
 import cv2
 import numpy as np
-import pytest
 
 from edge_ocr.engine.budget import PixelBudget
 from edge_ocr.engine.ocr import EngineOptions, OcrEngine
 from edge_ocr.errors import ImageTooLarge
+from tests.broker import wait_until
 
 
 def test_holds_that_fit_together_run_together_and_one_that_does_not_waits():
@@ -30,10 +30,32 @@ def test_holds_that_fit_together_run_together_and_one_that_does_not_waits():
 
         waiter = threading.Thread(target=second_big)
         waiter.start()
-        assert not entered.wait(0.3)  # waits while the first big one is held
+        assert wait_until(lambda: budget.waiting == 1)
+        assert not entered.is_set()  # queued while the first big one is held
     assert entered.wait(5)  # ... and goes once it is released
     waiter.join(5)
-    assert budget.free == 50.0
+    assert budget.free == 50.0 and budget.waiting == 0
+
+
+def test_holds_go_in_arrival_order_so_a_big_one_is_not_passed_over():
+    budget = PixelBudget(50.0)
+    order: list[str] = []
+
+    def hold(name: str, megapixels: float) -> None:
+        with budget.hold(megapixels):
+            order.append(name)
+
+    with budget.hold(30.0):  # a page being read
+        big = threading.Thread(target=hold, args=("big", 44.0))
+        big.start()
+        assert wait_until(lambda: budget.waiting == 1)
+        small = threading.Thread(target=hold, args=("small", 10.0))  # would fit now, but came later
+        small.start()
+        assert wait_until(lambda: budget.waiting == 2)
+        assert order == []
+    big.join(5)
+    small.join(5)
+    assert order == ["big", "small"]
 
 
 def test_a_hold_larger_than_the_whole_budget_takes_all_of_it_and_never_waits_forever():
@@ -69,6 +91,16 @@ def test_the_engine_reads_two_images_over_its_budget_one_after_the_other(eval_de
 def test_an_image_over_max_megapixels_is_refused_at_once_even_while_the_budget_is_held():
     engine = OcrEngine(EngineOptions(threads=1, max_megapixels=1.0))
     big = cv2.imencode(".png", np.zeros((1200, 1000, 3), np.uint8))[1].tobytes()  # 1.2 MP
-    with engine._pixels.hold(1.0):  # another call reading a 1 MP image
-        with pytest.raises(ImageTooLarge):
+    raised: list[BaseException] = []
+
+    def read() -> None:
+        try:
             engine(big)
+        except ImageTooLarge as exc:
+            raised.append(exc)
+
+    with engine._pixels.hold(1.0):  # another call reading a 1 MP image
+        reader = threading.Thread(target=read)
+        reader.start()
+        reader.join(10)  # never queued behind the hold: it is refused at once
+        assert not reader.is_alive() and len(raised) == 1

@@ -200,3 +200,28 @@ def test_starts_and_spools_with_no_broker_logging_one_warning(tmp_path, caplog):
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING and "unreachable" in r.getMessage()]
     assert len(warnings) == 1
     assert len(sink.spool) == 3
+
+
+@pytest.mark.parametrize("payload, seeded", [
+    ({"status": "ok", "text": "12.3", "regions": {}}, [("inbox", "12.3", {})]),
+    ({"status": "error", "text": "", "previous_text": "12.3", "regions": {"r": {"text": "12.3"}}},
+     [("inbox", "12.3", {"r": "12.3"})]),  # an error kept the reading before it
+    ({"status": "ok", "text": "7", "regions": {"r": {"text": 12.3}, "s": {"text": ""}}}, [("inbox", "7", {})]),
+    ({"status": "ok", "text": 12}, []),  # another tool's retained state: not text, not taken
+    ("not json at all", []),
+    ([1, 2], []),
+])
+def test_a_retained_state_seeds_only_text(tmp_path, payload, seeded):
+    import paho.mqtt.client as paho
+
+    taken: list[tuple[str, str, dict]] = []
+    cfg = MqttConfig(client_id="seed-test", topic_prefix="t", spool_dir=tmp_path / "spool")
+    sink = MqttSink(cfg, ("inbox",), Stats(), Captures(), on_previous=lambda s, t, r: taken.append((s, t, dict(r))))
+    message = paho.MQTTMessage(topic=b"t/inbox/state")
+    message.payload = (payload if isinstance(payload, str) else json.dumps(payload)).encode()
+    message.retain = True
+    assert sink._take_previous(message)
+    live = paho.MQTTMessage(topic=b"t/inbox/state")  # our own result coming back live: never a seed
+    live.payload, live.retain = json.dumps({"status": "ok", "text": "mine"}).encode(), False
+    assert not sink._take_previous(live)
+    assert taken == seeded
