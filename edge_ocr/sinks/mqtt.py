@@ -103,6 +103,12 @@ class MqttSink:
         """Open the spool, connect asynchronously (retrying with backoff), start the ``mqtt`` thread."""
         self.spool = Spool(self.cfg.spool_dir, self.cfg.spool_max_messages)
         self.stats.set("spool_depth", len(self.spool))
+        if self.on_previous is not None and len(self.spool):
+            # Results the last run could not send are newer than the broker's retained state:
+            # they seed first, and the retained state only fills in the sources they lack.
+            spooled = self.spool.newest({"%s/%s/state" % (self.prefix, source) for source in self.sources})
+            for topic, message in spooled.items():
+                self._seed(topic[len(self.prefix) + 1:].rpartition("/")[0], message.payload, topic)
         client = make_client(self.cfg)
         paho_log = logging.getLogger(__name__ + ".paho")
         if not any(isinstance(f, _PahoNoise) for f in paho_log.filters):
@@ -316,18 +322,23 @@ class MqttSink:
         source, _, leaf = msg.topic[len(self.prefix) + 1:].partition("/")
         if not (msg.retain and leaf == "state" and source in self.sources and self.on_previous is not None):
             return False
+        self._seed(source, msg.payload, msg.topic)
+        return True
+
+    def _seed(self, source: str, payload: bytes | bytearray, topic: str) -> None:
+        """``on_previous`` with the texts of a result JSON (a retained or spooled ``state``)."""
+        assert self.on_previous is not None
         try:
-            state = json.loads(msg.payload)
+            state = json.loads(payload)
             # An error result's text is empty: the reading before it is its previous_text.
             text = state.get("previous_text") if state.get("status") == "error" else state.get("text")
             regions = {name: r.get("text") for name, r in (state.get("regions") or {}).items()}
         except (ValueError, TypeError, AttributeError):
-            log.warning("retained state not readable topic=%s", msg.topic)
-            return True
+            log.warning("previous state not readable topic=%s", topic)
+            return
         # Only text: a retained state another tool wrote may hold anything.
         if isinstance(text, str):
             self.on_previous(source, text, {n: t for n, t in regions.items() if isinstance(t, str) and t})
-        return True
 
     def _on_message(self, client: paho.Client, userdata: Any, msg: paho.MQTTMessage) -> None:
         try:

@@ -93,6 +93,20 @@ class Spool:
                 out.append((s, message))
         return out
 
+    def newest(self, topics: set[str], limit: int = 1000) -> dict[str, Message]:
+        """The newest entry of each of ``topics`` among the ``limit`` newest spooled (read newest
+        first, stopping once each was found: a start never reads a whole full spool)."""
+        with self._lock:
+            seqs = list(reversed(self._seqs))[:limit]
+        found: dict[str, Message] = {}
+        for seq in seqs:
+            if len(found) == len(topics):
+                break
+            message = self._read(seq)
+            if message is not None and message.topic in topics:
+                found.setdefault(message.topic, message)
+        return found
+
     def _read(self, seq: int) -> Message | None:
         try:
             raw = self._path(seq).read_bytes()

@@ -225,3 +225,24 @@ def test_a_retained_state_seeds_only_text(tmp_path, payload, seeded):
     live.payload, live.retain = json.dumps({"status": "ok", "text": "mine"}).encode(), False
     assert not sink._take_previous(live)
     assert taken == seeded
+
+
+def test_results_the_last_run_could_not_send_seed_before_the_retained_state(tmp_path):
+    """The spool's newest state of a source is newer than what the broker retained: it seeds first
+    (before any connect: no broker here)."""
+    from edge_ocr.sinks.spool import Message, Spool
+
+    spool = Spool(tmp_path / "spool", 100)
+    for text in ("11", "12"):  # two readings made while the broker was down, newest last
+        spool.append(Message("t/inbox/state", json.dumps({"status": "ok", "text": text}).encode(), 1, True))
+    spool.append(Message("t/inbox/event", b"{}", 1, False))
+    taken: list[tuple[str, str, dict]] = []
+    cfg = MqttConfig(client_id="seed-test", topic_prefix="t", spool_dir=tmp_path / "spool", port=1,
+                     reconnect_min_delay=5.0, reconnect_max_delay=5.0)
+    sink = MqttSink(cfg, ("inbox", "gate"), Stats(), Captures(),
+                    on_previous=lambda s, t, r: taken.append((s, t, dict(r))))
+    sink.start()
+    try:
+        assert taken == [("inbox", "12", {})]
+    finally:
+        sink.close(timeout_s=1)
