@@ -57,6 +57,8 @@ JOIN_TIMEOUT_S = 5.0
 # TimeoutStopSec (20 s) is for the broker's goodbyes (MqttSink.close: up to 3 s) and the guard, so
 # systemd never has to SIGKILL (a test keeps 5 s between them).
 STOP_BUDGET_S = 12.0
+# How long the start waits for the sources' retained states (MqttSink.previous_read).
+PREVIOUS_WAIT_S = 2.0
 # Under memory pressure detection runs on smaller inputs (960 → 640 px: ~0.45x the activations).
 SOFT_DET_LIMIT_SIDE = 640
 
@@ -165,6 +167,11 @@ class App:
                                  meter=self._work)
         if self.mqtt is not None:
             self.mqtt.start()  # after the pipeline exists: the retained states it reads go to it
+            # Files waiting at start are read after what the sources last published is known (a
+            # reachable broker answers in milliseconds; an unreachable one is not waited for).
+            if not self.mqtt.previous_read.wait(PREVIOUS_WAIT_S):
+                log.info("mqtt retained states not read within %.0f s; first results compare with none",
+                         PREVIOUS_WAIT_S)
         self.pipeline.start()
         files = ResultFiles()
         for scfg in cfg.sources:

@@ -72,6 +72,12 @@ class MqttSink:
         # announce the same reading as a change (pipeline.Pipeline.seed_previous).
         self.on_previous = on_previous
         self._state_mid: int | None = None
+        self._unsubscribe_mid: int | None = None
+        # Set once the retained states were read (their UNSUBACK comes after them), or at once
+        # without on_previous: the daemon starts its sources after it, for at most a moment.
+        self.previous_read = threading.Event()
+        if on_previous is None:
+            self.previous_read.set()
         self.sources = sources
         self.regions = dict(regions or {})  # source -> its ROI names: one HA sensor each
         self.stats = stats
@@ -123,6 +129,7 @@ class MqttSink:
         client.on_publish = self._on_publish
         client.on_message = self._on_message
         client.on_subscribe = self._on_subscribe
+        client.on_unsubscribe = self._on_unsubscribe
         self.client = client
         client.connect_async(self.cfg.host, self.cfg.port, keepalive=self.cfg.keepalive)
         client.loop_start()
@@ -315,7 +322,12 @@ class MqttSink:
     def _on_subscribe(self, client: paho.Client, userdata: Any, mid: int, reason_codes: Any, properties: Any) -> None:
         if mid == self._state_mid:
             self._state_mid = None
-            client.unsubscribe("%s/+/state" % self.prefix)
+            self._unsubscribe_mid = client.unsubscribe("%s/+/state" % self.prefix)[1]
+
+    def _on_unsubscribe(self, client: paho.Client, userdata: Any, mid: int, reason_codes: Any,
+                        properties: Any) -> None:
+        if mid == self._unsubscribe_mid:  # the broker sent the retained states before this
+            self.previous_read.set()
 
     def _take_previous(self, msg: paho.MQTTMessage) -> bool:
         """A retained ``<p>/<source>/state`` of one of our sources: hand its texts to ``on_previous``."""

@@ -246,3 +246,36 @@ def test_results_the_last_run_could_not_send_seed_before_the_retained_state(tmp_
         assert taken == [("inbox", "12", {})]
     finally:
         sink.close(timeout_s=1)
+
+
+@pytest.mark.broker
+def test_the_retained_states_are_read_once_before_the_sources_start_and_own_results_never_seed(mosquitto, tmp_path):
+    cfg = mqtt_config(mosquitto, tmp_path)
+    before = MqttSink(cfg, ("inbox",), Stats(), Captures())
+    before.start()
+    before.publish(result("12.3"))  # the last run's reading, retained by the broker
+    assert wait_until(lambda: len(before.spool) == 0)
+    before.close()
+    taken: list[tuple[str, str, dict]] = []
+    sink = MqttSink(cfg, ("inbox",), Stats(), Captures(), on_previous=lambda s, t, r: taken.append((s, t, dict(r))))
+    sink.start()
+    try:
+        assert sink.previous_read.wait(10)  # set by the UNSUBACK, which follows the retained states
+        assert taken == [("inbox", "12.3", {})]
+        sink.publish(result("12.4"))  # its own result: not subscribed any more, never a seed
+        assert wait_until(lambda: len(sink.spool) == 0)
+        assert taken == [("inbox", "12.3", {})]
+    finally:
+        sink.close()
+    assert MqttSink(cfg, ("inbox",), Stats(), Captures()).previous_read.is_set()  # nothing to wait for
+
+
+def test_an_unreachable_broker_is_not_waited_for_as_if_it_had_answered(tmp_path):
+    cfg = MqttConfig(client_id="seed-test", topic_prefix="t", spool_dir=tmp_path / "spool", port=1,
+                     reconnect_min_delay=5.0, reconnect_max_delay=5.0)
+    sink = MqttSink(cfg, ("inbox",), Stats(), Captures(), on_previous=lambda s, t, r: None)
+    sink.start()
+    try:
+        assert not sink.previous_read.wait(0.5)  # the daemon's start waits app.PREVIOUS_WAIT_S at most
+    finally:
+        sink.close(timeout_s=1)
