@@ -1,14 +1,15 @@
 """``edge-ocr check``: what would stop the daemon from working, found before it starts: the
-model pack's files, the folders it writes, the cameras, the broker, and memory limits the machine
-cannot give. One line per problem.
+model pack's files, the folders it writes and the files it reads (as the service's user when run
+as root: ``edge_ocr.access``), the cameras, the broker, and memory limits the machine cannot
+give. One line per problem.
 (A bad config raises ConfigError before any of this.)"""
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
+from edge_ocr import sandbox
+from edge_ocr.access import Wanted, problems, problems_as
 from edge_ocr.config import CameraSourceConfig, Config
 from edge_ocr.errors import EdgeOcrError
 from edge_ocr.fit import check_fit
@@ -16,60 +17,58 @@ from edge_ocr.sinks.mqtt import probe
 from edge_ocr.sources.camera import probe as probe_camera
 
 
-def check(config: Config, broker_timeout_s: float = 5.0) -> list[str]:
-    """Problems with models, folders, the broker and the guard's limits, one line each (config errors raise before this)."""
+def check(config: Config, broker_timeout_s: float = 5.0, user: str | None = None,
+          unit: sandbox.Sandbox | None = None) -> list[str]:
+    """Problems with models, folders, files, the broker and the guard's limits, one line each
+    (config errors raise before this). ``user``: check the folders and files as that user
+    (needs root), not as this process. ``unit``: the installed unit's sandbox
+    (``sandbox.installed_unit()``), whose hidden and read-only paths are problems too."""
     from edge_ocr.engine.models import load_pack, verify_pack
 
-    problems: list[str] = []
+    found: list[str] = []
+    wanted: list[Wanted] = []
+    if config.path is not None:
+        wanted.append(Wanted("config", Path(config.path), write=False))
     try:
-        problems += ["model: %s" % p for p in verify_pack(load_pack(config.engine.pack))]
+        pack = load_pack(config.engine.pack)
+        found += ["model: %s" % p for p in verify_pack(pack)]
+        files = [pack.directory / "manifest.json", *sorted(pack.directory.glob("*.txt"))]
+        files += sorted({variant.path for _, variant in pack.files()})
+        wanted += [Wanted("model", path, write=False) for path in files]
     except EdgeOcrError as exc:
-        problems.append("model: %s" % exc.message)
+        found.append("model: %s" % exc.message)
     for i, src in enumerate(config.sources):
         if isinstance(src, CameraSourceConfig):
             problem = probe_camera(src)
             if problem:
-                problems.append("sources[%d] %s: %s" % (i, src.name, problem))
+                found.append("sources[%d] %s: %s" % (i, src.name, problem))
             continue
-        for key in ("path", "done_dir", "failed_dir"):
-            problem = _dir_problem(getattr(src, key))
-            if problem:
-                problems.append("sources[%d].%s: %s" % (i, key, problem))
+        wanted += [Wanted("sources[%d].%s" % (i, key), getattr(src, key), write=True)
+                   for key in ("path", "done_dir", "failed_dir")]
+    for label, secret_file in (("mqtt.password_file", config.mqtt.password_file),
+                               ("http.token_file", config.http.token_file)):
+        # A relative name may be a systemd credential (LoadCredential=), which only the unit gives.
+        if secret_file and Path(secret_file).expanduser().is_absolute():
+            wanted.append(Wanted(label, Path(secret_file).expanduser(), write=False))
     if config.mqtt.enabled:
-        problem = _dir_problem(config.mqtt.spool_dir)
-        if problem:
-            problems.append("mqtt.spool_dir: %s" % problem)
+        wanted.append(Wanted("mqtt.spool_dir", config.mqtt.spool_dir, write=True))
+    try:
+        found += problems_as(user, wanted) if user else problems(wanted)
+    except OSError as exc:
+        found.append("access: %s" % exc)
+    if unit is not None:
+        for item in wanted:
+            problem = sandbox.problem(item.path, item.write, unit)
+            if problem:
+                found.append("%s: %s" % (item.label, problem))
+    if config.mqtt.enabled:
         try:
             problem = probe(config.mqtt, broker_timeout_s)
         except EdgeOcrError as exc:
             problem = exc.message
         if problem:
-            problems.append("mqtt: %s" % problem)
+            found.append("mqtt: %s" % problem)
     unfit = check_fit(config.guard)
     if unfit:
-        problems.append("guard: %s" % unfit.message())
-    return problems
-
-
-def _dir_problem(directory: Path) -> str | None:
-    """Why the daemon could not use ``directory`` (created on start if missing), or None.
-
-    Writability is tried, not asked of ``os.access``: as root (``sudo edge-ocr check``) that says
-    yes to /proc and to read-only mounts, where the daemon then fails to start its source."""
-    existing = directory
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
-    if not existing.is_dir():
-        return "%s cannot be created: %s is not a directory" % (directory, existing)
-    try:
-        tempfile.TemporaryDirectory(dir=existing, prefix=".edge-ocr-check-").cleanup()
-    except OSError as exc:
-        where = "" if existing == directory else " does not exist and %s" % existing
-        return "%s%s is not writable by uid %d (%s)" % (directory, where, os.geteuid(), exc.strerror or exc)
-    return None
-    parent = directory.parent
-    while not parent.exists() and parent != parent.parent:
-        parent = parent.parent
-    if not os.access(parent, os.W_OK | os.X_OK):
-        return "%s does not exist and %s is not writable by uid %d" % (directory, parent, os.geteuid())
-    return None
+        found.append("guard: %s" % unfit.message())
+    return found

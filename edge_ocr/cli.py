@@ -10,6 +10,7 @@ import dataclasses
 import json
 import logging
 import os
+import pwd
 import sys
 import tempfile
 from collections.abc import Sequence
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from edge_ocr import __version__
+from edge_ocr.access import SERVICE_USER, service_user
 from edge_ocr.config import EngineConfig, Invalid, keys
 from edge_ocr.errors import ConfigError, EdgeOcrError, ExitCode
 from edge_ocr.progress import Progress
@@ -125,13 +127,22 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_check(args: argparse.Namespace) -> int:
     from edge_ocr.check import check
     from edge_ocr.config import find_config, load_config
+    from edge_ocr.sandbox import installed_unit
 
     config = load_config(find_config(args.config))
-    problems = check(config, broker_timeout_s=args.timeout)
+    user = args.user or service_user()
+    if user:
+        try:
+            pwd.getpwnam(user)
+        except KeyError:
+            raise ConfigError("check --user: no such user: %s" % user) from None
+        if os.geteuid() != 0:
+            raise ConfigError("check --user: checking as another user needs root (sudo)")
+    problems = check(config, broker_timeout_s=args.timeout, user=user, unit=installed_unit())
     for problem in problems:
         print(problem)
     if not problems:
-        print("ok: %s" % (config.path or "built-in defaults"))
+        print("ok: %s%s" % (config.path or "built-in defaults", " (as user %s)" % user if user else ""))
     return ExitCode.FAILURE if problems else ExitCode.OK
 
 
@@ -391,6 +402,8 @@ def build_parser() -> argparse.ArgumentParser:
     chk = sub.add_parser("check", parents=[common], help="validate config, models, folders and the broker")
     chk.add_argument("-c", "--config", metavar="FILE", help="config file (same search as run)")
     chk.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for the broker")
+    chk.add_argument("--user", metavar="NAME", help="check folders and files as this user (needs root; as root "
+                     "the default is the service's user, %s, where it exists)" % SERVICE_USER)
     chk.set_defaults(func=cmd_check)
 
     ocr = sub.add_parser("ocr", parents=[common], help="one-shot OCR of image files")

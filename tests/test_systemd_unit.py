@@ -79,3 +79,17 @@ def test_the_unit_runs_the_daemon_on_glibcs_huge_pages():
 
     environment = [line.split("=", 1)[1].split() for line in UNIT.read_text().splitlines() if line.startswith("Environment=")]
     assert "GLIBC_TUNABLES=" + HUGEPAGE_TUNABLE in [item for items in environment for item in items]
+
+
+def test_the_readmes_drop_in_for_a_folder_elsewhere_verifies_and_allows_both_folders(unit_here):
+    readme = (UNIT.parents[1] / "README.md").read_text()
+    drop_in = re.search(r"```ini\n(\[Service\]\n.*?ReadWritePaths=.*?)```", readme, re.S)
+    assert drop_in, "README's drop-in for a folder outside /var/lib/edge-ocr"
+    unit_here.write_text(unit_here.read_text() + "\n" + drop_in.group(1))
+    run = subprocess.run(["systemd-analyze", "verify", str(unit_here)], capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0 and run.stdout == "" and run.stderr == "", run.stdout + run.stderr
+    from edge_ocr import sandbox
+
+    allowed = sandbox.parse_show(unit_here.read_text())
+    assert allowed is not None
+    assert [sandbox.problem(f, write=True, sandbox=allowed) for f in ("/srv/scans", "/home/pi/scans")] == [None, None]

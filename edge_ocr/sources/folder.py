@@ -31,7 +31,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any, Protocol
 
-from edge_ocr import imageformat
+from edge_ocr import access, imageformat, sandbox
 from edge_ocr.atomic import remove_stale_temps
 from edge_ocr.config import FolderSourceConfig, SourceConfig
 from edge_ocr.engine.types import EngineOutput
@@ -266,9 +266,11 @@ class FolderSource:
             try:
                 directory.mkdir(parents=True, exist_ok=True)
             except OSError as exc:
-                raise SourceError("cannot create %s: %s" % (directory, exc.strerror)) from exc
-            if not os.access(directory, os.W_OK | os.X_OK):
-                raise SourceError("%s is not writable by uid %d" % (directory, os.geteuid()))
+                raise SourceError("cannot create %s: %s%s" % (directory, exc.strerror,
+                                                             sandbox.hint(directory, exc.errno or 0))) from exc
+            problem = access.dir_problem(directory)  # tried: os.access says yes on a read-only mount as root
+            if problem:
+                raise SourceError(problem)
         if self.cfg.reuse_results:
             self.cache.mkdir(exist_ok=True)
         for directory in (self.cfg.done_dir, self.cfg.failed_dir, self.cache):
