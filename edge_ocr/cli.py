@@ -20,7 +20,7 @@ from typing import Any, ClassVar
 from edge_ocr import __version__
 from edge_ocr.access import SERVICE_USER, service_user
 from edge_ocr.config import EngineConfig, Invalid, keys
-from edge_ocr.errors import ConfigError, EdgeOcrError, ExitCode
+from edge_ocr.errors import ConfigError, EdgeOcrError, ExitCode, UnknownPack
 from edge_ocr.progress import Progress
 
 log = logging.getLogger("edge_ocr")
@@ -498,6 +498,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         for problem in exc.problems:  # one line each: every problem of a config file at once
             log.error("%s", problem)
+        return ExitCode.USAGE
+    except UnknownPack as exc:  # engine.pack or --pack names no pack: usage, as a config typo is
+        log.error("%s: %s", exc.code, exc.message)
         return ExitCode.USAGE
     except EdgeOcrError as exc:
         log.error("%s: %s", exc.code, exc.message)

@@ -3,6 +3,7 @@
     EdgeOcrError                 base; ``code`` is stable and appears in result JSON
     ├── ConfigError              bad config or usage (exit 2)
     ├── ModelError               missing pack, checksum mismatch, session failure
+    │   └── UnknownPack          no pack of that name (a usage error: exit 2, never retried)
     ├── ImageError               input that is not a usable image (HTTP 4xx, ``failed/``)
     │   ├── UnsupportedImage     not an image format we decode, or corrupt/truncated
     │   └── ImageTooLarge        over the byte or pixel cap (decompression bombs)
@@ -38,6 +39,11 @@ class ConfigError(EdgeOcrError):
 
 class ModelError(EdgeOcrError):
     code = "model"
+
+
+class UnknownPack(ModelError):
+    """No pack of the name asked for: a typo in ``engine.pack`` or ``--pack``, which restarting
+    the daemon every 5 s cannot fix."""
 
 
 class ImageError(EdgeOcrError):

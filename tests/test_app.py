@@ -188,3 +188,14 @@ def test_check_reports_wrong_password_and_bad_ca_one_line_each(tmp_path, mosquit
     run = subprocess.run([sys.executable, "-m", "edge_ocr", "check", "-c", str(config)], capture_output=True,
                          text=True, timeout=120)
     assert run.returncode == 1 and "mqtt: TLS error" in run.stdout, run.stdout + run.stderr
+
+
+def test_a_pack_name_that_names_no_pack_exits_2_listing_the_packs(tmp_path):
+    # A typo in engine.pack is fixed in the file, not by systemd restarting every 5 s (exit 1 did).
+    config = tmp_path / "pack.toml"
+    config.write_text('[engine]\npack = "ppocrv6-smal"\n[mqtt]\nenabled = false\n[http]\nenabled = false\n'
+                      '[[sources]]\nname = "inbox"\ntype = "folder"\npath = "%s"\n' % (tmp_path / "inbox"))
+    run = subprocess.run([sys.executable, "-m", "edge_ocr", "run", "-c", str(config)], capture_output=True,
+                         text=True, timeout=120)
+    assert run.returncode == 2, run.stderr
+    assert "model pack 'ppocrv6-smal' not found" in run.stderr and "ppocrv6-small" in run.stderr.split("available:")[1]

@@ -21,7 +21,7 @@ import onnxruntime as ort
 
 from edge_ocr.engine.decode import Charset, load_charset
 from edge_ocr.engine.manifest import InputSpec, Manifest, ManifestError, SourceRef, StageEntry
-from edge_ocr.errors import ConfigError, ModelError
+from edge_ocr.errors import ConfigError, ModelError, UnknownPack
 
 DEFAULT_PACK = "ppocrv6-small"
 PRECISIONS = ("auto", "fp32", "int8")
@@ -108,7 +108,7 @@ def load_pack(name: str, root: Path | None = None) -> Pack:
     path = directory / "manifest.json"
     if not path.is_file():
         available = ", ".join(list_packs(root)) or "none"
-        raise ModelError("model pack %r not found in %s (available: %s)" % (name, root, available))
+        raise UnknownPack("model pack %r not found in %s (available: %s)" % (name, root, available))
     manifest = read_manifest(path)
     return Pack(
         name=manifest.name,
