@@ -372,6 +372,8 @@ class MqttSink:
             if command != "capture" or not target:
                 return
             source = None if target == "cmd" else target
+            if source is None:
+                source = _named_source(msg.payload)  # {"source": "meter"} on cmd/capture, as Node-RED sends it
             ok, message = self.on_capture(source)
             log.info("command capture source=%s ok=%s", source or "*", ok)
             ack = {
@@ -470,3 +472,15 @@ def probe(cfg: MqttConfig, timeout_s: float = 5.0) -> str | None:
     finally:
         client.disconnect()
         client.loop_stop()
+
+
+def _named_source(payload: bytes) -> str | None:
+    """The source a ``cmd/capture`` payload names (a JSON object's ``"source"`` string), else None:
+    every source. Any other payload is only echoed back as the ack's ``request``."""
+    if not payload.lstrip().startswith(b"{") or len(payload) > 4096:
+        return None
+    try:
+        named = json.loads(payload).get("source")
+    except (ValueError, AttributeError):
+        return None
+    return named if isinstance(named, str) and named else None

@@ -165,9 +165,15 @@ def test_capture_commands_are_acknowledged(mosquitto, tmp_path, sink_factory):
     sub.client.publish(PREFIX + "/cmd/capture", b"", qos=1)
     sub.client.publish(PREFIX + "/inbox/capture", b"now", qos=1)
     sub.client.publish(PREFIX + "/nope/capture", b"", qos=1)
-    acks = [json.loads(m.payload) for m in sub.wait_topic(PREFIX + "/cmd/result", 3)]
-    assert [(a["source"], a["ok"]) for a in acks] == [(None, True), ("inbox", True), ("nope", False)]
-    assert captures.calls == [None, "inbox", "nope"]
+    # cmd/capture may name its source in a JSON payload; any other payload is only echoed back.
+    sub.client.publish(PREFIX + "/cmd/capture", b'{"source": "inbox", "id": 7}', qos=1)
+    sub.client.publish(PREFIX + "/cmd/capture", b'{"id": 8}', qos=1)
+    sub.client.publish(PREFIX + "/cmd/capture", b"inbox", qos=1)
+    acks = [json.loads(m.payload) for m in sub.wait_topic(PREFIX + "/cmd/result", 6)]
+    assert [(a["source"], a["ok"]) for a in acks] == [(None, True), ("inbox", True), ("nope", False),
+                                                      ("inbox", True), (None, True), (None, True)]
+    assert captures.calls == [None, "inbox", "nope", "inbox", None, None]
+    assert acks[3]["request"] == '{"source": "inbox", "id": 7}'
     sub.close()
 
 
