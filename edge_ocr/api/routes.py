@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 
 AUTH_KEY = "edge_ocr.token_required"  # app.config keys the server reads back
 UPLOAD_KEY = "edge_ocr.max_upload_bytes"
+COUNT_KEY = "edge_ocr.count_status"  # counts a response the server answered itself (waitress's refusals)
 
 
 def make_app(
@@ -89,6 +90,7 @@ class _Api:
         self.app = bottle.Bottle()
         self.app.config[AUTH_KEY] = token is not None
         self.app.config[UPLOAD_KEY] = max_upload_bytes
+        self.app.config[COUNT_KEY] = self._count_status
         self.app.install(AccessPlugin(token))
         self.app.add_hook("after_request", self._count)
         # every Bottle error (no route, wrong method, a crash outside the plugin) as JSON
@@ -204,8 +206,10 @@ class _Api:
         return error_response(status, code, message, extra)
 
     def _count(self) -> None:
+        self._count_status(bottle.response.status_code)
+
+    def _count_status(self, status: int) -> None:
         with self._counts_lock:
-            status = bottle.response.status_code
             self._responses[status] = self._responses.get(status, 0) + 1
 
     def _count_busy(self) -> None:

@@ -20,7 +20,7 @@ from waitress.task import ErrorTask
 
 from edge_ocr.api.requests import json_body_limit
 from edge_ocr.api.responses import COMMON_HEADERS, JSON_CONTENT_TYPE
-from edge_ocr.api.routes import AUTH_KEY, UPLOAD_KEY
+from edge_ocr.api.routes import AUTH_KEY, COUNT_KEY, UPLOAD_KEY
 from edge_ocr.config import parse_bind, require_token_off_loopback
 from edge_ocr.errors import ConfigError, SinkError
 
@@ -45,6 +45,9 @@ class _JsonErrorTask(ErrorTask):
         self.content_length = len(body)
         self.write(body)
         self.channel.linger_on_close = True  # the client may still be sending the body we refused
+        count = getattr(self.channel.server, "count_status", None)  # set by HttpServer.start
+        if count is not None:  # in edge_ocr_http_responses_total beside the app's own answers
+            count(err.code)
 
 
 LINGER_BYTES = 256 * 1024 * 1024  # a refused body read and dropped after the answer, at most
@@ -168,6 +171,7 @@ class HttpServer:
         for dispatcher in list(self._map.values()):
             if isinstance(dispatcher, BaseWSGIServer):
                 dispatcher.channel_class = _JsonErrorChannel
+                dispatcher.count_status = self.app.config.get(COUNT_KEY)
         self._thread = threading.Thread(target=self._run, name="http", daemon=True)
         self._thread.start()
         auth = bool(self.app.config.get(AUTH_KEY))

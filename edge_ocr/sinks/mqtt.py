@@ -474,7 +474,7 @@ def probe(cfg: MqttConfig, timeout_s: float = 5.0) -> str | None:
         client.loop_stop()
 
 
-def _named_source(payload: bytes) -> str | None:
+def _named_source(payload: bytes | bytearray) -> str | None:
     """The source a ``cmd/capture`` payload names (a JSON object's ``"source"`` string), else None:
     every source. Any other payload is only echoed back as the ack's ``request``."""
     if not payload.lstrip().startswith(b"{") or len(payload) > 4096:

@@ -676,6 +676,8 @@ def test_over_the_cap_on_the_wire_is_json_413_from_us_or_from_waitress(backend, 
                      "upload_too_large")
     with httpx.Client(base_url=server.url, timeout=TIMEOUT_S) as client:
         assert_serving(client, photo, photo_text)
+        # waitress's refusal is counted with ours: three 413s in all
+        assert 'edge_ocr_http_responses_total{code="413"} 3' in client.get("/metrics").text
 
 
 def test_the_cap_is_on_the_image_so_base64_in_json_may_carry_one_just_under_it(backend, serve, photo, photo_text):
