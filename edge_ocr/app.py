@@ -7,6 +7,7 @@ Data flow: FolderSource/CameraSource threads ``source:<name>`` → Pipeline queu
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import logging
 import signal
@@ -50,7 +51,8 @@ from edge_ocr.stats import Stats
 
 log = logging.getLogger(__name__)
 
-EngineFactory = Callable[[EngineConfig], tuple[Engine, tuple[str, str]]]
+# (the [engine] section, whether the sources read whole pages) -> the engine and its (pack, version)
+EngineFactory = Callable[[EngineConfig, bool], tuple[Engine, tuple[str, str]]]
 JOIN_TIMEOUT_S = 5.0
 # On SIGTERM the images being read (a page, an HTTP request) get this long, all together, to finish
 # and be answered: a 48 MP photo takes ~7 s here, a page more on a Pi. The rest of the unit's
@@ -63,18 +65,31 @@ PREVIOUS_WAIT_S = 2.0
 SOFT_DET_LIMIT_SIDE = 640
 
 
-def build_engine(cfg: EngineConfig) -> tuple[Engine, tuple[str, str]]:
-    """The real OcrEngine for ``[engine]`` and its (pack name, version). Raises ModelError."""
+def build_engine(cfg: EngineConfig, pages: bool = True) -> tuple[Engine, tuple[str, str]]:
+    """The real OcrEngine for ``[engine]`` and its (pack name, version). Raises ModelError.
+
+    ``pages``: some source reads whole images (a folder, a camera without regions, the fleet), so
+    the detector and the page reader are loaded now and the first page waits for no load. Without
+    (cameras reading regions: a meter, a gate), every session is made at its first use and released
+    when idle (EngineOptions.lazy_sessions): the detector's 19 MB are spent only if a page comes
+    over HTTP, which then waits for the load once."""
     from edge_ocr import tuning
     from edge_ocr.config import default_state_dir
     from edge_ocr.engine.ocr import OcrEngine
 
     # threads/precision "auto" take what `edge-ocr tune` measured on this device, if it ran.
     options = tuning.apply(cfg.to_options(), tuning.load(default_state_dir()))
-    engine = OcrEngine(options)
-    log.info("engine threads=%d precisions=%s", engine.threads,
-             ",".join("%s=%s" % kv for kv in engine.precisions.items()))
+    engine = OcrEngine(dataclasses.replace(options, lazy_sessions=True) if not pages else options)
+    log.info("engine threads=%d precisions=%s sessions=%s", engine.threads,
+             ",".join("%s=%s" % kv for kv in engine.precisions.items()), "up front" if pages else "at first use")
     return engine, (engine.pack.name, engine.pack.version)
+
+
+def reads_pages(config: Config) -> bool:
+    """Whether a source reads whole images (detection): a folder, a camera without regions, the
+    fleet. Cameras that read only their regions never detect."""
+    return config.fleet.enabled or any(
+        not isinstance(source, CameraSourceConfig) or not source.rois for source in config.sources)
 
 
 class App:
@@ -151,7 +166,7 @@ class App:
             log.warning("memory guard cannot act in time rss_hard_mb=%d limit_mb=%.0f limit=%s%s", unfit.hard_mb,
                         unfit.limit_mb, unfit.limit, " profile=%s" % unfit.profile if unfit.profile else "")
         self.notifier.status("loading models")
-        engine, model = self.engine_factory(cfg.engine)
+        engine, model = self.engine_factory(cfg.engine, reads_pages(cfg))
         self.engine, self.model = engine, model
         self._http_ocr = CachedOcr(engine, cfg.http.cache_entries, lambda: self.stats.inc("http_cache_hits_total"))
         log.info("engine ready pack=%s version=%s", model[0], model[1])

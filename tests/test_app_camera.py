@@ -43,7 +43,7 @@ def test_video_meter_events_once_per_change_and_picamera_appearing_later(tmp_pat
     seed.wait_topic(stale)
     seed.close()
     sub = Collector(mosquitto, ["%s/#" % PREFIX, "homeassistant/#"])
-    app = App(load_config(config), engine_factory=lambda cfg: (engines(), ("default", "test")))
+    app = App(load_config(config), engine_factory=lambda cfg, pages: (engines(), ("default", "test")))
     try:
         app.start()
         # The meter: each value published once, after two agreeing reads; the file's end → offline.
@@ -103,3 +103,45 @@ def test_capture_now_on_an_offline_source_is_not_ok_but_says_it_will_capture_whe
     assert app.capture(None)[0]  # all sources: one took it
     app.sources.pop("gate")
     assert not app.capture(None)[0]
+
+
+def test_a_meter_camera_reading_only_regions_loads_no_detector_until_a_page_comes(tmp_path, eval_dev):
+    """Cameras that read only their regions never detect: the daemon makes each session at its first
+    use (app.reads_pages), so a meter holds the region reader alone; a page over HTTP still reads."""
+    import httpx
+
+    from edge_ocr.app import reads_pages
+
+    texts = ["12.3"] * 4 + ["45.6"] * 4
+    video = write_video(tmp_path / "meter.avi", [text_frame(t) for t in texts], fps=20)
+    config = tmp_path / "edge-ocr.toml"
+    meter = ('[[sources]]\nname = "meter"\ntype = "camera"\ndevice = "%s"\ninterval = 0.05\n'
+             'rois = [ { name = "reading", box = [%d, %d, %d, %d], allowed_chars = "0123456789." } ]\n'
+             % (video, *BOX))
+    config.write_text(meter + '\n[mqtt]\nenabled = false\n[http]\nbind = "127.0.0.1:0"\n'
+                      '\n[guard]\nrss_soft_mb = 100000\nrss_hard_mb = 200000\n')
+    loaded = load_config(config)
+    assert not reads_pages(loaded)
+    assert reads_pages(load_config(_with(config, '\n[[sources]]\nname = "inbox"\ntype = "folder"\npath = "in"\n')))
+    assert reads_pages(load_config(_with(config, '\n[[sources]]\nname = "door"\ntype = "camera"\ninterval = 0\n')))
+    app = App(loaded)
+    try:
+        app.start()
+        assert app.engine.loaded == ()  # nothing made before a line needs it
+        assert wait_until(lambda: app.sources["meter"].status is SourceStatus.OFFLINE, timeout_s=60)
+        assert wait_until(lambda: app.pipeline.queue.qsize() == 0 and app.pipeline.busy == 0, timeout_s=60)
+        with httpx.Client(base_url=app.http.url, timeout=60) as client:
+            assert client.get("/api/latest/meter").json()["regions"]["reading"]["text"] == "45.6"
+            assert "det" not in app.engine.loaded and "rec" in app.engine.loaded
+            page = (eval_dev / "pages" / sorted(p.name for p in (eval_dev / "pages").glob("sroie_*"))[0]).read_bytes()
+            assert len(client.post("/api/ocr", content=page, headers={"Content-Type": "image/jpeg"}).json()["lines"]) > 5
+        assert "det" in app.engine.loaded
+    finally:
+        app.stop_event.set()
+        app.shutdown()
+
+
+def _with(config, text: str):
+    other = config.with_name("other.toml")
+    other.write_text(text + config.read_text())
+    return other

@@ -44,7 +44,7 @@ def run_and_stop_mid_image(tmp_path, seconds: float) -> tuple[App, int]:
         'stability_delay = 0.05\n\n[mqtt]\nenabled = false\n\n[http]\nenabled = false\n'
         '\n[guard]\nrss_soft_mb = 100000\nrss_hard_mb = 200000\n')  # the guard watches this pytest process
     engine = SlowEngine(seconds)
-    app = App(load_config(config), engine_factory=lambda cfg: (engine, ("fake", "0")))
+    app = App(load_config(config), engine_factory=lambda cfg, pages: (engine, ("fake", "0")))
     codes: list[int] = []
     runner = threading.Thread(target=lambda: codes.append(app.run()), name="test-app")
     runner.start()

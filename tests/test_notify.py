@@ -77,7 +77,7 @@ def test_ready_after_loading_watchdog_only_while_the_pipeline_moves(tmp_path, no
     engine = FakeEngine(gate)
     loaded = threading.Event()
 
-    def factory(cfg):
+    def factory(cfg, pages):
         loaded.set()
         return engine, ("fake", "0")
 
