@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import re
 import socket
 import ssl
@@ -201,7 +202,7 @@ class MqttSink:
     # -- the mqtt thread: spool → broker ----------------------------------------------------
 
     def _run(self) -> None:
-        next_stats = time.monotonic()
+        last_stats = -math.inf
         while not self._closing.is_set():
             self._wake.wait(1.0)
             self._wake.clear()
@@ -209,8 +210,9 @@ class MqttSink:
                 self._drain_acks()
                 if self._connected.is_set():
                     self._publish_spooled()
-                    if time.monotonic() >= next_stats:
-                        next_stats = time.monotonic() + self.cfg.stats_interval
+                    # Against the current stats_interval: a reload takes effect from the last message.
+                    if time.monotonic() >= last_stats + self.cfg.stats_interval:
+                        last_stats = time.monotonic()
                         self._publish_stats()
             except Exception:  # thread boundary: keep publishing whatever happens
                 log.exception("mqtt thread error")

@@ -140,10 +140,16 @@ class OpenCvReader:
         self.kind = device_kind(cfg.device)
         self.live = self.kind != "file"
         self.cap = self._open()
-        fps = self.cap.get(cv2.CAP_PROP_FPS) if not self.live else 0.0
-        self.step = max(1, round(cfg.interval * fps)) if fps and fps > 0 and math.isfinite(fps) else 1
+        self.fps = self.cap.get(cv2.CAP_PROP_FPS) if not self.live else 0.0
+        self.step = 1
+        self.retime(cfg.interval)
         self.reads = 0
         self.grabbed = False
+
+    def retime(self, interval: float) -> None:
+        """A video file is sampled every ``interval`` of its own time (one frame per command at 0)."""
+        fps = self.fps
+        self.step = max(1, round(interval * fps)) if fps and fps > 0 and math.isfinite(fps) else 1
 
     def _open(self) -> cv2.VideoCapture:
         cfg = self.cfg
@@ -224,7 +230,9 @@ class CameraSource:
         self.ready = threading.Event()  # set after the first open attempt (READY=1 does not wait for a camera)
         self.reason = "not started"
         self._status = SourceStatus.OFFLINE
-        self._wake = threading.Event()  # capture_now()
+        self._wake = threading.Event()  # interrupts the wait between captures: a command or a new interval
+        self._asked = threading.Event()  # capture_now(): a capture is wanted at once
+        self._retimed = threading.Event()  # update() changed the interval: the schedule starts again from now
         self._ended = False
         self._camera: Any = None  # the one Picamera2 object, created on the first successful open
         self._reader: Reader | None = None
@@ -241,11 +249,16 @@ class CameraSource:
         """Apply the live keys of a reloaded config (interval, change_threshold, stable_reads, publish_every)."""
         if not isinstance(cfg, CameraSourceConfig):
             raise TypeError("%s: a %s cannot update a %s" % (self.name, type(cfg).__name__, type(self).__name__))
+        retimed = cfg.interval != self.cfg.interval
         self.cfg = cfg
+        if retimed:  # not at the old interval's next tick, which may be an hour away (or never, from 0)
+            self._retimed.set()
+            self._wake.set()
 
     def capture_now(self) -> str:
         if self._ended:
             return "video file ended"
+        self._asked.set()
         self._wake.set()
         if self._status is SourceStatus.OFFLINE:
             return "offline (%s); capture when back" % self.reason
@@ -276,8 +289,20 @@ class CameraSource:
                     self._reader.idle(until, stop, self._wake)
                     if stop.is_set():
                         break
-                    forced = self._wake.is_set()
                     self._wake.clear()
+                    forced = self._asked.is_set()
+                    self._asked.clear()
+                    if self._retimed.is_set():
+                        self._retimed.clear()
+                        cfg = self.cfg
+                        if isinstance(self._reader, OpenCvReader):
+                            self._reader.retime(cfg.interval)
+                        if not forced:  # the new interval starts with a capture now (none at 0)
+                            next_at = time.monotonic()
+                            if cfg.interval <= 0:
+                                continue
+                    elif not forced and time.monotonic() < until:
+                        continue  # woken for nothing left to do (a command already served)
                     start = time.perf_counter()
                     frame = self._reader.read()
                 except VideoEnded:

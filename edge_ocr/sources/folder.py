@@ -17,6 +17,7 @@ import ctypes.util
 import hashlib
 import json
 import logging
+import math
 import os
 import queue
 import select
@@ -305,11 +306,14 @@ class FolderSource:
 
     def _loop(self, stop: threading.Event, inotify: Inotify | None) -> None:
         seen: dict[str, _Seen] = {}
-        next_scan = 0.0
+        last_scan = -math.inf
         next_retry = 0.0
         while not stop.is_set():
             cfg = self.cfg
             now = time.monotonic()
+            # From the current config each time round: a reloaded poll_interval or rescan_interval
+            # counts from the last scan, not from a tick the old value set (an hour away, say).
+            next_scan = last_scan + (cfg.rescan_interval if inotify is not None else cfg.poll_interval)
             if self._stalled.empty():
                 self._stall_delay = STALL_RETRY_MIN_S
                 next_retry = now + self._stall_delay
@@ -324,6 +328,7 @@ class FolderSource:
                     inotify = self._open_inotify()
                 for name in self._list():
                     self._note(seen, name, now)
+                last_scan = now
                 next_scan = now + (cfg.rescan_interval if inotify is not None else cfg.poll_interval)
                 self.ready.set()
             for name in self._ready(seen, now):

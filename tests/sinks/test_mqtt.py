@@ -157,6 +157,16 @@ def test_wrong_password_is_reported_clearly(mosquitto, tmp_path, sink_factory, c
     assert not sink.connected
 
 
+def test_a_reloaded_stats_interval_counts_from_the_last_stats_not_the_old_tick(mosquitto, tmp_path, sink_factory):
+    sub = Collector(mosquitto, [PREFIX + "/stats"])
+    cfg = mqtt_config(mosquitto, tmp_path, stats_interval=3600.0)
+    sink = sink_factory(cfg)
+    sub.wait_topic(PREFIX + "/stats")  # one at the connect, the next in an hour
+    sink.update(replace(cfg, stats_interval=1.0))  # what SIGHUP applies
+    assert len(sub.wait_topic(PREFIX + "/stats", 3, timeout_s=10)) == 3
+    sub.close()
+
+
 def test_capture_commands_are_acknowledged(mosquitto, tmp_path, sink_factory):
     captures = Captures()
     sub = Collector(mosquitto, [PREFIX + "/cmd/result", PREFIX + "/availability"])

@@ -3,9 +3,12 @@ OpenCV through real MJPG video files, regions through the real engine on eval-de
 
 from __future__ import annotations
 
+import dataclasses
+import itertools
 import re
 import sys
 import threading
+import time
 
 import cv2
 import numpy as np
@@ -183,6 +186,28 @@ def test_interval_zero_captures_on_command_even_when_unchanged(tmp_path, run_cam
     cam.source.capture_now()
     assert wait_until(lambda: len(cam.jobs) == 2)
     assert cam.stats.get("frames_total") == 2 and cam.stats.get("frames_skipped_total") == 0
+
+
+def test_a_reloaded_interval_takes_effect_at_once_from_on_command_to_periodic_and_back(tmp_path, run_camera):
+    # A video of 60 different frames at 20 fps: sampled every interval of its own time.
+    video = write_video(tmp_path / "count.avi", [text_frame(str(i)) for i in range(60)], 20)
+    cfg = CameraSourceConfig("meter", device=str(video), interval=0, loop=True)
+    cam = run_camera(cfg)
+    time.sleep(0.3)
+    assert cam.stats.get("frames_total") == 0  # on command only
+    cam.source.update(dataclasses.replace(cfg, interval=0.05))  # as a SIGHUP reload hands it over
+    assert wait_until(lambda: cam.stats.get("frames_total") >= 5, timeout_s=5)
+    # one frame per interval of the video's time: 0.05 s at 20 fps is every frame, none skipped
+    first = [job.image for job in cam.jobs[:3]]
+    assert all(not np.array_equal(a, b) for a, b in itertools.pairwise(first))
+    cam.source.update(dataclasses.replace(cfg, interval=3600.0))  # an hour: not the 0.05 s tick's pace
+    time.sleep(0.3)
+    frames = cam.stats.get("frames_total")
+    time.sleep(0.5)
+    assert cam.stats.get("frames_total") == frames
+    cam.source.update(dataclasses.replace(cfg, interval=0))  # back to on command: a command still captures
+    cam.source.capture_now()
+    assert wait_until(lambda: cam.stats.get("frames_total") == frames + 1)
 
 
 def test_offer_skips_unchanged_settles_for_stable_reads_and_counts_drops():

@@ -25,7 +25,7 @@ def folder(tmp_path):
 
     def start(watch="auto", **kw):
         cfg = FolderSourceConfig("inbox", tmp_path / "inbox", tmp_path / "done", tmp_path / "failed",
-                                 watch=watch, poll_interval=0.1, stability_delay=0.05, **kw)
+                                 watch=watch, **{"poll_interval": 0.1, "stability_delay": 0.05, **kw})
         stop, engine, stats = threading.Event(), FakeEngine(), Stats()
         pipe = Pipeline(engine, ("fake", "1"), [], stats, stop, queue_size=2)
         source = FolderSource(cfg, pipe.submit, ResultFiles(), stats)
@@ -131,6 +131,14 @@ def test_reuse_turned_on_by_a_reload_makes_its_store(tmp_path, folder):
     (tmp_path / "inbox" / "b.txt").write_bytes(b"TEXT:same")
     assert wait_until(lambda: (tmp_path / "done" / "b.json").exists())
     assert engine.calls == [b"TEXT:same"]  # b reused a's result: the store worked without a restart
+
+
+def test_a_reloaded_poll_interval_counts_from_the_last_scan_not_the_old_tick(tmp_path, folder):
+    (tmp_path / "inbox").mkdir()
+    source, _ = folder(watch="poll", poll_interval=3600.0)  # scanned at start, next in an hour
+    source.update(dataclasses.replace(source.cfg, poll_interval=0.1))  # what SIGHUP applies
+    (tmp_path / "inbox" / "a.txt").write_bytes(b"TEXT:now")
+    assert wait_until(lambda: (tmp_path / "done" / "a.json").exists(), timeout_s=10)
 
 
 def test_the_reuse_store_keeps_only_the_most_recently_used_results(tmp_path, folder):
