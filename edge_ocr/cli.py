@@ -297,6 +297,8 @@ def cmd_submit(args: argparse.Namespace) -> int:
     from edge_ocr.submit import submit
 
     config = load_config(find_config(args.config))
+    if not 0 < args.timeout <= 86400:
+        raise ConfigError("submit --timeout: expected 0 < seconds <= 86400, got %g" % args.timeout)
     images = [Path(p) for p in args.images]
     missing = [str(p) for p in images if not p.is_file()]
     if missing:

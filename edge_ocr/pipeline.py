@@ -264,14 +264,17 @@ class Pipeline:
         if output is None:
             self.stats.inc("results_error_total")
             return Result(job.source, Status.ERROR, None, self.model, error=error, file=job.file, ts=job.ts,
-                          changed=False, previous_text=self._previous(job.source), timing_ms=timing,
+                          changed=False, previous_text=self._previous(job.source) if job.compared else None,
+                          timing_ms=timing,
                           sha256=job.sha256, traceback=tb, publish_every=job.publish_every)
         if job.cached is not None:
             output = replace(output, timing_ms={})
         self.stats.inc("results_ok_total")
-        with self._lock:
-            previous = self._last_text.get(job.source)
-            self._last_text[job.source] = output.text
+        previous = None
+        if job.compared:
+            with self._lock:
+                previous = self._last_text.get(job.source)
+                self._last_text[job.source] = output.text
         return Result(job.source, status_for(output, self._low_confidence), output, self.model, file=job.file,
                       ts=job.ts, changed=previous != output.text, previous_text=previous, timing_ms=timing,
                       sha256=job.sha256, publish_every=job.publish_every)

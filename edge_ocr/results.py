@@ -156,6 +156,9 @@ class Job:
     ts: datetime = field(default_factory=lambda: datetime.now(UTC))
     droppable: bool = False
     to_sinks: bool = True  # False: the source answers itself (a fleet job's answer goes to its response topic)
+    # False: unrelated to the source's last reading (fleet jobs come from many clients): no
+    # previous_text, always changed, and not remembered, so no job shows another client's text.
+    compared: bool = True
     regions: tuple[Region, ...] = ()  # the source's rules: boxes in camera pixels, patterns
     stable_reads: int = 1
     publish_every: bool | None = None

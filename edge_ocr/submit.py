@@ -39,12 +39,17 @@ SESSION_MARGIN_S = 60  # the session outlives the wait a little: answers still i
 
 def submit(config: Config, images: Sequence[Path], *, wait: bool, timeout_s: float, det: bool = True,
            rois: str = "", on_answer: Callable[[dict[str, Any]], None] | None = None) -> list[dict[str, Any]]:
-    """Publish one job per image; with ``wait``, the answers (each once) until all came or the
-    timeout passed. Without ``wait``, one ``{"job_id", "file"}`` per image. Raises SinkError when
-    the broker cannot be reached."""
-    jobs = {hashlib.sha256(p.read_bytes()).hexdigest(): p for p in images}
+    """Publish one job per distinct image; with ``wait``, the answers, one per file (files of the
+    same bytes share their job's), until all came or the timeout passed. Without ``wait``, one
+    ``{"job_id", "file"}`` per file. Raises SinkError when the broker cannot be reached."""
+    # One job per distinct content (its sha256 is the job id), answered for every file that holds it:
+    # a scanner's duplicate page is read once and both files get their line.
+    jobs: dict[str, list[Path]] = {}
+    for path in {p.resolve(): p for p in images}.values():  # a file named twice is one file
+        jobs.setdefault(hashlib.sha256(path.read_bytes()).hexdigest(), []).append(path)
     reply_to = "%s/results/%s" % (config.fleet.jobs_topic, uuid.uuid4().hex)
-    answers: dict[str, dict[str, Any]] = {}
+    answered: set[str] = set()
+    answers: list[dict[str, Any]] = []  # one per file, in arrival order
     acked: set[int] = set()  # mids of jobs the broker has
     lock = threading.Condition()
     subscribed = threading.Event()
@@ -70,11 +75,12 @@ def submit(config: Config, images: Sequence[Path], *, wait: bool, timeout_s: flo
             return
         with lock:
             job_id = answer.get("job_id")
-            if job_id in jobs and job_id not in answers:
-                answer["file"] = str(jobs[job_id])
-                answers[job_id] = answer
-                if on_answer is not None:
-                    on_answer(answer)
+            if job_id in jobs and job_id not in answered:
+                answered.add(job_id)
+                for path in jobs[job_id]:
+                    answers.append({**answer, "file": str(path)})
+                    if on_answer is not None:
+                        on_answer(answers[-1])
                 lock.notify_all()
 
     client.on_connect = on_connect
@@ -94,7 +100,8 @@ def submit(config: Config, images: Sequence[Path], *, wait: bool, timeout_s: flo
         if not subscribed.wait(min(timeout_s, 30.0)):
             raise SinkError("the broker did not confirm the subscription to %s" % reply_to)
         published = []
-        for index, (job_id, path) in enumerate(jobs.items()):
+        for index, (job_id, paths) in enumerate(jobs.items()):
+            path = paths[0]
             props = Properties(PacketTypes.PUBLISH)
             props.ResponseTopic = reply_to
             props.CorrelationData = str(index).encode()
@@ -106,10 +113,10 @@ def submit(config: Config, images: Sequence[Path], *, wait: bool, timeout_s: flo
         with lock:  # PUBACKs, also of jobs paho re-sent after a reconnect (wait_for_publish raises then)
             lock.wait_for(lambda: mids <= acked, max(0.0, deadline - time.monotonic()))
         if not wait:
-            return [{"job_id": job_id, "file": str(path)} for job_id, path in jobs.items()]
+            return [{"job_id": job_id, "file": str(path)} for job_id, paths in jobs.items() for path in paths]
         with lock:
-            lock.wait_for(lambda: len(answers) == len(jobs), max(0.0, deadline - time.monotonic()))
-            return list(answers.values())
+            lock.wait_for(lambda: len(answered) == len(jobs), max(0.0, deadline - time.monotonic()))
+            return list(answers)
     finally:
         leave = Properties(PacketTypes.DISCONNECT)
         leave.SessionExpiryInterval = 0  # nothing more to wait for: the broker may forget us

@@ -107,6 +107,16 @@ def test_a_seeded_previous_reading_is_no_change_and_a_result_here_outranks_the_s
     assert read.regions[0].text == "12.3" and not read.changed
 
 
+def test_jobs_not_compared_never_show_another_jobs_text():
+    # Fleet jobs come from many clients: each is a first reading, and none is remembered.
+    pipe = Pipeline(FakeEngine(), ("fake", "1"), [], Stats(), threading.Event())
+    jobs = [pipe.process(Job("fleet", b"TEXT:%s" % t, compared=False)) for t in (b"secret", b"other", b"other")]
+    assert [(r.previous_text, r.changed) for r in jobs] == [(None, True)] * 3
+    failed = pipe.process(Job("fleet", b"not an image", compared=False))
+    assert failed.status is Status.ERROR and failed.previous_text is None
+    assert pipe.process(Job("fleet", b"TEXT:x")).previous_text is None  # nothing of theirs was kept
+
+
 def test_memory_pressure_drops_queued_camera_frames_never_folder_files():
     import numpy as np
 

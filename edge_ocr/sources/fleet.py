@@ -280,7 +280,8 @@ class FleetWorker:
                     return
                 self._freed.wait(0.5)
             self._held[ticket.mid] = ticket
-        job = Job(NAME, bytes(msg.payload), det=det, rois=rois, on_done=partial(self._answer, ticket), to_sinks=False)
+        job = Job(NAME, bytes(msg.payload), det=det, rois=rois, on_done=partial(self._answer, ticket), to_sinks=False,
+                  compared=False)
         if not self.submit(job):
             log.info("fleet job not taken (stopping): handed back job_id=%s", ticket.job_id)
 

@@ -76,6 +76,27 @@ def test_three_workers_answer_300_jobs_each_once(eval_dev, tmp_path, mosquitto):
         assert worker.terminate() == 0
 
 
+@pytest.mark.broker
+def test_files_of_the_same_bytes_are_one_job_answered_for_each_file_and_no_answer_shows_another_jobs_text(
+        eval_dev, tmp_path, mosquitto):
+    (word, _), (other, _) = line_samples(eval_dev, "IIIT5K-test", 2)
+    copies = [tmp_path / "scan-1.png", tmp_path / "scan-2.png"]  # a scanner's duplicate page
+    for copy in copies:
+        copy.write_bytes(word.read_bytes())
+    configs, (worker,) = _start_workers(tmp_path, mosquitto, 1)
+    run = _submit(configs[0], [other, *copies, copies[0]], timeout_s=60)  # scan-1 named twice: one file
+    stdout, stderr = run.communicate(timeout=120)
+    assert run.returncode == 0, stderr
+    answers = _answers(stdout)
+    assert sorted(a["file"] for a in answers) == sorted(map(str, [other, *copies]))
+    assert len({a["job_id"] for a in answers}) == 2  # the copies were read once
+    assert all(a["previous_text"] is None and a["changed"] for a in answers)  # jobs are never compared
+    bad = subprocess.run([sys.executable, "-m", "edge_ocr", "submit", "-c", str(configs[0]), "--wait", "--timeout",
+                          "-3", str(word)], capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "submit --timeout: expected 0 < seconds" in bad.stderr
+    assert worker.terminate() == 0
+
+
 @pytest.mark.slow
 @pytest.mark.broker
 def test_a_worker_killed_mid_burst_and_restarted_loses_no_job(eval_dev, tmp_path, mosquitto):
