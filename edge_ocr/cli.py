@@ -300,7 +300,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
     if not 0 < args.timeout <= 86400:
         raise ConfigError("submit --timeout: expected 0 < seconds <= 86400, got %g" % args.timeout)
     images = [Path(p) for p in args.images]
-    missing = [str(p) for p in images if not p.is_file()]
+    missing = ["%s%s" % (p, " (a directory)" if p.is_dir() else "") for p in images if not p.is_file()]
     if missing:
         raise ConfigError("submit: no such file: %s" % ", ".join(missing))
 
