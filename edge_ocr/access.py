@@ -4,7 +4,6 @@
 unit's ``User=``): root can read a config made ``chmod 600`` and write into a folder owned by
 root, where the daemon then fails. Writability is tried, not asked of ``os.access``, which as
 root says yes to /proc and to read-only mounts.
-
 """
 
 from __future__ import annotations
