@@ -138,7 +138,9 @@ def cmd_check(args: argparse.Namespace) -> int:
             raise ConfigError("check --user: no such user: %s" % user) from None
         if os.geteuid() != 0:
             raise ConfigError("check --user: checking as another user needs root (sudo)")
-    problems = check(config, broker_timeout_s=args.timeout, user=user, unit=installed_unit())
+    # The unit's sandbox only where the check stands for the service: a user's own run resolves
+    # the default folders under its home, where the service (STATE_DIRECTORY) never looks.
+    problems = check(config, broker_timeout_s=args.timeout, user=user, unit=installed_unit() if user else None)
     for problem in problems:
         print(problem)
     if not problems:
