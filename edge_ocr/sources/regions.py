@@ -14,7 +14,15 @@ import numpy as np
 
 Box = tuple[int, int, int, int]  # x, y, width, height in frame pixels
 
-THUMB_WIDTH = 64  # px: frames and regions are compared at this width (or less), in grey
+# Change detection compares grey thumbnails, never upscaled: a region at this height (a line of
+# text: a glyph keeps ~12 px, so one changed digit moves a block by 14-25 grey levels), a whole
+# frame within this many pixels (small text at 1080p keeps 2-3 px). Measured on drawn readings
+# whose last digit changes, against two noisy JPEGs of one frame (sigma 4, quality 70): regions
+# 14.0-17.0 against noise at most 2.6; frames 4.1-121 against at most 3.1 (1080p down to 640x480).
+# The 64 px wide thumbnails before missed such a change below change_threshold's default 3.0
+# (0.8 on 720p and 1080p frames, 1.2 on a 700x40 region): the old reading stood for good.
+REGION_THUMB_HEIGHT = 12
+FRAME_THUMB_PIXELS = 49_152
 BLOCK = 4  # px of the thumbnail: the difference is the largest mean over BLOCK×BLOCK cells
 CANVAS_GAP = 8  # px between crops on the canvas
 EMPTY_CROP = (32, 96)  # (h, w) of the blank crop standing in for a box outside the frame
@@ -99,21 +107,24 @@ def canvas(crops: Sequence[np.ndarray], gap: int = CANVAS_GAP) -> tuple[np.ndarr
     return out, tuple(boxes)
 
 
-def thumbnail(image: np.ndarray, width: int = THUMB_WIDTH) -> np.ndarray:
-    """A grey uint8 copy at most ``width`` px wide (aspect kept, area interpolation)."""
+def thumbnail(image: np.ndarray, height: int = 0, pixels: int = FRAME_THUMB_PIXELS) -> np.ndarray:
+    """A grey uint8 copy at most ``height`` px high (0: at most ``pixels`` px in all), aspect kept,
+    area interpolation, never enlarged."""
     h, w = image.shape[:2]
-    if w > width:
-        image = cv2.resize(image, (width, max(1, round(h * width / w))), interpolation=cv2.INTER_AREA)
+    scale = height / h if height else (pixels / max(h * w, 1)) ** 0.5
+    if scale < 1.0:
+        image = cv2.resize(image, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
     if image.ndim == 3:
         return cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
     return image.copy()
 
 
 def thumbnails(frame: np.ndarray, boxes: Sequence[Box] = ()) -> tuple[np.ndarray, ...]:
-    """What change detection compares: one thumbnail per box, or of the whole frame without boxes."""
+    """What change detection compares: one thumbnail per box (a line of text), or of the whole
+    frame without boxes."""
     if not boxes:
         return (thumbnail(frame),)
-    return tuple(thumbnail(crop(frame, box)) for box in boxes)
+    return tuple(thumbnail(crop(frame, box), height=REGION_THUMB_HEIGHT) for box in boxes)
 
 
 def difference(a: Sequence[np.ndarray], b: Sequence[np.ndarray], block: int = BLOCK) -> float:

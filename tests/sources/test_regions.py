@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 import pytest
 
@@ -26,6 +27,37 @@ def test_difference_ignores_noise_and_sees_a_small_change():
     corner[1000:1040, 1800:1900] = 0
     assert regions.difference(regions.thumbnails(big), regions.thumbnails(corner)) > 10.0
     assert regions.difference(ref, regions.thumbnails(a)) == float("inf")  # shape changed
+
+
+def _reading(size: tuple[int, int], text: str, scale: float) -> np.ndarray:
+    frame = np.full((size[1], size[0], 3), 235, dtype=np.uint8)
+    cv2.putText(frame, text, (100, 380), cv2.FONT_HERSHEY_SIMPLEX, scale, (20, 20, 20), max(1, int(scale * 2.5)),
+                cv2.LINE_AA)
+    return frame
+
+
+def _camera_jpeg(frame: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """The frame as a cheap camera sends it: sensor noise (sigma 4), then JPEG at quality 70."""
+    noisy = np.clip(frame + rng.normal(0, 4, frame.shape), 0, 255).astype(np.uint8)
+    return cv2.imdecode(cv2.imencode(".jpg", noisy, [cv2.IMWRITE_JPEG_QUALITY, 70])[1], cv2.IMREAD_COLOR)
+
+
+@pytest.mark.parametrize(("size", "scale", "box"), [
+    ((1280, 720), 1.0, None), ((1920, 1080), 0.6, None), ((640, 480), 0.6, None),  # whole frames, small text
+    ((1280, 720), 0.8, (90, 355, 700, 40)), ((1280, 720), 0.6, (95, 360, 200, 30)),  # meter regions
+])
+def test_one_changed_digit_counts_and_camera_noise_does_not_at_any_frame_size(size, scale, box):
+    """The last digit of a reading moves by one on an HD camera: a change over the default
+    change_threshold (64 px wide thumbnails made it 0.8, so the old reading stood for good), while
+    two noisy JPEGs of one frame stay under it."""
+    rng = np.random.default_rng(1)
+    threshold = CameraSourceConfig("c").change_threshold
+    boxes = [box] if box else []
+    before, after = _reading(size, "Total 001234.5", scale), _reading(size, "Total 001234.6", scale)
+    seen = regions.thumbnails(_camera_jpeg(before, rng), boxes)
+    assert regions.difference(seen, regions.thumbnails(_camera_jpeg(after, rng), boxes)) > threshold
+    assert max(regions.difference(seen, regions.thumbnails(_camera_jpeg(before, rng), boxes))
+               for _ in range(4)) < threshold
 
 
 def test_prepare_grey_clahe_invert_rotate():
