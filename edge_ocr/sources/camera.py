@@ -2,8 +2,8 @@
 (SPEC "Sources: Camera", "ROIs").
 
 One thread ``source:<name>`` owns the camera. Every ``interval`` seconds (or on
-``capture_now()`` when ``interval = 0``) it takes a frame, compares a 64-px grey thumbnail of
-each region (or of the whole frame) with the last frame it handed on, and skips it when the
+``capture_now()`` when ``interval = 0``) it takes a frame, compares a grey thumbnail of each
+region (or of the whole frame: regions.thumbnails) with the last frame it handed on, and skips it when the
 difference is at most ``change_threshold``; after a change it hands on ``stable_reads - 1``
 more frames so the pipeline can confirm the new value. Frames are droppable: they are
 submitted without blocking and a full queue drops them (counted in stats).
