@@ -24,7 +24,7 @@ import re
 import socket
 import tomllib
 import typing
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import MISSING, dataclass, field, fields, is_dataclass, replace
 from functools import partial
 from pathlib import Path
@@ -485,6 +485,8 @@ def load_config(path: str | os.PathLike[str] | None = None, environ: Mapping[str
                 problems.append("sources[%d].name: duplicate source name %r" % (i, src.name))
             if src is not None:
                 seen.add(src.name)
+        if mqtt is None or (mqtt.enabled and mqtt.discovery):
+            problems += _discovery_clashes(read_sources)
     if fleet is not None and fleet.enabled:  # checks across sections, where those were read
         if mqtt is not None and not mqtt.enabled:
             problems.append("fleet.enabled: the fleet needs the broker of [mqtt] (mqtt.enabled = false)")
@@ -493,6 +495,16 @@ def load_config(path: str | os.PathLike[str] | None = None, environ: Mapping[str
     if problems:
         raise ConfigError(problems[0] if len(problems) == 1 else "; ".join(problems), tuple(problems))
     return Config(engine, sources, mqtt, http, guard, pipeline, fleet, file)
+
+
+def _discovery_clashes(sources: Sequence[SourceConfig | None]) -> list[str]:
+    """Regions whose Home Assistant sensor id (``<source>_<region>``, as sinks.mqtt names it) is
+    another source's: one retained discovery config would overwrite the other."""
+    names = {src.name for src in sources if src is not None}
+    return ["sources[%d].rois[%d].name: %r of source %r is named in Home Assistant like source %r; rename one"
+            % (i, j, roi.name, src.name, "%s_%s" % (src.name, roi.name))
+            for i, src in enumerate(sources) if isinstance(src, CameraSourceConfig)
+            for j, roi in enumerate(src.rois) if "%s_%s" % (src.name, roi.name) in names]
 
 
 def config_diff(old: Config, new: Config) -> list[str]:

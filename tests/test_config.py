@@ -70,6 +70,17 @@ def test_bad_values_name_the_key_path_and_reason(tmp_path, text, message):
     assert "hunter2" not in err.value.message
 
 
+def test_a_region_named_in_home_assistant_like_another_source_is_refused_unless_discovery_is_off(tmp_path):
+    # Home Assistant names a region's sensor <source>_<region>: "gas" + "meter" is source "gas_meter".
+    sources = ('[[sources]]\nname = "gas"\ntype = "camera"\nrois = [{ name = "meter", box = [0, 0, 10, 10] }]\n'
+               '[[sources]]\nname = "gas_meter"\npath = "x"\n')
+    with pytest.raises(ConfigError) as err:
+        load(tmp_path, sources)
+    assert err.value.problems == ("sources[0].rois[0].name: 'meter' of source 'gas' is named in Home Assistant "
+                                  "like source 'gas_meter'; rename one",)
+    assert len(load(tmp_path, sources + "[mqtt]\ndiscovery = false\n").sources) == 2
+
+
 def test_built_in_defaults_and_state_dirs(tmp_path):
     config = load_config(None, environ={"STATE_DIRECTORY": str(tmp_path / "state")})
     (source,) = config.sources

@@ -429,7 +429,8 @@ def discovery_config(cfg: MqttConfig, node: str, source: str, roi: str | None = 
     return {
         "name": name,
         "unique_id": "%s_%s" % (node, ident),
-        "object_id": "edge_ocr_%s_%s" % (host, ident),
+        # HA 2025.10+ (object_id, deprecated then, stopped working in 2026.4): the entity id asked for.
+        "default_entity_id": "sensor.%s" % re.sub(r"[^a-z0-9_]+", "_", ("edge_ocr_%s_%s" % (host, ident)).lower()),
         "state_topic": "%s/%s/state" % (cfg.topic_prefix, source),
         "value_template": value,
         "json_attributes_topic": "%s/%s/state" % (cfg.topic_prefix, source),

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from dataclasses import replace
 from pathlib import Path
 
@@ -194,6 +195,8 @@ def test_home_assistant_discovery_resent_when_ha_comes_online(mosquitto, tmp_pat
     first = sub.wait_topic(topic)
     config = json.loads(first[0].payload)
     assert config["unique_id"] == "edge-ocr-test_inbox"
+    # Home Assistant 2026.4 dropped object_id; the entity id asked for is default_entity_id, a slug.
+    assert "object_id" not in config and re.fullmatch(r"sensor\.edge_ocr_[a-z0-9_]+_inbox", config["default_entity_id"])
     assert config["state_topic"] == PREFIX + "/inbox/state"
     assert config["availability_topic"] == PREFIX + "/availability"
     assert config["device"]["identifiers"] == ["edge-ocr-test"] and "value_template" in config
