@@ -73,9 +73,10 @@ class Result:
 
     @property
     def confidence(self) -> float:
-        if not self.output or not self.output.lines:
-            return 0.0
-        return round(min(line.score for line in self.output.lines), 4)
+        """The least score among the lines that read text; 0.0 when none did. A region that read
+        nothing (no_text, outside the frame) says so in its own status, not by zeroing the others'."""
+        scores = [line.score for line in (self.output.lines if self.output else ()) if line.text.strip()]
+        return round(min(scores), 4) if scores else 0.0
 
     def to_dict(self) -> dict[str, Any]:
         lines = self.output.lines if self.output else ()

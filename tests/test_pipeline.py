@@ -89,6 +89,21 @@ def test_regions_stable_reads_pattern_and_low_confidence():
     assert broken.regions[0].status is Status.ERROR and not broken.changed
 
 
+def test_a_region_that_read_nothing_leaves_the_results_confidence_to_the_regions_that_read():
+    from edge_ocr.engine.types import Region
+    from tests.fakes import ScriptedRegionEngine
+
+    # The real engine keeps a line for every region, an empty one scoring 0 for a region that read nothing.
+    script = [{"a": ("12.3", 0.97), "off": ("", 0.0)}, {"a": ("", 0.0), "off": ("", 0.0)}]
+    pipe = Pipeline(ScriptedRegionEngine(script), ("fake", "1"), [], Stats(), threading.Event())
+    rois = (Region("a", (0, 0, 10, 5)), Region("off", (20, 0, 10, 5)))  # "off": outside the frame, say
+    job = Job("meter", b"", rois=rois, det=False, regions=rois)
+    read = pipe.process(job)
+    assert [r.status for r in read.regions] == [Status.OK, Status.NO_TEXT]
+    assert read.confidence == 0.97  # was 0.0: the empty region's line scored 0
+    assert pipe.process(job).confidence == 0.0  # nothing read at all
+
+
 def test_a_seeded_previous_reading_is_no_change_and_a_result_here_outranks_the_seed():
     from edge_ocr.engine.types import Region
     from tests.fakes import ScriptedRegionEngine
