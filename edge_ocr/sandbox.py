@@ -79,7 +79,7 @@ def problem(path: PurePosixPath | os.PathLike[str] | str, write: bool, sandbox: 
     """Why the service could not use ``path`` (a folder it writes when ``write``, else a file it
     reads) under ``sandbox``, with the drop-in that would allow it; None when it can."""
     path = PurePosixPath(os.path.normpath(os.fspath(path)))
-    edit = "`systemctl edit %s`" % unit.removesuffix(".service")
+    edit = _edit(unit)
     in_home = _under(path, HOME_DIRS)
     allow_home = ("%s is hidden from the service (ProtectHome=%s): allow it with %s, under [Service]: "
                   "ProtectHome=tmpfs and BindPaths=%s" % (path, sandbox.protect_home, edit, path))
@@ -115,7 +115,7 @@ def hint(path: os.PathLike[str] | str, error: int) -> str:
     if "INVOCATION_ID" not in os.environ:
         return ""
     path = PurePosixPath(os.path.normpath(os.fspath(path)))
-    edit = "`systemctl edit %s`" % UNIT.removesuffix(".service")
+    edit = _edit(UNIT)
     if error == errno.EROFS:
         return " (read-only to the service, likely its ProtectSystem=strict: %s, [Service] ReadWritePaths=%s)" % (
             edit, path)
@@ -123,6 +123,10 @@ def hint(path: os.PathLike[str] | str, error: int) -> str:
         return " (likely hidden by the unit's ProtectHome=: %s, [Service] ProtectHome=tmpfs, BindPaths=%s)" % (
             edit, path)
     return ""
+
+
+def _edit(unit: str) -> str:
+    return "`systemctl edit %s`" % unit.removesuffix(".service")
 
 
 def _word(value: str) -> str:

@@ -141,15 +141,17 @@ class OpenCvReader:
         self.live = self.kind != "file"
         self.cap = self._open()
         self.fps = self.cap.get(cv2.CAP_PROP_FPS) if not self.live else 0.0
-        self.step = 1
-        self.retime(cfg.interval)
+        self.step = self._step(cfg.interval)
         self.reads = 0
         self.grabbed = False
 
     def retime(self, interval: float) -> None:
         """A video file is sampled every ``interval`` of its own time (one frame per command at 0)."""
+        self.step = self._step(interval)
+
+    def _step(self, interval: float) -> int:
         fps = self.fps
-        self.step = max(1, round(interval * fps)) if fps and fps > 0 and math.isfinite(fps) else 1
+        return max(1, round(interval * fps)) if fps and fps > 0 and math.isfinite(fps) else 1
 
     def _open(self) -> cv2.VideoCapture:
         cfg = self.cfg
@@ -297,10 +299,9 @@ class CameraSource:
                         cfg = self.cfg
                         if isinstance(self._reader, OpenCvReader):
                             self._reader.retime(cfg.interval)
-                        if not forced:  # the new interval starts with a capture now (none at 0)
-                            next_at = time.monotonic()
-                            if cfg.interval <= 0:
-                                continue
+                        next_at = time.monotonic()  # the new interval starts with a capture now (none at 0)
+                        if not forced and cfg.interval <= 0:
+                            continue
                     elif not forced and time.monotonic() < until:
                         continue  # woken for nothing left to do (a command already served)
                     start = time.perf_counter()

@@ -201,6 +201,7 @@ def test_a_reloaded_interval_takes_effect_at_once_from_on_command_to_periodic_an
     first = [job.image for job in cam.jobs[:3]]
     assert all(not np.array_equal(a, b) for a, b in itertools.pairwise(first))
     cam.source.update(dataclasses.replace(cfg, interval=3600.0))  # an hour: not the 0.05 s tick's pace
+    assert wait_until(lambda: not cam.source._retimed.is_set())  # taken: one capture now, the next in an hour
     time.sleep(0.3)
     frames = cam.stats.get("frames_total")
     time.sleep(0.5)
