@@ -417,9 +417,12 @@ def discovery_config(cfg: MqttConfig, node: str, source: str, roi: str | None = 
     host = socket.gethostname().split(".")[0]
     if roi is None:
         ident, name = source, "%s text" % source
-        value = "{{ value_json.text[:255] }}"
+        # An error result (a corrupt file) has no text: the sensor keeps the text it shows (``this``,
+        # the entity's own state in Home Assistant's MQTT templates), as <p>/<source>/text does,
+        # and the attributes say what failed.
+        value = "{{ this.state if value_json.status == 'error' else value_json.text[:255] }}"
         attributes = ("{{ {'confidence': value_json.confidence, 'status': value_json.status,"
-                      " 'ts': value_json.ts} | tojson }}")
+                      " 'error': value_json.error, 'ts': value_json.ts} | tojson }}")
     else:
         ident, name = "%s_%s" % (source, roi), "%s %s" % (source, roi)
         region = "value_json.regions[%s]" % json.dumps(roi)

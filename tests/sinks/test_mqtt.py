@@ -207,6 +207,50 @@ def test_home_assistant_discovery_resent_when_ha_comes_online(mosquitto, tmp_pat
     assert len(sub.wait_topic(topic, 2)) == 2
 
 
+class HomeAssistantSensor:
+    """An MQTT sensor as Home Assistant renders one from its discovery config: each state message's
+    payload is ``value_json`` in a sandboxed Jinja2 environment, and ``this`` is the entity's own
+    state before the message (homeassistant/components/mqtt/models.py, MqttValueTemplate)."""
+
+    def __init__(self, config: dict):
+        from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+        env = ImmutableSandboxedEnvironment()
+        self.value = env.from_string(config["value_template"])
+        self.attributes_template = env.from_string(config["json_attributes_template"])
+        self.state, self.attributes = "unknown", {}
+
+    def receive(self, payload: bytes) -> None:
+        value_json = json.loads(payload)
+        this = type("State", (), {"state": self.state})()
+        self.state = self.value.render(value_json=value_json, value=payload.decode(), this=this)
+        self.attributes = json.loads(self.attributes_template.render(value_json=value_json, this=this))
+
+
+def test_home_assistant_sensor_keeps_its_text_through_an_error_result(mosquitto, tmp_path, sink_factory):
+    """A corrupt file between two readings: the sensor keeps the last text (as <p>/<source>/text
+    does) and its attributes say what failed; the next reading replaces it."""
+    from edge_ocr.errors import UnsupportedImage
+
+    sub = Collector(mosquitto, ["homeassistant/#", PREFIX + "/inbox/state"])
+    sink = sink_factory(mqtt_config(mosquitto, tmp_path))
+    config = json.loads(sub.wait_topic("homeassistant/sensor/edge-ocr-test/inbox/config")[0].payload)
+    sensor = HomeAssistantSensor(config)
+    failed = Result("inbox", Status.ERROR, None, ("pack", "1"), error=UnsupportedImage("not an image: scan.jpg"),
+                    changed=False, previous_text="TOTAL 12.30")
+    for published in (result("TOTAL 12.30"), failed, result("TOTAL 4.10")):
+        sink.publish(published)
+    states = sub.wait_topic(PREFIX + "/inbox/state", 3)
+    seen = []
+    for message in states:
+        sensor.receive(message.payload)
+        seen.append((sensor.state, sensor.attributes["status"], sensor.attributes["error"]))
+    assert seen == [("TOTAL 12.30", "ok", None),
+                    ("TOTAL 12.30", "error", {"code": "unsupported_image", "message": "not an image: scan.jpg"}),
+                    ("TOTAL 4.10", "ok", None)]
+    sub.close()
+
+
 def test_starts_and_spools_with_no_broker_logging_one_warning(tmp_path, caplog):
     cfg = MqttConfig(spool_dir=tmp_path / "spool", topic_prefix=PREFIX, client_id="edge-ocr-none",
                      host="127.0.0.1", port=1, reconnect_min_delay=0.1, reconnect_max_delay=0.2)
