@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import resource
 import statistics
 import sys
 import time
@@ -62,22 +63,29 @@ def main(argv: list[str] | None = None) -> int:
         for engine in engines.values():
             engine(data, det=det)
     times: dict[str, list[float]] = {"a": [], "b": []}
+    cpu: dict[str, float] = {"a": 0.0, "b": 0.0}  # the process's CPU seconds (every thread's) in each engine's calls
     same = 0
     for index, data in enumerate(datas):
         texts = []
         for name in ("a", "b") if index % 2 else ("b", "a"):
-            start = time.perf_counter()
+            start, start_cpu = time.perf_counter(), _cpu_s()
             texts.append([line.text for line in engines[name](data, det=det).lines])
             times[name].append((time.perf_counter() - start) * 1000)
+            cpu[name] += _cpu_s() - start_cpu
         same += texts[0] == texts[1]
     ratios = [b / a for a, b in zip(times["a"], times["b"])]
     low, high = interval(ratios)
     print("%s, %d images, %d threads, b %s against a %s: median per-image time ratio b / a %.3f [%.3f, %.3f]; "
-          "total %.3f; p50 %.1f vs %.1f ms, p95 %.1f vs %.1f ms; same texts on %d of %d"
+          "total %.3f; CPU %.3f; p50 %.1f vs %.1f ms, p95 %.1f vs %.1f ms; same texts on %d of %d"
           % (args.set, len(datas), args.threads, args.b, args.a, statistics.median(ratios), low, high,
-             sum(times["b"]) / sum(times["a"]), statistics.median(times["b"]), statistics.median(times["a"]),
+             sum(times["b"]) / sum(times["a"]), cpu["b"] / cpu["a"], statistics.median(times["b"]), statistics.median(times["a"]),
              p95(times["b"]), p95(times["a"]), same, len(datas)))
     return 0
+
+
+def _cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 if __name__ == "__main__":

@@ -170,6 +170,8 @@ class EngineConfig:
                                     hi=1000.0)
     low_confidence: float = setting(0.6, 'status "low_confidence" when a line scores below this', lo=0.0, hi=1.0,
                                     live=True)
+    spinning: bool = _option("allow_spinning", "ONNX Runtime's threads busy-wait for work while a model runs "
+                             "(never between runs); off with pipeline.workers > 1, where runs overlap")
     memory: str = setting("default", "`low`: freed image buffers go back to the kernel at once (lower, flat RSS; "
                           "costs page faults, see Memory)", choices=("default", "low"))
 

@@ -199,3 +199,15 @@ def test_a_pack_name_that_names_no_pack_exits_2_listing_the_packs(tmp_path):
                          text=True, timeout=120)
     assert run.returncode == 2, run.stderr
     assert "model pack 'ppocrv6-smal' not found" in run.stderr and "ppocrv6-small" in run.stderr.split("available:")[1]
+
+
+@pytest.mark.parametrize("workers, spinning", [(1, True), (2, False)])
+def test_the_engine_spins_only_when_one_worker_runs_it(tmp_path, workers, spinning):
+    from edge_ocr.app import engine_config
+    from edge_ocr.config import load_config
+
+    path = tmp_path / "edge-ocr.toml"
+    path.write_text('[pipeline]\nworkers = %d\n\n[mqtt]\nenabled = false\n' % workers)
+    cfg = load_config(path, environ={})
+    assert cfg.engine.spinning and engine_config(cfg).spinning is spinning
+    assert engine_config(cfg).to_options().allow_spinning is spinning

@@ -233,8 +233,9 @@ def make_session(variant: Variant, threads: int, allow_spinning: bool = False,
 
     The CPU memory arena and memory-pattern planning are off: with them, the buffers of one
     large input stay reserved for the life of the process (358 MB after one big page here;
-    with dynamic shapes a pattern is planned per input shape). Spinning is off so an idle
-    daemon does not burn a core waiting for work.
+    with dynamic shapes a pattern is planned per input shape). ``allow_spinning``: the worker
+    threads busy-wait for work only while a run lasts (``session.force_spinning_stop``), so an idle
+    daemon burns no core (EngineOptions.allow_spinning).
 
     ``exact_sums`` (``session.x64quantprecision``): x86 CPUs without VNNI (AVX2 only, as AMD Zen 1-3
     and Intel before Ice Lake) add an int8 model's u8 x s8 products in pairs into int16, which
@@ -251,6 +252,8 @@ def make_session(variant: Variant, threads: int, allow_spinning: bool = False,
     options.enable_mem_pattern = False
     options.log_severity_level = 3
     options.add_session_config_entry("session.intra_op.allow_spinning", "1" if allow_spinning else "0")
+    if allow_spinning:
+        options.add_session_config_entry("session.force_spinning_stop", "1")
     if exact_sums:
         options.add_session_config_entry("session.x64quantprecision", "1")
     try:

@@ -256,11 +256,14 @@ class EngineOptions:
     # cost 1.2x reading; confirmed on half b. eval-dev's Chinese pages keep 7 of 8 (README,
     # Accuracy). 0 = never stop.
     draft_probe_kept: int = 3
-    # ORT worker threads busy-wait after a run. One model read back to back is 28 % faster with it,
-    # but the engine's single crops were slower (p50 10.9 -> 15.2 ms, p95 42 -> 74 ms: each model's
-    # pool spins against the next model's on 2 cores), pages no faster, and each run leaves ~46 ms
-    # of CPU spinning: off.
-    allow_spinning: bool = False
+    # ONNX Runtime's worker threads busy-wait for the next operator while a run lasts, and stop
+    # when it returns (``session.force_spinning_stop``): without the stop each model's pool spun on
+    # against the next model's (single crops p50 10.9 -> 15.2 ms) and ~46 ms past every run. With
+    # it, at 2 threads, single crops take 0.855 of the time for 1.016 of the CPU and pages 0.96-0.98
+    # (bench/paired.py, README Benchmarks); no change at 1 thread (no workers). Two calls at once
+    # on 2 cores spin against each other (1.24-1.4x the time), so the daemon turns it off with
+    # more than one pipeline worker.
+    allow_spinning: bool = True
     verify_checksums: bool = True
     # Make every session at its first use, the detector and page reader too: a one-shot run
     # (`edge-ocr ocr --no-det` on crops) then holds only the recognisers its images need. A

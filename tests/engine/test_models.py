@@ -181,3 +181,30 @@ def test_a_lazy_model_makes_one_session_on_its_first_run_whatever_the_threads(mo
     for thread in threads:
         thread.join(60)
     assert model.loaded and len(made) == 1 and model.input_name
+
+
+def _cpu_s() -> float:
+    import resource
+
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def test_spinning_threads_stop_when_a_run_returns():
+    """With spinning (the default), a 2-thread session's worker busy-waits while a run lasts and
+    stops when it returns (session.force_spinning_stop): after the run, the process is idle.
+    Without the stop, ONNX Runtime's worker went on spinning for ~46 ms of CPU after every run."""
+    pack = models.load_pack("default")
+    stage = pack.stages["rec_zh"]
+    model = models.Model(stage, models.choose_variant(stage, "int8"), 2, allow_spinning=True)
+    config = model.session.get_session_options().get_session_config_entry
+    assert config("session.intra_op.allow_spinning") == "1" and config("session.force_spinning_stop") == "1"
+    batch = np.zeros((1, 3, stage.height, 320), np.float32)
+    after = []
+    for _ in range(5):
+        model.run(batch)
+        start = _cpu_s()
+        threading.Event().wait(0.2)
+        after.append(_cpu_s() - start)
+    # CPU seconds, not wall time: what the process burned while it had nothing to do.
+    assert sorted(after)[2] < 0.01, after
