@@ -57,6 +57,8 @@ def _engine_options(args: argparse.Namespace):
         given["cls"] = True
     if args.no_fast_reader:
         given["fast_reader"] = False
+    if args.no_spinning:
+        given["spinning"] = False
     if getattr(args, "low_confidence", None) is not None:
         given["low_confidence"] = args.low_confidence
     if getattr(args, "memory_mode", None) is not None:
@@ -389,6 +391,9 @@ def _add_engine_flags(parser: argparse.ArgumentParser) -> None:
                         help="read every detected line with the accurate recogniser (no fast drafts; single lines "
                              "and regions up to draft_min_width never use them)")
     parser.add_argument("--recheck-below", type=float, metavar="SCORE", help=help_of("recheck_below"))
+    parser.add_argument("--no-spinning", action="store_true",
+                        help="ONNX Runtime's threads sleep between operators instead of busy-waiting while a model "
+                             "runs (for several edge-ocr processes at once on the same cores)")
 
 
 def build_parser() -> argparse.ArgumentParser:
