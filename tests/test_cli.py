@@ -105,3 +105,13 @@ def test_models_list_and_verify():
     assert listed.returncode == 0 and "ppocrv6-small" in listed.stdout and "(default)" in listed.stdout
     verified = edge_ocr("models", "verify")
     assert verified.returncode == 0 and "FAILED" not in verified.stdout
+
+
+@pytest.mark.parametrize("flags, spinning", [([], True), (["--no-spinning"], False)])
+def test_engine_flags_set_the_engine_table(flags, spinning):
+    from edge_ocr.cli import _engine_options, build_parser
+
+    args = build_parser().parse_args(["ocr", "x.png", "--no-fast-reader", *flags])
+    table = _engine_options(args)
+    assert table.spinning is spinning and table.to_options().allow_spinning is spinning
+    assert table.fast_reader is False
