@@ -7,11 +7,39 @@ Imports nothing from edge_ocr; raises OSError, which callers turn into their own
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 from pathlib import Path
 
 TEMP_NAME = re.compile(r"^\..+\.(\d+)\.tmp$")  # .<name>.<pid>.tmp
+NAME_MAX = 255  # bytes in one directory entry (ext4, xfs, btrfs, vfat's long names: 255 characters)
+# What a stored name may gain: a counter against a clash ("-9999") and write_atomic's temp name
+# around it ("." + name + ".<pid up to 7 digits>.tmp").
+NAME_ROOM = len("-9999") + len(".") + len(".9999999.tmp")
+
+
+def fit_stem(stem: str, tail: str) -> str:
+    """``stem`` short enough that ``stem + counter + tail`` and its temp file fit in NAME_MAX
+    bytes. A stem that is cut keeps its start and gets ``~`` and 8 hex digits of its sha256, so
+    two long names that begin alike stay apart; the cut never splits a UTF-8 character."""
+    raw = os.fsencode(stem)
+    room = NAME_MAX - NAME_ROOM - len(os.fsencode(tail))
+    if len(raw) <= room:
+        return stem
+    tag = "~" + hashlib.sha256(raw).hexdigest()[:8]
+    end = max(room - len(tag), 1)
+    for cut in range(end, max(end - 4, 0), -1):
+        try:
+            raw[:cut].decode("utf-8")
+        except UnicodeDecodeError as exc:
+            if exc.reason == "unexpected end of data":
+                continue  # a character cut in two: one byte shorter
+            cut = end  # not UTF-8 anyway (kept as bytes): cut where the room ends
+        break
+    else:
+        cut = end
+    return os.fsdecode(raw[:cut]) + tag
 
 
 def fsync_dir(directory: Path) -> None:

@@ -6,6 +6,7 @@ Imports engine.types and errors only.
 from __future__ import annotations
 
 import json
+import re
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -17,6 +18,8 @@ import numpy as np
 
 from edge_ocr.engine.types import EngineOutput, Region, TextLine
 from edge_ocr.errors import EdgeOcrError
+
+CONTROL = re.compile(r"[\x00-\x1f\x7f]")  # in a file name: shown escaped in the journal (log_name)
 
 
 class Status(str, Enum):
@@ -170,6 +173,12 @@ def printable_name(name: str) -> str:
     """A file name as JSON can carry it: bytes that are not UTF-8 (kept by Python as surrogate
     escapes) become ``\\xff`` text, so a result always encodes; valid names are unchanged."""
     return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def log_name(name: str) -> str:
+    """A file name for a one-line log: ``printable_name`` with control characters as ``\\xNN``, so a
+    name holding a newline cannot start a line of its own in the journal."""
+    return CONTROL.sub(lambda m: "\\x%02x" % ord(m.group()), printable_name(name))
 
 
 def output_from_dict(data: dict[str, Any]) -> EngineOutput:

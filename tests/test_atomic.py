@@ -39,3 +39,16 @@ def test_stale_temps_of_dead_writers_are_removed_and_live_ones_kept(tmp_path):
     (tmp_path / "c.json").write_bytes(b"{}")
     assert remove_stale_temps(tmp_path) == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == [".b.json.%d.tmp" % os.getpid(), "c.json"]
+
+
+def test_a_stem_is_cut_to_fit_with_its_counter_and_temp_name():
+    from edge_ocr.atomic import NAME_MAX, NAME_ROOM, fit_stem
+
+    assert fit_stem("scan", ".json") == "scan"  # short names are untouched
+    for stem in ("a" * 300, "读" * 100, "é" * 130 + "x"):
+        cut = fit_stem(stem, ".error.json")
+        assert len(cut.encode()) + NAME_ROOM + len(b".error.json") <= NAME_MAX
+        assert cut.encode().decode("utf-8") == cut and stem.startswith(cut[:-9]) and cut[-9] == "~"
+    # two long names that begin alike stay apart
+    assert fit_stem("b" * 300 + "1", ".json") != fit_stem("b" * 300 + "2", ".json")
+

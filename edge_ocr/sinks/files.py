@@ -7,13 +7,18 @@ from __future__ import annotations
 
 import errno
 import json
+import logging
 import os
 import shutil
 from pathlib import Path
 from typing import Any
 
-from edge_ocr.atomic import fsync_dir, write_atomic
+from edge_ocr.atomic import fit_stem, fsync_dir, write_atomic
 from edge_ocr.errors import SinkError
+
+log = logging.getLogger(__name__)
+# An extension longer than this is no extension ("notes.from the meeting"): the whole name is the stem.
+MAX_EXT_BYTES = 16
 
 
 def write_result(path: Path, data: bytes) -> None:
@@ -57,17 +62,38 @@ def move(src: Path, dst: Path) -> None:
         fsync_dir(dst.parent)
 
 
+def stored_parts(name: str, suffix: str) -> tuple[str, str]:
+    """(stem, ext) under which file ``name`` and its ``stem + suffix`` JSON are stored: the
+    original is ``stem + ext``. A name whose extension is the suffix (an image dropped as
+    ``scan.json``) keeps it in the stem, so its JSON (``scan.json.json``) is not the original;
+    a long name is cut to fit a directory entry with its counter and temp file
+    (``atomic.fit_stem``); the JSON's ``file`` keeps the name as dropped."""
+    stem, ext = os.path.splitext(name)
+    if ext.lower() == suffix.lower() or len(os.fsencode(ext)) > MAX_EXT_BYTES:
+        stem, ext = name, ""
+    longest = max(ext, suffix, key=lambda part: len(os.fsencode(part)))
+    return fit_stem(stem, longest), ext
+
+
 class ResultFiles:
     """Places an original and its JSON in a directory under a free base name.
 
     ``NAME.ext`` gets ``NAME.json`` (``suffix``); if either exists for different content
     (the JSON's ``sha256`` differs), ``NAME-1.ext``/``NAME-1.json`` and so on. An existing
     JSON for the same content is overwritten, so finishing an interrupted move is idempotent.
+    Names are made to fit (``stored_parts``); a directory removed while the daemon runs is made
+    again. Every failure is a SinkError.
     """
 
     def find(self, directory: Path, name: str, suffix: str, sha256: str | None) -> tuple[Path, Path]:
         """The (original, json) targets in ``directory`` for file ``name``."""
-        stem, ext = os.path.splitext(name)
+        try:
+            return self._find(directory, name, suffix, sha256)
+        except OSError as exc:
+            raise SinkError("cannot look for a free name in %s: %s" % (directory, exc.strerror)) from exc
+
+    def _find(self, directory: Path, name: str, suffix: str, sha256: str | None) -> tuple[Path, Path]:
+        stem, ext = stored_parts(name, suffix)
         for n in range(10000):
             base = stem if n == 0 else "%s-%d" % (stem, n)
             original, meta = directory / (base + ext), directory / (base + suffix)
@@ -80,19 +106,28 @@ class ResultFiles:
 
     def existing(self, directory: Path, name: str, suffix: str, sha256: str) -> Path | None:
         """The JSON already written for this content (an interrupted move), if any."""
-        stem, _ = os.path.splitext(name)
-        for n in range(10000):
-            meta = directory / ((stem if n == 0 else "%s-%d" % (stem, n)) + suffix)
-            if not meta.exists():
-                return None
-            stored = read_json(meta)
-            if stored is not None and stored.get("sha256") == sha256:
-                return meta
+        stem, _ = stored_parts(name, suffix)
+        try:
+            for n in range(10000):
+                meta = directory / ((stem if n == 0 else "%s-%d" % (stem, n)) + suffix)
+                if not meta.exists():
+                    return None
+                stored = read_json(meta)
+                if stored is not None and stored.get("sha256") == sha256:
+                    return meta
+        except OSError as exc:
+            raise SinkError("cannot look for a result in %s: %s" % (directory, exc.strerror)) from exc
         return None
 
     def store(self, src: Path | None, directory: Path, name: str, suffix: str, data: dict[str, Any],
               sha256: str | None) -> Path:
         """Write ``data`` as JSON then move ``src`` (None = delete nothing, keep no original) beside it."""
+        if not directory.is_dir():  # removed while the daemon runs (someone cleaning up done/)
+            try:
+                directory.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise SinkError("cannot create %s: %s" % (directory, exc.strerror)) from exc
+            log.warning("made again dir=%s (it was removed)", directory)
         original, meta = self.find(directory, name, suffix, sha256)
         write_result(meta, (json.dumps(data, ensure_ascii=False, indent=1) + "\n").encode("utf-8"))
         if src is not None:

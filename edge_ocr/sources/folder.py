@@ -33,11 +33,11 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from edge_ocr import access, imageformat, sandbox
-from edge_ocr.atomic import remove_stale_temps
+from edge_ocr.atomic import fit_stem, remove_stale_temps
 from edge_ocr.config import FolderSourceConfig, SourceConfig
 from edge_ocr.engine.types import EngineOutput
 from edge_ocr.errors import EdgeOcrError, ImageTooLarge, SinkError, SourceError
-from edge_ocr.results import Job, Result, Status, output_from_dict, printable_name
+from edge_ocr.results import Job, Result, Status, log_name, output_from_dict, printable_name
 from edge_ocr.sources.base import SourceStatus, Submit
 from edge_ocr.stats import Stats
 
@@ -241,15 +241,22 @@ class FolderSource:
                 backoff = min(backoff * 2, 60.0)
         if stop.is_set():
             return
-        inotify = self._open_inotify()
-        self.mode = "inotify" if inotify else "poll"
-        self._set_status(SourceStatus.ONLINE, "mode=%s" % self.mode)
-        try:
-            self._resume(stop)
-            self._loop(stop, inotify)
-        finally:
-            if inotify is not None:
-                inotify.close()
+        backoff = STALL_RETRY_MIN_S
+        while not stop.is_set():
+            inotify = self._open_inotify()
+            self.mode = "inotify" if inotify else "poll"
+            self._set_status(SourceStatus.ONLINE, "mode=%s" % self.mode)
+            try:
+                self._resume(stop)
+                self._loop(stop, inotify)
+            except Exception as exc:  # a defect must not stop the folder for good: say so, start again
+                log.exception("folder source failed, starting again in %.0f s source=%s", backoff, self.name)
+                self._set_status(SourceStatus.OFFLINE, "internal error: %s" % exc)
+                stop.wait(backoff)
+                backoff = min(backoff * 2, STALL_RETRY_MAX_S)
+            finally:
+                if inotify is not None:
+                    inotify.close()
 
     def _set_status(self, status: SourceStatus, why: str = "") -> None:
         if status is self._status:
@@ -302,7 +309,7 @@ class FolderSource:
                 return
             if claimed.name.startswith(".") or not claimed.is_file():
                 continue
-            self._submit_claimed(claimed, resumed=True)
+            self._guarded(claimed, partial(self._submit_claimed, claimed, resumed=True))
 
     def _loop(self, stop: threading.Event, inotify: Inotify | None) -> None:
         seen: dict[str, _Seen] = {}
@@ -334,7 +341,7 @@ class FolderSource:
             for name in self._ready(seen, now):
                 if stop.is_set():
                     return
-                self._claim(name)
+                self._guarded(self.cfg.path / name, partial(self._claim, name))
             now = time.monotonic()
             wake = [next_scan] + [s.stable_since + cfg.stability_delay for s in seen.values()]
             if not self._stalled.empty():
@@ -375,7 +382,7 @@ class FolderSource:
                 del seen[name]
                 continue
             except OSError as exc:
-                log.warning("cannot stat source=%s file=%s error=%s", self.name, name, exc.strerror)
+                log.warning("cannot stat source=%s file=%s error=%s", self.name, log_name(name), exc.strerror)
                 continue
             if stat.S_ISLNK(st.st_mode):
                 del seen[name]
@@ -387,7 +394,7 @@ class FolderSource:
                     # Said once per name: someone who dropped a folder of scans learns why nothing comes.
                     self._told_subfolders.add(name)
                     log.warning("subfolder not read source=%s dir=%s (only files in the folder itself are taken)",
-                                self.name, name)
+                                self.name, log_name(name))
                 continue
             if (st.st_size, st.st_mtime_ns) != (s.size, s.mtime_ns):
                 s.size, s.mtime_ns, s.stable_since = st.st_size, st.st_mtime_ns, now
@@ -403,21 +410,24 @@ class FolderSource:
     def _claim(self, name: str) -> None:
         """Atomic rename into .processing/ (a free name there), then hand it to the pipeline."""
         src = self.cfg.path / name
+        if not self.processing.is_dir():  # the inbox was removed and made again while we ran
+            self.processing.mkdir(exist_ok=True)
+            log.warning("made again source=%s dir=%s (it was removed)", self.name, self.processing)
         claimed = self.processing / name
         n = 0
         while claimed.exists():  # this thread is the only writer of .processing/
             n += 1
             stem, ext = os.path.splitext(name)
-            claimed = self.processing / ("%s-%d%s" % (stem, n, ext))
+            claimed = self.processing / ("%s-%d%s" % (fit_stem(stem, ext), n, ext))
         try:
             os.rename(src, claimed)
         except FileNotFoundError:
             return
         except OSError as exc:
-            log.error("cannot claim source=%s file=%s error=%s", self.name, name, exc.strerror)
+            log.error("cannot claim source=%s file=%s error=%s", self.name, log_name(name), exc.strerror)
             return
-        log.debug("claimed source=%s file=%s", self.name, claimed.name)
-        self._submit_claimed(claimed)
+        log.debug("claimed source=%s file=%s", self.name, log_name(claimed.name))
+        self._guarded(claimed, partial(self._submit_claimed, claimed))
 
     def _submit_claimed(self, claimed: Path, resumed: bool = False) -> bool:
         name, cfg = claimed.name, self.cfg
@@ -433,7 +443,11 @@ class FolderSource:
             self._fail(claimed, name, SourceError("cannot read file: %s" % exc.strerror), None, None)
             return True
         sha = hashlib.sha256(data).hexdigest()
-        if resumed and self._finish_interrupted(claimed, name, sha):
+        try:
+            if resumed and self._finish_interrupted(claimed, name, sha):
+                return True
+        except SinkError as exc:  # done/ or failed/ unreadable now: offered again later
+            self._stall(claimed, exc.message)
             return True
         cached = self._cached(sha) if cfg.reuse_results else None
         job = Job(self.name, data, file=name, sha256=sha, cached=cached,
@@ -454,7 +468,7 @@ class FolderSource:
             if delete:
                 claimed.unlink(missing_ok=True)
             self.stats.inc(counter)
-            log.info("finished interrupted move source=%s file=%s dir=%s", self.name, name, directory)
+            log.info("finished interrupted move source=%s file=%s dir=%s", self.name, log_name(name), directory)
             return True
         return False
 
@@ -496,7 +510,8 @@ class FolderSource:
             except EdgeOcrError as exc:
                 log.warning("cannot store result for reuse source=%s error=%s", self.name, exc.message)
         self.stats.inc("files_done_total")
-        log.info("file done source=%s file=%s status=%s result=%s", self.name, name, result.status.value, meta.name)
+        log.info("file done source=%s file=%s status=%s result=%s", self.name, log_name(name), result.status.value,
+                 log_name(meta.name))
 
     def _fail(self, src: Path, name: str, error: EdgeOcrError, tb: str | None, sha: str | None) -> None:
         now = datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
@@ -515,18 +530,18 @@ class FolderSource:
             if src.parent == self.processing:
                 self._stall(src, exc.message)
             else:  # a refused file still in the inbox: the next scan offers it again
-                log.error("cannot move to failed_dir source=%s file=%s error=%s", self.name, name, exc.message)
+                log.error("cannot move to failed_dir source=%s file=%s error=%s", self.name, log_name(name), exc.message)
             return
         self.stats.inc("files_failed_total")
         log.warning("file failed source=%s file=%s error=%s %s result=%s",
-                    self.name, name, error.code, error.message, meta.name)
+                    self.name, log_name(name), error.code, error.message, log_name(meta.name))
 
     def _stall(self, claimed: Path, reason: str) -> None:
         """The result of ``claimed`` could not be written (pipeline or source thread): it stays in
         .processing/ and is offered again, from STALL_RETRY_MIN_S up to STALL_RETRY_MAX_S apart."""
         self.stats.inc("files_stalled_total")
         log.error("cannot write result, file kept for retry source=%s file=%s error=%s",
-                  self.name, claimed.name, reason)
+                  self.name, log_name(claimed.name), reason)
         self._stalled.put(claimed)
 
     def _retry_stalled(self) -> None:
@@ -537,8 +552,19 @@ class FolderSource:
             stalled.append(self._stalled.get_nowait())
         for claimed in stalled:
             if claimed.exists():
-                log.info("retrying stalled file source=%s file=%s", self.name, claimed.name)
-                self._submit_claimed(claimed, resumed=True)
+                log.info("retrying stalled file source=%s file=%s", self.name, log_name(claimed.name))
+                self._guarded(claimed, partial(self._submit_claimed, claimed, resumed=True))
+
+    def _guarded(self, path: Path, action: Callable[[], object]) -> None:
+        """Run one file's ``action``; a defect it meets fails that file (kept in failed/ with the
+        error) instead of stopping the folder: the next files go on."""
+        try:
+            action()
+        except Exception as exc:  # anything the handlers above did not expect, from this one file
+            log.exception("file failed on an internal error source=%s file=%s", self.name, log_name(path.name))
+            if path.exists():
+                self._fail(path, path.name, EdgeOcrError("internal error: %s: %s" % (type(exc).__name__, exc)),
+                           None, None)
 
     def _refuse(self, name: str, reason: str) -> None:
         self._fail(self.cfg.path / name, name, SourceError(reason), None, None)

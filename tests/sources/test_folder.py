@@ -171,3 +171,79 @@ def test_truncated_jpeg_is_not_complete(tmp_path):
     assert not looks_complete(jpg, os.path.getsize(jpg))
     jpg.write_bytes(b"\xff\xd8\xff\xe0" + b"\0" * 100 + b"\xff\xd9")
     assert looks_complete(jpg, os.path.getsize(jpg))
+
+
+def test_a_name_as_long_as_the_filesystem_allows_is_read_and_stored_under_a_shortened_name(tmp_path, folder):
+    """255 bytes is the longest name; NAME.json, NAME.error.json and their temp files would not fit.
+    Before, such a file stopped the folder's thread (ENAMETOOLONG) and the files after it waited
+    for good, across restarts."""
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    source, _ = folder()
+    long_ok, long_bad = "e" * 251 + ".txt", "读" * 80 + "x" * 11 + ".jpg"  # 255 bytes each
+    (inbox / long_ok).write_bytes(b"TEXT:long name")
+    (inbox / long_bad).write_bytes(b"not an image")
+    (inbox / "after.txt").write_bytes(b"TEXT:next file")
+    assert wait_until(lambda: len(names(tmp_path / "done")) == 4 and len(names(tmp_path / "failed")) == 2)
+    done = {p.name: p for p in (tmp_path / "done").iterdir()}
+    assert "after.json" in done and all(len(os.fsencode(n)) <= 255 - 17 for n in done)
+    stored = json.loads(next(p for n, p in done.items() if n.startswith("eee") and n.endswith(".json")).read_text())
+    assert stored["file"] == long_ok and stored["text"] == "long name"  # the JSON keeps the name as dropped
+    error = next(p for p in (tmp_path / "failed").iterdir() if p.name.endswith(".error.json"))
+    assert json.loads(error.read_text())["file"] == long_bad and error.name.startswith("读" * 10)
+    assert source.status.value == "online" and names(inbox) == []
+
+
+def test_an_image_named_like_its_result_keeps_both(tmp_path, folder):
+    """An image dropped as scan.json: its result is scan.json.json, beside the original scan.json
+    (before, the original replaced the result it had just been given)."""
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    folder()
+    (inbox / "scan.json").write_bytes(b"TEXT:a picture named .json")
+    assert wait_until(lambda: names(tmp_path / "done") == ["scan.json", "scan.json.json"])
+    assert (tmp_path / "done" / "scan.json").read_bytes() == b"TEXT:a picture named .json"
+    assert json.loads((tmp_path / "done" / "scan.json.json").read_text())["text"] == "a picture named .json"
+
+
+def test_folders_removed_while_running_are_made_again(tmp_path, folder):
+    """done/ removed (someone tidying up) and the inbox removed and made again: the next files
+    are read and stored, where before they stalled or sat in the inbox for good."""
+    import shutil
+
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    folder()
+    (inbox / "one.txt").write_bytes(b"TEXT:one")
+    assert wait_until(lambda: names(tmp_path / "done") == ["one.json", "one.txt"])
+    shutil.rmtree(tmp_path / "done")
+    (inbox / "two.txt").write_bytes(b"TEXT:two")
+    assert wait_until(lambda: names(tmp_path / "done") == ["two.json", "two.txt"])
+    shutil.rmtree(inbox)
+    inbox.mkdir()
+    (inbox / "three.txt").write_bytes(b"TEXT:three")
+    assert wait_until(lambda: names(tmp_path / "done") == ["three.json", "three.txt", "two.json", "two.txt"])
+
+
+def test_a_defect_on_one_file_fails_that_file_and_the_folder_goes_on(tmp_path, folder, monkeypatch):
+    """Whatever goes wrong with one file (here a stand-in for a bug: its read raises), it goes to
+    failed/ with the error and the files after it are read."""
+    from edge_ocr.sources import folder as module
+
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    real = module.FolderSource._submit_claimed
+
+    def flaky(self, claimed, resumed=False):
+        if claimed.name == "cursed.txt":
+            raise RuntimeError("a defect")
+        return real(self, claimed, resumed)
+
+    monkeypatch.setattr(module.FolderSource, "_submit_claimed", flaky)
+    source, _ = folder()
+    (inbox / "cursed.txt").write_bytes(b"TEXT:x")
+    assert wait_until(lambda: names(tmp_path / "failed") == ["cursed.error.json", "cursed.txt"])
+    (inbox / "fine.txt").write_bytes(b"TEXT:fine")
+    assert wait_until(lambda: names(tmp_path / "done") == ["fine.json", "fine.txt"])
+    reason = json.loads((tmp_path / "failed" / "cursed.error.json").read_text())["reason"]
+    assert "internal error: RuntimeError: a defect" in reason and source.status.value == "online"
