@@ -62,15 +62,19 @@ class AccessPlugin:
 
 def _check_local_request() -> None:
     """Tokenless mode serves loopback only: refuse a foreign Host (DNS rebinding) and a POST
-    whose Origin is another site (CSRF from a page the local user happens to visit)."""
+    a browser sent for another origin (CSRF from a page the local user happens to visit): an
+    Origin that is not this host, ``Origin: null`` (sandboxed frames, ``data:`` and ``file:``
+    pages) and ``Sec-Fetch-Site`` other than same-origin or none. Clients that are not browsers
+    send neither header."""
     host = bottle.request.get_header("Host", "")
     if host and not is_loopback(_split_host(host)):
         raise ApiError("forbidden_host", "Host %r is not this device's loopback address" % host[:100])
+    if bottle.request.method != "POST":
+        return
     origin = bottle.request.get_header("Origin")
-    if bottle.request.method == "POST" and origin is not None and origin != "null":
-        netloc = origin.split("://", 1)[-1]
-        if netloc != host:
-            raise ApiError("forbidden_origin", "cross-site request refused")
+    site = bottle.request.get_header("Sec-Fetch-Site")
+    if (origin is not None and origin.split("://", 1)[-1] != host) or site in ("cross-site", "same-site"):
+        raise ApiError("forbidden_origin", "cross-site request refused")
 
 
 def _split_host(header: str) -> str:

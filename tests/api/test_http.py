@@ -552,6 +552,10 @@ def test_without_a_token_foreign_hosts_and_cross_site_posts_are_refused(client, 
     assert_error(client.get("/api/stats", headers={"Host": "attacker.example:8080"}), 403, "forbidden_host")
     cross = client.post("/api/capture", headers={"Origin": "http://attacker.example"})
     assert_error(cross, 403, "forbidden_origin")
+    # a sandboxed frame or a data: page sends Origin: null; a browser marks other sites' requests
+    for headers in ({"Origin": "null"}, {"Sec-Fetch-Site": "cross-site"}, {"Sec-Fetch-Site": "same-site"}):
+        assert_error(client.post("/api/capture", headers=headers), 403, "forbidden_origin")
+    assert client.post("/api/capture", headers={"Sec-Fetch-Site": "same-origin"}).status_code == 200
     for host in ("localhost:8080", "127.0.0.1", "[::1]:8080"):
         assert client.get("/api/stats", headers={"Host": host}).status_code == 200
     same = client.post("/api/ocr", content=photo,
