@@ -42,17 +42,20 @@ def make_app(
     token: str | Secret | None = None,
     max_upload_mb: float = 20.0,
     ocr_slots: int = 2,
+    ocr_waiting: int = 1,
     busy_timeout_s: float = 2.0,
 ) -> bottle.Bottle:
     """The Bottle app of SPEC "HTTP" over ``backend``; a new private ``Bottle()`` per call.
 
     ``token`` set: every route but /healthz and the static page needs ``Bearer <token>``.
-    At most ``ocr_slots`` OCR calls run at once; a request that waits ``busy_timeout_s`` for
-    a slot gets 503 ``busy``. Raises ValueError for unusable arguments (config.py checked the
+    At most ``ocr_slots`` OCR calls run at once and ``ocr_waiting`` more wait for a slot, at most
+    ``busy_timeout_s``; any other gets 503 ``busy`` at once. A waiting request holds one of the
+    server's threads, so with HttpServer's 4 (2 reading, 1 waiting) one is always left for
+    /healthz and the rest. Raises ValueError for unusable arguments (config.py checked the
     user's keys already).
     """
-    if max_upload_mb <= 0 or ocr_slots < 1:
-        raise ValueError("make_app: expected max_upload_mb > 0 and ocr_slots >= 1")
+    if max_upload_mb <= 0 or ocr_slots < 1 or ocr_waiting < 0:
+        raise ValueError("make_app: expected max_upload_mb > 0, ocr_slots >= 1 and ocr_waiting >= 0")
     secret = token.reveal() if isinstance(token, Secret) else token
     if secret is not None and not secret.strip():
         raise ValueError("make_app: the token is empty")
@@ -61,6 +64,7 @@ def make_app(
         token=secret.strip().encode() if secret is not None else None,
         max_upload_bytes=int(max_upload_mb * 1024 * 1024),
         ocr_slots=ocr_slots,
+        ocr_waiting=ocr_waiting,
         busy_timeout_s=busy_timeout_s,
     )
     return api.app
@@ -77,12 +81,15 @@ class _Api:
         token: bytes | None,
         max_upload_bytes: int,
         ocr_slots: int,
+        ocr_waiting: int,
         busy_timeout_s: float,
     ) -> None:
         self._backend = backend
         self._max_upload = max_upload_bytes
         self._slots = threading.BoundedSemaphore(ocr_slots)
         self._busy_timeout_s = busy_timeout_s
+        self._max_waiting = ocr_waiting
+        self._waiting = 0  # requests waiting for a slot, under _counts_lock
         self._counts_lock = threading.Lock()
         self._responses: dict[int, int] = {}
         self._busy = 0
@@ -167,7 +174,7 @@ class _Api:
         if not self._backend.accepting():
             raise ApiError("not_ready", "not taking work now (memory guard)", {"Retry-After": "5"})
         image, det, rois = read_ocr_request(self._max_upload)
-        if not self._slots.acquire(timeout=self._busy_timeout_s):
+        if not self._take_slot():
             self._count_busy()
             raise ApiError("busy", "all OCR slots are busy, retry shortly", {"Retry-After": "1"})
         try:
@@ -211,6 +218,21 @@ class _Api:
     def _count_status(self, status: int) -> None:
         with self._counts_lock:
             self._responses[status] = self._responses.get(status, 0) + 1
+
+    def _take_slot(self) -> bool:
+        """An OCR slot: at once, or after waiting up to busy_timeout_s if fewer than ocr_waiting
+        requests wait already (each waiter holds a server thread: /healthz must keep one)."""
+        if self._slots.acquire(blocking=False):
+            return True
+        with self._counts_lock:
+            if self._waiting >= self._max_waiting:
+                return False
+            self._waiting += 1
+        try:
+            return self._slots.acquire(timeout=self._busy_timeout_s)
+        finally:
+            with self._counts_lock:
+                self._waiting -= 1
 
     def _count_busy(self) -> None:
         with self._counts_lock:

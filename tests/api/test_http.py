@@ -30,6 +30,7 @@ from edge_ocr.engine.types import EngineOutput, Region, TextLine
 from edge_ocr.errors import ConfigError, EdgeOcrError, ImageError, SinkError, UnsupportedImage
 from edge_ocr.readiness import Readiness, daemon_readiness
 from edge_ocr.results import Result, Status, status_for
+from tests.broker import wait_until
 from tests.helpers import png_bomb
 
 TOKEN = "s3cret-token-for-tests"
@@ -785,3 +786,26 @@ def test_the_readme_lists_every_error_code_under_its_status():
         at = paragraph.find("`%s`" % code)
         assert at >= 0, "%s missing from the README's HTTP errors" % code
         assert re.findall(r"\b([1-5]\d\d)\b", paragraph[:at])[-1] == str(status), code
+
+
+def test_health_is_answered_while_every_ocr_slot_is_taken_and_others_wait(backend, serve, photo):
+    """8 uploads at once on 4 server threads: 2 read, 1 waits, the rest get 503 busy at once, and
+    /healthz and /metrics still answer while the readers are held (before, waiting uploads took
+    every thread and /healthz waited for them: 2.7 s with the default 2 s wait, here up to 60 s)."""
+    server = serve(backend.app(ocr_slots=2, busy_timeout_s=60), threads=4)
+    backend.ocr.gate = threading.Event()
+
+    def upload(_: int) -> httpx.Response:
+        return httpx.post(server.url + "/api/ocr", content=photo, headers={"Content-Type": "image/jpeg"},
+                          timeout=TIMEOUT_S)
+
+    with ThreadPoolExecutor(8) as pool:
+        answers = [pool.submit(upload, i) for i in range(8)]
+        assert wait_until(lambda: sum(a.done() for a in answers) == 5)  # 2 reading, 1 waiting, 5 refused
+        refused = [a.result() for a in answers if a.done()]
+        assert all(r.status_code == 503 and r.json()["error"]["code"] == "busy" for r in refused)
+        with httpx.Client(base_url=server.url, timeout=10) as client:
+            assert client.get("/healthz").json() == {"status": "ok"}
+            assert "edge_ocr_http_ocr_busy_total 5" in client.get("/metrics").text
+        backend.ocr.gate.set()
+        assert sorted(a.result(TIMEOUT_S).status_code for a in answers) == [200] * 3 + [503] * 5
