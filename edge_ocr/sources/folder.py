@@ -203,6 +203,10 @@ class FolderSource:
         # Claimed files whose result could not be written (disk full): offered again with backoff.
         self._stalled: queue.SimpleQueue[Path] = queue.SimpleQueue()
         self._stall_delay = STALL_RETRY_MIN_S
+        # Why results cannot be written now (done/ full or read-only), or None: the source is
+        # offline meanwhile, so /readyz and <p>/<source>/status show it, not only the journal.
+        self._stall_reason: str | None = None
+        self._status_lock = threading.Lock()  # the source thread and the pipeline thread set it
         self.ready = threading.Event()  # set once the folders are open and the start-up scan is queued
         self.mode = "none"
 
@@ -259,15 +263,25 @@ class FolderSource:
                     inotify.close()
 
     def _set_status(self, status: SourceStatus, why: str = "") -> None:
-        if status is self._status:
-            return
-        self._status = status
-        if status is SourceStatus.ONLINE:
-            log.info("source online source=%s path=%s %s", self.name, self.cfg.path, why)
-        else:
-            log.warning("source offline source=%s path=%s reason=%s", self.name, self.cfg.path, why)
-        if self.on_status is not None:
-            self.on_status(self.name, status)
+        """Online only while no result is stalled (``_stall_reason``)."""
+        with self._status_lock:
+            if status is SourceStatus.ONLINE and self._stall_reason is not None:
+                status, why = SourceStatus.OFFLINE, "cannot write results: %s" % self._stall_reason
+            if status is self._status:
+                return
+            self._status = status
+            if status is SourceStatus.ONLINE:
+                log.info("source online source=%s path=%s %s", self.name, self.cfg.path, why)
+            else:
+                log.warning("source offline source=%s path=%s reason=%s", self.name, self.cfg.path, why)
+            if self.on_status is not None:
+                self.on_status(self.name, status)
+
+    def _stored(self) -> None:
+        """A result was written: if none is stalled any more, the source is online again."""
+        if self._stall_reason is not None and self._stalled.empty():
+            self._stall_reason = None
+            self._set_status(SourceStatus.ONLINE, "results written again")
 
     def _prepare(self) -> None:
         for directory in (self.cfg.path, self.processing, self.cfg.done_dir, self.cfg.failed_dir):
@@ -468,6 +482,7 @@ class FolderSource:
             if delete:
                 claimed.unlink(missing_ok=True)
             self.stats.inc(counter)
+            self._stored()
             log.info("finished interrupted move source=%s file=%s dir=%s", self.name, log_name(name), directory)
             return True
         return False
@@ -500,6 +515,7 @@ class FolderSource:
             return
         if cfg.delete_original:
             claimed.unlink(missing_ok=True)
+        self._stored()
         if cfg.reuse_results and not reused and result.sha256:
             try:
                 self.files.store(None, self.cache, result.sha256, ".json", data, result.sha256)
@@ -533,6 +549,7 @@ class FolderSource:
                 log.error("cannot move to failed_dir source=%s file=%s error=%s", self.name, log_name(name), exc.message)
             return
         self.stats.inc("files_failed_total")
+        self._stored()
         log.warning("file failed source=%s file=%s error=%s %s result=%s",
                     self.name, log_name(name), error.code, error.message, log_name(meta.name))
 
@@ -543,6 +560,8 @@ class FolderSource:
         log.error("cannot write result, file kept for retry source=%s file=%s error=%s",
                   self.name, log_name(claimed.name), reason)
         self._stalled.put(claimed)
+        self._stall_reason = reason
+        self._set_status(SourceStatus.OFFLINE, "cannot write results: %s" % reason)
 
     def _retry_stalled(self) -> None:
         """Offer the stalled files again (on the source thread); a finished write is completed

@@ -9,6 +9,7 @@ import json
 import os
 import re
 import subprocess
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -80,13 +81,24 @@ def test_a_full_disk_keeps_every_file_and_recovers_when_space_returns(eval_dev, 
                 metrics = response.read().decode()
             return float(re.search(r"^edge_ocr_files_stalled_total (\S+)$", metrics, re.M).group(1))
 
+        def ready() -> tuple[int, str]:
+            try:
+                with urllib.request.urlopen(base + "/readyz", timeout=30) as response:
+                    return response.status, response.read().decode()
+            except urllib.error.HTTPError as exc:
+                return exc.code, exc.read().decode()
+
         assert wait_until(lambda: stalled() >= len(names), 60)  # each tried, and kept
         assert daemon.proc is not None and daemon.proc.poll() is None  # still running
+        # not ready while results cannot be written: a monitor sees it, not only the journal
+        status, body = ready()
+        assert status == 503 and "source inbox offline" in body, body
         assert _originals(disk / "done") == [] and _originals(disk / "failed") == []
         filler.unlink()  # space returns
         accounted = lambda: sorted(_originals(disk / "done") + _originals(disk / "failed"))  # noqa: E731
         assert wait_until(lambda: accounted() == sorted(names), 180), accounted()
         assert _originals(disk / "failed") == sorted(names[GOOD:])
+        assert wait_until(lambda: ready()[0] == 200, 60), ready()
         for path in list((disk / "done").glob("*.json")) + list((disk / "failed").glob("*.json")):
             json.loads(path.read_text(encoding="utf-8"))  # none torn
         tries = int(stalled())
