@@ -441,10 +441,12 @@ class FolderSource:
             log.error("cannot claim source=%s file=%s error=%s", self.name, log_name(name), exc.strerror)
             return
         log.debug("claimed source=%s file=%s", self.name, log_name(claimed.name))
-        self._guarded(claimed, partial(self._submit_claimed, claimed))
+        self._guarded(claimed, partial(self._submit_claimed, claimed, name=name))
 
-    def _submit_claimed(self, claimed: Path, resumed: bool = False) -> bool:
-        name, cfg = claimed.name, self.cfg
+    def _submit_claimed(self, claimed: Path, resumed: bool = False, name: str | None = None) -> bool:
+        """``name``: as dropped, where the claim took another (the same name still in .processing/);
+        a file resumed after a restart is known by its claimed name."""
+        name, cfg = name or claimed.name, self.cfg
         try:
             size = claimed.stat().st_size
             if size > cfg.max_file_mb * 1024 * 1024:

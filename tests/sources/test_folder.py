@@ -234,10 +234,10 @@ def test_a_defect_on_one_file_fails_that_file_and_the_folder_goes_on(tmp_path, f
     inbox.mkdir()
     real = module.FolderSource._submit_claimed
 
-    def flaky(self, claimed, resumed=False):
+    def flaky(self, claimed, resumed=False, name=None):
         if claimed.name == "cursed.txt":
             raise RuntimeError("a defect")
-        return real(self, claimed, resumed)
+        return real(self, claimed, resumed, name)
 
     monkeypatch.setattr(module.FolderSource, "_submit_claimed", flaky)
     source, _ = folder()
@@ -247,3 +247,21 @@ def test_a_defect_on_one_file_fails_that_file_and_the_folder_goes_on(tmp_path, f
     assert wait_until(lambda: names(tmp_path / "done") == ["fine.json", "fine.txt"])
     reason = json.loads((tmp_path / "failed" / "cursed.error.json").read_text())["reason"]
     assert "internal error: RuntimeError: a defect" in reason and source.status.value == "online"
+
+
+def test_a_name_dropped_again_while_the_first_is_read_keeps_its_name(tmp_path, folder):
+    """Two files named alike in turn, the first still being read: both results say
+    ``"file": "same.txt"`` (the second was claimed as .processing/same-1.txt), stored as same.* and
+    same-1.*, as when the second comes after the first is done."""
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    source, engine = folder()
+    engine.gate = threading.Event()
+    (inbox / "same.txt").write_bytes(b"TEXT:first")
+    assert wait_until(lambda: (inbox / ".processing" / "same.txt").exists())
+    (inbox / "same.txt").write_bytes(b"TEXT:second")
+    assert wait_until(lambda: (inbox / ".processing" / "same-1.txt").exists())
+    engine.gate.set()
+    assert wait_until(lambda: names(tmp_path / "done") == ["same-1.json", "same-1.txt", "same.json", "same.txt"])
+    files = {json.loads((tmp_path / "done" / n).read_text())["file"] for n in ("same.json", "same-1.json")}
+    assert files == {"same.txt"}
