@@ -255,7 +255,7 @@ def test_a_name_dropped_again_while_the_first_is_read_keeps_its_name(tmp_path, f
     same-1.*, as when the second comes after the first is done."""
     inbox = tmp_path / "inbox"
     inbox.mkdir()
-    source, engine = folder()
+    _, engine = folder()
     engine.gate = threading.Event()
     (inbox / "same.txt").write_bytes(b"TEXT:first")
     assert wait_until(lambda: (inbox / ".processing" / "same.txt").exists())
