@@ -814,6 +814,9 @@ def read_regions(value: Any, where: str, allowed: tuple[str, ...] = ("name", "bo
         raise ConfigError("%s: expected a list of {%s}" % (where, ", ".join(allowed)))
     if len(value) > limit:
         raise ConfigError("%s: at most %d regions, got %d" % (where, limit, len(value)))
+    for i, region in enumerate(value):  # JSON's word for it, not TOML's "table"
+        if not isinstance(region, dict):
+            raise ConfigError("%s[%d]: expected an object {%s}, got %s" % (where, i, ", ".join(allowed), _show(region)))
     regions = tuple(_region(_Table(r, "%s[%d]" % (where, i), Path.cwd()), allowed) for i, r in enumerate(value))
     seen: set[str] = set()
     for i, region in enumerate(regions):

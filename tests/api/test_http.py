@@ -809,3 +809,8 @@ def test_health_is_answered_while_every_ocr_slot_is_taken_and_others_wait(backen
             assert "edge_ocr_http_ocr_busy_total 5" in client.get("/metrics").text
         backend.ocr.gate.set()
         assert sorted(a.result(TIMEOUT_S).status_code for a in answers) == [200] * 3 + [503] * 5
+
+
+def test_a_region_that_is_not_an_object_is_named_in_json_words(client):
+    body = assert_error(client.post("/api/ocr", json={"image": "QQ==", "rois": ["meter"]}), 422, "invalid_rois")
+    assert body["error"]["message"] == "rois[0]: expected an object {name, box, allowed_chars}, got str 'meter'"
