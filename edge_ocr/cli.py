@@ -281,12 +281,13 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 def cmd_tune(args: argparse.Namespace) -> int:
     from edge_ocr import tuning
+    from edge_ocr.app import engine_config
     from edge_ocr.config import default_state_dir, find_config, load_config
     from edge_ocr.tools import tune
 
     config = load_config(find_config(args.config))
     state_dir = Path(args.state_dir) if args.state_dir else default_state_dir()
-    measured = tune.tune(config.engine.pack, runs=args.runs)
+    measured = tune.tune(config.engine.pack, runs=args.runs, spinning=engine_config(config).spinning)
     print("| precision | threads | median ms per pass | same text as fp32 |\n|---|---|---|---|")
     for trial in measured.trials:
         print("| %s | %d | %.1f | %s |" % (trial.precision, trial.threads, trial.median_ms, trial.same_text))

@@ -106,11 +106,14 @@ class ResultFiles:
 
     def existing(self, directory: Path, name: str, suffix: str, sha256: str) -> Path | None:
         """The JSON already written for this content (an interrupted move), if any."""
-        stem, _ = stored_parts(name, suffix)
+        stem, ext = stored_parts(name, suffix)
         try:
-            for n in range(10000):
-                meta = directory / ((stem if n == 0 else "%s-%d" % (stem, n)) + suffix)
+            for n in range(10000):  # the slots find() walks, to the first free one
+                base = stem if n == 0 else "%s-%d" % (stem, n)
+                meta, original = directory / (base + suffix), directory / (base + ext)
                 if not meta.exists():
+                    if original.exists() or original.is_symlink():
+                        continue
                     return None
                 stored = read_json(meta)
                 if stored is not None and stored.get("sha256") == sha256:
@@ -128,6 +131,9 @@ class ResultFiles:
             except OSError as exc:
                 raise SinkError("cannot create %s: %s" % (directory, exc.strerror)) from exc
             log.warning("made again dir=%s (it was removed)", directory)
+        if src is not None and not (src.exists() or src.is_symlink()):
+            # Another attempt at the same file stored it already: touch nothing of what it wrote.
+            raise SinkError("cannot store %s: it is gone" % src)
         original, meta = self.find(directory, name, suffix, sha256)
         write_result(meta, (json.dumps(data, ensure_ascii=False, indent=1) + "\n").encode("utf-8"))
         if src is not None:

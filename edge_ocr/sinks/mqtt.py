@@ -417,10 +417,13 @@ def discovery_config(cfg: MqttConfig, node: str, source: str, roi: str | None = 
     host = socket.gethostname().split(".")[0]
     if roi is None:
         ident, name = source, "%s text" % source
-        # An error result (a corrupt file) has no text: the sensor keeps the text it shows (``this``,
-        # the entity's own state in Home Assistant's MQTT templates), as <p>/<source>/text does,
-        # and the attributes say what failed.
-        value = "{{ this.state if value_json.status == 'error' else value_json.text[:255] }}"
+        # An error result (a corrupt file) has no text: the sensor keeps the last text read, as
+        # <p>/<source>/text does: the result's previous_text, else (a source never compared, or
+        # nothing read yet) what the sensor shows (``this``, the entity's own state in Home
+        # Assistant's MQTT templates; "unknown" right after Home Assistant starts). The attributes
+        # say what failed.
+        value = ("{{ (value_json.previous_text if value_json.previous_text is not none else this.state)[:255]"
+                 " if value_json.status == 'error' else value_json.text[:255] }}")
         attributes = ("{{ {'confidence': value_json.confidence, 'status': value_json.status,"
                       " 'error': value_json.error, 'ts': value_json.ts} | tojson }}")
     else:

@@ -20,6 +20,7 @@ import logging
 import math
 import os
 import queue
+import re
 import select
 import stat
 import struct
@@ -48,6 +49,7 @@ CACHE = ".cache"
 STALL_RETRY_MIN_S = 2.0  # a file whose result could not be written (disk full) is offered again
 STALL_RETRY_MAX_S = 60.0
 TEMP_SUFFIXES = (".tmp", ".part", ".partial", ".crdownload", ".swp")
+CLAIM_COUNTER = re.compile(r"^(.+)-\d+(\.[^.]*)?$")  # a name _claim gave: NAME-N.ext
 IN_CLOSE_WRITE, IN_MOVED_TO, IN_DELETE_SELF, IN_MOVE_SELF = 0x8, 0x80, 0x400, 0x800
 IN_Q_OVERFLOW, IN_IGNORED, IN_ONLYDIR = 0x4000, 0x8000, 0x01000000
 IN_NONBLOCK, IN_CLOEXEC = 0o4000, 0o2000000
@@ -200,13 +202,16 @@ class FolderSource:
         self._told_subfolders: set[str] = set()  # subfolders already named in the journal
         self._status: SourceStatus | None = None
         self._rescan = threading.Event()
-        # Claimed files whose result could not be written (disk full): offered again with backoff.
-        self._stalled: queue.SimpleQueue[Path] = queue.SimpleQueue()
+        # Claimed files whose result could not be written (disk full), with the name they were
+        # dropped as: offered again with backoff.
+        self._stalled: queue.SimpleQueue[tuple[Path, str]] = queue.SimpleQueue()
         self._stall_delay = STALL_RETRY_MIN_S
-        # Why results cannot be written now (done/ full or read-only), or None: the source is
-        # offline meanwhile, so /readyz and <p>/<source>/status show it, not only the journal.
-        self._stall_reason: str | None = None
-        self._status_lock = threading.Lock()  # the source thread and the pipeline thread set it
+        # The claimed files whose result is not written yet after a stall, and the last reason:
+        # while there are any the source is offline, so /readyz and <p>/<source>/status show it,
+        # not only the journal. Under _status_lock (the source thread and the pipeline thread).
+        self._stalled_files: set[Path] = set()
+        self._stall_reason = ""
+        self._status_lock = threading.RLock()
         self.ready = threading.Event()  # set once the folders are open and the start-up scan is queued
         self.mode = "none"
 
@@ -245,13 +250,15 @@ class FolderSource:
                 backoff = min(backoff * 2, 60.0)
         if stop.is_set():
             return
-        backoff = STALL_RETRY_MIN_S
+        backoff, resumed = STALL_RETRY_MIN_S, False
         while not stop.is_set():
             inotify = self._open_inotify()
             self.mode = "inotify" if inotify else "poll"
             self._set_status(SourceStatus.ONLINE, "mode=%s" % self.mode)
             try:
-                self._resume(stop)
+                if not resumed:  # once: after a failed loop, .processing/ holds files still being read
+                    resumed = True
+                    self._resume(stop)
                 self._loop(stop, inotify)
             except Exception as exc:  # a defect must not stop the folder for good: say so, start again
                 log.exception("folder source failed, starting again in %.0f s source=%s", backoff, self.name)
@@ -263,9 +270,9 @@ class FolderSource:
                     inotify.close()
 
     def _set_status(self, status: SourceStatus, why: str = "") -> None:
-        """Online only while no result is stalled (``_stall_reason``)."""
+        """Online only while no result is stalled (``_stalled_files``)."""
         with self._status_lock:
-            if status is SourceStatus.ONLINE and self._stall_reason is not None:
+            if status is SourceStatus.ONLINE and self._stalled_files:
                 status, why = SourceStatus.OFFLINE, "cannot write results: %s" % self._stall_reason
             if status is self._status:
                 return
@@ -277,11 +284,15 @@ class FolderSource:
             if self.on_status is not None:
                 self.on_status(self.name, status)
 
-    def _stored(self) -> None:
-        """A result was written: if none is stalled any more, the source is online again."""
-        if self._stall_reason is not None and self._stalled.empty():
-            self._stall_reason = None
-            self._set_status(SourceStatus.ONLINE, "results written again")
+    def _stored(self, claimed: Path | None) -> None:
+        """The result of ``claimed`` was written (or it is gone): once no file is stalled, the
+        source is online again."""
+        with self._status_lock:
+            if claimed not in self._stalled_files:
+                return
+            self._stalled_files.discard(claimed)
+            if not self._stalled_files:
+                self._set_status(SourceStatus.ONLINE, "results written again")
 
     def _prepare(self) -> None:
         for directory in (self.cfg.path, self.processing, self.cfg.done_dir, self.cfg.failed_dir):
@@ -432,6 +443,8 @@ class FolderSource:
         while claimed.exists():  # this thread is the only writer of .processing/
             n += 1
             stem, ext = os.path.splitext(name)
+            if len(os.fsencode(ext)) > 16:  # no extension, a dot in a long name (as sinks/files.py)
+                stem, ext = name, ""
             claimed = self.processing / ("%s-%d%s" % (fit_stem(stem, ext), n, ext))
         try:
             os.rename(src, claimed)
@@ -463,19 +476,22 @@ class FolderSource:
             if resumed and self._finish_interrupted(claimed, name, sha):
                 return True
         except SinkError as exc:  # done/ or failed/ unreadable now: offered again later
-            self._stall(claimed, exc.message)
+            self._stall(claimed, exc.message, name)
             return True
         cached = self._cached(sha) if cfg.reuse_results else None
         job = Job(self.name, data, file=name, sha256=sha, cached=cached,
                   on_done=partial(self._finish, claimed, name, cached is not None),
-                  on_stalled=partial(self._stall, claimed))
+                  on_stalled=partial(self._stall, claimed, name=name))
         return self.submit(job)  # False: stopping; the file stays in .processing/ for the next start
 
     def _finish_interrupted(self, claimed: Path, name: str, sha: str) -> bool:
         """A crash between writing NAME.json and moving the original: complete the move, no re-run."""
+        # After a restart a file claimed as same-1.txt (same.txt still in .processing/) is known by
+        # that name alone: its result may be under same.* (same bytes, so the same result).
+        names = dict.fromkeys((name, CLAIM_COUNTER.sub(r"\1\2", name)))
         for directory, suffix, counter in ((self.cfg.done_dir, ".json", "files_done_total"),
                                            (self.cfg.failed_dir, ".error.json", "files_failed_total")):
-            meta = self.files.existing(directory, name, suffix, sha)
+            meta = next(filter(None, (self.files.existing(directory, n, suffix, sha) for n in names)), None)
             if meta is None:
                 continue
             data = json.loads(meta.read_text(encoding="utf-8"))
@@ -484,7 +500,7 @@ class FolderSource:
             if delete:
                 claimed.unlink(missing_ok=True)
             self.stats.inc(counter)
-            self._stored()
+            self._stored(claimed)
             log.info("finished interrupted move source=%s file=%s dir=%s", self.name, log_name(name), directory)
             return True
         return False
@@ -513,11 +529,11 @@ class FolderSource:
             meta = self.files.store(None if cfg.delete_original else claimed, cfg.done_dir, name, ".json", data,
                                     result.sha256)
         except SinkError as exc:
-            self._stall(claimed, exc.message)
+            self._stall(claimed, exc.message, name)
             return
         if cfg.delete_original:
             claimed.unlink(missing_ok=True)
-        self._stored()
+        self._stored(claimed)
         if cfg.reuse_results and not reused and result.sha256:
             try:
                 self.files.store(None, self.cache, result.sha256, ".json", data, result.sha256)
@@ -546,35 +562,39 @@ class FolderSource:
             meta = self.files.store(src, self.cfg.failed_dir, name, ".error.json", data, sha)
         except EdgeOcrError as exc:
             if src.parent == self.processing:
-                self._stall(src, exc.message)
+                self._stall(src, exc.message, name)
             else:  # a refused file still in the inbox: the next scan offers it again
                 log.error("cannot move to failed_dir source=%s file=%s error=%s", self.name, log_name(name), exc.message)
             return
         self.stats.inc("files_failed_total")
-        self._stored()
+        self._stored(src)
         log.warning("file failed source=%s file=%s error=%s %s result=%s",
                     self.name, log_name(name), error.code, error.message, log_name(meta.name))
 
-    def _stall(self, claimed: Path, reason: str) -> None:
+    def _stall(self, claimed: Path, reason: str, name: str | None = None) -> None:
         """The result of ``claimed`` could not be written (pipeline or source thread): it stays in
         .processing/ and is offered again, from STALL_RETRY_MIN_S up to STALL_RETRY_MAX_S apart."""
         self.stats.inc("files_stalled_total")
         log.error("cannot write result, file kept for retry source=%s file=%s error=%s",
                   self.name, log_name(claimed.name), reason)
-        self._stalled.put(claimed)
-        self._stall_reason = reason
-        self._set_status(SourceStatus.OFFLINE, "cannot write results: %s" % reason)
+        self._stalled.put((claimed, name or claimed.name))
+        with self._status_lock:
+            self._stalled_files.add(claimed)
+            self._stall_reason = reason
+            self._set_status(SourceStatus.OFFLINE, "cannot write results: %s" % reason)
 
     def _retry_stalled(self) -> None:
         """Offer the stalled files again (on the source thread); a finished write is completed
         without a second OCR run (``_finish_interrupted``)."""
-        stalled: list[Path] = []
+        stalled: list[tuple[Path, str]] = []
         while not self._stalled.empty():
             stalled.append(self._stalled.get_nowait())
-        for claimed in stalled:
+        for claimed, name in stalled:
             if claimed.exists():
                 log.info("retrying stalled file source=%s file=%s", self.name, log_name(claimed.name))
-                self._guarded(claimed, partial(self._submit_claimed, claimed, resumed=True))
+                self._guarded(claimed, partial(self._submit_claimed, claimed, resumed=True, name=name))
+            else:  # removed by hand meanwhile: nothing left to write
+                self._stored(claimed)
 
     def _guarded(self, path: Path, action: Callable[[], object]) -> None:
         """Run one file's ``action``; a defect it meets fails that file (kept in failed/ with the

@@ -39,9 +39,12 @@ def sample_images() -> list[np.ndarray]:
     return [frame, page, line]
 
 
-def measure(pack: str, precision: str, threads: int, images: list[np.ndarray], runs: int) -> tuple[float, list[str]]:
-    """Median wall ms of one pass over ``images`` and the texts read, for one configuration."""
-    engine = OcrEngine(EngineOptions(pack=pack, precision=precision, threads=threads, verify_checksums=False))
+def measure(pack: str, precision: str, threads: int, images: list[np.ndarray], runs: int,
+            spinning: bool = True) -> tuple[float, list[str]]:
+    """Median wall ms of one pass over ``images`` and the texts read, for one configuration
+    (``spinning``: as the daemon will run, ``app.engine_config``)."""
+    engine = OcrEngine(EngineOptions(pack=pack, precision=precision, threads=threads, verify_checksums=False,
+                                     allow_spinning=spinning))
     texts = [engine(image).text for image in images]  # warm-up pass, also the texts compared
     times = []
     for _ in range(runs):
@@ -52,7 +55,7 @@ def measure(pack: str, precision: str, threads: int, images: list[np.ndarray], r
     return statistics.median(times), texts
 
 
-def tune(pack: str, runs: int = 3) -> Tuning:
+def tune(pack: str, runs: int = 3, spinning: bool = True) -> Tuning:
     """Measure every precision the pack ships × 1..(big cores) threads on this device.
 
     The process is pinned to the big cores first, as the daemon will be. The choice is the
@@ -62,12 +65,12 @@ def tune(pack: str, runs: int = 3) -> Tuning:
     cpus = tuple(sorted(big_cores(set(caller), cpu_capacities())))
     os.sched_setaffinity(0, cpus)
     try:
-        return _tune_on(cpus, pack, runs)
+        return _tune_on(cpus, pack, runs, spinning)
     finally:
         os.sched_setaffinity(0, caller)  # the caller's affinity is its own: give it back
 
 
-def _tune_on(cpus: tuple[int, ...], pack: str, runs: int) -> Tuning:
+def _tune_on(cpus: tuple[int, ...], pack: str, runs: int, spinning: bool) -> Tuning:
     loaded = load_pack(pack)
     precisions = ["fp32"] + (["int8"] if any("int8" in s.variants for s in loaded.stages.values()) else [])
     images = sample_images()
@@ -75,7 +78,7 @@ def _tune_on(cpus: tuple[int, ...], pack: str, runs: int) -> Tuning:
     reference: list[str] | None = None
     for precision in precisions:
         for threads in range(1, len(cpus) + 1):
-            median_ms, texts = measure(loaded.name, precision, threads, images, runs)
+            median_ms, texts = measure(loaded.name, precision, threads, images, runs, spinning)
             reference = texts if reference is None else reference
             trials.append(Trial(precision, threads, round(median_ms, 1), texts == reference))
             log.info("tune precision=%s threads=%d median_ms=%.1f same_text=%s", precision, threads, median_ms,

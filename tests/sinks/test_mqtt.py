@@ -248,6 +248,11 @@ def test_home_assistant_sensor_keeps_its_text_through_an_error_result(mosquitto,
     assert seen == [("TOTAL 12.30", "ok", None),
                     ("TOTAL 12.30", "error", {"code": "unsupported_image", "message": "not an image: scan.jpg"}),
                     ("TOTAL 4.10", "ok", None)]
+    # Home Assistant restarted: its new entity starts "unknown" and gets the retained error result,
+    # which still carries the last text read
+    restarted = HomeAssistantSensor(config)
+    restarted.receive(states[1].payload)
+    assert restarted.state == "TOTAL 12.30"
     sub.close()
 
 

@@ -265,3 +265,57 @@ def test_a_name_dropped_again_while_the_first_is_read_keeps_its_name(tmp_path, f
     assert wait_until(lambda: names(tmp_path / "done") == ["same-1.json", "same-1.txt", "same.json", "same.txt"])
     files = {json.loads((tmp_path / "done" / n).read_text())["file"] for n in ("same.json", "same-1.json")}
     assert files == {"same.txt"}
+
+
+def test_a_failed_loop_starts_again_without_reading_twice_what_the_pipeline_holds(tmp_path, folder, monkeypatch):
+    """The folder's loop fails (a stand-in for a defect) while a file is being read: the loop
+    starts again and does not hand the file in .processing/ to the pipeline a second time (a
+    second job would have found the first one's result and lost the original)."""
+    from edge_ocr.sources import folder as module
+
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    fail_once = threading.Event()
+    real = module.FolderSource._list
+
+    def listing(self):
+        if fail_once.is_set():
+            fail_once.clear()
+            raise RuntimeError("a defect in the loop")
+        return real(self)
+
+    monkeypatch.setattr(module.FolderSource, "_list", listing)
+    source, engine = folder("poll")
+    engine.gate = threading.Event()
+    (inbox / "a.txt").write_bytes(b"TEXT:read once")
+    assert wait_until(lambda: engine.calls == [b"TEXT:read once"])
+    fail_once.set()
+    assert wait_until(lambda: not fail_once.is_set() and source.status.value == "offline")
+    assert wait_until(lambda: source.status.value == "online", 30)  # started again
+    engine.gate.set()
+    assert wait_until(lambda: names(tmp_path / "done") == ["a.json", "a.txt"])
+    assert engine.calls == [b"TEXT:read once"]
+
+
+def test_the_source_is_offline_while_a_result_cannot_be_written_and_not_after_the_file_is_gone(tmp_path, folder,
+                                                                                              monkeypatch):
+    """A result that cannot be written (disk full) takes the source offline (/readyz); when the
+    user removes the stuck file by hand, nothing is left to write and it is online again."""
+    from edge_ocr.errors import SinkError
+
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    real = ResultFiles.store
+
+    def full(self, src, directory, name, suffix, data, sha256):
+        if directory == tmp_path / "done":
+            raise SinkError("cannot write %s: No space left on device" % directory)
+        return real(self, src, directory, name, suffix, data, sha256)
+
+    monkeypatch.setattr(ResultFiles, "store", full)
+    source, _ = folder()
+    (inbox / "stuck.txt").write_bytes(b"TEXT:kept")
+    assert wait_until(lambda: source.status.value == "offline")
+    assert (inbox / ".processing" / "stuck.txt").exists()
+    (inbox / ".processing" / "stuck.txt").unlink()
+    assert wait_until(lambda: source.status.value == "online", 30)  # at the next retry (2 s)
