@@ -107,7 +107,8 @@ def test_a_full_disk_keeps_every_file_and_recovers_when_space_returns(eval_dev, 
         assert wait_until(lambda: not _originals(processing), 10), _originals(processing)  # deleted after the copy lands
         files = [json.loads(m.payload)["file"] for m in sub.on(topic)]
         resent = len(files) - len(set(files))  # a retried file is published again: at least once
-        assert daemon.terminate() == 0
+        code = daemon.terminate()
+        assert code == 0, daemon.text()[-6000:]  # the journal's last lines say why
         sub.close()
         report("disk full: %s on a full 4 MB tmpfs, then space returns" % on_disk, runs=1, inputs=len(names),
                lost=0, duplicated="0 in done/; %d re-sent events" % resent,
