@@ -17,6 +17,14 @@ NAME_MAX = 255  # bytes in one directory entry (ext4, xfs, btrfs, vfat's long na
 # What a stored name may gain: a counter against a clash ("-9999") and write_atomic's temp name
 # around it ("." + name + ".<pid up to 7 digits>.tmp").
 NAME_ROOM = len("-9999") + len(".") + len(".9999999.tmp")
+# An extension longer than this is no extension ("notes.from the meeting"): the whole name is the stem.
+MAX_EXT_BYTES = 16
+
+
+def split_name(name: str) -> tuple[str, str]:
+    """(stem, ext) of a file name, where counters and suffixes go between the two."""
+    stem, ext = os.path.splitext(name)
+    return (name, "") if len(os.fsencode(ext)) > MAX_EXT_BYTES else (stem, ext)
 
 
 def fit_stem(stem: str, tail: str) -> str:

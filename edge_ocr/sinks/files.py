@@ -13,12 +13,10 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from edge_ocr.atomic import fit_stem, fsync_dir, write_atomic
+from edge_ocr.atomic import fit_stem, fsync_dir, split_name, write_atomic
 from edge_ocr.errors import SinkError
 
 log = logging.getLogger(__name__)
-# An extension longer than this is no extension ("notes.from the meeting"): the whole name is the stem.
-MAX_EXT_BYTES = 16
 
 
 def write_result(path: Path, data: bytes) -> None:
@@ -68,8 +66,8 @@ def stored_parts(name: str, suffix: str) -> tuple[str, str]:
     ``scan.json``) keeps it in the stem, so its JSON (``scan.json.json``) is not the original;
     a long name is cut to fit a directory entry with its counter and temp file
     (``atomic.fit_stem``); the JSON's ``file`` keeps the name as dropped."""
-    stem, ext = os.path.splitext(name)
-    if ext.lower() == suffix.lower() or len(os.fsencode(ext)) > MAX_EXT_BYTES:
+    stem, ext = split_name(name)
+    if ext.lower() == suffix.lower():
         stem, ext = name, ""
     longest = max(ext, suffix, key=lambda part: len(os.fsencode(part)))
     return fit_stem(stem, longest), ext

@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from edge_ocr import access, imageformat, sandbox
-from edge_ocr.atomic import fit_stem, remove_stale_temps
+from edge_ocr.atomic import fit_stem, remove_stale_temps, split_name
 from edge_ocr.config import FolderSourceConfig, SourceConfig
 from edge_ocr.engine.types import EngineOutput
 from edge_ocr.errors import EdgeOcrError, ImageTooLarge, SinkError, SourceError
@@ -442,9 +442,7 @@ class FolderSource:
         n = 0
         while claimed.exists():  # this thread is the only writer of .processing/
             n += 1
-            stem, ext = os.path.splitext(name)
-            if len(os.fsencode(ext)) > 16:  # no extension, a dot in a long name (as sinks/files.py)
-                stem, ext = name, ""
+            stem, ext = split_name(name)
             claimed = self.processing / ("%s-%d%s" % (fit_stem(stem, ext), n, ext))
         try:
             os.rename(src, claimed)
