@@ -6,7 +6,8 @@
     │   └── UnknownPack          no pack of that name (a usage error: exit 2, never retried)
     ├── ImageError               input that is not a usable image (HTTP 4xx, ``failed/``)
     │   ├── UnsupportedImage     not an image format we decode, or corrupt/truncated
-    │   └── ImageTooLarge        over the byte or pixel cap (decompression bombs)
+    │   ├── ImageTooLarge        over the byte or pixel cap (decompression bombs)
+    │   └── RegionOutsideImage   a region asked of an image lies wholly outside it
     ├── SourceError              a source cannot deliver (offline, retry)
     └── SinkError                a sink cannot accept (spool, broker)
 """
@@ -56,6 +57,12 @@ class UnsupportedImage(ImageError):
 
 class ImageTooLarge(ImageError):
     code = "image_too_large"
+
+
+class RegionOutsideImage(ImageError):
+    """A region asked of one image (HTTP ``rois``, a fleet job) has no pixel inside it."""
+
+    code = "invalid_rois"
 
 
 class SourceError(EdgeOcrError):

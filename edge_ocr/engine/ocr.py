@@ -19,7 +19,7 @@ from edge_ocr.engine.budget import PixelBudget
 from edge_ocr.engine.decode import Decoded
 from edge_ocr.engine.models import Model, Pack, auto_threads, choose_variant, load_pack, verify_pack
 from edge_ocr.engine.types import DbParams, EngineOptions, EngineOutput, Region, TextLine
-from edge_ocr.errors import ConfigError, ModelError
+from edge_ocr.errors import ConfigError, ModelError, RegionOutsideImage
 
 # The second detection pass for small text (EngineOptions.det_small_text) only for an image at
 # least this much larger than the first pass's input: less would redo the same work.
@@ -209,6 +209,7 @@ class OcrEngine:
         """The rest of ``__call__`` on a decoded image, its megapixels held."""
         height, width = image.shape[:2]
         if rois:
+            _inside(rois, width, height)
             quads = [preprocess.box_quad(r.box, (width, height)) for r in rois]
             det_scores = [1.0] * len(quads)
             names: list[str | None] = [r.name for r in rois]
@@ -463,6 +464,16 @@ class OcrEngine:
         maps = (self.det.run(preprocess.strip_tensor(image, plan, i, stage.mean, stage.std))[0, 0]
                 for i in range(len(plan.starts)))
         return detect.stitch_strips(maps, plan)
+
+
+def _inside(rois: Sequence[Region], width: int, height: int) -> None:
+    """Refuse a region with no pixel in the image: reading a blank sliver of its edge instead
+    would answer ``no_text`` for what is the caller's mistake. One partly outside is clipped."""
+    for roi in rois:
+        x, y, w, h = roi.box
+        if x >= width or y >= height or x + w <= 0 or y + h <= 0:
+            raise RegionOutsideImage("roi %r box %s lies outside the %dx%d image"
+                                     % (roi.name, list(roi.box), width, height))
 
 
 def _pick(allowed: list[str], indices: list[int]) -> list[str]:

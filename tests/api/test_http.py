@@ -339,6 +339,11 @@ def test_ocr_json_base64_with_det_and_rois(real_backend, engine, photo, real_tex
     assert "STARBUCKS" in body["regions"]["sign"]["text"]
     assert body["lines"][0]["roi"] == "sign"
 
+    outside = client.post("/api/ocr", json={"image": encoded, "rois": [{"name": "far", "box": [5000, 0, 10, 10]}]})
+    assert outside.status_code == 422, outside.text
+    assert outside.json()["error"]["code"] == "invalid_rois"
+    assert "'far' box [5000, 0, 10, 10] lies outside the" in outside.json()["error"]["message"]
+
 
 def test_ocr_options_in_query_and_form_fields(client, photo):
     one_line = FakeOcr.read(photo, det=False).text

@@ -16,7 +16,7 @@ import pytest
 from edge_ocr.engine import decode, recognize
 from edge_ocr.engine.models import list_packs, load_pack
 from edge_ocr.engine.types import Region
-from edge_ocr.errors import ImageTooLarge, UnsupportedImage
+from edge_ocr.errors import ImageTooLarge, RegionOutsideImage, UnsupportedImage
 from edge_ocr.tools import scoring
 from tests.helpers import line_samples
 
@@ -197,6 +197,20 @@ def test_regions_skip_detection_and_obey_allowed_chars(engines, eval_dev):
     assert scoring.alnum(by_name["plate"].text) == scoring.alnum(plate_label)
     assert by_name["digits"].text and set(by_name["digits"].text) <= set("0123456789")
     assert scoring.alnum(by_name["word"].text) == scoring.alnum(word_label)
+
+
+def test_a_region_wholly_outside_the_image_is_refused_and_one_partly_outside_is_clipped(engines, eval_dev):
+    (word_path, word_label), = line_samples(eval_dev, "IIIT5K-test", 1)
+    word = cv2.imread(str(word_path))
+    frame = np.full((200, 300, 3), 255, np.uint8)
+    frame[50 : 50 + word.shape[0], 60 : 60 + word.shape[1]] = word
+    engine = engines()
+    with pytest.raises(RegionOutsideImage, match=r"'far' box \[300, 0, 40, 40\] lies outside the 300x200 image"):
+        engine(frame, rois=[Region("word", (60, 50, word.shape[1], word.shape[0])), Region("far", (300, 0, 40, 40))])
+    with pytest.raises(RegionOutsideImage, match="'below'"):
+        engine(cv2.imencode(".png", frame)[1].tobytes(), rois=[Region("below", (0, 200, 10, 10))])
+    spilling = Region("word", (60, 50, 400, word.shape[0]))  # runs off the right edge: read up to it
+    assert scoring.alnum(engine(frame, rois=[spilling]).text) == scoring.alnum(word_label)
 
 
 def test_concurrent_calls_give_the_same_answers(engines, eval_dev):
