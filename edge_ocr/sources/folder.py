@@ -1,8 +1,8 @@
 """Drop-folder source: watch (inotify via ctypes, or polling), stability check, claim by atomic
 rename into ``.processing/``, resume after restart, done/ and failed/ (SPEC "Sources: Folder").
 
-Lifecycle of ``inbox/NAME.ext``: seen (inotify IN_CLOSE_WRITE/IN_MOVED_TO, a poll, the
-periodic rescan or start-up) → size and mtime unchanged for ``stability_delay`` and the
+Lifecycle of ``inbox/NAME.ext``: seen (inotify IN_CLOSE_WRITE/IN_MOVED_TO, IN_CREATE of a
+link, a poll, the periodic rescan or start-up) → size and mtime unchanged for ``stability_delay`` and the
 format's trailer present → renamed to ``.processing/NAME.ext`` → one Job → on success
 ``done/NAME.json`` (+ the original unless ``delete_original``), on failure
 ``failed/NAME.ext`` + ``failed/NAME.error.json``. A crash leaves the file in ``.processing/``
@@ -50,8 +50,8 @@ STALL_RETRY_MIN_S = 2.0  # a file whose result could not be written (disk full) 
 STALL_RETRY_MAX_S = 60.0
 TEMP_SUFFIXES = (".tmp", ".part", ".partial", ".crdownload", ".swp")
 CLAIM_COUNTER = re.compile(r"^(.+)-\d+(\.[^.]*)?$")  # a name _claim gave: NAME-N.ext
-IN_CLOSE_WRITE, IN_MOVED_TO, IN_DELETE_SELF, IN_MOVE_SELF = 0x8, 0x80, 0x400, 0x800
-IN_Q_OVERFLOW, IN_IGNORED, IN_ONLYDIR = 0x4000, 0x8000, 0x01000000
+IN_CLOSE_WRITE, IN_MOVED_TO, IN_CREATE, IN_DELETE_SELF, IN_MOVE_SELF = 0x8, 0x80, 0x100, 0x400, 0x800
+IN_Q_OVERFLOW, IN_IGNORED, IN_ONLYDIR, IN_ISDIR = 0x4000, 0x8000, 0x01000000, 0x40000000
 IN_NONBLOCK, IN_CLOEXEC = 0o4000, 0o2000000
 EVENT = struct.Struct("iIII")
 
@@ -119,7 +119,8 @@ def looks_complete(path: Path, size: int) -> bool:
 
 
 class Inotify:
-    """inotify(7) on one directory through libc (no dependency): names closed-after-write or moved in."""
+    """inotify(7) on one directory through libc (no dependency): names closed-after-write or moved
+    in, and links made in it (``ln``, ``ln -s``: created whole, so no close-after-write follows)."""
 
     def __init__(self, directory: Path) -> None:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
@@ -129,12 +130,13 @@ class Inotify:
         if fd < 0:
             err = ctypes.get_errno()
             raise OSError(err, "inotify_init1: %s" % os.strerror(err))
-        mask = IN_CLOSE_WRITE | IN_MOVED_TO | IN_DELETE_SELF | IN_MOVE_SELF | IN_ONLYDIR
+        mask = IN_CLOSE_WRITE | IN_MOVED_TO | IN_CREATE | IN_DELETE_SELF | IN_MOVE_SELF | IN_ONLYDIR
         if libc.inotify_add_watch(fd, os.fsencode(directory), mask) < 0:
             err = ctypes.get_errno()
             os.close(fd)
             raise OSError(err, "inotify_add_watch %s: %s" % (directory, os.strerror(err)))
         self.fd = fd
+        self.directory = directory
         self.broken = False  # the watched directory was removed or moved: caller must rescan/reopen
 
     def read(self, timeout_s: float) -> tuple[list[str], bool]:
@@ -157,7 +159,18 @@ class Inotify:
                 self.broken = rescan = True
             if raw and mask & (IN_CLOSE_WRITE | IN_MOVED_TO):
                 names.append(os.fsdecode(raw))
+            elif raw and mask & IN_CREATE and not mask & IN_ISDIR and self._is_link(raw):
+                names.append(os.fsdecode(raw))
         return names, rescan
+
+    def _is_link(self, raw: bytes) -> bool:
+        """A created name that is a symlink or a second name of an existing file: complete at
+        once. A new file (one link) is still being written: its close-after-write will follow."""
+        try:
+            st = os.lstat(os.path.join(os.fsencode(self.directory), raw))
+        except OSError:
+            return False
+        return stat.S_ISLNK(st.st_mode) or (stat.S_ISREG(st.st_mode) and st.st_nlink > 1)
 
     def close(self) -> None:
         os.close(self.fd)

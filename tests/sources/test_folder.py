@@ -52,7 +52,7 @@ def test_lifecycle_done_failed_ignored_and_symlinks(tmp_path, folder, watch):
     inbox = tmp_path / "inbox"
     inbox.mkdir()
     (inbox / "early.txt").write_bytes(b"TEXT:present at start")
-    source, engine = folder(watch, rescan_interval=0.5)  # a symlink makes no IN_CLOSE_WRITE: the rescan finds it
+    source, engine = folder(watch, rescan_interval=0.5)
     assert source.mode == watch
     for name in (".hidden", "~lock", "x.tmp", "y.part"):
         (inbox / name).write_bytes(b"TEXT:no")
@@ -72,6 +72,27 @@ def test_lifecycle_done_failed_ignored_and_symlinks(tmp_path, folder, watch):
     assert names(inbox) == ["x.tmp", "y.part", "~lock"] and (inbox / ".hidden").exists()
     assert b"TEXT:outside" not in engine.calls  # a symlink is never followed
     assert len(engine.calls) == 3  # early, bad, later; never retried
+
+
+def test_links_made_in_the_folder_are_taken_at_once_and_a_file_still_written_is_not(tmp_path, folder):
+    inbox, outside = tmp_path / "inbox", tmp_path / "outside"
+    inbox.mkdir()
+    outside.mkdir()
+    source, engine = folder("inotify", rescan_interval=3600)  # no rescan while the test runs: inotify alone
+    writing = open(inbox / "slow.txt", "wb")  # created, open, half written: one link, so not taken
+    writing.write(b"TEXT:sl")
+    writing.flush()
+    (outside / "kept.txt").write_bytes(b"TEXT:linked")
+    os.link(outside / "kept.txt", inbox / "hard.txt")  # ln: IN_CREATE only, no close-after-write follows
+    (inbox / "soft.png").symlink_to(outside / "kept.txt")  # ln -s: the same, and refused
+    assert wait_until(lambda: names(tmp_path / "done") == ["hard.json", "hard.txt"])
+    assert wait_until(lambda: names(tmp_path / "failed") == ["soft.error.json", "soft.png"])
+    assert (outside / "kept.txt").read_bytes() == b"TEXT:linked"  # the other name is left alone
+    assert names(inbox) == ["slow.txt"] and engine.calls == [b"TEXT:linked"]
+    writing.write(b"ow")
+    writing.close()
+    assert wait_until(lambda: "slow.json" in names(tmp_path / "done"))
+    assert engine.calls == [b"TEXT:linked", b"TEXT:slow"]
 
 
 def test_resume_from_processing_and_finish_an_interrupted_move(tmp_path, folder):
