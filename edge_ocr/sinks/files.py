@@ -73,12 +73,21 @@ def stored_parts(name: str, suffix: str) -> tuple[str, str]:
     return fit_stem(stem, longest), ext
 
 
+def _same_file(stored: dict[str, Any] | None, sha256: str, ext: str, suffix: str) -> bool:
+    """Whether a stored JSON is this file's own: the same bytes dropped under the same extension.
+    The same bytes as ``a.png`` and ``a.jpg`` are two files, each with its JSON."""
+    if stored is None or stored.get("sha256") != sha256:
+        return False
+    dropped = stored.get("file")
+    return not isinstance(dropped, str) or stored_parts(dropped, suffix)[1].lower() == ext.lower()
+
+
 class ResultFiles:
     """Places an original and its JSON in a directory under a free base name.
 
-    ``NAME.ext`` gets ``NAME.json`` (``suffix``); if either exists for different content
-    (the JSON's ``sha256`` differs), ``NAME-1.ext``/``NAME-1.json`` and so on. An existing
-    JSON for the same content is overwritten, so finishing an interrupted move is idempotent.
+    ``NAME.ext`` gets ``NAME.json`` (``suffix``); if either exists for different content (the
+    JSON's ``sha256`` differs) or another extension, ``NAME-1.ext``/``NAME-1.json`` and so on. An
+    existing JSON for the same file is overwritten, so finishing an interrupted move is idempotent.
     Names are made to fit (``stored_parts``); a directory removed while the daemon runs is made
     again. Every failure is a SinkError.
     """
@@ -98,7 +107,7 @@ class ResultFiles:
             if not meta.exists() and not original.exists() and not original.is_symlink():
                 return original, meta
             stored = read_json(meta) if meta.exists() else None
-            if sha256 and stored is not None and stored.get("sha256") == sha256:
+            if sha256 and _same_file(stored, sha256, ext, suffix):
                 return original, meta
         raise SinkError("no free name for %s in %s" % (name, directory))
 
@@ -113,8 +122,7 @@ class ResultFiles:
                     if original.exists() or original.is_symlink():
                         continue
                     return None
-                stored = read_json(meta)
-                if stored is not None and stored.get("sha256") == sha256:
+                if _same_file(read_json(meta), sha256, ext, suffix):
                     return meta
         except OSError as exc:
             raise SinkError("cannot look for a result in %s: %s" % (directory, exc.strerror)) from exc

@@ -79,6 +79,7 @@ def test_links_made_in_the_folder_are_taken_at_once_and_a_file_still_written_is_
     inbox.mkdir()
     outside.mkdir()
     source, engine = folder("inotify", rescan_interval=3600)  # no rescan while the test runs: inotify alone
+    assert source.mode == "inotify"
     writing = open(inbox / "slow.txt", "wb")  # created, open, half written: one link, so not taken
     writing.write(b"TEXT:sl")
     writing.flush()
@@ -124,6 +125,12 @@ def test_identical_content_reuses_the_stored_result(tmp_path, folder):
     (tmp_path / "inbox" / "a.txt").write_bytes(b"TEXT:different")  # same name, new content
     assert wait_until(lambda: (tmp_path / "done" / "a-1.json").exists())
     assert json.loads((tmp_path / "done" / "a-1.json").read_text())["text"] == "different"
+    (tmp_path / "inbox" / "a.png").write_bytes(b"TEXT:same")  # same bytes as a.txt: another file all the same
+    assert wait_until(lambda: (tmp_path / "done" / "a-2.json").exists())
+    assert names(tmp_path / "done") == ["a-1.json", "a-1.txt", "a-2.json", "a-2.png", "a.json", "a.txt", "b.json",
+                                        "b.txt"]
+    assert [json.loads((tmp_path / "done" / n).read_text())["file"] for n in ("a.json", "a-2.json")] == ["a.txt",
+                                                                                                       "a.png"]
 
 
 def test_a_subfolder_is_left_alone_and_named_once_in_the_journal(tmp_path, folder, caplog):
