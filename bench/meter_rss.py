@@ -1,4 +1,4 @@
-"""Dev only: a meter camera daemon's memory (README, Memory: "A camera that reads only its regions").
+"""Dev only: a meter camera daemon's memory (docs/memory.md: "A camera that reads only its regions").
 
 A looping MJPG video of a changing reading, one digits region read every 0.2 s, for 40 s, in a
 daemon child (``edge-ocr run``); RSS sampled each second. ``--eager`` loads the detector and the

@@ -1,5 +1,5 @@
 """Dev only: the narrow page reader (``EngineOptions.narrow_sample``) against reading every line of
-a page whole, paired in one process, per source and half of eval-dev (README, Benchmarks).
+a page whole, paired in one process, per source and half of eval-dev (docs/benchmarks.md).
 
 The page reader's last layer maps 120 features to 18,710 classes at each time step; with its
 bias, dequantization and softmax it is ~20 % of a line's time at 1 thread. The pack's

@@ -17,7 +17,7 @@ Transparent huge pages (``HUGEPAGE_TUNABLE``): glibc ≥ 2.35 asks the kernel fo
 (2 MB on x86_64 and on arm64 with 4 KB pages) for its heap and its mapped blocks when
 ``GLIBC_TUNABLES`` says so. The engine runs ONNX Runtime without its arena, so every run
 allocates and frees its activations; on huge pages that costs far fewer page faults: with
-``memory = "low"`` pages took 0.75x the CPU on x86_64 (README, Memory; not measured on a Pi).
+``memory = "low"`` pages took 0.75x the CPU on x86_64 (docs/memory.md; not measured on a Pi).
 glibc reads the variable only at process start, so it is set where processes are started: the
 systemd unit and the bench's children (``with_hugepages``). Where the kernel's THP mode is
 ``never`` or glibc is older, it does nothing; with ``always`` the kernel gives them anyway.

@@ -88,7 +88,7 @@ def build_engine(cfg: EngineConfig, pages: bool = True) -> tuple[Engine, tuple[s
 def engine_config(config: Config) -> EngineConfig:
     """``[engine]`` as the daemon builds its engine: without spinning when several pipeline
     workers run the engine at once, since the spinning threads of one run then take the cores of
-    the other (two streams at once: 1.24-1.4x the time, README Benchmarks)."""
+    the other (two streams at once: 1.24-1.4x the time, docs/benchmarks.md)."""
     if config.pipeline.workers > 1 and config.engine.spinning:
         return dataclasses.replace(config.engine, spinning=False)
     return config.engine
@@ -346,7 +346,7 @@ class App:
             if self._http_ocr is not None:
                 self._http_ocr.clear()
             # Sessions made at first need are made again when a line needs them; the free heap
-            # glibc keeps after big images (README, Memory) goes back to the kernel.
+            # glibc keeps after big images (docs/memory.md) goes back to the kernel.
             released = self.engine.release_idle() if self.engine is not None else ()
             gc.collect()
             trimmed = allocator.trim()

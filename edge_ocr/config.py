@@ -319,7 +319,7 @@ class HttpConfig:
 
 @dataclass(frozen=True, slots=True)
 class GuardConfig:
-    # From measured peaks (README, Memory; tests/test_memory_peaks.py), 2 threads, memory = "default":
+    # From measured peaks (docs/memory.md; tests/test_memory_peaks.py), 2 threads, memory = "default":
     # `edge-ocr ocr` peaks at 397 MB on the 5 zh pages in one process (374 MB on the worst one
     # alone, 315 MB over 111 pages, 255 MB on a 12 MP photo); the daemon's own imports add 12 MB.
     # soft = 397 + 12 = 409, plus ~10 % -> 450: an ordinary dense page never degrades the daemon.
@@ -329,7 +329,7 @@ class GuardConfig:
     min_available_soft_mb: int = setting(0, "the same on the system's available memory (0 = not checked)", lo=0)
     min_available_hard_mb: int = setting(0, "the same on the system's available memory (0 = not checked)", lo=0)
     # 10 s, as jemalloc's default decay of dirty pages: the next image pays the page faults, a
-    # page 1.03-1.09x its time and a crop +3 ms (paired, x86, README Memory), and a camera that
+    # page 1.03-1.09x its time and a crop +3 ms (paired, x86, docs/memory.md), and a camera that
     # sends a frame every 30 s gives its heap back between frames (123-148 MB, not 176-198 MB).
     idle_trim_s: float = setting(10.0, "seconds without work after which the free heap goes back to the kernel "
                                  "(malloc_trim; the next image pays the page faults); 0 = never", lo=0.0, hi=86400.0)

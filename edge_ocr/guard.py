@@ -121,7 +121,7 @@ def read_memory(process: psutil.Process) -> tuple[float, float | None]:
 class IdleTrim:
     """Calls ``trim`` once when the daemon has had no work for ``after_s`` seconds.
 
-    glibc keeps the pages of freed image buffers for reuse (README, Memory): a busy daemon
+    glibc keeps the pages of freed image buffers for reuse (docs/memory.md): a busy daemon
     reuses them at no cost, an idle one holds tens to hundreds of MB that other services on a
     small board could use. So the heap is trimmed once per idle spell, never between
     back-to-back images; the next image pays the page faults. ``tick`` is called periodically

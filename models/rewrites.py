@@ -6,7 +6,7 @@ branches (a max-pool and two 2x2 convolutions, 32 channels each at half the inpu
 3x3 convolution: the concatenated copy was the detector's largest single buffer (~36 MB at 960 px)
 and, with the reorders into ONNX Runtime's blocked layout around it, ~11 % of its time at one
 thread. Summed convolutions stay in that layout, and ONNX Runtime fuses the Add and the Relu after
-it into the second one. Only the order of fp32 additions changes (README, Accuracy).
+it into the second one. Only the order of fp32 additions changes (docs/accuracy.md).
 
 ``fuse_hardswish`` and ``fold_scalar_affines``: paddle2onnx writes PP-OCRv4's backbone (the plate
 specialist) as convolutions each followed by a scalar affine (two ops), a HardSwish in four ops and

@@ -89,7 +89,7 @@ def test_an_idle_daemon_hands_the_free_heap_back(eval_dev, tmp_path):
     assert wait_until(lambda: all((tmp_path / "done" / (p.stem + ".json")).exists() for p in pages), 120), daemon.text()
     busy_mb = process.memory_info().rss / 2**20
     assert daemon.metric("heap_trims_total") == 1  # not while the pages were read
-    # Receipts leave 60-130 MB of freed image buffers in glibc's heap (README, Memory).
+    # Receipts leave 60-130 MB of freed image buffers in glibc's heap (docs/memory.md).
     assert wait_until(lambda: daemon.metric("heap_trims_total") == 2, 30), daemon.text()
     idle_mb = process.memory_info().rss / 2**20
     assert idle_mb < busy_mb - 20, (busy_mb, idle_mb)

@@ -218,6 +218,9 @@ def test_install_enables_and_starts_the_service(container, installed):
     assert layout[0] == "root:root 644 /etc/edge-ocr/config.toml"
     assert layout[1] == "edge-ocr:edge-ocr 2770 /var/lib/edge-ocr/inbox"
     assert layout[2].startswith("edge-ocr:edge-ocr ")
+    # The unit's Documentation= is the README; its links to docs/ resolve beside it.
+    docs = container.run("ls", "/opt/edge-ocr/docs").stdout.split()
+    assert {"accuracy.md", "benchmarks.md", "memory.md", "try-it.png"} <= set(docs), docs
 
 
 def test_active_only_after_ready(container, installed):

@@ -7,7 +7,7 @@ the peak depends on how much freed heap glibc happens to keep, which moved the s
 between a quiet machine and a CI run (12 MP photo 246 -> 292 MB, the daemon 202 -> 294 MB), so
 the default allocator cannot be gated; with the threshold fixed, big buffers go back at once and
 the peak is what the engine really holds. They are no targets: issue #12 wants 150 MB on
-pages, 120 MB on crops and 160 MB for a daemon after 1,000 files (README, Memory). Wall-clock time
+pages, 120 MB on crops and 160 MB for a daemon after 1,000 files (docs/memory.md). Wall-clock time
 is never asserted (the machine is shared).
 """
 

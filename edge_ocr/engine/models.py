@@ -266,7 +266,7 @@ class Model:
     """One stage: a session and its input name; ``run`` is the only hot path.
 
     With ``lazy=True`` the session is created at the first ``run`` (or ``session``), not in the
-    constructor, so a stage a deployment never uses costs no memory (README, Memory). The load
+    constructor, so a stage a deployment never uses costs no memory (docs/memory.md). The load
     is double-checked under a lock: lines are read on several threads, and the second thread to
     ask waits for the first one's session instead of making its own. ``stage`` and ``variant``
     are known either way. A lazy stage's load errors (ModelError) surface at its first use.

@@ -83,7 +83,7 @@ class OcrEngine:
                         if narrow else None)
         # With a page reader, `rec` and `rec_fast` read only single lines, regions and the rechecks
         # of drafts, so their sessions are made at the first line that needs one: a daemon that
-        # reads only pages never loads them (README, Memory). Without one, `rec` reads every page.
+        # reads only pages never loads them (docs/memory.md). Without one, `rec` reads every page.
         lazy = self.rec_page is not None or self.options.lazy_sessions
         self._rec = self._load("rec", lazy)
         if self.rec_page is not None and self.rec_page.variant.path == self._rec.variant.path:
@@ -253,7 +253,7 @@ class OcrEngine:
 
         Every line of a page (``detected``) is read once by the page reader (``page_lines``: the
         accurate model in its static int8 variant, as fast as drafting and re-reading the unsure
-        drafts was, and drafts cost 2 points of end-to-end F1 on receipts: README, Accuracy),
+        drafts was, and drafts cost 2 points of end-to-end F1 on receipts: docs/accuracy.md),
         padded to ``page_min_width`` only; on a page without Chinese most of them by its narrow
         variant (``_read_page``). Of single lines and regions, the short ones are read by the
         page reader too (drafts err most on short words) and only the long ones are drafted by
@@ -315,7 +315,7 @@ class OcrEngine:
         - where it does, every line by ``reader``; but where ``draft_page_chinese_lines`` of the
           sample hold hanzi, the rest drafted by the fast reader (``use_rec_fast``), and only the
           drafts ``recognize.needs_page_recheck`` flags read again by ``reader``: tiny reads
-          Chinese prose as the page reader does at ~0.3x its cost (README, Accuracy); unless it
+          Chinese prose as the page reader does at ~0.3x its cost (docs/accuracy.md); unless it
           is unsure of its first drafts (``_draft_page``)."""
         lines = list(range(len(crops)))
         sample = recognize.spread(len(crops), self.options.narrow_sample)

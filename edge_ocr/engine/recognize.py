@@ -123,7 +123,7 @@ def needs_page_recheck(drafts: Sequence[Decoded], below: float) -> list[int]:
     "℉ine Art", "23Q1)，" as "23Q1)."), and it puts spaces between digits and hanzi ("较1 季度")
     that the page reader does not. Chosen on half a of eval-dev's Chinese lines (the same exact
     match and CER as the page reader alone, and the same text with its spaces, for 0.59 of its
-    cost), confirmed on half b (0.48): README, Accuracy."""
+    cost), confirmed on half b (0.48): docs/accuracy.md."""
     unsure = set(needs_recheck(drafts, below))
     return [i for i, d in enumerate(drafts)
             if i in unsure or not has_cjk(d.text) or any(c.isspace() or (c.isascii() and c.isalpha()) for c in d.text)]
@@ -136,7 +136,7 @@ def needs_confirmation(readings: Sequence[Decoded], below: float, chinese_mass: 
 
     On eval-dev's single lines this reads Latin words at 0.7x the dynamic variant's cost with
     alnum accuracy unchanged within a word per half (chosen on half a, confirmed on half b:
-    bench/rules.py, README Accuracy)."""
+    bench/rules.py, docs/accuracy.md)."""
     return [i for i, r in enumerate(readings) if maybe_chinese(r, chinese_mass) or r.score < below]
 
 
@@ -177,7 +177,7 @@ def needs_specialist(readings: Sequence[Decoded], sensed: Sequence[bool]) -> lis
     PP-OCRv6 drops a plate's province glyph, turns it into a Latin letter or misreads it,
     while PP-OCRv4 reads it. Other lines stay with PP-OCRv6, which reads Chinese documents,
     signs and handwriting better (chosen on one half of eval-dev, confirmed on the other:
-    bench/rules.py, README).
+    bench/rules.py, docs/accuracy.md).
     """
     return [i for i, (reading, chinese) in enumerate(zip(readings, sensed)) if chinese and plate_shaped(reading.text)]
 

@@ -167,12 +167,12 @@ class EngineOptions:
     # the post-processing keeps no box under ~7). 12 was chosen on half a of eval-dev (its pages
     # and 2x2 mosaics of them: four receipts on one scan 65.5 -> 81.3 e2e F1, the book page one
     # line less; 14 cost IC15 1.5) and confirmed on half b (mosaics 60.4 -> 79.8 and 75.1 -> 80.1,
-    # pages unchanged): bench/small_text.py, README Accuracy "Dense pages".
+    # pages unchanged): bench/small_text.py, docs/accuracy.md "Dense pages".
     det_small_text: float = 12.0
     # ... and only with at least this many boxes found: the pass is for dense pages (the mosaics of
     # bench/dense_pages.py give 135-586 boxes at 960 px). A camera frame with a few specks of texture
     # (small boxes, small median) would otherwise pay ~4x the detection on every frame; 70-130 spared
-    # the real eval-dev pages the pass but is no rule (README, Accuracy "Dense pages").
+    # the real eval-dev pages the pass but is no rule (docs/accuracy.md "Dense pages").
     det_small_text_min_boxes: int = 20
     use_cls: bool = False  # angle classifier for upside-down lines
     use_rec_zh: bool = True  # a pack's Chinese specialist recogniser, where it has one
@@ -183,7 +183,7 @@ class EngineOptions:
     recheck_below: float = 0.95  # drafts with a lower mean confidence are re-read by the accurate recogniser
     # Single lines and regions at most this wide at the recogniser's height (48 px) skip the draft
     # and are read by the accurate recogniser: on eval-dev crops this matched reading every line
-    # accurately on both halves, at a third of its p95 cost (README, Accuracy). A page's lines: ``use_rec_fast``.
+    # accurately on both halves, at a third of its p95 cost (docs/accuracy.md). A page's lines: ``use_rec_fast``.
     draft_min_width: int = 320
     chinese_mass: float = 0.05  # this much probability on Chinese at any step of a draft counts as Chinese sensed
     # ... and this much in a reading of the accurate recogniser: PP-OCRv6 small rarely puts any
@@ -234,7 +234,7 @@ class EngineOptions:
     # a reading that looks Chinese after all is read again whole (recognize.looks_chinese). Every
     # kept class scores as in the whole classifier, so a line reads the same unless its best
     # class was cut. On eval-dev pages: the same e2e F1 and page CER on every source and half,
-    # receipts in 0.93x the time at 1 thread, 0.94x at 2 (bench/narrow_head.py, README Benchmarks).
+    # receipts in 0.93x the time at 1 thread, 0.94x at 2 (bench/narrow_head.py, docs/benchmarks.md).
     # Where the sample does show Chinese and at least ``draft_page_chinese_lines`` of its lines hold
     # hanzi, the rest are drafted by the fast reader (``use_rec_fast``; recognize.needs_page_recheck).
     # 0 = never: every line by the page reader.
@@ -253,14 +253,13 @@ class EngineOptions:
     # and keep more of its sure but wrong readings: the rest are read by the page reader. On pages
     # drawn from half a of the rendered lines (bench/chinese_drafts.py) 3 cost at most 0.02 CER
     # points on any style (4: 0.11) and stopped 86-98 % of the pages tiny reads worst, where drafting
-    # cost 1.2x reading; confirmed on half b. eval-dev's Chinese pages keep 7 of 8 (README,
-    # Accuracy). 0 = never stop.
+    # cost 1.2x reading; confirmed on half b. eval-dev's Chinese pages keep 7 of 8 (docs/accuracy.md). 0 = never stop.
     draft_probe_kept: int = 3
     # ONNX Runtime's worker threads busy-wait for the next operator while a run lasts, and stop
     # when it returns (``session.force_spinning_stop``): without the stop each model's pool spun on
     # against the next model's (single crops p50 10.9 -> 15.2 ms) and ~46 ms past every run. With
     # it, at 2 threads, single crops take 0.855 of the time for 1.016 of the CPU and pages 0.96-0.98
-    # (bench/paired.py, README Benchmarks); no change at 1 thread (no workers). Two calls at once
+    # (bench/paired.py, docs/benchmarks.md); no change at 1 thread (no workers). Two calls at once
     # on 2 cores spin against each other (1.24-1.4x the time), so the daemon turns it off with
     # more than one pipeline worker.
     allow_spinning: bool = True

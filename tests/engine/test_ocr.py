@@ -1,6 +1,6 @@
 """edge_ocr.engine.ocr: the real packs on real eval-dev images.
 
-Baselines were measured with `edge-ocr eval` (see README, Accuracy); the margins absorb
+Baselines were measured with `edge-ocr eval` (see docs/accuracy.md); the margins absorb
 numeric noise between CPUs, not regressions.
 """
 
