@@ -20,6 +20,7 @@ from typing import Any, ClassVar
 from edge_ocr import __version__
 from edge_ocr.access import SERVICE_USER, service_user
 from edge_ocr.config import EngineConfig, Invalid, keys
+from edge_ocr.engine.types import MAX_THREADS
 from edge_ocr.errors import ConfigError, EdgeOcrError, ExitCode, UnknownPack
 from edge_ocr.progress import Progress
 
@@ -195,13 +196,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return ExitCode.OK
 
 
-def _int_list(flag: str, text: str) -> list[int]:
+def _int_list(flag: str, text: str, most: int) -> list[int]:
     try:
         values = [int(v) for v in text.split(",")]
     except ValueError as exc:
         raise ConfigError("%s: expected comma-separated integers, got %r" % (flag, text)) from exc
-    if not values or min(values) < 1:
-        raise ConfigError("%s: expected integers >= 1, got %r" % (flag, text))
+    if not values or min(values) < 1 or max(values) > most:
+        raise ConfigError("%s: expected integers from 1 to %d, got %r" % (flag, most, text))
     return values
 
 
@@ -218,7 +219,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         if not images:
             raise ConfigError("bench: no images in set %r" % args.set)
         det = not args.no_det and args.set != "lines"
-        thread_counts = [auto_threads()] if args.threads == "auto" else _int_list("--threads", args.threads)
+        thread_counts = [auto_threads()] if args.threads == "auto" else _int_list("--threads", args.threads, MAX_THREADS)
         readers = args.readers.split(",")
         if not set(readers) <= set(bench.READERS):
             raise ConfigError("--readers: expected a comma-separated subset of %s" % ",".join(bench.READERS))

@@ -19,6 +19,7 @@ import difflib
 import hashlib
 import ipaddress
 import json
+import math
 import os
 import re
 import socket
@@ -31,7 +32,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from edge_ocr.engine.types import EngineOptions, Region
+from edge_ocr.engine.types import MAX_THREADS, EngineOptions, Region
 from edge_ocr.errors import ConfigError
 
 SYSTEM_CONFIG = Path("/etc/edge-ocr/config.toml")
@@ -106,6 +107,8 @@ def _check_declared(obj: Any) -> None:
             raise Invalid(f.name, "expected one of %s, got %r" % (" | ".join(map(str, meta["choices"])), value))
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             lo, hi = meta["lo"], meta["hi"]
+            if isinstance(value, float) and not math.isfinite(value):  # nan passes every comparison
+                raise Invalid(f.name, "expected a finite number, got %s" % value)
             if (lo is not None and value < lo) or (hi is not None and value > hi):
                 raise Invalid(f.name, "expected %s, got %s" % (_range_text(lo, hi), value))
 
@@ -221,7 +224,8 @@ class CameraSourceConfig:
     type: str = setting("camera", "`folder` or `camera`", choices=("folder", "camera"))
     backend: str = setting("opencv", "`picamera2` (Raspberry Pi OS's python3-picamera2) or `opencv`",
                            choices=("picamera2", "opencv"))
-    device: str = setting("/dev/video0", "opencv: /dev/videoN, an index, rtsp://, http://, a video file; "
+    device: str = setting("/dev/video0", "opencv: /dev/videoN, an index, rtsp://, http://, a video file (relative "
+                          "to the config file); "
                           "picamera2: the camera number (default 0)")
     interval: float = setting(1.0, "seconds between captures; 0 = only on command", lo=0.0, hi=86400.0, live=True)
     rois: tuple[Region, ...] = setting((), "regions read without detection: name, box, allowed_chars, pattern, "
@@ -621,6 +625,8 @@ class _Table:
         value = self.take(name, default)
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError("%s: expected a number, got %s" % (self.key(name), _show(value)))
+        if not math.isfinite(value):  # TOML's nan passes every comparison, inf every upper-bound-free one
+            raise ConfigError("%s: expected a finite number, got %s" % (self.key(name), value))
         _check_range(self.key(name), value, lo, hi)
         return float(value)
 
@@ -695,8 +701,10 @@ def _read(cls: type, t: _Table, given: Mapping[str, Any] | None = None,
 
 def _engine(t: _Table) -> EngineConfig:
     threads = t.take("threads", "auto")
-    if threads != "auto" and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
-        raise ConfigError('%s: expected "auto" or an integer >= 1, got %r' % (t.key("threads"), threads))
+    if threads != "auto" and (isinstance(threads, bool) or not isinstance(threads, int)
+                              or not 1 <= threads <= MAX_THREADS):
+        raise ConfigError('%s: expected "auto" or an integer from 1 to %d, got %r'
+                          % (t.key("threads"), MAX_THREADS, threads))
     return _read(EngineConfig, t, {"threads": threads})
 
 
@@ -767,6 +775,9 @@ def _camera(t: _Table) -> CameraSourceConfig:
     device = t.take("device", "0" if backend == "picamera2" else "/dev/video0")
     if isinstance(device, bool) or not isinstance(device, (str, int)) or device == "":
         raise ConfigError("%s: expected a path, URL or index, got %s" % (t.key("device"), _show(device)))
+    device = str(device)
+    if backend == "opencv" and not device.isdigit() and "://" not in device:
+        device = str(t.base / Path(device).expanduser())  # a video file, relative to the config as paths are
     size = t.take("size", [0, 0])
     if not (isinstance(size, list) and len(size) == 2 and all(isinstance(v, int) and not isinstance(v, bool)
                                                                and 0 <= v <= 16384 for v in size)
@@ -776,7 +787,7 @@ def _camera(t: _Table) -> CameraSourceConfig:
     publish_every = t.take("publish_every", None)
     if publish_every is not None and not isinstance(publish_every, bool):
         raise ConfigError("%s: expected true or false, got %s" % (t.key("publish_every"), _show(publish_every)))
-    return _read(CameraSourceConfig, t, {"type": "camera", "backend": backend, "rois": rois, "device": str(device),
+    return _read(CameraSourceConfig, t, {"type": "camera", "backend": backend, "rois": rois, "device": device,
                                          "size": (size[0], size[1]), "publish_every": publish_every})
 
 
@@ -856,11 +867,21 @@ def reference_markdown() -> str:
     return "\n".join(rows) + "\n"
 
 
+URL_USERINFO_RE = re.compile(r"//[^/@]*@")  # the user:password@ of a URL (a camera's rtsp://admin:pw@host)
+
+
+def redact_url(text: str) -> str:
+    """``text`` fit for logs and GET /api/config: credentials in a URL become ``***``."""
+    return URL_USERINFO_RE.sub("//***@", text)
+
+
 def config_to_json(config: Any) -> Any:
-    """A JSON-ready copy of a Config (or any part of it) for GET /api/config: secrets become
-    ``"***"``, paths strings, tuples lists."""
+    """A JSON-ready copy of a Config (or any part of it) for GET /api/config: secrets and URL
+    credentials become ``"***"``, paths strings, tuples lists."""
     if isinstance(config, Secret):
         return "***"
+    if isinstance(config, str):
+        return redact_url(config)
     if hasattr(config, "__dataclass_fields__"):
         return {name: config_to_json(getattr(config, name)) for name in config.__dataclass_fields__}
     if isinstance(config, (list, tuple)):

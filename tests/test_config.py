@@ -50,7 +50,13 @@ def load(tmp_path: Path, text: str, environ: dict[str, str] | None = None):
         ("[mqtt]\nprot = 1\n", "mqtt.prot: unknown key (did you mean 'port'?)"),
         ("[mqtt]\nport = \"1883\"\n", "mqtt.port: expected an integer, got str '1883'"),
         ("[engine]\nprecision = \"fp16\"\n", "engine.precision: expected one of auto | fp32 | int8, got 'fp16'"),
-        ("[engine]\nthreads = 0\n", 'engine.threads: expected "auto" or an integer >= 1, got 0'),
+        ("[engine]\nthreads = 0\n", 'engine.threads: expected "auto" or an integer from 1 to 256, got 0'),
+        ("[engine]\nthreads = 100000\n", 'engine.threads: expected "auto" or an integer from 1 to 256, got 100000'),
+        ("[engine]\nlow_confidence = nan\n", "engine.low_confidence: expected a finite number, got nan"),
+        ("[[sources]]\nname = \"a\"\npath = \"x\"\nwatch = \"poll\"\npoll_interval = nan\n",
+         "sources[0].poll_interval: expected a finite number, got nan"),
+        ("[[sources]]\nname = \"a\"\ntype = \"camera\"\ninterval = inf\n",
+         "sources[0].interval: expected a finite number, got inf"),
         ("[engine]\nrecheck_below = 1.5\n", "engine.recheck_below: expected 0.0..1.0, got 1.5"),
         ("[engine]\nfast_reader = \"no\"\n", "engine.fast_reader: expected true or false"),
         ("[nope]\n", "nope: unknown key"),
@@ -144,6 +150,8 @@ def test_each_key_is_enforced_however_its_table_is_built():
         GuardConfig(rss_soft_mb=650)
     with pytest.raises(ConfigError, match=r"precision: expected one of auto \| fp32 \| int8"):
         EngineConfig(precision="fp16")
+    with pytest.raises(ConfigError, match=r"low_confidence: expected a finite number, got nan"):
+        EngineConfig(low_confidence=float("nan"))  # as `edge-ocr ocr --low-confidence nan` builds it
 
 
 def test_engine_defaults_are_the_engines_own():
@@ -155,6 +163,12 @@ def test_engine_defaults_are_the_engines_own():
 def test_live_keys_come_from_the_declarations():
     assert is_live("engine.low_confidence") and is_live("sources.inbox.stability_delay")
     assert not is_live("engine.pack") and not is_live("mqtt.host") and not is_live("sources.cam.rois")
+
+
+def test_credentials_in_a_camera_url_never_show_in_the_config_view(tmp_path):
+    config = load(tmp_path, '[[sources]]\nname = "gate"\ntype = "camera"\ndevice = "rtsp://admin:hunter2@10.0.0.9/s"\n')
+    view = json.dumps(config_to_json(config))
+    assert "hunter2" not in view and "rtsp://***@10.0.0.9/s" in view
 
 
 def test_secrets_come_from_files_and_never_show(tmp_path):
@@ -250,6 +264,16 @@ def test_camera_keys_are_validated(tmp_path, extra, message):
     with pytest.raises(ConfigError) as err:
         load(tmp_path, '[[sources]]\nname = "cam"\ntype = "camera"\n%s\n' % extra)
     assert message in err.value.message
+
+
+def test_a_camera_video_file_is_relative_to_the_config_as_other_paths_are(tmp_path):
+    def device(value: str) -> str:
+        return load(tmp_path, '[[sources]]\nname = "c"\ntype = "camera"\ndevice = "%s"\n' % value).sources[0].device
+
+    assert device("meter.avi") == str(tmp_path / "meter.avi")  # under systemd the working directory is /
+    assert device("/srv/meter.avi") == "/srv/meter.avi"
+    assert device("/dev/video2") == "/dev/video2" and device("1") == "1"
+    assert device("rtsp://10.0.0.9/s") == "rtsp://10.0.0.9/s"
 
 
 def test_camera_defaults_and_picamera2_device(tmp_path):

@@ -18,7 +18,7 @@ from edge_ocr.engine import detect, preprocess, recognize
 from edge_ocr.engine.budget import PixelBudget
 from edge_ocr.engine.decode import Decoded
 from edge_ocr.engine.models import Model, Pack, auto_threads, choose_variant, load_pack, verify_pack
-from edge_ocr.engine.types import DbParams, EngineOptions, EngineOutput, Region, TextLine
+from edge_ocr.engine.types import MAX_THREADS, DbParams, EngineOptions, EngineOutput, Region, TextLine
 from edge_ocr.errors import ConfigError, ModelError, RegionOutsideImage
 
 # The second detection pass for small text (EngineOptions.det_small_text) only for an image at
@@ -32,9 +32,9 @@ STRIP_OVERLAP = 64
 def _threads(value: int | str) -> int:
     if value == "auto":
         return auto_threads()
-    if isinstance(value, int) and value >= 1:
+    if isinstance(value, int) and 1 <= value <= MAX_THREADS:
         return value
-    raise ConfigError("engine.threads: expected \"auto\" or an integer >= 1, got %r" % (value,))
+    raise ConfigError("engine.threads: expected \"auto\" or an integer from 1 to %d, got %r" % (MAX_THREADS, value))
 
 
 class OcrEngine:

@@ -10,6 +10,8 @@ import numpy as np
 # A quadrilateral as 4 (x, y) points, clockwise from top-left, float32, shape (4, 2).
 Quad = np.ndarray
 
+MAX_THREADS = 256  # engine.threads above this is a typo: ONNX Runtime would start that many threads
+
 
 @dataclass(frozen=True, slots=True)
 class Transform:

@@ -29,7 +29,6 @@ import dataclasses
 import importlib
 import logging
 import math
-import re
 import threading
 import time
 from collections.abc import Callable
@@ -39,7 +38,7 @@ from typing import Any, Protocol
 import cv2
 import numpy as np
 
-from edge_ocr.config import CameraSourceConfig, SourceConfig
+from edge_ocr.config import CameraSourceConfig, SourceConfig, redact_url
 from edge_ocr.errors import SourceError
 from edge_ocr.results import Job
 from edge_ocr.sources import regions
@@ -51,12 +50,11 @@ log = logging.getLogger(__name__)
 AF_MODES = {"auto": 1, "continuous": 2}  # libcamera controls.AfModeEnum values
 STREAM_TIMEOUT_MS = 10000  # open/read timeout of network streams, so a dead camera cannot hang the thread
 IDLE_WAIT_S = 0.25  # longest wait between checks of the stop event while waiting for a capture
-USERINFO_RE = re.compile(r"//[^/@]*@")
 
 
 def redact(device: str) -> str:
     """``device`` fit for logs: credentials in a URL (``rtsp://user:pass@host``) become ``***``."""
-    return USERINFO_RE.sub("//***@", device)
+    return redact_url(device)
 
 
 def device_kind(device: str) -> str:
