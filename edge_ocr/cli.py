@@ -9,11 +9,13 @@ import argparse
 import dataclasses
 import json
 import logging
+import math
 import os
 import pwd
+import signal
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -206,10 +208,29 @@ def _int_list(flag: str, text: str, most: int) -> list[int]:
     return values
 
 
+def _subset(flag: str, text: str, known: Sequence[str]) -> list[str]:
+    """A comma-separated flag's values, each one of ``known``; ConfigError (exit 2) otherwise."""
+    values = text.split(",")
+    unknown = [v for v in values if v not in known]
+    if unknown:
+        raise ConfigError("%s: unknown %s (expected a comma-separated subset of %s)"
+                          % (flag, ",".join(unknown), ",".join(known)))
+    return values
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     from edge_ocr.engine.models import auto_threads, load_pack, resolve_pack_name
     from edge_ocr.tools import bench
 
+    # Every flag is checked before any image is read or child started.
+    thread_counts = [auto_threads()] if args.threads == "auto" else _int_list("--threads", args.threads, MAX_THREADS)
+    readers = _subset("--readers", args.readers, bench.READERS)
+    precisions = _subset("--precisions", args.precisions, ("fp32", "int8", "auto"))
+    memory_modes = _subset("--memory-modes", args.memory_modes, ("default", "low"))
+    engines = _subset("--compare", args.compare, bench.REFERENCES) if args.compare else []
+    packs = args.packs.split(",")
+    for pack in packs:
+        load_pack(pack)  # UnknownPack: exit 2
     eval_dev = Path(args.eval_dev)
     with tempfile.TemporaryDirectory(prefix="edge-ocr-bench.") as tmp:
         if args.set == "frames":
@@ -218,23 +239,20 @@ def cmd_bench(args: argparse.Namespace) -> int:
             images = bench.image_set(args.set, eval_dev, args.limit)
         if not images:
             raise ConfigError("bench: no images in set %r" % args.set)
+        bench.check_images(images)  # a bad one would fail in a child, after the others were measured
         det = not args.no_det and args.set != "lines"
-        thread_counts = [auto_threads()] if args.threads == "auto" else _int_list("--threads", args.threads, MAX_THREADS)
-        readers = args.readers.split(",")
-        if not set(readers) <= set(bench.READERS):
-            raise ConfigError("--readers: expected a comma-separated subset of %s" % ",".join(bench.READERS))
         # Every configuration, ours and the reference, is pinned to the same CPUs.
         cpus = set(sorted(os.sched_getaffinity(0))[: max(thread_counts)])
         configs = []
-        for pack in args.packs.split(","):
+        for pack in packs:
             has_int8 = any("int8" in s.variants for s in load_pack(pack).stages.values())
-            for precision in args.precisions.split(","):
+            for precision in precisions:
                 if precision == "int8" and not has_int8:
                     log.info("bench pack=%s has no int8 variant; skipped", pack)
                     continue
                 configs += [bench.BenchConfig(resolve_pack_name(pack), precision, threads, reader, memory)
                             for threads in thread_counts for reader in readers
-                            for memory in args.memory_modes.split(",")]
+                            for memory in memory_modes]
         if args.memory:
             from edge_ocr.tools import memory
 
@@ -247,11 +265,6 @@ def cmd_bench(args: argparse.Namespace) -> int:
                     memory.measure(config.pack, config.precision, config.threads, images, det,
                                    config.memory))), end="")
             return ExitCode.OK
-        engines = args.compare.split(",") if args.compare else []
-        unknown = set(engines) - set(bench.REFERENCES)
-        if unknown:
-            raise ConfigError("--compare: unknown reference %s (expected a subset of %s)" % (
-                ",".join(sorted(unknown)), ",".join(bench.REFERENCES)))
         progress = Progress(len(configs) + len(engines) * len(thread_counts), "configurations")
         results = []
         for config in configs:
@@ -392,10 +405,41 @@ def _add_engine_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-fast-reader", action="store_true",
                         help="read every detected line with the accurate recogniser (no fast drafts; single lines "
                              "and regions up to draft_min_width never use them)")
-    parser.add_argument("--recheck-below", type=float, metavar="SCORE", help=help_of("recheck_below"))
+    parser.add_argument("--recheck-below", type=_finite, metavar="SCORE", help=help_of("recheck_below"))
     parser.add_argument("--no-spinning", action="store_true",
                         help="ONNX Runtime's threads sleep between operators instead of busy-waiting while a model "
                              "runs (for several edge-ocr processes at once on the same cores)")
+
+
+def _at_least(lowest: int) -> Callable[[str], int]:
+    """An argparse type: an integer >= ``lowest`` (``--limit 0`` read everything, ``-1`` dropped the last)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError("expected an integer, got %r" % text) from None
+        if value < lowest:
+            raise argparse.ArgumentTypeError("expected an integer >= %d, got %d" % (lowest, value))
+        return value
+    return parse
+
+
+def _finite(text: str) -> float:
+    """An argparse type: a number that is one (``nan`` passes every later comparison)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError("expected a number, got %r" % text) from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError("expected a finite number, got %r" % text)
+    return value
+
+
+def _seconds(text: str) -> float:
+    value = _finite(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError("expected seconds > 0, got %r" % text)
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -412,7 +456,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     chk = sub.add_parser("check", parents=[common], help="validate config, models, folders and the broker")
     chk.add_argument("-c", "--config", metavar="FILE", help="config file (same search as run)")
-    chk.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for the broker")
+    chk.add_argument("--timeout", type=_seconds, default=5.0, help="seconds to wait for the broker")
     chk.add_argument("--user", metavar="NAME", help="check folders and files as this user (needs root; as root "
                      "the default is the service's user, %s, where it exists)" % SERVICE_USER)
     chk.set_defaults(func=cmd_check)
@@ -423,7 +467,7 @@ def build_parser() -> argparse.ArgumentParser:
     ocr.add_argument("--no-det", action="store_true", help="skip detection: read each image as one line")
     ocr.add_argument("--memory", dest="memory_mode", choices=("default", "low"),
                      help="low: freed image buffers go back to the kernel at once (see engine.memory)")
-    ocr.add_argument("--low-confidence", type=float, metavar="SCORE",
+    ocr.add_argument("--low-confidence", type=_finite, metavar="SCORE",
                      help="status low_confidence below this score (default %s)" % EngineConfig().low_confidence)
     _add_engine_flags(ocr)
     ocr.set_defaults(func=cmd_ocr)
@@ -431,7 +475,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev = sub.add_parser("eval", parents=[common], help="accuracy on a labelled set (lines .tsv or pages .jsonl)")
     ev.add_argument("manifest")
     ev.add_argument("--predictions", help="score a JSON Lines file of another OCR's output instead")
-    ev.add_argument("--limit", type=int, help="only the first N samples")
+    ev.add_argument("--limit", type=_at_least(1), help="only the first N samples")
     ev.add_argument("--json", metavar="FILE", help="also write the report as JSON")
     _add_engine_flags(ev)
     ev.set_defaults(func=cmd_eval)
@@ -439,13 +483,13 @@ def build_parser() -> argparse.ArgumentParser:
     bn = sub.add_parser("bench", parents=[common], help="latency, CPU, throughput and peak RSS per stage")
     bn.add_argument("--set", default="pages",
                     help="pages, sroie, ic15, zh (Chinese pages), lines, zh-lines, frames (640x480), a directory or a file")
-    bn.add_argument("--limit", type=int, default=20, help="images from the set (default 20)")
+    bn.add_argument("--limit", type=_at_least(1), default=20, help="images from the set (default 20)")
     bn.add_argument("--packs", default="default", help="comma-separated packs")
     bn.add_argument("--precisions", default="fp32,int8", help="comma-separated: fp32,int8,auto")
     bn.add_argument("--threads", default="1,2", help="comma-separated thread counts, or auto")
     bn.add_argument("--readers", default="cascade",
                     help="comma-separated: cascade (fast drafts, unsure lines re-read), accurate (every line)")
-    bn.add_argument("--warmup", type=int, default=2)
+    bn.add_argument("--warmup", type=_at_least(0), default=2)
     bn.add_argument("--no-det", action="store_true")
     bn.add_argument("--compare", nargs="?", const="rapidocr", default="", metavar="ENGINES",
                     help="also run reference engines on the same images (dev only): comma-separated "
@@ -463,7 +507,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     tn = sub.add_parser("tune", parents=[common], help="measure the best threads and precision on this device")
     tn.add_argument("-c", "--config", metavar="FILE", help="config file (its engine.pack is tuned)")
-    tn.add_argument("--runs", type=int, default=3, help="timed passes per configuration")
+    tn.add_argument("--runs", type=_at_least(1), default=3, help="timed passes per configuration")
     tn.add_argument("--state-dir", help="where tune.json goes (default: the daemon's state directory)")
     tn.set_defaults(func=cmd_tune)
 
@@ -471,7 +515,7 @@ def build_parser() -> argparse.ArgumentParser:
     sb.add_argument("images", nargs="+", metavar="IMAGE")
     sb.add_argument("-c", "--config", metavar="FILE", help="config file: its [mqtt] broker and [fleet] jobs_topic")
     sb.add_argument("--wait", action="store_true", help="print each answer as JSON Lines; exit 1 if some never came")
-    sb.add_argument("--timeout", type=float, default=60.0, metavar="S", help="seconds to wait (default 60)")
+    sb.add_argument("--timeout", type=_seconds, default=60.0, metavar="S", help="seconds to wait (default 60)")
     sb.add_argument("--no-det", action="store_true", help="read each image as one line")
     sb.add_argument("--rois", default="", help='regions as JSON, as for POST /api/ocr')
     sb.set_defaults(func=cmd_submit)
@@ -483,7 +527,7 @@ def build_parser() -> argparse.ArgumentParser:
     fs.add_argument("-c", "--config", metavar="FILE", help="config file: its [mqtt] broker and topic_prefix")
     fs.add_argument("--root", help="the topic level above the devices (default: mqtt.topic_prefix without its "
                     "last level, e.g. edge-ocr)")
-    fs.add_argument("--wait", type=float, default=2.0, metavar="S",
+    fs.add_argument("--wait", type=_seconds, default=2.0, metavar="S",
                     help="seconds to gather the retained messages (default 2)")
     fs.add_argument("--json", action="store_true", help="one JSON object per device per line (JSON Lines)")
     fs.set_defaults(func=cmd_fleet_status)
@@ -518,3 +562,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return ExitCode.FAILURE
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # `edge-ocr ocr --json ... | head`: the reader has what it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit's flush
+        return 128 + signal.SIGPIPE
+    except OSError as exc:  # output to a full disk, and the like: one line, as for any other failure
+        log.error("%s", exc)
+        return ExitCode.FAILURE

@@ -18,6 +18,22 @@ def edge_ocr(*args: str, cwd=None) -> subprocess.CompletedProcess:
     )
 
 
+def test_output_closed_early_or_on_a_full_disk_ends_without_a_traceback(eval_dev):
+    words = [str(path) for path, _ in line_samples(eval_dev, "IIIT5K-test", 40)]
+    reader = subprocess.Popen([sys.executable, "-m", "edge_ocr", "ocr", "--json", "--threads", "1", *words],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert reader.stdout is not None and reader.stderr is not None
+    assert reader.stdout.read(10)  # `| head -c 10`: the first result has come, then the pipe is closed
+    reader.stdout.close()
+    assert reader.wait(600) == 141  # 128 + SIGPIPE, as a shell tool ends in a pipeline
+    with reader.stderr:
+        assert b"Traceback" not in reader.stderr.read()
+    with open("/dev/full", "w") as full:
+        run = subprocess.run([sys.executable, "-m", "edge_ocr", "ocr", "--json", words[0]], stdout=full,
+                             stderr=subprocess.PIPE, text=True, timeout=600)
+    assert run.returncode == 1 and "No space left on device" in run.stderr and "Traceback" not in run.stderr
+
+
 def test_ocr_json_lines_one_per_image_with_errors_kept(eval_dev, tmp_path):
     (word, _label), = line_samples(eval_dev, "IIIT5K-test", 1)
     page = next((eval_dev / "pages").glob("sroie_*.jpg"))
@@ -56,6 +72,25 @@ def test_unknown_pack_is_a_usage_error_naming_the_choices(eval_dev):
 def test_bad_usage_exits_2():
     assert edge_ocr("ocr").returncode == 2
     assert edge_ocr("ocr", "--threads", "many", "x.png").returncode == 2
+
+
+@pytest.mark.parametrize("args, says", [
+    (["bench", "--precisions", "int4"], "--precisions: unknown int4"),
+    (["bench", "--memory-modes", "x"], "--memory-modes: unknown x"),
+    (["bench", "--compare", "tesseract"], "--compare: unknown tesseract"),
+    (["bench", "--threads", "100000"], "--threads: expected integers from 1 to 256"),
+    (["bench", "--set", "{notimg}"], "not a supported image"),
+    (["tune", "--runs", "0"], "--runs: expected an integer >= 1"),
+    (["eval", "--limit", "-1", "x.tsv"], "--limit: expected an integer >= 1"),
+    (["ocr", "--low-confidence", "nan", "x.png"], "--low-confidence: expected a finite number"),
+    (["ocr", "--threads", "99999999999999999999", "x.png"], "expected \"auto\" or an integer from 1 to 256"),
+    (["submit", "--timeout", "0", "x.png"], "--timeout: expected seconds > 0"),
+])
+def test_each_usage_error_is_one_line_and_exit_2_before_any_work(tmp_path, args, says):
+    (tmp_path / "notimg.png").write_bytes(b"not an image")
+    run = edge_ocr(*[a.format(notimg=tmp_path / "notimg.png") for a in args])
+    assert run.returncode == 2, run.stderr
+    assert says in run.stderr and "Traceback" not in run.stderr
 
 
 def test_eval_scores_a_small_lines_manifest(eval_dev, tmp_path):

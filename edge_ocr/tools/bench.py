@@ -26,7 +26,8 @@ import cv2
 import numpy as np
 
 from edge_ocr import allocator
-from edge_ocr.errors import ConfigError
+from edge_ocr.engine.preprocess import probe_image
+from edge_ocr.errors import ConfigError, ImageError
 from edge_ocr.tools import scoring
 
 STAGES = ("decode", "preprocess", "detect", "classify", "recognize", "total")
@@ -76,6 +77,18 @@ def image_set(name: str, eval_dev: Path, limit: int) -> list[Path]:
         mixed = [p for group in itertools.zip_longest(*by_source.values()) for p in group if p is not None]
         return mixed[:limit]
     raise ConfigError("bench: unknown image set %r (pages, sroie, ic15, zh, lines, zh-lines, frames, a directory or a file)" % name)
+
+
+def check_images(images: Sequence[Path]) -> None:
+    """ConfigError (exit 2) naming each image the engine would refuse, before anything is measured."""
+    problems = []
+    for path in images:
+        try:
+            probe_image(path.read_bytes())
+        except (OSError, ImageError) as exc:
+            problems.append("bench: %s: %s" % (path, exc.strerror if isinstance(exc, OSError) else exc.message))
+    if problems:
+        raise ConfigError("; ".join(problems), tuple(problems))
 
 
 def camera_frames(eval_dev: Path, limit: int, out: Path) -> list[Path]:

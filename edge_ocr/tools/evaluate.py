@@ -10,6 +10,7 @@ Predictions come from the engine or from a JSON Lines file made by another OCR
 from __future__ import annotations
 
 import json
+import logging
 import resource
 import time
 from collections import defaultdict
@@ -22,6 +23,8 @@ import numpy as np
 
 from edge_ocr.errors import ConfigError, EdgeOcrError
 from edge_ocr.tools import scoring
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,7 +77,7 @@ def load_lines(manifest: Path) -> list[LineSample]:
         fields = row.split("\t")
         if len(fields) < 2:
             raise ConfigError("%s:%d: expected file<TAB>text[<TAB>lang<TAB>source]" % (manifest, number))
-        source = fields[3] if len(fields) > 3 else "all"
+        source = fields[3] if len(fields) > 3 else ""  # no source column: one source, "unk", beside "all"
         samples.append(LineSample(manifest.parent / fields[0], fields[1], source_name(source)))
     return samples
 
@@ -90,7 +93,7 @@ def load_pages(manifest: Path) -> list[PageSample]:
             samples.append(
                 PageSample(
                     path=manifest.parent / page["file"],
-                    source=source_name(page.get("source", "all")),
+                    source=source_name(page.get("source", "")),
                     boxes=tuple(np.asarray(line["box"], dtype=np.float32) for line in lines),
                     texts=tuple(line["text"] for line in lines),
                     ignored=tuple(bool(line.get("ignore")) or line["text"] == "###" for line in lines),
@@ -105,7 +108,11 @@ def engine_predictor(engine: Any) -> Predict:
     """Wrap an OcrEngine: full pipeline for pages, whole-image recognition for lines."""
 
     def predict(path: Path, det: bool) -> Prediction:
-        data = path.read_bytes()
+        try:
+            data = path.read_bytes()
+        except OSError as exc:  # a manifest row whose image is missing: an error row, as a bad image is
+            log.warning("eval cannot read file=%s error=%s", path, exc.strerror)
+            return Prediction("", error="unreadable")
         wall, cpu = time.perf_counter(), time.process_time()
         try:
             output = engine(data, det=det)

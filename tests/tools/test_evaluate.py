@@ -56,3 +56,23 @@ def test_figures_agree_with_the_yardstick(yardstick, eval_dev, task, manifest, r
         judge = theirs["all" if source == "all" else "src:" + source]
         for ours_name, their_name in FIGURES[task].items():
             assert figures[ours_name] == pytest.approx(judge[their_name], abs=0.05), (source, ours_name)
+
+
+def test_a_manifest_without_sources_counts_each_sample_once_and_a_missing_image_is_an_error_row(tmp_path):
+    from edge_ocr.engine.types import EngineOutput
+    from edge_ocr.errors import UnsupportedImage
+    from edge_ocr.tools.evaluate import engine_predictor
+
+    for name in ("a.png", "b.png"):
+        (tmp_path / name).write_bytes(b"TEXT")
+    manifest = tmp_path / "labels.tsv"
+    manifest.write_text("a.png\tHELLO\nb.png\tWORLD\ngone.png\tLOST\n")  # file<TAB>text: the source is optional
+
+    def engine(data: bytes, det: bool) -> EngineOutput:
+        if not data.startswith(b"TEXT"):
+            raise UnsupportedImage("not an image")
+        return EngineOutput((), (1, 1), {})
+
+    report = evaluate(manifest, engine_predictor(engine))
+    assert report["sources"]["all"]["n"] == 3 and report["sources"]["unk"]["n"] == 3
+    assert report["sources"]["all"]["errors"] == 1  # gone.png: read as an error, the run goes on
