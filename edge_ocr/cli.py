@@ -118,15 +118,18 @@ def cmd_run(args: argparse.Namespace) -> int:
              config.engine.memory, "on" if huge_pages else "off", thp_mode or "absent")
     allocator.configure(config.engine.memory)
     app = App(config)
+    code = ExitCode.FAILURE  # unless run() returns: a failed start
     try:
-        return app.run()
+        code = app.run()
+        return code
     finally:
         if app.leave_now:
-            # An image was still in the engine after the stop budget (on a failed start too): its
-            # thread must not be unwound by the interpreter's exit (an abort inside ONNX Runtime).
-            # The journal has every line.
+            # An image was still in the engine after the stop budget (on a failed start too), or
+            # a camera's thread is still blocked on its device: such a thread must not be unwound
+            # by the interpreter's exit (an abort inside ONNX Runtime or FFmpeg). The journal has
+            # every line.
             logging.shutdown()
-            os._exit(app.exit_code or ExitCode.FAILURE)
+            os._exit(code)
 
 
 def cmd_check(args: argparse.Namespace) -> int:

@@ -6,15 +6,19 @@ letting Python's exit unwind a thread inside ONNX Runtime (an abort: exit 134, a
 from __future__ import annotations
 
 import json
+import socket
 import threading
 import time
 from pathlib import Path
+
+import pytest
 
 from edge_ocr import app as app_module
 from edge_ocr.app import App
 from edge_ocr.config import load_config
 from edge_ocr.engine.types import EngineOutput, TextLine
 from tests.broker import wait_until
+from tests.helpers import Daemon, write_config
 from tests.fakes import QUAD
 
 
@@ -78,3 +82,18 @@ def test_the_stop_budget_fits_under_the_units_stop_timeout():
     stop_timeout = float(next(line.split("=", 1)[1].rstrip("s") for line in text.splitlines()
                               if line.startswith("TimeoutStopSec=")))
     assert app_module.STOP_BUDGET_S + 5 <= stop_timeout  # 5 s: the broker's goodbyes (MqttSink.close: 3 s) and the guard
+
+
+@pytest.mark.slow  # ~20 s: the camera's stream timeout
+def test_a_camera_blocked_on_a_stream_that_never_answers_does_not_fail_the_stop(tmp_path):
+    silent = socket.create_server(("127.0.0.1", 0))  # accepts, never answers: a hung IP camera
+    held: list[socket.socket] = []
+    acceptor = threading.Thread(target=lambda: held.extend(silent.accept() for _ in range(50)), daemon=True)
+    acceptor.start()
+    camera = ('[[sources]]\nname = "gate"\ntype = "camera"\ndevice = "http://127.0.0.1:%d/video.mjpg"\n'
+              "retry_min_delay = 0.1\nretry_max_delay = 0.2\n" % silent.getsockname()[1])
+    daemon = Daemon(write_config(tmp_path, None, extra_source=camera)).start()
+    time.sleep(1.0)  # ready once the first attempt timed out; the next one is blocked in OpenCV now
+    assert daemon.terminate(30) == 0, daemon.text()
+    assert "left behind source=gate" in daemon.text() and "Traceback" not in daemon.text()
+    silent.close()
