@@ -489,6 +489,8 @@ def load_config(path: str | os.PathLike[str] | None = None, environ: Mapping[str
         for i, src in enumerate(read_sources):  # i as in the file, past a source that did not read
             if src is not None and src.name in seen:
                 problems.append("sources[%d].name: duplicate source name %r" % (i, src.name))
+            if src is not None and src.name == "cmd":  # <p>/cmd/capture is the every-source command
+                problems.append("sources[%d].name: 'cmd' is reserved for the MQTT commands (<p>/cmd/...)" % i)
             if src is not None:
                 seen.add(src.name)
         if mqtt is None or (mqtt.enabled and mqtt.discovery):

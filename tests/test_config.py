@@ -66,6 +66,7 @@ def load(tmp_path: Path, text: str, environ: dict[str, str] | None = None):
         ("[[sources]]\nname = \"a\"\npath = \"x\"\n[[sources]]\nname = \"a\"\npath = \"y\"\n",
          "sources[1].name: duplicate source name 'a'"),
         ("[mqtt]\npassword = \"hunter2\"\n", "mqtt.password: secrets are not read from the config"),
+        ("[[sources]]\nname = \"cmd\"\npath = \"x\"\n", "sources[0].name: 'cmd' is reserved for the MQTT commands"),
         ("[guard]\nrss_soft_mb = 650\n", "guard.rss_hard_mb: expected more than rss_soft_mb (650), got 600"),
     ],
 )

@@ -281,7 +281,7 @@ class MqttSink:
         self.last_error = ""
         log.info("mqtt connected host=%s port=%d client_id=%s", self.cfg.host, self.cfg.port, self.cfg.client_id)
         client.publish("%s/availability" % self.prefix, ONLINE, qos=1, retain=True)
-        subs = [("%s/cmd/capture" % self.prefix, 1), ("%s/+/capture" % self.prefix, 1)]
+        subs = [("%s/cmd/+" % self.prefix, 1), ("%s/+/capture" % self.prefix, 1)]  # cmd/+: unknown ones answered
         if self.cfg.discovery:
             subs.append(("%s/status" % self.cfg.discovery_prefix, 1))
             # Our retained discovery configs come back: those of removed sources/ROIs are cleared.
@@ -371,15 +371,24 @@ class MqttSink:
                 return
             rest = msg.topic[len(self.prefix) + 1:] if msg.topic.startswith(self.prefix + "/") else ""
             target, _, command = rest.rpartition("/")
-            if command != "capture" or not target:
-                return
-            source = None if target == "cmd" else target
-            if source is None:
-                source = _named_source(msg.payload)  # {"source": "meter"} on cmd/capture, as Node-RED sends it
-            ok, message = self.on_capture(source)
-            log.info("command capture source=%s ok=%s", source or "*", ok)
+            if not target or (target == "cmd" and command == "result") or (target != "cmd" and command != "capture"):
+                return  # our own acks, and other devices' or tools' topics under the prefix
+            source: str | None = None if target == "cmd" else target
+            if msg.retain:
+                # A command published retained would run again at every reconnect and restart.
+                ok, message = False, "retained command ignored: publish commands without the retain flag"
+            elif command != "capture":
+                ok, message = False, "unknown command %r (expected capture)" % command
+            else:
+                try:
+                    if source is None:
+                        source = _named_source(msg.payload)  # {"source": "meter"} on cmd/capture, as Node-RED sends it
+                    ok, message = self.on_capture(source)
+                except ValueError as exc:
+                    ok, message = False, str(exc)
+            log.info("command %s source=%s ok=%s%s", command, source or "*", ok, "" if ok else " why=%s" % message)
             ack = {
-                "command": "capture",
+                "command": command,
                 "source": source,
                 "ok": ok,
                 "message": message,
@@ -484,12 +493,21 @@ def probe(cfg: MqttConfig, timeout_s: float = 5.0) -> str | None:
 
 
 def _named_source(payload: bytes | bytearray) -> str | None:
-    """The source a ``cmd/capture`` payload names (a JSON object's ``"source"`` string), else None:
-    every source. Any other payload is only echoed back as the ack's ``request``."""
-    if not payload.lstrip().startswith(b"{") or len(payload) > 4096:
+    """The source a ``cmd/capture`` payload names (a JSON object's ``"source"`` string), or None:
+    every source, for a payload that is no JSON object (empty, or a Home Assistant button's
+    ``PRESS``), which is only echoed back as the ack's ``request``. ValueError for an object that
+    names no source properly: a typo there must not capture every camera."""
+    if not payload.lstrip().startswith(b"{"):
         return None
+    if len(payload) > 4096:
+        raise ValueError("command payload over 4096 bytes")
     try:
-        named = json.loads(payload).get("source")
-    except (ValueError, AttributeError):
-        return None
-    return named if isinstance(named, str) and named else None
+        data = json.loads(payload)
+    except ValueError as exc:
+        raise ValueError("command payload is not valid JSON: %s" % exc) from None
+    named = data.get("source") if isinstance(data, dict) else None
+    if named is None and isinstance(data, dict) and "source" not in data:
+        return None  # {} : every source
+    if not isinstance(named, str) or not named:
+        raise ValueError("\"source\" must name a source, got %s" % json.dumps(named))
+    return named
