@@ -18,8 +18,8 @@ from edge_ocr.app import App
 from edge_ocr.config import load_config
 from edge_ocr.engine.types import EngineOutput, TextLine
 from tests.broker import wait_until
-from tests.helpers import Daemon, write_config
 from tests.fakes import QUAD
+from tests.helpers import Daemon, write_config
 
 
 class SlowEngine:

@@ -192,6 +192,7 @@ class MqttSink:
         if result.changed or every:
             self.spool.append(Message(base + "/event", payload, qos, False))
         self.stats.set("spool_depth", len(self.spool))
+        self.stats.set("spool_dropped_total", self.spool.dropped)  # while the broker is away too
         self._wake.set()
 
     def set_source_status(self, source: str, status: str) -> None:
@@ -302,13 +303,20 @@ class MqttSink:
         self._wake.set()
 
     def _on_connect_fail(self, client: paho.Client, userdata: Any) -> None:
-        self.last_error = "unreachable"
         if not self._fail_logged:
+            self.last_error = "unreachable"
             self._fail_logged = True
-            log.warning("mqtt broker unreachable host=%s port=%d; results are spooled, retrying with backoff",
-                        self.cfg.host, self.cfg.port)
+            # paho says only that it failed: one probe (as `edge-ocr check` makes) finds why, off
+            # paho's thread so the retries go on meanwhile. Once per outage.
+            threading.Thread(target=self._log_unreachable, name="mqtt-why", daemon=True).start()
         else:
             log.debug("mqtt connect failed host=%s port=%d", self.cfg.host, self.cfg.port)
+
+    def _log_unreachable(self) -> None:
+        why = probe(self.cfg, timeout_s=5.0) or "it answers now"
+        self.last_error = "unreachable: %s" % why
+        log.warning("mqtt broker unreachable host=%s port=%d reason=%s; results are spooled, retrying with backoff",
+                    self.cfg.host, self.cfg.port, why)
 
     def _on_disconnect(self, client: paho.Client, userdata: Any, flags: Any, reason_code: Any, properties: Any) -> None:
         was = self._connected.is_set()
@@ -450,9 +458,12 @@ def discovery_config(cfg: MqttConfig, node: str, source: str, roi: str | None = 
         "value_template": value,
         "json_attributes_topic": "%s/%s/state" % (cfg.topic_prefix, source),
         "json_attributes_template": attributes,
-        "availability_topic": "%s/availability" % cfg.topic_prefix,
-        "payload_available": ONLINE,
-        "payload_not_available": OFFLINE,
+        # Unavailable when the daemon is (its last will after a kill) or when the source is offline
+        # (a camera gone, a folder whose results cannot be written): its text is not current then.
+        "availability": [{"topic": topic, "payload_available": ONLINE, "payload_not_available": OFFLINE}
+                         for topic in ("%s/availability" % cfg.topic_prefix,
+                                       "%s/%s/status" % (cfg.topic_prefix, source))],
+        "availability_mode": "all",
         "icon": "mdi:text-recognition",
         "device": {
             "identifiers": [node],

@@ -130,7 +130,7 @@ def test_spool_overflow_drops_oldest_and_counts(mosquitto, tmp_path, sink_factor
         sink.publish(result("x%d" % i))  # 3 messages each (state, text, event)
     assert len(sink.spool) == 10
     assert sink.spool.dropped == 20
-    assert sink.stats.snapshot()["spool_dropped_total"] in (0, 20)  # updated by the mqtt thread
+    assert sink.stats.snapshot()["spool_dropped_total"] == 20  # while the broker is down, when it is watched
 
 
 def test_tls_with_ca_and_credentials(mosquitto, tmp_path, sink_factory):
@@ -218,7 +218,8 @@ def test_home_assistant_discovery_resent_when_ha_comes_online(mosquitto, tmp_pat
     # Home Assistant 2026.4 dropped object_id; the entity id asked for is default_entity_id, a slug.
     assert "object_id" not in config and re.fullmatch(r"sensor\.edge_ocr_[a-z0-9_]+_inbox", config["default_entity_id"])
     assert config["state_topic"] == PREFIX + "/inbox/state"
-    assert config["availability_topic"] == PREFIX + "/availability"
+    assert [a["topic"] for a in config["availability"]] == [PREFIX + "/availability", PREFIX + "/inbox/status"]
+    assert config["availability_mode"] == "all"  # the daemon down, or this source offline: unavailable
     assert config["device"]["identifiers"] == ["edge-ocr-test"] and "value_template" in config
     late = Collector(mosquitto, [topic])  # retained: a subscriber arriving later gets it
     assert late.wait_topic(topic)[0].retain
@@ -284,9 +285,12 @@ def test_starts_and_spools_with_no_broker_logging_one_warning(tmp_path, caplog):
         sink.start()
         sink.publish(result("kept"))
         assert wait_until(lambda: sum("connect failed" in r.getMessage() for r in caplog.records) >= 2)
+        assert wait_until(lambda: any("unreachable" in r.getMessage() for r in caplog.records))
         sink.close(timeout_s=1)
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING and "unreachable" in r.getMessage()]
     assert len(warnings) == 1
+    # the journal says why, as `edge-ocr check` does, not only that it failed
+    assert "reason=cannot connect to 127.0.0.1:1: Connection refused" in warnings[0].getMessage()
     assert len(sink.spool) == 3
 
 
