@@ -5,7 +5,8 @@ One thread ``source:<name>`` owns the camera. Every ``interval`` seconds (or on
 ``capture_now()`` when ``interval = 0``) it takes a frame, compares a grey thumbnail of each
 region (or of the whole frame: regions.thumbnails) with the last frame it handed on, and skips it when the
 difference is at most ``change_threshold``; after a change it hands on ``stable_reads - 1``
-more frames so the pipeline can confirm the new value. Frames are droppable: they are
+more frames so the pipeline can confirm the new value (at the next ticks, or at once after a
+command when ``interval = 0``). Frames are droppable: they are
 submitted without blocking and a full queue drops them (counted in stats).
 
 Backends:
@@ -285,6 +286,11 @@ class CameraSource:
                     self.ready.set()
                     next_at = time.monotonic()
                 until = next_at if cfg.interval > 0 else math.inf
+                if cfg.interval <= 0 and self._settle > 0:
+                    # On command, the frames that confirm a changed region (stable_reads) follow the
+                    # commanded one at once: no later tick would take them, and the command's value
+                    # would stay unconfirmed until the next command.
+                    until = time.monotonic()
                 try:
                     self._reader.idle(until, stop, self._wake)
                     if stop.is_set():

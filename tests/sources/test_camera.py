@@ -188,6 +188,31 @@ def test_interval_zero_captures_on_command_even_when_unchanged(tmp_path, run_cam
     assert cam.stats.get("frames_total") == 2 and cam.stats.get("frames_skipped_total") == 0
 
 
+def test_on_command_a_changed_region_is_confirmed_by_the_frames_right_after_the_commanded_one(tmp_path, run_camera,
+                                                                                               engines):
+    video = write_video(tmp_path / "meter.avi", [text_frame("12.3")] * 10, fps=10)
+    stop, results = threading.Event(), []
+
+    class Sink:
+        name = "list"
+
+        def publish(self, result: Result) -> None:
+            results.append(result)
+
+    pipe = Pipeline(engines(), ("default", "test"), [Sink()], Stats(), stop, queue_size=8)
+    pipe.start()
+    roi = Region("reading", BOX, DIGITS, r"\d+\.\d")
+    cam = run_camera(CameraSourceConfig("meter", device=str(video), interval=0, rois=(roi,), stable_reads=3),
+                     lambda job: pipe.submit(job, block=False))
+    assert cam.source.capture_now() == "capture requested"  # one command: its value, confirmed, at once
+    assert wait_until(lambda: len(results) == 3)
+    time.sleep(0.3)
+    stop.set()
+    pipe.join(5)
+    assert [r.text for r in results] == ["", "", "12.3"] and results[-1].changed
+    assert cam.stats.get("frames_total") == 3  # and nothing more until the next command
+
+
 def test_a_reloaded_interval_takes_effect_at_once_from_on_command_to_periodic_and_back(tmp_path, run_camera):
     # A video of 60 different frames at 20 fps: sampled every interval of its own time.
     video = write_video(tmp_path / "count.avi", [text_frame(str(i)) for i in range(60)], 20)
