@@ -139,18 +139,17 @@ class OpenCvReader:
         self.kind = device_kind(cfg.device)
         self.live = self.kind != "file"
         self.cap = self._open()
-        self.fps = self.cap.get(cv2.CAP_PROP_FPS) if not self.live else 0.0
-        self.step = self._step(cfg.interval)
-        self.reads = 0
+        fps = self.cap.get(cv2.CAP_PROP_FPS) if not self.live else 0.0
+        self.fps = fps if fps > 0 and math.isfinite(fps) else 0.0  # 0: unknown, one frame per sample
+        self.interval = cfg.interval
+        self.clock = 0.0  # a video file's own time at the next sample, in seconds
+        self.next_index = 0  # the frame cap.read() gives next
+        self.last: np.ndarray | None = None
         self.grabbed = False
 
     def retime(self, interval: float) -> None:
         """A video file is sampled every ``interval`` of its own time (one frame per command at 0)."""
-        self.step = self._step(interval)
-
-    def _step(self, interval: float) -> int:
-        fps = self.fps
-        return max(1, round(interval * fps)) if fps and fps > 0 and math.isfinite(fps) else 1
+        self.interval = interval
 
     def _open(self) -> cv2.VideoCapture:
         cfg = self.cfg
@@ -192,9 +191,16 @@ class OpenCvReader:
                 self.close()
                 raise SourceError("no frame from %s" % redact(self.cfg.device))
             return frame
-        for _ in range(self.step - 1 if self.reads else 0):
-            if not self.cap.grab():
-                break
+        # In real time: the frame on show at the video's own time of this sample, so sampling
+        # faster than the frame rate shows a frame again (as a camera would) instead of playing
+        # the file faster; slower skips the frames between.
+        timed = self.interval > 0 and self.fps > 0
+        wanted = int(self.clock * self.fps + 1e-6) if timed else self.next_index
+        if self.last is not None and wanted < self.next_index:
+            self.clock += self.interval
+            return self.last
+        while self.next_index < wanted and self.cap.grab():
+            self.next_index += 1
         ok, frame = self.cap.read()
         if not ok or frame is None:
             if not self.cfg.loop:
@@ -202,11 +208,15 @@ class OpenCvReader:
                 raise VideoEnded()
             self.cap.release()
             self.cap = self._open()
+            self.clock, self.next_index = 0.0, 0
             ok, frame = self.cap.read()
             if not ok or frame is None:
                 self.close()
                 raise SourceError("video file has no frames: %s" % self.cfg.device)
-        self.reads += 1
+        self.next_index += 1
+        if timed:
+            self.clock += self.interval
+        self.last = frame
         return frame
 
     def close(self) -> None:

@@ -177,6 +177,17 @@ def test_video_file_loops_when_asked_and_a_missing_file_is_retried(tmp_path, run
     assert cam.statuses == [SourceStatus.ONLINE, SourceStatus.OFFLINE]
 
 
+def test_a_video_file_sampled_faster_than_its_frame_rate_plays_in_its_own_time(tmp_path, run_camera):
+    # 6 different frames at 2 fps: 3 s of video. Sampled every 0.25 s, each frame is on show for
+    # two samples, as a camera would show it, not the next frame each time (2x the speed).
+    video = write_video(tmp_path / "slow.avi", [text_frame(str(i)) for i in range(6)], fps=2)
+    cam = run_camera(CameraSourceConfig("meter", device=str(video), interval=0.25))
+    cam.thread.join(30)
+    assert not cam.thread.is_alive()
+    assert cam.stats.get("frames_total") == 12  # the samples at 0, 0.25, ..., 2.75 s of its time
+    assert len(cam.jobs) == 6 and cam.stats.get("frames_skipped_total") == 6  # each frame once, then unchanged
+
+
 def test_interval_zero_captures_on_command_even_when_unchanged(tmp_path, run_camera):
     video = write_video(tmp_path / "still.avi", [text_frame("7")] * 5, 10)
     cam = run_camera(CameraSourceConfig("cmd", device=str(video), interval=0, loop=True))
