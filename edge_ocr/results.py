@@ -21,6 +21,8 @@ from edge_ocr.errors import EdgeOcrError
 
 CONTROL = re.compile(r"[\x00-\x1f\x7f]")  # in a file name: shown escaped in the journal (log_name)
 
+TIMING_STAGES = ("capture", "preprocess", "detect", "recognize", "total")  # SPEC's timing_ms keys
+
 
 class Status(str, Enum):
     OK = "ok"
@@ -91,7 +93,11 @@ class Result:
                 for line in lines
                 if line.roi
             }
-        timing = dict(self.output.timing_ms) if self.output else {}
+        # SPEC's five stages always, 0 for one that did not run (a file is not captured, regions are
+        # not detected), so a script can read any of them; the engine's finer ones (decode, classify,
+        # detect_small_text) besides.
+        timing = dict.fromkeys(TIMING_STAGES, 0.0)
+        timing.update(self.output.timing_ms if self.output else {})
         timing.update(self.timing_ms)
         data: dict[str, Any] = {
             "id": self.id,

@@ -93,7 +93,7 @@ def test_files_of_the_same_bytes_are_one_job_answered_for_each_file_and_no_answe
     assert all(a["previous_text"] is None and a["changed"] for a in answers)  # jobs are never compared
     bad = subprocess.run([sys.executable, "-m", "edge_ocr", "submit", "-c", str(configs[0]), "--wait", "--timeout",
                           "-3", str(word)], capture_output=True, text=True, timeout=60)
-    assert bad.returncode == 2 and "submit --timeout: expected 0 < seconds" in bad.stderr
+    assert bad.returncode == 2 and "--timeout: expected seconds > 0" in bad.stderr
     assert worker.terminate() == 0
 
 
