@@ -14,6 +14,7 @@ from edge_ocr.config import CameraSourceConfig, Config
 from edge_ocr.errors import EdgeOcrError
 from edge_ocr.fit import check_fit
 from edge_ocr.sinks.mqtt import probe
+from edge_ocr.sources.camera import device_kind
 from edge_ocr.sources.camera import probe as probe_camera
 
 
@@ -42,6 +43,8 @@ def check(config: Config, broker_timeout_s: float = 5.0, user: str | None = None
             problem = probe_camera(src)
             if problem:
                 found.append("sources[%d] %s: %s" % (i, src.name, problem))
+            if src.backend == "opencv" and device_kind(src.device) == "file":  # read as the service's user
+                wanted.append(Wanted("sources[%d].device" % i, Path(src.device), write=False))
             continue
         wanted += [Wanted("sources[%d].%s" % (i, key), getattr(src, key), write=True)
                    for key in ("path", "done_dir", "failed_dir")]

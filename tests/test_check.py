@@ -76,6 +76,22 @@ def test_as_root_the_folders_and_the_config_are_tried_as_the_service_user():
 
 
 @as_root
+def test_a_camera_video_file_is_tried_as_the_service_user_and_its_regions_against_its_frame(tmp_path):
+    from tests.frames import text_frame, write_video
+
+    video = write_video(tmp_path / "meter.avi", [text_frame("12.3")] * 3, fps=5)  # 320x240; tmp_path is root's
+    config = tmp_path / "config.toml"
+    config.write_text('[mqtt]\nenabled = false\n[http]\nenabled = false\n[[sources]]\nname = "meter"\n'
+                      'type = "camera"\ndevice = "meter.avi"\nrois = [{ name = "far", box = [5000, 5000, 100, 40] },'
+                      ' { name = "edge", box = [250, 200, 300, 200] }, { name = "ok", box = [10, 10, 100, 40] }]\n')
+    found = check(load_config(config), user="nobody")
+    assert found[0] == ("sources[0] meter: region 'far' box [5000, 5000, 100, 40] lies outside the 320x240 frame; "
+                        "region 'edge' box [250, 200, 300, 200] runs past the 320x240 frame")
+    assert found[1:] == ["%s: %s is not readable by user nobody (uid 65534) (Permission denied)" % (label, path)
+                         for label, path in (("config", config), ("sources[0].device", video))]
+
+
+@as_root
 def test_the_cli_checks_as_a_named_user_and_refuses_an_unknown_one(tmp_path):
     config = _config(tmp_path, tmp_path / "inbox")  # tmp_path is root's alone
     run = subprocess.run([sys.executable, "-m", "edge_ocr", "check", "-c", str(config), "--user", "nobody"],

@@ -40,6 +40,7 @@ import cv2
 import numpy as np
 
 from edge_ocr.config import CameraSourceConfig, SourceConfig, redact_url
+from edge_ocr.engine.types import Region
 from edge_ocr.errors import SourceError
 from edge_ocr.results import Job
 from edge_ocr.sources import regions
@@ -454,9 +455,21 @@ def probe(cfg: CameraSourceConfig) -> str | None:
     except SourceError as exc:
         return exc.message
     try:
-        reader.read()
+        frame = reader.read()
     except (SourceError, VideoEnded) as exc:
         return exc.message if isinstance(exc, SourceError) else "video file has no frames"
     finally:
         reader.close()
-    return None
+    return regions_off_frame(cfg.rois, frame.shape)
+
+
+def regions_off_frame(rois: tuple[Region, ...], shape: tuple[int, ...]) -> str | None:
+    """Why some of ``rois`` do not fit a frame of ``shape`` (one problem each), else None: a region
+    wholly outside is read as blank for good, one partly outside only up to the frame's edge."""
+    found = []
+    for roi in rois:
+        clipped = regions.clip_box(roi.box, shape)
+        if clipped != roi.box:
+            found.append("region %r box %s %s the %dx%d frame" % (
+                roi.name, list(roi.box), "lies outside" if clipped is None else "runs past", shape[1], shape[0]))
+    return "; ".join(found) or None
