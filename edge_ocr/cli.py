@@ -118,7 +118,7 @@ def cmd_run(args: argparse.Namespace) -> int:
              config.engine.memory, "on" if huge_pages else "off", thp_mode or "absent")
     allocator.configure(config.engine.memory)
     app = App(config)
-    code = ExitCode.FAILURE  # unless run() returns: a failed start
+    code: int = ExitCode.FAILURE  # unless run() returns: a failed start
     try:
         code = app.run()
         return code
@@ -230,7 +230,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     readers = _subset("--readers", args.readers, bench.READERS)
     precisions = _subset("--precisions", args.precisions, ("fp32", "int8", "auto"))
     memory_modes = _subset("--memory-modes", args.memory_modes, ("default", "low"))
-    engines = _subset("--compare", args.compare, bench.REFERENCES) if args.compare else []
+    engines = _subset("--compare", args.compare, tuple(bench.REFERENCES)) if args.compare else []
     packs = args.packs.split(",")
     for pack in packs:
         load_pack(pack)  # UnknownPack: exit 2
