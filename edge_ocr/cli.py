@@ -552,7 +552,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     allocator.configure()  # one arena, before any thread; `run` adds engine.memory's setting
     try:
-        return int(args.func(args))
+        code = int(args.func(args))
+        sys.stdout.flush()  # here, where a closed pipe is answered, not in the interpreter's exit
+        return code
     except ConfigError as exc:
         for problem in exc.problems:  # one line each: every problem of a config file at once
             log.error("%s", problem)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -28,6 +29,15 @@ def test_output_closed_early_or_on_a_full_disk_ends_without_a_traceback(eval_dev
     assert reader.wait(600) == 141  # 128 + SIGPIPE, as a shell tool ends in a pipeline
     with reader.stderr:
         assert b"Traceback" not in reader.stderr.read()
+    # A command whose output stays buffered until it ends (no PYTHONUNBUFFERED, as outside the unit)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+    listing = subprocess.Popen([sys.executable, "-m", "edge_ocr", "models", "list"], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, env=env)
+    assert listing.stdout is not None and listing.stderr is not None
+    listing.stdout.close()  # `| true`: gone before it writes
+    assert listing.wait(120) == 141
+    with listing.stderr:
+        assert listing.stderr.read() == b""
     with open("/dev/full", "w") as full:
         run = subprocess.run([sys.executable, "-m", "edge_ocr", "ocr", "--json", words[0]], stdout=full,
                              stderr=subprocess.PIPE, text=True, timeout=600)

@@ -73,6 +73,17 @@ def stored_parts(name: str, suffix: str) -> tuple[str, str]:
     return fit_stem(stem, longest), ext
 
 
+def _made(directory: Path) -> None:
+    """``directory`` made again if it was removed while the daemon runs (someone cleaning up done/)."""
+    if directory.is_dir():
+        return
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise SinkError("cannot create %s: %s" % (directory, exc.strerror)) from exc
+    log.warning("made again dir=%s (it was removed)", directory)
+
+
 def _same_file(stored: dict[str, Any] | None, sha256: str, ext: str, suffix: str) -> bool:
     """Whether a stored JSON is this file's own: the same bytes dropped under the same extension.
     The same bytes as ``a.png`` and ``a.jpg`` are two files, each with its JSON."""
@@ -128,15 +139,18 @@ class ResultFiles:
             raise SinkError("cannot look for a result in %s: %s" % (directory, exc.strerror)) from exc
         return None
 
+    def put(self, directory: Path, name: str, data: dict[str, Any]) -> Path:
+        """Write ``data`` as the JSON file ``name`` in ``directory``, replacing one of that name: a
+        store keyed by content (the reuse store's ``<sha256>.json``), where no free name is sought."""
+        _made(directory)
+        path = directory / name
+        write_result(path, (json.dumps(data, ensure_ascii=False, indent=1) + "\n").encode("utf-8"))
+        return path
+
     def store(self, src: Path | None, directory: Path, name: str, suffix: str, data: dict[str, Any],
               sha256: str | None) -> Path:
         """Write ``data`` as JSON then move ``src`` (None = delete nothing, keep no original) beside it."""
-        if not directory.is_dir():  # removed while the daemon runs (someone cleaning up done/)
-            try:
-                directory.mkdir(parents=True, exist_ok=True)
-            except OSError as exc:
-                raise SinkError("cannot create %s: %s" % (directory, exc.strerror)) from exc
-            log.warning("made again dir=%s (it was removed)", directory)
+        _made(directory)
         if src is not None and not (src.exists() or src.is_symlink()):
             # Another attempt at the same file stored it already: touch nothing of what it wrote.
             raise SinkError("cannot store %s: it is gone" % src)

@@ -27,6 +27,7 @@ import paho.mqtt.client as paho
 
 from edge_ocr import __version__
 from edge_ocr.config import MqttConfig
+from edge_ocr.errors import EdgeOcrError
 from edge_ocr.mqtt_client import make_client
 from edge_ocr.results import Result, Status
 from edge_ocr.sinks.spool import Message, Spool
@@ -313,7 +314,12 @@ class MqttSink:
             log.debug("mqtt connect failed host=%s port=%d", self.cfg.host, self.cfg.port)
 
     def _log_unreachable(self) -> None:
-        why = probe(self.cfg, timeout_s=5.0) or "it answers now"
+        try:
+            why = probe(self.cfg, timeout_s=5.0) or "it answers now"
+        except EdgeOcrError as exc:  # a TLS or password file gone since the start
+            why = exc.message
+        if self._connected.is_set():  # back while the probe ran: nothing to report any more
+            return
         self.last_error = "unreachable: %s" % why
         log.warning("mqtt broker unreachable host=%s port=%d reason=%s; results are spooled, retrying with backoff",
                     self.cfg.host, self.cfg.port, why)

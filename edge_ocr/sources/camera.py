@@ -151,6 +151,8 @@ class OpenCvReader:
     def retime(self, interval: float) -> None:
         """A video file is sampled every ``interval`` of its own time (one frame per command at 0)."""
         self.interval = interval
+        if self.fps > 0:
+            self.clock = self.next_index / self.fps  # from where commands left it, not from its start
 
     def _open(self) -> cv2.VideoCapture:
         cfg = self.cfg
@@ -250,6 +252,7 @@ class CameraSource:
         self._reader: Reader | None = None
         self._ref: tuple[np.ndarray, ...] | None = None  # thumbnails of the last frame handed on
         self._settle = 0  # frames still to hand on after a change, so stable_reads can confirm it
+        self._follow = 0  # on command (interval = 0): frames still to take at once after a command
         self._outside: set[str] = set()  # regions already warned about as outside the frame
         self._rules = cfg.rois
 
@@ -297,7 +300,7 @@ class CameraSource:
                     self.ready.set()
                     next_at = time.monotonic()
                 until = next_at if cfg.interval > 0 else math.inf
-                if cfg.interval <= 0 and self._settle > 0:
+                if cfg.interval <= 0 and self._follow > 0:
                     # On command, the frames that confirm a changed region (stable_reads) follow the
                     # commanded one at once: no later tick would take them, and the command's value
                     # would stay unconfirmed until the next command.
@@ -340,7 +343,16 @@ class CameraSource:
                     next_at += cfg.interval
                     if next_at < now:  # fell behind (slow camera): no burst to catch up
                         next_at = now + cfg.interval
-                self.offer(frame, forced, capture_ms)
+                outcome = self.offer(frame, forced, capture_ms)
+                if cfg.interval <= 0:
+                    # At most stable_reads - 1 frames follow a command, and none after a drop (a full
+                    # queue) or once the command's frame was no change: a scene that keeps changing
+                    # must not keep an on-command camera capturing.
+                    if forced:
+                        changed = outcome == "queued" and self._settle > 0
+                        self._follow = cfg.stable_reads - 1 if changed and cfg.rois else 0
+                    else:
+                        self._follow = 0 if outcome == "dropped" else max(0, self._follow - 1)
         finally:
             if self._reader is not None:
                 self._reader.close()

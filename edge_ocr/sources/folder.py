@@ -184,6 +184,8 @@ class FileStore(Protocol):
 
     def existing(self, directory: Path, name: str, suffix: str, sha256: str) -> Path | None: ...
 
+    def put(self, directory: Path, name: str, data: dict[str, Any]) -> Path: ...
+
 
 @dataclass(slots=True)
 class _Seen:
@@ -547,8 +549,7 @@ class FolderSource:
         self._stored(claimed)
         if cfg.reuse_results and not reused and result.sha256:
             try:
-                self.files.store(None, self.cache, result.sha256, ".json", data, result.sha256)
-                _stamp_now(self.cache / (result.sha256 + ".json"))
+                _stamp_now(self.files.put(self.cache, result.sha256 + ".json", data))
                 removed = prune_least_recent(self.cache, cfg.reuse_max_entries)
                 if removed:
                     log.info("reuse store pruned source=%s removed=%d kept=%d", self.name, removed, cfg.reuse_max_entries)

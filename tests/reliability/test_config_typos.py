@@ -12,7 +12,7 @@ TYPOS = [
     ('[mqtt]\nhots = "x"\n', "mqtt.hots: unknown key (did you mean 'host'?)"),
     ("[mqtt]\nport = 70000\n", "mqtt.port: expected 1..65535, got 70000"),
     ('[engine]\nprecision = "fp16"\n', "engine.precision: expected one of auto | fp32 | int8, got 'fp16'"),
-    ("[engine]\nthreads = 0\n", 'engine.threads: expected "auto" or an integer >= 1, got 0'),
+    ("[engine]\nthreads = 0\n", 'engine.threads: expected "auto" or an integer from 1 to 256, got 0'),
     ("[guard]\nrss_soft_mb = 650\n", "guard.rss_hard_mb: expected more than rss_soft_mb (650), got 600"),
     ('[http]\nbind = "0.0.0.0:8080"\n', "http.bind: 0.0.0.0 is reachable from other machines"),
     ('[[sources]]\nname = "a b"\npath = "in"\n', "sources[0].name: expected letters, digits"),

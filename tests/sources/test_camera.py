@@ -177,6 +177,30 @@ def test_video_file_loops_when_asked_and_a_missing_file_is_retried(tmp_path, run
     assert cam.statuses == [SourceStatus.ONLINE, SourceStatus.OFFLINE]
 
 
+def test_on_command_a_scene_that_keeps_changing_gives_at_most_stable_reads_frames_per_command(tmp_path, run_camera):
+    video = write_video(tmp_path / "flicker.avi", [text_frame(str(i)) for i in range(40)], fps=20)
+    roi = Region("reading", BOX, DIGITS)
+    cam = run_camera(CameraSourceConfig("meter", device=str(video), interval=0, loop=True, rois=(roi,),
+                                        stable_reads=3))
+    cam.source.capture_now()
+    assert wait_until(lambda: cam.stats.get("frames_total") >= 3)
+    time.sleep(0.5)
+    assert cam.stats.get("frames_total") == 3 and len(cam.jobs) == 3  # the command's frame and 2 to confirm it
+
+
+def test_a_video_file_sampled_on_command_then_periodically_goes_on_from_where_the_commands_left_it(tmp_path,
+                                                                                                   run_camera):
+    video = write_video(tmp_path / "count.avi", [text_frame(str(i)) for i in range(60)], fps=20)
+    cfg = CameraSourceConfig("meter", device=str(video), interval=0)
+    cam = run_camera(cfg)
+    for n in range(1, 31):  # 30 commands: frames 0..29, 1.5 s of the video's time
+        cam.source.capture_now()
+        assert wait_until(lambda n=n: cam.stats.get("frames_total") == n)
+    cam.source.update(dataclasses.replace(cfg, interval=0.1))  # a reload: every 0.1 s of its time from here
+    assert wait_until(lambda: len(cam.jobs) >= 35, timeout_s=10)  # new frames at once, not after 1.5 s of repeats
+    assert cam.stats.get("frames_skipped_total") <= 1
+
+
 def test_a_video_file_sampled_faster_than_its_frame_rate_plays_in_its_own_time(tmp_path, run_camera):
     # 6 different frames at 2 fps: 3 s of video. Sampled every 0.25 s, each frame is on show for
     # two samples, as a camera would show it, not the next frame each time (2x the speed).

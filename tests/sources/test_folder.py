@@ -4,6 +4,7 @@ and a fake engine (tests/fakes.py)."""
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 import threading
@@ -131,6 +132,19 @@ def test_identical_content_reuses_the_stored_result(tmp_path, folder):
                                         "b.txt"]
     assert [json.loads((tmp_path / "done" / n).read_text())["file"] for n in ("a.json", "a-2.json")] == ["a.txt",
                                                                                                        "a.png"]
+    assert len(engine.calls) == 2  # "same" and "different": each read once
+    assert sorted(p.name for p in (tmp_path / "inbox" / ".cache").iterdir()) == sorted(  # one entry per content
+        "%s.json" % hashlib.sha256(body).hexdigest() for body in (b"TEXT:same", b"TEXT:different"))
+
+
+def test_the_same_bytes_read_twice_at_once_keep_one_entry_in_the_reuse_store(tmp_path, folder):
+    (tmp_path / "inbox").mkdir()
+    for name in ("x1.txt", "x2.txt", "x3.png"):  # there before the start: all claimed before one is stored
+        (tmp_path / "inbox" / name).write_bytes(b"TEXT:twice")
+    source, _engine = folder()
+    assert wait_until(lambda: source.stats.get("files_done_total") == 3)
+    sha = hashlib.sha256(b"TEXT:twice").hexdigest()
+    assert [p.name for p in (tmp_path / "inbox" / ".cache").iterdir()] == [sha + ".json"]
 
 
 def test_a_subfolder_is_left_alone_and_named_once_in_the_journal(tmp_path, folder, caplog):
