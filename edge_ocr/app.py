@@ -14,6 +14,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Mapping
+from functools import partial
 from typing import Any
 
 import psutil
@@ -34,11 +35,11 @@ from edge_ocr.config import (
     with_live,
 )
 from edge_ocr.engine.types import Region
-from edge_ocr.errors import ConfigError, ExitCode
+from edge_ocr.errors import ConfigError, ExitCode, ImageError
 from edge_ocr.fit import check_fit
 from edge_ocr.guard import Guard, GuardState, IdleTrim, Level, read_memory
 from edge_ocr.notify import Notifier
-from edge_ocr.pipeline import Engine, Pipeline, Sink, WorkMeter
+from edge_ocr.pipeline import Engine, Pipeline, Sink, WorkMeter, count_engine_call
 from edge_ocr.readiness import Readiness, daemon_readiness
 from edge_ocr.results import Result, status_for
 from edge_ocr.sinks.files import ResultFiles
@@ -177,7 +178,8 @@ class App:
         self.notifier.status("loading models")
         engine, model = self.engine_factory(engine_config(cfg), reads_pages(cfg))
         self.engine, self.model = engine, model
-        self._http_ocr = CachedOcr(engine, cfg.http.cache_entries, lambda: self.stats.inc("http_cache_hits_total"))
+        self._http_ocr = CachedOcr(engine, cfg.http.cache_entries, lambda: self.stats.inc("http_cache_hits_total"),
+                                   partial(count_engine_call, self.stats))
         log.info("engine ready pack=%s version=%s", model[0], model[1])
         sinks: list[Sink] = []
         camera_cfgs = [s for s in cfg.sources if isinstance(s, CameraSourceConfig)]
@@ -236,7 +238,10 @@ class App:
         def left() -> float:
             return max(0.1, budget - time.monotonic())
 
-        if self.http is not None:
+        def stop_http() -> None:
+            nonlocal code
+            if self.http is None:
+                return
             try:
                 if not self.http.stop(left()):
                     code = ExitCode.FAILURE
@@ -244,6 +249,13 @@ class App:
             except Exception:
                 log.exception("http stop failed")
                 code = ExitCode.FAILURE
+
+        # At the memory guard's hard level the API stays up until the rest has stopped, so clients
+        # get 503 not_ready (OCR refused, /readyz hard) rather than a closed port; on SIGTERM it
+        # goes first, as a source of work.
+        http_last = self.exit_code == ExitCode.MEMORY
+        if not http_last:
+            stop_http()
         deadline = time.monotonic() + JOIN_TIMEOUT_S
         for thread in self._threads:
             thread.join(max(0.1, min(deadline, budget) - time.monotonic()))
@@ -269,6 +281,8 @@ class App:
             except Exception:
                 log.exception("pipeline stop failed")
                 code = ExitCode.FAILURE
+        if http_last:
+            stop_http()
         if self.mqtt is not None:
             try:
                 self.mqtt.close()
@@ -299,8 +313,15 @@ class App:
     def ocr(self, image: bytes, *, det: bool, rois: tuple[Region, ...]) -> Result:
         """POST /api/ocr: straight to the engine (thread-safe), not through the folder queue."""
         assert self._http_ocr is not None
-        with self._work.working():
-            output = self._http_ocr(image, det, rois)
+        limit_side = self.pipeline.limit_side if self.pipeline is not None else None  # smaller at soft
+        try:
+            with self._work.working():
+                output = self._http_ocr(image, det, rois, limit_side)
+        except ImageError as exc:  # counted as the pipeline counts a bad file; answered 4xx by the API
+            self.stats.inc("results_error_total")
+            self.stats.inc_labelled("errors_total", exc.code)
+            raise
+        self.stats.inc("results_ok_total")
         return Result("http", status_for(output, self.config.engine.low_confidence), output, self.model)
 
     def _remember(self, result: Result) -> None:

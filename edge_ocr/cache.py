@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Sequence
 
@@ -56,23 +57,32 @@ class OutputCache:
 
 
 class CachedOcr:
-    """The HTTP API's OCR path: ``engine(image, rois=..., det=...)`` behind an OutputCache of
-    ``capacity`` outputs; ``on_hit`` is called for each request answered from the cache."""
+    """The HTTP API's OCR path: ``engine(image, rois=..., det=..., limit_side=...)`` behind an
+    OutputCache of ``capacity`` outputs; ``on_hit`` is called for each request answered from the
+    cache, ``on_read`` with each output the engine made and its milliseconds."""
 
     def __init__(self, engine: Callable[..., EngineOutput], capacity: int,
-                 on_hit: Callable[[], None] | None = None) -> None:
+                 on_hit: Callable[[], None] | None = None,
+                 on_read: Callable[[EngineOutput, float], None] | None = None) -> None:
         self._engine = engine
         self._cache = OutputCache(capacity)
         self._on_hit = on_hit
+        self._on_read = on_read
 
-    def __call__(self, image: bytes, det: bool, rois: Sequence[Region]) -> EngineOutput:
-        key = content_key(image, det, tuple(rois))
+    def __call__(self, image: bytes, det: bool, rois: Sequence[Region], limit_side: int | None = None
+                 ) -> EngineOutput:
+        """``limit_side``: the memory guard's smaller detection input, part of the key (it changes
+        the output)."""
+        key = content_key(image, det, tuple(rois), limit_side)
         output = self._cache.get(key)
         if output is not None:
             if self._on_hit is not None:
                 self._on_hit()
             return output
-        output = self._engine(image, rois=list(rois) or None, det=det)
+        start = time.perf_counter()
+        output = self._engine(image, rois=list(rois) or None, det=det, limit_side=limit_side)
+        if self._on_read is not None:
+            self._on_read(output, (time.perf_counter() - start) * 1000.0)
         self._cache.put(key, output)
         return output
 

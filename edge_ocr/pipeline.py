@@ -192,6 +192,11 @@ class Pipeline:
         """Back to the configured detection input size."""
         self._limit_side = None
 
+    @property
+    def limit_side(self) -> int | None:
+        """The detection input cap while degraded (the memory guard's soft level), else None."""
+        return self._limit_side
+
     def drop_frames(self) -> int:
         """Drop queued camera frames (never folder files); the memory guard's first step.
         Returns how many were dropped (counted in ``frames_dropped_total``)."""
@@ -242,10 +247,7 @@ class Pipeline:
             else:
                 image = job.image
                 output = self.engine(image, rois=job.rois or None, det=job.det, limit_side=self._limit_side)
-                self.stats.set("engine_last_ms", round((time.perf_counter() - start) * 1000.0, 1))
-                self.stats.inc("lines_total", len(output.lines))
-                for stage, elapsed_ms in output.timing_ms.items():
-                    self.stats.observe("stage_ms", elapsed_ms, stage)
+                count_engine_call(self.stats, output, (time.perf_counter() - start) * 1000.0)
         except ImageError as exc:
             error = exc
             tb = "".join(traceback.format_exception_only(exc)).strip()
@@ -357,6 +359,14 @@ def region_status(text: str, score: float, pattern: str, low_confidence: float) 
 def _quad(box: tuple[int, int, int, int]) -> np.ndarray:
     x, y, w, h = box
     return np.array([[x, y], [x + w, y], [x + w, y + h], [x, y + h]], dtype=np.float32)
+
+
+def count_engine_call(stats: Stats, output: EngineOutput, elapsed_ms: float) -> None:
+    """An engine call's figures in ``stats`` (the pipeline's jobs and POST /api/ocr alike)."""
+    stats.set("engine_last_ms", round(elapsed_ms, 1))
+    stats.inc("lines_total", len(output.lines))
+    for stage, stage_ms in output.timing_ms.items():
+        stats.observe("stage_ms", stage_ms, stage)
 
 
 def _traceback_summary(exc: BaseException, limit: int = 5) -> str:

@@ -7,6 +7,9 @@ from __future__ import annotations
 
 import json
 import re
+import threading
+import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -34,6 +37,18 @@ def _guard(daemon: Daemon) -> dict:
         return json.loads(response.read())["guard"]
 
 
+def _watch_readyz(url: str, daemon: Daemon, seen: list[tuple[int, str]]) -> None:
+    while daemon.proc.poll() is None:
+        try:
+            with urllib.request.urlopen(url + "/readyz", timeout=5) as response:
+                seen.append((response.status, json.loads(response.read())["guard"]["level"]))
+        except urllib.error.HTTPError as exc:
+            seen.append((exc.code, json.loads(exc.read())["guard"]["level"]))
+        except OSError:
+            pass  # the port closed as the daemon stopped
+        time.sleep(0.05)
+
+
 @pytest.mark.slow
 def test_soft_then_hard_limit_restart_loses_no_folder_file(eval_dev, tmp_path):
     # 1. The daemon's own RSS with its models loaded and nothing to do.
@@ -51,25 +66,43 @@ def test_soft_then_hard_limit_restart_loses_no_folder_file(eval_dev, tmp_path):
     (word, _), = line_samples(eval_dev, "IIIT5K-test", 1)
     drop(word, tmp_path / "inbox", "small.png")
     assert wait_until(lambda: (tmp_path / "done" / "small.json").exists(), 60), daemon.text()
+    # A page over HTTP is detected at the same smaller size as one from the folder, not at 960 px.
+    receipt = next((eval_dev / "pages").glob("sroie_*.jpg"))
+    drop(receipt, tmp_path / "inbox", "receipt.jpg")
+    url = re.search(r"http listening url=(\S+)", daemon.text()).group(1)
+    request = urllib.request.Request(url + "/api/ocr", data=receipt.read_bytes(), headers={"Content-Type": "image/jpeg"})
+    with urllib.request.urlopen(request, timeout=120) as response:
+        over_http = json.loads(response.read())
+    assert wait_until(lambda: (tmp_path / "done" / "receipt.json").exists(), 120), daemon.text()
+    from_folder = json.loads((tmp_path / "done" / "receipt.json").read_text())
+    assert [(line["box"], line["text"]) for line in over_http["lines"]] == [
+        (line["box"], line["text"]) for line in from_folder["lines"]]
 
     # 3. A 7000x5000 photo (35 MP, under the 50 MP cap) holds ~100 MB of pixels while it is
     #    read: past the hard limit the daemon stops taking work and exits 3 for systemd.
     page = cv2.imread(str(next((eval_dev / "pages").glob("sroie_*.jpg"))))
     big = tmp_path / "big.jpg"
     cv2.imwrite(str(big), cv2.resize(page, (5000, 7000)), [cv2.IMWRITE_JPEG_QUALITY, 80])
+    seen: list[tuple[int, str]] = []  # /readyz while the daemon reaches its hard level and stops
+    watcher = threading.Thread(target=_watch_readyz, args=(url, daemon, seen), name="test-readyz")
+    watcher.start()
     drop(big, tmp_path / "inbox", "big.jpg")
     for i in range(3):
         drop(word, tmp_path / "inbox", "after-%d.png" % i)
     assert daemon.proc.wait(120) == 3, daemon.text()
+    watcher.join(30)
     assert "memory guard hard limit" in daemon.text()
+    # Clients were told, not cut off: 503 with the hard level until the port closed.
+    assert (503, "hard") in seen, seen
 
     # 4. Restarted (as systemd would) with room to work: every file ends in done/ exactly once.
     daemon = Daemon(_config(tmp_path, 100_000, 200_000)).start()
-    names = ["small", "big", "after-0", "after-1", "after-2"]
+    names = ["small", "receipt", "big", "after-0", "after-1", "after-2"]
     assert wait_until(lambda: all((tmp_path / "done" / (n + ".json")).exists() for n in names), 180), daemon.text()
     assert daemon.terminate() == 0
     done = sorted(p.name for p in (tmp_path / "done").iterdir())
-    assert done == sorted([n + ".json" for n in names] + ["small.png", "big.jpg"] + ["after-%d.png" % i for i in range(3)])
+    assert done == sorted([n + ".json" for n in names] + ["small.png", "receipt.jpg", "big.jpg"]
+                          + ["after-%d.png" % i for i in range(3)])
     assert not list((tmp_path / "inbox" / ".processing").iterdir())
     assert not (tmp_path / "failed").exists() or not list((tmp_path / "failed").iterdir())
 

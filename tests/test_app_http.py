@@ -8,6 +8,8 @@ import socket
 import urllib.error
 import urllib.request
 
+import pytest
+
 from tests.broker import wait_until
 from tests.helpers import Daemon, drop, line_samples, promtool_check
 
@@ -58,7 +60,15 @@ def test_daemon_serves_health_ocr_latest_config_and_metrics(eval_dev, tmp_path):
     with urllib.request.urlopen(request, timeout=60) as response:  # the same image again: from the cache
         again = json.loads(response.read())
     assert again["text"] == result["text"] and again["id"] != result["id"]
-    assert b"edge_ocr_http_cache_hits_total 1" in _get(base + "/metrics")[1]
+    metrics = _get(base + "/metrics")[1]
+    assert b"edge_ocr_http_cache_hits_total 1" in metrics
+    # read over HTTP, counted as a folder file's reading is: once (the cache hit runs no engine)
+    assert b"edge_ocr_results_ok_total 2" in metrics and b"edge_ocr_lines_total 1" in metrics
+    assert b'edge_ocr_stage_seconds_count{stage="recognize"} 1' in metrics
+    bad = urllib.request.Request(base + "/api/ocr", data=b"\x89PNG\r\n\x1a\nbroken", headers={"Content-Type": "image/png"})
+    with pytest.raises(urllib.error.HTTPError):
+        urllib.request.urlopen(bad, timeout=60)
+    assert b'edge_ocr_errors_total{code="unsupported_image"} 1' in _get(base + "/metrics")[1]
 
     drop(word, tmp_path / "inbox", "word.png")
     assert wait_until(lambda: _get(base + "/api/latest/inbox")[0] == 200, 60)

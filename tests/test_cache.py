@@ -37,19 +37,22 @@ def test_capacity_zero_stores_nothing():
 
 
 def test_cached_ocr_runs_the_engine_once_per_distinct_request():
-    calls: list[tuple[bytes, object, bool]] = []
+    calls: list[tuple[bytes, object, bool, object]] = []
     hits: list[int] = []
+    reads: list[EngineOutput] = []
 
-    def engine(image: bytes, rois=None, det=True) -> EngineOutput:
-        calls.append((image, rois, det))
+    def engine(image: bytes, rois=None, det=True, limit_side=None) -> EngineOutput:
+        calls.append((image, rois, det, limit_side))
         return _output(image.decode())
 
-    ocr = CachedOcr(engine, capacity=4, on_hit=lambda: hits.append(1))
+    ocr = CachedOcr(engine, capacity=4, on_hit=lambda: hits.append(1), on_read=lambda out, ms: reads.append(out))
     region = Region("meter", (0, 0, 5, 5))
     first = ocr(b"abc", True, ())
-    assert ocr(b"abc", True, ()) is first and len(calls) == 1 and len(hits) == 1
+    assert ocr(b"abc", True, ()) is first and len(calls) == 1 and len(hits) == 1 and reads == [first]
     ocr(b"abc", False, (region,))  # other options: another engine run, regions passed as a list
-    assert calls[-1] == (b"abc", [region], False) and len(calls) == 2
+    assert calls[-1] == (b"abc", [region], False, None) and len(calls) == 2
+    ocr(b"abc", True, (), 640)  # the memory guard's smaller detection input: another output, not the cached one
+    assert calls[-1] == (b"abc", None, True, 640) and len(calls) == 3 and len(reads) == 3
     ocr.clear()
     ocr(b"abc", True, ())
-    assert len(calls) == 3
+    assert len(calls) == 4

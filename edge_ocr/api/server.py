@@ -19,7 +19,7 @@ from waitress.server import BaseWSGIServer, create_server
 from waitress.task import ErrorTask
 
 from edge_ocr.api.requests import json_body_limit
-from edge_ocr.api.responses import COMMON_HEADERS, JSON_CONTENT_TYPE
+from edge_ocr.api.responses import COMMON_HEADERS, JSON_CONTENT_TYPE, mb
 from edge_ocr.api.routes import AUTH_KEY, COUNT_KEY, UPLOAD_KEY
 from edge_ocr.config import parse_bind, require_token_off_loopback
 from edge_ocr.errors import ConfigError, SinkError
@@ -38,7 +38,11 @@ class _JsonErrorTask(ErrorTask):
         err = self.request.error
         # all of waitress's refusals are about the request (400, 413, 431, 501) except its 500
         code = {413: "upload_too_large", 500: "internal"}.get(err.code, "bad_request")
-        body = json.dumps({"error": {"code": code, "message": "%s: %s" % (err.reason, err.body)}}).encode()
+        message = "%s: %s" % (err.reason, err.body)
+        upload = getattr(self.channel.server, "upload_limit", None)  # set by HttpServer.start
+        if err.code == 413 and upload:  # as the app words its own 413, whichever answers first
+            message = "upload over the %s limit" % mb(upload)
+        body = json.dumps({"error": {"code": code, "message": message}}).encode()
         self.status = "%d %s" % (err.code, err.reason)
         self.response_headers.extend([("Content-Type", JSON_CONTENT_TYPE), *COMMON_HEADERS])
         self.set_close_on_finish()
@@ -172,6 +176,7 @@ class HttpServer:
             if isinstance(dispatcher, BaseWSGIServer):
                 dispatcher.channel_class = _JsonErrorChannel
                 dispatcher.count_status = self.app.config.get(COUNT_KEY)
+                dispatcher.upload_limit = upload
         self._thread = threading.Thread(target=self._run, name="http", daemon=True)
         self._thread.start()
         auth = bool(self.app.config.get(AUTH_KEY))
