@@ -124,31 +124,43 @@ def test_picamera2_without_autofocus_gets_no_af_control_and_missing_module_is_of
     assert other.source.status is SourceStatus.OFFLINE and "python3-picamera2" in other.source.reason
 
 
+class Published:
+    """A real pipeline and engine whose results are kept in a list (the sinks' view)."""
+
+    def __init__(self, engine) -> None:
+        self.results: list[Result] = []
+        self.stop = threading.Event()
+        self.pipe = Pipeline(engine, ("default", "test"), [self], Stats(), self.stop, queue_size=8)
+        self.pipe.start()
+
+    name = "list"
+
+    def publish(self, result: Result) -> None:
+        self.results.append(result)
+
+    def submit(self, job: Job) -> bool:
+        return self.pipe.submit(job, block=False)  # as the daemon submits camera frames
+
+    def close(self) -> None:
+        self.stop.set()
+        self.pipe.join(5)
+
+
 def test_video_file_changes_give_each_value_once_after_stable_reads(tmp_path, run_camera, engines):
     texts = ["12.3"] * 6 + ["45.6"] * 6 + ["78.9"] * 6
     video = write_video(tmp_path / "meter.avi", [text_frame(t) for t in texts], fps=20)
-    stop = threading.Event()
-    results: list[Result] = []
-
-    class Sink:
-        name = "list"
-
-        def publish(self, result: Result) -> None:
-            results.append(result)
-
-    pipe = Pipeline(engines(), ("default", "test"), [Sink()], Stats(), stop, queue_size=8)
-    pipe.start()
+    published = Published(engines())
+    results = published.results
     roi = Region("reading", BOX, DIGITS, r"\d+\.\d")
     cfg = CameraSourceConfig("meter", device=str(video), interval=0.05, rois=(roi,), stable_reads=2)
-    cam = run_camera(cfg, lambda job: pipe.submit(job, block=False))
+    cam = run_camera(cfg, published.submit)
     cam.thread.join(30)  # the file ends (loop = false): the source goes offline and its thread returns
     assert not cam.thread.is_alive() and cam.source.status is SourceStatus.OFFLINE
     assert cam.source.capture_now() == "video file ended"
     assert cam.stats.get("frames_total") == 18
     assert cam.stats.get("frames_skipped_total") == 12  # 2 reads per value, 4 unchanged frames skipped each
     assert wait_until(lambda: len(results) == 6)
-    stop.set()
-    pipe.join(5)
+    published.close()
     assert [r.regions[0].read for r in results] == ["12.3", "12.3", "45.6", "45.6", "78.9", "78.9"]
     assert [r.changed for r in results] == [False, True, False, True, False, True]
     assert [r.text for r in results] == ["", "12.3", "12.3", "45.6", "45.6", "78.9"]
@@ -226,24 +238,15 @@ def test_interval_zero_captures_on_command_even_when_unchanged(tmp_path, run_cam
 def test_on_command_a_changed_region_is_confirmed_by_the_frames_right_after_the_commanded_one(tmp_path, run_camera,
                                                                                                engines):
     video = write_video(tmp_path / "meter.avi", [text_frame("12.3")] * 10, fps=10)
-    stop, results = threading.Event(), []
-
-    class Sink:
-        name = "list"
-
-        def publish(self, result: Result) -> None:
-            results.append(result)
-
-    pipe = Pipeline(engines(), ("default", "test"), [Sink()], Stats(), stop, queue_size=8)
-    pipe.start()
+    published = Published(engines())
+    results = published.results
     roi = Region("reading", BOX, DIGITS, r"\d+\.\d")
     cam = run_camera(CameraSourceConfig("meter", device=str(video), interval=0, rois=(roi,), stable_reads=3),
-                     lambda job: pipe.submit(job, block=False))
+                     published.submit)
     assert cam.source.capture_now() == "capture requested"  # one command: its value, confirmed, at once
     assert wait_until(lambda: len(results) == 3)
     time.sleep(0.3)
-    stop.set()
-    pipe.join(5)
+    published.close()
     assert [r.text for r in results] == ["", "", "12.3"] and results[-1].changed
     assert cam.stats.get("frames_total") == 3  # and nothing more until the next command
 
