@@ -134,6 +134,9 @@ install_system() {
     mkdir -p "$prefix"
     [ -x "$prefix/venv/bin/python" ] || "$python" -m venv "${site[@]}" "$prefix/venv"
     "$prefix/venv/bin/python" -m pip install --quiet --disable-pip-version-check --upgrade pip
+    # pip builds in the checkout, and setuptools copies from a build/ left by an earlier install:
+    # a module deleted since (git pull) would come back. Each install builds afresh.
+    rm -rf "$here/build"
     # shellcheck disable=SC2046
     "$prefix/venv/bin/python" -m pip install --quiet --disable-pip-version-check --upgrade "$here" $(pip_constraints)
     # Models live at <venv>/share/edge-ocr/models, where edge_ocr.engine.models looks in a wheel install.
@@ -179,6 +182,8 @@ uninstall() {
         systemctl disable --now edge-ocr.service >/dev/null 2>&1 || true
     fi
     rm -f "$unit"
+    # The unit's drop-ins (systemctl edit: ReadWritePaths= for a folder) are configuration too.
+    [ "$purge" = yes ] && rm -rf "$unit.d"
     has_systemd && systemctl daemon-reload || true
     rm -rf "$prefix"
     if [ "$purge" = yes ]; then

@@ -55,6 +55,7 @@ log = logging.getLogger(__name__)
 # (the [engine] section, whether the sources read whole pages) -> the engine and its (pack, version)
 EngineFactory = Callable[[EngineConfig, bool], tuple[Engine, tuple[str, str]]]
 JOIN_TIMEOUT_S = 5.0
+SOURCES_READY_S = 10.0  # READY=1 waits this long at most for the sources' first attempts (a camera's open)
 # On SIGTERM the images being read (a page, an HTTP request) get this long, all together, to finish
 # and be answered: a 48 MP photo takes ~7 s here, a page more on a Pi. The rest of the unit's
 # TimeoutStopSec (20 s) is for the broker's goodbyes (MqttSink.close: up to 3 s) and the guard, so
@@ -122,6 +123,7 @@ class App:
         self.http: HttpServer | None = None
         self.guard: Guard | None = None
         self.exit_code = ExitCode.OK  # non-zero after the memory guard's hard limit: systemd restarts us
+        self._start_failed = False
         self.leave_now = False  # set by shutdown when an image outlived STOP_BUDGET_S (cli.cmd_run)
         self._latest: dict[str, Result] = {}
         self._http_ocr: CachedOcr | None = None
@@ -146,6 +148,7 @@ class App:
         try:
             self.start()
         except BaseException:
+            self._start_failed = True  # its own error decides the exit code; the journal names it
             self.shutdown()
             raise
         last_watchdog = last_status = time.monotonic()
@@ -213,8 +216,15 @@ class App:
             thread = threading.Thread(target=fleet.run, args=(self.stop_event,), name="source:fleet", daemon=True)
             thread.start()
             self._threads.append(thread)
+        deadline = time.monotonic() + SOURCES_READY_S
         for source in self.sources.values():
-            source.ready.wait(10.0)
+            # A source's first attempt is over (a folder opened, a camera tried), the stop asked
+            # for meanwhile (SIGTERM during start-up: READY=1 is then never sent), or time is up.
+            while not source.ready.wait(0.1) and not self.stop_event.is_set() and time.monotonic() < deadline:
+                pass
+        if self.stop_event.is_set():
+            log.info("stop asked during start-up")
+            return
         self._start_http()
         self.guard = Guard(cfg.guard, self.stop_event, self._on_guard, stats=self.stats)
         self.guard.start()
@@ -273,7 +283,9 @@ class App:
         if self.pipeline is not None:
             try:
                 if not self.pipeline.join(left()):
-                    code = ExitCode.FAILURE
+                    # Not a failure of the stop: nothing is lost (SIGTERM exits 0, as documented).
+                    log.warning("image still being read after the stop budget, left in .processing/ for the "
+                                "next start budget_s=%.0f", STOP_BUDGET_S)
                     # An image still in the engine: its file stays in .processing/ and is read
                     # again at the next start. Python's own exit would unwind that thread inside
                     # ONNX Runtime and abort (exit 134, a core dump for systemd): leave at once.
@@ -293,8 +305,12 @@ class App:
             self.guard.join(JOIN_TIMEOUT_S)
         if self.engine is not None and not self.leave_now:  # close() would wait for the image still read
             self.engine.close()
-        code = code or self.exit_code
-        log.info("stopped code=%d", code)
+        if self.exit_code:  # the memory guard's 3 wins: systemd restarts on it, whatever else failed
+            code = self.exit_code
+        if self._start_failed:
+            log.info("stopped after a failed start")
+        else:
+            log.info("stopped code=%d", code)
         return code
 
     # -- HTTP and the memory guard -------------------------------------------------------------

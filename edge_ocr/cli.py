@@ -107,6 +107,9 @@ def cmd_ocr(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    # A reload asked for while the config is first read (the imports take seconds on a Pi) has
+    # nothing to reload: ignored, instead of SIGHUP's default, which ends the process.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     from edge_ocr import allocator
     from edge_ocr.app import App
     from edge_ocr.config import find_config, load_config

@@ -151,13 +151,13 @@ class Pipeline:
         return False
 
     def join(self, timeout_s: float) -> bool:
-        """Wait for the workers after stop was set; False (logged, names the thread) if one hung."""
+        """Wait for the workers after stop was set; False if one is still reading an image."""
         deadline = time.monotonic() + timeout_s
         ok = True
         for thread in self._threads:
             thread.join(max(0.0, deadline - time.monotonic()))
             if thread.is_alive():
-                log.error("thread did not stop thread=%s", thread.name)
+                log.debug("thread still reading thread=%s", thread.name)
                 ok = False
         released = self.queue.qsize()
         if released:

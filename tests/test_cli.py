@@ -5,11 +5,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 
 import pytest
 
+from tests.broker import wait_until
 from tests.helpers import REPO, line_samples
 
 
@@ -160,3 +162,26 @@ def test_engine_flags_set_the_engine_table(flags, spinning):
     table = _engine_options(args)
     assert table.spinning is spinning and table.to_options().allow_spinning is spinning
     assert table.fast_reader is False
+
+
+def test_a_reload_asked_while_the_daemon_still_reads_its_config_does_not_end_it(tmp_path):
+    from tests.helpers import write_config
+
+    text = write_config(tmp_path, None).read_text()
+    fifo = tmp_path / "edge-ocr.fifo"
+    os.mkfifo(fifo)  # the daemon blocks reading it: a start as slow as a Pi's, held still
+    log = tmp_path / "daemon.log"
+    with open(log, "wb") as out:
+        daemon = subprocess.Popen([sys.executable, "-m", "edge_ocr", "run", "-c", str(fifo)], stdout=out,
+                                  stderr=subprocess.STDOUT, cwd=tmp_path)
+    try:
+        with open(fifo, "w") as config:  # opens once the daemon opened it to read: inside `run`
+            daemon.send_signal(signal.SIGHUP)  # SIGHUP's default would end the process here
+            config.write(text)
+        assert wait_until(lambda: "daemon ready" in log.read_text() or daemon.poll() is not None, 60)
+        assert daemon.poll() is None, log.read_text()
+        daemon.send_signal(signal.SIGTERM)
+        assert daemon.wait(30) == 0
+    finally:
+        if daemon.poll() is None:
+            daemon.kill()

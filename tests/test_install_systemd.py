@@ -332,9 +332,14 @@ def test_reinstall_keeps_config_and_uninstall_keeps_config_and_data(container, i
     config.write_text(config.read_text() + "\n# edited by the user\n")
     edited = config.read_text()
     done_before = sorted(p.name for p in (container.merged / "var/lib/edge-ocr/done").iterdir())
+    # A module the first install built, deleted since (git pull): it must not come back from build/.
+    container.run("sh", "-c", f"mkdir -p {SRC}/build/lib/edge_ocr && echo 'STALE = 1' > {SRC}/build/lib/edge_ocr/gone.py")
     run = container.run(f"{SRC}/install.sh", env=("PIP_NO_INDEX=1", "PIP_FIND_LINKS=/wheels"), timeout=900)
     assert "kept /etc/edge-ocr/config.toml" in run.stdout, run.stdout
     assert config.read_text() == edited and (container.merged / "etc/edge-ocr/config.toml.example").is_file()
+    stale = container.run("sh", "-c", "ls /opt/edge-ocr/venv/lib/python3*/site-packages/edge_ocr/gone.py "
+                          "2>/dev/null; true").stdout
+    assert stale == "", stale
     container.wait_for("edge-ocr active again", lambda: container.show("ActiveState")["ActiveState"] == "active", 120)
 
     container.run(f"{SRC}/install.sh", "--uninstall", timeout=120)
@@ -345,8 +350,11 @@ def test_reinstall_keeps_config_and_uninstall_keeps_config_and_data(container, i
 
 
 def test_purge_removes_the_install(container, installed):
+    # a drop-in the README has users make (systemctl edit) is configuration: purged with the rest
+    container.run("sh", "-c", "mkdir -p /etc/systemd/system/edge-ocr.service.d && "
+                  "printf '[Service]\\nReadWritePaths=/srv/scans\\n' > /etc/systemd/system/edge-ocr.service.d/override.conf")
     container.run(f"{SRC}/install.sh", "--purge", timeout=120)
-    gone = container.run("sh", "-c", "ls -d /opt/edge-ocr /etc/edge-ocr /var/lib/edge-ocr "
-                         "/etc/systemd/system/edge-ocr.service 2>/dev/null; id edge-ocr 2>/dev/null; true").stdout
+    gone = container.run("sh", "-c", "ls -d /opt/edge-ocr /etc/edge-ocr /var/lib/edge-ocr /etc/systemd/system/edge-ocr.service "
+                         "/etc/systemd/system/edge-ocr.service.d 2>/dev/null; id edge-ocr 2>/dev/null; true").stdout
     assert gone == "", gone
     assert container.run("systemctl", "is-enabled", "edge-ocr.service", check=False).stdout.strip() in ("", "not-found")

@@ -114,3 +114,26 @@ def test_ready_after_loading_watchdog_only_while_the_pipeline_moves(tmp_path, no
     assert any(m == "STOPPING=1" for _, m in notify_socket.messages) or notify_socket.next(
         lambda m: m == "STOPPING=1", 2
     )
+
+
+def test_a_stop_asked_while_the_models_load_never_sends_ready_and_waits_for_no_source(tmp_path, notify_socket):
+    config_path = tmp_path / "edge-ocr.toml"
+    config_path.write_text(''.join(
+        '[[sources]]\nname = "%s"\ntype = "folder"\npath = "%s"\n' % (name, name) for name in ("a", "b", "c"))
+        + '\n[mqtt]\nenabled = false\n\n[http]\nenabled = false\n\n[guard]\nrss_soft_mb = 100000\nrss_hard_mb = 200000\n')
+    notifier = Notifier({"NOTIFY_SOCKET": str(notify_socket.path)})
+    app: App
+
+    def factory(cfg, pages):  # SIGTERM while the models load: the sources start after the stop was asked
+        app.stop_event.set()
+        return FakeEngine(), ("fake", "0")
+
+    app = App(load_config(config_path), engine_factory=factory, notifier=notifier)
+    codes: list[int] = []
+    runner = threading.Thread(target=lambda: codes.append(app.run()), name="test-app")
+    runner.start()
+    assert notify_socket.next(lambda m: m == "STOPPING=1", 20)
+    runner.join(20)  # three sources whose first attempt never came: no 10 s wait for each (30 s, past the
+    # unit's TimeoutStopSec=20s, when systemd kills)
+    assert not runner.is_alive() and codes == [0]
+    assert not any(m.startswith("READY=1") for _, m in notify_socket.messages)

@@ -429,12 +429,17 @@ class FolderSource:
                 self._refuse(name, "symlinks are refused")
                 continue
             if not stat.S_ISREG(st.st_mode):
-                del seen[name]  # sub-directories, fifos, sockets: not ours
-                if stat.S_ISDIR(st.st_mode) and name not in self._told_subfolders:
+                del seen[name]  # sub-directories, fifos, sockets, devices: not ours, and never opened
+                if name not in self._told_subfolders:
                     # Said once per name: someone who dropped a folder of scans learns why nothing comes.
                     self._told_subfolders.add(name)
-                    log.warning("subfolder not read source=%s dir=%s (only files in the folder itself are taken)",
-                                self.name, log_name(name))
+                    if stat.S_ISDIR(st.st_mode):
+                        log.warning("subfolder not read source=%s dir=%s (only files in the folder itself are "
+                                    "taken)", self.name, log_name(name))
+                    else:  # moving it to failed/ could mean reading it (across file systems): left alone
+                        log.warning("not a regular file, left alone source=%s file=%s kind=%s", self.name,
+                                    log_name(name), "named pipe" if stat.S_ISFIFO(st.st_mode) else
+                                    "socket" if stat.S_ISSOCK(st.st_mode) else "device")
                 continue
             if (st.st_size, st.st_mtime_ns) != (s.size, s.mtime_ns):
                 s.size, s.mtime_ns, s.stable_since = st.st_size, st.st_mtime_ns, now
