@@ -367,6 +367,8 @@ class FleetConfig:
     max_inflight: int = setting(2, "jobs this worker holds at once (MQTT 5 Receive Maximum)", lo=1, hi=64)
     session_expiry: int = setting(3600, "seconds the broker keeps this worker's session and the jobs it held",
                                   lo=0, hi=7 * 86400)
+    max_job_mb: float = setting(20.0, "a larger job is answered image_too_large, unread (as http.max_upload_mb)",
+                                lo=0.001, hi=256.0)
 
     def __post_init__(self) -> None:
         _check_declared(self)

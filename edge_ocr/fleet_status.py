@@ -177,8 +177,13 @@ def _row(d: DeviceStatus) -> tuple[str, ...]:
     def show(value: object, fmt: str = "%s") -> str:
         return "-" if value is None else fmt % value
 
-    return (d.device, d.availability, show(d.queue_depth), show(d.jobs_per_s, "%.2f"), show(d.rss_mb, "%.1f"),
-            show(d.guard), show(d.taken), show(d.done), show(d.failed), show(d.redelivered), show(d.stats_ts))
+    # A device that is not online has no queue, rate, RSS or guard level now: its last stats (kept
+    # retained) told them while it ran. Its counters stand, as of "stats at".
+    live = d.availability == "online"
+    return (d.device, d.availability, show(d.queue_depth if live else None),
+            show(d.jobs_per_s if live else None, "%.2f"), show(d.rss_mb if live else None, "%.1f"),
+            show(d.guard if live else None), show(d.taken), show(d.done), show(d.failed), show(d.redelivered),
+            show(d.stats_ts))
 
 
 def to_json_line(device: DeviceStatus) -> str:

@@ -34,6 +34,7 @@ from edge_ocr.config import Config
 from edge_ocr.errors import SinkError
 from edge_ocr.mqtt_client import make_client
 
+NO_MATCHING_SUBSCRIBERS = 0x10  # a PUBACK's reason when nobody got the message (MQTT 5)
 SESSION_MARGIN_S = 60  # the session outlives the wait a little: answers still in flight at the deadline
 
 
@@ -51,14 +52,19 @@ def submit(config: Config, images: Sequence[Path], *, wait: bool, timeout_s: flo
     answered: set[str] = set()
     answers: list[dict[str, Any]] = []  # one per file, in arrival order
     acked: set[int] = set()  # mids of jobs the broker has
+    dropped: dict[int, str] = {}  # mids of jobs the broker did not pass on, and why (their PUBACK)
     lock = threading.Condition()
     subscribed = threading.Event()
+    refusal: list[str] = []  # the broker's CONNACK refusal: retrying would only be refused again
     client = make_client(config.mqtt, "%s-submit-%s" % (config.mqtt.client_id, uuid.uuid4().hex[:8]), mqtt5=True,
                          will=False)
 
     def on_connect(c: paho.Client, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
-        if not reason.is_failure:
-            c.subscribe(reply_to, options=SubscribeOptions(qos=1))
+        if reason.is_failure:
+            refusal.append(str(reason))
+            subscribed.set()  # wakes the wait below, which reports it
+            return
+        c.subscribe(reply_to, options=SubscribeOptions(qos=1))
 
     def on_subscribe(c: paho.Client, userdata: Any, mid: int, reasons: Any, props: Any) -> None:
         subscribed.set()
@@ -66,6 +72,10 @@ def submit(config: Config, images: Sequence[Path], *, wait: bool, timeout_s: flo
     def on_publish(c: paho.Client, userdata: Any, mid: int, reason: Any, props: Any) -> None:
         with lock:
             acked.add(mid)
+            if getattr(reason, "value", 0) == NO_MATCHING_SUBSCRIBERS:
+                dropped[mid] = "no worker is subscribed to %s" % config.fleet.jobs_topic
+            elif getattr(reason, "is_failure", False):
+                dropped[mid] = "refused: %s" % reason  # an ACL without write on the jobs topic
             lock.notify_all()
 
     def on_message(c: paho.Client, userdata: Any, msg: paho.MQTTMessage) -> None:
@@ -99,6 +109,9 @@ def submit(config: Config, images: Sequence[Path], *, wait: bool, timeout_s: flo
     try:
         if not subscribed.wait(min(timeout_s, 30.0)):
             raise SinkError("the broker did not confirm the subscription to %s" % reply_to)
+        if refusal:
+            raise SinkError("the broker %s:%d refused the connection: %s"
+                            % (config.mqtt.host, config.mqtt.port, refusal[0]))
         published = []
         for index, (job_id, paths) in enumerate(jobs.items()):
             path = paths[0]
@@ -112,6 +125,12 @@ def submit(config: Config, images: Sequence[Path], *, wait: bool, timeout_s: flo
         mids = {info.mid for info in published}
         with lock:  # PUBACKs, also of jobs paho re-sent after a reconnect (wait_for_publish raises then)
             lock.wait_for(lambda: mids <= acked, max(0.0, deadline - time.monotonic()))
+            unconfirmed, why = len(mids - acked), sorted(set(dropped.values()))
+        if dropped:  # at once: no answer can come for these
+            raise SinkError("%d of %d job(s) not passed on by the broker: %s" % (len(dropped), len(mids), "; ".join(why)))
+        if unconfirmed:
+            raise SinkError("%d of %d job(s) not acknowledged by the broker within %.0f s"
+                            % (unconfirmed, len(mids), timeout_s))
         if not wait:
             return [{"job_id": job_id, "file": str(path)} for job_id, paths in jobs.items() for path in paths]
         with lock:

@@ -52,6 +52,11 @@ def test_devices_are_read_from_availability_and_stats_whatever_is_missing_or_bro
     end = table[0].index("redelivered") + len("redelivered")
     assert [row[end - 1] for row in table] == ["d", "-", "-", "2"]  # numbers right-aligned
     assert json.loads(to_json_line(devices[2]))["guard"] == "soft"
+    # Stopped: its queue, rate, RSS and guard are not now's; its counters are, as of its last stats.
+    stopped = read_devices({"edge-ocr/w2/availability": b"offline", "edge-ocr/w2/stats": json.dumps(STATS).encode()},
+                           "edge-ocr")
+    assert format_table(stopped).splitlines()[1].split() == ["w2", "offline", "-", "-", "-", "-", "10", "8", "1", "2",
+                                                             "2026-01-02T03:04:05Z"]
 
 
 def test_the_root_is_the_topic_prefix_without_the_device_level():

@@ -39,7 +39,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from edge_ocr.config import REQUEST_FLAG_WORDS, FleetConfig, MqttConfig, read_regions
-from edge_ocr.errors import ConfigError, EdgeOcrError
+from edge_ocr.errors import ConfigError, EdgeOcrError, ImageTooLarge
 from edge_ocr.mqtt_client import make_client
 from edge_ocr.results import Job, Result, Status
 from edge_ocr.sources.base import SourceStatus, Submit
@@ -269,8 +269,10 @@ class FleetWorker:
             self._ack(ticket)
             return
         try:
+            if len(msg.payload) > self.cfg.max_job_mb * 1024 * 1024:  # the bytes alone: ~2x them held while read
+                raise ImageTooLarge("job over the %g MB limit (fleet.max_job_mb)" % self.cfg.max_job_mb)
             det, rois = _options(dict(getattr(msg.properties, "UserProperty", None) or []))
-        except _OptionError as exc:
+        except (_OptionError, ImageTooLarge) as exc:
             self._answer(ticket, Result(NAME, Status.ERROR, None, ("", ""), error=exc))
             return
         with self._freed:

@@ -209,6 +209,7 @@ def test_bad_input_on_every_path_gets_its_documented_error_and_loses_nothing(eva
         "corrupt": (corrupt, [], True, "unsupported_image"),
         "empty": (b"", [], True, "unsupported_image"),
         "100mp": (makers(photo)["huge-100mp.png"], [], True, "image_too_large"),
+        "over-20mb": (b"\0" * (21 * 1024 * 1024), [], True, "image_too_large"),  # fleet.max_job_mb: never read
         "bad-det": (good, [("det", "maybe")], True, "invalid_option"),
         "bad-rois": (good, [("rois", "[{")], True, "invalid_rois"),
         "rois-no-box": (good, [("rois", '[{"name": "a"}]')], True, "invalid_rois"),
@@ -230,7 +231,7 @@ def test_bad_input_on_every_path_gets_its_documented_error_and_loses_nothing(eva
                      for name in ("failed", "done"))
 
     # A job counts once the broker has acknowledged its answer, which may come after we received it.
-    assert wait_until(lambda: fleet_counts() == ("7", "1"), 30), fleet_counts()
+    assert wait_until(lambda: fleet_counts() == ("8", "1"), 30), fleet_counts()
 
     # -- still serving, nothing else lost ----------------------------------------------------------------
     (word, _), = line_samples(eval_dev, "IIIT5K-test", 1)
@@ -247,7 +248,7 @@ def test_bad_input_on_every_path_gets_its_documented_error_and_loses_nothing(eva
            errors="%d/%d" % (http_ok, len(http_cases)))
     report("bad input: MQTT commands", runs=1, inputs=len(commands) + 1, lost=0, duplicated=0,
            errors="%d/%d acknowledged as documented" % (len(acks), len(commands)))
-    report("bad input: fleet jobs (no response topic, corrupt, empty, 100 MP, bad det, bad rois)", runs=1,
+    report("bad input: fleet jobs (no response topic, corrupt, empty, 100 MP, over 20 MB, bad det, bad rois)", runs=1,
            inputs=len(fleet_cases), lost=0, duplicated=0,
            errors="%d/%d answered as documented, 1 counted and dropped" % (len(answers), len(fleet_cases) - 1))
 

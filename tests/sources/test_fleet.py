@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import queue
+import re
 import subprocess
 import sys
 import threading
@@ -95,6 +96,22 @@ def test_files_of_the_same_bytes_are_one_job_answered_for_each_file_and_no_answe
                           "-3", str(word)], capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and "--timeout: expected seconds > 0" in bad.stderr
     assert worker.terminate() == 0
+    # No worker left in the group: the broker drops the job (PUBACK "no matching subscribers"), and
+    # submit says so at once instead of printing the job as sent (or waiting out --timeout).
+    unheard = subprocess.run([sys.executable, "-m", "edge_ocr", "submit", "-c", str(configs[0]), str(word)],
+                             capture_output=True, text=True, timeout=60)
+    assert unheard.returncode == 1, unheard.stdout + unheard.stderr
+    assert "1 of 1 job(s) not passed on by the broker: no worker is subscribed to %s" % JOBS_TOPIC in unheard.stderr
+    assert unheard.stdout == ""
+    # A password the broker refuses: said at once, as `fleet status` says it
+    wrong = tmp_path / "wrong-password"
+    wrong.write_text("not-the-password\n")
+    config = configs[0].read_text()
+    bad_login = tmp_path / "bad-login.toml"
+    bad_login.write_text(re.sub(r'password_file = "[^"]*"', 'password_file = "%s"' % wrong, config))
+    refused = subprocess.run([sys.executable, "-m", "edge_ocr", "submit", "-c", str(bad_login), "--wait",
+                              "--timeout", "120", str(word)], capture_output=True, text=True, timeout=60)
+    assert refused.returncode == 1 and "refused the connection" in refused.stderr, refused.stderr
 
 
 @pytest.mark.slow
