@@ -15,6 +15,7 @@ from edge_ocr.config import MqttConfig
 from edge_ocr.errors import SinkError
 
 OFFLINE = "offline"
+NO_MATCHING_SUBSCRIBERS = 0x10  # a PUBACK's reason when nobody got the message (MQTT 5)
 
 
 def make_client(cfg: MqttConfig, client_id: str | None = None, *, mqtt5: bool = False,

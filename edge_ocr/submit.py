@@ -32,9 +32,8 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from edge_ocr.config import Config
 from edge_ocr.errors import SinkError
-from edge_ocr.mqtt_client import make_client
+from edge_ocr.mqtt_client import NO_MATCHING_SUBSCRIBERS, make_client
 
-NO_MATCHING_SUBSCRIBERS = 0x10  # a PUBACK's reason when nobody got the message (MQTT 5)
 SESSION_MARGIN_S = 60  # the session outlives the wait a little: answers still in flight at the deadline
 
 

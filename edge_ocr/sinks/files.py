@@ -73,6 +73,11 @@ def stored_parts(name: str, suffix: str) -> tuple[str, str]:
     return fit_stem(stem, longest), ext
 
 
+def _encoded(data: dict[str, Any]) -> bytes:
+    """A result's JSON as stored: readable (indented, UTF-8 as is), one newline at the end."""
+    return (json.dumps(data, ensure_ascii=False, indent=1) + "\n").encode("utf-8")
+
+
 def _made(directory: Path) -> None:
     """``directory`` made again if it was removed while the daemon runs (someone cleaning up done/)."""
     if directory.is_dir():
@@ -144,7 +149,7 @@ class ResultFiles:
         store keyed by content (the reuse store's ``<sha256>.json``), where no free name is sought."""
         _made(directory)
         path = directory / name
-        write_result(path, (json.dumps(data, ensure_ascii=False, indent=1) + "\n").encode("utf-8"))
+        write_result(path, _encoded(data))
         return path
 
     def store(self, src: Path | None, directory: Path, name: str, suffix: str, data: dict[str, Any],
@@ -155,7 +160,7 @@ class ResultFiles:
             # Another attempt at the same file stored it already: touch nothing of what it wrote.
             raise SinkError("cannot store %s: it is gone" % src)
         original, meta = self.find(directory, name, suffix, sha256)
-        write_result(meta, (json.dumps(data, ensure_ascii=False, indent=1) + "\n").encode("utf-8"))
+        write_result(meta, _encoded(data))
         if src is not None:
             if original.exists() and not original.is_symlink():
                 original.unlink()  # same content, an interrupted earlier attempt: keep one copy

@@ -437,10 +437,10 @@ class CameraSource:
             return job
         crops = []
         for roi in cfg.rois:
-            if roi.name not in self._outside and regions.clip_box(roi.box, frame.shape) != roi.box:
+            problem = None if roi.name in self._outside else off_frame(roi, frame.shape)
+            if problem:
                 self._outside.add(roi.name)
-                log.warning("region not inside the frame source=%s roi=%s box=%s frame=%dx%d", self.name, roi.name,
-                            list(roi.box), frame.shape[1], frame.shape[0])
+                log.warning("%s source=%s", problem, self.name)
             crops.append(regions.prepare(regions.crop(frame, roi.box), roi.grey, roi.clahe, roi.invert, roi.rotate))
         image, boxes = regions.canvas(crops)
         rois = tuple(dataclasses.replace(roi, box=box) for roi, box in zip(cfg.rois, boxes))  # boxes on the canvas
@@ -472,16 +472,14 @@ def probe(cfg: CameraSourceConfig) -> str | None:
         return exc.message if isinstance(exc, SourceError) else "video file has no frames"
     finally:
         reader.close()
-    return regions_off_frame(cfg.rois, frame.shape)
+    return "; ".join(filter(None, (off_frame(roi, frame.shape) for roi in cfg.rois))) or None
 
 
-def regions_off_frame(rois: tuple[Region, ...], shape: tuple[int, ...]) -> str | None:
-    """Why some of ``rois`` do not fit a frame of ``shape`` (one problem each), else None: a region
-    wholly outside is read as blank for good, one partly outside only up to the frame's edge."""
-    found = []
-    for roi in rois:
-        clipped = regions.clip_box(roi.box, shape)
-        if clipped != roi.box:
-            found.append("region %r box %s %s the %dx%d frame" % (
-                roi.name, list(roi.box), "lies outside" if clipped is None else "runs past", shape[1], shape[0]))
-    return "; ".join(found) or None
+def off_frame(roi: Region, shape: tuple[int, ...]) -> str | None:
+    """Why ``roi`` does not fit a frame of ``shape``, else None: a region wholly outside is read as
+    blank for good, one partly outside only up to the frame's edge (``check`` and the journal)."""
+    clipped = regions.clip_box(roi.box, shape)
+    if clipped == roi.box:
+        return None
+    return "region %r box %s %s the %dx%d frame" % (
+        roi.name, list(roi.box), "lies outside" if clipped is None else "runs past", shape[1], shape[0])

@@ -40,7 +40,7 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from edge_ocr.config import REQUEST_FLAG_WORDS, FleetConfig, MqttConfig, read_regions
 from edge_ocr.errors import ConfigError, EdgeOcrError, ImageTooLarge
-from edge_ocr.mqtt_client import make_client
+from edge_ocr.mqtt_client import NO_MATCHING_SUBSCRIBERS, make_client
 from edge_ocr.results import Job, Result, Status
 from edge_ocr.sources.base import SourceStatus, Submit
 from edge_ocr.stats import Stats
@@ -50,7 +50,6 @@ log = logging.getLogger(__name__)
 NAME = "fleet"
 HAND_BACK_S = 2.5  # a clean stop's budget for handing back held jobs (app.JOIN_TIMEOUT_S is 5 s)
 QUIET_S = 0.3  # ... and how long it waits for the broker to send no more of its session's jobs
-NO_MATCHING_SUBSCRIBERS = 0x10  # a PUBACK's reason when nobody got the message (MQTT 5)
 QUEUED, ANSWERING, RETURNING, KEPT = "queued", "answering", "returning", "kept"
 
 

@@ -214,7 +214,7 @@ class FolderSource:
         self.on_status = on_status
         self.processing = cfg.path / PROCESSING
         self.cache = cfg.path / CACHE
-        self._told_subfolders: set[str] = set()  # subfolders already named in the journal
+        self._told_left_alone: set[str] = set()  # subfolders, pipes, sockets already named in the journal
         self._status: SourceStatus | None = None
         self._rescan = threading.Event()
         # Claimed files whose result could not be written (disk full), with the name they were
@@ -430,9 +430,9 @@ class FolderSource:
                 continue
             if not stat.S_ISREG(st.st_mode):
                 del seen[name]  # sub-directories, fifos, sockets, devices: not ours, and never opened
-                if name not in self._told_subfolders:
+                if name not in self._told_left_alone:
                     # Said once per name: someone who dropped a folder of scans learns why nothing comes.
-                    self._told_subfolders.add(name)
+                    self._told_left_alone.add(name)
                     if stat.S_ISDIR(st.st_mode):
                         log.warning("subfolder not read source=%s dir=%s (only files in the folder itself are "
                                     "taken)", self.name, log_name(name))
