@@ -249,6 +249,25 @@ class OcrEngine:
         return EngineOutput(tuple(lines), (width, height), timing)
 
     def _read(self, crops: list[np.ndarray], allowed: list[str], detected: bool) -> list[Decoded]:
+        """Every crop read (``_read_lines``); but a single line or region without allowed characters
+        that looks like a licence plate (``recognize.plate_in_sight``) is read by the plate
+        specialist first, and its reading kept when it is a whole registration number."""
+        if detected or self._rec_zh_stage is None or self.options.plate_sight_share <= 0:
+            return self._read_lines(crops, allowed, detected)
+        share = self.options.plate_sight_share
+        sighted = [i for i, crop in enumerate(crops)
+                   if not (allowed and allowed[i]) and recognize.plate_in_sight(crop, share)]
+        readings: dict[int, Decoded] = {}
+        if sighted:
+            for index, result in zip(sighted, self._recognize(self._specialist(), [crops[i] for i in sighted], [])):
+                if recognize.is_plate_number(result.text):
+                    readings[index] = replace(result, text=recognize.plate_number(result.text))
+        rest = [i for i in range(len(crops)) if i not in readings]
+        if rest:
+            readings.update(zip(rest, self._read_lines([crops[i] for i in rest], _pick(allowed, rest), detected)))
+        return [readings[i] for i in range(len(crops))]
+
+    def _read_lines(self, crops: list[np.ndarray], allowed: list[str], detected: bool) -> list[Decoded]:
         """Accurate reading, drafts for long single lines, then the Chinese specialist.
 
         Every line of a page (``detected``) is read once by the page reader (``page_lines``: the

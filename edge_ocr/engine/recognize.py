@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 import numpy as np
 
 from edge_ocr.engine.decode import Charset, Decoded, ctc_greedy, is_cjk
-from edge_ocr.engine.preprocess import resize_for_recognition
+from edge_ocr.engine.preprocess import plate_colour_share, resize_for_recognition
 
 RunModel = Callable[[np.ndarray], np.ndarray]
 # map(function, items) → results in order: the builtin map, or a thread pool's map to read lines in parallel.
@@ -193,8 +193,13 @@ def take_specialist(reading: Decoded, specialist: Decoded) -> Decoded:
 # Macau), 5 with one on some.
 PLATE_PROVINCES = "京津沪渝冀豫云辽黑湘皖鲁新苏浙赣鄂桂甘晋蒙陕吉闽贵粤青藏川宁琼"
 PLATE_SEPARATORS = "·•・‧."
+_PLATE_SERIAL = "[A-Z0-9]{5,6}[挂学警港澳]?|[A-Z0-9]{4}[挂学警港澳]"
 _PLATE_WITH_SEPARATOR = re.compile(
-    "^([%s][A-Z])[%s]([A-Z0-9]{5,6}[挂学警港澳]?|[A-Z0-9]{4}[挂学警港澳])$" % (PLATE_PROVINCES, re.escape(PLATE_SEPARATORS)))
+    "^([%s][A-Z])[%s](%s)$" % (PLATE_PROVINCES, re.escape(PLATE_SEPARATORS), _PLATE_SERIAL))
+_PLATE = re.compile("^[%s][A-Z][%s]?(%s)$" % (PLATE_PROVINCES, re.escape(PLATE_SEPARATORS), _PLATE_SERIAL))
+# A plate's outline: 440 x 140 mm (3.1:1), new-energy plates 480 x 140 (3.4:1); a crop of the
+# plate with some margin, or of its characters alone, stays within this.
+PLATE_ASPECT = (2.5, 5.5)
 
 
 def plate_number(text: str) -> str:
@@ -202,6 +207,22 @@ def plate_number(text: str) -> str:
     readers see between the office letter and the serial ("皖A·C4933" -> "皖AC4933"), as it is
     written in registers and matched by gate lists; any other text unchanged."""
     return _PLATE_WITH_SEPARATOR.sub(r"\1\2", text)
+
+
+def is_plate_number(text: str) -> bool:
+    """A whole Chinese registration number, province to serial, with or without the separator."""
+    return _PLATE.match(text) is not None
+
+
+def plate_in_sight(crop: np.ndarray, min_share: float) -> bool:
+    """A crop shaped like a licence plate (``PLATE_ASPECT``) with at least ``min_share`` of its
+    pixels in a plate's background colour (``preprocess.plate_colour_share``): shown to the plate
+    specialist first, before any other reader (0 = never). The share was chosen on half a of
+    eval-dev's lines, confirmed on half b (bench/plate_sight.py, docs/accuracy.md)."""
+    height, width = crop.shape[:2]
+    if min_share <= 0 or height == 0 or not PLATE_ASPECT[0] <= width / height <= PLATE_ASPECT[1]:
+        return False
+    return plate_colour_share(crop) >= min_share
 
 
 def spread(count: int, size: int) -> list[int]:

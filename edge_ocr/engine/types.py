@@ -229,6 +229,13 @@ class EngineOptions:
     # time per plate on half a of eval-dev's plates and 0.848 [0.835, 0.859] on half b, the same
     # texts (bench/paired.py, 2 threads, 2-core x86).
     specialist_threads: int = 0
+    # A single line or region shaped like a licence plate and this much of it in a plate's
+    # background colour (recognize.plate_in_sight) is read by the plate specialist first, and its
+    # reading kept when it is a whole registration number (recognize.is_plate_number): a plate
+    # then costs one reading, not the page reader's and then the specialist's. Any other reading
+    # goes the usual way. 0 = never. Chosen on half a of eval-dev's lines, confirmed on half b
+    # (bench/plate_sight.py, docs/accuracy.md).
+    plate_sight_share: float = 0.25
     # A page with more lines than this has that many of them, spread over it, read first by the
     # page reader; if none shows Chinese (mass ``narrow_chinese_mass``: recognize.shows_chinese),
     # the rest are read by the pack's narrow page reader (``rec_page_narrow``: its classifier cut

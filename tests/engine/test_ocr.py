@@ -350,11 +350,38 @@ def test_short_single_lines_skip_the_draft_and_only_plates_reach_the_chinese_spe
     assert calls["rec_fast"] == 5 and calls["rec"] == calls["rec_page"] < 5 and engine.rec_zh is None
 
     calls.update(rec_fast=0, rec=0, rec_page=0)
-    plate = engine((eval_dev / "lines" / "plate_005621c69989.jpg").read_bytes(), det=False)
-    assert plate.text == "皖AC4933"  # read "皖A·C4933": the registration number has no separator dot
-    # 94x24 px: short, read by the page reader, plate-shaped with Chinese sensed: straight to PP-OCRv4
+    blue = cv2.imread(str(eval_dev / "lines" / "plate_005621c69989.jpg"))
+    grey = cv2.cvtColor(cv2.cvtColor(blue, cv2.COLOR_BGR2GRAY), cv2.COLOR_GRAY2BGR)
+    # In grey, a plate's outline alone: short, read by the page reader, plate-shaped with Chinese
+    # sensed, then by PP-OCRv4
+    assert engine(grey, det=False).text == "皖AC4933"  # read "皖A·C4933": the registration number has no dot
     assert calls == {"rec_fast": 0, "rec": 0, "rec_page": 1}
     assert engine.rec_zh is not None and engine.rec_zh.stage.name == "rec_zh"
+
+
+def test_a_plate_in_sight_is_read_by_the_plate_specialist_alone(eval_dev):
+    """A blue plate-shaped crop goes to PP-OCRv4 first (EngineOptions.plate_sight_share), and its
+    whole registration number is the answer: one reading instead of two. A blue word on a sign
+    that PP-OCRv4 does not read as a plate number is read the usual way, to the same text. (A
+    region with allowed characters is never in sight: the test after the next.)"""
+    from edge_ocr.engine.ocr import EngineOptions, OcrEngine
+
+    engine = OcrEngine(EngineOptions(threads=1))
+    usual = OcrEngine(EngineOptions(threads=1, plate_sight_share=0))
+    calls = {"rec_fast": 0, "rec": 0, "rec_page": 0}
+    for name in calls:
+        model = getattr(engine, name)
+        model.run = _counting(model.run, calls, name)
+    plate = (eval_dev / "lines" / "plate_005621c69989.jpg").read_bytes()
+    assert recognize.plate_in_sight(cv2.imread(str(eval_dev / "lines" / "plate_005621c69989.jpg")), 0.25)
+    assert engine(plate, det=False).text == "皖AC4933" == usual(plate, det=False).text
+    assert calls == {"rec_fast": 0, "rec": 0, "rec_page": 0} and engine.rec_zh is not None
+
+    sign = eval_dev / "lines" / "ic15w_84cd6e20bf0e.png"  # "FENDI", white on a blue sign
+    assert recognize.plate_in_sight(cv2.imread(str(sign)), 0.25)
+    assert engine(sign.read_bytes(), det=False).text == usual(sign.read_bytes(), det=False).text == "FENDI"
+    assert calls["rec_page"] == 1
+
 
 
 def test_the_plate_specialist_runs_on_its_own_thread_count(eval_dev):
@@ -448,8 +475,8 @@ def test_a_region_with_allowed_characters_is_read_by_the_dynamic_reader(eval_dev
     region = Region("plate", (0, 0, image.shape[1], image.shape[0]), "ABCDEFGHJKLMNPQRSTUVWXYZ0123456789")
     assert engine(image, rois=[region]).text == label[1:]
     assert calls == {"rec": 1, "rec_page": 0}
-    # Without allowed characters the same crop starts with the page reader.
-    assert engine(image, det=False).text and calls["rec_page"] == 1
+    # Without allowed characters the same crop, a blue plate, is read by the plate specialist alone.
+    assert engine(image, det=False).text == label and calls == {"rec": 1, "rec_page": 0}
 
 
 def test_with_two_threads_a_pages_lines_get_one_thread_each_and_less_padding_a_single_line_both_threads(eval_dev):

@@ -137,6 +137,37 @@ def test_resize_for_recognition_pads_with_normalised_grey():
     assert np.allclose(tensor[:, :, :96], 1.0) and np.allclose(tensor[:, :, 96:], 0.0)
 
 
+def _plate(background: tuple[int, int, int], size: tuple[int, int] = (24, 94)) -> np.ndarray:
+    """A plate-like crop: ``background`` (BGR) with a white frame and six white glyph bars."""
+    crop = np.full((*size, 3), background, np.uint8)
+    h, w = size
+    cv2.rectangle(crop, (1, 1), (w - 2, h - 2), (255, 255, 255), max(1, h // 24))
+    for i in range(6):
+        x = w * (i + 1) // 8
+        cv2.rectangle(crop, (x, h // 4), (x + max(1, w // 40), 3 * h // 4), (255, 255, 255), -1)
+    return crop
+
+
+@pytest.mark.parametrize("background, colour", [((180, 70, 10), "blue"), ((0, 200, 230), "yellow"),
+                                                ((60, 180, 40), "green")])
+def test_a_plates_background_colour_is_most_of_it(background, colour):
+    share = preprocess.plate_colour_share(_plate(background))
+    assert share > 0.6, colour
+    # the same plate in grey (a white or black plate, a photo at night) has none
+    grey = cv2.cvtColor(cv2.cvtColor(_plate(background), cv2.COLOR_BGR2GRAY), cv2.COLOR_GRAY2BGR)
+    assert preprocess.plate_colour_share(grey) == 0.0
+
+
+def test_the_plate_colour_share_of_a_large_crop_is_that_of_its_shrunk_copy():
+    small, large = _plate((180, 70, 10)), _plate((180, 70, 10), (480, 1880))
+    assert abs(preprocess.plate_colour_share(large) - preprocess.plate_colour_share(small)) < 0.1
+    half = large.copy()
+    half[:, 940:] = 128  # half of it grey
+    assert 0.35 < preprocess.plate_colour_share(half) < 0.55
+    assert preprocess.plate_colour_share(np.zeros((0, 0, 3), np.uint8)) == 0.0
+    assert preprocess.plate_colour_share(np.zeros((24, 94), np.uint8)) == 0.0  # one channel: not a colour image
+
+
 @pytest.mark.parametrize("size", [(960, 544), (544, 960), (960, 960), (928, 608), (480, 640), (64, 32), (512, 96)])
 @pytest.mark.parametrize("strip, overlap", [(512, 64), (384, 96), (288, 64)])
 def test_strips_cover_the_image_with_their_overlap_in_one_shape(size, strip, overlap):

@@ -9,6 +9,7 @@ from edge_ocr.engine.decode import Charset, Decoded
 from edge_ocr.engine.recognize import (
     batch_width,
     confirmed,
+    is_plate_number,
     line_width,
     looks_chinese,
     maybe_chinese,
@@ -17,6 +18,7 @@ from edge_ocr.engine.recognize import (
     needs_recheck,
     needs_specialist,
     plan_batches,
+    plate_in_sight,
     plate_number,
     plate_shaped,
     recognize,
@@ -107,6 +109,28 @@ def test_the_specialist_reading_is_kept_only_when_it_holds_chinese():
 ])
 def test_a_plate_reading_becomes_its_registration_number(reading, number):
     assert plate_number(reading) == number
+
+
+@pytest.mark.parametrize("reading, whole", [
+    ("皖A·C4933", True), ("皖AC4933", True), ("粤B·D12345", True), ("粤Z·1234港", True),
+    ("A·C4933", False),  # no province: PP-OCRv4 missed a glyph, so the usual readers decide
+    ("皖A·C49", False), ("皖·C4933", False), ("价格·12345", False), ("皖A·C4933元", False), ("", False),
+])
+def test_only_a_whole_registration_number_is_a_plate_number(reading, whole):
+    assert is_plate_number(reading) is whole
+
+
+def test_a_plate_is_in_sight_by_its_outline_and_its_colour():
+    blue = np.zeros((24, 94, 3), np.uint8)
+    blue[:] = (180, 70, 10)
+    assert plate_in_sight(blue, 0.25)
+    assert not plate_in_sight(blue, 0.0)  # the rule off
+    assert not plate_in_sight(blue[:, :40], 0.25)  # a square word on a blue sign
+    assert not plate_in_sight(np.concatenate([blue, blue, blue], axis=1), 0.25)  # a long blue banner
+    grey = np.full((24, 94, 3), 128, np.uint8)
+    assert not plate_in_sight(grey, 0.25)
+    blue[:, 30:] = 128  # a third of it blue: a word on a sign with a blue logo
+    assert not plate_in_sight(blue, 0.5) and plate_in_sight(blue, 0.25)
 
 
 def test_only_unsure_or_empty_drafts_are_rechecked():
