@@ -1,7 +1,7 @@
 """Dev only: where one model's time goes, by operator type and by node, on real eval-dev input.
 
-Runs one model file of a pack in its own ONNX Runtime session with profiling on (the engine's
-session settings, ``--threads`` intra-op threads) over the lines of a few eval-dev receipts (a
+Runs one model file of a pack in its own ONNX Runtime session with profiling on (arena and
+memory patterns off as in the engine, no spinning, ``--threads`` intra-op threads) over the lines of a few eval-dev receipts (a
 recogniser) or over the receipts themselves (the detector), then sums each kernel's time:
 
     .venv/bin/python bench/op_profile.py rec_page_narrow [--threads 1] [--pages 3] [--top 12]
@@ -44,7 +44,7 @@ def inputs(engine: OcrEngine, stage: str, pages: int) -> list:
             crop = preprocess.crop_quad(image, quad)
             width = recognize.batch_width([crop.shape[1] / max(crop.shape[0], 1)], spec.height,
                                           engine.options.page_min_width, spec.height * 64)
-            tensors.append(recognize.resize_for_recognition(crop, spec.height, width)[None])
+            tensors.append(preprocess.resize_for_recognition(crop, spec.height, width)[None])
     return tensors
 
 
@@ -67,9 +67,14 @@ def main(argv: list[str] | None = None) -> int:
     session = ort.InferenceSession(str(variant.path), options, providers=["CPUExecutionProvider"])
     name = session.get_inputs()[0].name
     tensors = inputs(engine, args.stage, args.pages)
+    if not tensors:
+        print("no input: the first %d eval-dev receipts gave no lines" % args.pages)
+        return 1
     for tensor in tensors:
         session.run(None, {name: tensor})
-    events = json.loads(Path(session.end_profiling()).read_text(encoding="utf-8"))
+    profile = Path(session.end_profiling())
+    events = json.loads(profile.read_text(encoding="utf-8"))
+    profile.unlink()
     by_op: collections.Counter[str] = collections.Counter()
     by_node: collections.Counter[tuple[str, str]] = collections.Counter()
     shapes: dict[tuple[str, str], str] = {}
@@ -82,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
         shapes[(op, node)] = str([next(iter(t.values())) for t in event["args"].get("input_type_shape", [])][:1])
     total = sum(by_op.values())
     print("%s (%s), %d runs, %d thread(s): %.1f ms of kernels per run"
-          % (args.stage, variant.path.name, len(tensors), args.threads, total / 1000 / max(len(tensors), 1)))
+          % (args.stage, variant.path.name, len(tensors), args.threads, total / 1000 / len(tensors)))
     print("| operator | share | ms per run |\n|---|---|---|")
     for op, duration in by_op.most_common(args.top):
         print("| %s | %.1f %% | %.2f |" % (op, 100 * duration / total, duration / 1000 / len(tensors)))

@@ -384,6 +384,37 @@ def test_a_plate_in_sight_is_read_by_the_plate_specialist_alone(eval_dev):
 
 
 
+def test_regions_in_sight_and_not_keep_their_own_readings(eval_dev):
+    """In one call: a word, a blue plate and the same plate with allowed characters; only the
+    plate in sight goes to the plate specialist first, and each region gets its own reading, as
+    with the rule off. On a page, a detected plate line is read by the page reader as before."""
+    from edge_ocr.engine.ocr import EngineOptions, OcrEngine
+
+    plate = cv2.imread(str(eval_dev / "lines" / "plate_005621c69989.jpg"))
+    word = cv2.imread(str(eval_dev / "lines" / "ic15w_00406e2db65a.png"))  # "NEW"
+    frame = np.full((120, 400, 3), 255, np.uint8)
+    frame[10 : 10 + word.shape[0], 10 : 10 + word.shape[1]] = word
+    frame[70 : 70 + plate.shape[0], 10 : 10 + plate.shape[1]] = plate
+    frame[70 : 70 + plate.shape[0], 200 : 200 + plate.shape[1]] = plate
+    regions = [Region("word", (10, 10, word.shape[1], word.shape[0])),
+               Region("plate", (10, 70, plate.shape[1], plate.shape[0])),
+               Region("masked", (200, 70, plate.shape[1], plate.shape[0]), "ABCDEFGHJKLMNPQRSTUVWXYZ0123456789")]
+    engine = OcrEngine(EngineOptions(threads=2))
+    usual = OcrEngine(EngineOptions(threads=2, plate_sight_share=0))
+    read = {line.roi: line.text for line in engine(frame, rois=regions).lines}
+    assert read == {line.roi: line.text for line in usual(frame, rois=regions).lines}
+    assert scoring.alnum(read["word"]) == "new" and read["plate"] == "皖AC4933" and read["masked"] == "AC4933"
+
+    page = np.full((400, 600, 3), 255, np.uint8)
+    page[150:222, 150:432] = cv2.resize(plate, (282, 72))
+    calls = {"rec_page": 0, "page_lines": 0}
+    for name in calls:
+        model = getattr(engine, name)
+        model.run = _counting(model.run, calls, name)
+    assert any(recognize.is_plate_number(line.text) for line in engine(page).lines)
+    assert calls["rec_page"] + calls["page_lines"] >= 1  # the page reader first, never the specialist alone
+
+
 def test_the_plate_specialist_runs_on_its_own_thread_count(eval_dev):
     """PP-OCRv4 runs on its own thread count (EngineOptions.specialist_threads; by default all)."""
     from edge_ocr.engine.ocr import EngineOptions, OcrEngine

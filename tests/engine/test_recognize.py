@@ -115,6 +115,8 @@ def test_a_plate_reading_becomes_its_registration_number(reading, number):
     ("皖A·C4933", True), ("皖AC4933", True), ("粤B·D12345", True), ("粤Z·1234港", True),
     ("A·C4933", False),  # no province: PP-OCRv4 missed a glyph, so the usual readers decide
     ("皖A·C49", False), ("皖·C4933", False), ("价格·12345", False), ("皖A·C4933元", False), ("", False),
+    ("皖AO1234", False), ("皖A1234I", False),  # a serial never holds I or O: a misread 0 or 1
+    ("皖AC4933\n", False),
 ])
 def test_only_a_whole_registration_number_is_a_plate_number(reading, whole):
     assert is_plate_number(reading) is whole
@@ -131,6 +133,10 @@ def test_a_plate_is_in_sight_by_its_outline_and_its_colour():
     assert not plate_in_sight(grey, 0.25)
     blue[:, 30:] = 128  # a third of it blue: a word on a sign with a blue logo
     assert not plate_in_sight(blue, 0.5) and plate_in_sight(blue, 0.25)
+    banner = np.zeros((400, 2000, 3), np.uint8)
+    banner[:] = (180, 70, 10)
+    assert plate_in_sight(banner, 0.25)  # 0.8 MP: a plate seen close by a 4K camera
+    assert not plate_in_sight(np.zeros((600, 3000, 3), np.uint8) + banner[0, 0], 0.25)  # 1.8 MP: a banner
 
 
 def test_only_unsure_or_empty_drafts_are_rechecked():
