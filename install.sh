@@ -145,7 +145,7 @@ install_system() {
     cp -r "$here/models" "$prefix/venv/share/edge-ocr/models.new"
     rm -rf "$prefix/venv/share/edge-ocr/models"
     mv "$prefix/venv/share/edge-ocr/models.new" "$prefix/venv/share/edge-ocr/models"
-    install -m 0644 "$here/README.md" "$prefix/README.md"
+    install -m 0644 "$here/README.md" "$here/LICENSE" "$prefix/"
     install -d -m 0755 "$prefix/docs"  # the README's links: the full accuracy, speed and memory records
     install -m 0644 "$here"/docs/*.md "$here"/docs/*.png "$prefix/docs/"
     "$prefix/venv/bin/edge-ocr" models verify >/dev/null || die "installed models failed their sha256 check"
