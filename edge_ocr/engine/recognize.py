@@ -193,13 +193,18 @@ def take_specialist(reading: Decoded, specialist: Decoded) -> Decoded:
 # Macau), 5 with one on some.
 PLATE_PROVINCES = "京津沪渝冀豫云辽黑湘皖鲁新苏浙赣鄂桂甘晋蒙陕吉闽贵粤青藏川宁琼"
 PLATE_SEPARATORS = "·•・‧."
-_PLATE_SERIAL = "[A-Z0-9]{5,6}[挂学警港澳]?|[A-Z0-9]{4}[挂学警港澳]"
+
+
+def _plate_serial(chars: str) -> str:
+    """The serial's pattern, its letters and digits from the character class ``chars``."""
+    return "[%s]{5,6}[挂学警港澳]?|[%s]{4}[挂学警港澳]" % (chars, chars)
+
+
 _PLATE_WITH_SEPARATOR = re.compile(
-    "^([%s][A-Z])[%s](%s)$" % (PLATE_PROVINCES, re.escape(PLATE_SEPARATORS), _PLATE_SERIAL))
+    "^([%s][A-Z])[%s](%s)$" % (PLATE_PROVINCES, re.escape(PLATE_SEPARATORS), _plate_serial("A-Z0-9")))
 # A whole number as is_plate_number takes it: the serial never holds I or O (GA 36: they would be
 # read as 1 and 0), so a reading with them is a misreading, left to the usual readers.
-_PLATE = re.compile("[%s][A-Z][%s]?(%s)" % (PLATE_PROVINCES, re.escape(PLATE_SEPARATORS),
-                                            _PLATE_SERIAL.replace("A-Z0-9", "A-HJ-NP-Z0-9")))
+_PLATE = re.compile("[%s][A-Z][%s]?(%s)" % (PLATE_PROVINCES, re.escape(PLATE_SEPARATORS), _plate_serial("A-HJ-NP-Z0-9")))
 # A plate's outline: 440 x 140 mm (3.1:1), new-energy plates 480 x 140 (3.4:1); a crop of the
 # plate with some margin, or of its characters alone, stays within this.
 PLATE_ASPECT = (2.5, 5.5)
