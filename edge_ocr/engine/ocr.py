@@ -258,17 +258,23 @@ class OcrEngine:
         sighted = [i for i, crop in enumerate(crops)
                    if not (allowed and allowed[i]) and recognize.plate_in_sight(crop, share)]
         readings: dict[int, Decoded] = {}
+        seen: dict[int, Decoded] = {}  # the specialist's other readings: the usual way may ask for them again
         if sighted:
             for index, result in zip(sighted, self._recognize(self._specialist(), [crops[i] for i in sighted], [])):
                 if recognize.is_plate_number(result.text):
                     readings[index] = replace(result, text=recognize.plate_number(result.text))
+                else:
+                    seen[index] = result
         rest = [i for i in range(len(crops)) if i not in readings]
         if rest:
-            readings.update(zip(rest, self._read_lines([crops[i] for i in rest], _pick(allowed, rest), detected)))
+            known = {position: seen[i] for position, i in enumerate(rest) if i in seen}
+            readings.update(zip(rest, self._read_lines([crops[i] for i in rest], _pick(allowed, rest), detected, known)))
         return [readings[i] for i in range(len(crops))]
 
-    def _read_lines(self, crops: list[np.ndarray], allowed: list[str], detected: bool) -> list[Decoded]:
-        """Accurate reading, drafts for long single lines, then the Chinese specialist.
+    def _read_lines(self, crops: list[np.ndarray], allowed: list[str], detected: bool,
+                    specialist_readings: dict[int, Decoded] | None = None) -> list[Decoded]:
+        """Accurate reading, drafts for long single lines, then the Chinese specialist
+        (``specialist_readings``: its readings of some crops already made, by index, not made again).
 
         Every line of a page (``detected``) is read once by the page reader (``page_lines``: the
         accurate model in its static int8 variant, as fast as drafting and re-reading the unsure
@@ -314,13 +320,14 @@ class OcrEngine:
         read_accurately(decoded, unsure)
         accurate = set(direct) | set(unsure)
         plates = self._plates(drafts, decoded, accurate, range(len(crops)))
-        taken = self._specialise(decoded, crops, allowed, plates)
+        known = specialist_readings or {}
+        taken = self._specialise(decoded, crops, allowed, plates, known)
         if self._confirms and not detected:
             # A plate whose specialist reading held no Chinese keeps the page reader's reading,
             # so it may need confirming too.
             confirmed = self._confirm(decoded, crops, allowed, sorted(accurate - taken - masked))
             self._specialise(decoded, crops, allowed,
-                             [i for i in self._plates(drafts, decoded, accurate, confirmed) if i not in plates])
+                             [i for i in self._plates(drafts, decoded, accurate, confirmed) if i not in plates], known)
         # A plate's registration number: without the separator dot read off the plate (recognize.plate_number).
         return [replace(d, text=number) if (number := recognize.plate_number(d.text)) != d.text else d for d in decoded]
 
@@ -376,14 +383,20 @@ class OcrEngine:
             again |= set(others)
         self._read_into(readings, reader, crops, [], sorted(again), min_width)
 
-    def _specialise(self, decoded: list[Decoded], crops: list[np.ndarray], allowed: list[str], plates: list[int]
-                    ) -> set[int]:
-        """Show ``plates`` to the Chinese specialist; returns those whose reading it replaced."""
+    def _specialise(self, decoded: list[Decoded], crops: list[np.ndarray], allowed: list[str], plates: list[int],
+                    known: dict[int, Decoded]) -> set[int]:
+        """Show ``plates`` to the Chinese specialist, but those it has read already (``known``);
+        returns those whose reading it replaced."""
         if not plates:
             return set()
         taken = set()
-        specialist = self._recognize(self._specialist(), [crops[i] for i in plates], _pick(allowed, plates))
-        for index, result in zip(plates, specialist):
+        unread = [i for i in plates if i not in known]
+        specialist = dict(known)
+        if unread:
+            specialist.update(zip(unread, self._recognize(self._specialist(), [crops[i] for i in unread],
+                                                          _pick(allowed, unread))))
+        for index in plates:
+            result = specialist[index]
             decoded[index] = recognize.take_specialist(decoded[index], result)
             if decoded[index] is result:
                 taken.add(index)

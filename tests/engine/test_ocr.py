@@ -383,6 +383,27 @@ def test_a_plate_in_sight_is_read_by_the_plate_specialist_alone(eval_dev):
     assert calls["rec_page"] == 1
 
 
+def test_a_plate_in_sight_not_read_whole_is_shown_to_the_specialist_once(eval_dev):
+    """A plate whose last serial character is hidden is in sight, but PP-OCRv4's reading ("皖A·C493")
+    is no whole registration number, so it goes the usual way: the page reader reads it, it is
+    plate-shaped with Chinese sensed, and the specialist's first reading is taken, not made again."""
+    from edge_ocr.engine.ocr import EngineOptions, OcrEngine
+
+    plate = cv2.imread(str(eval_dev / "lines" / "plate_005621c69989.jpg"))
+    hidden = plate.copy()
+    hidden[:, int(plate.shape[1] * 0.82) :] = plate[2:6, 2:6].reshape(-1, 3).mean(axis=0).astype(np.uint8)
+    assert recognize.plate_in_sight(hidden, 0.25)
+    engine = OcrEngine(EngineOptions(threads=1))
+    usual = OcrEngine(EngineOptions(threads=1, plate_sight_share=0))
+    calls = {"rec_zh": 0, "rec_page": 0}
+    engine.rec_page.run = _counting(engine.rec_page.run, calls, "rec_page")
+    specialist = engine._specialist()
+    specialist.run = _counting(specialist.run, calls, "rec_zh")
+    text = engine(hidden, det=False).text
+    assert text == usual(hidden, det=False).text and text.startswith("皖A") and not recognize.is_plate_number(text)
+    assert calls == {"rec_zh": 1, "rec_page": 1}
+
+
 
 def test_regions_in_sight_and_not_keep_their_own_readings(eval_dev):
     """In one call: a word, a blue plate and the same plate with allowed characters; only the
