@@ -37,18 +37,9 @@ EVAL_DEV = Path(__file__).resolve().parents[2] / "shared" / "eval-dev"
 APPROXIMATED = ("rec_page", "page_lines", "rec_page_narrow")
 
 
-def approximated(model: Model, threads: int, spinning: bool) -> ort.InferenceSession:
-    """A session of ``model``'s file as ``models.make_session`` makes it, with the GELU approximation on."""
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.enable_cpu_mem_arena = False
-    options.enable_mem_pattern = False
-    options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
-    if spinning:
-        options.add_session_config_entry("session.force_spinning_stop", "1")
+def approximated(model: Model) -> ort.InferenceSession:
+    """A session of ``model``'s file with the engine's options for it, and the GELU approximation on."""
+    options = model.session.get_session_options()
     options.add_session_config_entry("optimization.enable_gelu_approximation", "1")
     return ort.InferenceSession(str(model.variant.path), options, providers=["CPUExecutionProvider"])
 
@@ -61,8 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     fast = OcrEngine(EngineOptions(threads=args.threads))
     for role, model in fast.models().items():
         if role in APPROXIMATED:
-            threads = model.session.get_session_options().intra_op_num_threads
-            model._session = approximated(model, threads, fast.options.allow_spinning)  # dev only: another session
+            model._session = approximated(model)  # dev only: the same Model, another session
     engines = {"shipped": shipped, "tanh GELU": fast}
 
     pages = [(EVAL_DEV / folder / row["file"], row) for folder in ("pages", "zh/pages")
