@@ -76,12 +76,6 @@ def main(argv: list[str] | None = None) -> int:
     page_reader = engine.rec_page
     assert page_reader is not None and page_reader.stage.charset is not None
 
-    def read(crop: np.ndarray, min_width: int) -> str:
-        stage = page_reader.stage
-        assert stage.charset is not None
-        return recognize.recognize([crop], page_reader.run, stage.charset, stage.height, min_width,
-                                   stage.width or stage.height * 64, 1)[0].text
-
     kinds: Counter[str] = Counter()
     reread: Counter[str] = Counter()
     heights: list[float] = []
@@ -109,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
                 for name, quad in (("edge-ocr's box", ours[mine[i]]), ("the peer's box", theirs[peers[i]])):
                     crop = preprocess.crop_quad(image, quad.astype(np.float32))
                     for width in (96, 320):
-                        reread["%s; %s, %d px" % (group, name, width)] += relaxed(read(crop, width)) == relaxed(text)
+                        reread["%s; %s, %d px" % (group, name, width)] += relaxed(read_scored(page_reader, crop, width)[0]) == relaxed(text)
     print("ground-truth boxes of %d receipts read right by:" % len(receipts))
     for kind, count in kinds.items():
         print("  %-50s %d" % (kind, count))
@@ -167,9 +161,11 @@ def shrunk(quad: np.ndarray, pixels: float = 1.0) -> np.ndarray:
     return q.astype(np.float32)
 
 
-def read_scored(model: Any, crop: np.ndarray) -> tuple[str, float]:
+def read_scored(model: Any, crop: np.ndarray, min_width: int = 96) -> tuple[str, float]:
+    """The page reader's text and score for one crop, padded to at least ``min_width`` px."""
     stage = model.stage
-    decoded = recognize.recognize([crop], model.run, stage.charset, stage.height, 96, stage.width or stage.height * 64, 1)[0]
+    decoded = recognize.recognize([crop], model.run, stage.charset, stage.height, min_width,
+                                  stage.width or stage.height * 64, 1)[0]
     return decoded.text, decoded.score
 
 

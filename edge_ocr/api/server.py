@@ -6,6 +6,7 @@ subclassing lives here."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import socket
@@ -145,6 +146,7 @@ class HttpServer:
         self._map: dict[int, Any] = {}
         self._server: Any = None
         self._thread: threading.Thread | None = None
+        self._stopping = False  # stop() closed the sockets from its own thread
 
     @property
     def port(self) -> int:
@@ -186,7 +188,10 @@ class HttpServer:
         try:
             self._server.run()
         except Exception:  # thread boundary
-            log.exception("http server loop failed")
+            if self._stopping:  # its sockets were closed under its select by stop(): expected
+                log.debug("http loop ended by a stop from another thread", exc_info=True)
+            else:
+                log.exception("http server loop failed")
 
     def stop(self, timeout_s: float = 2.0) -> bool:
         """Let running requests finish (up to ``timeout_s``), close every socket, join the loop.
@@ -202,7 +207,18 @@ class HttpServer:
             # A request still running (in the engine) keeps its waitress thread: not stopped.
             requests_done = not dispatcher.task_dispatcher.threads
             # close_all must run on the loop's own thread: hand it over through waitress's trigger
-            dispatcher.trigger.pull_trigger(lambda: _close_all(self._map))
+            try:
+                dispatcher.trigger.pull_trigger(lambda: _close_all(self._map))
+            except OSError as exc:
+                # Its wake-up pipe was closed under it (an fd closed twice elsewhere): close from
+                # here instead; the loop then finds no socket left after its select timeout.
+                log.warning("http wake-up pipe closed early, closing from the stopping thread error=%s", exc)
+                self._stopping = True
+                _close_all(self._map)
+                # waitress half-closed the trigger when its pipe broke (out of the map, its read end
+                # still open): let go of that too.
+                with contextlib.suppress(OSError):
+                    dispatcher.trigger.socket.close()
         self._thread.join(timeout_s)
         stopped = requests_done and not self._thread.is_alive()
         if stopped:

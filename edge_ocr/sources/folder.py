@@ -123,21 +123,17 @@ class Inotify:
     in, and links made in it (``ln``, ``ln -s``: created whole, so no close-after-write follows)."""
 
     def __init__(self, directory: Path) -> None:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-        libc.inotify_init1.argtypes = [ctypes.c_int]
-        libc.inotify_add_watch.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_uint32]
-        fd = libc.inotify_init1(IN_NONBLOCK | IN_CLOEXEC)
-        if fd < 0:
-            err = ctypes.get_errno()
-            raise OSError(err, "inotify_init1: %s" % os.strerror(err))
-        mask = IN_CLOSE_WRITE | IN_MOVED_TO | IN_CREATE | IN_DELETE_SELF | IN_MOVE_SELF | IN_ONLYDIR
-        if libc.inotify_add_watch(fd, os.fsencode(directory), mask) < 0:
-            err = ctypes.get_errno()
-            os.close(fd)
-            raise OSError(err, "inotify_add_watch %s: %s" % (directory, os.strerror(err)))
-        self.fd = fd
         self.directory = directory
+        self.fd = _watch(directory)
         self.broken = False  # the watched directory was removed or moved: caller must rescan/reopen
+
+    def reopen(self) -> None:
+        """Watch the directory afresh (after it was removed and made again), in this same object, so
+        whoever closes it closes the watch in use. Raises OSError (and is left closed) when it
+        cannot be watched."""
+        self.close()
+        self.fd = _watch(self.directory)
+        self.broken = False
 
     def read(self, timeout_s: float) -> tuple[list[str], bool]:
         """Names reported within ``timeout_s``, and whether a full rescan is needed (overflow)."""
@@ -173,7 +169,27 @@ class Inotify:
         return stat.S_ISLNK(st.st_mode) or (stat.S_ISREG(st.st_mode) and st.st_nlink > 1)
 
     def close(self) -> None:
-        os.close(self.fd)
+        """Idempotent: a second close must not close an fd number that is by then someone else's."""
+        fd, self.fd = self.fd, -1
+        if fd >= 0:
+            os.close(fd)
+
+
+def _watch(directory: Path) -> int:
+    """A non-blocking inotify fd watching ``directory``. Raises OSError."""
+    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    libc.inotify_init1.argtypes = [ctypes.c_int]
+    libc.inotify_add_watch.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_uint32]
+    fd = libc.inotify_init1(IN_NONBLOCK | IN_CLOEXEC)
+    if fd < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, "inotify_init1: %s" % os.strerror(err))
+    mask = IN_CLOSE_WRITE | IN_MOVED_TO | IN_CREATE | IN_DELETE_SELF | IN_MOVE_SELF | IN_ONLYDIR
+    if libc.inotify_add_watch(fd, os.fsencode(directory), mask) < 0:
+        err = ctypes.get_errno()
+        os.close(fd)
+        raise OSError(err, "inotify_add_watch %s: %s" % (directory, os.strerror(err)))
+    return fd
 
 
 class FileStore(Protocol):
@@ -331,9 +347,12 @@ class FolderSource:
         try:
             return Inotify(self.cfg.path)
         except (OSError, AttributeError) as exc:
-            log.warning("inotify unavailable, polling source=%s interval_s=%s error=%s",
-                        self.name, self.cfg.poll_interval, exc)
+            self._polling(exc)
             return None
+
+    def _polling(self, why: Exception) -> None:
+        log.warning("inotify unavailable, polling source=%s interval_s=%s error=%s",
+                    self.name, self.cfg.poll_interval, why)
 
     def _resume(self, stop: threading.Event) -> None:
         """Files left in .processing/ by a stop or crash: finish an interrupted move, or run them again."""
@@ -371,8 +390,11 @@ class FolderSource:
             if self._rescan.is_set() or now >= next_scan or (inotify is not None and inotify.broken):
                 self._rescan.clear()
                 if inotify is not None and inotify.broken:
-                    inotify.close()
-                    inotify = self._open_inotify()
+                    try:  # in place: the caller closes this same object, so the watch in use
+                        inotify.reopen()
+                    except OSError as exc:
+                        self._polling(exc)
+                        inotify, self.mode = None, "poll"
                 for name in self._list():
                     self._note(seen, name, now)
                 last_scan = now

@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import os
 import re
 import socket
 import threading
@@ -618,6 +619,24 @@ def test_server_binds_port_zero_serves_and_stops(backend, serve, photo, photo_te
         assert_serving(client, photo, photo_text)
         assert_error(client.get("/nope"), 404, "not_found")
     assert server.stop(timeout_s=5)
+    assert not any(t.name == "http" for t in threading.enumerate())
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(server.url + "/healthz", timeout=5)
+
+
+def test_a_stop_after_its_wake_up_pipe_was_closed_elsewhere_still_stops(backend, photo, photo_text, caplog):
+    """stop() hands the closing to the loop through waitress's wake-up pipe. Were that pipe's fd
+    closed under it (a descriptor closed twice by other code), stop() used to raise EBADF and the
+    daemon exited 1 after a clean run; now it closes the sockets itself and the port is freed."""
+    server = HttpServer(backend.app(), "127.0.0.1:0", 4)
+    server.start()
+    with httpx.Client(base_url=server.url, timeout=TIMEOUT_S) as client:
+        assert_serving(client, photo, photo_text)
+    trigger = next(d.trigger for d in server._map.values() if hasattr(d, "task_dispatcher"))
+    os.close(trigger.trigger)  # the write end, as a stray close elsewhere would
+    with caplog.at_level("WARNING"):
+        assert server.stop(timeout_s=5)
+    assert "http wake-up pipe closed early" in caplog.text
     assert not any(t.name == "http" for t in threading.enumerate())
     with pytest.raises(httpx.ConnectError):
         httpx.get(server.url + "/healthz", timeout=5)

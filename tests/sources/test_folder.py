@@ -37,6 +37,7 @@ def folder(tmp_path):
         running.append((stop, thread, pipe))
         return source, engine
 
+    start.running = running  # type: ignore[attr-defined]  # for a test that stops the source itself
     yield start
     for stop, thread, pipe in running:
         stop.set()
@@ -268,6 +269,46 @@ def test_folders_removed_while_running_are_made_again(tmp_path, folder):
     inbox.mkdir()
     (inbox / "three.txt").write_bytes(b"TEXT:three")
     assert wait_until(lambda: names(tmp_path / "done") == ["three.json", "three.txt", "two.json", "two.txt"])
+
+
+def _inotify_fds() -> int:
+    return sum(os.readlink("/proc/self/fd/" + fd) == "anon_inode:inotify" for fd in os.listdir("/proc/self/fd")
+               if os.path.exists("/proc/self/fd/" + fd))
+
+
+def test_a_watch_renewed_after_the_inbox_was_made_again_is_closed_once_at_the_stop(tmp_path, folder, monkeypatch):
+    """The inbox removed and made again renews the inotify watch. At the stop, the watch in use is
+    closed and nothing is closed twice: before, the replaced watch was closed a second time (an fd
+    number by then perhaps another thread's, such as the HTTP server's wake-up pipe) and the new
+    one was left open."""
+    import shutil
+
+    from edge_ocr.sources import folder as folder_module
+
+    watches = []
+
+    class RecordedInotify(folder_module.Inotify):
+        def __init__(self, directory):
+            super().__init__(directory)
+            watches.append(self)
+
+    monkeypatch.setattr(folder_module, "Inotify", RecordedInotify)
+    before = _inotify_fds()
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    source, _ = folder(watch="inotify")
+    shutil.rmtree(inbox)
+    inbox.mkdir()
+    (inbox / "after.txt").write_bytes(b"TEXT:after")
+    assert wait_until(lambda: names(tmp_path / "done") == ["after.json", "after.txt"])
+    assert source.mode == "inotify" and len(watches) == 1 and not watches[0].broken  # renewed in place
+    assert _inotify_fds() == before + 1
+    stop, thread, _ = folder.running[-1]
+    stop.set()
+    thread.join(5)
+    assert not thread.is_alive()
+    assert watches[0].fd == -1  # closed, and closed for good: a second close() is a no-op
+    assert _inotify_fds() == before
 
 
 def test_a_defect_on_one_file_fails_that_file_and_the_folder_goes_on(tmp_path, folder, monkeypatch):
