@@ -462,6 +462,9 @@ class App:
         except ConfigError as exc:
             log.error("config reload failed, keeping the running config: %s", exc.message)
             return
+        except Exception:  # a defect in reading it must not end a daemon that is running well
+            log.exception("config reload failed, keeping the running config")
+            return
         changed = config_diff(self.config, new)
         if not changed:
             log.info("config reload: no changes")

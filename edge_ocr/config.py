@@ -642,7 +642,7 @@ class _Table:
             return default
         if not isinstance(value, str) or not value:
             raise ConfigError("%s: expected a path, got %s" % (self.key(name), _show(value)))
-        return self.base / Path(value).expanduser()
+        return self.base / expand_user(self.key(name), value)
 
     def done(self) -> None:
         for extra in self.data:
@@ -712,12 +712,21 @@ def _engine(t: _Table) -> EngineConfig:
     return _read(EngineConfig, t, {"threads": threads})
 
 
+def expand_user(key: str, value: str) -> Path:
+    """``value`` as a path with a leading ``~`` or ``~user`` expanded. Raises ConfigError for a user
+    this machine does not have (``~pi`` on a Raspberry Pi OS without the ``pi`` account)."""
+    try:
+        return Path(value).expanduser()
+    except RuntimeError as exc:
+        raise ConfigError("%s: cannot expand %r: no such user's home here" % (key, value)) from exc
+
+
 def _read_secret(t: _Table, key: str, env: Mapping[str, str], credential: str) -> tuple[str, Secret | None]:
     raw = t.text(key, "")
     creds = env.get("CREDENTIALS_DIRECTORY")
     candidates: list[Path] = []
     if raw:
-        p = Path(raw).expanduser()
+        p = expand_user(t.key(key), raw)
         if not p.is_absolute() and creds:
             candidates.append(Path(creds) / p)
         candidates.append(p if p.is_absolute() else t.base / p)
@@ -746,9 +755,10 @@ def _mqtt(t: _Table, state: Path, env: Mapping[str, str]) -> MqttConfig:
     given["password_file"], given["password"] = _read_secret(t, "password_file", env, CREDENTIAL_PASSWORD)
     for key in ("ca_file", "cert_file", "key_file"):
         value = t.text(key, "")
-        if value and not (t.base / Path(value).expanduser()).is_file():
+        path = t.base / expand_user(t.key(key), value) if value else None
+        if path is not None and not path.is_file():
             raise ConfigError("%s: file not found: %s" % (t.key(key), value))
-        given[key] = str(t.base / Path(value).expanduser()) if value else ""
+        given[key] = str(path) if path is not None else ""
     given["tls"] = t.flag("tls", bool(given["ca_file"] or given["cert_file"]))
     return _read(MqttConfig, t, given, {"spool_dir": state / "spool", "port": 8883 if given["tls"] else 1883})
 
@@ -781,7 +791,7 @@ def _camera(t: _Table) -> CameraSourceConfig:
         raise ConfigError("%s: expected a path, URL or index, got %s" % (t.key("device"), _show(device)))
     device = str(device)
     if backend == "opencv" and not device.isdigit() and "://" not in device:
-        device = str(t.base / Path(device).expanduser())  # a video file, relative to the config as paths are
+        device = str(t.base / expand_user(t.key("device"), device))  # a video file, relative to the config as paths are
     size = t.take("size", [0, 0])
     if not (isinstance(size, list) and len(size) == 2 and all(isinstance(v, int) and not isinstance(v, bool)
                                                                and 0 <= v <= 16384 for v in size)
@@ -808,7 +818,7 @@ def _region(t: _Table, allowed: tuple[str, ...] | None = None) -> Region:
     pattern = t.text("pattern", "")
     try:
         re.compile(pattern)
-    except re.error as exc:
+    except (re.error, OverflowError, RecursionError) as exc:  # a{99999999999}: OverflowError
         raise ConfigError("%s: invalid regular expression: %s" % (t.key("pattern"), exc)) from exc
     return _read(Region, t, {"name": name, "box": (box[0], box[1], box[2], box[3]), "pattern": pattern})
 

@@ -88,4 +88,9 @@ def test_sighup_applies_live_keys_and_names_the_rest(tmp_path):
     daemon.proc.send_signal(signal.SIGHUP)
     assert wait_until(lambda: "config reload failed, keeping the running config" in daemon.text(), 20)
     assert daemon.proc.poll() is None
+    # a home of a user this machine lacks: before, a RuntimeError out of the reload ended the daemon
+    config.write_text(_config_text(port).replace('path = "', 'path = "~no-such-user-here/', 1))
+    daemon.proc.send_signal(signal.SIGHUP)
+    assert wait_until(lambda: "no such user's home here" in daemon.text(), 20), daemon.text()[-2000:]
+    assert daemon.proc.poll() is None
     assert daemon.terminate() == 0

@@ -68,6 +68,14 @@ def load(tmp_path: Path, text: str, environ: dict[str, str] | None = None):
         ("[mqtt]\npassword = \"hunter2\"\n", "mqtt.password: secrets are not read from the config"),
         ("[[sources]]\nname = \"cmd\"\npath = \"x\"\n", "sources[0].name: 'cmd' is reserved for the MQTT commands"),
         ("[guard]\nrss_soft_mb = 650\n", "guard.rss_hard_mb: expected more than rss_soft_mb (650), got 600"),
+        # ~user of a user this machine lacks (no "pi" account on Raspberry Pi OS since Bookworm)
+        ("[[sources]]\nname = \"a\"\npath = \"~no-such-user-here/inbox\"\n",
+         "sources[0].path: cannot expand '~no-such-user-here/inbox': no such user's home here"),
+        ("[[sources]]\nname = \"c\"\ntype = \"camera\"\ndevice = \"~no-such-user-here/a.avi\"\n",
+         "sources[0].device: cannot expand"),
+        ("[mqtt]\npassword_file = \"~no-such-user-here/pw\"\n", "mqtt.password_file: cannot expand"),
+        ("[mqtt]\nca_file = \"~no-such-user-here/ca.pem\"\n", "mqtt.ca_file: cannot expand"),
+        ("[http]\ntoken_file = \"~no-such-user-here/token\"\n", "http.token_file: cannot expand"),
     ],
 )
 def test_bad_values_name_the_key_path_and_reason(tmp_path, text, message):
@@ -257,6 +265,8 @@ def test_documented_camera_example_has_every_key_and_loads(tmp_path):
         ("rois = [ { name = \"a\", box = [0, 0, 1, 1], rotate = 45 } ]",
          "sources[0].rois[0].rotate: expected one of 0, 90, 180, 270, got 45"),
         ("rois = [ { name = \"a\", box = [0, 0, 1, 1], pattern = \"(\" } ]",
+         "sources[0].rois[0].pattern: invalid regular expression"),
+        ("rois = [ { name = \"a\", box = [0, 0, 1, 1], pattern = \"a{99999999999}\" } ]",  # OverflowError
          "sources[0].rois[0].pattern: invalid regular expression"),
         ("retry_min_delay = 5.0\nretry_max_delay = 1.0", "sources[0].retry_max_delay: expected >= retry_min_delay"),
     ],

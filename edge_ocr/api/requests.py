@@ -76,7 +76,7 @@ def _read_body() -> bytes:
 def _json_image(body: bytes, det: Any, rois: Any) -> tuple[bytes, Any, Any]:
     try:
         data = json.loads(body)
-    except (UnicodeDecodeError, ValueError) as exc:
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:  # RecursionError: nested too deep
         raise ApiError("bad_json", "body is not valid JSON: %s" % exc) from exc
     if not isinstance(data, dict):
         raise ApiError("bad_json", 'expected a JSON object {"image": "<base64>", ...}')
@@ -148,7 +148,7 @@ def _rois_option(value: Any) -> tuple[Region, ...]:
     if isinstance(value, str):
         try:
             value = json.loads(value)
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:
             raise ApiError("invalid_rois", "rois: not valid JSON: %s" % exc) from exc
     try:
         return read_regions(value, "rois")
