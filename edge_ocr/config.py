@@ -290,10 +290,10 @@ class MqttConfig:
 
     def __post_init__(self) -> None:
         _check_declared(self)
-        if not self.topic_prefix or any(c in self.topic_prefix for c in "#+\0") \
-                or self.topic_prefix.startswith("/") or self.topic_prefix.endswith("/"):
-            raise Invalid("topic_prefix", "expected a topic without wildcards or leading/trailing '/', got %r"
-                          % self.topic_prefix)
+        for key in ("topic_prefix", "discovery_prefix"):  # both start topics this device publishes on
+            value = getattr(self, key)
+            if not value or any(c in value for c in "#+\0") or value.startswith("/") or value.endswith("/"):
+                raise Invalid(key, "expected a topic without wildcards or leading/trailing '/', got %r" % value)
         if bool(self.cert_file) != bool(self.key_file):
             raise Invalid("cert_file", "cert_file and key_file go together")
         if self.password is not None and not self.username:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import socket
 import ssl
+import threading
 from typing import Any
 
 import paho.mqtt.client as paho
@@ -52,3 +53,14 @@ def _no_delay(client: paho.Client, userdata: Any, sock: Any) -> None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     except (OSError, AttributeError):  # not TCP (a Unix socket), or a wrapper without it
         pass
+
+
+def stop_loop(client: paho.Client, timeout_s: float) -> bool:
+    """Stop ``client``'s network thread (``loop_stop``) within ``timeout_s``. paho joins that thread,
+    which may sit in a connect to a broker that does not answer for its whole connect timeout
+    (5 s): past ``timeout_s`` it is left behind (a daemon thread) so a stop keeps its budget.
+    Returns False then."""
+    stopper = threading.Thread(target=client.loop_stop, name="mqtt-stop", daemon=True)
+    stopper.start()
+    stopper.join(max(0.0, timeout_s))
+    return not stopper.is_alive()

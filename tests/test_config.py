@@ -76,6 +76,9 @@ def load(tmp_path: Path, text: str, environ: dict[str, str] | None = None):
         ("[mqtt]\npassword_file = \"~no-such-user-here/pw\"\n", "mqtt.password_file: cannot expand"),
         ("[mqtt]\nca_file = \"~no-such-user-here/ca.pem\"\n", "mqtt.ca_file: cannot expand"),
         ("[http]\ntoken_file = \"~no-such-user-here/token\"\n", "http.token_file: cannot expand"),
+        ("[mqtt]\ntopic_prefix = \"home/+\"\n", "mqtt.topic_prefix: expected a topic without wildcards"),
+        # paho refused the discovery topics on connect, in its own thread, which then ended for good
+        ("[mqtt]\ndiscovery_prefix = \"homeassistant/+\"\n", "mqtt.discovery_prefix: expected a topic without wildcards"),
     ],
 )
 def test_bad_values_name_the_key_path_and_reason(tmp_path, text, message):

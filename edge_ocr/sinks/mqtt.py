@@ -28,7 +28,7 @@ import paho.mqtt.client as paho
 from edge_ocr import __version__
 from edge_ocr.config import MqttConfig
 from edge_ocr.errors import EdgeOcrError
-from edge_ocr.mqtt_client import make_client
+from edge_ocr.mqtt_client import make_client, stop_loop
 from edge_ocr.results import Result, Status
 from edge_ocr.sinks.spool import Message, Spool
 from edge_ocr.stats import Stats
@@ -91,12 +91,13 @@ class MqttSink:
         self.client: paho.Client | None = None
         self._thread: threading.Thread | None = None
         self._closing = threading.Event()
-        self._statused: set[str] = set()  # sources whose status was published: set offline on close
+        self._statused: dict[str, str] = {}  # source -> its last status reported: set offline on close
         self._wake = threading.Event()
         self._connected = threading.Event()
         self._lock = threading.Lock()
         self._inflight: dict[int, int] = {}  # mid -> spool seq
         self._hold: set[int] = set()  # mids paho re-sends after a reconnect; new ones wait for them
+        self._status_due: set[str] = set()  # sources whose status the mqtt thread publishes next
         self._acked: deque[int] = deque()
         self._last_seq = 0
         self._fail_logged = False
@@ -160,14 +161,15 @@ class MqttSink:
             try:
                 # Every source's retained status too: a stopped daemon's sources read no longer
                 # online to whoever watches them (a Node-RED flow on <p>/<source>/status).
-                for source in sorted(set(self.sources) | self._statused):
+                for source in sorted(set(self.sources) | set(self._statused)):
                     client.publish("%s/%s/status" % (self.prefix, source), OFFLINE, qos=1, retain=True)
                 info = client.publish("%s/availability" % self.prefix, OFFLINE, qos=1, retain=True)
                 info.wait_for_publish(max(0.5, deadline - time.monotonic()))
             except (RuntimeError, ValueError) as exc:
                 log.warning("mqtt offline not published error=%s", exc)
             client.disconnect()
-        client.loop_stop()
+        if not stop_loop(client, max(0.1, deadline - time.monotonic())):
+            log.warning("mqtt stop left a connect attempt behind host=%s port=%d", self.cfg.host, self.cfg.port)
         log.info("mqtt stopped spooled=%d", len(self.spool) if self.spool else 0)
 
     @property
@@ -197,9 +199,13 @@ class MqttSink:
         self._wake.set()
 
     def set_source_status(self, source: str, status: str) -> None:
-        self._statused.add(source)  # the fleet's source is not among ``sources``
-        if self._connected.is_set() and self.client is not None:
-            self.client.publish("%s/%s/status" % (self.prefix, source), status, qos=1, retain=True)
+        """Publish ``source``'s status (retained), from the ``mqtt`` thread as every status is: it
+        reads the status when it publishes, so a change during a reconnect is never overtaken by
+        the value read before it."""
+        with self._lock:
+            self._statused[source] = status  # the fleet's source is not among ``sources``
+            self._status_due.add(source)
+        self._wake.set()
 
     # -- the mqtt thread: spool → broker ----------------------------------------------------
 
@@ -211,6 +217,7 @@ class MqttSink:
             try:
                 self._drain_acks()
                 if self._connected.is_set():
+                    self._publish_statuses()
                     self._publish_spooled()
                     # Against the current stats_interval: a reload takes effect from the last message.
                     if time.monotonic() >= last_stats + self.cfg.stats_interval:
@@ -234,6 +241,15 @@ class MqttSink:
             self.stats.inc("mqtt_published_total", removed)
             self.stats.set("spool_depth", len(self.spool))
             self.stats.set("spool_dropped_total", self.spool.dropped)
+
+    def _publish_statuses(self) -> None:
+        assert self.client is not None
+        with self._lock:
+            due, self._status_due = self._status_due, set()
+            reported = {source: self._statused.get(source) for source in due}
+        for source in sorted(due):  # a status reported from here on is due again: published after this
+            status = reported[source] or self.source_status(source)
+            self.client.publish("%s/%s/status" % (self.prefix, source), status, qos=1, retain=True)
 
     def _publish_spooled(self) -> None:
         assert self.spool is not None and self.client is not None
@@ -270,6 +286,12 @@ class MqttSink:
     # -- paho callbacks (paho's thread) -----------------------------------------------------
 
     def _on_connect(self, client: paho.Client, userdata: Any, flags: Any, reason_code: Any, properties: Any) -> None:
+        try:
+            self._connect_done(client, reason_code)
+        except Exception:  # paho thread boundary: an exception here would end paho's thread for good
+            log.exception("mqtt connect handling failed")
+
+    def _connect_done(self, client: paho.Client, reason_code: Any) -> None:
         if reason_code.is_failure:
             reason = str(reason_code)
             self.last_error = "refused: %s" % reason
@@ -294,10 +316,9 @@ class MqttSink:
             # Retained messages come right after the SUBACK; then the subscription goes
             # (_on_subscribe), so this device's own results do not come back to it.
             self._state_mid = client.subscribe("%s/+/state" % self.prefix, qos=1)[1]
-        for source in sorted(set(self.sources) | self._statused):  # the fleet's too (set_source_status)
-            client.publish("%s/%s/status" % (self.prefix, source), self.source_status(source), qos=1, retain=True)
         with self._lock:
             self._hold = set(self._inflight)  # paho re-sends these first, in order
+            self._status_due |= set(self.sources) | set(self._statused)  # the fleet's too (set_source_status)
         self._was_connected = True
         self._connected.set()
         self.stats.set("mqtt_connected", 1)

@@ -40,7 +40,7 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from edge_ocr.config import REQUEST_FLAG_WORDS, FleetConfig, MqttConfig, read_regions
 from edge_ocr.errors import ConfigError, EdgeOcrError, ImageTooLarge
-from edge_ocr.mqtt_client import NO_MATCHING_SUBSCRIBERS, make_client
+from edge_ocr.mqtt_client import NO_MATCHING_SUBSCRIBERS, make_client, stop_loop
 from edge_ocr.results import Job, Result, Status
 from edge_ocr.sources.base import SourceStatus, Submit
 from edge_ocr.stats import Stats
@@ -49,6 +49,7 @@ log = logging.getLogger(__name__)
 
 NAME = "fleet"
 HAND_BACK_S = 2.5  # a clean stop's budget for handing back held jobs (app.JOIN_TIMEOUT_S is 5 s)
+LEAVE_STOP_S = 0.5  # ... and for paho's thread to end after that (it may be in a connect that hangs)
 QUIET_S = 0.3  # ... and how long it waits for the broker to send no more of its session's jobs
 QUEUED, ANSWERING, RETURNING, KEPT = "queued", "answering", "returning", "kept"
 
@@ -156,7 +157,8 @@ class FleetWorker:
             else:
                 log.warning("fleet worker left the group without confirmation worker=%s", self.worker_id)
         client.disconnect()
-        client.loop_stop()
+        if not stop_loop(client, LEAVE_STOP_S):
+            log.warning("fleet worker stop left a connect attempt behind worker=%s", self.worker_id)
 
     def _hand_back(self) -> None:
         """Re-publish every job held and not answered, and each job the broker still sends from

@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import logging
 import re
+import socket
+import threading
 from dataclasses import replace
 from pathlib import Path
 
@@ -81,6 +83,38 @@ def test_result_topics_availability_and_clean_offline(mosquitto, tmp_path, sink_
     assert {m.topic for m in late.wait(lambda ms: len(ms) >= 2)} == {PREFIX + "/inbox/state", PREFIX + "/inbox/text"}
     assert all(m.retain for m in late.messages)
     late.close()
+
+
+def test_a_status_that_changes_while_the_sink_connects_is_the_one_retained(mosquitto, tmp_path):
+    """A source comes online just as the sink (re)connects and publishes every status: the value
+    read before the change must not be the one left retained (Home Assistant would show the sensor
+    unavailable). Before, the change was dropped as "not connected yet"."""
+    statuses = {"inbox": "offline"}
+    changers: list[threading.Thread] = []
+    sink: MqttSink | None = None
+
+    def source_status(name: str) -> str:
+        value = statuses[name]
+        if not changers:  # the folder source opens right after its status was read
+            def change() -> None:
+                statuses[name] = "online"
+                assert sink is not None
+                sink.set_source_status(name, "online")
+            changers.append(threading.Thread(target=change))
+            changers[0].start()
+            changers[0].join(5)
+        return value
+
+    sink = MqttSink(mqtt_config(mosquitto, tmp_path), ("inbox",), Stats(), Captures(), source_status)
+    sink.start()
+    try:
+        assert wait_until(lambda: sink.connected, 10)
+        sub = Collector(mosquitto, [PREFIX + "/inbox/status"])
+        last = lambda: [m.payload for m in sub.on(PREFIX + "/inbox/status")][-1:]  # noqa: E731
+        assert wait_until(lambda: last() == [b"online"], 10), sub.on(PREFIX + "/inbox/status")
+        sub.close()
+    finally:
+        sink.close(timeout_s=2)
 
 
 def test_spooled_while_broker_down_then_published_in_order(mosquitto, tmp_path, sink_factory):
@@ -371,3 +405,30 @@ def test_an_unreachable_broker_is_not_waited_for_as_if_it_had_answered(tmp_path)
         assert not sink.previous_read.wait(0.5)  # the daemon's start waits app.PREVIOUS_WAIT_S at most
     finally:
         sink.close(timeout_s=1)
+
+
+def test_a_stop_keeps_its_budget_while_a_connect_hangs(tmp_path, caplog):
+    """A broker host that drops packets (a firewall): paho's connect waits its own 5 s timeout, and
+    its loop_stop joined that wait, so the daemon's stop overran its budget. Now the stop returns
+    within it and leaves that attempt behind, saying so."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(0)
+    port = listener.getsockname()[1]
+    queued = []  # fill the accept queue: further connects get no answer at all
+    for _ in range(3):
+        filler = socket.socket()
+        filler.setblocking(False)
+        filler.connect_ex(("127.0.0.1", port))
+        queued.append(filler)
+    cfg = MqttConfig(client_id="hang-test", topic_prefix="t", spool_dir=tmp_path / "spool", port=port)
+    sink = MqttSink(cfg, ("inbox",), Stats(), Captures())
+    try:
+        sink.start()
+        assert not wait_until(lambda: sink.connected, 0.5)
+        with caplog.at_level(logging.WARNING, logger="edge_ocr.sinks.mqtt"):
+            sink.close(timeout_s=1)
+        assert "mqtt stop left a connect attempt behind" in caplog.text
+    finally:
+        for s in [listener, *queued]:
+            s.close()
