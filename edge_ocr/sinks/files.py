@@ -10,6 +10,7 @@ import json
 import logging
 import os
 import shutil
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -47,9 +48,12 @@ def move(src: Path, dst: Path) -> None:
             raise SinkError("cannot move %s to %s: %s" % (src, dst, exc.strerror)) from exc
         tmp = dst.with_name(".%s.%d.tmp" % (dst.name, os.getpid()))
         try:
-            shutil.copyfile(src, tmp, follow_symlinks=False)
-            with open(tmp, "rb+") as fh:
-                os.fsync(fh.fileno())
+            if src.is_symlink():  # moved as the link it is: its target is never opened
+                os.symlink(os.readlink(src), tmp)
+            else:
+                shutil.copyfile(src, tmp)
+                with open(tmp, "rb+") as fh:
+                    os.fsync(fh.fileno())
             os.replace(tmp, dst)
             fsync_dir(dst.parent)
             src.unlink()
@@ -105,8 +109,13 @@ class ResultFiles:
     JSON's ``sha256`` differs) or another extension, ``NAME-1.ext``/``NAME-1.json`` and so on. An
     existing JSON for the same file is overwritten, so finishing an interrupted move is idempotent.
     Names are made to fit (``stored_parts``); a directory removed while the daemon runs is made
-    again. Every failure is a SinkError.
+    again. Every failure is a SinkError. Thread-safe: a store finds its free name and takes it
+    under one lock, so two files finishing at once never pick the same name (pipeline.workers > 1,
+    or the folder source refusing one file while the pipeline stores another).
     """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
 
     def find(self, directory: Path, name: str, suffix: str, sha256: str | None) -> tuple[Path, Path]:
         """The (original, json) targets in ``directory`` for file ``name``."""
@@ -147,22 +156,30 @@ class ResultFiles:
     def put(self, directory: Path, name: str, data: dict[str, Any]) -> Path:
         """Write ``data`` as the JSON file ``name`` in ``directory``, replacing one of that name: a
         store keyed by content (the reuse store's ``<sha256>.json``), where no free name is sought."""
-        _made(directory)
-        path = directory / name
-        write_result(path, _encoded(data))
+        with self._lock:
+            _made(directory)
+            path = directory / name
+            write_result(path, _encoded(data))
         return path
 
     def store(self, src: Path | None, directory: Path, name: str, suffix: str, data: dict[str, Any],
               sha256: str | None) -> Path:
         """Write ``data`` as JSON then move ``src`` (None = delete nothing, keep no original) beside it."""
-        _made(directory)
-        if src is not None and not (src.exists() or src.is_symlink()):
-            # Another attempt at the same file stored it already: touch nothing of what it wrote.
-            raise SinkError("cannot store %s: it is gone" % src)
-        original, meta = self.find(directory, name, suffix, sha256)
-        write_result(meta, _encoded(data))
-        if src is not None:
+        with self._lock:
+            _made(directory)
+            if src is not None and not (src.exists() or src.is_symlink()):
+                # Another attempt at the same file stored it already: touch nothing of what it wrote.
+                raise SinkError("cannot store %s: it is gone" % src)
+            original, meta = self.find(directory, name, suffix, sha256)
+            write_result(meta, _encoded(data))
+            if src is None:
+                return meta
             if original.exists() and not original.is_symlink():
                 original.unlink()  # same content, an interrupted earlier attempt: keep one copy
-            move(src, original)
+            try:
+                move(src, original)
+            except SinkError:
+                if not os.path.lexists(original):  # no JSON without its original: the retry writes both
+                    meta.unlink(missing_ok=True)
+                raise
         return meta

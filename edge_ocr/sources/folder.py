@@ -14,10 +14,12 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import errno
 import hashlib
 import json
 import logging
 import math
+import mmap
 import os
 import queue
 import re
@@ -92,6 +94,50 @@ def ignored(name: str) -> bool:
     return name.startswith((".", "~")) or name.lower().endswith(TEMP_SUFFIXES)
 
 
+def jpeg_ends(data: bytes | mmap.mmap) -> bool:
+    """Whether a JPEG's own end marker (FF D9) is in ``data``, wherever it lies. The segments
+    before the first scan are skipped by their lengths (an EXIF thumbnail's end marker there does
+    not count); after it, FF D9 can only be that marker, as the scan data stuffs every FF. So data
+    appended after the image (a phone's motion-photo video, a maker's trailer) does not hide it."""
+    pos, size = 2, len(data)
+    while pos + 4 <= size:
+        if data[pos] != 0xFF:
+            return False  # not a marker where one must be: damaged, or cut inside a segment
+        marker = data[pos + 1]
+        if marker == 0xFF:  # fill byte
+            pos += 1
+        elif marker == 0xDA:  # start of scan
+            return data.find(b"\xff\xd9", pos + 2) != -1
+        elif 0xD0 <= marker <= 0xD7 or marker == 0x01:  # markers without a length
+            pos += 2
+        else:
+            pos += 2 + int.from_bytes(data[pos + 2:pos + 4], "big")
+    return False
+
+
+def _jpeg_ends_inside(path: Path) -> bool:
+    """``jpeg_ends`` on the file, mapped rather than read: only for a JPEG whose last bytes are not
+    its end marker."""
+    try:
+        with open(path, "rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
+            return jpeg_ends(mapped)
+    except (OSError, ValueError):  # ValueError: empty, or shrunk under us
+        return False
+
+
+def read_regular(path: Path, max_mb: float) -> bytes:
+    """The bytes of the regular file ``path``, never through a symlink (OSError ELOOP: a link put in
+    .processing/, or swapped in after the claim's check). Raises ImageTooLarge over ``max_mb``."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    with os.fdopen(fd, "rb") as fh:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise OSError(errno.EINVAL, "not a regular file")
+        if st.st_size > max_mb * 1024 * 1024:
+            raise ImageTooLarge("file is %.1f MB, over max_file_mb=%s" % (st.st_size / 1048576, max_mb))
+        return fh.read()
+
+
 def looks_complete(path: Path, size: int) -> bool:
     """Cheap check that a file's format trailer is there (JPEG EOI, PNG IEND, BMP/WebP sizes).
 
@@ -108,7 +154,7 @@ def looks_complete(path: Path, size: int) -> bool:
         return False
     kind = imageformat.sniff(head)
     if kind == "jpeg":
-        return b"\xff\xd9" in tail
+        return b"\xff\xd9" in tail or _jpeg_ends_inside(path)
     if kind == "png":
         return b"IEND" in tail[-12:]
     if kind == "bmp" and len(head) >= 6:
@@ -472,6 +518,8 @@ class FolderSource:
             if too_big or looks_complete(path, st.st_size) or now - s.first_seen >= cfg.incomplete_timeout:
                 del seen[name]
                 ready.append((st.st_mtime_ns, name))
+            else:  # still growing, or truncated: looked at again after stability_delay, not at every tick
+                s.stable_since = now
         return [name for _, name in sorted(ready)]
 
     def _claim(self, name: str) -> None:
@@ -501,15 +549,13 @@ class FolderSource:
         a file resumed after a restart is known by its claimed name."""
         name, cfg = name or claimed.name, self.cfg
         try:
-            size = claimed.stat().st_size
-            if size > cfg.max_file_mb * 1024 * 1024:
-                raise ImageTooLarge("file is %.1f MB, over max_file_mb=%s" % (size / 1048576, cfg.max_file_mb))
-            data = claimed.read_bytes()
+            data = read_regular(claimed, cfg.max_file_mb)
         except ImageTooLarge as exc:
             self._fail(claimed, name, exc, None, None)
             return True
         except OSError as exc:
-            self._fail(claimed, name, SourceError("cannot read file: %s" % exc.strerror), None, None)
+            why = "symlinks are refused" if exc.errno == errno.ELOOP else "cannot read file: %s" % exc.strerror
+            self._fail(claimed, name, SourceError(why), None, None)
             return True
         sha = hashlib.sha256(data).hexdigest()
         try:

@@ -14,7 +14,7 @@ import pytest
 from edge_ocr.config import FolderSourceConfig
 from edge_ocr.pipeline import Pipeline
 from edge_ocr.sinks.files import ResultFiles
-from edge_ocr.sources.folder import FolderSource, ignored, looks_complete, prune_least_recent
+from edge_ocr.sources.folder import FolderSource, ignored, jpeg_ends, looks_complete, prune_least_recent
 from edge_ocr.stats import Stats
 from tests.broker import wait_until
 from tests.fakes import FakeEngine
@@ -217,6 +217,45 @@ def test_truncated_jpeg_is_not_complete(tmp_path):
     assert not looks_complete(jpg, os.path.getsize(jpg))
     jpg.write_bytes(b"\xff\xd8\xff\xe0" + b"\0" * 100 + b"\xff\xd9")
     assert looks_complete(jpg, os.path.getsize(jpg))
+
+
+def test_a_phone_photo_with_data_after_its_jpeg_end_is_complete_and_a_cut_one_is_not(tmp_path):
+    """Motion photos (an MP4 after the JPEG) and makers' trailers put bytes after the end marker:
+    such a photo used to wait out incomplete_timeout (60 s) with the folder's thread checking it
+    every 20 ms. An EXIF thumbnail's own end marker must not make a cut photo look complete."""
+    import cv2
+    import numpy as np
+
+    photo = cv2.imencode(".jpg", np.random.default_rng(0).integers(0, 255, (64, 96, 3), np.uint8))[1].tobytes()
+    thumbnail = cv2.imencode(".jpg", np.zeros((8, 8, 3), np.uint8))[1].tobytes()
+    app1 = b"Exif\0\0" + thumbnail  # a thumbnail inside APP1, before the first scan
+    with_thumbnail = photo[:2] + b"\xff\xe1" + (len(app1) + 2).to_bytes(2, "big") + app1 + photo[2:]
+    cases = {
+        "plain.jpg": (photo, True),
+        "motion.jpg": (photo + b"\0\0\0\x18ftypmp42" + bytes(range(256)) * 40, True),
+        "thumbnail.jpg": (with_thumbnail, True),
+        "cut.jpg": (photo[: len(photo) // 2], False),
+        "cut-with-thumbnail.jpg": (with_thumbnail[: len(with_thumbnail) - len(photo) // 2], False),
+    }
+    for name, (data, complete) in cases.items():
+        (tmp_path / name).write_bytes(data)
+        assert looks_complete(tmp_path / name, len(data)) is complete, name
+        assert jpeg_ends(data) is complete, name
+
+
+def test_a_symlink_left_in_processing_is_refused_and_its_target_never_read(tmp_path, folder):
+    """.processing/ is as writable as the inbox: a link put there is resumed at the next start.
+    Before, its target (any file the daemon may read) was read and its text published."""
+    secret = tmp_path / "elsewhere.txt"
+    secret.write_bytes(b"TEXT:outside the drop folder")
+    processing = tmp_path / "inbox" / ".processing"
+    processing.mkdir(parents=True)
+    (processing / "x.txt").symlink_to(secret)
+    _, engine = folder()
+    assert wait_until(lambda: names(tmp_path / "failed") == ["x.error.json", "x.txt"])
+    assert engine.calls == []
+    assert "symlinks are refused" in (tmp_path / "failed" / "x.error.json").read_text()
+    assert os.path.islink(tmp_path / "failed" / "x.txt")
 
 
 def test_a_name_as_long_as_the_filesystem_allows_is_read_and_stored_under_a_shortened_name(tmp_path, folder):
