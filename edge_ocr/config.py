@@ -882,11 +882,16 @@ def reference_markdown() -> str:
 
 
 URL_USERINFO_RE = re.compile(r"//[^/@]*@")  # the user:password@ of a URL (a camera's rtsp://admin:pw@host)
+# ... and credentials in its query, as many IP cameras' snapshot URLs take them (Foscam's usr= and
+# pwd=, loginuse= and loginpas=, token=)
+URL_QUERY_SECRET_RE = re.compile(
+    r"([?&;](?:user|usr|username|login|loginuse|pass|password|passwd|pwd|loginpas|token|access_token|"
+    r"key|apikey|api_key|auth|secret|sig|signature)=)[^&#;]*", re.IGNORECASE)
 
 
 def redact_url(text: str) -> str:
     """``text`` fit for logs and GET /api/config: credentials in a URL become ``***``."""
-    return URL_USERINFO_RE.sub("//***@", text)
+    return URL_QUERY_SECRET_RE.sub(r"\1***", URL_USERINFO_RE.sub("//***@", text))
 
 
 def config_to_json(config: Any) -> Any:

@@ -28,6 +28,7 @@ from edge_ocr.config import (
     is_live,
     keys,
     load_config,
+    redact_url,
     reference_markdown,
     with_live,
 )
@@ -181,6 +182,12 @@ def test_credentials_in_a_camera_url_never_show_in_the_config_view(tmp_path):
     config = load(tmp_path, '[[sources]]\nname = "gate"\ntype = "camera"\ndevice = "rtsp://admin:hunter2@10.0.0.9/s"\n')
     view = json.dumps(config_to_json(config))
     assert "hunter2" not in view and "rtsp://***@10.0.0.9/s" in view
+    assert redact_url("http://10.0.0.9/cgi-bin/CGIProxy.fcgi?cmd=snapPicture2&usr=admin&pwd=hunter2") == \
+        "http://10.0.0.9/cgi-bin/CGIProxy.fcgi?cmd=snapPicture2&usr=***&pwd=***"
+    assert redact_url("http://cam/snapshot.cgi?loginuse=admin&loginpas=hunter2&res=1") == \
+        "http://cam/snapshot.cgi?loginuse=***&loginpas=***&res=1"
+    assert redact_url("rtsp://cam/live?Token=hunter2") == "rtsp://cam/live?Token=***"
+    assert redact_url("rtsp://cam/live?channel=1&subtype=0") == "rtsp://cam/live?channel=1&subtype=0"
 
 
 def test_secrets_come_from_files_and_never_show(tmp_path):

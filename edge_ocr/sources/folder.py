@@ -281,7 +281,8 @@ class FolderSource:
         self._rescan = threading.Event()
         # Claimed files whose result could not be written (disk full), with the name they were
         # dropped as: offered again with backoff.
-        self._stalled: queue.SimpleQueue[tuple[Path, str]] = queue.SimpleQueue()
+        # (claimed, name, how to write its result again: None = read it again)
+        self._stalled: queue.SimpleQueue[tuple[Path, str, Callable[[], object] | None]] = queue.SimpleQueue()
         self._stall_delay = STALL_RETRY_MIN_S
         # The claimed files whose result is not written yet after a stall, and the last reason:
         # while there are any the source is offline, so /readyz and <p>/<source>/status show it,
@@ -614,8 +615,8 @@ class FolderSource:
         try:
             meta = self.files.store(None if cfg.delete_original else claimed, cfg.done_dir, name, ".json", data,
                                     result.sha256)
-        except SinkError as exc:
-            self._stall(claimed, exc.message, name)
+        except SinkError as exc:  # the result is kept: a retry writes it, with no second OCR run or publish
+            self._stall(claimed, exc.message, name, partial(self._finish, claimed, name, reused, result))
             return
         if cfg.delete_original:
             claimed.unlink(missing_ok=True)
@@ -647,7 +648,7 @@ class FolderSource:
             meta = self.files.store(src, self.cfg.failed_dir, name, ".error.json", data, sha)
         except EdgeOcrError as exc:
             if src.parent == self.processing:
-                self._stall(src, exc.message, name)
+                self._stall(src, exc.message, name, partial(self._fail, src, name, error, tb, sha))
             else:  # a refused file still in the inbox: the next scan offers it again
                 log.error("cannot move to failed_dir source=%s file=%s error=%s", self.name, log_name(name), exc.message)
             return
@@ -656,28 +657,31 @@ class FolderSource:
         log.warning("file failed source=%s file=%s error=%s %s result=%s",
                     self.name, log_name(name), error.code, error.message, log_name(meta.name))
 
-    def _stall(self, claimed: Path, reason: str, name: str | None = None) -> None:
+    def _stall(self, claimed: Path, reason: str, name: str | None = None,
+               write_again: Callable[[], object] | None = None) -> None:
         """The result of ``claimed`` could not be written (pipeline or source thread): it stays in
-        .processing/ and is offered again, from STALL_RETRY_MIN_S up to STALL_RETRY_MAX_S apart."""
+        .processing/ and is offered again, from STALL_RETRY_MIN_S up to STALL_RETRY_MAX_S apart:
+        ``write_again`` writes the result kept in memory; without it the file is read again."""
         self.stats.inc("files_stalled_total")
         log.error("cannot write result, file kept for retry source=%s file=%s error=%s",
                   self.name, log_name(claimed.name), reason)
-        self._stalled.put((claimed, name or claimed.name))
+        self._stalled.put((claimed, name or claimed.name, write_again))
         with self._status_lock:
             self._stalled_files.add(claimed)
             self._stall_reason = reason
             self._set_status(SourceStatus.OFFLINE, "cannot write results: %s" % reason)
 
     def _retry_stalled(self) -> None:
-        """Offer the stalled files again (on the source thread); a finished write is completed
-        without a second OCR run (``_finish_interrupted``)."""
-        stalled: list[tuple[Path, str]] = []
+        """Offer the stalled files again (on the source thread): a result kept in memory is written
+        (no second OCR run, nothing published twice); a file whose result a sink could not take is
+        read again, and a finished write is completed without a second run (``_finish_interrupted``)."""
+        stalled: list[tuple[Path, str, Callable[[], object] | None]] = []
         while not self._stalled.empty():
             stalled.append(self._stalled.get_nowait())
-        for claimed, name in stalled:
+        for claimed, name, write_again in stalled:
             if claimed.exists():
                 log.info("retrying stalled file source=%s file=%s", self.name, log_name(claimed.name))
-                self._guarded(claimed, partial(self._submit_claimed, claimed, resumed=True, name=name))
+                self._guarded(claimed, write_again or partial(self._submit_claimed, claimed, resumed=True, name=name))
             else:  # removed by hand meanwhile: nothing left to write
                 self._stored(claimed)
 

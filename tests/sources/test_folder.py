@@ -422,6 +422,31 @@ def test_a_failed_loop_starts_again_without_reading_twice_what_the_pipeline_hold
     assert engine.calls == [b"TEXT:read once"]
 
 
+def test_a_result_that_could_not_be_written_is_written_later_without_reading_the_file_again(tmp_path, folder,
+                                                                                           monkeypatch):
+    """done/ full for a while: each retry used to run OCR on the file again and publish its result
+    again (MQTT subscribers saw it once a minute). The result is kept and written when it can be."""
+    from edge_ocr.errors import SinkError
+
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    real, refusals = ResultFiles.store, []
+
+    def full_twice(self, src, directory, name, suffix, data, sha256):
+        if directory == tmp_path / "done" and len(refusals) < 2:
+            refusals.append(name)
+            raise SinkError("cannot write %s: No space left on device" % directory)
+        return real(self, src, directory, name, suffix, data, sha256)
+
+    monkeypatch.setattr(ResultFiles, "store", full_twice)
+    _, engine = folder()
+    (inbox / "stuck.txt").write_bytes(b"TEXT:kept")
+    assert wait_until(lambda: names(tmp_path / "done") == ["stuck.json", "stuck.txt"], 30)
+    assert refusals == ["stuck.txt", "stuck.txt"]
+    assert engine.calls == [b"TEXT:kept"]  # read once
+    assert json.loads((tmp_path / "done" / "stuck.json").read_text())["text"] == "kept"
+
+
 def test_the_source_is_offline_while_a_result_cannot_be_written_and_not_after_the_file_is_gone(tmp_path, folder,
                                                                                               monkeypatch):
     """A result that cannot be written (disk full) takes the source offline (/readyz); when the
