@@ -38,7 +38,10 @@ def probe_image(data: bytes) -> tuple[str, int, int]:
                 raise UnsupportedImage("PNG without IHDR chunk")
             return "png", width, height
         if kind == "bmp":
-            width, height = struct.unpack("<ii", data[18:26])
+            if struct.unpack("<I", data[14:18])[0] == 12:  # OS/2 1.x header: 16-bit sides
+                width, height = struct.unpack("<HH", data[18:22])
+            else:
+                width, height = struct.unpack("<ii", data[18:26])
             return "bmp", abs(width), abs(height)
         if kind == "tiff":
             return ("tiff", *_tiff_size(data))
@@ -79,6 +82,11 @@ def _tiff_size(data: bytes) -> tuple[int, int]:
         entry = data[ifd + 2 + 12 * i : ifd + 14 + 12 * i]
         tag, kind = struct.unpack(endian + "HH", entry[:4])
         if tag in (256, 257):
+            # Read exactly as the decoder would, or refused: a size this check reads otherwise than
+            # libtiff (a second entry, an 8-byte value) would let a decompression bomb past the cap.
+            if tag in size or kind not in (3, 4):
+                raise UnsupportedImage("TIFF with an unusual %s entry (type %d%s)" % (
+                    "width" if tag == 256 else "height", kind, ", repeated" if tag in size else ""))
             fmt = "H" if kind == 3 else "I"
             (size[tag],) = struct.unpack(endian + fmt, entry[8 : 8 + struct.calcsize(fmt)])
     if 256 not in size or 257 not in size:
@@ -115,11 +123,50 @@ def decode_image(data: bytes, max_megapixels: float) -> np.ndarray:
         raise ImageTooLarge(
             "image is %dx%d (%.1f MP), over the %.0f MP limit" % (width, height, megapixels, max_megapixels)
         )
-    # IMREAD_COLOR applies the EXIF orientation and converts grey/alpha/16-bit to BGR8.
-    image = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_COLOR)
+    buffer = np.frombuffer(data, dtype=np.uint8)
+    try:
+        if fmt == "png" and _png_has_alpha(data):
+            image = _flattened(cv2.imdecode(buffer, cv2.IMREAD_UNCHANGED))
+        else:
+            # IMREAD_COLOR applies the EXIF orientation and converts grey/16-bit to BGR8.
+            image = cv2.imdecode(buffer, cv2.IMREAD_COLOR)
+    except cv2.error as exc:  # OpenCV's own limits: 2^20 px a side, 2^30 px in all
+        if "CV_IO_MAX_IMAGE" in str(exc):
+            raise ImageTooLarge("image is %dx%d, over the decoder's limit of %d px a side"
+                                % (width, height, 1 << 20)) from exc
+        raise UnsupportedImage("corrupt %s (%dx%d): the decoder failed" % (fmt, width, height)) from exc
     if image is None:
         raise UnsupportedImage("corrupt or truncated %s (%dx%d): the decoder failed" % (fmt, width, height))
     return image
+
+
+def _png_has_alpha(data: bytes) -> bool:
+    """Whether a PNG carries transparency: an alpha channel (colour types 4 and 6) or a tRNS chunk."""
+    idat = data.find(b"IDAT")
+    return data[25] in (4, 6) or b"tRNS" in data[: idat if idat > 0 else len(data)]
+
+
+def _flattened(image: np.ndarray | None) -> np.ndarray | None:
+    """An image decoded as stored (any depth, 1 to 4 channels) as BGR8, its transparent parts
+    filled with white behind dark text and black behind light text: transparent pixels are often
+    stored black, so text on a transparent background used to read as nothing."""
+    if image is None:
+        return None
+    if image.dtype == np.uint16:
+        image = (image >> 8).astype(np.uint8)
+    if image.ndim == 2:
+        image = image[:, :, None]
+    colour, alpha = image[:, :, :-1], image[:, :, -1:]
+    if image.shape[2] in (1, 3):  # no alpha after all
+        colour, alpha = image, None
+    bgr = cv2.cvtColor(colour, cv2.COLOR_GRAY2BGR) if colour.shape[2] == 1 else np.ascontiguousarray(colour)
+    if alpha is None:
+        return bgr
+    weight = alpha.astype(np.float32) / 255.0
+    opaque = weight[:, :, 0] > 0.5
+    grey = cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY)
+    background = 255.0 if not opaque.any() or float(grey[opaque].mean()) < 128 else 0.0
+    return (bgr * weight + background * (1.0 - weight)).round().astype(np.uint8)
 
 
 def resize_for_detection(image: np.ndarray, limit_side: int, multiple: int = 32) -> tuple[np.ndarray, Transform]:

@@ -107,6 +107,55 @@ def test_decompression_bomb_is_refused_before_decoding():
         preprocess.decode_image(png, max_megapixels=50)
 
 
+def _tiff_header(*entries: tuple[int, int, int]) -> bytes:
+    """A little-endian TIFF's header and first directory: (tag, type, value) entries, count 1."""
+    ifd = struct.pack("<H", len(entries)) + b"".join(struct.pack("<HHII", tag, kind, 1, value)
+                                                     for tag, kind, value in entries)
+    return b"II*\x00" + struct.pack("<I", 8) + ifd + struct.pack("<I", 0)
+
+
+@pytest.mark.parametrize("entries, message", [
+    # libtiff takes the first of two widths, and an 8-byte (LONG8) value from elsewhere than the
+    # entry: a probe that read them otherwise saw 10x10 where the decoder made 12000x12000
+    (((256, 4, 12000), (257, 4, 12000), (256, 4, 10), (257, 4, 10)), "TIFF with an unusual width entry .*repeated"),
+    (((256, 16, 40), (257, 16, 40)), r"TIFF with an unusual width entry \(type 16\)"),
+])
+def test_a_tiff_whose_size_could_be_read_two_ways_is_refused_before_decoding(entries, message):
+    with pytest.raises(UnsupportedImage, match=message):
+        preprocess.decode_image(_tiff_header(*entries), max_megapixels=50)
+
+
+def test_an_image_over_the_decoders_own_side_limit_is_too_large_not_a_crash():
+    """1,100,000 x 8 px is 8.8 MP, under the cap, but OpenCV refuses sides over 2^20 by raising."""
+    strip = _encode(".tiff", np.zeros((8, 1_100_000), np.uint8))
+    with pytest.raises(ImageTooLarge, match="1100000x8, over the decoder's limit of 1048576 px a side"):
+        preprocess.decode_image(strip, max_megapixels=50)
+
+
+def test_an_os2_bitmap_is_read_with_its_16_bit_sides():
+    width, height = 20, 6
+    row = bytes([0, 0, 255] * width) + b"\x00" * (-3 * width % 4)  # red, padded to 4 bytes
+    pixels = row * height
+    header = struct.pack("<IHHHH", 12, width, height, 1, 24)
+    bmp = b"BM" + struct.pack("<IHHI", 14 + 12 + len(pixels), 0, 0, 14 + 12) + header + pixels
+    assert preprocess.probe_image(bmp) == ("bmp", width, height)
+    decoded = preprocess.decode_image(bmp, max_megapixels=1)
+    assert decoded.shape == (height, width, 3) and decoded[0, 0].tolist() == [0, 0, 255]
+
+
+@pytest.mark.parametrize("ink, background", [(0, 255), (255, 0)])
+def test_text_on_a_transparent_background_keeps_its_contrast(ink, background):
+    """Transparent pixels are mostly stored black: dark text on them used to decode as a black
+    page. They are filled with white behind dark text and with black behind light text."""
+    rgba = np.zeros((30, 80, 4), np.uint8)  # transparent black everywhere
+    cv2.putText(rgba, "42", (5, 25), cv2.FONT_HERSHEY_SIMPLEX, 0.9, (ink, ink, ink, 255), 2)
+    for stored in (rgba, rgba.astype(np.uint16) * 257):  # 8 and 16 bits per channel
+        decoded = preprocess.decode_image(_encode(".png", stored), max_megapixels=1)
+        inked, clear = rgba[:, :, 3] == 255, rgba[:, :, 3] == 0  # (putText's edges are in between)
+        assert decoded.shape == (30, 80, 3) and inked.any() and clear.any()
+        assert (decoded[clear] == background).all() and (decoded[inked] == ink).all()
+
+
 def test_resize_for_detection_keeps_multiples_and_records_the_scale():
     image = np.zeros((720, 1280, 3), np.uint8)
     resized, transform = preprocess.resize_for_detection(image, limit_side=960, multiple=32)
