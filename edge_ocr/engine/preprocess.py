@@ -156,12 +156,12 @@ def _flattened(image: np.ndarray | None) -> np.ndarray | None:
         image = (image >> 8).astype(np.uint8)
     if image.ndim == 2:
         image = image[:, :, None]
-    colour, alpha = image[:, :, :-1], image[:, :, -1:]
-    if image.shape[2] in (1, 3):  # no alpha after all
-        colour, alpha = image, None
+    has_alpha = image.shape[2] in (2, 4)
+    colour = image[:, :, :-1] if has_alpha else image
     bgr = cv2.cvtColor(colour, cv2.COLOR_GRAY2BGR) if colour.shape[2] == 1 else np.ascontiguousarray(colour)
-    if alpha is None:
+    if not has_alpha:
         return bgr
+    alpha = image[:, :, -1:]
     weight = alpha.astype(np.float32) / 255.0
     opaque = weight[:, :, 0] > 0.5
     grey = cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY)
