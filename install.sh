@@ -124,10 +124,7 @@ install_system() {
         site=(--system-site-packages)  # picamera2 and libcamera come from apt, not pip
     fi
 
-    if ! id "$user" >/dev/null 2>&1; then
-        say "creating system user $user"
-        useradd --system --user-group --home-dir "$state" --no-create-home --shell /usr/sbin/nologin "$user"
-    fi
+    make_service_user
     getent group video >/dev/null && usermod -a -G video "$user"
 
     say "installing into $prefix/venv"
@@ -189,10 +186,24 @@ uninstall() {
     if [ "$purge" = yes ]; then
         rm -rf "$etc" "$state"
         id "$user" >/dev/null 2>&1 && userdel "$user"
+        # userdel keeps a group that still has members (writers added to it for the drop folder)
+        getent group "$user" >/dev/null && groupdel "$user"
         say "removed edge-ocr with its config and data"
     else
         say "removed edge-ocr; kept $etc and $state (--purge removes them)"
     fi
+}
+
+# The service's system user. A group of its name may be there already (its members kept it at a
+# --purge, or it was made first for the folder's writers): the user joins it rather than fail on it.
+make_service_user() {
+    id "$user" >/dev/null 2>&1 && return 0
+    say "creating system user $user"
+    local group=(--user-group)
+    if getent group "$user" >/dev/null; then
+        group=(--gid "$user")
+    fi
+    useradd --system "${group[@]}" --home-dir "$state" --no-create-home --shell /usr/sbin/nologin "$user"
 }
 
 # The one action the arguments ask for; "--uninstall --purge" (either order) is --purge, as the

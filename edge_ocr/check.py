@@ -55,6 +55,9 @@ def check(config: Config, broker_timeout_s: float = 5.0, user: str | None = None
             wanted.append(Wanted(label, Path(secret_file).expanduser(), write=False))
     if config.mqtt.enabled:
         wanted.append(Wanted("mqtt.spool_dir", config.mqtt.spool_dir, write=True))
+        # TLS files are read at every start: a key only root may read stops the service at once
+        wanted += [Wanted("mqtt.%s" % key, Path(getattr(config.mqtt, key)), write=False)
+                   for key in ("ca_file", "cert_file", "key_file") if getattr(config.mqtt, key)]
     try:
         found += problems_as(user, wanted) if user else problems(wanted)
     except OSError as exc:

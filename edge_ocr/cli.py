@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import io
 import json
 import logging
 import math
@@ -318,7 +319,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
-    from edge_ocr.config import find_config, load_config
+    from edge_ocr.config import find_config, load_config, read_regions
     from edge_ocr.submit import submit
 
     config = load_config(find_config(args.config))
@@ -328,6 +329,11 @@ def cmd_submit(args: argparse.Namespace) -> int:
     missing = ["%s%s" % (p, " (a directory)" if p.is_dir() else "") for p in images if not p.is_file()]
     if missing:
         raise ConfigError("submit: no such file: %s" % ", ".join(missing))
+    if args.rois:  # checked here, as the worker would, rather than sent and answered invalid_rois
+        try:
+            read_regions(json.loads(args.rois), "--rois")
+        except (ValueError, RecursionError) as exc:
+            raise ConfigError("--rois: not valid JSON: %s" % exc) from exc
 
     def show(answer: dict) -> None:
         print(json.dumps(answer, ensure_ascii=False), flush=True)
@@ -342,7 +348,8 @@ def cmd_submit(args: argparse.Namespace) -> int:
     if unanswered > 0:
         log.error("submit: %d job(s) not answered within %.0f s", unanswered, args.timeout)
         return ExitCode.FAILURE
-    return ExitCode.OK
+    # as `ocr` does: a script learns from the exit code that an image could not be read
+    return ExitCode.FAILURE if any(answer.get("status") == "error" for answer in answers) else ExitCode.OK
 
 
 def cmd_fleet_status(args: argparse.Namespace) -> int:
@@ -520,7 +527,7 @@ def build_parser() -> argparse.ArgumentParser:
     sb = sub.add_parser("submit", parents=[common], help="send images to the fleet as MQTT 5 jobs (README, Fleet)")
     sb.add_argument("images", nargs="+", metavar="IMAGE")
     sb.add_argument("-c", "--config", metavar="FILE", help="config file: its [mqtt] broker and [fleet] jobs_topic")
-    sb.add_argument("--wait", action="store_true", help="print each answer as JSON Lines; exit 1 if some never came")
+    sb.add_argument("--wait", action="store_true", help="print each answer as JSON Lines; exit 1 if some never came or was an error")
     sb.add_argument("--timeout", type=_seconds, default=60.0, metavar="S", help="seconds to wait (default 60)")
     sb.add_argument("--no-det", action="store_true", help="read each image as one line")
     sb.add_argument("--rois", default="", help='regions as JSON, as for POST /api/ocr')
@@ -550,6 +557,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    for stream in (sys.stdout, sys.stderr):
+        # A file name that is not UTF-8 (undecodable bytes kept as surrogates) is printed escaped,
+        # not a UnicodeEncodeError, when the locale is strict UTF-8 (Raspberry Pi OS's en_GB.UTF-8).
+        if isinstance(stream, io.TextIOWrapper):
+            stream.reconfigure(errors="backslashreplace")
     setup_logging(args.verbose)
     from edge_ocr import allocator
 

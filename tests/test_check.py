@@ -92,6 +92,22 @@ def test_a_camera_video_file_is_tried_as_the_service_user_and_its_regions_agains
 
 
 @as_root
+def test_mqtt_tls_files_are_tried_as_the_service_user(tmp_path):
+    """The daemon reads them at every start: a key only root may read stopped it at once, while
+    check (the broker probed as root) said ok."""
+    for name in ("ca.pem", "cert.pem", "key.pem"):
+        (tmp_path / name).write_text("-----BEGIN-----\n")  # tmp_path is root's alone
+    config = tmp_path / "config.toml"
+    config.write_text('[mqtt]\nhost = "127.0.0.1"\nport = 1\nca_file = "ca.pem"\ncert_file = "cert.pem"\n'
+                      'key_file = "key.pem"\n[http]\nenabled = false\n[[sources]]\nname = "inbox"\n'
+                      'path = "%s"\n' % (tmp_path / "inbox"))
+    found = check(load_config(config), user="nobody")
+    for key, name in (("ca_file", "ca.pem"), ("cert_file", "cert.pem"), ("key_file", "key.pem")):
+        assert "mqtt.%s: %s is not readable by user nobody (uid 65534) (Permission denied)" % (
+            key, tmp_path / name) in found, found
+
+
+@as_root
 def test_the_cli_checks_as_a_named_user_and_refuses_an_unknown_one(tmp_path):
     config = _config(tmp_path, tmp_path / "inbox")  # tmp_path is root's alone
     run = subprocess.run([sys.executable, "-m", "edge_ocr", "check", "-c", str(config), "--user", "nobody"],

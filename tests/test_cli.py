@@ -74,6 +74,20 @@ def test_ocr_plain_text_without_detection(eval_dev):
     assert run.stdout.strip().casefold() == label.casefold()
 
 
+def test_a_file_name_that_is_not_utf8_is_printed_escaped_under_a_strict_utf8_locale(eval_dev, tmp_path):
+    """A Latin-1 name (an old camera's, an SMB share's) under Raspberry Pi OS's en_GB.UTF-8: the
+    header of each file's text was a UnicodeEncodeError and a traceback."""
+    (word, label), = line_samples(eval_dev, "IIIT5K-test", 1)
+    latin1 = os.path.join(os.fsencode(tmp_path), b"caf\xe9.png")
+    shutil.copy(word, latin1)
+    run = subprocess.run([sys.executable, "-m", "edge_ocr", "ocr", "--no-det", latin1, str(word)],
+                         capture_output=True, timeout=600, env={**os.environ, "PYTHONIOENCODING": "utf-8"})
+    assert run.returncode == 0, run.stderr.decode(errors="replace")
+    out = run.stdout.decode("utf-8")
+    assert "==> %s <==" % os.path.join(str(tmp_path), "caf\\udce9.png") in out
+    assert out.lower().count(label.lower()) == 2
+
+
 def test_unknown_pack_is_a_usage_error_naming_the_choices(eval_dev):
     (word, _), = line_samples(eval_dev, "IIIT5K-test", 1)
     run = edge_ocr("ocr", "--pack", "nope", str(word))
@@ -97,6 +111,8 @@ def test_bad_usage_exits_2():
     (["ocr", "--low-confidence", "nan", "x.png"], "--low-confidence: expected a finite number"),
     (["ocr", "--threads", "99999999999999999999", "x.png"], "expected \"auto\" or an integer from 1 to 256"),
     (["submit", "--timeout", "0", "x.png"], "--timeout: expected seconds > 0"),
+    (["submit", "--rois", "[{{", "{notimg}"], "--rois: not valid JSON"),  # before any broker ({{: format)
+    (["submit", "--rois", '[{{"name": "a"}}]', "{notimg}"], "--rois[0].box"),
 ])
 def test_each_usage_error_is_one_line_and_exit_2_before_any_work(tmp_path, args, says):
     (tmp_path / "notimg.png").write_bytes(b"not an image")

@@ -62,3 +62,21 @@ def test_other_arguments_are_refused_by_name(args):
     run = install_action(*args)
     assert run.returncode != 0 and run.stdout == ""
     assert run.stderr.startswith("install.sh: error:") and args[0] in run.stderr
+
+
+@pytest.mark.parametrize("group_exists, expected", [(False, "--user-group"), (True, "--gid edge-ocr")])
+def test_the_service_user_joins_a_group_of_its_name_left_from_before(tmp_path, group_exists, expected):
+    """A --purge keeps the group when writers were added to it; useradd --user-group then refused
+    it and the next install stopped there. Commands stubbed on PATH; nothing on this machine changes."""
+    stubs = tmp_path / "bin"
+    stubs.mkdir()
+    log = tmp_path / "calls"
+    for name, body in (("id", "exit 1"), ("getent", "exit %d" % (0 if group_exists else 2)),
+                       ("useradd", 'echo "useradd $*" >> %s' % log)):
+        (stubs / name).write_text("#!/bin/sh\n%s\n" % body)
+        (stubs / name).chmod(0o755)
+    run = subprocess.run(["bash", "-c", "source ./install.sh && make_service_user"], cwd=REPO,
+                         env={"PATH": "%s:/usr/bin:/bin" % stubs}, capture_output=True, text=True, timeout=30)
+    assert run.returncode == 0, run.stderr
+    assert log.read_text() == ("useradd --system %s --home-dir /var/lib/edge-ocr --no-create-home --shell "
+                               "/usr/sbin/nologin edge-ocr\n" % expected)

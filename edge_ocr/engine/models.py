@@ -131,8 +131,18 @@ def _stage(name: str, entry: StageEntry, directory: Path) -> Stage:
     if entry.charset is not None:
         charset_path = directory / entry.charset.file
         try:
-            text = charset_path.read_text(encoding="utf-8")
+            raw = charset_path.read_bytes()
         except OSError as exc:
+            raise ModelError("cannot read charset %s: %s" % (charset_path, exc)) from exc
+        # Checked at every load, as it is small: two characters swapped keep the class count and
+        # would read every 4 as 7 without a word.
+        actual = hashlib.sha256(raw).hexdigest()
+        if entry.charset.sha256 is not None and actual != entry.charset.sha256:
+            raise ModelError("charset %s: sha256 mismatch (manifest %s…, file %s…)"
+                             % (charset_path, entry.charset.sha256[:12], actual[:12]))
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
             raise ModelError("cannot read charset %s: %s" % (charset_path, exc)) from exc
         charset = load_charset(text, entry.charset.space_appended)
         if charset.num_classes != entry.charset.num_classes:

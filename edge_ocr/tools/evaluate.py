@@ -134,11 +134,22 @@ def engine_predictor(engine: Any) -> Predict:
 def file_predictor(predictions: Path) -> Predict:
     """Predictions recorded by another OCR, keyed by file name (JSON Lines: file, text,
     lines[{text, box}], elapsed_ms, cpu_ms)."""
+    try:
+        rows = predictions.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError("--predictions: cannot read %s: %s" % (predictions, getattr(exc, "strerror", None) or exc))
     table: dict[str, dict[str, Any]] = {}
-    for row in predictions.read_text(encoding="utf-8").splitlines():
-        if row.strip():
+    for number, row in enumerate(rows, 1):
+        if not row.strip():
+            continue
+        try:
             record = json.loads(row)
-            table[record["file"]] = record
+            # By base name: `edge-ocr ocr --json` records the path as given, the manifests' images
+            # are found relative to them.
+            table[Path(record["file"]).name] = record
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ConfigError('--predictions: %s line %d: expected a JSON object with "file" (%s: %s)'
+                              % (predictions, number, type(exc).__name__, exc)) from exc
 
     def predict(path: Path, det: bool) -> Prediction:
         record = table.get(path.name)

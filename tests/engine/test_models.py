@@ -77,6 +77,19 @@ def test_a_flipped_byte_is_reported_and_refused(tmp_path, monkeypatch):
         OcrEngine(EngineOptions(pack=models.DEFAULT_PACK, threads=1))
 
 
+def test_a_charset_with_two_characters_swapped_is_refused(tmp_path):
+    """The class count stays the same, so nothing else would notice; every 4 would read as 7."""
+    root = _copy_pack(tmp_path, models.DEFAULT_PACK)
+    manifest = json.loads((root / models.DEFAULT_PACK / "manifest.json").read_text(encoding="utf-8"))
+    charset = (root / models.DEFAULT_PACK / manifest["stages"]["rec"]["charset"]["file"]).resolve()
+    lines = charset.read_text(encoding="utf-8").split("\n")
+    four, seven = lines.index("4"), lines.index("7")
+    lines[four], lines[seven] = lines[seven], lines[four]
+    charset.write_text("\n".join(lines), encoding="utf-8")
+    with pytest.raises(ModelError, match="charset .*sha256 mismatch"):
+        models.load_pack(models.DEFAULT_PACK, root)
+
+
 def test_a_missing_pack_names_the_ones_available():
     with pytest.raises(ModelError, match="not found.*available: .*%s" % models.DEFAULT_PACK):
         models.load_pack("no-such-pack")

@@ -92,6 +92,12 @@ def test_files_of_the_same_bytes_are_one_job_answered_for_each_file_and_no_answe
     assert sorted(a["file"] for a in answers) == sorted(map(str, [other, *copies]))
     assert len({a["job_id"] for a in answers}) == 2  # the copies were read once
     assert all(a["previous_text"] is None and a["changed"] for a in answers)  # jobs are never compared
+    notes = tmp_path / "notes.png"  # answered, as an error: exit 1, as `ocr` exits on such a file
+    notes.write_bytes(b"just some text\n")
+    errored = _submit(configs[0], [notes], timeout_s=60)
+    stdout, stderr = errored.communicate(timeout=120)
+    assert errored.returncode == 1, stderr
+    assert [a["status"] for a in _answers(stdout)] == ["error"]
     bad = subprocess.run([sys.executable, "-m", "edge_ocr", "submit", "-c", str(configs[0]), "--wait", "--timeout",
                           "-3", str(word)], capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and "--timeout: expected seconds > 0" in bad.stderr

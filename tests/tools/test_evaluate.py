@@ -76,3 +76,21 @@ def test_a_manifest_without_sources_counts_each_sample_once_and_a_missing_image_
     report = evaluate(manifest, engine_predictor(engine))
     assert report["sources"]["all"]["n"] == 3 and report["sources"]["unk"]["n"] == 3
     assert report["sources"]["all"]["errors"] == 1  # gone.png: read as an error, the run goes on
+
+
+def test_predictions_are_matched_by_base_name_and_a_bad_line_is_named(tmp_path):
+    """`edge-ocr ocr --json` records each file as given (a path): such output scored 0 before, and
+    a line that is not a JSON object with "file" was a traceback."""
+    from edge_ocr.errors import ConfigError
+
+    (tmp_path / "a.png").write_bytes(b"x")
+    manifest = tmp_path / "labels.tsv"
+    manifest.write_text("a.png\tHELLO\n")
+    predictions = tmp_path / "pred.jsonl"
+    predictions.write_text('{"file": "%s", "text": "HELLO"}\n' % (tmp_path / "a.png"))
+    assert evaluate(manifest, file_predictor(predictions))["sources"]["all"]["exact"] == 100.0
+    predictions.write_text('{"file": "a.png", "text": "HELLO"}\n\nnot json\n')
+    with pytest.raises(ConfigError, match="pred.jsonl line 3: expected a JSON object"):
+        file_predictor(predictions)
+    with pytest.raises(ConfigError, match="cannot read .*gone.jsonl"):
+        file_predictor(tmp_path / "gone.jsonl")
