@@ -137,7 +137,8 @@ def file_predictor(predictions: Path) -> Predict:
     try:
         rows = predictions.read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError("--predictions: cannot read %s: %s" % (predictions, getattr(exc, "strerror", None) or exc))
+        raise ConfigError("--predictions: cannot read %s: %s"
+                          % (predictions, getattr(exc, "strerror", None) or exc)) from exc
     table: dict[str, dict[str, Any]] = {}
     for number, row in enumerate(rows, 1):
         if not row.strip():
