@@ -86,7 +86,7 @@ def test_a_charset_with_two_characters_swapped_is_refused(tmp_path):
     four, seven = lines.index("4"), lines.index("7")
     lines[four], lines[seven] = lines[seven], lines[four]
     charset.write_text("\n".join(lines), encoding="utf-8")
-    with pytest.raises(ModelError, match="charset .*sha256 mismatch"):
+    with pytest.raises(ModelError, match=r"charset .*sha256 mismatch"):
         models.load_pack(models.DEFAULT_PACK, root)
 
 

@@ -90,7 +90,7 @@ def test_predictions_are_matched_by_base_name_and_a_bad_line_is_named(tmp_path):
     predictions.write_text('{"file": "%s", "text": "HELLO"}\n' % (tmp_path / "a.png"))
     assert evaluate(manifest, file_predictor(predictions))["sources"]["all"]["exact"] == 100.0
     predictions.write_text('{"file": "a.png", "text": "HELLO"}\n\nnot json\n')
-    with pytest.raises(ConfigError, match="pred.jsonl line 3: expected a JSON object"):
+    with pytest.raises(ConfigError, match=r"pred\.jsonl line 3: expected a JSON object"):
         file_predictor(predictions)
-    with pytest.raises(ConfigError, match="cannot read .*gone.jsonl"):
+    with pytest.raises(ConfigError, match=r"cannot read .*gone\.jsonl"):
         file_predictor(tmp_path / "gone.jsonl")
