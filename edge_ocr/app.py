@@ -234,7 +234,7 @@ class App:
 
     def _open_source(self, cfg: SourceConfig, pipeline: Pipeline, files: ResultFiles) -> Source:
         if isinstance(cfg, FolderSourceConfig):
-            return FolderSource(cfg, pipeline.submit, files, self.stats, self._on_source_status)
+            return FolderSource(cfg, pipeline.submit, files, self.stats, self._on_source_status, pipeline.model)
         return CameraSource(cfg, pipeline.submit, self.stats, self._on_source_status)  # its jobs are droppable
 
     def shutdown(self) -> int:

@@ -267,9 +267,11 @@ class FolderSource:
         files: FileStore,
         stats: Stats,
         on_status: Callable[[str, SourceStatus], None] | None = None,
+        model: tuple[str, str] | None = None,
     ) -> None:
         self.cfg = cfg
         self.name = cfg.name
+        self.model = model  # (name, version) whose stored results may be reused; None: any
         self.submit = submit
         self.files = files
         self.stats = stats
@@ -595,12 +597,15 @@ class FolderSource:
     def _cached(self, sha: str) -> EngineOutput | None:
         path = self.cache / (sha + ".json")
         try:
-            output = output_from_dict(json.loads(path.read_text(encoding="utf-8")))
+            stored = json.loads(path.read_text(encoding="utf-8"))
+            if self.model is not None and stored.get("model") != {"name": self.model[0], "version": self.model[1]}:
+                return None  # read by another pack or version of it: read again (the new result replaces it)
+            output = output_from_dict(stored)
             _stamp_now(path)  # recently used: pruned last
             return output
         except FileNotFoundError:
             return None
-        except (OSError, ValueError, KeyError, TypeError) as exc:
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
             log.warning("stored result unreadable, running OCR again file=%s error=%s", path, exc)
             return None
 

@@ -24,12 +24,12 @@ from tests.fakes import FakeEngine
 def folder(tmp_path):
     running = []
 
-    def start(watch="auto", **kw):
+    def start(watch="auto", model=("fake", "1"), **kw):
         cfg = FolderSourceConfig("inbox", tmp_path / "inbox", tmp_path / "done", tmp_path / "failed",
                                  watch=watch, **{"poll_interval": 0.1, "stability_delay": 0.05, **kw})
         stop, engine, stats = threading.Event(), FakeEngine(), Stats()
-        pipe = Pipeline(engine, ("fake", "1"), [], stats, stop, queue_size=2)
-        source = FolderSource(cfg, pipe.submit, ResultFiles(), stats)
+        pipe = Pipeline(engine, model, [], stats, stop, queue_size=2)
+        source = FolderSource(cfg, pipe.submit, ResultFiles(), stats, model=model)
         thread = threading.Thread(target=source.run, args=(stop,), name="source:inbox")
         pipe.start()
         thread.start()
@@ -136,6 +136,27 @@ def test_identical_content_reuses_the_stored_result(tmp_path, folder):
     assert len(engine.calls) == 2  # "same" and "different": each read once
     assert sorted(p.name for p in (tmp_path / "inbox" / ".cache").iterdir()) == sorted(  # one entry per content
         "%s.json" % hashlib.sha256(body).hexdigest() for body in (b"TEXT:same", b"TEXT:different"))
+
+
+def test_a_result_stored_by_another_model_is_not_reused(tmp_path, folder):
+    """After a pack upgrade the same bytes are read again by the new model, not answered with the
+    old one's text under the new model's name."""
+    (tmp_path / "inbox").mkdir()
+    source, _ = folder(model=("fake", "1"))
+    (tmp_path / "inbox" / "a.txt").write_bytes(b"TEXT:same")
+    assert wait_until(lambda: source.stats.get("files_done_total") == 1)
+    stop, thread, pipe = folder.running[-1]
+    stop.set()
+    thread.join(5)
+    pipe.join(5)
+    source, upgraded = folder(model=("fake", "2"))
+    (tmp_path / "inbox" / "b.txt").write_bytes(b"TEXT:same")
+    assert wait_until(lambda: (tmp_path / "done" / "b.json").exists())
+    assert upgraded.calls == [b"TEXT:same"]  # read again
+    assert json.loads((tmp_path / "done" / "b.json").read_text())["model"] == {"name": "fake", "version": "2"}
+    (tmp_path / "inbox" / "c.txt").write_bytes(b"TEXT:same")  # the new model's result is the one reused now
+    assert wait_until(lambda: (tmp_path / "done" / "c.json").exists())
+    assert upgraded.calls == [b"TEXT:same"]
 
 
 def test_the_same_bytes_read_twice_at_once_keep_one_entry_in_the_reuse_store(tmp_path, folder):
