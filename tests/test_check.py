@@ -197,3 +197,30 @@ def test_the_daemons_folder_error_says_how_to_allow_the_folder_under_systemd(mon
                                               "`systemctl edit edge-ocr`, [Service] ReadWritePaths=/srv/scans)")
     assert "BindPaths=/home/pi/scans" in sandbox.hint("/home/pi/scans", 13)
     assert sandbox.hint("/srv/scans", 13) == ""  # plain permissions: the message says whose
+
+
+def test_an_http_port_held_by_another_program_is_named_and_one_held_by_edge_ocr_is_not():
+    """The daemon could not listen there and stopped, while check said ok. The running service
+    itself, checked before a restart, holds its port: that is no problem."""
+    import socket
+
+    import bottle
+
+    from edge_ocr.api.server import HttpServer
+    from edge_ocr.check import http_problem
+
+    other = socket.socket()
+    other.bind(("127.0.0.1", 0))
+    other.listen(1)
+    try:
+        port = other.getsockname()[1]
+        assert http_problem("127.0.0.1:%d" % port) == "cannot listen on 127.0.0.1:%d: Address already in use" % port
+    finally:
+        other.close()
+    server = HttpServer(bottle.Bottle(), "127.0.0.1:0", 1)
+    server.start()
+    try:
+        assert http_problem("127.0.0.1:%d" % server.port) is None
+    finally:
+        assert server.stop(5)
+    assert http_problem("127.0.0.1:%d" % server.port) is None  # free again
