@@ -66,6 +66,8 @@ METRICS: tuple[Metric, ...] = (
     Metric("mqtt_published_total", "counter", "messages", "spooled messages acknowledged by the broker"),
     Metric("spool_depth", "gauge", "messages", "messages waiting in the on-disk spool"),
     Metric("spool_dropped_total", "counter", "messages", "oldest spool messages dropped at the bound"),
+    Metric("mqtt_refused_total", "counter", "messages", "messages set aside because the broker dropped the "
+           "connection at each resend (over its maximum packet size)"),
     Metric("uptime_s", "gauge", "s", "time since the daemon started", exposed="uptime_seconds"),
     # The guard's last sample, here so that ``<p>/stats`` and /api/stats carry it too (SPEC "Memory guard").
     Metric("guard_level", "gauge", "level", "memory guard level: 0 ok, 1 soft, 2 hard"),

@@ -53,6 +53,12 @@ class _PahoNoise(logging.Filter):
         return True
 
 
+# A message is taken as refused by the broker when the connection was lost this many times in a
+# row within REFUSED_WITHIN_S of connecting, while paho was resending it first.
+REFUSED_AFTER = 3
+REFUSED_WITHIN_S = 2.0
+
+
 class MqttSink:
     """Publishes results through the spool; ``start()`` connects in the background."""
 
@@ -98,6 +104,11 @@ class MqttSink:
         self._inflight: dict[int, int] = {}  # mid -> spool seq
         self._hold: set[int] = set()  # mids paho re-sends after a reconnect; new ones wait for them
         self._status_due: set[str] = set()  # sources whose status the mqtt thread publishes next
+        # A message the broker will not take (over its packet size limit) drops the connection at
+        # each resend; paho resends it first after every reconnect, and the rest wait behind it.
+        self._held_drops: tuple[int, int] = (0, 0)  # (oldest held seq, connections lost resending it)
+        self._connected_at = 0.0
+        self._refused_seq: int | None = None  # set aside by the mqtt thread
         self._acked: deque[int] = deque()
         self._last_seq = 0
         self._fail_logged = False
@@ -118,6 +129,12 @@ class MqttSink:
             spooled = self.spool.newest({"%s/%s/state" % (self.prefix, source) for source in self.sources})
             for topic, message in spooled.items():
                 self._seed(topic[len(self.prefix) + 1:].rpartition("/")[0], message.payload, topic)
+        self.client = self._connect_client()
+        self._thread = threading.Thread(target=self._run, name="mqtt", daemon=True)
+        self._thread.start()
+
+    def _connect_client(self) -> paho.Client:
+        """A paho client with our callbacks, connecting in the background (retrying with backoff)."""
         client = make_client(self.cfg)
         paho_log = logging.getLogger(__name__ + ".paho")
         if not any(isinstance(f, _PahoNoise) for f in paho_log.filters):
@@ -133,11 +150,9 @@ class MqttSink:
         client.on_message = self._on_message
         client.on_subscribe = self._on_subscribe
         client.on_unsubscribe = self._on_unsubscribe
-        self.client = client
         client.connect_async(self.cfg.host, self.cfg.port, keepalive=self.cfg.keepalive)
         client.loop_start()
-        self._thread = threading.Thread(target=self._run, name="mqtt", daemon=True)
-        self._thread.start()
+        return client
 
     def close(self, timeout_s: float = 3.0) -> None:
         """Publish ``offline`` (clean stop), disconnect, stop the threads, all within ``timeout_s``
@@ -216,6 +231,8 @@ class MqttSink:
             self._wake.clear()
             try:
                 self._drain_acks()
+                if self._refused_seq is not None:
+                    self._set_aside(self._refused_seq)
                 if self._connected.is_set():
                     self._publish_statuses()
                     self._publish_spooled()
@@ -241,6 +258,31 @@ class MqttSink:
             self.stats.inc("mqtt_published_total", removed)
             self.stats.set("spool_depth", len(self.spool))
             self.stats.set("spool_dropped_total", self.spool.dropped)
+
+    def _set_aside(self, seq: int) -> None:
+        """Drop spool entry ``seq``, which the broker refused at every resend (the connection lost
+        each time right after it was sent again), and start afresh with a new client: paho keeps
+        its own copy to resend first, and a new client holds none. What was in flight is published
+        again from the spool (at least once)."""
+        assert self.spool is not None
+        message = next((m for s, m in self.spool.after(seq - 1, 1) if s == seq), None)
+        log.error("mqtt message set aside, the broker dropped the connection each time it was sent (over its "
+                  "maximum packet size?) topic=%s bytes=%d", message.topic if message else "?",
+                  len(message.payload) if message else 0)
+        old = self.client
+        self._connected.clear()
+        if old is not None:
+            old.disconnect()
+            stop_loop(old, 2.0)
+        self.spool.remove(seq)
+        self.stats.inc("mqtt_refused_total")
+        with self._lock:
+            self._inflight.clear()
+            self._hold = set()
+            self._acked.clear()
+        self._last_seq = 0
+        self._held_drops, self._refused_seq = (0, 0), None
+        self.client = self._connect_client()
 
     def _publish_statuses(self) -> None:
         assert self.client is not None
@@ -320,6 +362,7 @@ class MqttSink:
             self._hold = set(self._inflight)  # paho re-sends these first, in order
             self._status_due |= set(self.sources) | set(self._statused)  # the fleet's too (set_source_status)
         self._was_connected = True
+        self._connected_at = time.monotonic()
         self._connected.set()
         self.stats.set("mqtt_connected", 1)
         self._wake.set()
@@ -348,6 +391,15 @@ class MqttSink:
     def _on_disconnect(self, client: paho.Client, userdata: Any, flags: Any, reason_code: Any, properties: Any) -> None:
         was = self._connected.is_set()
         self._connected.clear()
+        with self._lock:
+            held = [self._inflight[mid] for mid in self._hold if mid in self._inflight]
+        if was and held and time.monotonic() - self._connected_at < REFUSED_WITHIN_S:
+            oldest = min(held)
+            drops = self._held_drops[1] + 1 if self._held_drops[0] == oldest else 1
+            self._held_drops = (oldest, drops)
+            if drops >= REFUSED_AFTER and self._refused_seq is None:
+                self._refused_seq = oldest
+                self._wake.set()
         self.stats.set("mqtt_connected", 0)
         if was and not self._closing.is_set():
             log.warning("mqtt disconnected host=%s reason=%s; results are spooled", self.cfg.host, reason_code)

@@ -432,3 +432,34 @@ def test_a_stop_keeps_its_budget_while_a_connect_hangs(tmp_path, caplog):
     finally:
         for s in [listener, *queued]:
             s.close()
+
+
+def test_a_message_the_broker_refuses_is_set_aside_and_the_rest_get_through(tmp_path):
+    """A result over the broker's maximum packet size (a dense page's JSON against AWS IoT's
+    128 KB, here Mosquitto's max_packet_size) dropped the connection at every resend: paho resends
+    it first after each reconnect, so no later result was ever delivered, and availability flapped.
+    After a few such drops it is set aside (counted), and the results after it arrive."""
+    broker = Mosquitto(tmp_path / "broker")
+    broker.conf.write_text(broker.conf.read_text() + "max_packet_size 20000\n")
+    broker.start()
+    stats = Stats()
+    sink = MqttSink(mqtt_config(broker, tmp_path), ("inbox",), stats, Captures())
+    sub = None
+    try:
+        sink.start()
+        assert wait_until(lambda: sink.connected, 10)
+        sub = Collector(broker, [PREFIX + "/inbox/text"])
+        sink.publish(result("small-1"))
+        sink.publish(result("X" * 30000))  # state, text and event each over the limit
+        for i in range(2, 5):
+            sink.publish(result("small-%d" % i))
+        texts = lambda: [m.payload for m in sub.on(PREFIX + "/inbox/text")]  # noqa: E731
+        assert wait_until(lambda: b"small-4" in texts(), 90), texts()
+        assert [t for t in texts() if t.startswith(b"small")][-3:] == [b"small-2", b"small-3", b"small-4"]
+        assert stats.get("mqtt_refused_total") == 3
+        assert wait_until(lambda: len(sink.spool) == 0, 10)
+    finally:
+        sink.close(timeout_s=2)
+        if sub is not None:
+            sub.close()
+        broker.stop()
