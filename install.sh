@@ -187,7 +187,7 @@ uninstall() {
         rm -rf "$etc" "$state"
         id "$user" >/dev/null 2>&1 && userdel "$user"
         # userdel keeps a group that still has members (writers added to it for the drop folder)
-        getent group "$user" >/dev/null && groupdel "$user"
+        if getent group "$user" >/dev/null; then groupdel "$user" || true; fi
         say "removed edge-ocr with its config and data"
     else
         say "removed edge-ocr; kept $etc and $state (--purge removes them)"

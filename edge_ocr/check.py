@@ -113,8 +113,9 @@ def http_problem(bind: str, timeout_s: float = 2.0) -> str | None:
 
 def _edge_ocr_answers(host: str, port: int, timeout_s: float) -> bool:
     url = "http://%s:%d/healthz" % ("[%s]" % host if ":" in host else host, port)
+    direct = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # never via http_proxy
     try:
-        with urllib.request.urlopen(url, timeout=timeout_s) as response:
+        with direct.open(url, timeout=timeout_s) as response:
             return bool(response.headers.get("Server") == "edge-ocr")
     except urllib.error.HTTPError as exc:
         return bool(exc.headers.get("Server") == "edge-ocr")

@@ -560,7 +560,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for stream in (sys.stdout, sys.stderr):
         # A file name that is not UTF-8 (undecodable bytes kept as surrogates) is printed escaped,
         # not a UnicodeEncodeError, when the locale is strict UTF-8 (Raspberry Pi OS's en_GB.UTF-8).
-        if isinstance(stream, io.TextIOWrapper):
+        if isinstance(stream, io.TextIOWrapper) and stream.errors == "strict":
             stream.reconfigure(errors="backslashreplace")
     setup_logging(args.verbose)
     from edge_ocr import allocator

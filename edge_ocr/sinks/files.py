@@ -171,6 +171,7 @@ class ResultFiles:
                 # Another attempt at the same file stored it already: touch nothing of what it wrote.
                 raise SinkError("cannot store %s: it is gone" % src)
             original, meta = self.find(directory, name, suffix, sha256)
+            earlier = meta.exists()  # an interrupted earlier attempt's, which a resume finishes
             write_result(meta, _encoded(data))
             if src is None:
                 return meta
@@ -179,7 +180,7 @@ class ResultFiles:
             try:
                 move(src, original)
             except SinkError:
-                if not os.path.lexists(original):  # no JSON without its original: the retry writes both
+                if not earlier and not os.path.lexists(original):  # no orphan JSON: the retry writes both
                     meta.unlink(missing_ok=True)
                 raise
         return meta

@@ -27,7 +27,7 @@ import paho.mqtt.client as paho
 
 from edge_ocr import __version__
 from edge_ocr.config import MqttConfig
-from edge_ocr.errors import EdgeOcrError
+from edge_ocr.errors import EdgeOcrError, SinkError
 from edge_ocr.mqtt_client import make_client, stop_loop
 from edge_ocr.results import Result, Status
 from edge_ocr.sinks.spool import Message, Spool
@@ -108,6 +108,8 @@ class MqttSink:
         # each resend; paho resends it first after every reconnect, and the rest wait behind it.
         self._held_drops: tuple[int, int] = (0, 0)  # (oldest held seq, connections lost resending it)
         self._connected_at = 0.0
+        self._sizes: dict[int, int] = {}  # spool seq in flight -> its payload's bytes
+        self._largest_taken = 0  # bytes of the largest payload the broker acknowledged
         self._refused_seq: int | None = None  # set aside by the mqtt thread
         self._acked: deque[int] = deque()
         self._last_seq = 0
@@ -150,6 +152,7 @@ class MqttSink:
         client.on_message = self._on_message
         client.on_subscribe = self._on_subscribe
         client.on_unsubscribe = self._on_unsubscribe
+        self.client = client
         client.connect_async(self.cfg.host, self.cfg.port, keepalive=self.cfg.keepalive)
         client.loop_start()
         return client
@@ -253,6 +256,7 @@ class MqttSink:
                 self._hold.discard(mid)
             if seq is not None:
                 self.spool.remove(seq)
+                self._largest_taken = max(self._largest_taken, self._sizes.pop(seq, 0))
                 removed += 1
         if removed:
             self.stats.inc("mqtt_published_total", removed)
@@ -260,24 +264,34 @@ class MqttSink:
             self.stats.set("spool_dropped_total", self.spool.dropped)
 
     def _set_aside(self, seq: int) -> None:
-        """Drop spool entry ``seq``, which the broker refused at every resend (the connection lost
-        each time right after it was sent again), and start afresh with a new client: paho keeps
-        its own copy to resend first, and a new client holds none. What was in flight is published
-        again from the spool (at least once)."""
+        """Move spool entry ``seq``, which the broker refused at every resend (the connection lost
+        each time right after it, though the broker had answered on it), to the spool's
+        ``set-aside/``, and start afresh with a new client: paho keeps its own copy to resend
+        first, and a new client holds none. What was in flight is published again from the spool
+        (at least once)."""
         assert self.spool is not None
         message = next((m for s, m in self.spool.after(seq - 1, 1) if s == seq), None)
-        log.error("mqtt message set aside, the broker dropped the connection each time it was sent (over its "
-                  "maximum packet size?) topic=%s bytes=%d", message.topic if message else "?",
-                  len(message.payload) if message else 0)
         old = self.client
         self._connected.clear()
         if old is not None:
+            for callback in ("on_connect", "on_connect_fail", "on_disconnect", "on_publish", "on_message",
+                             "on_subscribe", "on_unsubscribe"):
+                setattr(old, callback, None)  # nothing of the old client's reaches us any more
             old.disconnect()
             stop_loop(old, 2.0)
-        self.spool.remove(seq)
+        try:
+            kept = self.spool.set_aside(seq)
+        except SinkError as exc:
+            log.error("%s; removed instead", exc.message)
+            self.spool.remove(seq)
+            kept = None
+        log.error("mqtt message set aside, the broker dropped the connection each time it was sent (over its "
+                  "maximum packet size?) topic=%s bytes=%d kept=%s", message.topic if message else "?",
+                  len(message.payload) if message else 0, kept or "no")
         self.stats.inc("mqtt_refused_total")
         with self._lock:
             self._inflight.clear()
+            self._sizes.clear()
             self._hold = set()
             self._acked.clear()
         self._last_seq = 0
@@ -311,6 +325,7 @@ class MqttSink:
                 continue
             with self._lock:
                 self._inflight[info.mid] = seq
+                self._sizes[seq] = len(message.payload)
         self.stats.set("spool_dropped_total", self.spool.dropped)
 
     def _publish_stats(self) -> None:
@@ -393,12 +408,15 @@ class MqttSink:
         self._connected.clear()
         with self._lock:
             held = [self._inflight[mid] for mid in self._hold if mid in self._inflight]
-        if was and held and time.monotonic() - self._connected_at < REFUSED_WITHIN_S:
-            oldest = min(held)
-            drops = self._held_drops[1] + 1 if self._held_drops[0] == oldest else 1
-            self._held_drops = (oldest, drops)
+            # Only a message larger than any the broker took can be over its size limit: a link
+            # that drops everything is a bad link, not a refused message.
+            too_large = [seq for seq in held if self._sizes.get(seq, 0) > self._largest_taken > 0]
+        if was and too_large and time.monotonic() - self._connected_at < REFUSED_WITHIN_S:
+            suspect = min(too_large)  # the first of them paho resends
+            drops = self._held_drops[1] + 1 if self._held_drops[0] == suspect else 1
+            self._held_drops = (suspect, drops)
             if drops >= REFUSED_AFTER and self._refused_seq is None:
-                self._refused_seq = oldest
+                self._refused_seq = suspect
                 self._wake.set()
         self.stats.set("mqtt_connected", 0)
         if was and not self._closing.is_set():

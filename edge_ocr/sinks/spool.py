@@ -120,6 +120,25 @@ class Spool:
             self.remove(seq)
             return None
 
+    def set_aside(self, seq: int) -> Path | None:
+        """Move entry ``seq`` out of the queue into ``set-aside/`` beside it (kept, never sent
+        again by this spool); returns where, or None if it was gone."""
+        aside = self.directory / "set-aside"
+        with self._lock:
+            try:
+                self._seqs.remove(seq)
+            except ValueError:
+                return None
+        target = aside / self._path(seq).name
+        try:
+            aside.mkdir(exist_ok=True)
+            self._path(seq).rename(target)
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise SinkError("spool %s: cannot set aside: %s" % (self.directory, exc.strerror)) from exc
+        return target
+
     def remove(self, seq: int) -> None:
         """Forget entry ``seq`` (acknowledged); a missing entry is fine."""
         with self._lock:

@@ -19,7 +19,6 @@ import hashlib
 import json
 import logging
 import math
-import mmap
 import os
 import queue
 import re
@@ -94,7 +93,7 @@ def ignored(name: str) -> bool:
     return name.startswith((".", "~")) or name.lower().endswith(TEMP_SUFFIXES)
 
 
-def jpeg_ends(data: bytes | mmap.mmap) -> bool:
+def jpeg_ends(data: bytes) -> bool:
     """Whether a JPEG's own end marker (FF D9) is in ``data``, wherever it lies. The segments
     before the first scan are skipped by their lengths (an EXIF thumbnail's end marker there does
     not count); after it, FF D9 can only be that marker, as the scan data stuffs every FF. So data
@@ -116,12 +115,13 @@ def jpeg_ends(data: bytes | mmap.mmap) -> bool:
 
 
 def _jpeg_ends_inside(path: Path) -> bool:
-    """``jpeg_ends`` on the file, mapped rather than read: only for a JPEG whose last bytes are not
-    its end marker."""
+    """``jpeg_ends`` on the whole file: only for a JPEG whose last bytes are not its end marker, and
+    under max_file_mb (larger files are taken as they are). Read, not mapped: a writer truncating
+    the file meanwhile would make a mapped read a SIGBUS, which ends the process."""
     try:
-        with open(path, "rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
-            return jpeg_ends(mapped)
-    except (OSError, ValueError):  # ValueError: empty, or shrunk under us
+        with open(path, "rb") as fh:
+            return jpeg_ends(fh.read())
+    except OSError:
         return False
 
 

@@ -70,6 +70,8 @@ def test_exif_orientation_is_applied(photo):
         (b"hello, this is a text file\n", "not a supported image"),
         (b"%PDF-1.7\n", "not a supported image"),
         (b"\x89PNG\r\n\x1a\n\x00\x00", "truncated"),
+        (b"\x89PNG\r\n\x1a\n" + struct.pack(">I", 13) + b"IHDR" + struct.pack(">II", 10, 10) + b"\x08",
+         "corrupt or truncated png"),  # cut inside IHDR, before its colour type
     ],
 )
 def test_non_images_are_refused_with_a_reason(data, message):
@@ -141,6 +143,16 @@ def test_an_os2_bitmap_is_read_with_its_16_bit_sides():
     assert preprocess.probe_image(bmp) == ("bmp", width, height)
     decoded = preprocess.decode_image(bmp, max_megapixels=1)
     assert decoded.shape == (height, width, 3) and decoded[0, 0].tolist() == [0, 0, 255]
+
+
+def test_a_transparent_png_keeps_its_exif_orientation(photo):
+    """The decode that reads the alpha channel ignores an eXIf chunk's orientation; such a PNG
+    takes the colour decode, which applies it."""
+    png = _encode(".png", np.dstack([photo, np.full(photo.shape[:2], 200, np.uint8)]))
+    tiff = _exif_app1(6)[len(b"\xff\xe1") + 2 + len(b"Exif\x00\x00"):]  # the TIFF inside the JPEG segment
+    exif = _png_chunk(b"eXIf", tiff)
+    rotated = png[:33] + exif + png[33:]  # after the signature and IHDR
+    assert preprocess.decode_image(rotated, 1).shape == (53, 37, 3)
 
 
 @pytest.mark.parametrize("ink, background", [(0, 255), (255, 0)])

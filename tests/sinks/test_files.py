@@ -67,3 +67,17 @@ def test_a_move_that_fails_leaves_no_result_without_its_original(tmp_path, other
         with pytest.raises(SinkError, match="cannot copy"):
             files.store(src, other_fs, "big.jpg", ".error.json", {"error": "too big"}, None)
     assert list(other_fs.iterdir()) == []
+
+
+def test_a_failed_move_keeps_the_result_an_interrupted_earlier_attempt_wrote(tmp_path, other_fs):
+    """A crash left the JSON written and the original not yet moved; the restart's move fails
+    (a full disk). That JSON must stay: it is what the next retry finishes with, without a second
+    OCR run."""
+    (tmp_path / "x.txt").mkdir()  # cannot be copied across filesystems
+    sha = "%064x" % 7
+    earlier = other_fs / "x.json"
+    earlier.write_text(json.dumps({"file": "x.txt", "sha256": sha, "text": "x"}))
+    files = ResultFiles()
+    with pytest.raises(SinkError, match="cannot copy"):
+        files.store(tmp_path / "x.txt", other_fs, "x.txt", ".json", {"file": "x.txt", "sha256": sha}, sha)
+    assert files.existing(other_fs, "x.txt", ".json", sha) == earlier

@@ -458,6 +458,8 @@ def test_a_message_the_broker_refuses_is_set_aside_and_the_rest_get_through(tmp_
         assert [t for t in texts() if t.startswith(b"small")][-3:] == [b"small-2", b"small-3", b"small-4"]
         assert stats.get("mqtt_refused_total") == 3
         assert wait_until(lambda: len(sink.spool) == 0, 10)
+        kept = sorted((tmp_path / "spool" / "set-aside").iterdir())  # kept, not lost: the three large ones
+        assert len(kept) == 3 and all(path.stat().st_size > 30000 for path in kept)
     finally:
         sink.close(timeout_s=2)
         if sub is not None:
