@@ -3,11 +3,12 @@
 One file per message, ``<seq:012d>.msg``: a JSON header line ``{"topic","qos","retain"}``
 then the payload bytes. Each is written to a temp file, fsynced and renamed, so it survives a
 restart, a kill -9 or a power cut; an entry is removed only once its QoS 1 publish is
-acknowledged. At the bound the oldest are dropped and counted. Imports errors only.
+acknowledged. At the bound (``max_messages``, or a full disk) the oldest are dropped and counted. Imports errors only.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import threading
@@ -65,22 +66,30 @@ class Spool:
             seq = self._next
             self._next += 1
             path = self._path(seq)
-            try:
-                write_atomic(path, header + b"\n" + message.payload)
-            except OSError as exc:
-                raise SinkError("spool %s: cannot write: %s" % (self.directory, exc.strerror)) from exc
+            while True:
+                try:
+                    write_atomic(path, header + b"\n" + message.payload)
+                    break
+                except OSError as exc:
+                    # A full disk is a bound too: the oldest go, as at max_messages, so the newest
+                    # results (a meter's current reading) are the ones kept.
+                    if exc.errno not in (errno.ENOSPC, errno.EDQUOT) or not self._seqs:
+                        raise SinkError("spool %s: cannot write: %s" % (self.directory, exc.strerror)) from exc
+                    self._drop_oldest("disk full")
             self._seqs.append(seq)
             self._trim()
             return seq
 
     def _trim(self) -> None:
         while len(self._seqs) > self.max_messages:
-            oldest = self._seqs.popleft()
-            self._path(oldest).unlink(missing_ok=True)
-            self.dropped += 1
-            if self.dropped == 1 or self.dropped % 100 == 0:
-                log.warning("spool full, oldest dropped dir=%s max=%d dropped=%d",
-                            self.directory, self.max_messages, self.dropped)
+            self._drop_oldest("max=%d" % self.max_messages)
+
+    def _drop_oldest(self, why: str) -> None:
+        oldest = self._seqs.popleft()
+        self._path(oldest).unlink(missing_ok=True)
+        self.dropped += 1
+        if self.dropped == 1 or self.dropped % 100 == 0:
+            log.warning("spool full, oldest dropped dir=%s %s dropped=%d", self.directory, why, self.dropped)
 
     def after(self, seq: int, limit: int) -> list[tuple[int, Message]]:
         """Up to ``limit`` entries with a sequence number above ``seq``, oldest first."""

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+
+import pytest
+
 from edge_ocr.sinks.spool import Message, Spool
 
 
@@ -26,3 +31,22 @@ def test_bound_drops_oldest_and_counts(tmp_path):
     assert len(spool) == 3 and spool.dropped == 2
     assert [m.payload for _, m in spool.after(0, 10)] == [b"2", b"3", b"4"]
     assert len(list(tmp_path.glob("*.msg"))) == 3
+
+
+def test_a_full_disk_drops_the_oldest_and_keeps_the_newest(tmp_path):
+    """The broker away and the spool's disk full: before, every new result was refused and the
+    oldest kept, so a meter's current reading was the one lost. A full disk is a bound too."""
+    if os.geteuid() != 0:
+        pytest.skip("mounts a tmpfs: run as root")
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(disk)], check=True, timeout=30)
+    try:
+        spool = Spool(disk, 10000)
+        for i in range(60):  # each message takes a 4 KB page: far more than 64 KB holds
+            spool.append(Message("t", b"%d" % i + b"." * 1000))
+        kept = [int(m.payload.split(b".")[0]) for _, m in spool.after(0, 100)]
+        assert spool.dropped > 0 and kept[-1] == 59 and kept == list(range(60 - len(kept), 60))
+        assert spool.dropped + len(kept) == 60
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], timeout=30)
