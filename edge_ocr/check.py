@@ -7,7 +7,6 @@ give. One line per problem.
 from __future__ import annotations
 
 import errno
-import socket
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -17,6 +16,7 @@ from edge_ocr.access import Wanted, problems, problems_as
 from edge_ocr.config import CameraSourceConfig, Config, parse_bind
 from edge_ocr.errors import EdgeOcrError
 from edge_ocr.fit import check_fit
+from edge_ocr.listen import listen_sockets, resolve
 from edge_ocr.sinks.mqtt import probe
 from edge_ocr.sources.camera import device_kind
 from edge_ocr.sources.camera import probe as probe_camera
@@ -89,26 +89,22 @@ def check(config: Config, broker_timeout_s: float = 5.0, user: str | None = None
 
 
 def http_problem(bind: str, timeout_s: float = 2.0) -> str | None:
-    """Why the daemon could not listen on ``bind``, tried as it listens (the first address the
-    host resolves to, address reuse on), or None. A port held by an edge-ocr that answers there
+    """Why the daemon could not listen on ``bind``, tried as it listens (every address the host
+    resolves to, address reuse on), or None. A port held by an edge-ocr that answers there
     (the running service, while its config is checked before a restart) is no problem."""
     host, port = parse_bind(bind)
     try:
-        family, kind, proto, _, address = socket.getaddrinfo(
-            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+        addresses = resolve(host, port)
     except OSError as exc:
         return "cannot resolve %s: %s" % (host, exc.strerror or exc)
-    with socket.socket(family, kind, proto) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        if family == socket.AF_INET6:
-            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-        try:
-            sock.bind(address)
+    try:
+        for sock in listen_sockets(addresses):
+            sock.close()
+        return None
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE and _edge_ocr_answers(host, port, timeout_s):
             return None
-        except OSError as exc:
-            if exc.errno == errno.EADDRINUSE and _edge_ocr_answers(host, port, timeout_s):
-                return None
-            return "cannot listen on %s: %s" % (bind, exc.strerror or exc)
+        return "cannot listen on %s: %s" % (bind, exc.strerror or exc)
 
 
 def _edge_ocr_answers(host: str, port: int, timeout_s: float) -> bool:

@@ -304,7 +304,8 @@ class MqttConfig:
 @dataclass(frozen=True, slots=True)
 class HttpConfig:
     enabled: bool = setting(True, "the local HTTP API and the try-it page")
-    bind: str = setting("127.0.0.1:8080", "HOST:PORT; port 0 = any free port; a non-loopback HOST needs a token")
+    bind: str = setting("127.0.0.1:8080", "HOST:PORT (a name, like localhost, on each of its addresses); "
+                        "port 0 = any free port; a non-loopback HOST needs a token")
     token_file: str = setting("", "a file holding the Bearer token; then every endpoint but /healthz and the page (/) "
                               "needs it (see Secrets)")
     token: Secret | None = None  # read from token_file (or the http_token credential): not a key

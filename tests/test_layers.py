@@ -10,7 +10,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "edge_ocr"
 
 LEAVES = ("edge_ocr.errors", "edge_ocr.results", "edge_ocr.config", "edge_ocr.engine.types", "edge_ocr.stats",
           "edge_ocr.readiness", "edge_ocr.atomic", "edge_ocr.imageformat", "edge_ocr.allocator",
-          "edge_ocr.mqtt_client", "edge_ocr.access", "edge_ocr.sandbox")
+          "edge_ocr.mqtt_client", "edge_ocr.access", "edge_ocr.sandbox", "edge_ocr.listen")
 
 # module prefix → edge_ocr modules it may import (a prefix allows everything below it)
 ALLOWED: dict[str, tuple[str, ...]] = {
@@ -25,6 +25,7 @@ ALLOWED: dict[str, tuple[str, ...]] = {
     "edge_ocr.imageformat": (),
     "edge_ocr.allocator": (),
     "edge_ocr.sandbox": (),
+    "edge_ocr.listen": (),
     "edge_ocr.access": ("edge_ocr.sandbox",),
     "edge_ocr.mqtt_client": ("edge_ocr.config", "edge_ocr.errors"),
     "edge_ocr.notify": ("edge_ocr.errors",),

@@ -24,6 +24,7 @@ from edge_ocr.api.responses import COMMON_HEADERS, JSON_CONTENT_TYPE, mb
 from edge_ocr.api.routes import AUTH_KEY, COUNT_KEY, UPLOAD_KEY
 from edge_ocr.config import parse_bind, require_token_off_loopback
 from edge_ocr.errors import ConfigError, SinkError
+from edge_ocr.listen import listen_sockets, resolve
 
 log = logging.getLogger(__name__)
 
@@ -161,12 +162,15 @@ class HttpServer:
     def start(self) -> None:
         """Bind and serve. Raises SinkError when the address cannot be bound."""
         upload = int(self.app.config.get(UPLOAD_KEY, 20 * 1024 * 1024))
-        sock = _listen_socket(self.host, self._port)  # bound first: a failure leaves no worker thread behind
-        self._port = sock.getsockname()[1]
+        try:  # bound first: a failure leaves no worker thread behind
+            sockets = listen_sockets(resolve(self.host, self._port))
+        except OSError as exc:
+            raise SinkError("http: cannot listen on %s: %s" % (self.url[len("http://"):], exc.strerror or exc)) from exc
+        self._port = sockets[0].getsockname()[1]
         self._server = create_server(
             self.app,
             map=self._map,
-            sockets=[sock],
+            sockets=sockets,
             threads=self.threads,
             ident="edge-ocr",
             max_request_body_size=json_body_limit(upload) + UPLOAD_SLACK_BYTES,
@@ -227,26 +231,6 @@ class HttpServer:
             log.warning("http stop timed out thread=%s requests_running=%s", self._thread.name,
                         "no" if requests_done else "yes")
         return stopped
-
-
-def _listen_socket(host: str, port: int) -> socket.socket:
-    """A bound TCP socket for ``host:port`` (the first address the name resolves to)."""
-    try:
-        family, kind, proto, _, address = socket.getaddrinfo(
-            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
-        )[0]
-        sock = socket.socket(family, kind, proto)
-    except OSError as exc:
-        raise SinkError("http: cannot listen on %s:%d: %s" % (host, port, exc.strerror or exc)) from exc
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # restart while old connections sit in TIME_WAIT
-        if family == socket.AF_INET6:
-            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-        sock.bind(address)
-    except OSError as exc:
-        sock.close()
-        raise SinkError("http: cannot listen on %s:%d: %s" % (host, port, exc.strerror or exc)) from exc
-    return sock
 
 
 def _close_all(socket_map: dict[int, Any]) -> None:

@@ -101,14 +101,13 @@ class MqttSink:
         self._wake = threading.Event()
         self._connected = threading.Event()
         self._lock = threading.Lock()
-        self._inflight: dict[int, int] = {}  # mid -> spool seq
+        self._inflight: dict[int, tuple[int, int]] = {}  # mid -> (spool seq, its payload's bytes)
         self._hold: set[int] = set()  # mids paho re-sends after a reconnect; new ones wait for them
         self._status_due: set[str] = set()  # sources whose status the mqtt thread publishes next
         # A message the broker will not take (over its packet size limit) drops the connection at
         # each resend; paho resends it first after every reconnect, and the rest wait behind it.
-        self._held_drops: tuple[int, int] = (0, 0)  # (oldest held seq, connections lost resending it)
+        self._held_drops: tuple[int, int] = (0, 0)  # (suspect held seq, connections lost resending it)
         self._connected_at = 0.0
-        self._sizes: dict[int, int] = {}  # spool seq in flight -> its payload's bytes
         self._largest_taken = 0  # bytes of the largest payload the broker acknowledged
         self._refused_seq: int | None = None  # set aside by the mqtt thread
         self._acked: deque[int] = deque()
@@ -252,11 +251,11 @@ class MqttSink:
         while self._acked:
             mid = self._acked.popleft()
             with self._lock:
-                seq = self._inflight.pop(mid, None)
+                seq, size = self._inflight.pop(mid, (None, 0))
                 self._hold.discard(mid)
             if seq is not None:
                 self.spool.remove(seq)
-                self._largest_taken = max(self._largest_taken, self._sizes.pop(seq, 0))
+                self._largest_taken = max(self._largest_taken, size)
                 removed += 1
         if removed:
             self.stats.inc("mqtt_published_total", removed)
@@ -291,7 +290,6 @@ class MqttSink:
         self.stats.inc("mqtt_refused_total")
         with self._lock:
             self._inflight.clear()
-            self._sizes.clear()
             self._hold = set()
             self._acked.clear()
         self._last_seq = 0
@@ -324,8 +322,7 @@ class MqttSink:
                 self.spool.remove(seq)  # QoS 0 has no acknowledgement to wait for
                 continue
             with self._lock:
-                self._inflight[info.mid] = seq
-                self._sizes[seq] = len(message.payload)
+                self._inflight[info.mid] = (seq, len(message.payload))
         self.stats.set("spool_dropped_total", self.spool.dropped)
 
     def _publish_stats(self) -> None:
@@ -410,7 +407,7 @@ class MqttSink:
             held = [self._inflight[mid] for mid in self._hold if mid in self._inflight]
             # Only a message larger than any the broker took can be over its size limit: a link
             # that drops everything is a bad link, not a refused message.
-            too_large = [seq for seq in held if self._sizes.get(seq, 0) > self._largest_taken > 0]
+            too_large = [seq for seq, size in held if size > self._largest_taken > 0]
         if was and too_large and time.monotonic() - self._connected_at < REFUSED_WITHIN_S:
             suspect = min(too_large)  # the first of them paho resends
             drops = self._held_drops[1] + 1 if self._held_drops[0] == suspect else 1

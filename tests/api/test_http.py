@@ -628,6 +628,26 @@ def test_server_binds_port_zero_serves_and_stops(backend, serve, photo, photo_te
         httpx.get(server.url + "/healthz", timeout=5)
 
 
+def test_a_name_with_two_addresses_is_served_on_both(backend, serve, photo, photo_text, monkeypatch):
+    """``bind = "localhost:8080"`` on Raspberry Pi OS and Debian: /etc/hosts gives ::1 and
+    127.0.0.1, ::1 first. Listening on the first address alone left Home Assistant, asking
+    127.0.0.1, refused. This machine's localhost is IPv4 only, so its resolver's answer there is
+    given here; the sockets and the HTTP are real, on one port."""
+    import edge_ocr.api.server as server_module
+
+    debian_localhost = [(socket.AF_INET6, ("::1", 0, 0, 0)), (socket.AF_INET, ("127.0.0.1", 0))]
+    monkeypatch.setattr(server_module, "resolve", lambda host, port: debian_localhost)
+    server = serve(backend.app(), "localhost:0")
+    for url in ("http://[::1]:%d" % server.port, "http://127.0.0.1:%d" % server.port):
+        with httpx.Client(base_url=url, timeout=TIMEOUT_S) as client:
+            assert client.get("/healthz").json() == {"status": "ok"}
+            assert_serving(client, photo, photo_text)
+    assert server.stop(timeout_s=5)
+    for url in ("http://[::1]:%d" % server.port, "http://127.0.0.1:%d" % server.port):
+        with pytest.raises(httpx.ConnectError):
+            httpx.get(url + "/healthz", timeout=5)
+
+
 def test_a_stop_after_its_wake_up_pipe_was_closed_elsewhere_still_stops(backend, photo, photo_text, caplog):
     """stop() hands the closing to the loop through waitress's wake-up pipe. Were that pipe's fd
     closed under it (a descriptor closed twice by other code), stop() used to raise EBADF and the
