@@ -2,7 +2,7 @@
 directory fsynced, so a reader or a crash sees the old file or the whole new one.
 
 The one place this is done (results in done/ and failed/, the MQTT spool, tune.json).
-Imports nothing from edge_ocr; raises OSError, which callers turn into their own errors.
+Imports nothing from edge_ocr (psutil for a writer's start time); raises OSError, which callers turn into their own errors.
 """
 
 from __future__ import annotations
@@ -12,6 +12,8 @@ import os
 import re
 from pathlib import Path
 
+import psutil
+
 TEMP_NAME = re.compile(r"^\..+\.(\d+)\.tmp$")  # .<name>.<pid>.tmp
 NAME_MAX = 255  # bytes in one directory entry (ext4, xfs, btrfs, vfat's long names: 255 characters)
 # What a stored name may gain: a counter against a clash ("-9999") and write_atomic's temp name
@@ -19,6 +21,8 @@ NAME_MAX = 255  # bytes in one directory entry (ext4, xfs, btrfs, vfat's long na
 NAME_ROOM = len("-9999") + len(".") + len(".9999999.tmp")
 # An extension longer than this is no extension ("notes.from the meeting"): the whole name is the stem.
 MAX_EXT_BYTES = 16
+# A process's start time is known to a second or so (the kernel's boot time is whole seconds).
+START_SLACK_S = 2.0
 
 
 def split_name(name: str) -> tuple[str, str]:
@@ -84,18 +88,26 @@ def remove_stale_temps(directory: Path) -> int:
         match = TEMP_NAME.match(path.name)
         if match is None:
             continue
-        if _alive(int(match.group(1))):  # a write in progress, ours included (two sources, one done/)
+        try:
+            written = path.lstat().st_mtime
+        except FileNotFoundError:
+            continue
+        if _writing(int(match.group(1)), written):  # a write in progress, ours included (two sources, one done/)
             continue
         path.unlink(missing_ok=True)
         removed += 1
     return removed
 
 
-def _alive(pid: int) -> bool:
+def _writing(pid: int, written: float) -> bool:
+    """Whether process ``pid`` may still be writing a temp file last written at ``written``: it
+    is alive and was started before that. After a power cut the daemon often gets the very PID it
+    had (a boot starts the same services in the same order), or another live process has it: a
+    temp file older than the process was left by a dead one."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        started = psutil.Process(pid).create_time()
+    except psutil.NoSuchProcess:
         return False
-    except PermissionError:  # another user's process
+    except psutil.Error:  # another user's process, details hidden: take it as writing
         return True
-    return True
+    return written >= started - START_SLACK_S

@@ -41,6 +41,23 @@ def test_stale_temps_of_dead_writers_are_removed_and_live_ones_kept(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == [".b.json.%d.tmp" % os.getpid(), "c.json"]
 
 
+def test_a_temp_file_older_than_the_live_process_of_its_pid_is_stale(tmp_path):
+    """After a power cut the daemon often gets the PID it had before (a boot starts the same
+    services in the same order): the temp file its last life left has our PID but predates us."""
+    import psutil
+
+    ours = tmp_path / (".photo.jpg.%d.tmp" % os.getpid())
+    ours.write_bytes(b"half a copy")
+    before_us = psutil.Process().create_time() - 3600
+    os.utime(ours, (before_us, before_us))
+    init = tmp_path / ".photo.jpg.1.tmp"  # PID 1 lives (another user's, maybe), started before any of these
+    init.write_bytes(b"half a copy")
+    os.utime(init, (0, 0))
+    (tmp_path / (".fresh.json.%d.tmp" % os.getpid())).write_bytes(b"{}")  # written now: in progress
+    assert remove_stale_temps(tmp_path) == 2
+    assert [p.name for p in tmp_path.iterdir()] == [".fresh.json.%d.tmp" % os.getpid()]
+
+
 def test_a_stem_is_cut_to_fit_with_its_counter_and_temp_name():
     from edge_ocr.atomic import NAME_MAX, NAME_ROOM, fit_stem
 
