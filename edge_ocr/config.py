@@ -509,13 +509,22 @@ def load_config(path: str | os.PathLike[str] | None = None, environ: Mapping[str
 
 
 def _discovery_clashes(sources: Sequence[SourceConfig | None]) -> list[str]:
-    """Regions whose Home Assistant sensor id (``<source>_<region>``, as sinks.mqtt names it) is
-    another source's: one retained discovery config would overwrite the other."""
-    names = {src.name for src in sources if src is not None}
-    return ["sources[%d].rois[%d].name: %r of source %r is named in Home Assistant like source %r; rename one"
-            % (i, j, roi.name, src.name, "%s_%s" % (src.name, roi.name))
-            for i, src in enumerate(sources) if isinstance(src, CameraSourceConfig)
-            for j, roi in enumerate(src.rois) if "%s_%s" % (src.name, roi.name) in names]
+    """Home Assistant sensor ids (a source's name, ``<source>_<region>`` for each of its regions,
+    as sinks.mqtt names them) given twice: one retained discovery config would overwrite the other
+    (a region "gas_total" of source "meter" and a region "total" of source "meter_gas")."""
+    owners: dict[str, str] = {src.name: "source %r" % src.name for src in sources if src is not None}
+    problems = []
+    for i, src in enumerate(sources):
+        if not isinstance(src, CameraSourceConfig):
+            continue
+        for j, roi in enumerate(src.rois):
+            ident = "%s_%s" % (src.name, roi.name)
+            if ident in owners:
+                problems.append("sources[%d].rois[%d].name: %r of source %r is named %r in Home Assistant, as %s; "
+                                "rename one" % (i, j, roi.name, src.name, ident, owners[ident]))
+            else:
+                owners[ident] = "region %r of source %r" % (roi.name, src.name)
+    return problems
 
 
 def config_diff(old: Config, new: Config) -> list[str]:

@@ -95,9 +95,19 @@ def test_a_region_named_in_home_assistant_like_another_source_is_refused_unless_
                '[[sources]]\nname = "gas_meter"\npath = "x"\n')
     with pytest.raises(ConfigError) as err:
         load(tmp_path, sources)
-    assert err.value.problems == ("sources[0].rois[0].name: 'meter' of source 'gas' is named in Home Assistant "
-                                  "like source 'gas_meter'; rename one",)
+    assert err.value.problems == ("sources[0].rois[0].name: 'meter' of source 'gas' is named 'gas_meter' in Home "
+                                  "Assistant, as source 'gas_meter'; rename one",)
     assert len(load(tmp_path, sources + "[mqtt]\ndiscovery = false\n").sources) == 2
+
+
+def test_two_regions_named_alike_in_home_assistant_are_refused(tmp_path):
+    # region "gas_total" of source "meter" and region "total" of source "meter_gas": both "meter_gas_total"
+    sources = ('[[sources]]\nname = "meter"\ntype = "camera"\nrois = [{ name = "gas_total", box = [0, 0, 10, 10] }]\n'
+               '[[sources]]\nname = "meter_gas"\ntype = "camera"\nrois = [{ name = "total", box = [0, 0, 10, 10] }]\n')
+    with pytest.raises(ConfigError) as err:
+        load(tmp_path, sources)
+    assert err.value.problems == ("sources[1].rois[0].name: 'total' of source 'meter_gas' is named 'meter_gas_total' "
+                                  "in Home Assistant, as region 'gas_total' of source 'meter'; rename one",)
 
 
 def test_built_in_defaults_and_state_dirs(tmp_path):

@@ -360,10 +360,11 @@ class MqttSink:
         log.info("mqtt connected host=%s port=%d client_id=%s", self.cfg.host, self.cfg.port, self.cfg.client_id)
         client.publish("%s/availability" % self.prefix, ONLINE, qos=1, retain=True)
         subs = [("%s/cmd/+" % self.prefix, 1), ("%s/+/capture" % self.prefix, 1)]  # cmd/+: unknown ones answered
+        # Our retained discovery configs come back: those of removed sources/ROIs are cleared, and
+        # with discovery turned off all of them (Home Assistant keeps an entity while its config is).
+        subs.append(("%s/sensor/%s/+/config" % (self.cfg.discovery_prefix, self.node), 1))
         if self.cfg.discovery:
             subs.append(("%s/status" % self.cfg.discovery_prefix, 1))
-            # Our retained discovery configs come back: those of removed sources/ROIs are cleared.
-            subs.append(("%s/sensor/%s/+/config" % (self.cfg.discovery_prefix, self.node), 1))
             self._publish_discovery(client)
         client.subscribe(subs)
         if self.on_previous is not None and not self._was_connected:
@@ -510,7 +511,9 @@ class MqttSink:
                                json.dumps(discovery_config(self.cfg, self.node, source, roi)), qos=1, retain=True)
 
     def _discovery_topics(self) -> set[str]:
-        topics = set()
+        topics: set[str] = set()
+        if not self.cfg.discovery:
+            return topics
         for source in self.sources:
             topics.add(discovery_topic(self.cfg, self.node, source))
             topics.update(discovery_topic(self.cfg, self.node, source, roi) for roi in self.regions.get(source, ()))
@@ -539,10 +542,12 @@ def discovery_config(cfg: MqttConfig, node: str, source: str, roi: str | None = 
                       " 'error': value_json.error, 'ts': value_json.ts} | tojson }}")
     else:
         ident, name = "%s_%s" % (source, roi), "%s %s" % (source, roi)
-        region = "value_json.regions[%s]" % json.dumps(roi)
-        value = "{{ %s.text[:255] }}" % region  # every result of a source with ROIs lists them all
-        attributes = ("{{ {'score': %s.score, 'status': %s.status, 'read': %s.read, 'ts': value_json.ts}"
-                      " | tojson }}" % (region, region, region))
+        # A result lists every region of its source; one without this region (an error result, or
+        # the retained state of before the region was added or renamed) keeps what the sensor shows.
+        region = "((value_json.regions or {}).get(%s) or {})" % json.dumps(roi)
+        value = "{{ %s.get('text', this.state)[:255] }}" % region
+        attributes = ("{%% set region = %s %%}{{ {'score': region.get('score'), 'status': region.get('status'),"
+                      " 'read': region.get('read'), 'ts': value_json.ts} | tojson }}" % region)
     return {
         "name": name,
         "unique_id": "%s_%s" % (node, ident),

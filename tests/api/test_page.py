@@ -330,6 +330,50 @@ def test_the_page_shows_a_server_error(browser, serve, tmp_path):
     assert shown["lines"] == [] and not shown["canvasShown"]
 
 
+def test_an_earlier_reading_answered_late_is_dropped(browser, engines, eval_dev):
+    """Unticking "find text lines" while a page is still being read starts a second reading; the
+    first one's answer, arriving after it, used to be added to the list (both readings' lines
+    shown). The server holds the first reading until the second has been shown."""
+    engine = engines()
+    image = eval_dev / "pages" / RECEIPT
+    first_entered, release_first, first_done = threading.Event(), threading.Event(), threading.Event()
+    calls: list[bool] = []
+
+    def ocr(data: bytes, *, det: bool, rois: tuple[Region, ...]) -> Result:
+        calls.append(det)
+        if len(calls) == 1:
+            first_entered.set()
+            assert release_first.wait(TIMEOUT_S)
+        output = engine(data, rois=list(rois) or None, det=det)
+        if det:
+            first_done.set()
+        return Result("http", status_for(output, 0.6), output, (engine.pack.name, engine.pack.version))
+
+    server = HttpServer(make_app(PageBackend(ocr)), "127.0.0.1:0")
+    server.start()
+    try:
+        cdp = browser(server.url + "/")
+        cdp.call("Network.enable")
+        root = cdp.call("DOM.getDocument")["root"]["nodeId"]
+        node = cdp.call("DOM.querySelector", nodeId=root, selector="#file")["nodeId"]
+        cdp.call("DOM.setFileInputFiles", files=[str(image)], nodeId=node)
+        assert first_entered.wait(TIMEOUT_S)
+        cdp.evaluate("document.body.dataset.state = 'idle'; document.getElementById('det').click()")
+        second = cdp.evaluate(WAIT_SETTLED, await_promise=True) and cdp.evaluate(READ_PAGE)
+        release_first.set()
+        assert first_done.wait(TIMEOUT_S)
+        for _ in range(2):  # both answers have reached the page
+            cdp.wait_event("Network.loadingFinished")
+        cdp.evaluate("new Promise(resolve => setTimeout(resolve, 500))", await_promise=True)  # its handler ran
+        shown = cdp.evaluate(READ_PAGE)
+    finally:
+        server.stop(timeout_s=5)
+    assert calls == [True, False]
+    assert second["state"] == "done" and len(second["lines"]) == 1  # the whole image as one line
+    assert shown["lines"] == second["lines"] and shown["status"] == second["status"]
+    assert cdp.evaluate("document.getElementById('det').checked") is False
+
+
 def test_the_readme_screenshot_reads_a_synthetic_receipt(browser, serve, tmp_path):
     """The README's picture of the page, from this test: a synthetic receipt (no eval-dev data,
     whose licence keeps it out of the repo). With EDGE_OCR_DOCS set to a folder, the screenshot

@@ -311,6 +311,41 @@ def test_home_assistant_sensor_keeps_its_text_through_an_error_result(mosquitto,
     sub.close()
 
 
+def test_a_region_sensor_keeps_its_text_when_a_state_lacks_its_region(tmp_path):
+    """The retained state of before the region was added or renamed (Home Assistant gets it with
+    the new discovery config), or an error result: the template used to fail on the missing
+    region ("'dict object' has no attribute ..."); the sensor keeps what it shows."""
+    from edge_ocr.sinks.mqtt import discovery_config
+
+    cfg = MqttConfig(client_id="edge-ocr-test", topic_prefix=PREFIX, spool_dir=tmp_path / "spool")
+    sensor = HomeAssistantSensor(discovery_config(cfg, "edge-ocr-test", "meter", "reading"))
+    reading = {"text": "12.3", "score": 0.98, "status": "ok", "read": True}
+    for state in ({"status": "ok", "text": "12.3", "regions": {"reading": reading}, "ts": "t1"},
+                  {"status": "ok", "text": "12.4", "regions": {"value": dict(reading, text="12.4")}, "ts": "t2"},
+                  {"status": "error", "text": "", "ts": "t3"}):
+        sensor.receive(json.dumps(state).encode())
+        assert sensor.state == "12.3"
+    assert sensor.attributes == {"score": None, "status": None, "read": None, "ts": "t3"}
+    sensor.receive(json.dumps({"status": "ok", "regions": {"reading": dict(reading, text="x" * 300)}, "ts": "t4"}).encode())
+    assert sensor.state == "x" * 255 and sensor.attributes["score"] == 0.98
+
+
+def test_discovery_turned_off_removes_the_sensors_it_made(mosquitto, tmp_path, sink_factory):
+    """Home Assistant keeps an entity while its retained config is on the broker: with
+    ``discovery = false`` the daemon clears the configs an earlier run of it left."""
+    topics = ["homeassistant/sensor/edge-ocr-test/%s/config" % ident for ident in ("inbox", "meter", "meter_reading")]
+    sub = Collector(mosquitto, ["homeassistant/#"])
+    for topic in topics + ["homeassistant/sensor/another-device/inbox/config"]:  # the last is not ours
+        sub.client.publish(topic, b'{"name": "left"}', qos=1, retain=True).wait_for_publish(5)
+    sink_factory(mqtt_config(mosquitto, tmp_path, discovery=False))
+    assert sub.wait(lambda ms: {m.topic for m in ms if m.payload == b""} == set(topics))
+    later = Collector(mosquitto, ["homeassistant/#"])  # what the broker now keeps
+    assert [m.topic for m in later.wait(lambda ms: len(ms) >= 1)] == ["homeassistant/sensor/another-device/inbox/config"]
+    later.close()
+    sub.client.publish("homeassistant/sensor/another-device/inbox/config", b"", qos=1, retain=True)
+    sub.close()
+
+
 def test_starts_and_spools_with_no_broker_logging_one_warning(tmp_path, caplog):
     cfg = MqttConfig(spool_dir=tmp_path / "spool", topic_prefix=PREFIX, client_id="edge-ocr-none",
                      host="127.0.0.1", port=1, reconnect_min_delay=0.1, reconnect_max_delay=0.2)
