@@ -51,6 +51,7 @@ NAME = "fleet"
 HAND_BACK_S = 2.5  # a clean stop's budget for handing back held jobs (app.JOIN_TIMEOUT_S is 5 s)
 LEAVE_STOP_S = 0.5  # ... and for paho's thread to end after that (it may be in a connect that hangs)
 QUIET_S = 0.3  # ... and how long it waits for the broker to send no more of its session's jobs
+TOPIC_LEVELS_MAX = 200  # Mosquitto refuses a topic of more levels (its TOPIC_HIERARCHY_LIMIT)
 QUEUED, ANSWERING, RETURNING, KEPT = "queued", "answering", "returning", "kept"
 
 
@@ -138,7 +139,12 @@ class FleetWorker:
                     msg = self._inbox.get(timeout=0.5)
                 except queue.Empty:
                     continue
-                self._take(msg, stop)
+                try:
+                    self._take(msg, stop)
+                except Exception:  # one job's failure must not end the worker (it would come back at every start)
+                    log.exception("fleet job failed, dropped mid=%s", msg.mid)
+                    self.stats.inc("fleet_jobs_failed_total")
+                    self._drop(msg)
         finally:
             self._leave(client)
 
@@ -196,16 +202,8 @@ class FleetWorker:
 
     def _return(self, ticket: Ticket) -> None:
         assert self.client is not None
-        props = ticket.msg.properties
-        user = list(getattr(props, "UserProperty", None) or [])
-        if not any(key == "job_id" for key, _ in user):  # the same id as here: consumers dedup by it
-            user.append(("job_id", ticket.job_id))
-        copy = Properties(PacketTypes.PUBLISH)
-        copy.UserProperty = user
-        for name in ("ResponseTopic", "CorrelationData", "ContentType", "PayloadFormatIndicator"):
-            if getattr(props, name, None) is not None:
-                setattr(copy, name, getattr(props, name))
-        self._publish(ticket, ticket.msg.topic, bytes(ticket.msg.payload), copy)
+        self._publish(ticket, ticket.msg.topic, bytes(ticket.msg.payload),
+                      handed_back_properties(ticket.msg.properties, ticket.job_id))
 
     def _on_connect(self, client: paho.Client, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
         if reason.is_failure:
@@ -262,8 +260,7 @@ class FleetWorker:
         self.stats.inc("fleet_jobs_taken_total")
         if msg.dup:
             self.stats.inc("fleet_jobs_redelivered_total")
-        if not ticket.response_topic or any(c in ticket.response_topic for c in "+#"):
-            # no answer can go there (MQTT 5 forbids wildcards in a Response Topic; Mosquitto passes them on)
+        if not answerable(ticket.response_topic):
             log.warning("fleet job dropped: no usable response topic job_id=%s response_topic=%r", ticket.job_id,
                         ticket.response_topic[:200])
             self.stats.inc("fleet_jobs_failed_total")
@@ -366,12 +363,51 @@ class FleetWorker:
         if current and self.client is not None:
             self.client.ack(ticket.mid, 1)
 
+    def _drop(self, msg: paho.MQTTMessage) -> None:
+        """Acknowledge a job that failed outside the pipeline, held or not."""
+        with self._lock:
+            ticket = self._held.get(msg.mid)
+        if ticket is None or ticket.msg is not msg:
+            ticket = self._ticket(msg)
+        self._ack(ticket)
+
     def _let_go(self, ticket: Ticket) -> None:
         """Free the job's slot without acknowledging it: the broker sends it again."""
         with self._freed:
             if self._held.get(ticket.mid) is ticket:
                 del self._held[ticket.mid]
                 self._freed.notify_all()
+
+
+def handed_back_properties(props: Properties | None, job_id: str) -> Properties:
+    """The properties of a job's copy handed back at a clean stop: what its sender gave it, with
+    its ``job_id`` (consumers dedup by it) and what is left of its expiry (a stale job must not
+    live on in other workers' sessions)."""
+    user = list(getattr(props, "UserProperty", None) or [])
+    if not any(key == "job_id" for key, _ in user):
+        user.append(("job_id", job_id))
+    copy = Properties(PacketTypes.PUBLISH)
+    copy.UserProperty = user
+    for name in ("ResponseTopic", "CorrelationData", "ContentType", "PayloadFormatIndicator",
+                 "MessageExpiryInterval"):
+        if getattr(props, name, None) is not None:
+            setattr(copy, name, getattr(props, name))
+    return copy
+
+
+def answerable(topic: str) -> bool:
+    """Whether an answer can be published to ``topic``, a job's Response Topic. MQTT 5 forbids
+    wildcards there, though Mosquitto passes them on; and a topic the broker refuses (a control
+    or non-character, over 200 levels: Mosquitto's limit) drops the worker's connection at each
+    resend of the answer, and paho resends it first after every reconnect: no job is answered."""
+    if not topic or len(topic.encode("utf-8", "surrogatepass")) > 65535 or topic.count("/") >= TOPIC_LEVELS_MAX:
+        return False
+    for char in topic:
+        code = ord(char)
+        if (char in "+#" or code <= 0x1F or 0x7F <= code <= 0x9F or 0xD800 <= code <= 0xDFFF
+                or 0xFDD0 <= code <= 0xFDEF or code & 0xFFFE == 0xFFFE):
+            return False
+    return True
 
 
 class _OptionError(EdgeOcrError):
@@ -393,6 +429,8 @@ def _options(user: dict[str, str]) -> tuple[bool, tuple[Any, ...]]:
             rois = read_regions(json.loads(user["rois"]), "rois")
         except ValueError as exc:
             raise _OptionError("invalid_rois", "rois: not valid JSON: %s" % exc) from exc
+        except RecursionError as exc:
+            raise _OptionError("invalid_rois", "rois: nested too deep") from exc
         except ConfigError as exc:
             raise _OptionError("invalid_rois", exc.message) from exc
     return REQUEST_FLAG_WORDS[det_text], rois

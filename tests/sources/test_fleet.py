@@ -261,7 +261,8 @@ def test_a_worker_hands_the_pipeline_at_most_max_inflight_jobs_whatever_the_brok
         pipeline.thread.join(10)
 
 
-def _publish_job(broker: Mosquitto, topic: str, payload: bytes, response_topic: str, job_id: str) -> None:
+def _publish_job(broker: Mosquitto, topic: str, payload: bytes, response_topic: str, job_id: str,
+                 **user: str) -> None:
     client = paho.Client(CallbackAPIVersion.VERSION2, client_id="raw-%d" % free_port(), protocol=paho.MQTTv5)
     client.username_pw_set(USER, PASSWORD)
     client.connect("127.0.0.1", broker.port)
@@ -269,7 +270,7 @@ def _publish_job(broker: Mosquitto, topic: str, payload: bytes, response_topic: 
     try:
         props = Properties(PacketTypes.PUBLISH)
         props.ResponseTopic = response_topic
-        props.UserProperty = [("job_id", job_id)]
+        props.UserProperty = [("job_id", job_id), *user.items()]
         client.publish(topic, payload, qos=1, properties=props).wait_for_publish(10)
     finally:
         client.disconnect()
@@ -299,6 +300,29 @@ def test_a_job_whose_response_topic_has_a_wildcard_is_dropped_counted_and_logged
     for n in range(2):
         lines = [line for line in worker.text().splitlines() if "job_id=wild%d" % n in line]
         assert len(lines) == 1 and "dropped" in lines[0], lines
+    assert worker.terminate() == 0
+
+
+@pytest.mark.broker
+def test_a_job_that_cannot_be_read_or_answered_never_stops_the_worker(eval_dev, tmp_path, mosquitto):
+    """Two jobs that used to end the fleet for good, as each came back from the session at every
+    start: rois nested 60,000 deep (a RecursionError ended the worker's thread), and a Response
+    Topic of 250 levels (Mosquitto dropped the worker at each resend of the answer)."""
+    config = _worker_config(tmp_path, mosquitto, 0)
+    worker = Daemon(config).start()
+    assert wait_until(lambda: "fleet worker connected" in worker.text(), 30)
+    (image, _), = line_samples(eval_dev, "IIIT5K-test", 1)
+    answers = Collector(mosquitto, ["test/answers/#"])
+    _publish_job(mosquitto, JOBS_TOPIC, image.read_bytes(), "test/answers/deep", "nested", rois="[" * 60000)
+    _publish_job(mosquitto, JOBS_TOPIC, image.read_bytes(), "x/" * 250, "levels")
+    refused = json.loads(answers.wait_topic("test/answers/deep")[0].payload)
+    assert refused["job_id"] == "nested" and refused["error"]["code"] == "invalid_rois"
+    run = _submit(config, [image], timeout_s=60)
+    stdout, stderr = run.communicate(timeout=120)
+    assert run.returncode == 0, stderr
+    assert _answers(stdout)[0]["status"] == "ok"
+    assert "fleet job dropped: no usable response topic job_id=levels" in worker.text()
+    answers.close()
     assert worker.terminate() == 0
 
 
@@ -430,5 +454,32 @@ def test_a_jobs_bad_options_are_refused_with_the_codes_of_post_api_ocr():
     with pytest.raises(_OptionError) as bad_rois:
         _options({"rois": json.dumps([{"name": "a", "box": [0, 0, 10, 10], "rotate": 90}])})
     assert (bad_det.value.code, bad_rois.value.code) == ("invalid_option", "invalid_rois")
+    with pytest.raises(_OptionError) as nested:
+        _options({"rois": "[" * 60000})
+    assert nested.value.code == "invalid_rois"
     det, rois = _options({"rois": json.dumps([{"name": "meter", "box": [1, 2, 30, 40]}])})
     assert det and [(r.name, r.box) for r in rois] == [("meter", (1, 2, 30, 40))]
+
+
+def test_a_job_handed_back_keeps_what_its_sender_gave_it_and_what_is_left_of_its_expiry():
+    from edge_ocr.sources.fleet import handed_back_properties
+
+    sent = Properties(PacketTypes.PUBLISH)
+    sent.ResponseTopic, sent.CorrelationData, sent.MessageExpiryInterval = "answers/7", b"7", 17
+    sent.UserProperty = [("det", "false")]
+    copy = handed_back_properties(sent, "abc")
+    assert (copy.ResponseTopic, copy.CorrelationData, copy.MessageExpiryInterval) == ("answers/7", b"7", 17)
+    assert copy.UserProperty == [("det", "false"), ("job_id", "abc")]
+    assert not hasattr(handed_back_properties(None, "abc"), "MessageExpiryInterval")
+
+
+@pytest.mark.parametrize("topic, usable", [
+    ("edge-ocr/answers/1", True), ("回答/1", True), ("a/" * 199 + "b", True),
+    ("", False), ("answers/+", False), ("answers/#", False), ("a/" * 200 + "b", False),
+    ("answers/\x00", False), ("answers/\x1b", False), ("answers/\x85", False), ("answers/\ufdd0", False),
+    ("answers/\uffff", False), ("answers/\U0001fffe", False), ("x" * 65536, False),
+])
+def test_an_answer_goes_only_to_a_topic_the_broker_takes(topic, usable):
+    from edge_ocr.sources.fleet import answerable
+
+    assert answerable(topic) is usable
