@@ -114,7 +114,9 @@ class Pipeline:
         self._low_confidence = low_confidence
         self.workers = workers
         self.queue: queue.Queue[Job] = queue.Queue(maxsize=queue_size)
-        self.progress = time.monotonic()  # last job finished or idle wait: feeds the watchdog
+        # Per worker: when its current job started, or its last idle wait or finished job. The
+        # oldest feeds the watchdog: one worker stuck in the engine stops it, however many idle.
+        self._beats: dict[int, float] = {}
         self.busy = 0
         self.meter = meter or WorkMeter()
         self._last_text: dict[str, str] = {}
@@ -128,10 +130,17 @@ class Pipeline:
         """SIGHUP: engine.low_confidence is a live key."""
         self._low_confidence = value
 
+    @property
+    def progress(self) -> float:
+        """When the pipeline last showed progress, for the watchdog: the start of the job running
+        longest, else the oldest worker's last idle wait (a worker whose thread ended stops it too)."""
+        return min(self._beats.values(), default=time.monotonic())
+
     def start(self) -> None:
         for i in range(self.workers):
             name = "pipeline" if self.workers == 1 else "pipeline-%d" % i
-            thread = threading.Thread(target=self._run, name=name, daemon=True)
+            self._beats[i] = time.monotonic()
+            thread = threading.Thread(target=self._run, args=(i,), name=name, daemon=True)
             thread.start()
             self._threads.append(thread)
 
@@ -164,13 +173,14 @@ class Pipeline:
             log.info("pipeline stopped released_jobs=%d", released)
         return ok
 
-    def _run(self) -> None:
+    def _run(self, worker: int) -> None:
         while not self.stop_event.is_set():
             try:
                 job = self.queue.get(timeout=0.5)
             except queue.Empty:
-                self.progress = time.monotonic()
+                self._beats[worker] = time.monotonic()
                 continue
+            self._beats[worker] = time.monotonic()
             self.busy += 1
             try:
                 with self.meter.working():
@@ -179,7 +189,7 @@ class Pipeline:
                 log.exception("job failed source=%s file=%s", job.source, job.file)
             finally:
                 self.busy -= 1
-                self.progress = time.monotonic()
+                self._beats[worker] = time.monotonic()
                 self.stats.set("queue_depth", self.queue.qsize())
 
     def degrade(self, det_limit_side: int) -> int:
@@ -213,7 +223,13 @@ class Pipeline:
     def process(self, job: Job) -> Result:
         """Run one job through engine, sinks and ``on_done``; never raises (one bad image never stops us)."""
         self.stats.inc("jobs_total")
-        result = self._recognise(job)
+        if job.on_read_start is not None:
+            job.on_read_start()
+        try:
+            result = self._recognise(job)
+        finally:
+            if job.on_read_end is not None:
+                job.on_read_end()
         for sink in self.sinks if job.to_sinks else ():
             try:
                 sink.publish(result)

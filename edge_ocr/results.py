@@ -160,6 +160,10 @@ class Job:
     det: bool = True
     cached: EngineOutput | None = None
     on_done: Callable[[Result], None] | None = None
+    # On the pipeline thread, around the engine's reading of it (a folder source counts resumed
+    # files whose reading a stop or kill cut short).
+    on_read_start: Callable[[], None] | None = None
+    on_read_end: Callable[[], None] | None = None
     # Called instead of on_done when a sink could not take the result (a disk failure: the spool
     # is full): the source keeps the input and offers it again later. None: the result is dropped.
     on_stalled: Callable[[str], None] | None = None

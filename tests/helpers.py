@@ -78,11 +78,14 @@ class Daemon:
         self.log = config.parent / ("daemon-%d.log" % len(list(config.parent.glob("daemon-*.log"))))
         self.proc: subprocess.Popen[bytes] | None = None
 
-    def start(self) -> Daemon:
+    def start(self, ready: bool = True) -> Daemon:
+        """Start it; with ``ready``, return once it says so (it may be reading files already)."""
         with open(self.log, "wb") as fh:
             self.proc = subprocess.Popen([sys.executable, "-m", "edge_ocr", "run", "-c", str(self.config)],
                                          stdout=fh, stderr=subprocess.STDOUT, umask=self.umask, env=self.env)
         self.started.append(self)
+        if not ready:
+            return self
         assert wait_until(lambda: "daemon ready" in self.text() or self.proc.poll() is not None, 60), self.text()
         assert self.proc.poll() is None, self.text()
         return self

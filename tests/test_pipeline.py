@@ -52,6 +52,37 @@ def test_full_queue_holds_the_source_back_and_stop_releases_it():
     assert pipe.join(5)
 
 
+def test_a_worker_stuck_in_the_engine_stops_the_watchdogs_progress_however_many_idle():
+    """``progress`` feeds systemd's watchdog. With two workers the idle one used to refresh it
+    every 0.5 s while the other hung in the engine for good, so the watchdog never fired."""
+    import time
+
+    gate, stop = threading.Event(), threading.Event()
+    pipe = Pipeline(FakeEngine(gate), ("fake", "1"), [], Stats(), stop, workers=2)
+    pipe.start()
+    idle_since = pipe.progress
+    assert wait_until(lambda: pipe.progress > idle_since)  # idle workers show progress
+    assert pipe.submit(Job("s", b"TEXT:stuck"))
+    assert wait_until(lambda: pipe.busy == 1)
+    time.sleep(1.2)  # the other worker waits on the empty queue twice meanwhile
+    stuck_since = pipe.progress
+    time.sleep(0.7)
+    assert pipe.progress == stuck_since and time.monotonic() - stuck_since > 1.8  # when the stuck job began
+    gate.set()
+    assert wait_until(lambda: pipe.busy == 0 and pipe.progress > stuck_since)
+    stop.set()
+    assert pipe.join(5)
+
+
+def test_resumed_reading_hooks_run_around_the_engine_even_when_it_fails():
+    seen: list[str] = []
+    pipe = Pipeline(FakeEngine(), ("fake", "1"), [ListSink()], Stats(), threading.Event())
+    for data in (b"TEXT:a", b"garbage"):
+        pipe.process(Job("s", data, on_read_start=lambda: seen.append("start"), on_read_end=lambda: seen.append("end"),
+                         on_done=lambda result: seen.append("done")))
+    assert seen == ["start", "end", "done"] * 2
+
+
 def test_regions_stable_reads_pattern_and_low_confidence():
     from edge_ocr.engine.types import Region
     from tests.fakes import ScriptedRegionEngine

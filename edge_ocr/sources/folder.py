@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from edge_ocr import access, imageformat, sandbox
-from edge_ocr.atomic import fit_stem, remove_stale_temps, split_name
+from edge_ocr.atomic import fit_stem, remove_stale_temps, split_name, write_atomic
 from edge_ocr.config import FolderSourceConfig, SourceConfig
 from edge_ocr.engine.types import EngineOutput
 from edge_ocr.errors import EdgeOcrError, ImageTooLarge, SinkError, SourceError
@@ -47,6 +47,8 @@ log = logging.getLogger(__name__)
 
 PROCESSING = ".processing"
 CACHE = ".cache"
+RESUMED = ".resumed.json"  # in .processing/: files resumed at the last start whose reading has not ended
+RESUMES_MAX = 1  # a file whose reading was cut short again after a resume goes to failed/, not round again
 STALL_RETRY_MIN_S = 2.0  # a file whose result could not be written (disk full) is offered again
 STALL_RETRY_MAX_S = 60.0
 TEMP_SUFFIXES = (".tmp", ".part", ".partial", ".crdownload", ".swp")
@@ -294,6 +296,10 @@ class FolderSource:
         self._status_lock = threading.RLock()
         self.ready = threading.Event()  # set once the folders are open and the start-up scan is queued
         self.mode = "none"
+        # Claimed files -> how many times a reading of theirs began after a restart and did not end
+        # (RESUMED, under _status_lock): a file whose reading ends the daemon (the guard's hard
+        # limit, the kernel's MemoryMax) would otherwise be read again at every start, for ever.
+        self._resumed: dict[str, int] = {}
 
     @property
     def status(self) -> SourceStatus:
@@ -386,7 +392,7 @@ class FolderSource:
                 raise SourceError(problem)
         if self.cfg.reuse_results:
             self.cache.mkdir(exist_ok=True)
-        for directory in (self.cfg.done_dir, self.cfg.failed_dir, self.cache):
+        for directory in (self.cfg.done_dir, self.cfg.failed_dir, self.cache, self.processing):
             if directory.is_dir() and remove_stale_temps(directory):  # writes a crash interrupted
                 log.info("removed interrupted writes source=%s dir=%s", self.name, directory)
 
@@ -410,14 +416,61 @@ class FolderSource:
         except OSError as exc:
             log.error("cannot list source=%s dir=%s error=%s", self.name, self.processing, exc.strerror)
             return
-        if entries:
-            log.info("resuming source=%s files=%d", self.name, len(entries))
-        for claimed in entries:
+        files = [e for e in entries if not e.name.startswith(".") and e.is_file()]
+        if files:
+            log.info("resuming source=%s files=%d", self.name, len(files))
+        before = self._read_resumed()
+        cut_short = [f for f in files if before.get(f.name, 0) >= RESUMES_MAX]
+        with self._status_lock:  # the counts of files still here, kept until their reading ends
+            self._resumed = {f.name: before[f.name] for f in files if f.name in before and f not in cut_short}
+            if self._resumed != before:
+                self._write_resumed()
+        for claimed in cut_short:
+            count = before[claimed.name] + 1
+            self._guarded(claimed, partial(self._fail, claimed, claimed.name, SourceError(
+                "its reading was cut short %d times, the daemon stopping or killed while it read it (the memory "
+                "guard's hard limit, out of memory, a crash); not read again" % count), None, None))
+        for claimed in files:
             if stop.is_set():
                 return
-            if claimed.name.startswith(".") or not claimed.is_file():
-                continue
-            self._guarded(claimed, partial(self._submit_claimed, claimed, resumed=True))
+            if claimed not in cut_short:
+                self._guarded(claimed, partial(self._submit_claimed, claimed, resumed=True))
+
+    def _read_resumed(self) -> dict[str, int]:
+        try:
+            data = json.loads((self.processing / RESUMED).read_text(encoding="utf-8"))
+            return {str(name): int(count) for name, count in data.items()}
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError, TypeError, AttributeError) as exc:
+            log.warning("resume ledger unreadable, starting it afresh source=%s error=%s", self.name, exc)
+            return {}
+
+    def _write_resumed(self) -> None:
+        """Under _status_lock."""
+        path = self.processing / RESUMED
+        try:
+            if self._resumed:
+                write_atomic(path, json.dumps(self._resumed, ensure_ascii=False).encode())
+            else:
+                path.unlink(missing_ok=True)
+        except OSError as exc:  # a full disk: the count is lost, the file is still read
+            log.warning("cannot write the resume ledger source=%s error=%s", self.name, exc.strerror)
+
+    def _read_starts(self, claimed: Path) -> None:
+        """A resumed file's reading begins (pipeline thread): counted until it ends, so a start
+        that ends inside it finds it cut short."""
+        with self._status_lock:
+            self._resumed[claimed.name] = self._resumed.get(claimed.name, 0) + 1
+            self._write_resumed()
+
+    def _read_ended(self, claimed: Path) -> None:
+        """The reading of ``claimed`` ended, or it left .processing/: no longer counted as cut short."""
+        if claimed.parent != self.processing:
+            return
+        with self._status_lock:
+            if self._resumed.pop(claimed.name, None) is not None:
+                self._write_resumed()
 
     def _loop(self, stop: threading.Event, inotify: Inotify | None) -> None:
         seen: dict[str, _Seen] = {}
@@ -569,6 +622,8 @@ class FolderSource:
             return True
         cached = self._cached(sha) if cfg.reuse_results else None
         job = Job(self.name, data, file=name, sha256=sha, cached=cached,
+                  on_read_start=partial(self._read_starts, claimed) if resumed and cached is None else None,
+                  on_read_end=partial(self._read_ended, claimed) if resumed and cached is None else None,
                   on_done=partial(self._finish, claimed, name, cached is not None),
                   on_stalled=partial(self._stall, claimed, name=name))
         return self.submit(job)  # False: stopping; the file stays in .processing/ for the next start
@@ -590,6 +645,7 @@ class FolderSource:
                 claimed.unlink(missing_ok=True)
             self.stats.inc(counter)
             self._stored(claimed)
+            self._read_ended(claimed)
             log.info("finished interrupted move source=%s file=%s dir=%s", self.name, log_name(name), directory)
             return True
         return False
@@ -612,6 +668,7 @@ class FolderSource:
     # -- completion (on the pipeline thread) ---------------------------------------------------
 
     def _finish(self, claimed: Path, name: str, reused: bool, result: Result) -> None:
+        self._read_ended(claimed)
         if result.status is Status.ERROR:
             self._fail(claimed, name, result.error or EdgeOcrError("unknown error"), result.traceback, result.sha256)
             return
@@ -639,6 +696,7 @@ class FolderSource:
                  log_name(meta.name))
 
     def _fail(self, src: Path, name: str, error: EdgeOcrError, tb: str | None, sha: str | None) -> None:
+        self._read_ended(src)
         now = datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
         data: dict[str, Any] = {
             "file": printable_name(name),
@@ -667,6 +725,7 @@ class FolderSource:
         """The result of ``claimed`` could not be written (pipeline or source thread): it stays in
         .processing/ and is offered again, from STALL_RETRY_MIN_S up to STALL_RETRY_MAX_S apart:
         ``write_again`` writes the result kept in memory; without it the file is read again."""
+        self._read_ended(claimed)
         self.stats.inc("files_stalled_total")
         log.error("cannot write result, file kept for retry source=%s file=%s error=%s",
                   self.name, log_name(claimed.name), reason)

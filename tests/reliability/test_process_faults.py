@@ -121,6 +121,34 @@ def test_fifty_kill_9_runs_leave_every_input_exactly_once_and_no_torn_file(eval_
         errors="%d bad files in failed/ with their reason" % len(failed))
 
 
+def test_a_file_whose_reading_ends_the_daemon_twice_goes_to_failed_not_round_again(eval_dev, tmp_path):
+    """A photo whose reading ends the daemon (the guard's hard limit, the kernel's MemoryMax: a kill)
+    was resumed from .processing/ at every start, for ever. Here it was being read at a kill (as
+    if), is resumed and killed again while read: the next start puts it in failed/ with why."""
+    import cv2
+
+    config = write_config(tmp_path, None)
+    processing = tmp_path / "inbox" / ".processing"
+    processing.mkdir(parents=True)
+    receipt = cv2.imread(str(eval_dev / "pages" / "sroie_621.jpg"))
+    big = cv2.resize(receipt, None, fx=3000 / receipt.shape[0], fy=3000 / receipt.shape[0])  # a long read
+    cv2.imwrite(str(processing / "huge.jpg"), big)
+    ledger = processing / ".resumed.json"
+    first = Daemon(config).start(ready=False)
+    assert wait_until(ledger.exists, 60, step_s=0.005), first.text()  # the resumed reading has begun
+    first.kill()
+    assert (processing / "huge.jpg").exists() and json.loads(ledger.read_text()) == {"huge.jpg": 1}
+    second = Daemon(config).start()
+    assert wait_until(lambda: originals(tmp_path / "failed") == ["huge.jpg"], 60), second.text()
+    error = json.loads((tmp_path / "failed" / "huge.error.json").read_text())
+    assert "cut short 2 times" in error["reason"] and error["error"]["code"] == "source"
+    assert second.metric("jobs_total") == 0  # not read a third time
+    assert not ledger.exists()
+    drop(eval_dev / "pages" / "sroie_621.jpg", tmp_path / "inbox", "next.jpg")  # and the folder goes on
+    assert wait_until(lambda: originals(tmp_path / "done") == ["next.jpg"], 60)
+    assert second.terminate() == 0
+
+
 def test_sigstop_then_sigcont_mid_burst_loses_nothing(eval_dev, tmp_path, report):
     samples = [p for p, _ in line_samples(eval_dev, "SROIE2019-task1", 60)]
     daemon = Daemon(write_config(tmp_path, None)).start()
