@@ -30,6 +30,7 @@ from edge_ocr.config import (
     SourceConfig,
     config_diff,
     config_to_json,
+    find_config,
     is_live,
     load_config,
     with_live,
@@ -254,8 +255,10 @@ class App:
                 return
             try:
                 if not self.http.stop(left()):
-                    code = ExitCode.FAILURE
-                    self.leave_now = True  # a request still in the engine (below)
+                    # A request still in the engine past the budget: as an image of the folder
+                    # (below), nothing is lost (the client sees its connection closed) and the stop
+                    # is a clean one for systemd; leave at once rather than unwind it.
+                    self.leave_now = True
             except Exception:
                 log.exception("http stop failed")
                 code = ExitCode.FAILURE
@@ -456,9 +459,14 @@ class App:
     # -- SIGHUP --------------------------------------------------------------------------------
 
     def reload(self) -> None:
-        """Re-read the config file; apply live keys, log the ones that need a restart."""
+        """Re-read the config file; apply live keys, log the ones that need a restart. A daemon
+        started on the built-in defaults looks for a file again (one written since, in
+        /etc/edge-ocr, is what a SIGHUP is sent for)."""
+        path = self.config.path or find_config(None)
+        if path != self.config.path:
+            log.info("config reload: reading %s (started on the built-in defaults)", path)
         try:
-            new = load_config(self.config.path)
+            new = load_config(path)
         except ConfigError as exc:
             log.error("config reload failed, keeping the running config: %s", exc.message)
             return
@@ -476,7 +484,7 @@ class App:
             self.mqtt.update(running.mqtt)
         for scfg in running.sources:  # same names and types as the running sources (with_live)
             self.sources[scfg.name].update(scfg)
-        self.config = running
+        self.config = dataclasses.replace(running, path=new.path)
         live = [k for k in changed if is_live(k)]
         restart = config_diff(running, new)
         if live:

@@ -94,3 +94,43 @@ def test_sighup_applies_live_keys_and_names_the_rest(tmp_path):
     assert wait_until(lambda: "no such user's home here" in daemon.text(), 20), daemon.text()[-2000:]
     assert daemon.proc.poll() is None
     assert daemon.terminate() == 0
+
+
+def test_a_daemon_started_on_the_built_in_defaults_reads_a_config_file_written_since_at_sighup(tmp_path, monkeypatch,
+                                                                                             caplog):
+    """`edge-ocr run` with no file anywhere, then /etc/edge-ocr/config.toml written and SIGHUP sent:
+    the reload re-read the defaults and said "no changes". (/etc is this test's own directory.)"""
+    import dataclasses
+    import logging
+
+    from edge_ocr import config as config_module
+    from edge_ocr.app import App
+    from edge_ocr.config import load_config
+    from tests.fakes import FakeEngine
+
+    monkeypatch.setenv("STATE_DIRECTORY", str(tmp_path / "state"))
+    monkeypatch.delenv("EDGE_OCR_CONFIG", raising=False)
+    etc = tmp_path / "etc" / "config.toml"
+    monkeypatch.setattr(config_module, "SYSTEM_CONFIG", etc)
+    defaults = load_config(None)
+    assert defaults.path is None and defaults.engine.low_confidence == 0.6
+    started = dataclasses.replace(  # no broker, no port 8080 and no guard on this pytest process
+        defaults, mqtt=dataclasses.replace(defaults.mqtt, enabled=False),
+        http=dataclasses.replace(defaults.http, enabled=False),
+        guard=dataclasses.replace(defaults.guard, rss_soft_mb=100000, rss_hard_mb=200000))
+    app = App(started, engine_factory=lambda cfg, pages: (FakeEngine(), ("fake", "0")))
+    runner = threading.Thread(target=app.run, name="test-app", daemon=True)
+    runner.start()
+    try:
+        assert wait_until(lambda: "inbox" in app.sources and app.sources["inbox"].ready.is_set(), 30)
+        etc.parent.mkdir()
+        etc.write_text("[engine]\nlow_confidence = 0.3\n\n[mqtt]\nenabled = false\n")
+        with caplog.at_level(logging.INFO, logger="edge_ocr.app"):
+            app.reload_event.set()  # what SIGHUP sets
+            assert wait_until(lambda: app.config.engine.low_confidence == 0.3, 20), caplog.text
+        assert app.config.path == etc
+        assert "config reload: reading %s (started on the built-in defaults)" % etc in caplog.text
+        assert "config reload applied keys=engine.low_confidence" in caplog.text
+    finally:
+        app.stop_event.set()
+        runner.join(20)

@@ -77,6 +77,39 @@ def test_an_image_past_the_stop_budget_stays_for_the_next_start_and_the_process_
     assert not (tmp_path / "done" / "big.json").exists()
 
 
+def test_a_request_past_the_stop_budget_is_a_clean_stop_too(tmp_path, monkeypatch, eval_dev):
+    """POST /api/ocr still in the engine when SIGTERM's budget runs out: the client's connection
+    is closed, nothing else is lost; it used to exit 1 (`systemctl stop` left the unit failed)."""
+    import urllib.request
+    from concurrent.futures import ThreadPoolExecutor
+
+    monkeypatch.setattr(app_module, "STOP_BUDGET_S", 0.5)
+    monkeypatch.setattr(app_module, "JOIN_TIMEOUT_S", 0.5)
+    config = tmp_path / "edge-ocr.toml"
+    config.write_text('[[sources]]\nname = "inbox"\ntype = "folder"\npath = "inbox"\n\n[mqtt]\nenabled = false\n'
+                      '\n[http]\nbind = "127.0.0.1:0"\n\n[guard]\nrss_soft_mb = 100000\nrss_hard_mb = 200000\n')
+    engine = SlowEngine(3.0)
+    app = App(load_config(config), engine_factory=lambda cfg, pages: (engine, ("fake", "0")))
+    codes: list[int] = []
+    runner = threading.Thread(target=lambda: codes.append(app.run()), name="test-app", daemon=True)
+    runner.start()
+    try:
+        assert wait_until(lambda: app.http is not None and app.http.port > 0, 30)
+        word = next((eval_dev / "lines").glob("*.png")).read_bytes()
+        request = urllib.request.Request(app.http.url + "/api/ocr", data=word, headers={"Content-Type": "image/png"})
+        with ThreadPoolExecutor(1) as pool:
+            answer = pool.submit(urllib.request.urlopen, request, timeout=30)
+            assert engine.started.wait(20)
+            app.stop_event.set()  # what SIGTERM sets
+            runner.join(30)
+            assert not runner.is_alive()
+            with pytest.raises(OSError):  # its connection closed by the stop
+                answer.result(30).read()
+    finally:
+        app.stop_event.set()
+    assert (codes, app.leave_now) == ([0], True)
+
+
 def test_the_stop_budget_fits_under_the_units_stop_timeout():
     text = (Path(__file__).resolve().parents[1] / "systemd" / "edge-ocr.service").read_text()
     stop_timeout = float(next(line.split("=", 1)[1].rstrip("s") for line in text.splitlines()
