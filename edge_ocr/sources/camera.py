@@ -52,6 +52,7 @@ log = logging.getLogger(__name__)
 AF_MODES = {"auto": 1, "continuous": 2}  # libcamera controls.AfModeEnum values
 STREAM_TIMEOUT_MS = 10000  # open/read timeout of network streams, so a dead camera cannot hang the thread
 IDLE_WAIT_S = 0.25  # longest wait between checks of the stop event while waiting for a capture
+COMMAND_RETRY_S = 0.2  # a commanded frame the full queue dropped is taken again this often
 
 
 def redact(device: str) -> str:
@@ -147,6 +148,11 @@ class OpenCvReader:
         self.next_index = 0  # the frame cap.read() gives next
         self.last: np.ndarray | None = None
         self.grabbed = False
+        self.frames = 0  # frames this connection gave
+        # An http(s) URL that gives one picture per request (a camera's snapshot.jpg): asked again
+        # at each capture, rather than taken for a stream that dropped (reconnected every second,
+        # offline and online at each, whatever the interval).
+        self.snapshot = False
 
     def retime(self, interval: float) -> None:
         """A video file is sampled every ``interval`` of its own time (one frame per command at 0)."""
@@ -176,19 +182,36 @@ class OpenCvReader:
         return cap
 
     def idle(self, until: float, stop: threading.Event, wake: threading.Event) -> None:
-        if not self.live:
+        if not self.live or self.snapshot:
             _wait(until, stop, wake)
             return
         # Keep grabbing (each grab waits for the next frame) so a capture gets the current frame.
         while not stop.is_set() and not wake.is_set() and time.monotonic() < until:
             if not self.cap.grab():
+                if self.frames <= 1 and self.cfg.device.lower().startswith(("http://", "https://")):
+                    self.snapshot = True
+                    self.cap.release()
+                    log.info("camera gives one picture per request, asked at each capture source=%s device=%s",
+                             self.cfg.name, redact(self.cfg.device))
+                    _wait(until, stop, wake)
+                    return
                 self.close()
                 raise SourceError("stream ended")
             self.grabbed = True
+            self.frames += 1
 
     def read(self) -> np.ndarray:
+        if self.snapshot:  # one request per capture
+            self.cap = self._open()
+            ok, frame = self.cap.read()
+            self.cap.release()
+            if not ok or frame is None:
+                raise SourceError("no picture from %s" % redact(self.cfg.device))
+            return frame
         if self.live:
             ok, frame = self.cap.retrieve() if self.grabbed else self.cap.read()
+            if not self.grabbed:
+                self.frames += 1
             self.grabbed = False
             if not ok or frame is None:
                 self.close()
@@ -209,9 +232,17 @@ class OpenCvReader:
             if not self.cfg.loop:
                 self.close()
                 raise VideoEnded()
+            length = self.next_index / self.fps if self.fps > 0 else 0.0  # it played every frame: its length
             self.cap.release()
             self.cap = self._open()
-            self.clock, self.next_index = 0.0, 0
+            # Played on in its own time: the sample after the end is as far into the next round
+            # (a 2 s clip sampled every 0.7 s gives 0, 0.7, 1.4, then 0.1, not 0 again).
+            self.clock = self.clock % length if timed and length > 0 else 0.0
+            self.next_index = 0
+            for _ in range(int(self.clock * self.fps + 1e-6) if timed else 0):
+                if not self.cap.grab():
+                    break
+                self.next_index += 1
             ok, frame = self.cap.read()
             if not ok or frame is None:
                 self.close()
@@ -290,7 +321,9 @@ class CameraSource:
                 if self._reader is None:
                     try:
                         self._reader = self._open()
-                    except SourceError as exc:
+                    except Exception as exc:  # a camera library failing otherwise: retried too, never the thread's end
+                        if not isinstance(exc, SourceError):
+                            exc = SourceError("camera failed to open: %s: %s" % (type(exc).__name__, exc))
                         self._failed(exc, backoff)
                         self.ready.set()
                         stop.wait(backoff)
@@ -344,6 +377,13 @@ class CameraSource:
                     if next_at < now:  # fell behind (slow camera): no burst to catch up
                         next_at = now + cfg.interval
                 outcome = self.offer(frame, forced, capture_ms)
+                if forced and outcome == "dropped":
+                    # A command was answered "capture requested": its frame is taken again once the
+                    # queue has room (drop-folder files fill it for a while), not lost.
+                    self._asked.set()
+                    self._wake.set()
+                    stop.wait(COMMAND_RETRY_S)
+                    continue
                 if cfg.interval <= 0:
                     # At most stable_reads - 1 frames follow a command, and none after a drop (a full
                     # queue) or once the command's frame was no change: a scene that keeps changing
@@ -373,17 +413,13 @@ class CameraSource:
         """The source's one Picamera2 object, created on first success and kept (SPEC: no create/close loops)."""
         if self._camera is not None:
             return self._camera
-        try:
-            module = importlib.import_module("picamera2")
-        except ImportError as exc:
-            raise SourceError("picamera2 is not installed (apt install python3-picamera2; the venv needs "
-                              "--system-site-packages)") from exc
+        module = _import_picamera2()
         try:
             self._camera = module.Picamera2(int(self.cfg.device))
         except IndexError as exc:
             raise SourceError("no camera %s found" % self.cfg.device) from exc
-        except RuntimeError as exc:
-            raise SourceError("camera %s busy or failing: %s" % (self.cfg.device, exc)) from exc
+        except Exception as exc:  # RuntimeError when busy; anything libcamera raises: retried
+            raise SourceError("camera %s busy or failing: %s: %s" % (self.cfg.device, type(exc).__name__, exc)) from exc
         return self._camera
 
     def _failed(self, exc: SourceError, backoff: float) -> None:
@@ -447,6 +483,18 @@ class CameraSource:
         return dataclasses.replace(job, rois=rois, det=False, image=image, regions=self._rules)
 
 
+def _import_picamera2() -> Any:
+    """Raspberry Pi OS's picamera2, or SourceError: not installed, or failing to import (its
+    numpy ABI against a venv's numpy 2: "numpy.dtype size changed", a ValueError)."""
+    try:
+        return importlib.import_module("picamera2")
+    except ImportError as exc:
+        raise SourceError("picamera2 is not installed (apt install python3-picamera2; the venv needs "
+                          "--system-site-packages)") from exc
+    except Exception as exc:
+        raise SourceError("picamera2 failed to import: %s: %s" % (type(exc).__name__, exc)) from exc
+
+
 def probe(cfg: CameraSourceConfig) -> str | None:
     """For ``edge-ocr check``: None if the camera looks usable, else a one-line reason.
 
@@ -455,10 +503,12 @@ def probe(cfg: CameraSourceConfig) -> str | None:
     """
     if cfg.backend == "picamera2":
         try:
-            module = importlib.import_module("picamera2")
-        except ImportError:
-            return "picamera2 is not installed (apt install python3-picamera2)"
-        cameras = module.Picamera2.global_camera_info()
+            module = _import_picamera2()
+            cameras = module.Picamera2.global_camera_info()
+        except SourceError as exc:
+            return exc.message
+        except Exception as exc:  # libcamera failing: check names it, never a traceback
+            return "picamera2 cannot list the cameras: %s: %s" % (type(exc).__name__, exc)
         if int(cfg.device) >= len(cameras):
             return "no camera %s found (%d attached)" % (cfg.device, len(cameras))
         return None

@@ -399,3 +399,98 @@ def test_http_stream_that_drops_is_reopened(run_camera):
         assert wait_until(lambda: server.connections >= 2 and cam.stats.snapshot()["frames_total"] > 8, 60), (
             server.connections, cam.stats.snapshot(), cam.source.reason)
         assert cam.jobs, "no frame was handed on"
+
+
+class SnapshotServer:
+    """A camera's snapshot URL (http://cam/snapshot.jpg): one JPEG per request, counted."""
+
+    def __init__(self, frame: np.ndarray) -> None:
+        import http.server
+
+        jpeg = cv2.imencode(".jpg", frame)[1].tobytes()
+        self.requests = 0
+        server_self = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                server_self.requests += 1
+                self.send_response(200)
+                self.send_header("Content-Type", "image/jpeg")
+                self.send_header("Content-Length", str(len(jpeg)))
+                self.end_headers()
+                self.wfile.write(jpeg)
+
+            def log_message(self, *args) -> None:
+                pass
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.url = "http://127.0.0.1:%d/snapshot.jpg" % self.httpd.server_address[1]
+        threading.Thread(target=self.httpd.serve_forever, name="test-snapshot", daemon=True).start()
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def test_a_snapshot_url_is_asked_once_per_capture_and_stays_online(run_camera):
+    """A snapshot URL ends after its one picture: it was taken for a stream that dropped, so it
+    was asked for again every second whatever the interval, offline and online at each."""
+    server = SnapshotServer(text_frame("12.3"))
+    try:
+        periodic = run_camera(CameraSourceConfig("snap", backend="opencv", device=server.url, interval=0.5))
+        assert wait_until(lambda: periodic.stats.get("frames_total") >= 4, 30), periodic.source.reason
+        periodic.close()
+        assert periodic.statuses == [SourceStatus.ONLINE] and periodic.stats.get("camera_errors_total") == 0
+        assert server.requests <= periodic.stats.get("frames_total") + 1  # its probe at open, then one per capture
+        asked = run_camera(CameraSourceConfig("snap0", backend="opencv", device=server.url, interval=0))
+        for n in (1, 2):
+            assert asked.source.capture_now() == "capture requested"
+            assert wait_until(lambda n=n: asked.stats.get("frames_total") == n, 30), asked.source.reason
+        assert len(asked.jobs) == 2 and asked.statuses == [SourceStatus.ONLINE]
+    finally:
+        server.close()
+
+
+def test_a_looping_video_plays_on_in_its_own_time_past_its_end(tmp_path, run_camera):
+    """A 2 s clip sampled every 0.7 s: 0, 0.7, 1.4, then 0.1 s into the next round (it went back to
+    0 s, so an interval the clip's length does not divide kept showing the same frames)."""
+    frames = [np.full((120, 160, 3), 10 * i, np.uint8) for i in range(20)]
+    video = write_video(tmp_path / "clip.avi", frames, fps=10)
+    cam = run_camera(CameraSourceConfig("clip", device=str(video), interval=0.7, loop=True, change_threshold=1.0))
+    assert wait_until(lambda: len(cam.jobs) >= 6, 30)
+    shown = [int(round(float(job.image.mean()) / 10)) for job in cam.jobs[:6]]
+    assert shown == [0, 7, 14, 1, 8, 15]
+
+
+def test_a_commanded_frame_the_full_queue_dropped_is_taken_again(tmp_path, run_camera):
+    """interval = 0: a command answered "capture requested" while the drop folder fills the queue
+    used to be dropped for good, and no result ever came."""
+    video = write_video(tmp_path / "still.avi", [text_frame("7")] * 5, 10)
+    refusals = [False, False, False]  # the queue is full three times, then has room
+    taken: list[Job] = []
+
+    def submit(job: Job) -> bool:
+        if refusals:
+            return refusals.pop()
+        taken.append(job)
+        return True
+
+    cam = run_camera(CameraSourceConfig("cmd", device=str(video), interval=0, loop=True), submit=submit)
+    assert cam.source.capture_now() == "capture requested"
+    assert wait_until(lambda: len(taken) == 1, 20)
+    assert cam.stats.get("frames_dropped_total") == 3
+
+
+def test_a_picamera2_that_fails_to_import_is_a_reason_not_the_threads_end(tmp_path, run_camera, monkeypatch):
+    """Raspberry Pi OS's picamera2 against numpy 2 raises ValueError ("numpy.dtype size changed")
+    at import: the camera thread ended with a traceback, never retried, and check crashed."""
+    (tmp_path / "picamera2.py").write_text('raise ValueError("numpy.dtype size changed, may indicate binary '
+                                           'incompatibility")\n')
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "picamera2", raising=False)
+    cam = run_camera(pi_config())
+    assert cam.source.status is SourceStatus.OFFLINE and cam.thread.is_alive()
+    assert cam.source.reason.startswith("picamera2 failed to import: ValueError: numpy.dtype size changed")
+    assert wait_until(lambda: cam.stats.get("camera_errors_total") >= 2)  # retried
+    assert probe(pi_config()).startswith("picamera2 failed to import: ValueError")
