@@ -364,9 +364,9 @@ def cmd_fleet_status(args: argparse.Namespace) -> int:
         raise ConfigError("--wait: expected 0 < seconds <= 600, got %g" % args.wait)
     try:
         messages = fleet_status.collect(config.mqtt, root, args.wait)
-    except SinkError as exc:  # a broker we cannot use is a setup problem, as in `check`
+    except SinkError as exc:  # a runtime failure (SPEC: 1), as in `check` and `submit`
         log.error("fleet status: %s", exc.message)
-        return ExitCode.USAGE
+        return ExitCode.FAILURE
     devices = fleet_status.read_devices(messages, root)
     if not devices:
         log.error("fleet status: no device under %s within %g s (devices publish <root>/<name>/availability "
