@@ -257,7 +257,9 @@ class Pipeline:
         output: EngineOutput | None = None
         error: EdgeOcrError | None = None
         try:
-            if job.cached is not None:
+            if job.refused is not None:
+                error = job.refused
+            elif job.cached is not None:
                 output = job.cached
                 self.stats.inc("results_reused_total")
             else:

@@ -162,6 +162,9 @@ class Job:
     on_done: Callable[[Result], None] | None = None
     # On the pipeline thread, around the engine's reading of it (a folder source counts resumed
     # files whose reading a stop or kill cut short).
+    # Refused before any reading (a folder's symlink, a file over max_file_mb): the pipeline
+    # publishes this error as the job's result without running the engine.
+    refused: EdgeOcrError | None = None
     on_read_start: Callable[[], None] | None = None
     on_read_end: Callable[[], None] | None = None
     # Called instead of on_done when a sink could not take the result (a disk failure: the spool

@@ -427,9 +427,9 @@ class FolderSource:
                 self._write_resumed()
         for claimed in cut_short:
             count = before[claimed.name] + 1
-            self._guarded(claimed, partial(self._fail, claimed, claimed.name, SourceError(
+            self._guarded(claimed, partial(self._fail_unread, claimed, claimed.name, SourceError(
                 "its reading was cut short %d times, the daemon stopping or killed while it read it (the memory "
-                "guard's hard limit, out of memory, a crash); not read again" % count), None, None))
+                "guard's hard limit, out of memory, a crash); not read again" % count)))
         for claimed in files:
             if stop.is_set():
                 return
@@ -607,11 +607,11 @@ class FolderSource:
         try:
             data = read_regular(claimed, cfg.max_file_mb)
         except ImageTooLarge as exc:
-            self._fail(claimed, name, exc, None, None)
+            self._fail_unread(claimed, name, exc)
             return True
         except OSError as exc:
             why = "symlinks are refused" if exc.errno == errno.ELOOP else "cannot read file: %s" % exc.strerror
-            self._fail(claimed, name, SourceError(why), None, None)
+            self._fail_unread(claimed, name, SourceError(why))
             return True
         sha = hashlib.sha256(data).hexdigest()
         try:
@@ -695,7 +695,15 @@ class FolderSource:
         log.info("file done source=%s file=%s status=%s result=%s", self.name, log_name(name), result.status.value,
                  log_name(meta.name))
 
-    def _fail(self, src: Path, name: str, error: EdgeOcrError, tb: str | None, sha: str | None) -> None:
+    def _fail_unread(self, src: Path, name: str, error: EdgeOcrError) -> None:
+        """Fail a file refused before any reading (a symlink, over max_file_mb, unreadable) and
+        announce it as a corrupt image's error is announced (MQTT state and event, /api/latest):
+        the pipeline publishes the error result, with no engine run; the file is in failed/ already."""
+        if self._fail(src, name, error, None, None):
+            self.submit(Job(self.name, b"", file=name, refused=error))
+
+    def _fail(self, src: Path, name: str, error: EdgeOcrError, tb: str | None, sha: str | None) -> bool:
+        """Move ``src`` to failed/ with NAME.error.json; False when that could not be written."""
         self._read_ended(src)
         now = datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
         data: dict[str, Any] = {
@@ -714,11 +722,12 @@ class FolderSource:
                 self._stall(src, exc.message, name, partial(self._fail, src, name, error, tb, sha))
             else:  # a refused file still in the inbox: the next scan offers it again
                 log.error("cannot move to failed_dir source=%s file=%s error=%s", self.name, log_name(name), exc.message)
-            return
+            return False
         self.stats.inc("files_failed_total")
         self._stored(src)
         log.warning("file failed source=%s file=%s error=%s %s result=%s",
                     self.name, log_name(name), error.code, error.message, log_name(meta.name))
+        return True
 
     def _stall(self, claimed: Path, reason: str, name: str | None = None,
                write_again: Callable[[], object] | None = None) -> None:
@@ -761,7 +770,7 @@ class FolderSource:
                            None, None)
 
     def _refuse(self, name: str, reason: str) -> None:
-        self._fail(self.cfg.path / name, name, SourceError(reason), None, None)
+        self._fail_unread(self.cfg.path / name, name, SourceError(reason))
 
 
 def _mtime_name(path: Path) -> tuple[int, str]:

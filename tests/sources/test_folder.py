@@ -490,3 +490,44 @@ def test_the_source_is_offline_while_a_result_cannot_be_written_and_not_after_th
     assert (inbox / ".processing" / "stuck.txt").exists()
     (inbox / ".processing" / "stuck.txt").unlink()
     assert wait_until(lambda: source.status.value == "online", 30)  # at the next retry (2 s)
+
+
+def test_a_file_refused_before_reading_is_announced_like_a_corrupt_image(tmp_path):
+    """A symlink, a file over max_file_mb: they went to failed/ with nothing on MQTT or /api/latest,
+    where a corrupt image's error result is published (Home Assistant saw nothing)."""
+    from edge_ocr.results import Result, Status
+
+    class Published:
+        name = "list"
+
+        def __init__(self) -> None:
+            self.results: list[Result] = []
+
+        def publish(self, result: Result) -> None:
+            self.results.append(result)
+
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    (tmp_path / "target.txt").write_bytes(b"TEXT:outside")
+    (inbox / "link.png").symlink_to(tmp_path / "target.txt")
+    (inbox / "huge.png").write_bytes(b"TEXT:" + bytes(2 * 1024 * 1024))
+    (inbox / "bad.jpg").write_bytes(b"not an image")
+    cfg = FolderSourceConfig("inbox", inbox, tmp_path / "done", tmp_path / "failed", watch="poll", poll_interval=0.1,
+                             stability_delay=0.05, max_file_mb=1.0)
+    stop, engine, stats, sink = threading.Event(), FakeEngine(), Stats(), Published()
+    pipe = Pipeline(engine, ("fake", "1"), [sink], stats, stop, queue_size=2)
+    source = FolderSource(cfg, pipe.submit, ResultFiles(), stats, model=("fake", "1"))
+    thread = threading.Thread(target=source.run, args=(stop,), name="source:inbox")
+    pipe.start()
+    thread.start()
+    try:
+        assert wait_until(lambda: len(sink.results) == 3)
+        assert wait_until(lambda: len(names(tmp_path / "failed")) == 6)
+    finally:
+        stop.set()
+        thread.join(5)
+        pipe.join(5)
+    errors = {r.file: r.error.code for r in sink.results if r.status is Status.ERROR and r.error is not None}
+    assert errors == {"link.png": "source", "huge.png": "image_too_large", "bad.jpg": "unsupported_image"}
+    assert engine.calls == [b"not an image"]  # the refused ones were never read
+    assert stats.get("files_failed_total") == 3
