@@ -185,6 +185,11 @@ class App:
         self._http_ocr = CachedOcr(engine, cfg.http.cache_entries, lambda: self.stats.inc("http_cache_hits_total"),
                                    partial(count_engine_call, self.stats))
         log.info("engine ready pack=%s version=%s", model[0], model[1])
+        held_mb = psutil.Process().memory_info().rss / 2**20
+        if held_mb >= cfg.guard.rss_hard_mb:
+            # The guard would stop the daemon at its first look, and systemd start it again, for ever.
+            raise ConfigError("guard.rss_hard_mb: %d MB is below what the daemon holds with its models loaded, %.0f MB: "
+                              "it would stop at once at every start; raise it" % (cfg.guard.rss_hard_mb, held_mb))
         sinks: list[Sink] = []
         camera_cfgs = [s for s in cfg.sources if isinstance(s, CameraSourceConfig)]
         if cfg.mqtt.enabled:

@@ -151,6 +151,19 @@ def test_config_typo_exits_2_naming_the_key(tmp_path):
     assert run.returncode == 2 and len(named) == 4, run.stderr
 
 
+def test_a_hard_limit_below_the_daemons_own_memory_exits_2_instead_of_a_restart_loop(tmp_path):
+    """rss_hard_mb under what the daemon holds once its models are loaded: it went READY, hit the
+    hard level at the guard's first look, exited 3 and was started again by systemd for ever."""
+    config = write_config(tmp_path, None)
+    config.write_text(config.read_text() + "\n[guard]\nrss_soft_mb = 40\nrss_hard_mb = 50\n")
+    run = subprocess.run([sys.executable, "-m", "edge_ocr", "run", "-c", str(config)], capture_output=True,
+                         text=True, timeout=120, cwd=tmp_path)
+    assert run.returncode == 2, run.stderr  # the unit's RestartPreventExitStatus=2: no restart
+    assert re.search(r"guard\.rss_hard_mb: 50 MB is below what the daemon holds with its models loaded, \d+ MB",
+                     run.stderr), run.stderr
+    assert "daemon ready" not in run.stderr
+
+
 def test_check_and_the_daemon_name_guard_limits_the_machine_cannot_give(tmp_path):
     config = tmp_path / "big.toml"
     # A hard limit of 100 TB is more than any machine here has, as 600 MB is for a 512 MB Pi.
