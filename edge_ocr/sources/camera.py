@@ -233,8 +233,11 @@ class OpenCvReader:
                 self.close()
                 raise VideoEnded()
             length = self.next_index / self.fps if self.fps > 0 else 0.0  # it played every frame: its length
-            self.cap.release()
-            self.cap = self._open()
+            # Back to its start by a seek: opening it again waits on OpenCV's FFmpeg lock, which
+            # a network camera that does not answer holds for its whole open timeout (10 s).
+            if not (self.cap.set(cv2.CAP_PROP_POS_FRAMES, 0) and self.cap.get(cv2.CAP_PROP_POS_FRAMES) == 0):
+                self.cap.release()
+                self.cap = self._open()
             # Played on in its own time: the sample after the end is as far into the next round
             # (a 2 s clip sampled every 0.7 s gives 0, 0.7, 1.4, then 0.1, not 0 again).
             self.clock = self.clock % length if timed and length > 0 else 0.0
