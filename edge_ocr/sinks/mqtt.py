@@ -176,8 +176,11 @@ class MqttSink:
         self._drain_acks()
         if self._connected.is_set():
             try:
-                # Every source's retained status too: a stopped daemon's sources read no longer
-                # online to whoever watches them (a Node-RED flow on <p>/<source>/status).
+                # The last counters (`fleet status` showed a stopped worker's count of up to a
+                # stats_interval before), and every source's retained status too: a stopped daemon's
+                # sources read no longer online to whoever watches them (a Node-RED flow on
+                # <p>/<source>/status).
+                self._publish_stats()
                 for source in sorted(set(self.sources) | set(self._statused)):
                     client.publish("%s/%s/status" % (self.prefix, source), OFFLINE, qos=1, retain=True)
                 info = client.publish("%s/availability" % self.prefix, OFFLINE, qos=1, retain=True)

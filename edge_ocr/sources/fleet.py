@@ -271,7 +271,7 @@ class FleetWorker:
                 raise ImageTooLarge("job over the %g MB limit (fleet.max_job_mb)" % self.cfg.max_job_mb)
             det, rois = _options(dict(getattr(msg.properties, "UserProperty", None) or []))
         except (_OptionError, ImageTooLarge) as exc:
-            self._answer(ticket, Result(NAME, Status.ERROR, None, ("", ""), error=exc))
+            self._answer(ticket, Result(NAME, Status.ERROR, None, ("", ""), error=exc, changed=False))
             return
         with self._freed:
             while len(self._held) >= self.cfg.max_inflight:

@@ -192,6 +192,18 @@ def test_wrong_password_is_reported_clearly(mosquitto, tmp_path, sink_factory, c
     assert not sink.connected
 
 
+def test_a_clean_stop_leaves_the_last_counters_retained(mosquitto, tmp_path, sink_factory):
+    sub = Collector(mosquitto, [PREFIX + "/stats"])
+    sink = sink_factory(mqtt_config(mosquitto, tmp_path, stats_interval=3600.0))
+    assert json.loads(sub.wait_topic(PREFIX + "/stats")[0].payload)["jobs_total"] == 0  # at the connect
+    sink.stats.inc("jobs_total", 9)
+    sink.close(timeout_s=3)
+    late = Collector(mosquitto, [PREFIX + "/stats"])  # what `fleet status` reads after the stop
+    assert json.loads(late.wait_topic(PREFIX + "/stats")[0].payload)["jobs_total"] == 9
+    late.close()
+    sub.close()
+
+
 def test_a_reloaded_stats_interval_counts_from_the_last_stats_not_the_old_tick(mosquitto, tmp_path, sink_factory):
     sub = Collector(mosquitto, [PREFIX + "/stats"])
     cfg = mqtt_config(mosquitto, tmp_path, stats_interval=3600.0)
