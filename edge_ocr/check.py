@@ -10,6 +10,7 @@ import errno
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from edge_ocr import sandbox
 from edge_ocr.access import Wanted, problems, problems_as
@@ -20,6 +21,9 @@ from edge_ocr.listen import listen_sockets, resolve
 from edge_ocr.sinks.mqtt import probe
 from edge_ocr.sources.camera import device_kind
 from edge_ocr.sources.camera import probe as probe_camera
+
+if TYPE_CHECKING:
+    from edge_ocr.engine.models import Pack
 
 
 def check(config: Config, broker_timeout_s: float = 5.0, user: str | None = None,
@@ -40,6 +44,7 @@ def check(config: Config, broker_timeout_s: float = 5.0, user: str | None = None
         files = [pack.directory / "manifest.json", *sorted(pack.directory.glob("*.txt"))]
         files += sorted({variant.path for _, variant in pack.files()})
         wanted += [Wanted("model", path, write=False) for path in files]
+        found += unreadable_chars(config, pack)
     except EdgeOcrError as exc:
         found.append("model: %s" % exc.message)
     for i, src in enumerate(config.sources):
@@ -85,6 +90,24 @@ def check(config: Config, broker_timeout_s: float = 5.0, user: str | None = None
     unfit = check_fit(config.guard)
     if unfit:
         found.append("guard: %s" % unfit.message())
+    return found
+
+
+def unreadable_chars(config: Config, pack: Pack) -> list[str]:
+    """Regions whose ``allowed_chars`` name characters no reader of ``pack`` can give: the decoder
+    keeps only allowed characters, so a region allowing none of the pack's reads nothing, ever
+    (a status no_text at each frame, no error anywhere)."""
+    readable = set().union(*(stage.charset.chars for stage in pack.stages.values() if stage.charset is not None))
+    found = []
+    for i, src in enumerate(config.sources):
+        for j, roi in enumerate(src.rois if isinstance(src, CameraSourceConfig) else ()):
+            missing = "".join(dict.fromkeys(c for c in roi.allowed_chars if c not in readable))
+            if len(missing) == len(set(roi.allowed_chars)):
+                found.append("sources[%d].rois[%d].allowed_chars: pack %s reads none of these characters, so the "
+                             "region would never read anything: %r" % (i, j, pack.name, missing))
+            elif missing:
+                found.append("sources[%d].rois[%d].allowed_chars: pack %s cannot read these characters: %r"
+                             % (i, j, pack.name, missing))
     return found
 
 

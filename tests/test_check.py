@@ -91,6 +91,24 @@ def test_a_camera_video_file_is_tried_as_the_service_user_and_its_regions_agains
                          for label, path in (("config", config), ("sources[0].device", video))]
 
 
+def test_a_region_allowing_characters_the_pack_cannot_read_is_named(tmp_path):
+    """allowed_chars keeps only those characters in the decoder: a region allowing none the pack
+    reads said no_text at every frame and nothing anywhere else. (The default pack reads 18,782
+    characters, full-width digits and ☃ among them: only the rarest are missing.)"""
+    from tests.frames import text_frame, write_video
+
+    write_video(tmp_path / "meter.avi", [text_frame("12.3")] * 3, fps=5)
+    config = tmp_path / "config.toml"
+    config.write_text('[mqtt]\nenabled = false\n[http]\nenabled = false\n[[sources]]\nname = "meter"\n'
+                      'type = "camera"\ndevice = "meter.avi"\nrois = [{ name = "kwh", box = [10, 10, 100, 40], '
+                      'allowed_chars = "0123456789." }, { name = "wide", box = [10, 60, 100, 40], allowed_chars = '
+                      '"𝔘ⓐ" }, { name = "mixed", box = [10, 110, 100, 40], allowed_chars = "0123ⓐ☃" }]\n')
+    found = check(load_config(config))
+    assert found == ["sources[0].rois[1].allowed_chars: pack ppocrv6-small reads none of these characters, so the region "
+                     "would never read anything: '𝔘ⓐ'",
+                     "sources[0].rois[2].allowed_chars: pack ppocrv6-small cannot read these characters: 'ⓐ'"]
+
+
 @as_root
 def test_mqtt_tls_files_are_tried_as_the_service_user(tmp_path):
     """The daemon reads them at every start: a key only root may read stopped it at once, while
