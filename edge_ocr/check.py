@@ -102,7 +102,7 @@ def unreadable_chars(config: Config, pack: Pack) -> list[str]:
     for i, src in enumerate(config.sources):
         for j, roi in enumerate(src.rois if isinstance(src, CameraSourceConfig) else ()):
             missing = "".join(dict.fromkeys(c for c in roi.allowed_chars if c not in readable))
-            if len(missing) == len(set(roi.allowed_chars)):
+            if missing and len(missing) == len(set(roi.allowed_chars)):
                 found.append("sources[%d].rois[%d].allowed_chars: pack %s reads none of these characters, so the "
                              "region would never read anything: %r" % (i, j, pack.name, missing))
             elif missing:
