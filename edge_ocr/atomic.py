@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import time
 from pathlib import Path
 
 import psutil
@@ -103,7 +104,11 @@ def _writing(pid: int, written: float) -> bool:
     """Whether process ``pid`` may still be writing a temp file last written at ``written``: it
     is alive and was started before that. After a power cut the daemon often gets the very PID it
     had (a boot starts the same services in the same order), or another live process has it: a
-    temp file older than the process was left by a dead one."""
+    temp file older than the process was left by a dead one. So was one written in the future: a
+    Pi has no clock of its own and starts at the last time it saved (fake-hwclock), before the
+    time of the write the power cut interrupted."""
+    if written > time.time() + START_SLACK_S:
+        return False
     try:
         started = psutil.Process(pid).create_time()
     except psutil.NoSuchProcess:

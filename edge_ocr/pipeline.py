@@ -222,7 +222,8 @@ class Pipeline:
 
     def process(self, job: Job) -> Result:
         """Run one job through engine, sinks and ``on_done``; never raises (one bad image never stops us)."""
-        self.stats.inc("jobs_total")
+        if job.refused is None:  # an OCR job (jobs/s): a file refused unread is only announced
+            self.stats.inc("jobs_total")
         if job.on_read_start is not None:
             job.on_read_start()
         try:

@@ -129,10 +129,12 @@ def submit(config: Config, images: Sequence[Path], *, wait: bool, timeout_s: flo
             with lock:
                 mids.add(info.mid)
         with lock:  # PUBACKs, also of jobs paho re-sent after a reconnect (wait_for_publish raises then)
-            lock.wait_for(lambda: mids <= acked or bool(dropped), max(0.0, deadline - time.monotonic()))
+            lock.wait_for(lambda: mids <= acked, max(0.0, deadline - time.monotonic()))
             unconfirmed, why = len(jobs) - len(mids & acked), sorted(set(dropped.values()))
-        if dropped:  # at once: no answer can come for these
-            raise SinkError("%d of %d job(s) not passed on by the broker: %s" % (len(dropped), len(jobs), "; ".join(why)))
+        if dropped:  # at once: no answer can come for these, and the rest were not sent
+            unsent = len(jobs) - len(mids)
+            raise SinkError("%d of %d job(s) not passed on by the broker: %s%s" % (
+                len(dropped), len(jobs), "; ".join(why), "; %d not sent" % unsent if unsent else ""))
         if unconfirmed:
             raise SinkError("%d of %d job(s) not acknowledged by the broker within %.0f s"
                             % (unconfirmed, len(jobs), timeout_s))

@@ -25,11 +25,12 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import queue
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
@@ -51,7 +52,7 @@ NAME = "fleet"
 HAND_BACK_S = 2.5  # a clean stop's budget for handing back held jobs (app.JOIN_TIMEOUT_S is 5 s)
 LEAVE_STOP_S = 0.5  # ... and for paho's thread to end after that (it may be in a connect that hangs)
 QUIET_S = 0.3  # ... and how long it waits for the broker to send no more of its session's jobs
-TOPIC_LEVELS_MAX = 200  # Mosquitto refuses a topic of more levels (its TOPIC_HIERARCHY_LIMIT)
+TOPIC_SEPARATORS_MAX = 200  # Mosquitto 2 takes 201 levels and drops the client at 202 (measured)
 QUEUED, ANSWERING, RETURNING, KEPT = "queued", "answering", "returning", "kept"
 
 
@@ -68,6 +69,7 @@ class Ticket:
     response_topic: str
     correlation: bytes | None
     session: int  # FleetWorker._session when taken: a mid is only the broker's within its session
+    taken_at: float = field(default_factory=time.monotonic)  # a copy handed back expires as the job would
     state: str = QUEUED
     failed: bool = False  # the answer is an error result
 
@@ -203,7 +205,8 @@ class FleetWorker:
     def _return(self, ticket: Ticket) -> None:
         assert self.client is not None
         self._publish(ticket, ticket.msg.topic, bytes(ticket.msg.payload),
-                      handed_back_properties(ticket.msg.properties, ticket.job_id))
+                      handed_back_properties(ticket.msg.properties, ticket.job_id,
+                                             time.monotonic() - ticket.taken_at))
 
     def _on_connect(self, client: paho.Client, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
         if reason.is_failure:
@@ -379,10 +382,11 @@ class FleetWorker:
                 self._freed.notify_all()
 
 
-def handed_back_properties(props: Properties | None, job_id: str) -> Properties:
+def handed_back_properties(props: Properties | None, job_id: str, held_s: float = 0.0) -> Properties:
     """The properties of a job's copy handed back at a clean stop: what its sender gave it, with
-    its ``job_id`` (consumers dedup by it) and what is left of its expiry (a stale job must not
-    live on in other workers' sessions)."""
+    its ``job_id`` (consumers dedup by it) and what is left of its expiry after the ``held_s``
+    this worker held it (a stale job must not live on in other workers' sessions, nor gain the
+    time it was held at each hand-back)."""
     user = list(getattr(props, "UserProperty", None) or [])
     if not any(key == "job_id" for key, _ in user):
         user.append(("job_id", job_id))
@@ -392,15 +396,17 @@ def handed_back_properties(props: Properties | None, job_id: str) -> Properties:
                  "MessageExpiryInterval"):
         if getattr(props, name, None) is not None:
             setattr(copy, name, getattr(props, name))
+    if getattr(copy, "MessageExpiryInterval", None) is not None:
+        copy.MessageExpiryInterval = max(1, copy.MessageExpiryInterval - math.ceil(held_s))
     return copy
 
 
 def answerable(topic: str) -> bool:
     """Whether an answer can be published to ``topic``, a job's Response Topic. MQTT 5 forbids
     wildcards there, though Mosquitto passes them on; and a topic the broker refuses (a control
-    or non-character, over 200 levels: Mosquitto's limit) drops the worker's connection at each
+    or non-character, over 201 levels: Mosquitto's limit) drops the worker's connection at each
     resend of the answer, and paho resends it first after every reconnect: no job is answered."""
-    if not topic or len(topic.encode("utf-8", "surrogatepass")) > 65535 or topic.count("/") >= TOPIC_LEVELS_MAX:
+    if not topic or len(topic.encode("utf-8", "surrogatepass")) > 65535 or topic.count("/") > TOPIC_SEPARATORS_MAX:
         return False
     for char in topic:
         code = ord(char)

@@ -296,10 +296,11 @@ class FolderSource:
         self._status_lock = threading.RLock()
         self.ready = threading.Event()  # set once the folders are open and the start-up scan is queued
         self.mode = "none"
-        # Claimed files -> how many times a reading of theirs began after a restart and did not end
-        # (RESUMED, under _status_lock): a file whose reading ends the daemon (the guard's hard
-        # limit, the kernel's MemoryMax) would otherwise be read again at every start, for ever.
-        self._resumed: dict[str, int] = {}
+        # Claimed files -> (how many times a reading of theirs began after a restart and did not
+        # end, size, mtime_ns) (RESUMED, under _status_lock): a file whose reading ends the daemon
+        # (the guard's hard limit, the kernel's MemoryMax) would otherwise be read again at every
+        # start, for ever.
+        self._resumed: dict[str, tuple[int, int, int]] = {}
 
     @property
     def status(self) -> SourceStatus:
@@ -419,30 +420,35 @@ class FolderSource:
         files = [e for e in entries if not e.name.startswith(".") and e.is_file()]
         if files:
             log.info("resuming source=%s files=%d", self.name, len(files))
-        before = self._read_resumed()
+        recorded = self._read_resumed()
+        # A count is the file's only while it is the same file (size and mtime): a name used again
+        # by another file after a ledger write failed must not inherit it.
+        before = {f.name: recorded[f.name][0] for f in files
+                  if f.name in recorded and recorded[f.name][1:] == _identity(f)}
         cut_short = [f for f in files if before.get(f.name, 0) >= RESUMES_MAX]
         with self._status_lock:  # the counts of files still here, kept until their reading ends
-            self._resumed = {f.name: before[f.name] for f in files if f.name in before and f not in cut_short}
-            if self._resumed != before:
+            self._resumed = {name: recorded[name] for name in before if name not in {f.name for f in cut_short}}
+            if self._resumed != recorded:
                 self._write_resumed()
         for claimed in cut_short:
             count = before[claimed.name] + 1
             self._guarded(claimed, partial(self._fail_unread, claimed, claimed.name, SourceError(
-                "its reading was cut short %d times, the daemon stopping or killed while it read it (the memory "
-                "guard's hard limit, out of memory, a crash); not read again" % count)))
+                "its reading was cut short %d times, the daemon ending while it read it (the memory guard's hard "
+                "limit, out of memory, a crash, or a stop that outlasted its budget); not read again" % count)))
         for claimed in files:
             if stop.is_set():
                 return
             if claimed not in cut_short:
                 self._guarded(claimed, partial(self._submit_claimed, claimed, resumed=True))
 
-    def _read_resumed(self) -> dict[str, int]:
+    def _read_resumed(self) -> dict[str, tuple[int, int, int]]:
+        """RESUMED: claimed name -> (readings cut short, size, mtime_ns)."""
         try:
             data = json.loads((self.processing / RESUMED).read_text(encoding="utf-8"))
-            return {str(name): int(count) for name, count in data.items()}
+            return {str(name): (int(entry[0]), int(entry[1]), int(entry[2])) for name, entry in data.items()}
         except FileNotFoundError:
             return {}
-        except (OSError, ValueError, TypeError, AttributeError) as exc:
+        except (OSError, ValueError, TypeError, AttributeError, IndexError, KeyError) as exc:
             log.warning("resume ledger unreadable, starting it afresh source=%s error=%s", self.name, exc)
             return {}
 
@@ -460,8 +466,13 @@ class FolderSource:
     def _read_starts(self, claimed: Path) -> None:
         """A resumed file's reading begins (pipeline thread): counted until it ends, so a start
         that ends inside it finds it cut short."""
+        try:
+            identity = _identity(claimed)
+        except OSError:
+            return
         with self._status_lock:
-            self._resumed[claimed.name] = self._resumed.get(claimed.name, 0) + 1
+            count = self._resumed.get(claimed.name, (0, 0, 0))[0]
+            self._resumed[claimed.name] = (count + 1, *identity)
             self._write_resumed()
 
     def _read_ended(self, claimed: Path) -> None:
@@ -771,6 +782,12 @@ class FolderSource:
 
     def _refuse(self, name: str, reason: str) -> None:
         self._fail_unread(self.cfg.path / name, name, SourceError(reason))
+
+
+def _identity(path: Path) -> tuple[int, int]:
+    """(size, mtime_ns) of a claimed file: which file a resume count belongs to. Raises OSError."""
+    st = path.lstat()
+    return st.st_size, st.st_mtime_ns
 
 
 def _mtime_name(path: Path) -> tuple[int, str]:

@@ -109,6 +109,16 @@ def test_files_of_the_same_bytes_are_one_job_answered_for_each_file_and_no_answe
     assert unheard.returncode == 1, unheard.stdout + unheard.stderr
     assert "1 of 1 job(s) not passed on by the broker: no worker is subscribed to %s" % JOBS_TOPIC in unheard.stderr
     assert unheard.stdout == ""
+    # Several: publishing stops at the first refusal; every job is either refused or not sent.
+    others = [tmp_path / ("other%d.png" % n) for n in range(20)]
+    for n, path in enumerate(others):
+        path.write_bytes(word.read_bytes() + bytes([n]))
+    several = subprocess.run([sys.executable, "-m", "edge_ocr", "submit", "-c", str(configs[0]), *map(str, others)],
+                             capture_output=True, text=True, timeout=60)
+    told = re.search(r"(\d+) of 20 job\(s\) not passed on by the broker: no worker is subscribed to %s(?:; (\d+) not "
+                     r"sent)?" % JOBS_TOPIC, several.stderr)
+    assert several.returncode == 1 and told, several.stderr
+    assert int(told.group(1)) + int(told.group(2) or 0) == 20
     # A password the broker refuses: said at once, as `fleet status` says it
     wrong = tmp_path / "wrong-password"
     wrong.write_text("not-the-password\n")
@@ -500,15 +510,16 @@ def test_a_job_handed_back_keeps_what_its_sender_gave_it_and_what_is_left_of_its
     sent = Properties(PacketTypes.PUBLISH)
     sent.ResponseTopic, sent.CorrelationData, sent.MessageExpiryInterval = "answers/7", b"7", 17
     sent.UserProperty = [("det", "false")]
-    copy = handed_back_properties(sent, "abc")
-    assert (copy.ResponseTopic, copy.CorrelationData, copy.MessageExpiryInterval) == ("answers/7", b"7", 17)
+    copy = handed_back_properties(sent, "abc", held_s=4.2)  # held 4.2 s by the worker: 5 s less to live
+    assert (copy.ResponseTopic, copy.CorrelationData, copy.MessageExpiryInterval) == ("answers/7", b"7", 12)
+    assert handed_back_properties(sent, "abc", held_s=60).MessageExpiryInterval == 1  # due: the broker drops it soon
     assert copy.UserProperty == [("det", "false"), ("job_id", "abc")]
     assert not hasattr(handed_back_properties(None, "abc"), "MessageExpiryInterval")
 
 
 @pytest.mark.parametrize("topic, usable", [
-    ("edge-ocr/answers/1", True), ("回答/1", True), ("a/" * 199 + "b", True),
-    ("", False), ("answers/+", False), ("answers/#", False), ("a/" * 200 + "b", False),
+    ("edge-ocr/answers/1", True), ("回答/1", True), ("a/" * 200 + "b", True),  # 201 levels: Mosquitto's most
+    ("", False), ("answers/+", False), ("answers/#", False), ("a/" * 201 + "b", False),
     ("answers/\x00", False), ("answers/\x1b", False), ("answers/\x85", False), ("answers/\ufdd0", False),
     ("answers/\uffff", False), ("answers/\U0001fffe", False), ("x" * 65536, False),
 ])

@@ -530,4 +530,24 @@ def test_a_file_refused_before_reading_is_announced_like_a_corrupt_image(tmp_pat
     errors = {r.file: r.error.code for r in sink.results if r.status is Status.ERROR and r.error is not None}
     assert errors == {"link.png": "source", "huge.png": "image_too_large", "bad.jpg": "unsupported_image"}
     assert engine.calls == [b"not an image"]  # the refused ones were never read
-    assert stats.get("files_failed_total") == 3
+    assert stats.get("files_failed_total") == 3 and stats.get("jobs_total") == 1  # jobs/s counts OCR jobs
+
+
+def test_a_resumed_file_cut_short_before_goes_to_failed_unread_and_another_of_its_name_is_read(tmp_path, folder):
+    """.processing/.resumed.json counts the readings of resumed files that a stop or kill cut
+    short; a count is the file's only while it is the same file (size and mtime)."""
+    processing = tmp_path / "inbox" / ".processing"
+    processing.mkdir(parents=True)
+    for name in ("poison.txt", "renamed.txt"):
+        (processing / name).write_bytes(b"TEXT:" + name.encode())
+    st = (processing / "poison.txt").stat()
+    (processing / ".resumed.json").write_text(json.dumps({
+        "poison.txt": [1, st.st_size, st.st_mtime_ns],  # its resumed reading was cut short once
+        "renamed.txt": [1, 12345, 0],  # another file that had this name
+    }))
+    _, engine = folder()
+    assert wait_until(lambda: names(tmp_path / "failed") == ["poison.error.json", "poison.txt"])
+    assert wait_until(lambda: names(tmp_path / "done") == ["renamed.json", "renamed.txt"])
+    assert engine.calls == [b"TEXT:renamed.txt"]
+    reason = json.loads((tmp_path / "failed" / "poison.error.json").read_text())["reason"]
+    assert "cut short 2 times" in reason and not (processing / ".resumed.json").exists()
