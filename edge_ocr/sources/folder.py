@@ -48,7 +48,10 @@ log = logging.getLogger(__name__)
 PROCESSING = ".processing"
 CACHE = ".cache"
 RESUMED = ".resumed.json"  # in .processing/: files resumed at the last start whose reading has not ended
-RESUMES_MAX = 1  # a file whose reading was cut short again after a resume goes to failed/, not round again
+# A file whose readings after restarts were cut short this often goes to failed/, not round again.
+# Two, not one: a kill while a file only waited in the queue, then one while it was read, is no
+# reason to give a sound file up; a file that ends the daemon each time it is read is.
+RESUMES_MAX = 2
 STALL_RETRY_MIN_S = 2.0  # a file whose result could not be written (disk full) is offered again
 STALL_RETRY_MAX_S = 60.0
 TEMP_SUFFIXES = (".tmp", ".part", ".partial", ".crdownload", ".swp")
@@ -431,10 +434,11 @@ class FolderSource:
             if self._resumed != recorded:
                 self._write_resumed()
         for claimed in cut_short:
-            count = before[claimed.name] + 1
+            count = before[claimed.name]
             self._guarded(claimed, partial(self._fail_unread, claimed, claimed.name, SourceError(
-                "its reading was cut short %d times, the daemon ending while it read it (the memory guard's hard "
-                "limit, out of memory, a crash, or a stop that outlasted its budget); not read again" % count)))
+                "read again after %d restarts, its reading was cut short each time, the daemon ending while it read "
+                "it (the memory guard's hard limit, out of memory, a crash, or a stop that outlasted its budget); "
+                "not read again" % count)))
         for claimed in files:
             if stop.is_set():
                 return

@@ -542,12 +542,13 @@ def test_a_resumed_file_cut_short_before_goes_to_failed_unread_and_another_of_it
         (processing / name).write_bytes(b"TEXT:" + name.encode())
     st = (processing / "poison.txt").stat()
     (processing / ".resumed.json").write_text(json.dumps({
-        "poison.txt": [1, st.st_size, st.st_mtime_ns],  # its resumed reading was cut short once
-        "renamed.txt": [1, 12345, 0],  # another file that had this name
+        "poison.txt": [2, st.st_size, st.st_mtime_ns],  # its readings after two restarts were cut short
+        "renamed.txt": [2, 12345, 0],  # another file that had this name
     }))
     _, engine = folder()
     assert wait_until(lambda: names(tmp_path / "failed") == ["poison.error.json", "poison.txt"])
     assert wait_until(lambda: names(tmp_path / "done") == ["renamed.json", "renamed.txt"])
     assert engine.calls == [b"TEXT:renamed.txt"]
     reason = json.loads((tmp_path / "failed" / "poison.error.json").read_text())["reason"]
-    assert "cut short 2 times" in reason and not (processing / ".resumed.json").exists()
+    assert reason.startswith("source: read again after 2 restarts, its reading was cut short each time")
+    assert not (processing / ".resumed.json").exists()
