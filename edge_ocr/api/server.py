@@ -183,6 +183,9 @@ class HttpServer:
                 dispatcher.channel_class = _JsonErrorChannel
                 dispatcher.count_status = self.app.config.get(COUNT_KEY)
                 dispatcher.upload_limit = upload
+        # waitress says "Task queue depth is N" at WARNING whenever a request waits for a thread:
+        # every other request of a burst, a journal flood; busy answers and /metrics say it.
+        logging.getLogger("waitress.queue").setLevel(logging.ERROR)
         self._thread = threading.Thread(target=self._run, name="http", daemon=True)
         self._thread.start()
         auth = bool(self.app.config.get(AUTH_KEY))

@@ -53,6 +53,7 @@ AF_MODES = {"auto": 1, "continuous": 2}  # libcamera controls.AfModeEnum values
 STREAM_TIMEOUT_MS = 10000  # open/read timeout of network streams, so a dead camera cannot hang the thread
 IDLE_WAIT_S = 0.25  # longest wait between checks of the stop event while waiting for a capture
 COMMAND_RETRY_S = 0.2  # a commanded frame the full queue dropped is taken again this often
+STABLE_CONNECTION_S = 30.0  # a camera open this long is back: its retry delay starts again from the least
 
 
 def redact(device: str) -> str:
@@ -317,7 +318,7 @@ class CameraSource:
 
     def run(self, stop: threading.Event) -> None:
         backoff = self.cfg.retry_min_delay
-        next_at = 0.0
+        next_at = opened_at = 0.0
         try:
             while not stop.is_set():
                 cfg = self.cfg
@@ -334,7 +335,7 @@ class CameraSource:
                         continue
                     self._set_status(SourceStatus.ONLINE, "")
                     self.ready.set()
-                    next_at = time.monotonic()
+                    next_at = opened_at = time.monotonic()
                 until = next_at if cfg.interval > 0 else math.inf
                 if cfg.interval <= 0 and self._follow > 0:
                     # On command, the frames that confirm a changed region (stable_reads) follow the
@@ -372,7 +373,10 @@ class CameraSource:
                     backoff = min(backoff * 2, cfg.retry_max_delay)
                     continue
                 capture_ms = round((time.perf_counter() - start) * 1000.0, 2)
-                backoff = cfg.retry_min_delay
+                if time.monotonic() - opened_at >= STABLE_CONNECTION_S:
+                    # Not at the first frame: a stream that drops after a frame or two would be
+                    # reopened every retry_min_delay, three journal lines each, for ever.
+                    backoff = cfg.retry_min_delay
                 self.stats.inc("frames_total")
                 if cfg.interval > 0 and not forced:
                     now = time.monotonic()

@@ -491,12 +491,14 @@ class FolderSource:
         seen: dict[str, _Seen] = {}
         last_scan = -math.inf
         next_retry = 0.0
+        lost = False  # the watch broke and could not be made again yet: polling, tried again at each scan
         while not stop.is_set():
             cfg = self.cfg
             now = time.monotonic()
+            watching = inotify is not None and not lost
             # From the current config each time round: a reloaded poll_interval or rescan_interval
             # counts from the last scan, not from a tick the old value set (an hour away, say).
-            next_scan = last_scan + (cfg.rescan_interval if inotify is not None else cfg.poll_interval)
+            next_scan = last_scan + (cfg.rescan_interval if watching else cfg.poll_interval)
             if self._stalled.empty():
                 self._stall_delay = STALL_RETRY_MIN_S
                 next_retry = now + self._stall_delay
@@ -504,18 +506,22 @@ class FolderSource:
                 self._retry_stalled()
                 self._stall_delay = min(self._stall_delay * 2, STALL_RETRY_MAX_S)
                 next_retry = now + self._stall_delay
-            if self._rescan.is_set() or now >= next_scan or (inotify is not None and inotify.broken):
+            if self._rescan.is_set() or now >= next_scan or (watching and inotify is not None and inotify.broken):
                 self._rescan.clear()
                 if inotify is not None and inotify.broken:
                     try:  # in place: the caller closes this same object, so the watch in use
                         inotify.reopen()
+                        if lost:  # the folder is back (it was removed and made again)
+                            log.info("inotify watching again source=%s", self.name)
+                            lost, self.mode = False, "inotify"
                     except OSError as exc:
-                        self._polling(exc)
-                        inotify, self.mode = None, "poll"
+                        if not lost:
+                            self._polling(exc)
+                            lost, self.mode = True, "poll"
                 for name in self._list():
                     self._note(seen, name, now)
                 last_scan = now
-                next_scan = now + (cfg.rescan_interval if inotify is not None else cfg.poll_interval)
+                next_scan = now + (cfg.rescan_interval if inotify is not None and not lost else cfg.poll_interval)
                 self.ready.set()
             for name in self._ready(seen, now):
                 if stop.is_set():
@@ -526,7 +532,7 @@ class FolderSource:
             if not self._stalled.empty():
                 wake.append(next_retry)
             timeout = min(max(min(wake) - now, 0.02), 0.25)
-            if inotify is not None:
+            if inotify is not None and not lost:
                 names, rescan = inotify.read(timeout)
                 for name in names:
                     self._note(seen, name, time.monotonic())
@@ -542,6 +548,9 @@ class FolderSource:
             self._set_status(SourceStatus.OFFLINE, "cannot list: %s" % exc.strerror)
             return []
         self._set_status(SourceStatus.ONLINE)
+        # Only names still here stay "told" (a scanner's dated subfolders, made and removed, would
+        # grow the set for ever; one made again is named again).
+        self._told_left_alone.intersection_update(names)
         return names
 
     def _note(self, seen: dict[str, _Seen], name: str, now: float) -> None:
@@ -703,7 +712,9 @@ class FolderSource:
                 _stamp_now(self.files.put(self.cache, result.sha256 + ".json", data))
                 removed = prune_least_recent(self.cache, cfg.reuse_max_entries)
                 if removed:
-                    log.info("reuse store pruned source=%s removed=%d kept=%d", self.name, removed, cfg.reuse_max_entries)
+                    # debug: once the store is full, one entry goes with every new file
+                    log.debug("reuse store pruned source=%s removed=%d kept=%d", self.name, removed,
+                              cfg.reuse_max_entries)
             except EdgeOcrError as exc:
                 log.warning("cannot store result for reuse source=%s error=%s", self.name, exc.message)
         self.stats.inc("files_done_total")

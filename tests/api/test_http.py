@@ -709,6 +709,22 @@ def test_concurrent_uploads_share_the_engine_in_bounded_slots(real_backend, serv
         assert "edge_ocr_http_ocr_busy_total %d" % statuses.count(503) in client.get("/metrics").text
 
 
+def test_requests_waiting_for_a_server_thread_do_not_flood_the_journal(backend, serve, photo, caplog):
+    """waitress logs "Task queue depth is N" at WARNING for each request that waits for a thread:
+    about every other request of a burst, in the journal."""
+    server = serve(backend.app(), threads=1)
+    backend.ocr.gate = threading.Event()
+    queued = next(d.task_dispatcher for d in server._map.values() if hasattr(d, "task_dispatcher"))
+    with caplog.at_level(logging.WARNING), ThreadPoolExecutor(3) as pool:
+        answers = [pool.submit(httpx.post, server.url + "/api/ocr", content=photo,
+                               headers={"Content-Type": "image/jpeg"}, timeout=TIMEOUT_S) for _ in range(3)]
+        assert backend.ocr.entered.wait(TIMEOUT_S)
+        assert wait_until(lambda: len(queued.queue) == 2)  # the other two wait for the one thread
+        backend.ocr.gate.set()
+        assert [a.result(TIMEOUT_S).status_code for a in answers] == [200, 200, 200]
+    assert "Task queue depth" not in caplog.text
+
+
 def test_over_the_cap_on_the_wire_is_json_413_from_us_or_from_waitress(backend, serve, photo, photo_text):
     server = serve(backend.app(max_upload_mb=0.5))
     with httpx.Client(base_url=server.url, timeout=TIMEOUT_S) as client:

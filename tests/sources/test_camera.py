@@ -348,12 +348,14 @@ class MjpegServer:
 
         self.jpegs = [cv2.imencode(".jpg", f)[1].tobytes() for f in frames]
         self.connections = 0
+        self.opened: list[float] = []  # time.monotonic() of each connection
         self.stop = threading.Event()
         server_self = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
             def do_GET(self) -> None:
                 server_self.connections += 1
+                server_self.opened.append(time.monotonic())
                 start = (server_self.connections - 1) * frames_per_connection
                 self.send_response(200)
                 self.send_header("Content-Type", "multipart/x-mixed-replace; boundary=frame")
@@ -494,3 +496,19 @@ def test_a_picamera2_that_fails_to_import_is_a_reason_not_the_threads_end(tmp_pa
     assert cam.source.reason.startswith("picamera2 failed to import: ValueError: numpy.dtype size changed")
     assert wait_until(lambda: cam.stats.get("camera_errors_total") >= 2)  # retried
     assert probe(pi_config()).startswith("picamera2 failed to import: ValueError")
+
+
+def test_a_stream_that_keeps_dropping_is_reopened_less_and_less_often(run_camera):
+    """A stream that drops after a frame or two was reopened every retry_min_delay for ever (its
+    delay started again at each good frame): three journal lines a second. The delay now starts
+    again only after a connection that lasted (STABLE_CONNECTION_S)."""
+    frames = [text_frame("12.3")] * 4
+    with MjpegServer(frames, frames_per_connection=2) as server:
+        cfg = CameraSourceConfig("flaky", backend="opencv", device=server.url, interval=0.01,
+                                 retry_min_delay=0.05, retry_max_delay=0.8)
+        cam = run_camera(cfg)
+        assert wait_until(lambda: server.connections >= 7, 60), (server.connections, cam.source.reason)
+        gaps = [b - a for a, b in zip(server.opened, server.opened[1:])]
+        # 2 frames take ~0.1 s; then 0.05, 0.1, 0.2, 0.4, 0.8 s of delay: the last gaps are the cap's
+        assert min(gaps[-2:]) > 0.7, gaps
+        assert cam.jobs, "no frame was handed on"

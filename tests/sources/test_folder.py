@@ -186,6 +186,16 @@ def test_a_subfolder_or_a_named_pipe_is_left_alone_and_named_once_in_the_journal
                   r.getMessage())
     assert told == ["not a regular file, left alone source=inbox file=pipe.png kind=named pipe",
                     "subfolder not read source=inbox dir=scans (only files in the folder itself are taken)"]
+    # Removed, then made again: named again. (Names are kept only while they are there: a
+    # scanner's dated subfolders, made and removed, grew the set of names told for ever.)
+    (inbox / "scans" / "a.txt").unlink()
+    (inbox / "scans").rmdir()
+    source.capture_now()
+    (inbox / "c4.txt").write_bytes(b"TEXT:later")
+    assert wait_until(lambda: source.stats.get("files_done_total") == 4)
+    (inbox / "scans").mkdir()
+    source.capture_now()
+    assert wait_until(lambda: sum("dir=scans" in r.getMessage() for r in caplog.records) == 2)
 
 
 def test_reuse_turned_on_by_a_reload_makes_its_store(tmp_path, folder):
@@ -552,3 +562,20 @@ def test_a_resumed_file_cut_short_before_goes_to_failed_unread_and_another_of_it
     reason = json.loads((tmp_path / "failed" / "poison.error.json").read_text())["reason"]
     assert reason.startswith("source: read again after 2 restarts, its reading was cut short each time")
     assert not (processing / ".resumed.json").exists()
+
+
+def test_an_inbox_missing_for_a_while_is_polled_then_watched_again(tmp_path, folder):
+    """Removed, and made again only after the watch was found broken: the source polled every
+    poll_interval for the rest of its life (a file took ~1.6 s instead of ~0.5). It polls while
+    the inbox is missing and watches it again once it is back."""
+    import shutil
+
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    source, _ = folder(watch="inotify", poll_interval=0.2, rescan_interval=3600)
+    shutil.rmtree(inbox)
+    assert wait_until(lambda: source.mode == "poll")
+    inbox.mkdir()
+    assert wait_until(lambda: source.mode == "inotify")
+    (inbox / "back.txt").write_bytes(b"TEXT:back")
+    assert wait_until(lambda: names(tmp_path / "done") == ["back.json", "back.txt"])
