@@ -254,6 +254,7 @@ class Pipeline:
 
     def _recognise(self, job: Job) -> Result:
         start = time.perf_counter()
+        limit_side = self._limit_side  # read once: the guard may change it meanwhile
         tb: str | None = None
         output: EngineOutput | None = None
         error: EdgeOcrError | None = None
@@ -265,7 +266,7 @@ class Pipeline:
                 self.stats.inc("results_reused_total")
             else:
                 image = job.image
-                output = self.engine(image, rois=job.rois or None, det=job.det, limit_side=self._limit_side)
+                output = self.engine(image, rois=job.rois or None, det=job.det, limit_side=limit_side)
                 count_engine_call(self.stats, output, (time.perf_counter() - start) * 1000.0)
         except ImageError as exc:
             error = exc
@@ -290,6 +291,7 @@ class Pipeline:
                           sha256=job.sha256, traceback=tb, publish_every=job.publish_every)
         if job.cached is not None:
             output = replace(output, timing_ms={})
+        degraded = job.cached is None and job.det and limit_side is not None
         self.stats.inc("results_ok_total")
         previous = None
         if job.compared:
@@ -298,7 +300,7 @@ class Pipeline:
                 self._last_text[job.source] = output.text
         return Result(job.source, status_for(output, self._low_confidence), output, self.model, file=job.file,
                       ts=job.ts, changed=previous != output.text, previous_text=previous, timing_ms=timing,
-                      sha256=job.sha256, publish_every=job.publish_every)
+                      sha256=job.sha256, publish_every=job.publish_every, degraded=degraded)
 
     def _region_result(self, job: Job, output: EngineOutput | None, error: EdgeOcrError | None, tb: str | None,
                        timing: dict[str, float]) -> Result:

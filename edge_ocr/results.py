@@ -69,6 +69,9 @@ class Result:
     traceback: str | None = None  # summary for failed/NAME.error.json; never in to_dict()
     regions: tuple[RegionResult, ...] = ()  # sources with ROIs: per-region values (then ``text`` joins them)
     publish_every: bool | None = None  # the source's override of mqtt.publish_every; never in to_dict()
+    # Detected at the memory guard's smaller size (soft level): not kept for reuse as the reading
+    # of these bytes; never in to_dict().
+    degraded: bool = False
 
     @property
     def text(self) -> str:

@@ -707,7 +707,8 @@ class FolderSource:
         if cfg.delete_original:
             claimed.unlink(missing_ok=True)
         self._stored(claimed)
-        if cfg.reuse_results and not reused and result.sha256:
+        # A reading at the guard's smaller detection size is not these bytes' reading: not kept.
+        if cfg.reuse_results and not reused and result.sha256 and not result.degraded:
             try:
                 _stamp_now(self.files.put(self.cache, result.sha256 + ".json", data))
                 removed = prune_least_recent(self.cache, cfg.reuse_max_entries)

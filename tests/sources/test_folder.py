@@ -579,3 +579,22 @@ def test_an_inbox_missing_for_a_while_is_polled_then_watched_again(tmp_path, fol
     assert wait_until(lambda: source.mode == "inotify")
     (inbox / "back.txt").write_bytes(b"TEXT:back")
     assert wait_until(lambda: names(tmp_path / "done") == ["back.json", "back.txt"])
+
+
+def test_a_file_read_at_the_guards_smaller_size_is_not_kept_for_reuse(tmp_path, folder):
+    """At the memory guard's soft level pages are detected at 640 px: fewer or other lines. That
+    reading was stored as the bytes' result and served for them ever after, memory long back."""
+    (tmp_path / "inbox").mkdir()
+    source, engine = folder()
+    _, _, pipe = folder.running[-1]
+    pipe.degrade(640)
+    (tmp_path / "inbox" / "a.txt").write_bytes(b"TEXT:page")
+    assert wait_until(lambda: source.stats.get("files_done_total") == 1)
+    assert not list((tmp_path / "inbox" / ".cache").glob("*.json"))
+    pipe.recover()
+    (tmp_path / "inbox" / "b.txt").write_bytes(b"TEXT:page")
+    assert wait_until(lambda: source.stats.get("files_done_total") == 2)
+    assert engine.calls == [b"TEXT:page", b"TEXT:page"]  # read again, at the full size
+    (tmp_path / "inbox" / "c.txt").write_bytes(b"TEXT:page")
+    assert wait_until(lambda: source.stats.get("files_done_total") == 3)
+    assert len(engine.calls) == 2  # that reading is kept
