@@ -200,6 +200,14 @@ class App:
         self.pipeline = Pipeline(engine, model, sinks, self.stats, self.stop_event, cfg.pipeline.queue_size,
                                  cfg.pipeline.workers, cfg.engine.low_confidence, on_result=self._remember,
                                  meter=self._work)
+        # The sources exist before the broker hears of the daemon: a capture command sent at
+        # `online` found none ("unknown source"). Their threads start below.
+        files = ResultFiles()
+        for scfg in cfg.sources:
+            self.sources[scfg.name] = self._open_source(scfg, self.pipeline, files)
+        if cfg.fleet.enabled:
+            fleet = FleetWorker(cfg.fleet, cfg.mqtt, self.pipeline.submit, self.stats, self._on_source_status)
+            self.sources[fleet.name] = fleet
         if self.mqtt is not None:
             self.mqtt.start()  # after the pipeline exists: the retained states it reads go to it
             # Files waiting at start are read after what the sources last published is known (a
@@ -208,18 +216,8 @@ class App:
                 log.info("mqtt retained states not read within %.0f s; first results compare with none",
                          PREVIOUS_WAIT_S)
         self.pipeline.start()
-        files = ResultFiles()
-        for scfg in cfg.sources:
-            source = self._open_source(scfg, self.pipeline, files)
-            self.sources[scfg.name] = source
-            thread = threading.Thread(target=source.run, args=(self.stop_event,), name="source:%s" % scfg.name,
-                                      daemon=True)
-            thread.start()
-            self._threads.append(thread)
-        if cfg.fleet.enabled:
-            fleet = FleetWorker(cfg.fleet, cfg.mqtt, self.pipeline.submit, self.stats, self._on_source_status)
-            self.sources[fleet.name] = fleet
-            thread = threading.Thread(target=fleet.run, args=(self.stop_event,), name="source:fleet", daemon=True)
+        for name, source in self.sources.items():
+            thread = threading.Thread(target=source.run, args=(self.stop_event,), name="source:%s" % name, daemon=True)
             thread.start()
             self._threads.append(thread)
         deadline = time.monotonic() + SOURCES_READY_S

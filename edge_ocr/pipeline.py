@@ -149,15 +149,22 @@ class Pipeline:
         rechecking stop. False = not queued (stopping, or full and not waiting)."""
         if block is None:
             block = not job.droppable
-        while not self.stop_event.is_set():
-            try:
-                self.queue.put(job, timeout=0.2 if block else 0)
-                self.stats.set("queue_depth", self.queue.qsize())
-                return True
-            except queue.Full:
-                if not block:
+        q = self.queue
+        # The last place is a camera frame's: a drop folder's backlog, waiting here, took every
+        # place the engine freed, and a meter's frames (commanded ones too) waited for all of it.
+        limit = q.maxsize - 1 if not job.droppable and q.maxsize > 1 else q.maxsize
+        with q.not_full:
+            while q._qsize() >= limit:
+                if not block or self.stop_event.is_set():
                     return False
-        return False
+                q.not_full.wait(0.2)
+            if self.stop_event.is_set():
+                return False
+            q._put(job)
+            q.unfinished_tasks += 1
+            q.not_empty.notify()
+        self.stats.set("queue_depth", q.qsize())
+        return True
 
     def join(self, timeout_s: float) -> bool:
         """Wait for the workers after stop was set; False if one is still reading an image."""

@@ -224,3 +224,32 @@ def test_the_engine_spins_only_when_one_worker_runs_it(tmp_path, workers, spinni
     cfg = load_config(path, environ={})
     assert cfg.engine.spinning and engine_config(cfg).spinning is spinning
     assert engine_config(cfg).to_options().allow_spinning is spinning
+
+
+def test_the_sources_exist_before_the_broker_hears_the_daemon_is_online(tmp_path, mosquitto, monkeypatch):
+    """An automation that sends a capture at <p>/availability = online got "unknown source": the
+    sink connected (and took commands) before the sources were made."""
+    import threading
+
+    from edge_ocr.app import App
+    from edge_ocr.config import load_config
+    from edge_ocr.sinks.mqtt import MqttSink
+    from tests.fakes import FakeEngine
+
+    config = write_config(tmp_path, mosquitto)
+    config.write_text(config.read_text().replace('[http]\nbind = "127.0.0.1:0"', '[http]\nenabled = false')
+                      + "\n[guard]\nrss_soft_mb = 100000\nrss_hard_mb = 200000\n")  # the guard would watch pytest
+    app = App(load_config(config), engine_factory=lambda cfg, pages: (FakeEngine(), ("fake", "0")))
+    known_at_connect: list[list[str]] = []
+    start = MqttSink.start
+    monkeypatch.setattr(MqttSink, "start", lambda sink: (known_at_connect.append(list(app.sources)), start(sink)))
+    runner = threading.Thread(target=app.run, name="test-app", daemon=True)
+    runner.start()
+    try:
+        assert wait_until(lambda: known_at_connect, 30)
+        assert known_at_connect == [["inbox"]]
+        ok, message = app.capture("inbox")
+        assert ok, message
+    finally:
+        app.stop_event.set()
+        runner.join(20)

@@ -39,9 +39,10 @@ def test_full_queue_holds_the_source_back_and_stop_releases_it():
     pipe.start()
     assert pipe.submit(Job("s", b"TEXT:1"))
     assert wait_until(lambda: pipe.busy == 1)  # the worker holds job 1
-    assert pipe.submit(Job("s", b"TEXT:2")) and pipe.submit(Job("s", b"TEXT:3"))
-    assert not pipe.submit(Job("s", b"TEXT:4"), block=False)  # bounded: full
-    assert not pipe.submit(Job("cam", b"TEXT:f", droppable=True))  # a camera frame is not waited for
+    assert pipe.submit(Job("s", b"TEXT:2"))
+    assert not pipe.submit(Job("s", b"TEXT:3"), block=False)  # full for files: the last place is a frame's
+    assert pipe.submit(Job("cam", b"TEXT:f", droppable=True))
+    assert not pipe.submit(Job("cam", b"TEXT:g", droppable=True))  # full: a camera frame is not waited for
     result: list[bool] = []
     blocked = threading.Thread(target=lambda: result.append(pipe.submit(Job("s", b"TEXT:5"))), name="test-submit")
     blocked.start()
@@ -81,6 +82,28 @@ def test_resumed_reading_hooks_run_around_the_engine_even_when_it_fails():
         pipe.process(Job("s", data, on_read_start=lambda: seen.append("start"), on_read_end=lambda: seen.append("end"),
                          on_done=lambda result: seen.append("done")))
     assert seen == ["start", "end", "done"] * 2
+
+
+def test_a_files_backlog_leaves_the_camera_a_place_in_the_queue():
+    """A drop folder's backlog waits in submit() for each place the engine frees; it took every
+    one, and a meter's frames (commanded ones too) were dropped until the backlog was read."""
+    gate, stop = threading.Event(), threading.Event()
+    pipe = Pipeline(FakeEngine(gate), ("fake", "1"), [], Stats(), stop, queue_size=2)
+    pipe.start()
+    backlog = threading.Thread(target=lambda: [pipe.submit(Job("inbox", b"TEXT:%d" % n)) for n in range(6)],
+                               name="test-folder")
+    backlog.start()
+    try:
+        for _ in range(3):  # each time the engine frees a place, the camera finds one
+            assert wait_until(lambda: pipe.queue.qsize() == 1 and pipe.busy == 1)
+            assert pipe.submit(Job("cam", b"TEXT:frame", droppable=True))
+            gate.set()
+            gate.clear()
+    finally:
+        gate.set()
+        backlog.join(10)
+        stop.set()
+        assert pipe.join(5)
 
 
 def test_regions_stable_reads_pattern_and_low_confidence():

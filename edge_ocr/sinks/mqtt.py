@@ -36,6 +36,7 @@ from edge_ocr.stats import Stats
 log = logging.getLogger(__name__)
 
 ONLINE, OFFLINE = "online", "offline"
+UTF8_BOM = b"\xef\xbb\xbf"  # some Windows and .NET publishers start a JSON payload with it
 
 # on_capture(source or None for all) -> (ok, message); called on paho's thread, must not block.
 CaptureCallback = Callable[[str | None], tuple[bool, str]]
@@ -610,7 +611,7 @@ def _named_source(payload: bytes | bytearray) -> str | None:
     every source, for a payload that is no JSON object (empty, or a Home Assistant button's
     ``PRESS``), which is only echoed back as the ack's ``request``. ValueError for an object that
     names no source properly: a typo there must not capture every camera."""
-    if not payload.lstrip().startswith(b"{"):
+    if not payload.removeprefix(UTF8_BOM).lstrip().startswith(b"{"):
         return None
     if len(payload) > 4096:
         raise ValueError("command payload over 4096 bytes")

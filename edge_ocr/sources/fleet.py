@@ -396,8 +396,9 @@ def handed_back_properties(props: Properties | None, job_id: str, held_s: float 
                  "MessageExpiryInterval"):
         if getattr(props, name, None) is not None:
             setattr(copy, name, getattr(props, name))
-    if getattr(copy, "MessageExpiryInterval", None) is not None:
-        copy.MessageExpiryInterval = max(1, copy.MessageExpiryInterval - math.ceil(held_s))
+    expiry = getattr(copy, "MessageExpiryInterval", None)
+    if expiry is not None:
+        copy.MessageExpiryInterval = max(1, expiry - math.ceil(held_s))
     return copy
 
 

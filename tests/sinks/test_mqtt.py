@@ -226,29 +226,32 @@ def test_capture_commands_are_acknowledged(mosquitto, tmp_path, sink_factory):
     sub.client.publish(PREFIX + "/cmd/capture", b'{"source": "inbox", "id": 7}', qos=1)
     sub.client.publish(PREFIX + "/cmd/capture", b'{"id": 8}', qos=1)
     sub.client.publish(PREFIX + "/cmd/capture", b"inbox", qos=1)
-    acks = [json.loads(m.payload) for m in sub.wait_topic(PREFIX + "/cmd/result", 6)]
+    # A UTF-8 byte order mark before the JSON (some Windows and .NET publishers): it named no
+    # source then, so every camera fired.
+    sub.client.publish(PREFIX + "/cmd/capture", b'\xef\xbb\xbf{"source": "inbox"}', qos=1)
+    acks = [json.loads(m.payload) for m in sub.wait_topic(PREFIX + "/cmd/result", 7)]
     assert [(a["source"], a["ok"]) for a in acks] == [(None, True), ("inbox", True), ("nope", False),
-                                                      ("inbox", True), (None, True), (None, True)]
-    assert captures.calls == [None, "inbox", "nope", "inbox", None, None]
+                                                      ("inbox", True), (None, True), (None, True), ("inbox", True)]
+    assert captures.calls == [None, "inbox", "nope", "inbox", None, None, "inbox"]
     assert acks[3]["request"] == '{"source": "inbox", "id": 7}'
     # A JSON object that names no source properly and an unknown command are refused with their
     # reason, and capture nothing: a typo must not fire every camera.
     sub.client.publish(PREFIX + "/cmd/capture", b'{"source": 5}', qos=1)
     sub.client.publish(PREFIX + "/cmd/capture", b'{"source": "inbox"', qos=1)
     sub.client.publish(PREFIX + "/cmd/reboot", b"{}", qos=1)
-    refused = [json.loads(m.payload) for m in sub.wait_topic(PREFIX + "/cmd/result", 9)][6:]
+    refused = [json.loads(m.payload) for m in sub.wait_topic(PREFIX + "/cmd/result", 10)][7:]
     assert [(a["command"], a["ok"]) for a in refused] == [("capture", False), ("capture", False), ("reboot", False)]
     assert '"source" must name a source, got 5' in refused[0]["message"]
     assert "not valid JSON" in refused[1]["message"]
     assert refused[2]["message"] == "unknown command 'reboot' (expected capture)"
-    assert captures.calls == [None, "inbox", "nope", "inbox", None, None]
+    assert captures.calls == [None, "inbox", "nope", "inbox", None, None, "inbox"]
     # A command published retained runs once, live; a daemon that connects later (a restart, a
     # reconnect) gets it from the broker as retained and does not run it again.
     sub.client.publish(PREFIX + "/inbox/capture", b"go", qos=1, retain=True)
-    assert sub.wait_topic(PREFIX + "/cmd/result", 10)[9] and captures.calls[-1] == "inbox"
+    assert sub.wait_topic(PREFIX + "/cmd/result", 11)[10] and captures.calls[-1] == "inbox"
     later = Captures()
     sink_factory(mqtt_config(mosquitto, tmp_path, client_id="edge-ocr-test-later", spool_dir=tmp_path / "later"), later)
-    again = json.loads(sub.wait_topic(PREFIX + "/cmd/result", 11)[10].payload)
+    again = json.loads(sub.wait_topic(PREFIX + "/cmd/result", 12)[11].payload)
     assert (again["ok"], later.calls) == (False, []) and "retained command ignored" in again["message"]
     sub.client.publish(PREFIX + "/inbox/capture", b"", qos=1, retain=True)  # clears it on the broker
     sub.close()
