@@ -150,11 +150,8 @@ class Pipeline:
         if block is None:
             block = not job.droppable
         q = self.queue
-        # The last place is a camera frame's: a drop folder's backlog, waiting here, took every
-        # place the engine freed, and a meter's frames (commanded ones too) waited for all of it.
-        limit = q.maxsize - 1 if not job.droppable and q.maxsize > 1 else q.maxsize
         with q.not_full:
-            while q._qsize() >= limit:
+            while not self._fits(job):
                 if not block or self.stop_event.is_set():
                     return False
                 q.not_full.wait(0.2)
@@ -165,6 +162,23 @@ class Pipeline:
             q.not_empty.notify()
         self.stats.set("queue_depth", q.qsize())
         return True
+
+    def _fits(self, job: Job) -> bool:
+        """Whether ``job`` may be queued now (under the queue's lock). Files and camera frames
+        share the queue, and neither may take all of it: a drop folder's backlog waiting in
+        submit() took every place the engine freed, and a meter's frames (commanded ones too)
+        waited for the whole backlog; a camera at full speed would as well take every place
+        from the folder. So files keep the last place free, and frames use at most a quarter."""
+        q = self.queue
+        queued = q._qsize()
+        if queued >= q.maxsize:
+            return False
+        if q.maxsize == 1:
+            return True
+        frames = sum(1 for waiting in q.queue if waiting.droppable)
+        if job.droppable:
+            return frames < max(1, q.maxsize // 4)
+        return queued - frames < q.maxsize - 1
 
     def join(self, timeout_s: float) -> bool:
         """Wait for the workers after stop was set; False if one is still reading an image."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 
 from edge_ocr.pipeline import Pipeline, WorkMeter
 from edge_ocr.results import Job, Result, Status
@@ -56,7 +57,6 @@ def test_full_queue_holds_the_source_back_and_stop_releases_it():
 def test_a_worker_stuck_in_the_engine_stops_the_watchdogs_progress_however_many_idle():
     """``progress`` feeds systemd's watchdog. With two workers the idle one used to refresh it
     every 0.5 s while the other hung in the engine for good, so the watchdog never fired."""
-    import time
 
     gate, stop = threading.Event(), threading.Event()
     pipe = Pipeline(FakeEngine(gate), ("fake", "1"), [], Stats(), stop, workers=2)
@@ -84,26 +84,59 @@ def test_resumed_reading_hooks_run_around_the_engine_even_when_it_fails():
     assert seen == ["start", "end", "done"] * 2
 
 
+class PacedEngine(FakeEngine):
+    """Takes ``seconds`` per image, so the queue fills as it does on a real device."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__()
+        self.seconds = seconds
+
+    def __call__(self, image, rois=None, det=True, limit_side=None):
+        time.sleep(self.seconds)
+        return super().__call__(image, rois, det, limit_side)
+
+
+def _folder_and_camera(queue_size: int, files: int, frame_every_s: float) -> list[bytes]:
+    """A backlog of ``files`` submitted as the folder does (waiting for room) while a camera offers
+    a frame every ``frame_every_s`` (0: as fast as it can) without waiting: the engine's calls."""
+    stop, engine = threading.Event(), PacedEngine(0.01)
+    pipe = Pipeline(engine, ("fake", "1"), [], Stats(), stop, queue_size=queue_size)
+
+    def camera() -> None:
+        while not stop.wait(frame_every_s):
+            pipe.submit(Job("cam", b"TEXT:frame", droppable=True))
+
+    pipe.start()
+    runners = [threading.Thread(target=camera, name="test-camera"),
+               threading.Thread(target=lambda: [pipe.submit(Job("inbox", b"TEXT:file%d" % n)) for n in range(files)],
+                                name="test-folder")]
+    for runner in runners:
+        runner.start()
+    try:
+        assert wait_until(lambda: b"TEXT:file%d" % (files - 1) in engine.calls, 30), engine.calls[-5:]
+    finally:
+        stop.set()
+        for runner in runners:
+            runner.join(5)
+        assert pipe.join(5)
+    return engine.calls
+
+
 def test_a_files_backlog_leaves_the_camera_a_place_in_the_queue():
     """A drop folder's backlog waits in submit() for each place the engine frees; it took every
     one, and a meter's frames (commanded ones too) were dropped until the backlog was read."""
-    gate, stop = threading.Event(), threading.Event()
-    pipe = Pipeline(FakeEngine(gate), ("fake", "1"), [], Stats(), stop, queue_size=2)
-    pipe.start()
-    backlog = threading.Thread(target=lambda: [pipe.submit(Job("inbox", b"TEXT:%d" % n)) for n in range(6)],
-                               name="test-folder")
-    backlog.start()
-    try:
-        for _ in range(3):  # each time the engine frees a place, the camera finds one
-            assert wait_until(lambda: pipe.queue.qsize() == 1 and pipe.busy == 1)
-            assert pipe.submit(Job("cam", b"TEXT:frame", droppable=True))
-            gate.set()
-            gate.clear()
-    finally:
-        gate.set()
-        backlog.join(10)
-        stop.set()
-        assert pipe.join(5)
+    calls = _folder_and_camera(queue_size=2, files=30, frame_every_s=0.005)
+    last_file = max(i for i, call in enumerate(calls) if call.startswith(b"TEXT:file"))
+    assert calls[:last_file].count(b"TEXT:frame") >= 5  # read while the backlog lasted
+
+
+def test_a_camera_at_full_speed_leaves_the_folder_its_places():
+    """The other way round: a camera offering frames as fast as it can (the soak's meter at 1,000
+    frames a second) must not take every place a file waits for: frames use at most a quarter of
+    the queue, files the rest."""
+    calls = _folder_and_camera(queue_size=8, files=30, frame_every_s=0.0)
+    assert sum(call.startswith(b"TEXT:file") for call in calls) == 30
+    assert calls.count(b"TEXT:frame") <= 2 * 30 + 2  # at most 2 of 8 places: ~2 frames per file
 
 
 def test_regions_stable_reads_pattern_and_low_confidence():
