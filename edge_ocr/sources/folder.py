@@ -429,8 +429,9 @@ class FolderSource:
         before = {f.name: recorded[f.name][0] for f in files
                   if f.name in recorded and recorded[f.name][1:] == _identity(f)}
         cut_short = [f for f in files if before.get(f.name, 0) >= RESUMES_MAX]
+        given_up = {f.name for f in cut_short}
         with self._status_lock:  # the counts of files still here, kept until their reading ends
-            self._resumed = {name: recorded[name] for name in before if name not in {f.name for f in cut_short}}
+            self._resumed = {name: recorded[name] for name in before if name not in given_up}
             if self._resumed != recorded:
                 self._write_resumed()
         for claimed in cut_short:
@@ -470,9 +471,8 @@ class FolderSource:
     def _read_starts(self, claimed: Path) -> None:
         """A resumed file's reading begins (pipeline thread): counted until it ends, so a start
         that ends inside it finds it cut short."""
-        try:
-            identity = _identity(claimed)
-        except OSError:
+        identity = _identity(claimed)
+        if identity is None:
             return
         with self._status_lock:
             count = self._resumed.get(claimed.name, (0, 0, 0))[0]
@@ -800,9 +800,12 @@ class FolderSource:
         self._fail_unread(self.cfg.path / name, name, SourceError(reason))
 
 
-def _identity(path: Path) -> tuple[int, int]:
-    """(size, mtime_ns) of a claimed file: which file a resume count belongs to. Raises OSError."""
-    st = path.lstat()
+def _identity(path: Path) -> tuple[int, int] | None:
+    """(size, mtime_ns) of a claimed file: which file a resume count belongs to; None once it is gone."""
+    try:
+        st = path.lstat()
+    except OSError:
+        return None
     return st.st_size, st.st_mtime_ns
 
 
