@@ -480,6 +480,10 @@ class App:
         if not changed:
             log.info("config reload: no changes")
             return
+        if "engine.pack" in changed and not _pack_exists(new.engine.pack):
+            log.error("config reload failed, keeping the running config: engine.pack: no model pack %r (edge-ocr "
+                      "models list)", new.engine.pack)
+            return
         running = with_live(self.config, new)
         if self.pipeline is not None:
             self.pipeline.set_low_confidence(running.engine.low_confidence)
@@ -494,6 +498,20 @@ class App:
             log.info("config reload applied keys=%s", ",".join(live))
         if restart:
             log.warning("config reload: restart needed for keys=%s", ",".join(restart))
+
+
+def _pack_exists(name: str) -> bool:
+    """Whether ``engine.pack`` names a pack this daemon could load at its next start."""
+    from edge_ocr.engine.models import load_pack  # loaded already with the engine
+    from edge_ocr.errors import UnknownPack
+
+    try:
+        load_pack(name)
+    except UnknownPack:
+        return False
+    except Exception:  # a broken pack is for the next start (and `edge-ocr check`) to say
+        return True
+    return True
 
 
 def _captures(source: Source) -> bool:

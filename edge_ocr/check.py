@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 from edge_ocr import sandbox
 from edge_ocr.access import Wanted, problems, problems_as
 from edge_ocr.config import CameraSourceConfig, Config, parse_bind
-from edge_ocr.errors import EdgeOcrError
+from edge_ocr.errors import ConfigError, EdgeOcrError, UnknownPack
 from edge_ocr.fit import check_fit
 from edge_ocr.listen import listen_sockets, resolve
 from edge_ocr.sinks.mqtt import probe
@@ -45,6 +45,8 @@ def check(config: Config, broker_timeout_s: float = 5.0, user: str | None = None
         files += sorted({variant.path for _, variant in pack.files()})
         wanted += [Wanted("model", path, write=False) for path in files]
         found += unreadable_chars(config, pack)
+    except UnknownPack as exc:  # a config error like any other typo: exit 2, the key named
+        raise ConfigError("engine.pack: %s" % exc.message) from exc
     except EdgeOcrError as exc:
         found.append("model: %s" % exc.message)
     for i, src in enumerate(config.sources):

@@ -381,26 +381,61 @@ def cmd_fleet_status(args: argparse.Namespace) -> int:
 
 
 def cmd_models(args: argparse.Namespace) -> int:
-    from edge_ocr.engine.models import DEFAULT_PACK, list_packs, load_pack, models_root, verify_pack
+    from edge_ocr.engine.models import DEFAULT_PACK, models_root
 
-    names = [args.pack] if getattr(args, "pack", None) else list_packs()
+    root = models_root()
+    names, problems = ([args.pack], []) if getattr(args, "pack", None) else _pack_folders(root)
+    if not getattr(args, "pack", None) and DEFAULT_PACK not in names:
+        problems.append("%s: the default pack is missing from %s" % (DEFAULT_PACK, root))
     if args.action == "list":
-        print("models in %s" % models_root())
-        for name in names:
-            pack = load_pack(name)
-            stages = ", ".join("%s[%s]" % (s, "/".join(pack.stages[s].variants)) for s in pack.stages)
-            marker = " (default)" if name == DEFAULT_PACK else ""
-            print("%-14s v%s%s  %s  — %s" % (name, pack.version, marker, stages, pack.description))
-        return ExitCode.OK
-    problems = []
+        print("models in %s" % root)
     for name in names:
-        pack = load_pack(name)
-        found = verify_pack(pack)
+        try:
+            line, found = _pack_line(name, args.action == "list")
+        except EdgeOcrError as exc:  # one broken pack: the others are still listed and checked
+            line, found = "%s: FAILED" % name, [exc.message]
+        print(line)
         problems += found
-        print("%s: %s" % (name, "ok (%d files)" % len(pack.files()) if not found else "FAILED"))
     for problem in problems:
         print(problem)
     return ExitCode.FAILURE if problems else ExitCode.OK
+
+
+def _pack_folders(root: Path) -> tuple[list[str], list[str]]:
+    """The packs under ``root`` (folders whose manifest declares det or rec; a shared one such as
+    common/ is checked through the packs using it), and a line for each folder that is no readable pack."""
+    from edge_ocr.engine.models import read_manifest
+
+    if not root.is_dir():
+        return [], ["no models folder at %s" % root]
+    names, problems = [], []
+    for folder in sorted(p for p in root.iterdir() if p.is_dir()):
+        manifest = folder / "manifest.json"
+        if not manifest.is_file():
+            if any(folder.glob("*.onnx")):
+                problems.append("%s: model files without a manifest.json" % folder.name)
+            continue
+        try:
+            if {"det", "rec"} & set(read_manifest(manifest).stages):
+                names.append(folder.name)
+        except EdgeOcrError as exc:
+            problems.append("%s: %s" % (folder.name, exc.message))
+    if not names:
+        problems.append("no model pack in %s" % root)
+    return names, problems
+
+
+def _pack_line(name: str, listing: bool) -> tuple[str, list[str]]:
+    """``models list``'s line for a pack, or ``models verify``'s with the files that failed."""
+    from edge_ocr.engine.models import DEFAULT_PACK, load_pack, verify_pack
+
+    pack = load_pack(name)
+    if listing:
+        stages = ", ".join("%s[%s]" % (s, "/".join(pack.stages[s].variants)) for s in pack.stages)
+        marker = " (default)" if name == DEFAULT_PACK else ""
+        return "%-14s v%s%s  %s  — %s" % (name, pack.version, marker, stages, pack.description), []
+    found = verify_pack(pack)
+    return "%s: %s" % (name, "ok (%d files)" % len(pack.files()) if not found else "FAILED"), found
 
 
 def _add_engine_flags(parser: argparse.ArgumentParser) -> None:
@@ -547,8 +582,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     models = sub.add_parser("models", parents=[common], help="installed model packs")
     models_sub = models.add_subparsers(dest="action", required=True)
-    models_sub.add_parser("list", help="list packs")
-    verify = models_sub.add_parser("verify", help="check every file's sha256 against its manifest")
+    models_sub.add_parser("list", parents=[common], help="list packs")
+    verify = models_sub.add_parser("verify", parents=[common], help="check every file's sha256 against its manifest")
     verify.add_argument("pack", nargs="?")
     models.set_defaults(func=cmd_models)
     return parser
@@ -575,7 +610,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             log.error("%s", problem)
         return ExitCode.USAGE
     except UnknownPack as exc:  # engine.pack or --pack names no pack: usage, as a config typo is
-        log.error("%s: %s", exc.code, exc.message)
+        log.error("engine.pack: %s", exc.message)
         return ExitCode.USAGE
     except EdgeOcrError as exc:
         log.error("%s: %s", exc.code, exc.message)

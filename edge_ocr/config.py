@@ -213,8 +213,8 @@ class FolderSourceConfig:
 
     def __post_init__(self) -> None:
         _check_declared(self)
-        for key in ("done_dir", "failed_dir"):
-            if getattr(self, key) == self.path:
+        for key in ("done_dir", "failed_dir"):  # compared as the kernel resolves them: x/../in, a symlink
+            if os.path.realpath(getattr(self, key)) == os.path.realpath(self.path):
                 raise Invalid(key, "must differ from path")
 
 
@@ -249,7 +249,7 @@ class CameraSourceConfig:
         _check_declared(self)
         _not_below("retry_max_delay", self.retry_max_delay, "retry_min_delay", self.retry_min_delay)
         if self.backend == "picamera2" and not self.device.isdigit():
-            raise Invalid("device", "picamera2 expects a camera number (0, 1, ...), got %r" % self.device)
+            raise Invalid("device", "picamera2 expects a camera number (0, 1, ...), got %r" % redact_url(self.device))
         seen: set[str] = set()
         for i, roi in enumerate(self.rois):
             if roi.name in seen:
@@ -290,6 +290,11 @@ class MqttConfig:
 
     def __post_init__(self) -> None:
         _check_declared(self)
+        if not self.host or any(c.isspace() for c in self.host) or "/" in self.host:
+            raise Invalid("host", "expected a host name or address (no scheme, no path), got %r" % self.host)
+        if self.host.count(":") == 1:  # one colon: a port (an IPv6 address has two or more)
+            raise Invalid("host", "expected a host name or address without a port (that is mqtt.port), got %r"
+                          % self.host)
         for key in ("topic_prefix", "discovery_prefix"):  # both start topics this device publishes on
             value = getattr(self, key)
             if not value or any(c in value for c in "#+\0") or value.startswith("/") or value.endswith("/"):
@@ -411,6 +416,8 @@ LIVE_KEYS = _live_keys()
 def find_config(explicit: str | os.PathLike[str] | None, environ: Mapping[str, str] | None = None) -> Path | None:
     """The config file to read: ``-c``, ``$EDGE_OCR_CONFIG``, ``/etc/edge-ocr/config.toml``, else None."""
     env = os.environ if environ is None else environ
+    if explicit is not None and not str(explicit):  # `-c "$UNSET"`: not the defaults, silently
+        raise ConfigError("-c: an empty path")
     if explicit:
         return Path(explicit)
     if env.get("EDGE_OCR_CONFIG"):
@@ -448,7 +455,7 @@ def load_config(path: str | os.PathLike[str] | None = None, environ: Mapping[str
     file = Path(path) if path is not None else None
     if file is not None:
         try:
-            data = tomllib.loads(file.read_text(encoding="utf-8"))
+            data = tomllib.loads(file.read_text(encoding="utf-8-sig"))  # a BOM, as Windows editors write
         except FileNotFoundError as exc:
             raise ConfigError("%s: config file not found" % file) from exc
         except OSError as exc:
@@ -496,6 +503,7 @@ def load_config(path: str | os.PathLike[str] | None = None, environ: Mapping[str
                 problems.append("sources[%d].name: 'cmd' is reserved for the MQTT commands (<p>/cmd/...)" % i)
             if src is not None:
                 seen.add(src.name)
+        problems += _shared_folders(read_sources)
         if mqtt is None or (mqtt.enabled and mqtt.discovery):
             problems += _discovery_clashes(read_sources)
     if fleet is not None and fleet.enabled:  # checks across sections, where those were read
@@ -506,6 +514,27 @@ def load_config(path: str | os.PathLike[str] | None = None, environ: Mapping[str
     if problems:
         raise ConfigError(problems[0] if len(problems) == 1 else "; ".join(problems), tuple(problems))
     return Config(engine, sources, mqtt, http, guard, pipeline, fleet, file)
+
+
+def _shared_folders(sources: Sequence[SourceConfig | None]) -> list[str]:
+    """A folder source's inbox that is another's inbox, done_dir or failed_dir: two sources would
+    split its files at random, or one would take the other's results (and their .json) as input.
+    Folders are compared as the kernel resolves them (x/../in, a symlink)."""
+    claims: dict[str, list[str]] = {}
+    for i, src in enumerate(sources):
+        if isinstance(src, FolderSourceConfig):
+            for key in ("path", "done_dir", "failed_dir"):
+                claims.setdefault(os.path.realpath(getattr(src, key)), []).append("sources[%d].%s" % (i, key))
+    problems = []
+    for owners in claims.values():
+        inboxes = [owner for owner in owners if owner.endswith(".path")]
+        for inbox in inboxes:
+            others = [owner for owner in owners if owner.split(".")[0] != inbox.split(".")[0]]
+            # two inboxes in one: named once, at the second
+            others = [owner for owner in others if not owner.endswith(".path") or owners.index(owner) < owners.index(inbox)]
+            if others:
+                problems.append("%s: the same folder as %s" % (inbox, others[0]))
+    return problems
 
 
 def _discovery_clashes(sources: Sequence[SourceConfig | None]) -> list[str]:
@@ -891,12 +920,14 @@ def reference_markdown() -> str:
     return "\n".join(rows) + "\n"
 
 
-URL_USERINFO_RE = re.compile(r"//[^/@]*@")  # the user:password@ of a URL (a camera's rtsp://admin:pw@host)
+# The user:password@ of a URL (a camera's rtsp://admin:pw@host), up to the last @ before the path:
+# FFmpeg splits there, so a password may hold an @ of its own (rtsp://admin:p@ss@host).
+URL_USERINFO_RE = re.compile(r"//[^/?#\s]*@")
 # ... and credentials in its query, as many IP cameras' snapshot URLs take them (Foscam's usr= and
 # pwd=, loginuse= and loginpas=, token=)
 URL_QUERY_SECRET_RE = re.compile(
     r"([?&;](?:user|usr|username|login|loginuse|pass|password|passwd|pwd|loginpas|token|access_token|"
-    r"key|apikey|api_key|auth|secret|sig|signature)=)[^&#;]*", re.IGNORECASE)
+    r"key|apikey|api_key|auth|secret|sig|signature)=)[^&#;\s]*", re.IGNORECASE)
 
 
 def redact_url(text: str) -> str:

@@ -69,6 +69,10 @@ log = logging.getLogger("build")
 
 MODELS_DIR = Path(__file__).resolve().parent
 DEFAULT_CACHE = Path.home() / ".cache" / "edge-ocr-build"
+# The versions the committed files were built with. Others write other bytes, or worse: onnxruntime
+# 1.24's pre-processing leaves the weights in Constant nodes, and quantize_dynamic then quantizes
+# nothing while every gate passes (an "int8" file that is the fp32 one). So the build refuses them.
+BUILD_VERSIONS = {"onnx": "1.23.2", "onnxruntime": "1.32.0"}
 STATIC_OPSET = 13  # per-channel QDQ needs DequantizeLinear with `axis`, i.e. opset >= 13
 HARDSWISH_OPSET = 14  # HardSwish's first version (Int8Recipe.fold_affines)
 DYNAMIC_OP_TYPES = ("MatMul", "Gemm", "LSTM")
@@ -1044,11 +1048,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--eval-dev", type=Path, default=measure_int8.DEFAULT_EVAL_DEV, help="calibration images")
     parser.add_argument("--runs", type=int, default=20, help="timing runs per model")
+    parser.add_argument("--any-versions", action="store_true",
+                        help="build with other onnx/onnxruntime versions than BUILD_VERSIONS (the files will differ)")
     args = parser.parse_args(argv)
     # onnxruntime.quantization logs advice through the root logger: keep that at ERROR, ours at INFO.
     logging.basicConfig(level=logging.ERROR, format="%(levelname)s %(name)s: %(message)s")
     log.setLevel(logging.INFO)
 
+    import onnxruntime
+
+    found = {"onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__}
+    if found != BUILD_VERSIONS and not args.any_versions:
+        print("error: the packs are built with %s, this is %s (pip install %s; or --any-versions to try)"
+              % (BUILD_VERSIONS, found, " ".join("%s==%s" % kv for kv in BUILD_VERSIONS.items())), file=sys.stderr)
+        return 2
     names = [args.only] if args.only else list(PACK_NAMES)
     packs = [p for p in PACKS if p.name in names]
     builder_args = (Sources(args.cache.expanduser()), args.eval_dev)

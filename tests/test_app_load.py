@@ -93,6 +93,12 @@ def test_sighup_applies_live_keys_and_names_the_rest(tmp_path):
     daemon.proc.send_signal(signal.SIGHUP)
     assert wait_until(lambda: "no such user's home here" in daemon.text(), 20), daemon.text()[-2000:]
     assert daemon.proc.poll() is None
+    # a pack that does not exist was taken as "restart needed": the next start would have failed
+    config.write_text(_config_text(port, pack="ppocrv6-smal"))
+    daemon.proc.send_signal(signal.SIGHUP)
+    assert wait_until(lambda: "engine.pack: no model pack 'ppocrv6-smal'" in daemon.text(), 20), daemon.text()[-2000:]
+    assert "restart needed for keys=engine.pack" not in daemon.text().split("no such user's home here")[-1]
+    assert daemon.proc.poll() is None
     assert daemon.terminate() == 0
 
 

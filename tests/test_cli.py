@@ -8,6 +8,7 @@ import shutil
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -168,6 +169,41 @@ def test_models_list_and_verify():
     assert listed.returncode == 0 and "ppocrv6-small" in listed.stdout and "(default)" in listed.stdout
     verified = edge_ocr("models", "verify")
     assert verified.returncode == 0 and "FAILED" not in verified.stdout
+
+
+def _models_env(root) -> dict[str, str]:
+    return {**os.environ, "EDGE_OCR_MODELS": str(root)}
+
+
+def test_models_verify_fails_when_it_finds_nothing_to_check(tmp_path):
+    # install.sh relies on `models verify`: an empty or missing models folder passed it (exit 0, no output)
+    for root in (tmp_path / "none", tmp_path):
+        for action in ("verify", "list"):
+            done = subprocess.run([sys.executable, "-m", "edge_ocr", "models", action], capture_output=True,
+                                  text=True, timeout=60, env=_models_env(root))
+            assert done.returncode == 1, done
+            assert "ppocrv6-small: the default pack is missing" in done.stdout
+
+
+def test_models_verify_checks_every_pack_past_a_broken_one(tmp_path):
+    models = Path(__file__).resolve().parents[1] / "models"
+    shutil.copytree(models, tmp_path / "models")
+    (tmp_path / "models" / "crnn" / "manifest.json").write_text("{", encoding="utf-8")  # sorts first
+    (tmp_path / "models" / "stray").mkdir()
+    (tmp_path / "models" / "stray" / "rec.onnx").write_bytes(b"x")
+    done = subprocess.run([sys.executable, "-m", "edge_ocr", "models", "verify", "-v"], capture_output=True,
+                          text=True, timeout=300, env=_models_env(tmp_path / "models"))
+    assert done.returncode == 1, done
+    assert "ppocrv6-small: ok" in done.stdout and "ppocrv6-tiny: ok" in done.stdout, done.stdout
+    assert "crnn: malformed manifest" in done.stdout and "stray: model files without a manifest.json" in done.stdout
+
+
+def test_check_names_engine_pack_for_a_pack_that_does_not_exist(tmp_path):
+    config = tmp_path / "c.toml"
+    config.write_text('[engine]\npack = "ppocrv6-smal"\n[mqtt]\nenabled = false\n')
+    done = edge_ocr("check", "-c", str(config))
+    assert done.returncode == 2, done  # a config error, as any other typo
+    assert "engine.pack: model pack 'ppocrv6-smal' not found" in done.stderr
 
 
 @pytest.mark.parametrize("flags, spinning", [([], True), (["--no-spinning"], False)])

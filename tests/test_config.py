@@ -80,6 +80,13 @@ def load(tmp_path: Path, text: str, environ: dict[str, str] | None = None):
         ("[mqtt]\ntopic_prefix = \"home/+\"\n", "mqtt.topic_prefix: expected a topic without wildcards"),
         # paho refused the discovery topics on connect, in its own thread, which then ended for good
         ("[mqtt]\ndiscovery_prefix = \"homeassistant/+\"\n", "mqtt.discovery_prefix: expected a topic without wildcards"),
+        # paho raised ValueError("Invalid host.") at connect: a traceback from run, check, submit and fleet status
+        ("[mqtt]\nhost = \"\"\n", "mqtt.host: expected a host name or address (no scheme, no path), got ''"),
+        ("[mqtt]\nhost = \"mqtt://broker.lan\"\n", "mqtt.host: expected a host name or address (no scheme"),
+        ("[mqtt]\nhost = \"broker.lan:1883\"\n", "mqtt.host: expected a host name or address without a port"),
+        # a camera URL in a message about it is redacted like everywhere else
+        ("[[sources]]\nname = \"g\"\ntype = \"camera\"\nbackend = \"picamera2\"\n"
+         "device = \"rtsp://admin:hunter2@10.0.0.9/s\"\n", "got 'rtsp://***@10.0.0.9/s'"),
     ],
 )
 def test_bad_values_name_the_key_path_and_reason(tmp_path, text, message):
@@ -198,6 +205,37 @@ def test_credentials_in_a_camera_url_never_show_in_the_config_view(tmp_path):
         "http://cam/snapshot.cgi?loginuse=***&loginpas=***&res=1"
     assert redact_url("rtsp://cam/live?Token=hunter2") == "rtsp://cam/live?Token=***"
     assert redact_url("rtsp://cam/live?channel=1&subtype=0") == "rtsp://cam/live?channel=1&subtype=0"
+    # FFmpeg takes the user info up to the last @ before the host, so a password may hold one
+    assert redact_url("cannot open rtsp://admin:p@ssW0rd@10.0.0.9:554/s now") == "cannot open rtsp://***@10.0.0.9:554/s now"
+    assert redact_url("http://cam/a?pwd=hunter2 then more") == "http://cam/a?pwd=*** then more"
+
+
+def test_an_ipv6_broker_address_is_a_host(tmp_path):
+    assert load(tmp_path, '[mqtt]\nhost = "fd00::2"\n').mqtt.host == "fd00::2"
+
+
+@pytest.mark.parametrize("sources, message", [
+    # done_dir spelled another way: the daemon read its own results again and again
+    ('[[sources]]\nname = "a"\npath = "in"\ndone_dir = "x/../in"\n', "sources[0].done_dir: must differ from path"),
+    # two sources on one inbox split its files at random
+    ('[[sources]]\nname = "a"\npath = "in"\n[[sources]]\nname = "b"\npath = "./in"\n',
+     "sources[1].path: the same folder as sources[0].path"),
+    # a source watching another's done folder took its results (and .json) as input
+    ('[[sources]]\nname = "a"\npath = "in"\ndone_dir = "out"\n[[sources]]\nname = "b"\npath = "out"\n',
+     "sources[1].path: the same folder as sources[0].done_dir"),
+    ('[[sources]]\nname = "b"\npath = "out"\n[[sources]]\nname = "a"\npath = "in"\nfailed_dir = "out"\n',
+     "sources[0].path: the same folder as sources[1].failed_dir"),
+])
+def test_one_folder_is_never_two_sources_inboxes_or_an_inbox_and_results(tmp_path, sources, message):
+    with pytest.raises(ConfigError) as err:
+        load(tmp_path, sources)
+    assert message in err.value.problems
+
+
+def test_sources_may_share_a_done_folder(tmp_path):
+    config = load(tmp_path, '[[sources]]\nname = "a"\npath = "in"\ndone_dir = "out"\n'
+                            '[[sources]]\nname = "b"\npath = "in2"\ndone_dir = "out"\n')
+    assert [s.done_dir for s in config.sources] == [tmp_path / "out", tmp_path / "out"]
 
 
 def test_secrets_come_from_files_and_never_show(tmp_path):
@@ -325,3 +363,15 @@ def test_the_pi_zero_2w_profile_loads_and_saves_memory():
     camera = tomllib.loads("\n".join(line[2:] for line in text.splitlines() if line.startswith("# ") and (
         "=" in line or line.startswith("# [[")) and not line.startswith("# edge") and "Copy" not in line))
     assert camera["sources"][0]["size"] == [1280, 720]
+
+
+def test_an_empty_config_path_is_an_error_not_the_defaults(tmp_path):
+    # `edge-ocr check -c "$UNSET"` checked the built-in defaults and said ok
+    with pytest.raises(ConfigError, match="-c: an empty path"):
+        find_config("", environ={"EDGE_OCR_CONFIG": str(tmp_path / "c.toml")})
+
+
+def test_a_config_saved_with_a_byte_order_mark_reads(tmp_path):
+    path = tmp_path / "c.toml"
+    path.write_bytes(b"\xef\xbb\xbf[mqtt]\nport = 1884\n")  # Notepad's UTF-8
+    assert load_config(path, environ={}).mqtt.port == 1884

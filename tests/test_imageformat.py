@@ -18,3 +18,13 @@ def test_each_format_opencv_writes_is_known_by_its_first_bytes(extension, kind):
 
 def test_anything_else_is_unknown():
     assert sniff(b"") is None and sniff(b"%PDF-1.7") is None and sniff(b"GIF89a") is None
+
+
+def test_formats_it_does_not_read_are_named_and_the_ones_it_reads_are_not():
+    from edge_ocr.imageformat import unsupported_kind
+
+    assert unsupported_kind(b"\x00\x00\x00\x18ftypmif1\x00\x00").startswith("HEIC/HEIF")
+    assert unsupported_kind(b"%PDF-1.4\n%") is not None
+    for extension in (".jpg", ".png", ".bmp", ".tiff", ".webp"):
+        ok, encoded = cv2.imencode(extension, np.full((8, 8, 3), 200, np.uint8))
+        assert unsupported_kind(encoded.tobytes()[:SNIFF_BYTES]) is None

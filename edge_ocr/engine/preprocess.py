@@ -19,6 +19,7 @@ from edge_ocr.errors import ImageTooLarge, UnsupportedImage
 # The formats we decode (edge_ocr.imageformat knows their magic bytes). Probing the header first
 # means the pixel cap is enforced before OpenCV allocates anything (decompression bombs).
 FORMATS = imageformat.FORMATS
+BMP_RLE = (1, 2)  # BI_RLE8, BI_RLE4: compressions OpenCV decodes wrongly
 
 
 def probe_image(data: bytes) -> tuple[str, int, int]:
@@ -42,6 +43,9 @@ def probe_image(data: bytes) -> tuple[str, int, int]:
                 width, height = struct.unpack("<HH", data[18:22])
             else:
                 width, height = struct.unpack("<ii", data[18:26])
+                if struct.unpack("<I", data[30:34])[0] in BMP_RLE:
+                    raise UnsupportedImage("RLE-compressed BMP is not supported (OpenCV decodes it shifted and "
+                                           "stretched, with no error): save it uncompressed, or as PNG")
             return "bmp", abs(width), abs(height)
         if kind == "tiff":
             return ("tiff", *_tiff_size(data))
@@ -49,9 +53,8 @@ def probe_image(data: bytes) -> tuple[str, int, int]:
             return ("webp", *_webp_size(data))
     except (struct.error, IndexError) as exc:
         raise UnsupportedImage("truncated image header") from exc
-    raise UnsupportedImage(
-        "not a supported image (expected JPEG, PNG, BMP, TIFF or WebP; got bytes %r)" % data[:8]
-    )
+    raise UnsupportedImage(imageformat.unsupported_kind(data) or
+                           "not a supported image (expected JPEG, PNG, BMP, TIFF or WebP; got bytes %r)" % data[:8])
 
 
 def _jpeg_size(data: bytes) -> tuple[int, int]:

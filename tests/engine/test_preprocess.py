@@ -68,7 +68,17 @@ def test_exif_orientation_is_applied(photo):
     [
         (b"", "empty file"),
         (b"hello, this is a text file\n", "not a supported image"),
-        (b"%PDF-1.7\n", "not a supported image"),
+        # formats people send, named (an iPhone user could not tell HEIC from the first bytes shown before)
+        (b"%PDF-1.7\n", "PDF is not supported: send each page as an image"),
+        (b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00", "HEIC/HEIF .* is not supported"),
+        (b"\x00\x00\x00\x1cftypavif\x00\x00\x00\x00", "AVIF is not supported"),
+        (b"\x00\x00\x00\x0cjP  \r\n\x87\n", "JPEG 2000 is not supported"),
+        (b"GIF89a\x01\x00\x01\x00", "GIF is not supported"),
+        (b'<svg xmlns="http://www.w3.org/2000/svg"/>', "SVG and other XML are not supported"),
+        (b"II+\x00\x08\x00\x00\x00", "BigTIFF is not supported"),
+        # BI_RLE8: OpenCV decoded it shifted and stretched, as status ok with wrong lines
+        (b"BM" + b"\x00" * 12 + struct.pack("<IiiHHI", 40, 16, 16, 1, 8, 1) + b"\x00" * 20,
+         "RLE-compressed BMP is not supported"),
         (b"\x89PNG\r\n\x1a\n\x00\x00", "truncated"),
         (b"\x89PNG\r\n\x1a\n" + struct.pack(">I", 13) + b"IHDR" + struct.pack(">II", 10, 10) + b"\x08",
          "corrupt or truncated png"),  # cut inside IHDR, before its colour type

@@ -402,3 +402,11 @@ def test_saturating_convs_tries_every_quantized_convolution_and_nothing_else(mon
     model.graph.initializer.append(numpy_helper.from_array(np.ones((3, 3, 1, 1), np.float32), "w_float"))
     assert saturating_convs.quantized_convs(model) == ["Conv.8"]
     assert build.V6_SMALL_DET_SATURATING == next(p for p in build.PACKS if p.name == "ppocrv6-small").det.int8.seven_bit_convs
+
+
+def test_the_build_refuses_onnx_versions_other_than_the_packs_were_made_with(monkeypatch, capsys):
+    # onnxruntime 1.24 wrote an unquantized "int8" CRNN that passed every gate
+    build = models_build(monkeypatch)
+    monkeypatch.setattr(build, "BUILD_VERSIONS", {"onnx": "1.0.0", "onnxruntime": "1.0.0"})
+    assert build.main(["--only", "crnn", "--check"]) == 2
+    assert "the packs are built with" in capsys.readouterr().err
