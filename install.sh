@@ -99,8 +99,18 @@ dev_system_packages() {
     fi
 }
 
+# onnxruntime publishes no 32-bit ARM wheel (nor a source package): pip's "from versions: none"
+# would come after the user and the venv were made. The userland decides, not `uname -m`
+# (aarch64 under 32-bit Raspberry Pi OS with its 64-bit kernel).
+need_64_bit() {
+    local bits
+    bits=$("$python" -c 'import struct; print(struct.calcsize("P") * 8)' 2>/dev/null) || return 0
+    [ "$bits" = 64 ] || die "a 64-bit OS is required (this Python is ${bits}-bit; ONNX Runtime has no 32-bit ARM build): install Raspberry Pi OS (64-bit)"
+}
+
 install_dev() {
     need_python
+    need_64_bit
     dev_system_packages
     local venv="$here/.venv"
     if [ ! -x "$venv/bin/python" ]; then
@@ -118,6 +128,8 @@ install_dev() {
 install_system() {
     is_root || die "the system install needs root: sudo $0 (or --dev for a local .venv)"
     need_python
+    need_64_bit
+    umask 022  # sudo keeps a stricter umask (077, CIS's 027): /opt/edge-ocr must be readable by the service user
     local site=()
     if is_raspberry_pi; then
         dpkg -s python3-picamera2 >/dev/null 2>&1 || apt_install python3-picamera2
@@ -136,6 +148,9 @@ install_system() {
     rm -rf "$here/build"
     # shellcheck disable=SC2046
     "$prefix/venv/bin/python" -m pip install --quiet --disable-pip-version-check --upgrade "$here" $(pip_constraints)
+    # ... and leaves build/ and *.egg-info owned by root in the user's checkout, where
+    # `./install.sh --dev` then failed ("Cannot update time stamp of directory 'edge_ocr.egg-info'").
+    rm -rf "$here/build" "$here"/*.egg-info
     # Models live at <venv>/share/edge-ocr/models, where edge_ocr.engine.models looks in a wheel install.
     rm -rf "$prefix/venv/share/edge-ocr/models.new"
     mkdir -p "$prefix/venv/share/edge-ocr"

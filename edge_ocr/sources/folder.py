@@ -22,6 +22,7 @@ import math
 import os
 import queue
 import re
+import struct
 import select
 import stat
 import struct
@@ -166,7 +167,66 @@ def looks_complete(path: Path, size: int) -> bool:
         return int.from_bytes(head[2:6], "little") <= size
     if kind == "webp":
         return int.from_bytes(head[4:8], "little") + 8 <= size
+    if kind == "tiff":
+        return _tiff_within(path, size)
     return True
+
+
+TIFF_MAX_DIRECTORIES = 64  # pages walked before a file is taken as it is (the decoder then judges)
+TIFF_DATA_TAGS = ((273, 279), (324, 325))  # (StripOffsets, StripByteCounts), (TileOffsets, TileByteCounts)
+TIFF_INT_TYPES = {3: "H", 4: "I"}  # SHORT, LONG
+
+
+def _tiff_within(path: Path, size: int) -> bool:
+    """Whether every directory of a TIFF, and every strip or tile it names, lies within ``size``
+    bytes: a scan written over SMB with a pause has its header first and its strips later, and no
+    trailer to look for. Read piece by piece (a scan may be tens of MB). Anything malformed counts
+    as complete: the decoder is the judge."""
+    try:
+        with open(path, "rb") as fh:
+            def at(offset: int, length: int) -> bytes:
+                if offset + length > size:
+                    raise EOFError
+                fh.seek(offset)
+                return fh.read(length)
+
+            endian = "<" if at(0, 2) == b"II" else ">"
+            (offset,) = struct.unpack(endian + "I", at(4, 4))
+            for _ in range(TIFF_MAX_DIRECTORIES):
+                if offset == 0:
+                    return True
+                (count,) = struct.unpack(endian + "H", at(offset, 2))
+                table = at(offset + 2, 12 * count + 4)
+                entries = {}
+                for i in range(count):
+                    tag, kind, n, value = struct.unpack_from(endian + "HHI4s", table, 12 * i)
+                    entries[tag] = (kind, n, value)
+                for starts_tag, lengths_tag in TIFF_DATA_TAGS:
+                    if starts_tag in entries and lengths_tag in entries:
+                        starts = _tiff_ints(at, endian, *entries[starts_tag])
+                        lengths = _tiff_ints(at, endian, *entries[lengths_tag])
+                        if any(start + length > size for start, length in zip(starts, lengths)):
+                            return False
+                (offset,) = struct.unpack_from(endian + "I", table, 12 * count)
+            return True
+    except EOFError:  # a directory or an array past the end: not written yet
+        return False
+    except OSError:
+        return False
+    except struct.error:
+        return True
+
+
+def _tiff_ints(at: Callable[[int, int], bytes], endian: str, kind: int, count: int, value: bytes) -> list[int]:
+    """A SHORT or LONG array of a TIFF entry, inline when it fits in 4 bytes (EOFError past the end)."""
+    code = TIFF_INT_TYPES.get(kind)
+    if code is None or count > 1 << 20:
+        return []
+    width = struct.calcsize(code)
+    if count * width <= 4:
+        return list(struct.unpack_from(endian + code * count, value))
+    (where,) = struct.unpack(endian + "I", value)
+    return list(struct.unpack(endian + code * count, at(where, count * width)))
 
 
 class Inotify:

@@ -235,7 +235,7 @@ def test_bad_files_get_their_documented_errors(engines, eval_dev):
     good = (eval_dev / "pages" / _pages(eval_dev, "sroie", 1)[0]["file"]).read_bytes()
     with pytest.raises(UnsupportedImage, match="empty"):
         engine(b"")
-    with pytest.raises(UnsupportedImage, match="not a supported image"):
+    with pytest.raises(UnsupportedImage, match="GIF is not supported: send PNG"):
         engine(b"GIF89a not really")
     with pytest.raises(UnsupportedImage, match="corrupt or truncated jpeg"):
         engine(good[: len(good) // 3])

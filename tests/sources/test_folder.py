@@ -274,6 +274,23 @@ def test_a_phone_photo_with_data_after_its_jpeg_end_is_complete_and_a_cut_one_is
         assert jpeg_ends(data) is complete, name
 
 
+@pytest.mark.parametrize("compression", [1, 5, 8])  # none, LZW, Deflate
+def test_a_tiff_whose_strips_are_not_all_written_is_not_complete(tmp_path, compression):
+    """A scanner writing a TIFF over SMB with a pause: any TIFF counted as complete, so a scan taken
+    at 60 % went to failed/ ("truncated image header") and its whole self then waited there."""
+    import cv2
+    import numpy as np
+
+    scan = np.random.default_rng(0).integers(0, 255, (600, 400, 3), np.uint8)
+    single = cv2.imencode(".tif", scan, [cv2.IMWRITE_TIFF_COMPRESSION, compression])[1].tobytes()
+    pages = cv2.imencodemulti(".tif", [scan, scan[::-1]], [cv2.IMWRITE_TIFF_COMPRESSION, compression])[1].tobytes()
+    for name, data in (("scan.tif", single), ("pages.tif", pages)):
+        for share, complete in ((1.0, True), (0.95, False), (0.6, False), (0.1, False)):
+            cut = data[: int(len(data) * share)]
+            (tmp_path / name).write_bytes(cut)
+            assert looks_complete(tmp_path / name, len(cut)) is complete, (name, share)
+
+
 def test_a_symlink_left_in_processing_is_refused_and_its_target_never_read(tmp_path, folder):
     """.processing/ is as writable as the inbox: a link put there is resumed at the next start.
     Before, its target (any file the daemon may read) was read and its text published."""
