@@ -21,7 +21,8 @@ die() { printf 'install.sh: error: %s\n' "$*" >&2; exit 1; }
 
 is_root() { [ "$(id -u)" -eq 0 ]; }
 has_systemd() { [ -d /run/systemd/system ]; }
-is_raspberry_pi() { grep -qi 'raspberry pi' /proc/device-tree/model 2>/dev/null; }
+# EDGE_OCR_DEVICE_MODEL: another device-tree model file, for the tests.
+is_raspberry_pi() { grep -qi 'raspberry pi' "${EDGE_OCR_DEVICE_MODEL:-/proc/device-tree/model}" 2>/dev/null; }
 
 apt_install() {
     command -v apt-get >/dev/null || die "missing packages ($*) and no apt-get to install them"
@@ -61,9 +62,23 @@ config_for_this_machine() {
 # pip arguments for the target machine: Raspberry Pi OS's picamera2 is built against numpy 1.x,
 # and opencv-python-headless 5 needs numpy 2, so a Pi keeps both on their 1.x-compatible lines.
 pip_constraints() {
-    if is_raspberry_pi; then
+    if is_raspberry_pi && [ "$(apt_numpy_major)" = 1 ]; then
         echo "numpy<2" "opencv-python-headless<4.12"
     fi
+}
+
+# Whether the venv at $1 runs the same Python version as $python.
+venv_matches() {
+    local wanted have
+    wanted=$("$python" -c 'import sys; print(sys.version_info[:2])') || return 1
+    have=$("$1/bin/python" -c 'import sys; print(sys.version_info[:2])' 2>/dev/null) || return 1
+    [ "$have" = "$wanted" ]
+}
+
+# The major version of Debian's python3-numpy (what apt's picamera2 is built against): 1 on Bookworm,
+# 2 on Trixie, whose Python 3.13 has no numpy 1.x wheels at all; empty when it is not installed.
+apt_numpy_major() {
+    dpkg-query -W -f='${Version}' python3-numpy 2>/dev/null | sed 's/^[0-9]*://' | cut -d. -f1
 }
 
 # Debian packages the tests use for real: a broker (tests start their own on a free loopback
@@ -141,7 +156,11 @@ install_system() {
 
     say "installing into $prefix/venv"
     mkdir -p "$prefix"
-    [ -x "$prefix/venv/bin/python" ] || "$python" -m venv "${site[@]}" "$prefix/venv"
+    # A venv of another Python (a Debian release upgrade: 3.11 -> 3.13) cannot run its packages: made anew.
+    if ! venv_matches "$prefix/venv"; then
+        [ ! -x "$prefix/venv/bin/python" ] || say "the venv's Python is not $python's: making it anew"
+        "$python" -m venv --clear "${site[@]}" "$prefix/venv"
+    fi
     "$prefix/venv/bin/python" -m pip install --quiet --disable-pip-version-check --upgrade pip
     # pip builds in the checkout, and setuptools copies from a build/ left by an earlier install:
     # a module deleted since (git pull) would come back. Each install builds afresh.
@@ -182,6 +201,9 @@ install_system() {
         systemctl enable edge-ocr.service >/dev/null
         systemctl restart edge-ocr.service
         say "started: systemctl status edge-ocr · journalctl -u edge-ocr -f"
+    elif command -v systemctl >/dev/null 2>&1 && systemctl enable edge-ocr.service >/dev/null 2>&1; then
+        # a chroot building an SD card image, a container: enabled offline, it starts at the next boot
+        say "installed and enabled; systemd is not running here, so the service starts at the next boot"
     else
         say "installed; systemd is not running here, so the service was not started"
     fi

@@ -80,3 +80,50 @@ def test_the_service_user_joins_a_group_of_its_name_left_from_before(tmp_path, g
     assert run.returncode == 0, run.stderr
     assert log.read_text() == ("useradd --system %s --home-dir /var/lib/edge-ocr --no-create-home --shell "
                                "/usr/sbin/nologin edge-ocr\n" % expected)
+
+
+@pytest.mark.parametrize("bits, refused", [("32", True), ("64", False)])
+def test_a_32_bit_userland_is_refused_before_anything_is_made(tmp_path, bits, refused):
+    """onnxruntime has no 32-bit ARM wheel: pip failed after the service user and the venv were made.
+    The userland's Python decides (32-bit Raspberry Pi OS runs a 64-bit kernel: uname says aarch64)."""
+    python = tmp_path / "python3"
+    python.write_text("#!/bin/sh\necho %s\n" % bits)
+    python.chmod(0o755)
+    run = subprocess.run(["bash", "-c", "source ./install.sh && need_64_bit && echo fine"], cwd=REPO,
+                         env={"PATH": "/usr/bin:/bin", "PYTHON": str(python)}, capture_output=True, text=True,
+                         timeout=30)
+    assert (run.returncode != 0) is refused, run
+    assert ("a 64-bit OS is required" in run.stderr) is refused and ("fine" in run.stdout) is not refused
+
+
+def _fake(path: Path, output: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("#!/bin/sh\necho '%s'\n" % output)
+    path.chmod(0o755)
+    return path
+
+
+@pytest.mark.parametrize("apt_numpy, pins", [
+    ("1:1.24.2-1+deb12u1", "numpy<2 opencv-python-headless<4.12"),  # Bookworm: picamera2 built on numpy 1
+    ("1:2.2.4+ds-1", ""),  # Trixie: numpy 2, and Python 3.13 has no numpy 1 wheels (the pin made it unsolvable)
+])
+def test_a_pi_pins_numpy_1_only_where_apt_numpy_is_1(tmp_path, apt_numpy, pins):
+    _fake(tmp_path / "bin" / "dpkg-query", apt_numpy)
+    model = tmp_path / "model"
+    model.write_text("Raspberry Pi 4 Model B Rev 1.4\0")
+    run = subprocess.run(["bash", "-c", "source ./install.sh && pip_constraints"], cwd=REPO, check=True,
+                         env={"PATH": "%s:/usr/bin:/bin" % (tmp_path / "bin"), "EDGE_OCR_DEVICE_MODEL": str(model)},
+                         capture_output=True, text=True, timeout=30)
+    assert run.stdout.strip() == pins
+
+
+@pytest.mark.parametrize("venv_version, matches", [("(3, 11)", True), ("(3, 13)", False), (None, False)])
+def test_a_venv_of_another_python_is_made_anew(tmp_path, venv_version, matches):
+    """After bookworm -> trixie the kept venv's python was 3.13 over 3.11's packages: pip was gone."""
+    python = _fake(tmp_path / "python3", "(3, 11)")
+    if venv_version is not None:
+        _fake(tmp_path / "venv" / "bin" / "python", venv_version)
+    run = subprocess.run(["bash", "-c", 'source ./install.sh && venv_matches "$1"', "x", str(tmp_path / "venv")],
+                         cwd=REPO, env={"PATH": "/usr/bin:/bin", "PYTHON": str(python)}, capture_output=True,
+                         text=True, timeout=30)
+    assert (run.returncode == 0) is matches, run
