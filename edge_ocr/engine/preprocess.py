@@ -20,6 +20,9 @@ from edge_ocr.errors import ImageTooLarge, UnsupportedImage
 # means the pixel cap is enforced before OpenCV allocates anything (decompression bombs).
 FORMATS = imageformat.FORMATS
 BMP_RLE = (1, 2)  # BI_RLE8, BI_RLE4: compressions OpenCV decodes wrongly
+# Grey levels between the colour stored under transparent pixels and the ink for that colour to be
+# kept as the background (``_flattened``): text's contrast on paper is well over this.
+FLATTEN_CONTRAST = 96
 
 
 def probe_image(data: bytes) -> tuple[str, int, int]:
@@ -128,8 +131,10 @@ def decode_image(data: bytes, max_megapixels: float) -> np.ndarray:
         )
     buffer = np.frombuffer(data, dtype=np.uint8)
     try:
-        if fmt == "png" and _png_has_alpha(data):
+        if _has_alpha(fmt, data):
+            # The decode that keeps the alpha channel ignores the EXIF orientation: applied here.
             image = _flattened(cv2.imdecode(buffer, cv2.IMREAD_UNCHANGED))
+            image = oriented(image, exif_orientation(_exif_tiff(fmt, data))) if image is not None else None
         else:
             # IMREAD_COLOR applies the EXIF orientation and converts grey/16-bit to BGR8.
             image = cv2.imdecode(buffer, cv2.IMREAD_COLOR)
@@ -143,12 +148,87 @@ def decode_image(data: bytes, max_megapixels: float) -> np.ndarray:
     return image
 
 
-def _png_has_alpha(data: bytes) -> bool:
-    """Whether a PNG carries transparency: an alpha channel (colour types 4 and 6) or a tRNS chunk."""
-    idat = data.find(b"IDAT")
-    chunks = data[: idat if idat > 0 else len(data)]
-    # With an eXIf chunk the colour decode is kept: it applies the orientation, the other does not.
-    return (data[25:26] in (b"\x04", b"\x06") or b"tRNS" in chunks) and b"eXIf" not in chunks
+def _has_alpha(fmt: str, data: bytes) -> bool:
+    """Whether an image carries transparency, from its header: a PNG's alpha channel (colour types
+    4 and 6) or tRNS chunk, a WebP's alpha flag (VP8X) or bit (VP8L), a TIFF's extra samples."""
+    if fmt == "png":
+        idat = data.find(b"IDAT")
+        return data[25:26] in (b"\x04", b"\x06") or b"tRNS" in data[: idat if idat > 0 else len(data)]
+    if fmt == "webp":
+        chunk = data[12:16]
+        if chunk == b"VP8X":
+            return len(data) > 20 and bool(data[20] & 0x10)
+        if chunk == b"VP8L":
+            return len(data) > 24 and bool(int.from_bytes(data[21:25], "little") >> 28 & 1)
+        return False
+    if fmt == "tiff":  # ExtraSamples, or more samples than the colours (OpenCV writes RGBA without the tag)
+        photometric, samples = _tiff_tag(data, 262), _tiff_tag(data, 277) or 1
+        return (_tiff_tag(data, 338) is not None or (photometric in (0, 1) and samples >= 2)
+                or (photometric == 2 and samples >= 4))
+    return False
+
+
+def _exif_tiff(fmt: str, data: bytes) -> bytes:
+    """The TIFF structure holding an image's EXIF orientation: a PNG's eXIf chunk, a WebP's EXIF
+    chunk, a TIFF itself; b"" when there is none."""
+    if fmt == "tiff":
+        return data
+    if fmt == "png":
+        at = data.find(b"eXIf")
+        idat = data.find(b"IDAT")
+        if at < 4 or (0 < idat < at):
+            return b""
+        (length,) = struct.unpack(">I", data[at - 4 : at])
+        return data[at + 4 : at + 4 + length]
+    if fmt == "webp" and data[12:16] == b"VP8X" and len(data) > 20 and data[20] & 0x08:
+        at = 12
+        while at + 8 <= len(data):  # RIFF chunks: fourcc, little-endian size, body padded to even
+            fourcc, size = data[at : at + 4], int.from_bytes(data[at + 4 : at + 8], "little")
+            if fourcc == b"EXIF":
+                body = data[at + 8 : at + 8 + size]
+                return body[6:] if body.startswith(b"Exif\x00\x00") else body
+            at += 8 + size + (size & 1)
+    return b""
+
+
+def _tiff_tag(tiff: bytes, tag: int) -> int | None:
+    """The first value of a SHORT or LONG ``tag`` in a TIFF structure's first directory, or None."""
+    try:
+        endian = {b"II": "<", b"MM": ">"}[tiff[:2]]
+        (ifd,) = struct.unpack(endian + "I", tiff[4:8])
+        (count,) = struct.unpack(endian + "H", tiff[ifd : ifd + 2])
+        for i in range(count):
+            entry_tag, kind, _, value = struct.unpack(endian + "HHI4s", tiff[ifd + 2 + 12 * i : ifd + 14 + 12 * i])
+            if entry_tag == tag and kind in (3, 4):
+                return struct.unpack(endian + ("H" if kind == 3 else "I"), value[: 2 if kind == 3 else 4])[0]
+    except (KeyError, struct.error):
+        return None
+    return None
+
+
+def exif_orientation(tiff: bytes) -> int:
+    """EXIF Orientation (1-8) in a TIFF structure; 1 (as stored) when absent or out of range."""
+    value = _tiff_tag(tiff, 274) if tiff else None
+    return value if value is not None and 1 <= value <= 8 else 1
+
+
+def oriented(image: np.ndarray, orientation: int) -> np.ndarray:
+    """A decoded image as EXIF ``orientation`` says to display it (what OpenCV's colour decode does)."""
+    if orientation == 2:
+        return cv2.flip(image, 1)
+    if orientation == 3:
+        return cv2.rotate(image, cv2.ROTATE_180)
+    if orientation == 4:
+        return cv2.flip(image, 0)
+    if orientation == 5:
+        return cv2.transpose(image)
+    if orientation == 6:
+        return cv2.rotate(image, cv2.ROTATE_90_CLOCKWISE)
+    if orientation == 7:
+        return cv2.flip(cv2.transpose(image), -1)
+    if orientation == 8:
+        return cv2.rotate(image, cv2.ROTATE_90_COUNTERCLOCKWISE)
+    return image
 
 
 def _flattened(image: np.ndarray | None) -> np.ndarray | None:
@@ -169,7 +249,12 @@ def _flattened(image: np.ndarray | None) -> np.ndarray | None:
     alpha = np.ascontiguousarray(image[:, :, -1])
     del image, colour
     sample = alpha[::4, ::4] > 127  # the ink's shade, from every 16th pixel
-    shade = cv2.cvtColor(np.ascontiguousarray(bgr[::4, ::4]), cv2.COLOR_BGR2GRAY)[sample]
+    grey = cv2.cvtColor(np.ascontiguousarray(bgr[::4, ::4]), cv2.COLOR_BGR2GRAY)
+    shade, hidden = grey[sample], grey[~sample]
+    if shade.size and hidden.size and _stands_out(shade, float(hidden.mean())):
+        # What lies under the transparent parts is a background the ink stands out from (a paper's
+        # white a background remover made transparent): kept, alpha ignored.
+        return bgr
     dark_ink = shade.size == 0 or float(shade.mean()) < 128
     # In uint8, in place, a band of rows at a time: a float blend of the whole image held ~37 bytes
     # a pixel (514 MB for a 12 MP screenshot).
@@ -180,6 +265,13 @@ def _flattened(image: np.ndarray | None) -> np.ndarray | None:
         if dark_ink:  # + 255 * (1 - alpha): the inverse weight is the background's share
             cv2.add(band, cv2.bitwise_not(weight), dst=band)
     return bgr
+
+
+def _stands_out(shade: np.ndarray, background: float) -> bool:
+    """Whether the darkest (on a light background) or lightest (on a dark one) tenth of the opaque
+    pixels differs from ``background`` by more than FLATTEN_CONTRAST grey levels."""
+    ink = np.percentile(shade, 10 if background >= 128 else 90)
+    return abs(background - float(ink)) > FLATTEN_CONTRAST
 
 
 def resize_for_detection(image: np.ndarray, limit_side: int, multiple: int = 32) -> tuple[np.ndarray, Transform]:

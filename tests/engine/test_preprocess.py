@@ -155,27 +155,64 @@ def test_an_os2_bitmap_is_read_with_its_16_bit_sides():
     assert decoded.shape == (height, width, 3) and decoded[0, 0].tolist() == [0, 0, 255]
 
 
-def test_a_transparent_png_keeps_its_exif_orientation(photo):
-    """The decode that reads the alpha channel ignores an eXIf chunk's orientation; such a PNG
-    takes the colour decode, which applies it."""
-    png = _encode(".png", np.dstack([photo, np.full(photo.shape[:2], 200, np.uint8)]))
-    tiff = _exif_app1(6)[len(b"\xff\xe1") + 2 + len(b"Exif\x00\x00"):]  # the TIFF inside the JPEG segment
-    exif = _png_chunk(b"eXIf", tiff)
-    rotated = png[:33] + exif + png[33:]  # after the signature and IHDR
-    assert preprocess.decode_image(rotated, 1).shape == (53, 37, 3)
+def _png_with_exif(png: bytes, orientation: int) -> bytes:
+    tiff = _exif_app1(orientation)[len(b"\xff\xe1") + 2 + len(b"Exif\x00\x00"):]  # the TIFF inside the JPEG segment
+    return png[:33] + _png_chunk(b"eXIf", tiff) + png[33:]  # after the signature and IHDR
 
 
-@pytest.mark.parametrize("ink, background", [(0, 255), (255, 0)])
-def test_text_on_a_transparent_background_keeps_its_contrast(ink, background):
-    """Transparent pixels are mostly stored black: dark text on them used to decode as a black
-    page. They are filled with white behind dark text and with black behind light text."""
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_the_orientation_applied_by_hand_is_opencvs(photo, orientation):
+    """The decode that keeps the alpha channel ignores the EXIF orientation, so it is applied by hand:
+    exactly as OpenCV's colour decode does, for each of the eight."""
+    png = _png_with_exif(_encode(".png", photo), orientation)
+    by_opencv = cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_COLOR)
+    stored = cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_UNCHANGED)
+    assert preprocess.exif_orientation(png[png.find(b"eXIf") + 4:]) == orientation
+    np.testing.assert_array_equal(preprocess.oriented(stored, orientation), by_opencv)
+
+
+def _ink_on_transparent(ink: int) -> np.ndarray:
     rgba = np.zeros((30, 80, 4), np.uint8)  # transparent black everywhere
     cv2.putText(rgba, "42", (5, 25), cv2.FONT_HERSHEY_SIMPLEX, 0.9, (ink, ink, ink, 255), 2)
-    for stored in (rgba, rgba.astype(np.uint16) * 257):  # 8 and 16 bits per channel
-        decoded = preprocess.decode_image(_encode(".png", stored), max_megapixels=1)
+    return rgba
+
+
+def test_a_transparent_png_keeps_its_exif_orientation_and_its_contrast():
+    """A PNG with an eXIf chunk (macOS screenshots carry one) took the colour decode for its
+    orientation, which ignores alpha: black text on transparent black came out as a black page."""
+    rgba = _ink_on_transparent(0)
+    decoded = preprocess.decode_image(_png_with_exif(_encode(".png", rgba), 6), 1)
+    upright = cv2.rotate(rgba, cv2.ROTATE_90_CLOCKWISE)
+    assert decoded.shape == (80, 30, 3)
+    assert (decoded[upright[:, :, 3] == 0] == 255).all() and (decoded[upright[:, :, 3] == 255] == 0).all()
+
+
+@pytest.mark.parametrize("ext, params", [(".png", []), (".webp", [cv2.IMWRITE_WEBP_QUALITY, 101]), (".tiff", [])])
+@pytest.mark.parametrize("ink, background", [(0, 255), (255, 0)])
+def test_text_on_a_transparent_background_keeps_its_contrast(ext, params, ink, background):
+    """Transparent pixels are mostly stored black: dark text on them used to decode as a black
+    page (a WebP's or a TIFF's alpha was not even looked at). They are filled with white behind
+    dark text and with black behind light text."""
+    rgba = _ink_on_transparent(ink)
+    depths = (rgba, rgba.astype(np.uint16) * 257) if ext != ".webp" else (rgba,)  # 8 and 16 bits per channel
+    for stored in depths:
+        ok, encoded = cv2.imencode(ext, stored, params)
+        decoded = preprocess.decode_image(encoded.tobytes(), max_megapixels=1)
         inked, clear = rgba[:, :, 3] == 255, rgba[:, :, 3] == 0  # (putText's edges are in between)
         assert decoded.shape == (30, 80, 3) and inked.any() and clear.any()
         assert (decoded[clear] == background).all() and (decoded[inked] == ink).all()
+
+
+def test_paper_a_background_remover_made_transparent_is_kept_as_it_was_stored():
+    """`convert -fuzz 8% -transparent white`: the paper's white is still stored under the
+    transparent pixels, and the grey paper left opaque made the opaque pixels' mean light, so the
+    fill was black: dark text on black."""
+    page = np.full((40, 120, 3), 230, np.uint8)
+    page[:, :60] = 190  # a shadow left opaque
+    cv2.putText(page, "42", (5, 30), cv2.FONT_HERSHEY_SIMPLEX, 1.0, (20, 20, 20), 2)
+    alpha = np.where(page[:, :, 0] == 230, 0, 255).astype(np.uint8)
+    decoded = preprocess.decode_image(_encode(".png", np.dstack([page, alpha])), max_megapixels=1)
+    np.testing.assert_array_equal(decoded, page)
 
 
 def test_resize_for_detection_keeps_multiples_and_records_the_scale():
