@@ -7,6 +7,7 @@ threads: every per-call option is an argument and no stage keeps per-call state.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -27,6 +28,12 @@ SMALL_TEXT_GAIN = 1.25
 # Its strips overlap by this many pixels: the detector's edge effects fade within 16-32 px of a
 # cut (measured with the strips of commit 66ee299), so every kept row is at least 32 px from one.
 STRIP_OVERLAP = 64
+# An image whose longer side is at least this many times its shorter one (a phone's scrolling
+# screenshot, 753 x 10,440) is detected fitted by its shorter side, in strips: fitted by its longer
+# one, its text came out 1-3 px high and nothing was read. The longest eval-dev page (a receipt) is
+# 3.4 times as long as wide, so no page of the sets the engine is measured on takes this path.
+ELONGATED = 4.0
+ELONGATED_PAGES = 8
 
 
 def _threads(value: int | str) -> int:
@@ -463,6 +470,22 @@ class OcrEngine:
         assert self.det is not None
         t0 = time.perf_counter()
         stage = self.det.stage
+        height, width = image.shape[:2]
+        if second_pass and max(height, width) >= ELONGATED * max(min(height, width), 1):
+            # A scrolling screenshot or a long strip: fitted by its longer side its text would be a
+            # pixel or two high. Fitted by its shorter side instead, as a page is, in strips of a
+            # page's area each, so the detector's memory stays a page's.
+            # At most ELONGATED_PAGES pages' worth of input: the stitched map and the image's own size
+            # bound the memory (a 753 x 26,100 screenshot at full size peaked at 461 MB).
+            scale = min(1.0, limit_side / max(min(height, width), 1),
+                        math.sqrt(ELONGATED_PAGES * limit_side * limit_side / (height * width)))
+            resized, transform = preprocess.resize_for_detection(image, int(scale * max(height, width)),
+                                                                 stage.multiple)
+            timing["preprocess"] = _ms(t0)
+            t1 = time.perf_counter()
+            quads, scores = detect.boxes_from_map(self._detect_in_strips(resized, limit_side * limit_side),
+                                                  self.db_params)
+            return self._in_reading_order([transform.to_source(q) for q in quads], scores, timing, t1)
         resized, transform = preprocess.resize_for_detection(image, limit_side, stage.multiple)
         tensor = preprocess.normalize(resized, stage.mean, stage.std)[None]
         timing["preprocess"] = _ms(t0)
@@ -479,9 +502,13 @@ class OcrEngine:
             prob = self._detect_in_strips(resized, area)
             quads, scores = detect.boxes_from_map(prob, self.db_params)
             timing["detect_small_text"] = _ms(t2)
-        quads = [transform.to_source(q) for q in quads]
+        return self._in_reading_order([transform.to_source(q) for q in quads], scores, timing, t1)
+
+    @staticmethod
+    def _in_reading_order(quads: list[np.ndarray], scores: list[float], timing: dict[str, float], since: float
+                          ) -> tuple[list[np.ndarray], list[float]]:
         order = detect.reading_order(quads)
-        timing["detect"] = _ms(t1)
+        timing["detect"] = _ms(since)
         return [quads[i] for i in order], [scores[i] for i in order]
 
     def _detect_in_strips(self, image: np.ndarray, area: int) -> np.ndarray:

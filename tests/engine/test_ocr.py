@@ -230,6 +230,22 @@ def test_concurrent_calls_give_the_same_answers(engines, eval_dev):
     assert all(results[i] == expected for i in range(3))
 
 
+def test_a_scrolling_screenshot_is_read_like_the_pages_it_holds(engines, eval_dev):
+    """A receipt eight times over, 753 x 10,440 px as a phone's scrolling screenshot: fitted by its
+    longer side for detection its text was a pixel or two high and 4 garbled lines were read (five
+    times over, the small-text pass still caught it). Such an image is detected fitted by its
+    shorter side, in strips (ocr.ELONGATED)."""
+    import cv2
+
+    engine = engines()
+    receipt = cv2.imread(str(eval_dev / "pages" / _pages(eval_dev, "sroie", 1)[0]["file"]))
+    single = [line.text for line in engine(cv2.imencode(".png", receipt)[1].tobytes()).lines]
+    stacked = cv2.imencode(".png", np.vstack([receipt] * 8))[1].tobytes()
+    texts = [line.text for line in engine(stacked).lines]
+    assert texts.count(single[0]) >= 7, texts[:20]
+    assert len(texts) >= 0.9 * 8 * len(single), (len(texts), len(single))
+
+
 def test_bad_files_get_their_documented_errors(engines, eval_dev):
     engine = engines()
     good = (eval_dev / "pages" / _pages(eval_dev, "sroie", 1)[0]["file"]).read_bytes()
