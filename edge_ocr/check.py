@@ -32,7 +32,7 @@ def check(config: Config, broker_timeout_s: float = 5.0, user: str | None = None
     (config errors raise before this). ``user``: check the folders and files as that user
     (needs root), not as this process. ``unit``: the installed unit's sandbox
     (``sandbox.installed_unit()``), whose hidden and read-only paths are problems too."""
-    from edge_ocr.engine.models import load_pack, verify_pack
+    from edge_ocr.engine.models import load_pack, unlisted_files, verify_pack
 
     found: list[str] = []
     wanted: list[Wanted] = []
@@ -40,7 +40,7 @@ def check(config: Config, broker_timeout_s: float = 5.0, user: str | None = None
         wanted.append(Wanted("config", Path(config.path), write=False))
     try:
         pack = load_pack(config.engine.pack)
-        found += ["model: %s" % p for p in verify_pack(pack)]
+        found += ["model: %s" % p for p in verify_pack(pack) + unlisted_files(pack)]
         files = [pack.directory / "manifest.json", *sorted(pack.directory.glob("*.txt"))]
         files += sorted({variant.path for _, variant in pack.files()})
         wanted += [Wanted("model", path, write=False) for path in files]

@@ -427,14 +427,14 @@ def _pack_folders(root: Path) -> tuple[list[str], list[str]]:
 
 def _pack_line(name: str, listing: bool) -> tuple[str, list[str]]:
     """``models list``'s line for a pack, or ``models verify``'s with the files that failed."""
-    from edge_ocr.engine.models import DEFAULT_PACK, load_pack, verify_pack
+    from edge_ocr.engine.models import DEFAULT_PACK, load_pack, unlisted_files, verify_pack
 
     pack = load_pack(name)
     if listing:
         stages = ", ".join("%s[%s]" % (s, "/".join(pack.stages[s].variants)) for s in pack.stages)
         marker = " (default)" if name == DEFAULT_PACK else ""
         return "%-14s v%s%s  %s  — %s" % (name, pack.version, marker, stages, pack.description), []
-    found = verify_pack(pack)
+    found = verify_pack(pack) + unlisted_files(pack)
     return "%s: %s" % (name, "ok (%d files)" % len(pack.files()) if not found else "FAILED"), found
 
 

@@ -198,6 +198,20 @@ def test_models_verify_checks_every_pack_past_a_broken_one(tmp_path):
     assert "crnn: malformed manifest" in done.stdout and "stray: model files without a manifest.json" in done.stdout
 
 
+def test_models_verify_names_a_file_riding_along_in_a_pack_and_a_missing_notice(tmp_path):
+    """install.sh copies models/ whole: a file a pack's manifest does not list ships too (eval-dev
+    data must never), and a pack without its LICENSE or NOTICE ships weights without their terms."""
+    models = Path(__file__).resolve().parents[1] / "models"
+    shutil.copytree(models, tmp_path / "models")
+    (tmp_path / "models" / "ppocrv6-tiny" / "calibration.npy").write_bytes(b"\x93NUMPY")
+    (tmp_path / "models" / "ppocrv6-tiny" / "NOTICE").unlink()
+    done = subprocess.run([sys.executable, "-m", "edge_ocr", "models", "verify"], capture_output=True,
+                          text=True, timeout=300, env=_models_env(tmp_path / "models"))
+    assert done.returncode == 1 and "ppocrv6-tiny: FAILED" in done.stdout, done
+    assert "ppocrv6-tiny: NOTICE missing" in done.stdout
+    assert "ppocrv6-tiny: calibration.npy is not in its manifest" in done.stdout
+
+
 def test_check_names_engine_pack_for_a_pack_that_does_not_exist(tmp_path):
     config = tmp_path / "c.toml"
     config.write_text('[engine]\npack = "ppocrv6-smal"\n[mqtt]\nenabled = false\n')

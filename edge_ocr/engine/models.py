@@ -194,6 +194,25 @@ def verify_pack(pack: Pack) -> list[str]:
     return problems
 
 
+PACK_NOTICES = ("LICENSE", "NOTICE")  # the weights' licence and where they came from: shipped with them
+
+
+def unlisted_files(pack: Pack) -> list[str]:
+    """A pack folder's files its manifest does not list (it ships as it is: nothing may ride along,
+    eval-dev data least of all), and a missing LICENSE or NOTICE: for ``models verify`` and
+    ``check``, not a reason to refuse the models at start (``verify_pack``)."""
+    manifest = read_manifest(pack.directory / "manifest.json")
+    listed = {"manifest.json", *PACK_NOTICES}
+    for entry in manifest.stages.values():
+        listed |= {entry_file for entry_file in (v.file for v in entry.variants.values()) if "/" not in entry_file}
+        if entry.charset is not None and "/" not in entry.charset.file:
+            listed.add(entry.charset.file)
+    problems = ["%s: %s missing" % (pack.name, name) for name in PACK_NOTICES if not (pack.directory / name).is_file()]
+    problems += ["%s: %s is not in its manifest" % (pack.name, path.name)
+                 for path in sorted(pack.directory.iterdir()) if path.name not in listed]
+    return problems
+
+
 def choose_variant(stage: Stage, precision: str) -> Variant:
     """The variant to load for ``precision``: fp32, int8, or for auto the fastest shipped
     variant (int8 variants ship only after passing their accuracy check)."""
