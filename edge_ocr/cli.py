@@ -26,12 +26,24 @@ from edge_ocr.config import EngineConfig, Invalid, keys
 from edge_ocr.engine.types import MAX_THREADS
 from edge_ocr.errors import ConfigError, EdgeOcrError, ExitCode, UnknownPack
 from edge_ocr.progress import Progress
+from edge_ocr.results import CONTROL
 
 log = logging.getLogger("edge_ocr")
 
 
 
-class _JournalFormatter(logging.Formatter):
+class _OneLineFormatter(logging.Formatter):
+    """A record's message on one line whatever it quotes: a newline in a name a client sent (an MQTT
+    command's source, a fleet job's id) would start a journal entry of its own, at whatever
+    ``<N>`` priority followed it. Control characters are shown as ``\\xNN``; a traceback after
+    the message keeps its lines."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802 (logging's name)
+        record.message = CONTROL.sub(lambda m: "\\x%02x" % ord(m.group()), record.message)
+        return super().formatMessage(record)
+
+
+class _JournalFormatter(_OneLineFormatter):
     """Prefix the syslog level (``<4>``) when stderr is the journal, for ``journalctl -p``."""
 
     LEVELS: ClassVar[dict[int, int]] = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3, logging.CRITICAL: 2}
@@ -43,7 +55,7 @@ class _JournalFormatter(logging.Formatter):
 def setup_logging(verbose: bool) -> None:
     handler = logging.StreamHandler(sys.stderr)
     fmt = "%(name)s: %(message)s"
-    handler.setFormatter(_JournalFormatter(fmt) if os.environ.get("JOURNAL_STREAM") else logging.Formatter(fmt))
+    handler.setFormatter(_JournalFormatter(fmt) if os.environ.get("JOURNAL_STREAM") else _OneLineFormatter(fmt))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(logging.DEBUG if verbose else logging.INFO)

@@ -290,11 +290,15 @@ class MqttConfig:
 
     def __post_init__(self) -> None:
         _check_declared(self)
-        if not self.host or any(c.isspace() for c in self.host) or "/" in self.host:
-            raise Invalid("host", "expected a host name or address (no scheme, no path), got %r" % self.host)
+        # The value is shown with any user:password@ in it hidden: a broker written as Node-RED spells
+        # it (mqtt://user:password@host) must not put the password in the journal.
+        shown = URL_USERINFO_RE.sub("//***@", self.host) if "//" in self.host else re.sub(r"^[^@]*@", "***@",
+                                                                                           self.host)
+        if not self.host or any(c.isspace() for c in self.host) or "/" in self.host or "@" in self.host:
+            raise Invalid("host", "expected a host name or address (no scheme, no user, no path), got %r" % shown)
         if self.host.count(":") == 1:  # one colon: a port (an IPv6 address has two or more)
             raise Invalid("host", "expected a host name or address without a port (that is mqtt.port), got %r"
-                          % self.host)
+                          % shown)
         for key in ("topic_prefix", "discovery_prefix"):  # both start topics this device publishes on
             value = getattr(self, key)
             if not value or any(c in value for c in "#+\0") or value.startswith("/") or value.endswith("/"):
@@ -512,6 +516,9 @@ def load_config(path: str | os.PathLike[str] | None = None, environ: Mapping[str
         if any(s.name == "fleet" for s in sources):
             problems.append("sources: the name 'fleet' is the fleet worker's while fleet.enabled = true")
     if problems:
+        # A value quoted back may be a URL with credentials (a camera's device given as a list): hidden as
+        # everywhere else, since these lines go to the journal and `check`'s output.
+        problems = [redact_url(problem) for problem in problems]
         raise ConfigError(problems[0] if len(problems) == 1 else "; ".join(problems), tuple(problems))
     return Config(engine, sources, mqtt, http, guard, pipeline, fleet, file)
 

@@ -251,3 +251,24 @@ def test_a_reload_asked_while_the_daemon_still_reads_its_config_does_not_end_it(
     finally:
         if daemon.poll() is None:
             daemon.kill()
+
+
+def test_a_name_a_client_sent_cannot_start_a_journal_entry_of_its_own(capsys, monkeypatch):
+    """`{"source": "nope\n<2>... (FORGED)"}` on <p>/cmd/capture was logged raw: under journald the
+    second line became an entry of its own, at priority 2 (critical)."""
+    import logging
+
+    from edge_ocr.cli import setup_logging
+
+    monkeypatch.setattr(logging.getLogger(), "handlers", [])  # both restored after the test
+    monkeypatch.setattr(logging.getLogger(), "level", logging.getLogger().level)
+    monkeypatch.setenv("JOURNAL_STREAM", "8:1234")
+    setup_logging(False)
+    logging.getLogger("edge_ocr.sinks.mqtt").info("command capture source=%s", "nope\n<2>edge_ocr.app: FORGED")
+    try:
+        raise RuntimeError("a traceback keeps its lines")
+    except RuntimeError:
+        logging.getLogger("edge_ocr.app").exception("failed\r\nagain")
+    lines = capsys.readouterr().err.splitlines()
+    assert lines[0] == "<6>edge_ocr.sinks.mqtt: command capture source=nope\\x0a<2>edge_ocr.app: FORGED"
+    assert lines[1] == "<3>edge_ocr.app: failed\\x0d\\x0aagain" and lines[2].startswith("Traceback")

@@ -81,8 +81,13 @@ def load(tmp_path: Path, text: str, environ: dict[str, str] | None = None):
         # paho refused the discovery topics on connect, in its own thread, which then ended for good
         ("[mqtt]\ndiscovery_prefix = \"homeassistant/+\"\n", "mqtt.discovery_prefix: expected a topic without wildcards"),
         # paho raised ValueError("Invalid host.") at connect: a traceback from run, check, submit and fleet status
-        ("[mqtt]\nhost = \"\"\n", "mqtt.host: expected a host name or address (no scheme, no path), got ''"),
+        ("[mqtt]\nhost = \"\"\n", "mqtt.host: expected a host name or address (no scheme, no user, no path), got ''"),
         ("[mqtt]\nhost = \"mqtt://broker.lan\"\n", "mqtt.host: expected a host name or address (no scheme"),
+        # ... and the password of a broker written as Node-RED spells it is not shown back
+        ("[mqtt]\nhost = \"mqtt://edge:hunter2@127.0.0.1\"\n", "got 'mqtt://***@127.0.0.1'"),
+        ("[mqtt]\nhost = \"edge:hunter2@127.0.0.1\"\n", "got '***@127.0.0.1'"),
+        ("[[sources]]\nname = \"g\"\ntype = \"camera\"\ndevice = [\"rtsp://admin:hunter2@10.0.0.9/s\"]\n",
+         "rtsp://***@10.0.0.9/s"),
         ("[mqtt]\nhost = \"broker.lan:1883\"\n", "mqtt.host: expected a host name or address without a port"),
         # a camera URL in a message about it is redacted like everywhere else
         ("[[sources]]\nname = \"g\"\ntype = \"camera\"\nbackend = \"picamera2\"\n"
