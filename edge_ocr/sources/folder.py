@@ -823,8 +823,12 @@ class FolderSource:
         ``write_again`` writes the result kept in memory; without it the file is read again."""
         self._read_ended(claimed)
         self.stats.inc("files_stalled_total")
-        log.error("cannot write result, file kept for retry source=%s file=%s error=%s",
-                  self.name, log_name(claimed.name), reason)
+        with self._status_lock:
+            again = claimed in self._stalled_files
+        # Once per file: its retries, for as long as done/ stays unwritable, are the round's summary
+        # line (``_retry_stalled``), not two lines a file a minute for ever.
+        log.log(logging.DEBUG if again else logging.ERROR, "cannot write result, file kept for retry source=%s "
+                "file=%s error=%s", self.name, log_name(claimed.name), reason)
         self._stalled.put((claimed, name or claimed.name, write_again))
         with self._status_lock:
             self._stalled_files.add(claimed)
@@ -838,9 +842,12 @@ class FolderSource:
         stalled: list[tuple[Path, str, Callable[[], object] | None]] = []
         while not self._stalled.empty():
             stalled.append(self._stalled.get_nowait())
+        if stalled:
+            log.info("retrying stalled files source=%s files=%d last_error=%s", self.name, len(stalled),
+                     self._stall_reason)
         for claimed, name, write_again in stalled:
             if claimed.exists():
-                log.info("retrying stalled file source=%s file=%s", self.name, log_name(claimed.name))
+                log.debug("retrying stalled file source=%s file=%s", self.name, log_name(claimed.name))
                 self._guarded(claimed, write_again or partial(self._submit_claimed, claimed, resumed=True, name=name))
             else:  # removed by hand meanwhile: nothing left to write
                 self._stored(claimed)

@@ -88,7 +88,13 @@ def test_a_full_disk_keeps_every_file_and_recovers_when_space_returns(eval_dev, 
             except urllib.error.HTTPError as exc:
                 return exc.code, exc.read().decode()
 
-        assert wait_until(lambda: stalled() >= len(names), 60)  # each tried, and kept
+        kept = lambda name: "kept for retry source=inbox file=%s error=" % name in daemon.text()  # noqa: E731
+        assert wait_until(lambda: all(kept(name) for name in names), 60), daemon.text()[-4000:]  # each tried, and kept
+        tries = stalled()
+        assert wait_until(lambda: stalled() >= tries + len(names), 60)  # ... and tried again
+        # one journal line a file, then one a retry round: it was two a file a round, for as long as it lasted
+        assert daemon.text().count("cannot write result, file kept for retry") == len(names), daemon.text()[-4000:]
+        assert "retrying stalled files source=inbox files=" in daemon.text()
         assert daemon.proc is not None and daemon.proc.poll() is None  # still running
         # not ready while results cannot be written: a monitor sees it, not only the journal
         status, body = ready()
