@@ -455,9 +455,17 @@ class App:
             self.mqtt.set_source_status(name, status.value)
 
     def status_line(self) -> str:
+        """What `systemctl status` shows: the counters, and first what /readyz fails on (a source
+        offline, the guard's hard level), which the counters alone made look healthy."""
         s = self.stats.snapshot()
         mqtt = "off" if self.mqtt is None else ("connected" if self.mqtt.connected else "offline")
-        return "jobs=%d queue=%d mqtt=%s spool=%d" % (s["jobs_total"], s["queue_depth"], mqtt, s["spool_depth"])
+        counters = "jobs=%d queue=%d mqtt=%s spool=%d" % (s["jobs_total"], s["queue_depth"], mqtt, s["spool_depth"])
+        readiness = self.readiness()
+        guard = self.guard.state.level.value if self.guard is not None else "ok"
+        problems = [readiness.reason] if not readiness.ready else []
+        if guard != "ok" and "guard" not in readiness.reason:
+            problems.append("guard %s" % guard)
+        return "; ".join(problems + [counters])
 
     # -- SIGHUP --------------------------------------------------------------------------------
 

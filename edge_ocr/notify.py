@@ -48,7 +48,7 @@ class Notifier:
         return self.send("STATUS=%s" % text)
 
     def stopping(self) -> bool:
-        return self.send("STOPPING=1")
+        return self.send("STOPPING=1\nSTATUS=stopping")
 
     def watchdog(self) -> bool:
         return self.send("WATCHDOG=1")

@@ -111,8 +111,8 @@ def test_ready_after_loading_watchdog_only_while_the_pipeline_moves(tmp_path, no
         app.stop_event.set()
         runner.join(15)
     assert not runner.is_alive() and codes == [0]
-    assert any(m == "STOPPING=1" for _, m in notify_socket.messages) or notify_socket.next(
-        lambda m: m == "STOPPING=1", 2
+    assert any(m.startswith("STOPPING=1") for _, m in notify_socket.messages) or notify_socket.next(
+        lambda m: m.startswith("STOPPING=1"), 2
     )
 
 
@@ -132,8 +132,31 @@ def test_a_stop_asked_while_the_models_load_never_sends_ready_and_waits_for_no_s
     codes: list[int] = []
     runner = threading.Thread(target=lambda: codes.append(app.run()), name="test-app")
     runner.start()
-    assert notify_socket.next(lambda m: m == "STOPPING=1", 20)
+    assert notify_socket.next(lambda m: m == "STOPPING=1\nSTATUS=stopping", 20)
     runner.join(20)  # three sources whose first attempt never came: no 10 s wait for each (30 s, past the
     # unit's TimeoutStopSec=20s, when systemd kills)
     assert not runner.is_alive() and codes == [0]
     assert not any(m.startswith("READY=1") for _, m in notify_socket.messages)
+
+
+def test_systemctl_status_names_what_readyz_fails_on(tmp_path, notify_socket):
+    """STATUS= showed only the counters ("jobs=0 queue=0 mqtt=off spool=0") while /readyz said 503:
+    `systemctl status` looked healthy with the drop folder unable to store a single result."""
+    (tmp_path / "done").write_text("a file where done/ should be")
+    config_path = tmp_path / "edge-ocr.toml"
+    config_path.write_text(
+        '[[sources]]\nname = "inbox"\ntype = "folder"\npath = "inbox"\ndone_dir = "done"\nfailed_dir = "failed"\n'
+        '\n[mqtt]\nenabled = false\n\n[http]\nenabled = false\n\n[guard]\nrss_soft_mb = 100000\nrss_hard_mb = 200000\n')
+    app = App(load_config(config_path), engine_factory=lambda cfg, pages: (FakeEngine(), ("fake", "0")),
+              notifier=Notifier({"NOTIFY_SOCKET": str(notify_socket.path)}))
+    codes: list[int] = []
+    runner = threading.Thread(target=lambda: codes.append(app.run()), name="test-app")
+    runner.start()
+    try:
+        ready = notify_socket.next(lambda m: m.startswith("READY=1"), 20)
+        assert ready is not None
+        assert "STATUS=not ready: source inbox offline; jobs=0 queue=0 mqtt=off spool=0" in ready, ready
+    finally:
+        app.stop_event.set()
+        runner.join(15)
+    assert codes == [0]
