@@ -10,6 +10,7 @@ Commands are handed to an injected callback. Imports config, results, stats, err
 
 from __future__ import annotations
 
+import collections
 import json
 import logging
 import math
@@ -57,6 +58,11 @@ class _PahoNoise(logging.Filter):
 # A message is taken as refused by the broker when the connection was lost this many times in a
 # row within REFUSED_WITHIN_S of connecting, while paho was resending it first.
 REFUSED_AFTER = 3
+# A connection dropped this many times within FLAP_WINDOW_S, each time soon after it was made, is
+# flapping (two devices with one client_id take the session from each other every second): one
+# summary line a window instead of two lines a drop, and a hint at the likely cause.
+FLAP_DROPS = 3
+FLAP_WINDOW_S = 60.0
 REFUSED_WITHIN_S = 2.0
 
 
@@ -109,6 +115,8 @@ class MqttSink:
         # each resend; paho resends it first after every reconnect, and the rest wait behind it.
         self._held_drops: tuple[int, int] = (0, 0)  # (suspect held seq, connections lost resending it)
         self._connected_at = 0.0
+        self._drops: collections.deque[float] = collections.deque()  # monotonic times of recent short-lived links
+        self._flap_told = 0.0  # when the last flapping summary was logged
         self._largest_taken = 0  # bytes of the largest payload the broker acknowledged
         self._refused_seq: int | None = None  # set aside by the mqtt thread
         self._acked: deque[int] = deque()
@@ -361,7 +369,8 @@ class MqttSink:
         self._refusal = None
         self._fail_logged = False
         self.last_error = ""
-        log.info("mqtt connected host=%s port=%d client_id=%s", self.cfg.host, self.cfg.port, self.cfg.client_id)
+        log.log(logging.DEBUG if self._flapping() else logging.INFO, "mqtt connected host=%s port=%d client_id=%s",
+                self.cfg.host, self.cfg.port, self.cfg.client_id)
         client.publish("%s/availability" % self.prefix, ONLINE, qos=1, retain=True)
         subs = [("%s/cmd/+" % self.prefix, 1), ("%s/+/capture" % self.prefix, 1)]  # cmd/+: unknown ones answered
         # Our retained discovery configs come back: those of removed sources/ROIs are cleared, and
@@ -422,7 +431,30 @@ class MqttSink:
                 self._wake.set()
         self.stats.set("mqtt_connected", 0)
         if was and not self._closing.is_set():
-            log.warning("mqtt disconnected host=%s reason=%s; results are spooled", self.cfg.host, reason_code)
+            self._log_drop(reason_code)
+
+    def _flapping(self) -> bool:
+        now = time.monotonic()
+        while self._drops and now - self._drops[0] > FLAP_WINDOW_S:
+            self._drops.popleft()
+        return len(self._drops) >= FLAP_DROPS
+
+    def _log_drop(self, reason: Any) -> None:
+        """One line a drop; while the link keeps dropping soon after it is made, one line a window."""
+        now = time.monotonic()
+        if now - self._connected_at < FLAP_WINDOW_S:
+            self._drops.append(now)
+        else:  # it held for a while: a drop of its own, not a flap
+            self._drops.clear()
+        if not self._flapping():
+            log.warning("mqtt disconnected host=%s reason=%s; results are spooled", self.cfg.host, reason)
+        elif now - self._flap_told >= FLAP_WINDOW_S:
+            self._flap_told = now
+            log.warning("mqtt connection keeps dropping host=%s drops=%d in the last %.0f s reason=%s; is another "
+                        "client using client_id=%s? (each device needs its own mqtt.client_id); results are spooled",
+                        self.cfg.host, len(self._drops), FLAP_WINDOW_S, reason, self.cfg.client_id)
+        else:
+            log.debug("mqtt disconnected host=%s reason=%s", self.cfg.host, reason)
 
     def _on_publish(self, client: paho.Client, userdata: Any, mid: int, reason_code: Any, properties: Any) -> None:
         self._acked.append(mid)

@@ -515,3 +515,32 @@ def test_a_message_the_broker_refuses_is_set_aside_and_the_rest_get_through(tmp_
         if sub is not None:
             sub.close()
         broker.stop()
+
+
+def test_a_connection_two_devices_fight_over_is_one_line_a_minute_naming_the_client_id(mosquitto, tmp_path,
+                                                                                        sink_factory, caplog):
+    """Two Pis cloned from one SD card share a client_id: the broker hands the session to each in
+    turn, and the journal got "mqtt disconnected ... reason=Unspecified error" and "mqtt connected"
+    twice a second for as long as both ran, with no word of why."""
+    import paho.mqtt.client as paho
+
+    with caplog.at_level(logging.INFO, logger="edge_ocr.sinks.mqtt"):
+        sink = sink_factory(mqtt_config(mosquitto, tmp_path))
+        assert wait_until(lambda: sink.connected, 10)
+        twin = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id="edge-ocr-test")
+        twin.username_pw_set(USER, PASSWORD)
+        twin.reconnect_delay_set(0.1, 0.2)
+        twin.connect("127.0.0.1", mosquitto.port)
+        twin.loop_start()
+        try:
+            drops = lambda: sum("disconnected" in r.getMessage() or "keeps dropping" in r.getMessage()  # noqa: E731
+                                for r in caplog.records)
+            assert wait_until(lambda: "keeps dropping" in caplog.text, 30), caplog.text[-3000:]
+            told = drops()
+            wait_until(lambda: False, 3)  # the fight goes on
+        finally:
+            twin.loop_stop()
+            twin.disconnect()
+    assert "client_id=edge-ocr-test? (each device needs its own mqtt.client_id)" in caplog.text
+    assert caplog.text.count("keeps dropping") == 1 and drops() == told  # nothing more within the minute
+    assert caplog.text.count("mqtt disconnected") <= 2, caplog.text[-3000:]
