@@ -327,8 +327,7 @@ class App:
             return
         app = make_app(self, token=cfg.token, max_upload_mb=cfg.max_upload_mb)
         self.http = HttpServer(app, bind=cfg.bind)
-        self.http.start()
-        log.info("http listening url=%s", self.http.url)
+        self.http.start()  # which logs "http listening url=..." once
 
     # -- the HTTP API's side (api.ApiBackend) ------------------------------------------
 
