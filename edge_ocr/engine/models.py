@@ -195,6 +195,7 @@ def verify_pack(pack: Pack) -> list[str]:
 
 
 PACK_NOTICES = ("LICENSE", "NOTICE")  # the weights' licence and where they came from: shipped with them
+PACK_MORE_NOTICES = ("MODEL_LICENSES.md",)  # a source's own model notice, where it has one (models/build.py)
 
 
 def unlisted_files(pack: Pack) -> list[str]:
@@ -202,7 +203,7 @@ def unlisted_files(pack: Pack) -> list[str]:
     eval-dev data least of all), and a missing LICENSE or NOTICE: for ``models verify`` and
     ``check``, not a reason to refuse the models at start (``verify_pack``)."""
     manifest = read_manifest(pack.directory / "manifest.json")
-    listed = {"manifest.json", *PACK_NOTICES}
+    listed = {"manifest.json", *PACK_NOTICES, *PACK_MORE_NOTICES}
     for entry in manifest.stages.values():
         listed |= {entry_file for entry_file in (v.file for v in entry.variants.values()) if "/" not in entry_file}
         if entry.charset is not None and "/" not in entry.charset.file:
