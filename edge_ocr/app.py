@@ -352,8 +352,8 @@ class App:
     def source_names(self) -> tuple[str, ...]:
         return tuple(self.sources)
 
-    def stats_view(self) -> dict[str, float]:
-        return self.stats.snapshot()
+    def stats_view(self) -> dict[str, Any]:
+        return self.stats.view()
 
     def config_view(self) -> dict[str, Any]:
         view = config_to_json(self.config)  # a Config is always a JSON object, secrets masked

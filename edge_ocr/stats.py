@@ -11,6 +11,7 @@ import threading
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,6 +179,15 @@ class Stats:
         with self._lock:
             self._values["uptime_s"] = round(time.monotonic() - self._started, 1)
             return dict(self._values)
+
+    def view(self) -> dict[str, Any]:
+        """The counters for JSON readers (``/api/stats``, ``<p>/stats``): ``snapshot`` plus the errors by
+        code as ``errors_by_code`` (a Node-RED flow cannot read /metrics' labelled series)."""
+        view: dict[str, Any] = self.snapshot()
+        with self._lock:
+            view["errors_by_code"] = {label: value for (name, label), value in sorted(self._series.items())
+                                      if name == "errors_total"}
+        return view
 
     def families(self) -> list[Family]:
         """Every metric with its current samples (labelled ones after the plain ones)."""

@@ -69,6 +69,8 @@ def test_daemon_serves_health_ocr_latest_config_and_metrics(eval_dev, tmp_path):
     with pytest.raises(urllib.error.HTTPError):
         urllib.request.urlopen(bad, timeout=60)
     assert b'edge_ocr_errors_total{code="unsupported_image"} 1' in _get(base + "/metrics")[1]
+    # ... and in the JSON a Node-RED flow reads, which had only the total
+    assert json.loads(_get(base + "/api/stats")[1])["errors_by_code"] == {"unsupported_image": 1}
 
     drop(word, tmp_path / "inbox", "word.png")
     assert wait_until(lambda: _get(base + "/api/latest/inbox")[0] == 200, 60)

@@ -28,7 +28,7 @@ class ApiBackend(Protocol):
     def source_names(self) -> Collection[str]:
         """The names /api/latest/<s> and /api/capture/<s> accept."""
 
-    def stats_view(self) -> Mapping[str, float]:
+    def stats_view(self) -> Mapping[str, Any]:
         """GET /api/stats."""
 
     def metrics_text(self) -> str:

@@ -341,7 +341,7 @@ class MqttSink:
         """The counters, plus ``jobs_per_s`` since the previous message (since start for the first):
         one retained message cannot give a reader a rate, and a lifetime average hides a stall."""
         assert self.client is not None
-        data: dict[str, Any] = dict(self.stats.snapshot())
+        data: dict[str, Any] = self.stats.view()
         now, jobs = time.monotonic(), data["jobs_total"]
         since, before = self._rate_from
         data["jobs_per_s"] = round((jobs - before) / max(now - since, 0.001), 2)
