@@ -426,7 +426,11 @@ def find_config(explicit: str | os.PathLike[str] | None, environ: Mapping[str, s
         return Path(explicit)
     if env.get("EDGE_OCR_CONFIG"):
         return Path(env["EDGE_OCR_CONFIG"])
-    return SYSTEM_CONFIG if SYSTEM_CONFIG.is_file() else None
+    try:
+        return SYSTEM_CONFIG if SYSTEM_CONFIG.is_file() else None
+    except OSError as exc:  # /etc/edge-ocr not readable by this user: Path.is_file raises for EACCES
+        raise ConfigError("%s: cannot read config: %s (as root, or -c another file)" % (SYSTEM_CONFIG, exc.strerror)
+                          ) from exc
 
 
 def default_state_dir(environ: Mapping[str, str] | None = None, uid: int | None = None) -> Path:
@@ -459,12 +463,16 @@ def load_config(path: str | os.PathLike[str] | None = None, environ: Mapping[str
     file = Path(path) if path is not None else None
     if file is not None:
         try:
-            data = tomllib.loads(file.read_text(encoding="utf-8-sig"))  # a BOM, as Windows editors write
+            raw = file.read_bytes()
+            data = tomllib.loads(raw.decode("utf-8-sig"))  # a BOM, as Windows editors write
         except FileNotFoundError as exc:
             raise ConfigError("%s: config file not found" % file) from exc
         except OSError as exc:
             raise ConfigError("%s: cannot read config: %s" % (file, exc.strerror)) from exc
-        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        except UnicodeDecodeError as exc:  # a Latin-1 editor's "é": where, not a byte offset
+            raise ConfigError("%s: not UTF-8 at line %d (byte 0x%02x): save the file as UTF-8"
+                              % (file, raw[: exc.start].count(b"\n") + 1, raw[exc.start])) from exc
+        except tomllib.TOMLDecodeError as exc:
             raise ConfigError("%s: invalid TOML: %s" % (file, exc)) from exc
         base = file.resolve().parent
     state = default_state_dir(env)

@@ -380,3 +380,23 @@ def test_a_config_saved_with_a_byte_order_mark_reads(tmp_path):
     path = tmp_path / "c.toml"
     path.write_bytes(b"\xef\xbb\xbf[mqtt]\nport = 1884\n")  # Notepad's UTF-8
     assert load_config(path, environ={}).mqtt.port == 1884
+
+
+def test_a_config_in_another_encoding_names_its_line(tmp_path):
+    path = tmp_path / "c.toml"
+    path.write_bytes(b'[mqtt]\nusername = "edge"\n# caf\xe9\n')  # Latin-1
+    with pytest.raises(ConfigError, match=r"not UTF-8 at line 3 \(byte 0xe9\): save the file as UTF-8"):
+        load_config(path, environ={})
+
+
+def test_a_system_config_this_user_cannot_look_at_is_a_config_error(tmp_path, monkeypatch):
+    """As a user outside /etc/edge-ocr's group: [Errno 13] and exit 1, not the config's own error."""
+    import edge_ocr.config as config_module
+
+    class Hidden(type(tmp_path)):
+        def is_file(self):
+            raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(config_module, "SYSTEM_CONFIG", Hidden("/etc/edge-ocr/config.toml"))
+    with pytest.raises(ConfigError, match="cannot read config: Permission denied"):
+        find_config(None, environ={})
