@@ -38,7 +38,7 @@ class _OneLineFormatter(logging.Formatter):
     ``<N>`` priority followed it. Control characters are shown as ``\\xNN``; a traceback after
     the message keeps its lines."""
 
-    def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802 (logging's name)
+    def formatMessage(self, record: logging.LogRecord) -> str:
         record.message = CONTROL.sub(lambda m: "\\x%02x" % ord(m.group()), record.message)
         return super().formatMessage(record)
 

@@ -38,7 +38,7 @@ def unsupported_kind(head: bytes) -> str | None:
                 "(iPhone: Settings > Camera > Formats > Most Compatible)")
     if head[4:8] == b"ftyp" and head[8:12] in AVIF_BRANDS:
         return "AVIF is not supported: send JPEG, PNG or WebP"
-    if head[4:8] == b"ftyp" and head[8:12] == b"jp2 " or head[:4] == b"\x00\x00\x00\x0c" and head[4:8] == b"jP  ":
+    if (head[4:8] == b"ftyp" and head[8:12] == b"jp2 ") or (head[:4] == b"\x00\x00\x00\x0c" and head[4:8] == b"jP  "):
         return "JPEG 2000 is not supported: send JPEG, PNG or TIFF"
     if head[:5] == b"%PDF-":
         return "PDF is not supported: send each page as an image (JPEG, PNG or TIFF)"

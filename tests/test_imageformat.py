@@ -26,5 +26,5 @@ def test_formats_it_does_not_read_are_named_and_the_ones_it_reads_are_not():
     assert unsupported_kind(b"\x00\x00\x00\x18ftypmif1\x00\x00").startswith("HEIC/HEIF")
     assert unsupported_kind(b"%PDF-1.4\n%") is not None
     for extension in (".jpg", ".png", ".bmp", ".tiff", ".webp"):
-        ok, encoded = cv2.imencode(extension, np.full((8, 8, 3), 200, np.uint8))
+        encoded = cv2.imencode(extension, np.full((8, 8, 3), 200, np.uint8))[1]
         assert unsupported_kind(encoded.tobytes()[:SNIFF_BYTES]) is None

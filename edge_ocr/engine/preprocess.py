@@ -161,18 +161,19 @@ def _has_alpha(fmt: str, data: bytes) -> bool:
         if chunk == b"VP8L":
             return len(data) > 24 and bool(int.from_bytes(data[21:25], "little") >> 28 & 1)
         return False
-    if fmt == "tiff":  # ExtraSamples, or more samples than the colours (OpenCV writes RGBA without the tag)
+    if fmt == "tiff":
+        extra = _tiff_tag(data, 338)  # ExtraSamples: 1 and 2 are alpha; 0 is another channel (a scanner's infrared)
+        if extra is not None:
+            return extra in (1, 2)
+        # more samples than the colours without the tag, as OpenCV writes RGBA
         photometric, samples = _tiff_tag(data, 262), _tiff_tag(data, 277) or 1
-        return (_tiff_tag(data, 338) is not None or (photometric in (0, 1) and samples >= 2)
-                or (photometric == 2 and samples >= 4))
+        return (photometric in (0, 1) and samples >= 2) or (photometric == 2 and samples >= 4)
     return False
 
 
 def _exif_tiff(fmt: str, data: bytes) -> bytes:
-    """The TIFF structure holding an image's EXIF orientation: a PNG's eXIf chunk, a WebP's EXIF
-    chunk, a TIFF itself; b"" when there is none."""
-    if fmt == "tiff":
-        return data
+    """The TIFF structure holding the EXIF orientation the alpha decode ignores: a PNG's eXIf chunk, a
+    WebP's EXIF chunk; b"" when there is none, and for a TIFF, whose own Orientation that decode applies."""
     if fmt == "png":
         at = data.find(b"eXIf")
         idat = data.find(b"IDAT")
@@ -235,7 +236,7 @@ def _flattened(image: np.ndarray | None) -> np.ndarray | None:
     """An image decoded as stored (any depth, 1 to 4 channels) as BGR8, its transparent parts
     filled with white behind dark text and black behind light text: transparent pixels are often
     stored black, so text on a transparent background used to read as nothing."""
-    if image is None:
+    if image is None or image.dtype not in (np.uint8, np.uint16):  # float samples: as the colour decode, refused
         return None
     if image.dtype == np.uint16:
         image = (image >> 8).astype(np.uint8)

@@ -22,7 +22,6 @@ import math
 import os
 import queue
 import re
-import struct
 import select
 import stat
 import struct

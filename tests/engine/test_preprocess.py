@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import itertools
 import struct
 import zlib
@@ -196,7 +197,7 @@ def test_text_on_a_transparent_background_keeps_its_contrast(ext, params, ink, b
     rgba = _ink_on_transparent(ink)
     depths = (rgba, rgba.astype(np.uint16) * 257) if ext != ".webp" else (rgba,)  # 8 and 16 bits per channel
     for stored in depths:
-        ok, encoded = cv2.imencode(ext, stored, params)
+        encoded = cv2.imencode(ext, stored, params)[1]
         decoded = preprocess.decode_image(encoded.tobytes(), max_megapixels=1)
         inked, clear = rgba[:, :, 3] == 255, rgba[:, :, 3] == 0  # (putText's edges are in between)
         assert decoded.shape == (30, 80, 3) and inked.any() and clear.any()
@@ -322,3 +323,54 @@ def test_strip_tensor_is_the_normalised_pixels_then_the_mean_as_padding():
         assert tensor.shape == (1, 3, 384, 160) and tensor.dtype == np.float32
         np.testing.assert_array_equal(tensor[0, :, :, :96], whole[:, start : start + 384])
         assert not tensor[0, :, :, 96:].any()
+
+
+@pytest.mark.parametrize("orientation", [3, 6, 8])
+def test_a_transparent_tiff_is_turned_once(orientation):
+    """OpenCV's decode that keeps the alpha channel applies a TIFF's own Orientation (unlike a PNG's
+    eXIf or a WebP's EXIF): turned again by hand, it came out turned twice."""
+    from PIL import Image
+
+    rgba = np.zeros((40, 60, 4), np.uint8)
+    rgba[..., 3] = 255
+    rgba[5:15, 30:40] = (255, 0, 0, 255)
+    files = []
+    for pixels, mode in ((rgba, "RGBA"), (np.ascontiguousarray(rgba[..., :3]), "RGB")):
+        buffer = io.BytesIO()
+        Image.fromarray(pixels, mode).save(buffer, "TIFF", tiffinfo={274: orientation})
+        files.append(buffer.getvalue())
+    transparent, opaque = (preprocess.decode_image(data, max_megapixels=1) for data in files)
+    np.testing.assert_array_equal(transparent, opaque)  # the colour decode's turn, which was right
+
+
+def test_a_fourth_sample_that_is_no_alpha_is_not_taken_for_one():
+    """ExtraSamples 0 (unspecified: a film scanner's infrared) is not transparency: a dark 4th channel
+    whitened the whole page."""
+    page = np.full((30, 80, 4), 200, np.uint8)
+    page[..., 3] = 10
+    cv2.putText(page, "42", (5, 25), cv2.FONT_HERSHEY_SIMPLEX, 0.9, (0, 0, 0, 10), 2)
+    data = bytearray(_encode(".tiff", page))
+    assert preprocess._tiff_tag(bytes(data), 338) is None  # OpenCV writes no ExtraSamples: add it, as 0
+    tiff = _with_tiff_entry(bytes(data), 338, 3, 0)
+    assert not preprocess._has_alpha("tiff", tiff)
+    decoded = preprocess.decode_image(tiff, max_megapixels=1)
+    assert decoded.min() == 0 and decoded.max() == 200  # the text and the page, not a whitened page
+
+
+def test_float_samples_with_alpha_are_refused_not_a_crash():
+    rgba = np.zeros((8, 8, 4), np.float32)
+    with pytest.raises(UnsupportedImage):
+        preprocess.decode_image(_encode(".tiff", rgba), max_megapixels=1)
+
+
+def _with_tiff_entry(tiff: bytes, tag: int, kind: int, value: int) -> bytes:
+    """A little-endian TIFF with one SHORT entry added to its first directory (moved to the end)."""
+    (ifd,) = struct.unpack("<I", tiff[4:8])
+    (count,) = struct.unpack("<H", tiff[ifd : ifd + 2])
+    entries = [tiff[ifd + 2 + 12 * i : ifd + 14 + 12 * i] for i in range(count)]
+    entries.append(struct.pack("<HHIHH", tag, kind, 1, value, 0))
+    entries.sort(key=lambda e: struct.unpack("<H", e[:2])[0])
+    (following,) = struct.unpack("<I", tiff[ifd + 2 + 12 * count : ifd + 6 + 12 * count])
+    moved = len(tiff) + (len(tiff) & 1)
+    table = struct.pack("<H", len(entries)) + b"".join(entries) + struct.pack("<I", following)
+    return tiff[:4] + struct.pack("<I", moved) + tiff[8:] + b"\0" * (moved - len(tiff)) + table
