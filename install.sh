@@ -165,11 +165,12 @@ install_system() {
     # pip builds in the checkout, and setuptools copies from a build/ left by an earlier install:
     # a module deleted since (git pull) would come back. Each install builds afresh.
     rm -rf "$here/build"
+    # ... and leaves build/ and *.egg-info owned by root in the user's checkout, where
+    # `./install.sh --dev` then failed ("Cannot update time stamp of directory 'edge_ocr.egg-info'"):
+    # removed when this script exits, whether pip succeeded or not.
+    trap 'rm -rf "$here/build" "$here"/*.egg-info' EXIT
     # shellcheck disable=SC2046
     "$prefix/venv/bin/python" -m pip install --quiet --disable-pip-version-check --upgrade "$here" $(pip_constraints)
-    # ... and leaves build/ and *.egg-info owned by root in the user's checkout, where
-    # `./install.sh --dev` then failed ("Cannot update time stamp of directory 'edge_ocr.egg-info'").
-    rm -rf "$here/build" "$here"/*.egg-info
     # Models live at <venv>/share/edge-ocr/models, where edge_ocr.engine.models looks in a wheel install.
     rm -rf "$prefix/venv/share/edge-ocr/models.new"
     mkdir -p "$prefix/venv/share/edge-ocr"

@@ -404,6 +404,10 @@ def cmd_models(args: argparse.Namespace) -> int:
     for name in names:
         try:
             line, found = _pack_line(name, args.action == "list")
+        except UnknownPack:
+            if getattr(args, "pack", None):  # `models verify typo`: a usage error (exit 2), as before
+                raise
+            line, found = "%s: FAILED" % name, ["%s: manifest gone while reading" % name]
         except EdgeOcrError as exc:  # one broken pack: the others are still listed and checked
             line, found = "%s: FAILED" % name, [exc.message]
         print(line)
@@ -622,7 +626,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             log.error("%s", problem)
         return ExitCode.USAGE
     except UnknownPack as exc:  # engine.pack or --pack names no pack: usage, as a config typo is
-        log.error("engine.pack: %s", exc.message)
+        given = "pack" if getattr(args, "action", None) else "--pack"  # `models verify PACK`, or the flag
+        log.error("%s: %s", given if getattr(args, "pack", None) else "engine.pack", exc.message)
         return ExitCode.USAGE
     except EdgeOcrError as exc:
         log.error("%s: %s", exc.code, exc.message)

@@ -213,6 +213,9 @@ class FolderSourceConfig:
 
     def __post_init__(self) -> None:
         _check_declared(self)
+        for key in ("path", "done_dir", "failed_dir"):
+            if "\0" in str(getattr(self, key)):  # no file name holds one (realpath raised ValueError)
+                raise Invalid(key, "contains a NUL character")
         for key in ("done_dir", "failed_dir"):  # compared as the kernel resolves them: x/../in, a symlink
             if os.path.realpath(getattr(self, key)) == os.path.realpath(self.path):
                 raise Invalid(key, "must differ from path")
@@ -299,6 +302,15 @@ class MqttConfig:
         if self.host.count(":") == 1:  # one colon: a port (an IPv6 address has two or more)
             raise Invalid("host", "expected a host name or address without a port (that is mqtt.port), got %r"
                           % shown)
+        if self.host.startswith("["):
+            raise Invalid("host", "expected an IPv6 address without brackets (the port is mqtt.port), got %r" % shown)
+        if not self.host.isprintable():
+            raise Invalid("host", "expected a host name or address, got %r (a control character)" % shown)
+        if ":" not in self.host:  # a name: each label as the resolver will encode it (IDNA), or refused here
+            try:
+                self.host.rstrip(".").encode("idna")
+            except UnicodeError as exc:  # empty or over-long labels ("broker..lan"): getaddrinfo's UnicodeError
+                raise Invalid("host", "expected a host name (labels of 1 to 63 characters), got %r" % shown) from exc
         for key in ("topic_prefix", "discovery_prefix"):  # both start topics this device publishes on
             value = getattr(self, key)
             if not value or any(c in value for c in "#+\0") or value.startswith("/") or value.endswith("/"):
@@ -936,18 +948,25 @@ def reference_markdown() -> str:
 
 
 # The user:password@ of a URL (a camera's rtsp://admin:pw@host), up to the last @ before the path:
-# FFmpeg splits there, so a password may hold an @ of its own (rtsp://admin:p@ss@host).
-URL_USERINFO_RE = re.compile(r"//[^/?#\s]*@")
+# FFmpeg splits there, so a password may hold an @ (rtsp://admin:p@ss@host), a # or a ? of its own.
+# In a line of text (a log line, an error quoting a value) it never runs across white space, so a share
+# and an address further on ("//nas/share failed; mail bob@x") are left alone.
+URL_USERINFO_RE = re.compile(r"//[^/\s]*@")
+URL_USERINFO_WHOLE_RE = re.compile(r"//[^/]*@")  # in a value that is one URL: white space included
 # ... and credentials in its query, as many IP cameras' snapshot URLs take them (Foscam's usr= and
 # pwd=, loginuse= and loginpas=, token=)
 URL_QUERY_SECRET_RE = re.compile(
     r"([?&;](?:user|usr|username|login|loginuse|pass|password|passwd|pwd|loginpas|token|access_token|"
     r"key|apikey|api_key|auth|secret|sig|signature)=)[^&#;\s]*", re.IGNORECASE)
+URL_QUERY_SECRET_WHOLE_RE = re.compile(URL_QUERY_SECRET_RE.pattern.replace("[^&#;\\s]*", "[^&#;]*"), re.IGNORECASE)
 
 
-def redact_url(text: str) -> str:
-    """``text`` fit for logs and GET /api/config: credentials in a URL become ``***``."""
-    return URL_QUERY_SECRET_RE.sub(r"\1***", URL_USERINFO_RE.sub("//***@", text))
+def redact_url(text: str, whole: bool = False) -> str:
+    """``text`` fit for logs and GET /api/config: credentials in a URL become ``***``. ``whole``: the
+    text is one URL (a config value), whose password may hold white space too."""
+    userinfo, query = (URL_USERINFO_WHOLE_RE, URL_QUERY_SECRET_WHOLE_RE) if whole else (URL_USERINFO_RE,
+                                                                                         URL_QUERY_SECRET_RE)
+    return query.sub(r"\1***", userinfo.sub("//***@", text))
 
 
 def config_to_json(config: Any) -> Any:
@@ -956,7 +975,7 @@ def config_to_json(config: Any) -> Any:
     if isinstance(config, Secret):
         return "***"
     if isinstance(config, str):
-        return redact_url(config)
+        return redact_url(config, whole=True)
     if hasattr(config, "__dataclass_fields__"):
         return {name: config_to_json(getattr(config, name)) for name in config.__dataclass_fields__}
     if isinstance(config, (list, tuple)):

@@ -212,6 +212,13 @@ def test_models_verify_names_a_file_riding_along_in_a_pack_and_a_missing_notice(
     assert "ppocrv6-tiny: calibration.npy is not in its manifest" in done.stdout
 
 
+def test_a_pack_named_on_the_command_line_that_does_not_exist_is_a_usage_error():
+    verified = edge_ocr("models", "verify", "ppocrv6-smal")
+    assert verified.returncode == 2 and "pack: model pack 'ppocrv6-smal' not found" in verified.stderr
+    read = edge_ocr("ocr", "--pack", "nope", "x.png")
+    assert read.returncode == 2 and "--pack: model pack 'nope' not found" in read.stderr
+
+
 def test_check_names_engine_pack_for_a_pack_that_does_not_exist(tmp_path):
     config = tmp_path / "c.toml"
     config.write_text('[engine]\npack = "ppocrv6-smal"\n[mqtt]\nenabled = false\n')

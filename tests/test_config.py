@@ -86,6 +86,10 @@ def load(tmp_path: Path, text: str, environ: dict[str, str] | None = None):
         # ... and the password of a broker written as Node-RED spells it is not shown back
         ("[mqtt]\nhost = \"mqtt://edge:hunter2@127.0.0.1\"\n", "got 'mqtt://***@127.0.0.1'"),
         ("[mqtt]\nhost = \"edge:hunter2@127.0.0.1\"\n", "got '***@127.0.0.1'"),
+        # values the resolver refused in paho's thread, which then ended for good
+        ("[mqtt]\nhost = \"broker..lan\"\n", "mqtt.host: expected a host name (labels of 1 to 63 characters)"),
+        ("[mqtt]\nhost = \"[::1]\"\n", "mqtt.host: expected an IPv6 address without brackets"),
+        ("[[sources]]\nname = \"a\"\npath = \"in\\u0000x\"\n", "sources[0].path: contains a NUL character"),
         ("[[sources]]\nname = \"g\"\ntype = \"camera\"\ndevice = [\"rtsp://admin:hunter2@10.0.0.9/s\"]\n",
          "rtsp://***@10.0.0.9/s"),
         ("[mqtt]\nhost = \"broker.lan:1883\"\n", "mqtt.host: expected a host name or address without a port"),
@@ -213,6 +217,16 @@ def test_credentials_in_a_camera_url_never_show_in_the_config_view(tmp_path):
     # FFmpeg takes the user info up to the last @ before the host, so a password may hold one
     assert redact_url("cannot open rtsp://admin:p@ssW0rd@10.0.0.9:554/s now") == "cannot open rtsp://***@10.0.0.9:554/s now"
     assert redact_url("http://cam/a?pwd=hunter2 then more") == "http://cam/a?pwd=*** then more"
+    # ... or a # or a ? (the first version of that rule stopped there and showed the rest)
+    assert redact_url("rtsp://admin:Sunny#2024@10.0.0.9/s") == "rtsp://***@10.0.0.9/s"
+    assert redact_url("rtsp://admin:what?ever@10.0.0.9/s") == "rtsp://***@10.0.0.9/s"
+    # a share and an address further on in a line are no credentials
+    assert redact_url("//nas/share failed; mail admin@example.com") == "//nas/share failed; mail admin@example.com"
+    # a config value is one URL: white space in its password is hidden too
+    assert redact_url("rtsp://admin:my pass@10.0.0.9/s", whole=True) == "rtsp://***@10.0.0.9/s"
+    assert redact_url("http://cam/a?pwd=pa ss&x=1", whole=True) == "http://cam/a?pwd=***&x=1"
+    config = load(tmp_path, '[[sources]]\nname = "g"\ntype = "camera"\ndevice = "rtsp://admin:Sunny#2024@10.0.0.9/s"\n')
+    assert "Sunny" not in json.dumps(config_to_json(config))
 
 
 def test_an_ipv6_broker_address_is_a_host(tmp_path):

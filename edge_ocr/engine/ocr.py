@@ -471,7 +471,10 @@ class OcrEngine:
         t0 = time.perf_counter()
         stage = self.det.stage
         height, width = image.shape[:2]
-        if second_pass and max(height, width) >= ELONGATED * max(min(height, width), 1):
+        # Only when the image is larger than the detection input: a smaller one (a cropped line, a plate)
+        # comes out the same either way, and the strips' padding cost it a page's detection.
+        if (second_pass and max(height, width) > limit_side
+                and max(height, width) >= ELONGATED * max(min(height, width), 1)):
             # A scrolling screenshot or a long strip: fitted by its longer side its text would be a
             # pixel or two high. Fitted by its shorter side instead, as a page is, in strips of a
             # page's area each, so the detector's memory stays a page's.
@@ -518,6 +521,7 @@ class OcrEngine:
         stage = self.det.stage
         short = min(image.shape[:2])
         strip = max(4 * stage.multiple, area // max(short, 1) // stage.multiple * stage.multiple)
+        strip = min(strip, -(-max(image.shape[:2]) // stage.multiple) * stage.multiple)  # no longer than the image
         plan = preprocess.plan_strips(image.shape[:2], strip, STRIP_OVERLAP, stage.multiple, stage.multiple)
         # One strip's map at a time: stitched as it comes, never all at once.
         maps = (self.det.run(preprocess.strip_tensor(image, plan, i, stage.mean, stage.std))[0, 0]

@@ -628,6 +628,8 @@ def probe(cfg: MqttConfig, timeout_s: float = 5.0) -> str | None:
         return "TLS error: %s" % (exc.reason or exc)
     except OSError as exc:
         return "cannot connect to %s:%d: %s" % (cfg.host, cfg.port, exc.strerror or exc)
+    except ValueError as exc:  # paho's "Invalid host.", the resolver's UnicodeError: one line, not a traceback
+        return "cannot connect to %s:%d: %s" % (cfg.host, cfg.port, exc)
     client.loop_start()
     try:
         if not done.wait(timeout_s):

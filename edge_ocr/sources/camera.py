@@ -58,7 +58,7 @@ STABLE_CONNECTION_S = 30.0  # a camera open this long is back: its retry delay s
 
 def redact(device: str) -> str:
     """``device`` fit for logs: credentials in a URL (``rtsp://user:pass@host``) become ``***``."""
-    return redact_url(device)
+    return redact_url(device, whole=True)
 
 
 def device_kind(device: str) -> str:

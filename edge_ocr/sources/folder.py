@@ -174,6 +174,9 @@ def looks_complete(path: Path, size: int) -> bool:
 TIFF_MAX_DIRECTORIES = 64  # pages walked before a file is taken as it is (the decoder then judges)
 TIFF_DATA_TAGS = ((273, 279), (324, 325))  # (StripOffsets, StripByteCounts), (TileOffsets, TileByteCounts)
 TIFF_INT_TYPES = {3: "H", 4: "I"}  # SHORT, LONG
+# Bytes per value of each TIFF field type (BYTE, ASCII, SHORT, LONG, RATIONAL, SBYTE, UNDEFINED, SSHORT,
+# SLONG, SRATIONAL, FLOAT, DOUBLE, IFD)
+TIFF_TYPE_SIZES = {1: 1, 2: 1, 3: 2, 4: 4, 5: 8, 6: 1, 7: 1, 8: 2, 9: 4, 10: 8, 11: 4, 12: 8, 13: 4}
 
 
 def _tiff_within(path: Path, size: int) -> bool:
@@ -200,6 +203,10 @@ def _tiff_within(path: Path, size: int) -> bool:
                 for i in range(count):
                     tag, kind, n, value = struct.unpack_from(endian + "HHI4s", table, 12 * i)
                     entries[tag] = (kind, n, value)
+                    width = TIFF_TYPE_SIZES.get(kind, 0) * n
+                    if width > 4:  # a value stored elsewhere (ImageMagick writes them after the directory)
+                        (where,) = struct.unpack(endian + "I", value)
+                        at(where, min(width, 1 << 20))
                 for starts_tag, lengths_tag in TIFF_DATA_TAGS:
                     if starts_tag in entries and lengths_tag in entries:
                         starts = _tiff_ints(at, endian, *entries[starts_tag])

@@ -246,6 +246,18 @@ def test_a_scrolling_screenshot_is_read_like_the_pages_it_holds(engines, eval_de
     assert len(texts) >= 0.9 * 8 * len(single), (len(texts), len(single))
 
 
+def test_a_long_crop_smaller_than_a_page_is_detected_as_before(engines, eval_dev, monkeypatch):
+    """A cropped receipt line (160 x 40, 4 times as wide as high) is smaller than the detection input:
+    the strips of the elongated path padded it to a page's length, 5 ms of detection became 600."""
+    import cv2
+
+    engine = engines()
+    monkeypatch.setattr(engine, "_detect_in_strips", lambda *a: pytest.fail("strips for a crop"))
+    crop = cv2.imread(str(next(p for p, _ in line_samples(eval_dev, "SROIE2019-task1", 1))))
+    line = cv2.resize(crop, (160, 40))
+    assert len(engine(cv2.imencode(".png", line)[1].tobytes()).lines) == 1
+
+
 def test_bad_files_get_their_documented_errors(engines, eval_dev):
     engine = engines()
     good = (eval_dev / "pages" / _pages(eval_dev, "sroie", 1)[0]["file"]).read_bytes()

@@ -7,6 +7,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import struct
 import threading
 
 import pytest
@@ -289,6 +290,24 @@ def test_a_tiff_whose_strips_are_not_all_written_is_not_complete(tmp_path, compr
             cut = data[: int(len(data) * share)]
             (tmp_path / name).write_bytes(cut)
             assert looks_complete(tmp_path / name, len(cut)) is complete, (name, share)
+
+    # ImageMagick writes the pixels, then the directory, then its longer values (BitsPerSample of a
+    # CMYK page's 4 samples): a cut among those was judged complete and failed to decode
+    width = height = 4
+    pixels = bytes(range(width * height * 4))
+    ifd = 8 + len(pixels)
+    entries = [(256, 3, 1, width), (257, 3, 1, height), (258, 3, 4, None), (259, 3, 1, 1), (262, 3, 1, 5),
+               (273, 4, 1, 8), (277, 3, 1, 4), (278, 3, 1, height), (279, 4, 1, len(pixels))]
+    after = ifd + 2 + 12 * len(entries) + 4
+    table = struct.pack("<H", len(entries)) + b"".join(
+        struct.pack("<HHII", tag, kind, n, after) if value is None else struct.pack("<HHIHH", tag, kind, n, value, 0)
+        for tag, kind, n, value in entries) + struct.pack("<I", 0)
+    cmyk = b"II*\x00" + struct.pack("<I", ifd) + pixels + table + struct.pack("<4H", 8, 8, 8, 8)
+    (tmp_path / "cmyk.tif").write_bytes(cmyk)
+    assert looks_complete(tmp_path / "cmyk.tif", len(cmyk))
+    cut = cmyk[:-4]  # half of BitsPerSample written
+    (tmp_path / "cmyk.tif").write_bytes(cut)
+    assert not looks_complete(tmp_path / "cmyk.tif", len(cut))
 
 
 def test_a_symlink_left_in_processing_is_refused_and_its_target_never_read(tmp_path, folder):
