@@ -692,7 +692,20 @@ def quantize(spec: ModelSpec, recipe: Int8Recipe, source: bytes, eval_dev: Path,
         if recipe.float_classifier:
             rewrites.float_classifier(rewritten)
         onnx.save(rewritten, quantized)
+    if not quantized_ops(onnx.load(quantized)):
+        raise BuildError(f"{spec.source.path}: quantizing left no quantized operator ({recipe.method}): an \"int8\" "
+                         f"file that is the fp32 one (another onnxruntime's pre-processing?)")
     return add_notice(quantized.read_bytes(), spec.source, recipe.description)
+
+
+# Operators only a quantized graph holds (QDQ pairs, ONNX Runtime's fused int8 kernels).
+QUANTIZED_OPS = ("DequantizeLinear", "DynamicQuantizeLinear", "DynamicQuantizeLSTM", "DynamicQuantizeMatMul",
+                 "MatMulInteger", "MatMulIntegerToFloat", "ConvInteger", "QLinearConv", "QLinearMatMul")
+
+
+def quantized_ops(model: onnx.ModelProto) -> int:
+    """How many of a model's nodes are quantized operators (0: quantizing did nothing)."""
+    return sum(node.op_type in QUANTIZED_OPS for node in model.graph.node)
 
 
 def splice_quantized_convs(model: onnx.ModelProto, source: onnx.ModelProto, convs: Sequence[str]) -> None:

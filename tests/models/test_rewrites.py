@@ -410,3 +410,12 @@ def test_the_build_refuses_onnx_versions_other_than_the_packs_were_made_with(mon
     monkeypatch.setattr(build, "BUILD_VERSIONS", {"onnx": "1.0.0", "onnxruntime": "1.0.0"})
     assert build.main(["--only", "crnn", "--check"]) == 2
     assert "the packs are built with" in capsys.readouterr().err
+
+
+def test_an_int8_file_that_quantized_nothing_is_caught(monkeypatch):
+    """onnxruntime 1.24 left the CRNN's weights in Constant nodes and quantized nothing: the "int8"
+    file was the fp32 one and passed every gate. The build counts the quantized operators."""
+    build = models_build(monkeypatch)
+    assert build.quantized_ops(onnx.load(str(MODELS / "crnn" / "rec.fp32.onnx"))) == 0
+    assert build.quantized_ops(onnx.load(str(MODELS / "crnn" / "rec.int8.onnx"))) > 0
+    assert build.quantized_ops(onnx.load(str(MODELS / "ppocrv6-small" / "rec_page.int8.onnx"))) > 0
