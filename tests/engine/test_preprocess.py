@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import itertools
 import struct
 import zlib
@@ -329,16 +328,11 @@ def test_strip_tensor_is_the_normalised_pixels_then_the_mean_as_padding():
 def test_a_transparent_tiff_is_turned_once(orientation):
     """OpenCV's decode that keeps the alpha channel applies a TIFF's own Orientation (unlike a PNG's
     eXIf or a WebP's EXIF): turned again by hand, it came out turned twice."""
-    from PIL import Image
-
     rgba = np.zeros((40, 60, 4), np.uint8)
     rgba[..., 3] = 255
     rgba[5:15, 30:40] = (255, 0, 0, 255)
-    files = []
-    for pixels, mode in ((rgba, "RGBA"), (np.ascontiguousarray(rgba[..., :3]), "RGB")):
-        buffer = io.BytesIO()
-        Image.fromarray(pixels, mode).save(buffer, "TIFF", tiffinfo={274: orientation})
-        files.append(buffer.getvalue())
+    files = [_with_tiff_entry(_encode(".tiff", pixels), 274, 3, orientation)  # Orientation, SHORT
+             for pixels in (rgba, np.ascontiguousarray(rgba[..., :3]))]
     transparent, opaque = (preprocess.decode_image(data, max_megapixels=1) for data in files)
     np.testing.assert_array_equal(transparent, opaque)  # the colour decode's turn, which was right
 
