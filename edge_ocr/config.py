@@ -252,7 +252,8 @@ class CameraSourceConfig:
         _check_declared(self)
         _not_below("retry_max_delay", self.retry_max_delay, "retry_min_delay", self.retry_min_delay)
         if self.backend == "picamera2" and not self.device.isdigit():
-            raise Invalid("device", "picamera2 expects a camera number (0, 1, ...), got %r" % redact_url(self.device))
+            raise Invalid("device", "picamera2 expects a camera number (0, 1, ...), got %r"
+                          % redact_url(self.device, whole=True))
         seen: set[str] = set()
         for i, roi in enumerate(self.rois):
             if roi.name in seen:
@@ -295,8 +296,8 @@ class MqttConfig:
         _check_declared(self)
         # The value is shown with any user:password@ in it hidden: a broker written as Node-RED spells
         # it (mqtt://user:password@host) must not put the password in the journal.
-        shown = URL_USERINFO_RE.sub("//***@", self.host) if "//" in self.host else re.sub(r"^[^@]*@", "***@",
-                                                                                           self.host)
+        shown = (URL_USERINFO_WHOLE_RE.sub("//***@", self.host) if "//" in self.host
+                 else re.sub(r"^[^@]*@", "***@", self.host))
         if not self.host or any(c.isspace() for c in self.host) or "/" in self.host or "@" in self.host:
             raise Invalid("host", "expected a host name or address (no scheme, no user, no path), got %r" % shown)
         if self.host.count(":") == 1:  # one colon: a port (an IPv6 address has two or more)
@@ -308,7 +309,7 @@ class MqttConfig:
             raise Invalid("host", "expected a host name or address, got %r (a control character)" % shown)
         if ":" not in self.host:  # a name: each label as the resolver will encode it (IDNA), or refused here
             try:
-                self.host.rstrip(".").encode("idna")
+                self.host.encode("idna")  # one trailing dot (a rooted name) passes; "." and "a..b" do not
             except UnicodeError as exc:  # empty or over-long labels ("broker..lan"): getaddrinfo's UnicodeError
                 raise Invalid("host", "expected a host name (labels of 1 to 63 characters), got %r" % shown) from exc
         for key in ("topic_prefix", "discovery_prefix"):  # both start topics this device publishes on
@@ -538,7 +539,8 @@ def load_config(path: str | os.PathLike[str] | None = None, environ: Mapping[str
     if problems:
         # A value quoted back may be a URL with credentials (a camera's device given as a list): hidden as
         # everywhere else, since these lines go to the journal and `check`'s output.
-        problems = [redact_url(problem) for problem in problems]
+        problems = [redact_url(QUOTED_RE.sub(lambda m: redact_url(m.group(), whole=True), problem))
+                    for problem in problems]
         raise ConfigError(problems[0] if len(problems) == 1 else "; ".join(problems), tuple(problems))
     return Config(engine, sources, mqtt, http, guard, pipeline, fleet, file)
 
@@ -789,6 +791,8 @@ def expand_user(key: str, value: str) -> Path:
 
 def _read_secret(t: _Table, key: str, env: Mapping[str, str], credential: str) -> tuple[str, Secret | None]:
     raw = t.text(key, "")
+    if "\0" in raw:  # no file name holds one (reading it raised ValueError)
+        raise ConfigError("%s: contains a NUL character" % t.key(key))
     creds = env.get("CREDENTIALS_DIRECTORY")
     candidates: list[Path] = []
     if raw:
@@ -953,6 +957,7 @@ def reference_markdown() -> str:
 # and an address further on ("//nas/share failed; mail bob@x") are left alone.
 URL_USERINFO_RE = re.compile(r"//[^/\s]*@")
 URL_USERINFO_WHOLE_RE = re.compile(r"//[^/]*@")  # in a value that is one URL: white space included
+QUOTED_RE = re.compile(r"'[^']*'")  # a value a config error quotes (%r): one URL at most, redacted whole
 # ... and credentials in its query, as many IP cameras' snapshot URLs take them (Foscam's usr= and
 # pwd=, loginuse= and loginpas=, token=)
 URL_QUERY_SECRET_RE = re.compile(

@@ -521,7 +521,8 @@ class OcrEngine:
         stage = self.det.stage
         short = min(image.shape[:2])
         strip = max(4 * stage.multiple, area // max(short, 1) // stage.multiple * stage.multiple)
-        strip = min(strip, -(-max(image.shape[:2]) // stage.multiple) * stage.multiple)  # no longer than the image
+        # no longer than the image, nor shorter than the least plan_strips takes (a det_limit_side of 32)
+        strip = min(strip, max(4 * stage.multiple, -(-max(image.shape[:2]) // stage.multiple) * stage.multiple))
         plan = preprocess.plan_strips(image.shape[:2], strip, STRIP_OVERLAP, stage.multiple, stage.multiple)
         # One strip's map at a time: stitched as it comes, never all at once.
         maps = (self.det.run(preprocess.strip_tensor(image, plan, i, stage.mean, stage.std))[0, 0]

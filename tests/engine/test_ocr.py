@@ -258,6 +258,20 @@ def test_a_long_crop_smaller_than_a_page_is_detected_as_before(engines, eval_dev
     assert len(engine(cv2.imencode(".png", line)[1].tobytes()).lines) == 1
 
 
+def test_a_long_image_detected_in_strips_at_the_smallest_limit_side(eval_dev):
+    """engine.det_limit_side may be as small as 32: a strip cut to the image's length was then shorter
+    than the strips' overlap, and the plan raised ValueError for a 60 x 15 image."""
+    import cv2
+
+    from edge_ocr.engine.ocr import EngineOptions, OcrEngine
+
+    engine = OcrEngine(EngineOptions(det_limit_side=48, threads=1))
+    crop = cv2.imread(str(next(p for p, _ in line_samples(eval_dev, "SROIE2019-task1", 1))))
+    for size in ((60, 15), (200, 40)):
+        engine(cv2.imencode(".png", cv2.resize(crop, size))[1].tobytes())  # no ValueError
+    engine.close()
+
+
 def test_bad_files_get_their_documented_errors(engines, eval_dev):
     engine = engines()
     good = (eval_dev / "pages" / _pages(eval_dev, "sroie", 1)[0]["file"]).read_bytes()

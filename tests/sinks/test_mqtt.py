@@ -544,3 +544,11 @@ def test_a_connection_two_devices_fight_over_is_one_line_a_minute_naming_the_cli
     assert "client_id=edge-ocr-test? (each device needs its own mqtt.client_id)" in caplog.text
     assert caplog.text.count("keeps dropping") == 1 and drops() == told  # nothing more within the minute
     assert caplog.text.count("mqtt disconnected") <= 2, caplog.text[-3000:]
+
+
+def test_a_host_the_resolver_refuses_is_a_line_from_the_probe_not_a_traceback(mosquitto, tmp_path):
+    """`check` and `submit` probe the broker: paho's ValueError ("Invalid host.") or the resolver's
+    UnicodeError came out as a traceback (config refuses such hosts now; the probe is the second guard)."""
+    cfg = mqtt_config(mosquitto, tmp_path)
+    object.__setattr__(cfg, "host", "broker..lan")  # past the config's own check
+    assert probe(cfg, timeout_s=2).startswith("cannot connect to broker..lan:")

@@ -512,3 +512,9 @@ def test_a_stream_that_keeps_dropping_is_reopened_less_and_less_often(run_camera
         # 2 frames take ~0.1 s; then 0.05, 0.1, 0.2, 0.4, 0.8 s of delay: the last gaps are the cap's
         assert min(gaps[-2:]) > 0.7, gaps
         assert cam.jobs, "no frame was handed on"
+
+
+def test_a_camera_url_in_the_journal_hides_a_password_with_white_space_or_an_at():
+    from edge_ocr.sources.camera import redact
+
+    assert redact("rtsp://admin:my p@ss#1@10.0.0.9:554/s?pwd=a b") == "rtsp://***@10.0.0.9:554/s?pwd=***"
