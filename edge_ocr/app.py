@@ -36,7 +36,7 @@ from edge_ocr.config import (
     with_live,
 )
 from edge_ocr.engine.types import Region
-from edge_ocr.errors import ConfigError, ExitCode, ImageError
+from edge_ocr.errors import ConfigError, ExitCode, ImageError, UnknownPack
 from edge_ocr.fit import check_fit
 from edge_ocr.guard import Guard, GuardState, IdleTrim, Level, read_memory
 from edge_ocr.notify import Notifier
@@ -510,7 +510,6 @@ class App:
 def _pack_exists(name: str) -> bool:
     """Whether ``engine.pack`` names a pack this daemon could load at its next start."""
     from edge_ocr.engine.models import load_pack  # loaded already with the engine
-    from edge_ocr.errors import UnknownPack
 
     try:
         load_pack(name)

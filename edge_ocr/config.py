@@ -960,10 +960,10 @@ URL_USERINFO_WHOLE_RE = re.compile(r"//[^/]*@")  # in a value that is one URL: w
 QUOTED_RE = re.compile(r"'[^']*'")  # a value a config error quotes (%r): one URL at most, redacted whole
 # ... and credentials in its query, as many IP cameras' snapshot URLs take them (Foscam's usr= and
 # pwd=, loginuse= and loginpas=, token=)
-URL_QUERY_SECRET_RE = re.compile(
-    r"([?&;](?:user|usr|username|login|loginuse|pass|password|passwd|pwd|loginpas|token|access_token|"
-    r"key|apikey|api_key|auth|secret|sig|signature)=)[^&#;\s]*", re.IGNORECASE)
-URL_QUERY_SECRET_WHOLE_RE = re.compile(URL_QUERY_SECRET_RE.pattern.replace("[^&#;\\s]*", "[^&#;]*"), re.IGNORECASE)
+_URL_SECRET_KEY = (r"([?&;](?:user|usr|username|login|loginuse|pass|password|passwd|pwd|loginpas|token|access_token|"
+                   r"key|apikey|api_key|auth|secret|sig|signature)=)")
+URL_QUERY_SECRET_RE = re.compile(_URL_SECRET_KEY + r"[^&#;\s]*", re.IGNORECASE)
+URL_QUERY_SECRET_WHOLE_RE = re.compile(_URL_SECRET_KEY + r"[^&#;]*", re.IGNORECASE)  # white space included
 
 
 def redact_url(text: str, whole: bool = False) -> str:
