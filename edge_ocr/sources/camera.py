@@ -27,11 +27,15 @@ Imports results, config, errors, stats, engine types and sources.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import importlib
 import logging
 import math
+import os
+import socket
 import threading
 import time
+import urllib.parse
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
@@ -53,6 +57,12 @@ AF_MODES = {"auto": 1, "continuous": 2}  # libcamera controls.AfModeEnum values
 STREAM_TIMEOUT_MS = 10000  # open/read timeout of network streams, so a dead camera cannot hang the thread
 IDLE_WAIT_S = 0.25  # longest wait between checks of the stop event while waiting for a capture
 COMMAND_RETRY_S = 0.2  # a commanded frame the full queue dropped is taken again this often
+PROBE_TIMEOUT_S = 3.0  # the TCP connect that says why a stream did not open
+STREAM_PORTS = {"rtsp": 554, "rtsps": 322, "http": 80, "https": 443, "rtmp": 1935, "rtmps": 443}
+# FFmpeg's own level while OpenCV reads a stream (AV_LOG_FATAL): its errors are one stderr line per
+# retry ("Connection refused") or per damaged frame on a lossy link ("error while decoding MB"),
+# dozens a second in the journal; the source's own line says why a camera is offline.
+FFMPEG_LOG_LEVEL = "8"
 STABLE_CONNECTION_S = 30.0  # a camera open this long is back: its retry delay starts again from the least
 
 
@@ -70,6 +80,57 @@ def device_kind(device: str) -> str:
     if device.startswith("/dev/"):
         return "device"
     return "file"
+
+
+def quiet_video_libraries() -> None:
+    """Keep OpenCV's and FFmpeg's own warnings out of the journal unless the environment asks for
+    them (``OPENCV_LOG_LEVEL``, ``OPENCV_FFMPEG_LOGLEVEL``): each would repeat at every retry of a
+    camera that is away, where the source logs one line with the reason (``why_not_open``).
+    FFmpeg's level is read once, at its first use in the process."""
+    os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", FFMPEG_LOG_LEVEL)
+    logging_module = getattr(getattr(cv2, "utils", None), "logging", None)
+    if "OPENCV_LOG_LEVEL" not in os.environ and logging_module is not None:
+        logging_module.setLogLevel(logging_module.LOG_LEVEL_ERROR)
+
+
+def why_not_open(device: str) -> str:
+    """Why OpenCV could not open ``device``, as far as the system can tell (OpenCV says nothing):
+    a device node missing or not ours; a stream's host unknown, refusing, silent or unreachable
+    (one TCP connect, at most ``PROBE_TIMEOUT_S``); else what is left to check."""
+    kind = device_kind(device)
+    if kind in ("index", "device"):
+        path = "/dev/video%s" % device if kind == "index" else device
+        if not os.path.exists(path):
+            return "no such device %s (is the camera plugged in?)" % path
+        if not os.access(path, os.R_OK | os.W_OK):
+            return "no permission on %s (the service user needs the video group)" % path
+        return "%s is busy or not a video capture device" % path
+    if kind != "stream":
+        return "not a video OpenCV can read"
+    parts = urllib.parse.urlsplit(device)
+    try:
+        host, port = parts.hostname, parts.port or STREAM_PORTS.get(parts.scheme.lower())
+    except ValueError:
+        return "the URL's port is not a number"
+    if not host or port is None:
+        return "not a stream URL OpenCV can open (%s://)" % parts.scheme
+    where = ("[%s]:%d" if ":" in host else "%s:%d") % (host, port)
+    try:
+        addresses = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except (socket.gaierror, UnicodeError) as exc:
+        return "cannot resolve %s (%s)" % (host, getattr(exc, "strerror", None) or exc)
+    family, kind_, proto, _, address = addresses[0]
+    with socket.socket(family, kind_, proto) as probe_socket:
+        probe_socket.settimeout(PROBE_TIMEOUT_S)
+        try:
+            probe_socket.connect(address)
+        except ConnectionRefusedError:
+            return "connection refused by %s (nothing listens there)" % where
+        except TimeoutError:
+            return "no answer from %s within %.0f s" % (where, PROBE_TIMEOUT_S)
+        except OSError as exc:
+            return "%s unreachable (%s)" % (where, exc.strerror or errno.errorcode.get(exc.errno or 0) or exc)
+    return "%s answers, but no stream opened there (check the path, the user and the password)" % where
 
 
 class VideoEnded(Exception):
@@ -163,6 +224,7 @@ class OpenCvReader:
 
     def _open(self) -> cv2.VideoCapture:
         cfg = self.cfg
+        quiet_video_libraries()
         if self.kind == "file" and not Path(cfg.device).is_file():
             raise SourceError("video file not found: %s" % cfg.device)
         if self.kind == "index":
@@ -174,7 +236,7 @@ class OpenCvReader:
             cap = cv2.VideoCapture(cfg.device)
         if not cap.isOpened():
             cap.release()
-            raise SourceError("cannot open %s" % redact(cfg.device))
+            raise SourceError("cannot open %s: %s" % (redact(cfg.device), why_not_open(cfg.device)))
         if self.live:
             if cfg.size != (0, 0):
                 cap.set(cv2.CAP_PROP_FRAME_WIDTH, cfg.size[0])

@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import os
 import re
+import socket
+import subprocess
 import sys
 import threading
 import time
@@ -19,9 +22,9 @@ from edge_ocr.engine.types import Region
 from edge_ocr.pipeline import Pipeline
 from edge_ocr.results import Job, Result, Status
 from edge_ocr.sources.base import SourceStatus
-from edge_ocr.sources.camera import CameraSource, device_kind, probe, redact
+from edge_ocr.sources.camera import CameraSource, device_kind, probe, redact, why_not_open
 from edge_ocr.stats import Stats
-from tests.broker import wait_until
+from tests.broker import free_port, wait_until
 from tests.fake_picamera2 import CameraBus
 from tests.frames import BOX, paste, text_frame, write_video
 from tests.helpers import line_samples
@@ -339,14 +342,54 @@ def test_device_kinds_and_credentials_never_shown():
     assert probe(CameraSourceConfig("x", device="/nonexistent/clip.avi")) == "video file not found: /nonexistent/clip.avi"
 
 
+def test_why_a_camera_did_not_open_is_said_without_its_password():
+    if not os.path.exists("/dev/video9"):
+        assert why_not_open("9") == why_not_open("/dev/video9") == "no such device /dev/video9 (is the camera plugged in?)"
+    assert why_not_open("/dev/null") == "/dev/null is busy or not a video capture device"
+    closed = free_port()
+    assert why_not_open("rtsp://admin:hunter2@127.0.0.1:%d/live" % closed) == (
+        "connection refused by 127.0.0.1:%d (nothing listens there)" % closed)
+    unknown = why_not_open("rtsp://admin:hunter2@camera.invalid/live")
+    assert unknown.startswith("cannot resolve camera.invalid (") and "hunter2" not in unknown
+    with socket.create_server(("127.0.0.1", 0)) as listening:  # a port that accepts, but speaks no RTSP
+        port = listening.getsockname()[1]
+        assert why_not_open("rtsp://127.0.0.1:%d/live" % port) == (
+            "127.0.0.1:%d answers, but no stream opened there (check the path, the user and the password)" % port)
+    assert why_not_open("http://127.0.0.1:port/x.mjpg") == "the URL's port is not a number"
+
+
+def test_opencv_and_ffmpeg_say_nothing_of_their_own_at_each_retry_or_damaged_frame(tmp_path):
+    """Each of these wrote its own stderr line (the journal's) at every retry or frame, beside the
+    source's: FFmpeg's "[tcp @ 0x...] Connection ... refused", OpenCV's "[ WARN:0@...] can't open camera
+    by index", FFmpeg's "[mjpeg @ 0x...] overread 8" for each damaged frame of a lossy stream."""
+    frame = cv2.imencode(".jpg", text_frame("12.3"))[1].tobytes()
+    damaged = frame[: len(frame) // 2] + bytes(200) + frame[-50:]
+    closed = free_port()
+    with MjpegServer([], frames_per_connection=12, jpegs=[damaged]) as server:
+        config = tmp_path / "cameras.toml"
+        config.write_text('[mqtt]\nenabled = false\n'
+                          '[[sources]]\nname = "gate"\ntype = "camera"\ndevice = "rtsp://admin:hunter2@127.0.0.1:%d/live"\n'
+                          '[[sources]]\nname = "usb"\ntype = "camera"\ndevice = "9"\n'
+                          '[[sources]]\nname = "lossy"\ntype = "camera"\ndevice = "%s"\n' % (closed, server.url))
+        env = {k: v for k, v in os.environ.items() if k not in ("OPENCV_LOG_LEVEL", "OPENCV_FFMPEG_LOGLEVEL")}
+        run = subprocess.run([sys.executable, "-m", "edge_ocr", "check", "-c", str(config)], capture_output=True,
+                             text=True, timeout=120, env=env)
+    assert "sources[0] gate: cannot open rtsp://***@127.0.0.1:%d/live: connection refused by 127.0.0.1:%d" % (
+        closed, closed) in run.stdout
+    if not os.path.exists("/dev/video9"):
+        assert "sources[1] usb: cannot open 9: no such device /dev/video9" in run.stdout
+    assert server.connections >= 1  # the damaged stream was read
+    assert not re.search(r"\[(tcp|rtsp|http|mjpeg) @ 0x|\[ WARN:", run.stderr), run.stderr
+
+
 class MjpegServer:
     """A camera-like MJPEG stream over HTTP (multipart/x-mixed-replace) on a free loopback port.
     Each connection sends ``frames_per_connection`` frames, then drops, like a flaky IP camera."""
 
-    def __init__(self, frames: list[np.ndarray], frames_per_connection: int) -> None:
+    def __init__(self, frames: list[np.ndarray], frames_per_connection: int, jpegs: list[bytes] = ()) -> None:
         import http.server
 
-        self.jpegs = [cv2.imencode(".jpg", f)[1].tobytes() for f in frames]
+        self.jpegs = [cv2.imencode(".jpg", f)[1].tobytes() for f in frames] + list(jpegs)
         self.connections = 0
         self.opened: list[float] = []  # time.monotonic() of each connection
         self.stop = threading.Event()
