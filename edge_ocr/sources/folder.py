@@ -363,6 +363,7 @@ class FolderSource:
         # not only the journal. Under _status_lock (the source thread and the pipeline thread).
         self._stalled_files: set[Path] = set()
         self._stall_reason = ""
+        self._paused = False  # new files left in the folder while results are stalled (source thread)
         self._status_lock = threading.RLock()
         self.ready = threading.Event()  # set once the folders are open and the start-up scan is queued
         self.mode = "none"
@@ -590,12 +591,15 @@ class FolderSource:
                 last_scan = now
                 next_scan = now + (cfg.rescan_interval if inotify is not None and not lost else cfg.poll_interval)
                 self.ready.set()
-            for name in self._ready(seen, now):
+            # While results cannot be written (disk full, done/ read-only) new files wait in the
+            # folder: claimed, each would be read and its result held in memory for nothing.
+            paused = self._intake_paused(len(seen))
+            for name in [] if paused else self._ready(seen, now):
                 if stop.is_set():
                     return
                 self._guarded(self.cfg.path / name, partial(self._claim, name))
             now = time.monotonic()
-            wake = [next_scan] + [s.stable_since + cfg.stability_delay for s in seen.values()]
+            wake = [next_scan] + ([] if paused else [s.stable_since + cfg.stability_delay for s in seen.values()])
             if not self._stalled.empty():
                 wake.append(next_retry)
             timeout = min(max(min(wake) - now, 0.02), 0.25)
@@ -607,6 +611,20 @@ class FolderSource:
                     self._rescan.set()
             else:
                 self._rescan.wait(timeout)
+
+    def _intake_paused(self, waiting: int) -> bool:
+        """True while a claimed file's result is stalled; the journal says when new files start
+        and stop waiting (source thread only)."""
+        with self._status_lock:
+            paused, reason = bool(self._stalled_files), self._stall_reason
+        if paused != self._paused:
+            self._paused = paused
+            if paused:
+                log.warning("new files wait in the folder until results can be written source=%s waiting=%d "
+                            "reason=%s", self.name, waiting, reason)
+            else:
+                log.info("taking new files again source=%s waiting=%d", self.name, waiting)
+        return paused
 
     def _list(self) -> list[str]:
         try:

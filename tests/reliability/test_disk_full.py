@@ -1,6 +1,7 @@
 """Disk full: done/, failed/ and the MQTT spool on a 4 MB tmpfs made by the test (root), filled
 to the last byte while files keep arriving. The daemon keeps running and says why, every file
-waits in .processing/, and when space returns every result is written and published."""
+waits in .processing/ (and a file dropped meanwhile in the folder itself), and when space returns every
+result is written and published."""
 
 from __future__ import annotations
 
@@ -90,8 +91,16 @@ def test_a_full_disk_keeps_every_file_and_recovers_when_space_returns(eval_dev, 
 
         kept = lambda name: "kept for retry source=inbox file=%s error=" % name in daemon.text()  # noqa: E731
         assert wait_until(lambda: all(kept(name) for name in names), 60), daemon.text()[-4000:]  # each tried, and kept
+        # Files dropped while results cannot be written wait in the folder: neither claimed nor read.
+        late = ["late%d.png" % i for i in range(2)]
+        for src, name in zip([p for p, _ in line_samples(eval_dev, "IIIT5K-test", len(late))], late):
+            drop(src, tmp_path / "inbox", name)
+        assert wait_until(lambda: "new files wait in the folder until results can be written source=inbox" in
+                          daemon.text(), 60), daemon.text()[-4000:]
         tries = stalled()
         assert wait_until(lambda: stalled() >= tries + len(names), 60)  # ... and tried again
+        assert sorted(p.name for p in (tmp_path / "inbox").glob("late*")) == late
+        assert not any(name in daemon.text() for name in late)
         # one journal line a file, then one a retry round: it was two a file a round, for as long as it lasted
         assert daemon.text().count("cannot write result, file kept for retry") == len(names), daemon.text()[-4000:]
         assert "retrying stalled files source=inbox files=" in daemon.text()
@@ -102,21 +111,22 @@ def test_a_full_disk_keeps_every_file_and_recovers_when_space_returns(eval_dev, 
         assert _originals(disk / "done") == [] and _originals(disk / "failed") == []
         filler.unlink()  # space returns
         accounted = lambda: sorted(_originals(disk / "done") + _originals(disk / "failed"))  # noqa: E731
-        assert wait_until(lambda: accounted() == sorted(names), 180), accounted()
+        assert wait_until(lambda: accounted() == sorted(names + late), 180), accounted()
+        assert "taking new files again source=inbox" in daemon.text()
         assert _originals(disk / "failed") == sorted(names[GOOD:])
         assert wait_until(lambda: ready()[0] == 200, 60), ready()
         for path in list((disk / "done").glob("*.json")) + list((disk / "failed").glob("*.json")):
             json.loads(path.read_text(encoding="utf-8"))  # none torn
         tries = int(stalled())
         topic = PREFIX + "/inbox/event"
-        sub.wait(lambda ms: {json.loads(m.payload)["file"] for m in ms if m.topic == topic} >= set(names), 120)
+        sub.wait(lambda ms: {json.loads(m.payload)["file"] for m in ms if m.topic == topic} >= set(names + late), 120)
         assert wait_until(lambda: not _originals(processing), 10), _originals(processing)  # deleted after the copy lands
         files = [json.loads(m.payload)["file"] for m in sub.on(topic)]
         resent = len(files) - len(set(files))  # a retried file is published again: at least once
         code = daemon.terminate()
         assert code == 0, daemon.text()[-6000:]  # the journal's last lines say why
         sub.close()
-        report("disk full: %s on a full 4 MB tmpfs, then space returns" % on_disk, runs=1, inputs=len(names),
+        report("disk full: %s on a full 4 MB tmpfs, then space returns" % on_disk, runs=1, inputs=len(names) + len(late),
                lost=0, duplicated="0 in done/; %d re-sent events" % resent,
                errors="%d tries kept for retry; %d refused to failed/" % (tries, BAD))
     finally:
