@@ -7,6 +7,10 @@ from pathlib import Path
 
 import pytest
 
+# Test modules that import onnxruntime themselves (the model rewrites) load it before the engine
+# would set this (edge_ocr/engine/models.py): no telemetry from the tests either.
+os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
+
 # The broker fixture (a real mosquitto on a free loopback port) for every test module that asks for it.
 pytest_plugins = ("tests.broker",)
 

@@ -81,6 +81,11 @@ def test_the_unit_runs_the_daemon_on_glibcs_huge_pages():
     assert "GLIBC_TUNABLES=" + HUGEPAGE_TUNABLE in [item for items in environment for item in items]
 
 
+def test_the_unit_keeps_onnx_runtimes_telemetry_off():
+    environment = [line.split("=", 1)[1].split() for line in UNIT.read_text().splitlines() if line.startswith("Environment=")]
+    assert "ORT_DISABLE_TELEMETRY=1" in [item for items in environment for item in items]
+
+
 def test_the_readmes_drop_in_for_a_folder_elsewhere_verifies_and_allows_both_folders(unit_here):
     readme = (UNIT.parents[1] / "README.md").read_text()
     drop_in = re.search(r"```ini\n(\[Service\]\n.*?ReadWritePaths=.*?)```", readme, re.S)

@@ -17,7 +17,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import onnxruntime as ort
+
+# ONNX Runtime's Linux wheels (1.32) send usage telemetry to Microsoft unless this is set before they
+# load: a device ID kept in ~/.cache/Microsoft/DeveloperTools, events queued in SQLite there while
+# offline (2.5 MB after a day of tests here), a thread to upload them. An OCR daemon on a private
+# network talks to its own broker and nothing else; ORT_DISABLE_TELEMETRY=0 in the environment wins.
+os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
+import onnxruntime as ort  # after the line above: it is read once, as the library loads
 
 from edge_ocr.engine.decode import Charset, load_charset
 from edge_ocr.engine.manifest import InputSpec, Manifest, ManifestError, SourceRef, StageEntry

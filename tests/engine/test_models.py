@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -221,3 +224,28 @@ def test_spinning_threads_stop_when_a_run_returns():
         after.append(_cpu_s() - start)
     # CPU seconds, not wall time: what the process burned while it had nothing to do.
     assert sorted(after)[2] < 0.01, after
+
+
+@pytest.mark.parametrize("setting, writes", [(None, False), ("0", True)])
+def test_onnx_runtime_sends_no_telemetry_unless_the_environment_asks(tmp_path, setting, writes):
+    """ONNX Runtime's Linux wheels (1.32) keep a device ID and a queue of usage events for Microsoft
+    under ~/.cache/Microsoft/DeveloperTools and upload them, unless ORT_DISABLE_TELEMETRY is set
+    before they load: the engine sets it. What a user puts in the environment wins."""
+    env = {k: v for k, v in os.environ.items() if k not in ("ORT_DISABLE_TELEMETRY", "XDG_CACHE_HOME")}
+    env["HOME"] = str(tmp_path)
+    if setting is not None:
+        env["ORT_DISABLE_TELEMETRY"] = setting
+    image = tmp_path / "word.png"
+    image.write_bytes(_word_png())
+    run = subprocess.run([sys.executable, "-m", "edge_ocr", "ocr", "--no-det", str(image)], capture_output=True,
+                         text=True, timeout=120, env=env)
+    assert run.returncode == 0, run.stderr
+    assert (tmp_path / ".cache" / "Microsoft").exists() is writes
+
+
+def _word_png() -> bytes:
+    import cv2
+
+    image = np.full((48, 200, 3), 255, np.uint8)
+    cv2.putText(image, "TOTAL", (8, 36), cv2.FONT_HERSHEY_SIMPLEX, 1.2, (0, 0, 0), 2)
+    return cv2.imencode(".png", image)[1].tobytes()
