@@ -4,7 +4,9 @@
 fails like the real one: ``Picamera2()`` raises IndexError with no camera and RuntimeError
 when another process holds it; ``configure`` needs a stopped camera; ``start`` needs a
 configuration; ``set_controls`` refuses controls the sensor does not advertise;
-``capture_array`` returns a copy of the current frame (RGB888 = B, G, R in memory).
+``capture_array`` returns a copy of the current frame (RGB888 = B, G, R in memory), or with
+``wait=False`` a job that ``wait(job, timeout)`` completes (TimeoutError past ``timeout`` while
+the bus is ``stalled``, as a sensor whose frontend stopped delivering frames).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ class CameraBus:
         self.state = state
         self.autofocus = autofocus
         self.unplugged = False
+        self.stalled = False  # captures never complete (picamera2's wait times out)
         self.frame = frame if frame is not None else np.full((480, 640, 3), 255, dtype=np.uint8)
         self.created = 0  # Picamera2 objects successfully constructed
         self.attempts = 0  # constructor calls, failed ones included
@@ -92,9 +95,20 @@ class CameraBus:
             def autofocus_cycle(self) -> bool:
                 return True
 
-            def capture_array(self, name: str = "main") -> np.ndarray:
+            def capture_array(self, name: str = "main", wait: bool | None = None) -> Any:
                 if not self.started:
                     raise RuntimeError("Camera is not running")
+                if wait is False:
+                    return ("job", self)
+                return self._capture()
+
+            def wait(self, job: Any, timeout: float | None = None) -> np.ndarray:
+                if bus.stalled:
+                    threading.Event().wait(timeout if timeout is not None else 3600.0)
+                    raise TimeoutError()
+                return self._capture()
+
+            def _capture(self) -> np.ndarray:
                 if bus.unplugged:
                     raise RuntimeError("Camera frontend has timed out!")
                 with bus.lock:

@@ -57,6 +57,7 @@ AF_MODES = {"auto": 1, "continuous": 2}  # libcamera controls.AfModeEnum values
 STREAM_TIMEOUT_MS = 10000  # open/read timeout of network streams, so a dead camera cannot hang the thread
 IDLE_WAIT_S = 0.25  # longest wait between checks of the stop event while waiting for a capture
 COMMAND_RETRY_S = 0.2  # a commanded frame the full queue dropped is taken again this often
+CAPTURE_TIMEOUT_S = 10.0  # a picamera2 still capture that takes longer has stalled: the camera is restarted
 PROBE_TIMEOUT_S = 3.0  # the TCP connect that says why a stream did not open
 STREAM_PORTS = {"rtsp": 554, "rtsps": 322, "http": 80, "https": 443, "rtmp": 1935, "rtmps": 443}
 # FFmpeg's own level while OpenCV reads a stream (AV_LOG_FATAL): its errors are one stderr line per
@@ -183,8 +184,15 @@ class Picamera2Reader:
 
     def read(self) -> np.ndarray:
         try:
-            return self.camera.capture_array("main")
-        except (RuntimeError, OSError, ValueError, TimeoutError) as exc:
+            # Asked without waiting, then waited for at most CAPTURE_TIMEOUT_S: a sensor whose
+            # frontend stalls (a loose ribbon cable, undervoltage) never completes the capture,
+            # which would hold this thread, and the source "online", for good.
+            job = self.camera.capture_array("main", wait=False)
+            return self.camera.wait(job, timeout=CAPTURE_TIMEOUT_S)
+        except TimeoutError as exc:
+            self.close()
+            raise SourceError("no frame from the camera within %g s" % CAPTURE_TIMEOUT_S) from exc
+        except (RuntimeError, OSError, ValueError) as exc:
             self.close()
             raise SourceError("capture failed: %s" % exc) from exc
 

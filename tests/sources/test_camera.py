@@ -114,6 +114,21 @@ def test_picamera2_missing_then_busy_then_present_goes_online_without_restart(bu
     assert bus.closed == 1
 
 
+def test_a_picamera2_capture_that_never_completes_makes_the_source_offline_then_restarts_it(bus, run_camera,
+                                                                                           monkeypatch):
+    monkeypatch.setattr("edge_ocr.sources.camera.CAPTURE_TIMEOUT_S", 0.2, raising=False)
+    bus.state = "present"
+    cam = run_camera(pi_config())
+    assert wait_until(lambda: cam.source.status is SourceStatus.ONLINE)
+    bus.stalled = True  # the sensor's frontend stops delivering frames
+    assert wait_until(lambda: cam.source.status is SourceStatus.OFFLINE, 5)
+    assert cam.source.reason == "no frame from the camera within 0.2 s"
+    captured = bus.captures
+    bus.stalled = False
+    assert wait_until(lambda: cam.source.status is SourceStatus.ONLINE and bus.captures > captured, 5)
+    assert bus.created == 1 and len(bus.configs) >= 2  # restarted on the same Picamera2 object
+
+
 def test_picamera2_without_autofocus_gets_no_af_control_and_missing_module_is_offline(bus, run_camera, monkeypatch):
     bus.state, bus.autofocus = "present", False
     cam = run_camera(pi_config(autofocus="continuous"))
