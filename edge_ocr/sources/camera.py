@@ -16,7 +16,8 @@ Backends:
   one (RuntimeError): ``offline``, retried with capped exponential backoff.
 - ``opencv``: ``/dev/videoN`` or an index (V4L2), ``rtsp://``/``http://`` streams and video
   files. Live devices and streams are grabbed continuously (so a capture is the current
-  frame, not a stale buffered one) and reopened with backoff when they drop. A video file is
+  frame, not a stale buffered one) and reopened with backoff when they drop; a network stream
+  sampled STREAM_RELEASE_S or more apart is connected for each capture instead. A video file is
   played in real time at its own frame rate, sampled every ``interval`` (one frame per
   command when ``interval = 0``); at its end it starts again when ``loop = true``, else the
   source goes ``offline`` and stays so (restart the service to play it again).
@@ -57,6 +58,11 @@ AF_MODES = {"auto": 1, "continuous": 2}  # libcamera controls.AfModeEnum values
 STREAM_TIMEOUT_MS = 10000  # open/read timeout of network streams, so a dead camera cannot hang the thread
 IDLE_WAIT_S = 0.25  # longest wait between checks of the stop event while waiting for a capture
 COMMAND_RETRY_S = 0.2  # a commanded frame the full queue dropped is taken again this often
+# A network stream sampled this far apart or more is connected for each capture instead of decoded
+# all along: OpenCV's FFmpeg backend decodes every frame it grabs, so a 25 fps camera read once a
+# minute cost 1,500 decodes a capture (README, Cameras); a capture then waits for the connection
+# and its first whole frame (an H.264 stream's next keyframe), which such an interval can spare.
+STREAM_RELEASE_S = 10.0
 CAPTURE_TIMEOUT_S = 10.0  # a picamera2 still capture that takes longer has stalled: the camera is restarted
 PROBE_TIMEOUT_S = 3.0  # the TCP connect that says why a stream did not open
 STREAM_PORTS = {"rtsp": 554, "rtsps": 322, "http": 80, "https": 443, "rtmp": 1935, "rtmps": 443}
@@ -252,10 +258,21 @@ class OpenCvReader:
             cap.set(cv2.CAP_PROP_BUFFERSIZE, 1)
         return cap
 
+    @property
+    def per_capture(self) -> bool:
+        """Connected for each capture (closed between): a snapshot URL, or a stream sampled at
+        STREAM_RELEASE_S or more (the interval a reload gives too, through ``retime``)."""
+        return self.snapshot or (self.kind == "stream" and self.interval >= STREAM_RELEASE_S)
+
     def idle(self, until: float, stop: threading.Event, wake: threading.Event) -> None:
-        if not self.live or self.snapshot:
+        if not self.live or self.per_capture:
+            if self.live and self.cap.isOpened():
+                self.cap.release()  # nothing decoded until the next capture connects again
             _wait(until, stop, wake)
             return
+        if not self.cap.isOpened():  # was connected per capture, now sampled often: stays connected
+            self.cap = self._open()
+            self.grabbed = False
         # Keep grabbing (each grab waits for the next frame) so a capture gets the current frame.
         while not stop.is_set() and not wake.is_set() and time.monotonic() < until:
             if not self.cap.grab():
@@ -272,12 +289,14 @@ class OpenCvReader:
             self.frames += 1
 
     def read(self) -> np.ndarray:
-        if self.snapshot:  # one request per capture
-            self.cap = self._open()
+        if self.live and self.per_capture:  # one connection (a snapshot: one request) per capture
+            if not self.cap.isOpened():
+                self.cap = self._open()
             ok, frame = self.cap.read()
             self.cap.release()
+            self.grabbed = False
             if not ok or frame is None:
-                raise SourceError("no picture from %s" % redact(self.cfg.device))
+                raise SourceError("no %s from %s" % ("picture" if self.snapshot else "frame", redact(self.cfg.device)))
             return frame
         if self.live:
             ok, frame = self.cap.retrieve() if self.grabbed else self.cap.read()

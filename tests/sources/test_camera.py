@@ -406,6 +406,7 @@ class MjpegServer:
 
         self.jpegs = [cv2.imencode(".jpg", f)[1].tobytes() for f in frames] + list(jpegs)
         self.connections = 0
+        self.sent = 0  # frames written, all connections
         self.opened: list[float] = []  # time.monotonic() of each connection
         self.stop = threading.Event()
         server_self = self
@@ -422,9 +423,13 @@ class MjpegServer:
                     if server_self.stop.wait(0.05):
                         return
                     jpeg = server_self.jpegs[i % len(server_self.jpegs)]
-                    self.wfile.write(b"--frame\r\nContent-Type: image/jpeg\r\nContent-Length: %d\r\n\r\n" % len(jpeg))
-                    self.wfile.write(jpeg + b"\r\n")
-                    self.wfile.flush()
+                    try:
+                        self.wfile.write(b"--frame\r\nContent-Type: image/jpeg\r\nContent-Length: %d\r\n\r\n" % len(jpeg))
+                        self.wfile.write(jpeg + b"\r\n")
+                        self.wfile.flush()
+                    except OSError:  # the camera side closed the connection
+                        return
+                    server_self.sent += 1
                 # then the connection drops
 
             def log_message(self, *args) -> None:
@@ -510,6 +515,34 @@ def test_a_snapshot_url_is_asked_once_per_capture_and_stays_online(run_camera):
         assert len(asked.jobs) == 2 and asked.statuses == [SourceStatus.ONLINE]
     finally:
         server.close()
+
+
+def test_a_stream_sampled_seldom_is_connected_for_each_capture_and_decoded_only_then(run_camera, monkeypatch):
+    """OpenCV decodes every frame it grabs: kept connected, a 20 fps camera read every 10 s was
+    decoded 200 times a capture. At STREAM_RELEASE_S or more apart each capture connects, reads
+    one frame and closes; below it (and after a reload to a shorter interval) it stays connected."""
+    monkeypatch.setattr("edge_ocr.sources.camera.STREAM_RELEASE_S", 0.5, raising=False)
+    with MjpegServer([text_frame("12.3")], frames_per_connection=10_000) as server:
+        seldom = run_camera(CameraSourceConfig("seldom", backend="opencv", device=server.url, interval=0.6))
+        assert wait_until(lambda: seldom.stats.get("frames_total") >= 4, 30), seldom.source.reason
+        seldom.close()
+        captures = seldom.stats.get("frames_total")
+        assert captures + 1 >= server.connections >= captures  # at open, then one per capture
+        # Each connection sent what the capture read, and a frame or two in flight while it closed; kept
+        # connected for the ~2 s of these captures it would have sent ~40.
+        assert server.sent <= 3 * server.connections, (server.sent, server.connections)
+        assert seldom.statuses == [SourceStatus.ONLINE] and seldom.stats.get("camera_errors_total") == 0
+        connections, sent = server.connections, server.sent
+        often = run_camera(CameraSourceConfig("often", backend="opencv", device=server.url, interval=0.1))
+        assert wait_until(lambda: often.stats.get("frames_total") >= 10, 30), often.source.reason
+        assert server.connections == connections + 1 and server.sent - sent >= often.stats.get("frames_total")
+        often.source.update(dataclasses.replace(often.source.cfg, interval=0.6))  # a reload: per capture from now
+        assert wait_until(lambda: server.connections >= connections + 3, 30)
+        often.source.update(dataclasses.replace(often.source.cfg, interval=0.1))  # and connected again
+        held = server.connections
+        frames = often.stats.get("frames_total")
+        assert wait_until(lambda: often.stats.get("frames_total") >= frames + 10, 30)
+        assert server.connections <= held + 1
 
 
 def test_a_looping_video_plays_on_in_its_own_time_past_its_end(tmp_path, run_camera):
