@@ -238,7 +238,8 @@ class App:
 
     def _open_source(self, cfg: SourceConfig, pipeline: Pipeline, files: ResultFiles) -> Source:
         if isinstance(cfg, FolderSourceConfig):
-            return FolderSource(cfg, pipeline.submit, files, self.stats, self._on_source_status, pipeline.model)
+            return FolderSource(cfg, pipeline.submit, files, self.stats, self._on_source_status,
+                                pipeline.engine.reading_id)
         return CameraSource(cfg, pipeline.submit, self.stats, self._on_source_status)  # its jobs are droppable
 
     def shutdown(self) -> int:

@@ -46,6 +46,11 @@ class Engine(Protocol):
 
     def release_idle(self) -> tuple[str, ...]: ...
 
+    @property
+    def reading_id(self) -> str:
+        """Changes whenever the same image could be read otherwise (OcrEngine.reading_id)."""
+        ...
+
 
 class Sink(Protocol):
     """Takes results. ``publish`` must return quickly (spool, not network) and raise SinkError on failure."""

@@ -14,10 +14,12 @@ from pathlib import Path
 from edge_ocr.atomic import write_atomic
 from edge_ocr.engine.models import load_pack
 from edge_ocr.engine.ocr import EngineOptions
+from edge_ocr.engine.types import MAX_THREADS
 
 log = logging.getLogger(__name__)
 
 TUNE_FILE = "tune.json"
+TUNED_PRECISIONS = ("fp32", "int8")
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,7 +61,15 @@ def load(state_dir: Path) -> Tuning | None:
         data = json.loads(path.read_text(encoding="utf-8"))
         data["cpus"] = tuple(data["cpus"])
         data["trials"] = tuple(Trial(**t) for t in data.get("trials", ()))
-        return Tuning(**data)
+        tuning = Tuning(**data)
+        # A value this release cannot run (a newer release's precision, a hand edit) would stop the
+        # daemon with a config error about "auto", which the config does not hold.
+        threads_ok = isinstance(tuning.threads, int) and not isinstance(tuning.threads, bool) and (
+            1 <= tuning.threads <= MAX_THREADS)
+        if tuning.precision not in TUNED_PRECISIONS or not threads_ok:
+            raise ValueError("threads=%r precision=%r: not a tuning this release can use" % (
+                tuning.threads, tuning.precision))
+        return tuning
     except FileNotFoundError:
         return None
     except (OSError, ValueError, TypeError, KeyError) as exc:

@@ -15,6 +15,8 @@ QUAD = np.array([[0, 0], [10, 0], [10, 5], [0, 5]], dtype=np.float32)
 class FakeEngine:
     """pipeline.Engine: ``TEXT:hello`` → one line "hello"; anything else → UnsupportedImage."""
 
+    reading_id = "fake"  # what it reads never changes
+
     def __init__(self, gate: threading.Event | None = None) -> None:
         self.calls: list[bytes] = []
         self.gate = gate  # when given, each call waits for it (to hold the worker busy)
@@ -38,6 +40,8 @@ class FakeEngine:
 
 class ScriptedRegionEngine:
     """pipeline.Engine for region jobs: each call answers the next ``{roi: (text, score)}`` of the script."""
+
+    reading_id = "fake"  # what it reads never changes
 
     def __init__(self, script: list[dict[str, tuple[str, float]]]) -> None:
         self.script = list(script)

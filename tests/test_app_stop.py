@@ -25,6 +25,8 @@ from tests.helpers import Daemon, write_config
 class SlowEngine:
     """pipeline.Engine that takes ``seconds`` per image, as a 48 MP photo does on a small board."""
 
+    reading_id = "fake"  # what it reads never changes
+
     def __init__(self, seconds: float) -> None:
         self.seconds = seconds
         self.started = threading.Event()

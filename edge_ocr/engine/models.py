@@ -8,6 +8,7 @@ nothing is ever downloaded.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import sys
 import threading
@@ -102,6 +103,20 @@ def read_manifest(path: Path) -> Manifest:
         raise ModelError("malformed manifest %s: %s" % (path, exc)) from exc
 
 
+def content_id(manifest: Manifest) -> str:
+    """12 hex digits that change whenever what the pack reads with does: every file's sha256, each
+    charset's, how each stage is fed and post-processed (not the figures a build re-measures). The
+    manifest's own ``version`` is the schema's, "1" in every build: without this, a result stored
+    by an older pack (the drop folder's reuse) or a tuning made for it passed for the new one's."""
+    stages = {
+        name: {"files": sorted(v.sha256 for v in entry.variants.values()),
+               "charset": repr(entry.charset),
+               "input": repr(entry.input), "postprocess": sorted((entry.postprocess or {}).items())}
+        for name, entry in sorted(manifest.stages.items())
+    }
+    return hashlib.sha256(json.dumps(stages, sort_keys=True).encode()).hexdigest()[:12]
+
+
 def resolve_pack_name(name: str) -> str:
     return DEFAULT_PACK if name == "default" else name
 
@@ -118,7 +133,7 @@ def load_pack(name: str, root: Path | None = None) -> Pack:
     manifest = read_manifest(path)
     return Pack(
         name=manifest.name,
-        version=manifest.version,
+        version="%s+%s" % (manifest.version, content_id(manifest)),
         description=manifest.description,
         licence=manifest.licence,
         directory=directory,

@@ -7,19 +7,30 @@ threads: every per-call option is an argument and no stage keeps per-call state.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import time
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import replace
+from dataclasses import fields, replace
 
 import numpy as np
 
+from edge_ocr import __version__
 from edge_ocr.engine import detect, preprocess, recognize
 from edge_ocr.engine.budget import PixelBudget
 from edge_ocr.engine.decode import Decoded
 from edge_ocr.engine.models import Model, Pack, auto_threads, choose_variant, load_pack, verify_pack
-from edge_ocr.engine.types import MAX_THREADS, DbParams, EngineOptions, EngineOutput, Region, TextLine
+from edge_ocr.engine.types import (
+    MAX_THREADS,
+    NOT_READING_OPTIONS,
+    DbParams,
+    EngineOptions,
+    EngineOutput,
+    Region,
+    TextLine,
+)
 from edge_ocr.errors import ConfigError, ModelError, RegionOutsideImage
 
 # The second detection pass for small text (EngineOptions.det_small_text) only for an image at
@@ -174,6 +185,17 @@ class OcrEngine:
         pool, self._line_pool = self._line_pool, None
         if pool is not None:
             pool.shutdown(wait=True)
+
+    @property
+    def reading_id(self) -> str:
+        """16 hex digits that change whenever the same image could be read otherwise: edge-ocr's
+        version, the pack's content (``Pack.version``), each stage's precision as chosen, and every
+        option but NOT_READING_OPTIONS. The drop folder reuses a stored result only under the same id."""
+        options = {f.name: getattr(self.options, f.name) for f in fields(self.options)
+                   if f.name not in NOT_READING_OPTIONS}
+        identity = {"edge_ocr": __version__, "pack": [self.pack.name, self.pack.version],
+                    "precisions": self.precisions, "options": options}
+        return hashlib.sha256(json.dumps(identity, sort_keys=True, default=repr).encode()).hexdigest()[:16]
 
     @property
     def precisions(self) -> dict[str, str]:

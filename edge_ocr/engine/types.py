@@ -149,6 +149,12 @@ class DbParams:
         )
 
 
+# EngineOptions that change how fast the engine reads or what it holds, never what it reads: left out
+# of OcrEngine.reading_id (everything else counts, so an option added later does unless named here).
+NOT_READING_OPTIONS = frozenset({"threads", "precision", "allow_spinning", "verify_checksums", "lazy_sessions",
+                                 "parallel_lines", "page_line_threads", "specialist_threads", "max_megapixels"})
+
+
 @dataclass(frozen=True, slots=True)
 class EngineOptions:
     """How the engine runs; config.EngineConfig maps the ``[engine]`` table onto this."""

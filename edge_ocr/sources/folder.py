@@ -62,11 +62,19 @@ IN_NONBLOCK, IN_CLOEXEC = 0o4000, 0o2000000
 EVENT = struct.Struct("iIII")
 
 
-def _stamp_now(path: Path) -> None:
-    """mtime = now at full ns precision: a write or a bare utime() takes the kernel's coarse
-    clock (1-4 ms ticks), so two uses in one tick would tie and prune in arbitrary order."""
-    now = time.time_ns()
-    os.utime(path, ns=(now, now))
+def newest_mtime_ns(directory: Path) -> int:
+    """The latest mtime of the files in ``directory`` (0 when there are none or it cannot be read)."""
+    newest = 0
+    try:
+        with os.scandir(directory) as found:
+            for entry in found:
+                try:
+                    newest = max(newest, entry.stat(follow_symlinks=False).st_mtime_ns)
+                except OSError:
+                    continue
+    except OSError:
+        return 0
+    return newest
 
 
 def prune_least_recent(directory: Path, keep: int) -> int:
@@ -339,11 +347,11 @@ class FolderSource:
         files: FileStore,
         stats: Stats,
         on_status: Callable[[str, SourceStatus], None] | None = None,
-        model: tuple[str, str] | None = None,
+        reading: str | None = None,
     ) -> None:
         self.cfg = cfg
         self.name = cfg.name
-        self.model = model  # (name, version) whose stored results may be reused; None: any
+        self.reading = reading  # the engine's reading_id: stored results of another are read again; None: any
         self.submit = submit
         self.files = files
         self.stats = stats
@@ -364,6 +372,8 @@ class FolderSource:
         self._stalled_files: set[Path] = set()
         self._stall_reason = ""
         self._paused = False  # new files left in the folder while results are stalled (source thread)
+        self._stamp_lock = threading.Lock()  # the reuse store's use order (_stamp): both threads
+        self._last_stamp_ns: int | None = None
         self._status_lock = threading.RLock()
         self.ready = threading.Event()  # set once the folders are open and the start-up scan is queued
         self.mode = "none"
@@ -763,18 +773,32 @@ class FolderSource:
         path = self.cache / (sha + ".json")
         try:
             stored = json.loads(path.read_text(encoding="utf-8"))
-            if self.model is not None and stored.get("model") != {"name": self.model[0], "version": self.model[1]}:
-                return None  # read by another pack or version of it: read again (the new result replaces it)
+            if self.reading is not None and stored.get("reading") != self.reading:
+                return None  # read by another release, pack or setting: read again (the new result replaces it)
             output = output_from_dict(stored)
-            _stamp_now(path)  # recently used: pruned last
-            return output
         except FileNotFoundError:
             return None
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
             log.warning("stored result unreadable, running OCR again file=%s error=%s", path, exc)
             return None
+        try:
+            self._stamp(path)  # recently used: pruned last
+        except OSError as exc:  # an entry a root run left: readable, not ours to stamp; pruned earlier
+            log.debug("cannot mark stored result as used file=%s error=%s", path, exc.strerror)
+        return output
 
     # -- completion (on the pipeline thread) ---------------------------------------------------
+
+    def _stamp(self, entry: Path) -> None:
+        """Mark a reuse store ``entry`` as its most recently used: an mtime after every other entry's
+        (at full ns precision: a write or a bare utime() takes the kernel's coarse clock, 1-4 ms ticks,
+        so two uses in one tick would tie), even after the wall clock stepped back (a Pi booted with a
+        stale clock, then set by NTP), when "now" would make each new entry the first pruned."""
+        with self._stamp_lock:
+            if self._last_stamp_ns is None:
+                self._last_stamp_ns = newest_mtime_ns(self.cache)
+            now = self._last_stamp_ns = max(time.time_ns(), self._last_stamp_ns + 1)
+        os.utime(entry, ns=(now, now))
 
     def _finish(self, claimed: Path, name: str, reused: bool, result: Result) -> None:
         self._read_ended(claimed)
@@ -795,7 +819,7 @@ class FolderSource:
         # A reading at the guard's smaller detection size is not these bytes' reading: not kept.
         if cfg.reuse_results and not reused and result.sha256 and not result.degraded:
             try:
-                _stamp_now(self.files.put(self.cache, result.sha256 + ".json", data))
+                self._stamp(self.files.put(self.cache, result.sha256 + ".json", {**data, "reading": self.reading}))
                 removed = prune_least_recent(self.cache, cfg.reuse_max_entries)
                 if removed:
                     # debug: once the store is full, one entry goes with every new file

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -249,3 +250,31 @@ def _word_png() -> bytes:
     image = np.full((48, 200, 3), 255, np.uint8)
     cv2.putText(image, "TOTAL", (8, 36), cv2.FONT_HERSHEY_SIMPLEX, 1.2, (0, 0, 0), 2)
     return cv2.imencode(".png", image)[1].tobytes()
+
+
+def test_a_packs_version_names_its_content_not_the_manifests_schema():
+    """The manifest's "version" is its schema's ("1" in every build): the pack's version adds what it
+    reads with, so results stored or tunings made by an older pack are known as such."""
+    manifest = models.read_manifest(models.load_pack(models.DEFAULT_PACK).directory / "manifest.json")
+    shipped = models.content_id(manifest)
+    assert models.load_pack(models.DEFAULT_PACK).version == "1+" + shipped
+    det = manifest.stages["det"]
+    rebuilt = manifest.stages | {"det": dataclasses.replace(det, variants={
+        p: dataclasses.replace(v, sha256="0" * 64 if p == "int8" else v.sha256) for p, v in det.variants.items()})}
+    thresholds = manifest.stages | {"det": dataclasses.replace(det, postprocess={**(det.postprocess or {}), "box_thresh": 0.5})}
+    remeasured = manifest.stages | {"det": dataclasses.replace(det, variants={
+        p: dataclasses.replace(v, speed_vs_fp32=0.5) for p, v in det.variants.items()})}
+    assert models.content_id(dataclasses.replace(manifest, stages=rebuilt)) != shipped  # another file
+    assert models.content_id(dataclasses.replace(manifest, stages=thresholds)) != shipped  # read otherwise
+    assert models.content_id(dataclasses.replace(manifest, stages=remeasured)) == shipped  # a build's timing
+    assert models.content_id(dataclasses.replace(manifest, accuracy={})) == shipped  # recorded figures
+
+
+def test_the_reading_id_changes_with_what_reads_otherwise_and_nothing_else():
+    def reading(**options) -> str:
+        return OcrEngine(EngineOptions(lazy_sessions=True, threads=1, **options)).reading_id
+
+    default = reading()
+    assert reading(allow_spinning=False) == reading(page_line_threads=2) == reading(verify_checksums=False) == default
+    assert OcrEngine(EngineOptions(threads=2)).reading_id == default  # sessions up front, two threads
+    assert len({default, reading(precision="fp32"), reading(det_limit_side=1280), reading(recheck_below=0.9)}) == 4

@@ -9,6 +9,7 @@ import json
 import os
 import struct
 import threading
+import time
 
 import pytest
 
@@ -25,12 +26,12 @@ from tests.fakes import FakeEngine
 def folder(tmp_path):
     running = []
 
-    def start(watch="auto", model=("fake", "1"), **kw):
+    def start(watch="auto", model=("fake", "1"), reading="fake 1", **kw):
         cfg = FolderSourceConfig("inbox", tmp_path / "inbox", tmp_path / "done", tmp_path / "failed",
                                  watch=watch, **{"poll_interval": 0.1, "stability_delay": 0.05, **kw})
         stop, engine, stats = threading.Event(), FakeEngine(), Stats()
         pipe = Pipeline(engine, model, [], stats, stop, queue_size=2)
-        source = FolderSource(cfg, pipe.submit, ResultFiles(), stats, model=model)
+        source = FolderSource(cfg, pipe.submit, ResultFiles(), stats, reading=reading)
         thread = threading.Thread(target=source.run, args=(stop,), name="source:inbox")
         pipe.start()
         thread.start()
@@ -140,17 +141,17 @@ def test_identical_content_reuses_the_stored_result(tmp_path, folder):
 
 
 def test_a_result_stored_by_another_model_is_not_reused(tmp_path, folder):
-    """After a pack upgrade the same bytes are read again by the new model, not answered with the
-    old one's text under the new model's name."""
+    """After a pack upgrade (or a setting that reads otherwise: OcrEngine.reading_id) the same bytes
+    are read again by the new model, not answered with the old one's text under the new model's name."""
     (tmp_path / "inbox").mkdir()
-    source, _ = folder(model=("fake", "1"))
+    source, _ = folder(model=("fake", "1"), reading="fake 1")
     (tmp_path / "inbox" / "a.txt").write_bytes(b"TEXT:same")
     assert wait_until(lambda: source.stats.get("files_done_total") == 1)
     stop, thread, pipe = folder.running[-1]
     stop.set()
     thread.join(5)
     pipe.join(5)
-    source, upgraded = folder(model=("fake", "2"))
+    source, upgraded = folder(model=("fake", "2"), reading="fake 2")
     (tmp_path / "inbox" / "b.txt").write_bytes(b"TEXT:same")
     assert wait_until(lambda: (tmp_path / "done" / "b.json").exists())
     assert upgraded.calls == [b"TEXT:same"]  # read again
@@ -229,6 +230,23 @@ def test_the_reuse_store_keeps_only_the_most_recently_used_results(tmp_path, fol
     assert engine.calls == [b"TEXT:a", b"TEXT:b", b"TEXT:c"]
     stored = {json.loads(p.read_text())["text"] for p in (tmp_path / "inbox" / ".cache").iterdir()}
     assert stored == {"a", "c"}
+
+
+def test_after_the_clock_steps_back_new_results_are_still_the_most_recently_used(tmp_path, folder):
+    """A Pi boots with a stale clock (or a wrong one, then NTP steps it back): entries stamped then lie
+    in the "future", and stamped with "now" every new result was the first pruned, so reuse stopped."""
+    cache = tmp_path / "inbox" / ".cache"
+    cache.mkdir(parents=True)
+    month_ahead = time.time_ns() + 30 * 86400 * 10**9
+    for index, name in enumerate(("x", "y")):
+        (cache / (name * 64 + ".json")).write_text("{}")
+        os.utime(cache / (name * 64 + ".json"), ns=(month_ahead + index, month_ahead + index))
+    source, engine = folder(reuse_max_entries=2)
+    for count, name in enumerate(("a", "b", "a-again"), 1):
+        (tmp_path / "inbox" / (name + ".txt")).write_bytes(b"TEXT:" + name.split("-")[0].encode())
+        assert wait_until(lambda n=count: source.stats.get("files_done_total") == n)
+    assert engine.calls == [b"TEXT:a", b"TEXT:b"]  # a-again reused a's result
+    assert {json.loads(p.read_text())["text"] for p in cache.iterdir()} == {"a", "b"}
 
 
 def test_pruning_removes_the_oldest_files_beyond_the_limit(tmp_path):
@@ -562,7 +580,7 @@ def test_a_file_refused_before_reading_is_announced_like_a_corrupt_image(tmp_pat
                              stability_delay=0.05, max_file_mb=1.0)
     stop, engine, stats, sink = threading.Event(), FakeEngine(), Stats(), Published()
     pipe = Pipeline(engine, ("fake", "1"), [sink], stats, stop, queue_size=2)
-    source = FolderSource(cfg, pipe.submit, ResultFiles(), stats, model=("fake", "1"))
+    source = FolderSource(cfg, pipe.submit, ResultFiles(), stats, reading="fake 1")
     thread = threading.Thread(target=source.run, args=(stop,), name="source:inbox")
     pipe.start()
     thread.start()
