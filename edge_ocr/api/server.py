@@ -12,9 +12,12 @@ import logging
 import socket
 import threading
 import time
+import types
 from typing import Any
 
 import bottle
+import waitress.channel
+import waitress.server
 from waitress.channel import HTTPChannel
 from waitress.server import BaseWSGIServer, create_server
 from waitress.task import ErrorTask
@@ -110,10 +113,22 @@ class _JsonErrorChannel(HTTPChannel):
         except OSError:
             self.handle_close()
             return
-        self.last_activity = time.time()
+        self.last_activity = time.monotonic()  # waitress's idle clock (_idle_timing_on_monotonic_clock)
         self._linger_left -= len(data)
         if self._lingering and self._linger_left <= 0:
             self.handle_close()
+
+
+def _idle_timing_on_monotonic_clock() -> None:
+    """waitress times idle connections by the wall clock (``time.time()`` in its server and channel
+    modules, and nowhere else): after a step back (NTP setting a Pi that booted with a stale clock) it
+    closed none for as long as the step, so 32 idle clients filled ``connection_limit`` and no new
+    connection, /healthz included, was taken until then. Those two modules get a ``time`` whose
+    ``time()`` is the monotonic clock; the Date header comes from waitress.task, on the wall clock."""
+    clock = types.SimpleNamespace(**{name: getattr(time, name) for name in dir(time) if not name.startswith("_")})
+    clock.time = time.monotonic
+    waitress.server.time = clock
+    waitress.channel.time = clock
 
 
 class HttpServer:
@@ -132,6 +147,7 @@ class HttpServer:
         *,
         connection_limit: int = 32,
         channel_timeout_s: int = 30,
+        cleanup_interval_s: int = 30,
     ) -> None:
         try:  # config.py refused these already; checked again at the seam, as it guards the token
             self.host, self._port = parse_bind(bind)
@@ -144,6 +160,7 @@ class HttpServer:
         self.threads = threads
         self._connection_limit = connection_limit
         self._channel_timeout_s = channel_timeout_s
+        self._cleanup_interval_s = cleanup_interval_s  # how often idle connections are looked for
         self._map: dict[int, Any] = {}
         self._server: Any = None
         self._thread: threading.Thread | None = None
@@ -167,6 +184,7 @@ class HttpServer:
         except OSError as exc:
             raise SinkError("http: cannot listen on %s: %s" % (self.url[len("http://"):], exc.strerror or exc)) from exc
         self._port = sockets[0].getsockname()[1]
+        _idle_timing_on_monotonic_clock()
         self._server = create_server(
             self.app,
             map=self._map,
@@ -176,6 +194,7 @@ class HttpServer:
             max_request_body_size=json_body_limit(upload) + UPLOAD_SLACK_BYTES,
             connection_limit=self._connection_limit,
             channel_timeout=self._channel_timeout_s,
+            cleanup_interval=self._cleanup_interval_s,
             expose_tracebacks=False,
         )
         for dispatcher in list(self._map.values()):

@@ -666,6 +666,34 @@ def test_a_stop_after_its_wake_up_pipe_was_closed_elsewhere_still_stops(backend,
         httpx.get(server.url + "/healthz", timeout=5)
 
 
+def test_idle_connections_are_closed_after_the_wall_clock_steps_back(backend, monkeypatch):
+    """waitress timed idle connections by the wall clock: after NTP stepped it back a day, it closed
+    none for a day, and clients that connect and say nothing filled connection_limit (no /healthz)."""
+    server = HttpServer(backend.app(), "127.0.0.1:0", 1, connection_limit=4, channel_timeout_s=1,
+                        cleanup_interval_s=1)
+    server.start()
+    try:
+        idle = [socket.create_connection(("127.0.0.1", server.port), timeout=TIMEOUT_S) for _ in range(4)]
+        real = time.time
+        monkeypatch.setattr(time, "time", lambda: real() - 86400)  # NTP steps the clock a day back
+
+        def closed(connection: socket.socket) -> bool:
+            connection.settimeout(0.05)
+            try:
+                return connection.recv(1) == b""
+            except TimeoutError:
+                return False
+            except OSError:
+                return True
+
+        assert wait_until(lambda: all(closed(c) for c in idle), 15)
+        assert httpx.get(server.url + "/healthz", timeout=TIMEOUT_S).json() == {"status": "ok"}
+    finally:
+        for connection in idle:
+            connection.close()
+        assert server.stop(timeout_s=5)
+
+
 def test_a_stop_with_a_request_still_in_the_engine_says_it_did_not_stop(backend, photo, photo_text):
     """What App.shutdown reads to leave at once (App.leave_now) instead of unwinding that request's
     thread inside the engine (a request that finishes in time: every other test's teardown)."""
