@@ -44,6 +44,12 @@ CaptureCallback = Callable[[str | None], tuple[bool, str]]
 PreviousCallback = Callable[[str, str, Mapping[str, str]], None]  # (source, text, {region: text})
 
 
+
+def result_topic(topic: str) -> str:
+    """``<source>/<state|text|event>``: a result's topic below the prefix (the last two levels; a
+    source's name holds no ``/``), whatever prefix it was spooled under."""
+    return "/".join(topic.rsplit("/", 2)[-2:])
+
 class _PahoNoise(logging.Filter):
     """paho 2.x logs "Client is not connected" at ERROR when its loop races a refused or closing
     connection; that is routine here (we reconnect), so it becomes DEBUG."""
@@ -126,6 +132,7 @@ class MqttSink:
         self._was_connected = False
         self.last_error = ""
         self._rate_from = (time.monotonic(), 0.0)  # (when, jobs_total) of the last <p>/stats message
+        self._rerooted = False  # logged once: spooled results published under a new topic_prefix
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -136,9 +143,9 @@ class MqttSink:
         if self.on_previous is not None and len(self.spool):
             # Results the last run could not send are newer than the broker's retained state:
             # they seed first, and the retained state only fills in the sources they lack.
-            spooled = self.spool.newest({"%s/%s/state" % (self.prefix, source) for source in self.sources})
+            spooled = self.spool.newest({"%s/state" % source for source in self.sources}, key=result_topic)
             for topic, message in spooled.items():
-                self._seed(topic[len(self.prefix) + 1:].rpartition("/")[0], message.payload, topic)
+                self._seed(topic.rpartition("/")[0], message.payload, "%s/%s" % (self.prefix, topic))
         self.client = self._connect_client()
         self._thread = threading.Thread(target=self._run, name="mqtt", daemon=True)
         self._thread.start()
@@ -328,7 +335,14 @@ class MqttSink:
         for seq, message in self.spool.after(self._last_seq, room):
             if not self._connected.is_set():
                 return
-            info = self.client.publish(message.topic, message.payload, qos=message.qos, retain=message.retain)
+            # Under today's prefix: a result spooled before topic_prefix changed (the default names the
+            # host: a Pi renamed) would otherwise go where no subscriber (Home Assistant) listens now.
+            topic = "%s/%s" % (self.prefix, result_topic(message.topic))
+            if topic != message.topic and not self._rerooted:
+                self._rerooted = True
+                log.warning("mqtt spooled results made under another topic prefix are published under this one "
+                            "spooled=%s now=%s", message.topic, topic)
+            info = self.client.publish(topic, message.payload, qos=message.qos, retain=message.retain)
             self._last_seq = seq
             if message.qos == 0:
                 self.spool.remove(seq)  # QoS 0 has no acknowledgement to wait for

@@ -13,6 +13,7 @@ import json
 import logging
 import threading
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -102,9 +103,11 @@ class Spool:
                 out.append((s, message))
         return out
 
-    def newest(self, topics: set[str], limit: int = 1000) -> dict[str, Message]:
-        """The newest entry of each of ``topics`` among the ``limit`` newest spooled (read newest
-        first, stopping once each was found: a start never reads a whole full spool)."""
+    def newest(self, topics: set[str], limit: int = 1000,
+               key: Callable[[str], str] = lambda topic: topic) -> dict[str, Message]:
+        """The newest entry of each of ``topics`` (compared with each entry's ``key(topic)``) among the
+        ``limit`` newest spooled (read newest first, stopping once each was found: a start never reads
+        a whole full spool)."""
         with self._lock:
             seqs = list(reversed(self._seqs))[:limit]
         found: dict[str, Message] = {}
@@ -112,8 +115,8 @@ class Spool:
             if len(found) == len(topics):
                 break
             message = self._read(seq)
-            if message is not None and message.topic in topics:
-                found.setdefault(message.topic, message)
+            if message is not None and key(message.topic) in topics:
+                found.setdefault(key(message.topic), message)
         return found
 
     def _read(self, seq: int) -> Message | None:

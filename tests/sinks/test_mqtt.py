@@ -157,6 +157,36 @@ def test_spool_survives_restart_and_keeps_original_ts(mosquitto, tmp_path):
         sub.close()
 
 
+def test_results_spooled_before_the_topic_prefix_changed_go_out_under_the_new_one(mosquitto, tmp_path, caplog):
+    """The default prefix names the host: a Pi renamed while its broker was away published its
+    spooled results, retained, under the old name, where Home Assistant no longer listens."""
+    mosquitto.stop()
+    old = MqttSink(mqtt_config(mosquitto, tmp_path, topic_prefix="site/old", publish_every=True), ("inbox",),
+                   Stats(), Captures())
+    old.start()
+    for i in range(2):
+        old.publish(result("r%d" % i))
+    old.close(timeout_s=1)
+    mosquitto.start()
+    sub = Collector(mosquitto, ["site/#"])
+    taken: list[tuple[str, str, dict]] = []
+    new = MqttSink(mqtt_config(mosquitto, tmp_path, topic_prefix="site/new", publish_every=True), ("inbox",),
+                   Stats(), Captures(), on_previous=lambda s, t, r: taken.append((s, t, dict(r))))
+    with caplog.at_level(logging.WARNING):
+        new.start()
+    try:
+        events = sub.wait_topic("site/new/inbox/event", 2)
+        assert [json.loads(m.payload)["text"] for m in events] == ["r0", "r1"]
+        assert wait_until(lambda: len(new.spool) == 0)
+        assert json.loads(sub.wait_topic("site/new/inbox/state", 2)[-1].payload)["text"] == "r1"
+        assert not [m.topic for m in sub.messages if m.topic.startswith("site/old/inbox/")]
+        assert taken[:1] == [("inbox", "r1", {})]  # the spooled state seeds the new prefix's source
+        assert "spooled=site/old/inbox/state now=site/new/inbox/state" in caplog.text
+    finally:
+        new.close()
+        sub.close()
+
+
 def test_spool_overflow_drops_oldest_and_counts(mosquitto, tmp_path, sink_factory):
     mosquitto.stop()
     sink = sink_factory(mqtt_config(mosquitto, tmp_path, spool_max_messages=10))
