@@ -39,6 +39,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
+from edge_ocr.atomic import write_atomic
 from edge_ocr.config import REQUEST_FLAG_WORDS, FleetConfig, MqttConfig, read_regions
 from edge_ocr.errors import ConfigError, EdgeOcrError, ImageTooLarge
 from edge_ocr.mqtt_client import NO_MATCHING_SUBSCRIBERS, make_client, stop_loop
@@ -52,6 +53,7 @@ NAME = "fleet"
 HAND_BACK_S = 2.5  # a clean stop's budget for handing back held jobs (app.JOIN_TIMEOUT_S is 5 s)
 LEAVE_STOP_S = 0.5  # ... and for paho's thread to end after that (it may be in a connect that hangs)
 QUIET_S = 0.3  # ... and how long it waits for the broker to send no more of its session's jobs
+SUBSCRIBED_FILE = "fleet-subscription.json"  # in mqtt.spool_dir: what the broker's session of ours subscribes to
 TOPIC_SEPARATORS_MAX = 200  # Mosquitto 2 takes 201 levels and drops the client at 202 (measured)
 QUEUED, ANSWERING, RETURNING, KEPT = "queued", "answering", "returning", "kept"
 
@@ -92,6 +94,10 @@ class FleetWorker:
         self.on_status = on_status
         self.worker_id = mqtt.client_id + "-fleet"
         self._topic = "$share/%s/%s" % (cfg.group, cfg.jobs_topic)
+        # What the broker's session of ours subscribes to, kept beside the spool (MQTT state): after
+        # a crash (no clean leave) with another group or jobs_topic, the session still held the old
+        # subscription, and every job came twice, for as long as the session lived.
+        self._subscribed_file = mqtt.spool_dir / SUBSCRIBED_FILE
         self._session_present: bool | None = None  # as the last CONNACK said, for the log
         self.ready = threading.Event()
         self._status = SourceStatus.OFFLINE
@@ -218,7 +224,30 @@ class FleetWorker:
                 self._held.clear()
                 self._freed.notify_all()
         self._session_present = getattr(flags, "session_present", None)
+        stale = self._subscribed() if self._session_present else None
+        if stale is not None and stale != self._topic:
+            client.unsubscribe(stale)
+            log.info("fleet left the group of its previous config topic=%s worker=%s", stale, self.worker_id)
         client.subscribe(self._topic, options=SubscribeOptions(qos=1))
+
+    def _subscribed(self) -> str | None:
+        """The filter the last run subscribed to, as ``_remember_subscription`` kept it."""
+        try:
+            topic = json.loads(self._subscribed_file.read_text(encoding="utf-8")).get("topic")
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError, AttributeError) as exc:
+            log.warning("fleet subscription record unreadable file=%s error=%s", self._subscribed_file, exc)
+            return None
+        return topic if isinstance(topic, str) else None
+
+    def _remember_subscription(self) -> None:
+        if self._subscribed() == self._topic:
+            return  # no SD card write at every reconnect
+        try:
+            write_atomic(self._subscribed_file, json.dumps({"topic": self._topic}).encode("utf-8"))
+        except OSError as exc:
+            log.warning("fleet subscription not recorded file=%s error=%s", self._subscribed_file, exc.strerror)
 
     def _on_subscribe(self, client: paho.Client, userdata: Any, mid: int, reasons: Any, props: Any) -> None:
         # Online only once the broker granted the shared subscription: jobs published before
@@ -227,6 +256,7 @@ class FleetWorker:
         if refused:
             log.warning("fleet subscription refused topic=%s reason=%s", self._topic, refused[0])
             return
+        self._remember_subscription()
         self._set_status(SourceStatus.ONLINE)
         log.info("fleet worker connected topic=%s worker=%s session_present=%s", self._topic, self.worker_id,
                  self._session_present)

@@ -10,6 +10,8 @@ import re
 import subprocess
 import sys
 import threading
+import time
+import urllib.request
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict
@@ -527,3 +529,33 @@ def test_an_answer_goes_only_to_a_topic_the_broker_takes(topic, usable):
     from edge_ocr.sources.fleet import answerable
 
     assert answerable(topic) is usable
+
+
+@pytest.mark.slow
+def test_a_worker_that_crashed_and_came_back_in_another_group_takes_each_job_once(eval_dev, tmp_path, mosquitto):
+    """Killed (no clean leave), then started with another fleet.group: its broker session still held
+    the old group's subscription, so every job came to it twice, for as long as the session lived."""
+    config = _worker_config(tmp_path, mosquitto, 0)
+    worker = Daemon(config).start()
+    assert wait_until(lambda: "fleet worker connected topic=$share/edge-ocr/" in worker.text(), 30)
+    worker.kill()
+    config.write_text(config.read_text().replace("[fleet]\n", '[fleet]\ngroup = "night-shift"\n'))
+    worker = Daemon(config).start()
+    try:
+        assert wait_until(lambda: "fleet worker connected topic=$share/night-shift/" in worker.text(), 30)
+        assert "fleet left the group of its previous config topic=$share/edge-ocr/%s" % JOBS_TOPIC in worker.text()
+        images = [p for p, _ in line_samples(eval_dev, "IIIT5K-test", 3)]
+        answers = submit(load_config(config), images, wait=True, timeout_s=60)
+        assert len(answers) == 3
+        base = re.search(r"http listening url=(http://127\.0\.0\.1:\d+)", worker.text()).group(1)
+
+        def done() -> list[str]:
+            with urllib.request.urlopen(base + "/metrics", timeout=30) as response:
+                return re.findall(r"^edge_ocr_fleet_jobs_done_total (\S+)$", response.read().decode(), re.M)
+
+        assert wait_until(lambda: done() == ["3"], 20), done()
+        time.sleep(1.0)  # a second copy of a job would be answered within this
+        assert done() == ["3"]
+        assert worker.terminate() == 0
+    finally:
+        worker.kill()
