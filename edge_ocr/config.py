@@ -266,7 +266,9 @@ SourceConfig = FolderSourceConfig | CameraSourceConfig
 
 @dataclass(frozen=True, slots=True)
 class MqttConfig:
-    spool_dir: Path = setting(doc="results kept on disk until the broker acknowledges them", shown="<state>/spool")
+    spool_dir: Path = setting(doc="results kept on disk until the broker acknowledges them (published under the "
+                                  "`topic_prefix` of the day: one spooled before a change, a host renamed say, goes "
+                                  "out under the new one, logged once)", shown="<state>/spool")
     topic_prefix: str = setting(doc="`<hostname>` is replaced by the host's name", shown="edge-ocr/<hostname>")
     client_id: str = setting(doc="unique per device", shown="edge-ocr-<hostname>-<hash of /etc/machine-id>")
     enabled: bool = setting(True, "the daemon runs (and spools) when no broker is reachable")
