@@ -604,9 +604,15 @@ class FolderSource:
             # While results cannot be written (disk full, done/ read-only) new files wait in the
             # folder: claimed, each would be read and its result held in memory for nothing.
             paused = self._intake_paused(len(seen))
-            for name in [] if paused else self._ready(seen, now):
+            ready = [] if paused else self._ready(seen, now)
+            for index, name in enumerate(ready):
                 if stop.is_set():
                     return
+                if self._intake_paused(len(seen) + len(ready) - index):  # within a batch too (a backlog)
+                    for waiting in ready[index:]:
+                        self._note(seen, waiting, now)  # taken, oldest first, once results can be written
+                    paused = True
+                    break
                 self._guarded(self.cfg.path / name, partial(self._claim, name))
             now = time.monotonic()
             wake = [next_scan] + ([] if paused else [s.stable_since + cfg.stability_delay for s in seen.values()])

@@ -556,6 +556,35 @@ def test_the_source_is_offline_while_a_result_cannot_be_written_and_not_after_th
     assert wait_until(lambda: source.status.value == "online", 30)  # at the next retry (2 s)
 
 
+def test_a_backlog_listed_at_once_waits_in_the_folder_once_results_cannot_be_written(tmp_path, folder, monkeypatch):
+    """Intake pauses within a batch too: 40 files listed at once with done/ full were all claimed,
+    read and their results held in memory, each with its own journal line."""
+    from edge_ocr.errors import SinkError
+
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    for i in range(40):  # there before the start: one batch
+        (inbox / ("f%02d.txt" % i)).write_bytes(b"TEXT:%d" % i)
+    real, full = ResultFiles.store, threading.Event()
+    full.set()
+
+    def store(self, src, directory, name, suffix, data, sha256):
+        if directory == tmp_path / "done" and full.is_set():
+            raise SinkError("cannot write %s: No space left on device" % directory)
+        return real(self, src, directory, name, suffix, data, sha256)
+
+    monkeypatch.setattr(ResultFiles, "store", store)
+    source, engine = folder(reuse_results=False)  # queue_size 2: a claim waits for room
+    assert wait_until(lambda: source.status.value == "offline")
+    time.sleep(1.0)
+    claimed = len(list((inbox / ".processing").iterdir()))
+    assert claimed <= 5, claimed  # the one that stalled, the ones in the queue and in the engine
+    assert len(engine.calls) == claimed and len(list(inbox.glob("f*.txt"))) == 40 - claimed
+    full.clear()  # space again: every file is taken, oldest first
+    assert wait_until(lambda: len(list((tmp_path / "done").glob("*.json"))) == 40, 60)
+    assert sorted(engine.calls) == sorted(b"TEXT:%d" % i for i in range(40))
+
+
 def test_a_file_refused_before_reading_is_announced_like_a_corrupt_image(tmp_path):
     """A symlink, a file over max_file_mb: they went to failed/ with nothing on MQTT or /api/latest,
     where a corrupt image's error result is published (Home Assistant saw nothing)."""
