@@ -17,9 +17,10 @@ import psutil
 
 TEMP_NAME = re.compile(r"^\..+\.(\d+)\.tmp$")  # .<name>.<pid>.tmp
 NAME_MAX = 255  # bytes in one directory entry (ext4, xfs, btrfs, vfat's long names: 255 characters)
-# What a stored name may gain: a counter against a clash ("-9999") and write_atomic's temp name
-# around it ("." + name + ".<pid up to 7 digits>.tmp").
-NAME_ROOM = len("-9999") + len(".") + len(".9999999.tmp")
+# What a stored name may gain: a tag against a clash (sinks/files._slots: at most "-" + 12 hex
+# digits of the sha256 + "-99") and write_atomic's temp name around it ("." + name + ".<pid up to
+# 7 digits>.tmp").
+NAME_ROOM = len("-0123456789ab-99") + len(".") + len(".9999999.tmp")
 # An extension longer than this is no extension ("notes.from the meeting"): the whole name is the stem.
 MAX_EXT_BYTES = 16
 # A process's start time is known to a second or so (the kernel's boot time is whole seconds).

@@ -11,6 +11,8 @@ import logging
 import os
 import shutil
 import threading
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -102,6 +104,26 @@ def _same_file(stored: dict[str, Any] | None, sha256: str, ext: str, suffix: str
     return not isinstance(dropped, str) or stored_parts(dropped, suffix)[1].lower() == ext.lower()
 
 
+NUMBERED_SLOTS = 10  # NAME, NAME-1 ... NAME-9, then names from the content (``_slots``)
+CONTENT_SLOTS = 100
+
+
+def _slots(stem: str, sha256: str | None) -> Iterator[str]:
+    """The base names a file of ``stem`` may take, in order: ``stem``, ``stem-1`` ... ``stem-9``, then
+    ``stem-<12 hex digits of its sha256>`` (and ``-1`` ... for the same bytes under another
+    extension). Numbered to the end, the 10,000th ``snapshot.jpg`` (a camera automation writing the
+    same name once a minute: a week) read every earlier JSON to find its name, 0.6 s, and the
+    10,001st found none: the folder stopped. A file not read (refused unread) has no sha256: a
+    random name instead. ``stem`` is already cut to leave room for these (``atomic.fit_stem``)."""
+    yield stem
+    for n in range(1, NUMBERED_SLOTS):
+        yield "%s-%d" % (stem, n)
+    tag = sha256[:12] if sha256 else uuid.uuid4().hex[:12]
+    yield "%s-%s" % (stem, tag)
+    for n in range(1, CONTENT_SLOTS):
+        yield "%s-%s-%d" % (stem, tag, n)
+
+
 class ResultFiles:
     """Places an original and its JSON in a directory under a free base name.
 
@@ -126,8 +148,7 @@ class ResultFiles:
 
     def _find(self, directory: Path, name: str, suffix: str, sha256: str | None) -> tuple[Path, Path]:
         stem, ext = stored_parts(name, suffix)
-        for n in range(10000):
-            base = stem if n == 0 else "%s-%d" % (stem, n)
+        for base in _slots(stem, sha256):
             original, meta = directory / (base + ext), directory / (base + suffix)
             if not meta.exists() and not original.exists() and not original.is_symlink():
                 return original, meta
@@ -140,8 +161,7 @@ class ResultFiles:
         """The JSON already written for this content (an interrupted move), if any."""
         stem, ext = stored_parts(name, suffix)
         try:
-            for n in range(10000):  # the slots find() walks, to the first free one
-                base = stem if n == 0 else "%s-%d" % (stem, n)
+            for base in _slots(stem, sha256):  # the slots find() walks, to the first free one
                 meta, original = directory / (base + suffix), directory / (base + ext)
                 if not meta.exists():
                     if original.exists() or original.is_symlink():

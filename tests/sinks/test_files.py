@@ -3,6 +3,7 @@ directories (and across filesystems: /dev/shm is a tmpfs here)."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -81,3 +82,35 @@ def test_a_failed_move_keeps_the_result_an_interrupted_earlier_attempt_wrote(tmp
     with pytest.raises(SinkError, match="cannot copy"):
         files.store(tmp_path / "x.txt", other_fs, "x.txt", ".json", {"file": "x.txt", "sha256": sha}, sha)
     assert files.existing(other_fs, "x.txt", ".json", sha) == earlier
+
+
+def test_thousands_of_files_of_one_name_each_get_a_name_found_in_a_few_looks(tmp_path, monkeypatch):
+    """A camera automation writing snapshot.jpg once a minute: named -1, -2, ... to the end, the
+    10,000th read every earlier JSON to find its name (0.6 s) and the 10,001st found none, which
+    stopped the folder. Past -9 a name comes from the content's sha256."""
+    import edge_ocr.sinks.files as files_module
+
+    inbox, done = tmp_path / "inbox", tmp_path / "done"
+    inbox.mkdir()
+    reads, real_read = [], files_module.read_json
+    monkeypatch.setattr(files_module, "read_json", lambda path: reads.append(path) or real_read(path))
+    files = ResultFiles()
+    sha = [hashlib.sha256(b"frame %d" % i).hexdigest() for i in range(60)]
+    for i in range(60):
+        src = inbox / "snapshot.jpg"
+        src.write_text("frame %d" % i)
+        reads.clear()
+        files.store(src, done, "snapshot.jpg", ".json", {"text": "frame %d" % i, "sha256": sha[i]}, sha[i])
+        assert len(reads) <= 10, (i, len(reads))  # NAME and NAME-1 ... NAME-9 taken: at most those looked at
+    stems = {p.stem for p in done.glob("*.json")}
+    assert stems == {"snapshot"} | {"snapshot-%d" % n for n in range(1, 10)} | {
+        "snapshot-" + sha[i][:12] for i in range(10, 60)}
+    for meta in done.glob("*.json"):  # each beside its own original
+        assert json.loads(meta.read_text())["text"] == meta.with_suffix(".jpg").read_text()
+    # The same bytes again find their own JSON (an interrupted move finished, no second name).
+    src = inbox / "snapshot.jpg"
+    src.write_text("frame 59")
+    own = done / ("snapshot-%s.json" % sha[59][:12])
+    assert files.existing(done, "snapshot.jpg", ".json", sha[59]) == own
+    assert files.store(src, done, "snapshot.jpg", ".json", {"text": "frame 59", "sha256": sha[59]}, sha[59]) == own
+    assert len(list(done.glob("*.json"))) == 60
