@@ -45,6 +45,11 @@ PreviousCallback = Callable[[str, str, Mapping[str, str]], None]  # (source, tex
 
 
 
+# Bounds of a retained or spooled state a restart takes its previous readings from (``_seed``): the
+# largest result JSON of eval-dev's pages is ~200 KB, a dense page's text ~20 KB.
+SEED_MAX_BYTES = 2 * 1024 * 1024
+SEED_MAX_TEXT = 256 * 1024
+
 def result_topic(topic: str) -> str:
     """``<source>/<state|text|event>``: a result's topic below the prefix (the last two levels; a
     source's name holds no ``/``), whatever prefix it was spooled under."""
@@ -495,6 +500,11 @@ class MqttSink:
     def _seed(self, source: str, payload: bytes | bytearray, topic: str) -> None:
         """``on_previous`` with the texts of a result JSON (a retained or spooled ``state``)."""
         assert self.on_previous is not None
+        if len(payload) > SEED_MAX_BYTES:
+            # Not one of ours (a dense page's result is a few hundred KB): a 42 MB state another tool
+            # retained became the first result's previous_text, in done/, /api/latest and the spool.
+            log.warning("previous state ignored, too large topic=%s bytes=%d", topic, len(payload))
+            return
         try:
             state = json.loads(payload)
             # An error result's text is empty: the reading before it is its previous_text.
@@ -504,8 +514,9 @@ class MqttSink:
             log.warning("previous state not readable topic=%s", topic)
             return
         # Only text: a retained state another tool wrote may hold anything.
-        if isinstance(text, str):
-            self.on_previous(source, text, {n: t for n, t in regions.items() if isinstance(t, str) and t})
+        if isinstance(text, str) and len(text) <= SEED_MAX_TEXT:
+            self.on_previous(source, text, {n: t for n, t in regions.items()
+                                            if isinstance(t, str) and t and len(t) <= SEED_MAX_TEXT})
 
     def _on_message(self, client: paho.Client, userdata: Any, msg: paho.MQTTMessage) -> None:
         try:

@@ -416,6 +416,11 @@ def test_starts_and_spools_with_no_broker_logging_one_warning(tmp_path, caplog):
     ({"status": "ok", "text": 12}, []),  # another tool's retained state: not text, not taken
     ("not json at all", []),
     ([1, 2], []),
+    # Too large to be ours: a 42 MB retained state became the first result's previous_text, in
+    # done/, /api/latest, the spool and the broker (and the daemon's peak near the guard's limit).
+    ({"status": "ok", "text": "9" * (3 * 1024 * 1024)}, []),
+    ({"status": "ok", "text": "9" * (300 * 1024), "regions": {}}, []),
+    ({"status": "ok", "text": "7", "regions": {"r": {"text": "9" * (300 * 1024)}}}, [("inbox", "7", {})]),
 ])
 def test_a_retained_state_seeds_only_text(tmp_path, payload, seeded):
     import paho.mqtt.client as paho
