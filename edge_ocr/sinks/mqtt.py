@@ -47,6 +47,7 @@ PreviousCallback = Callable[[str, str, Mapping[str, str]], None]  # (source, tex
 
 # Bounds of a retained or spooled state a restart takes its previous readings from (``_seed``): the
 # largest result JSON of eval-dev's pages is ~200 KB, a dense page's text ~20 KB.
+COMMAND_LOG_LINES, COMMAND_LOG_WINDOW_S = 20, 60.0  # commands logged one a line, at most, per window
 SEED_MAX_BYTES = 2 * 1024 * 1024
 SEED_MAX_TEXT = 256 * 1024
 
@@ -138,6 +139,7 @@ class MqttSink:
         self.last_error = ""
         self._rate_from = (time.monotonic(), 0.0)  # (when, jobs_total) of the last <p>/stats message
         self._rerooted = False  # logged once: spooled results published under a new topic_prefix
+        self._command_window = (-math.inf, 0, 0)  # (start, lines logged, commands not logged): paho's thread
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -550,7 +552,7 @@ class MqttSink:
                     ok, message = self.on_capture(source)
                 except ValueError as exc:
                     ok, message = False, str(exc)
-            log.info("command %s source=%s ok=%s%s", command, source or "*", ok, "" if ok else " why=%s" % message)
+            self._log_command(command, source, ok, message)
             ack = {
                 "command": command,
                 "source": source,
@@ -562,6 +564,23 @@ class MqttSink:
             client.publish("%s/cmd/result" % self.prefix, json.dumps(ack), qos=1, retain=False)
         except Exception:  # paho thread boundary: a bad command never stops the client
             log.exception("mqtt command failed topic=%s", msg.topic)
+
+    def _log_command(self, command: str, source: str | None, ok: bool, message: str) -> None:
+        """One journal line a command, at most COMMAND_LOG_LINES a COMMAND_LOG_WINDOW_S, then one line
+        counting the rest (a flood of 50,000 commands in a second was 50,000 lines: past journald's
+        rate limit, which then drops everyone's lines). Each command is still answered on cmd/result."""
+        now = time.monotonic()
+        start, logged, quiet = self._command_window
+        if now - start >= COMMAND_LOG_WINDOW_S:
+            if quiet:
+                log.warning("commands not logged: %d more in %.0f s", quiet, now - start)
+            start, logged, quiet = now, 0, 0
+        if logged < COMMAND_LOG_LINES:
+            logged += 1
+            log.info("command %s source=%s ok=%s%s", command, source or "*", ok, "" if ok else " why=%s" % message)
+        else:
+            quiet += 1
+        self._command_window = (start, logged, quiet)
 
     def _publish_discovery(self, client: paho.Client) -> None:
         for source in self.sources:

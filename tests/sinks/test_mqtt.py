@@ -244,6 +244,29 @@ def test_a_reloaded_stats_interval_counts_from_the_last_stats_not_the_old_tick(m
     sub.close()
 
 
+def test_a_flood_of_commands_is_each_answered_and_logged_in_a_few_lines(mosquitto, tmp_path, sink_factory, caplog):
+    """50,000 commands in a second were 50,000 journal lines, past journald's rate limit (which then
+    drops every service's lines). Each is answered; the journal gets 20 and a count of the rest."""
+    import edge_ocr.sinks.mqtt as mqtt_module
+
+    captures = Captures()
+    sub = Collector(mosquitto, [PREFIX + "/cmd/result", PREFIX + "/availability"])
+    sink = sink_factory(mqtt_config(mosquitto, tmp_path), captures)
+    sub.wait_topic(PREFIX + "/availability")
+    with caplog.at_level(logging.INFO, logger="edge_ocr.sinks.mqtt"):
+        for _ in range(300):
+            sub.client.publish(PREFIX + "/inbox/capture", b"", qos=1)
+        assert len(sub.wait_topic(PREFIX + "/cmd/result", 300)) == 300 and len(captures.calls) == 300
+        assert caplog.text.count("command capture source=inbox") == mqtt_module.COMMAND_LOG_LINES
+        window = sink._command_window
+        sink._command_window = (window[0] - mqtt_module.COMMAND_LOG_WINDOW_S, *window[1:])  # the window ends
+        sub.client.publish(PREFIX + "/inbox/capture", b"", qos=1)
+        assert len(sub.wait_topic(PREFIX + "/cmd/result", 301)) == 301
+    assert "commands not logged: 280 more in" in caplog.text
+    assert caplog.text.count("command capture source=inbox") == mqtt_module.COMMAND_LOG_LINES + 1
+    sub.close()
+
+
 def test_capture_commands_are_acknowledged(mosquitto, tmp_path, sink_factory):
     captures = Captures()
     sub = Collector(mosquitto, [PREFIX + "/cmd/result", PREFIX + "/availability"])
