@@ -286,7 +286,9 @@ class MqttConfig:
     cert_file: str = setting("", "client certificate (with key_file)")
     key_file: str = setting("", "the client certificate's key")
     tls_insecure: bool = setting(False, "skip the broker hostname check (testing only)")
-    spool_max_messages: int = setting(10000, "on-disk bound; the oldest are dropped (counted in `<p>/stats`)", lo=10)
+    spool_max_messages: int = setting(10000, "on-disk bound; at it a state or text a newer one replaces goes "
+                                             "first (as a broker keeps only the last), then the oldest (counted in "
+                                             "`<p>/stats`)", lo=10)
     max_inflight: int = setting(20, "unacknowledged messages at a time", lo=1, hi=1000)
     reconnect_min_delay: float = setting(1.0, "seconds; doubles up to reconnect_max_delay", lo=0.1)
     reconnect_max_delay: float = setting(60.0, "seconds", lo=0.1)

@@ -9,6 +9,7 @@ acknowledged. At the bound (``max_messages``, or a full disk) the oldest are dro
 from __future__ import annotations
 
 import errno
+import itertools
 import json
 import logging
 import threading
@@ -48,6 +49,10 @@ class Spool:
         except OSError as exc:
             raise SinkError("spool %s: %s" % (directory, exc.strerror)) from exc
         self._seqs: deque[int] = deque(seqs)
+        # The newest entry of each retained topic appended by this process, and the older ones it
+        # replaced (a broker keeps only the last): at the bound those go before any event does.
+        self._retained: dict[str, int] = {}
+        self._superseded: deque[int] = deque()
         self._next = (seqs[-1] + 1) if seqs else 1
         if seqs:
             log.info("spool resumed dir=%s messages=%d", directory, len(seqs))
@@ -78,12 +83,33 @@ class Spool:
                         raise SinkError("spool %s: cannot write: %s" % (self.directory, exc.strerror)) from exc
                     self._drop_oldest("disk full")
             self._seqs.append(seq)
+            if message.retain:
+                older = self._retained.get(message.topic)
+                if older is not None:
+                    self._superseded.append(older)
+                self._retained[message.topic] = seq
             self._trim()
             return seq
 
     def _trim(self) -> None:
         while len(self._seqs) > self.max_messages:
-            self._drop_oldest("max=%d" % self.max_messages)
+            if not self._drop_superseded():
+                self._drop_oldest("max=%d" % self.max_messages)
+
+    def _drop_superseded(self) -> bool:
+        """At the bound, a retained message a newer one of its topic replaces goes first (under the
+        lock): 20,000 results in an outage at max_messages 10,000 kept 1 event in 6, the rest of the
+        room taken by states and texts a broker would have replaced. Not counted as dropped: the
+        newer one says the same. False when there is none left to drop."""
+        while self._superseded:
+            seq = self._superseded.popleft()
+            try:
+                self._seqs.remove(seq)
+            except ValueError:
+                continue  # acknowledged or dropped meanwhile
+            self._path(seq).unlink(missing_ok=True)
+            return True
+        return False
 
     def _drop_oldest(self, why: str) -> None:
         oldest = self._seqs.popleft()
@@ -95,7 +121,9 @@ class Spool:
     def after(self, seq: int, limit: int) -> list[tuple[int, Message]]:
         """Up to ``limit`` entries with a sequence number above ``seq``, oldest first."""
         with self._lock:
-            wanted = [s for s in self._seqs if s > seq][:limit] if self._seqs and self._seqs[-1] > seq else []
+            # The entries up to ``seq`` (sent, awaiting their acks) are the first few: no walk of a
+            # spool of 100,000 for every 20 messages sent.
+            wanted = list(itertools.islice((s for s in self._seqs if s > seq), limit))
         out = []
         for s in wanted:
             message = self._read(s)

@@ -193,8 +193,12 @@ def test_spool_overflow_drops_oldest_and_counts(mosquitto, tmp_path, sink_factor
     for i in range(10):
         sink.publish(result("x%d" % i))  # 3 messages each (state, text, event)
     assert len(sink.spool) == 10
-    assert sink.spool.dropped == 20
-    assert sink.stats.snapshot()["spool_dropped_total"] == 20  # while the broker is down, when it is watched
+    # The 18 states and texts newer ones replace went first (not counted), then the 2 oldest events.
+    kept = [(m.topic.rpartition("/")[2], json.loads(m.payload)["text"] if m.topic.endswith(("state", "event"))
+             else m.payload.decode()) for _, m in sink.spool.after(0, 100)]
+    assert kept == [("event", "x%d" % i) for i in range(2, 9)] + [("state", "x9"), ("text", "x9"), ("event", "x9")]
+    assert sink.spool.dropped == 2
+    assert sink.stats.snapshot()["spool_dropped_total"] == 2  # while the broker is down, when it is watched
 
 
 def test_tls_with_ca_and_credentials(mosquitto, tmp_path, sink_factory):

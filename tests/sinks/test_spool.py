@@ -50,3 +50,24 @@ def test_a_full_disk_drops_the_oldest_and_keeps_the_newest(tmp_path):
         assert spool.dropped + len(kept) == 60
     finally:
         subprocess.run(["umount", "-l", str(disk)], timeout=30)
+
+
+def test_at_the_bound_a_retained_message_a_newer_one_replaces_goes_before_any_event(tmp_path):
+    """A long broker outage: each result spools a retained state and text and an event. The states
+    a broker would have replaced took two thirds of the bound, so most events were dropped."""
+    spool = Spool(tmp_path, 10)
+    for i in range(20):
+        spool.append(Message("p/meter/state", b"state %d" % i, 1, True))
+        spool.append(Message("p/meter/text", b"text %d" % i, 1, True))
+        spool.append(Message("p/meter/event", b"event %d" % i, 1, False))
+    kept = [(m.topic, m.payload) for _, m in spool.after(0, 100)]
+    # Before: the last 10 messages, 3 results' events. Now 8 events and the newest state and text.
+    assert kept == [("p/meter/event", b"event %d" % i) for i in range(12, 19)] + [
+        ("p/meter/state", b"state 19"), ("p/meter/text", b"text 19"), ("p/meter/event", b"event 19")]
+    assert len(list(tmp_path.glob("*.msg"))) == 10 and spool.dropped == 12  # events only: states were replaced
+    spool.remove(spool.after(0, 1)[0][0])  # an event acknowledged: 9 left
+    spool.append(Message("p/meter/state", b"state 20", 1, True))  # under the bound every message stays
+    assert [m.payload for _, m in spool.after(0, 100) if m.topic.endswith("state")] == [b"state 19", b"state 20"]
+    spool.append(Message("p/meter/event", b"event 20", 1, False))  # at the bound: state 19 goes, not an event
+    assert len(spool) == 10 and spool.dropped == 12
+    assert [m.payload for _, m in spool.after(0, 100) if m.topic.endswith("state")] == [b"state 20"]
