@@ -77,6 +77,24 @@ class _JsonErrorChannel(HTTPChannel):
     linger_on_close = False
     _lingering = False
     _linger_left = 0
+    _headers_of: Any = None  # the request whose headers are still coming in, and since when
+    _headers_since = 0.0
+
+    def received(self, data: bytes) -> bool:
+        """As waitress, but a request's headers must come in within the channel timeout of their
+        first byte: waitress counts idle time from the last byte, so 30 clients sending a header
+        byte every 10 s (slowloris) held every connection and shut the API, /healthz included, to
+        others for as long as they trickled (nginx: client_header_timeout). Bodies are not timed so:
+        a 20 MB upload over a slow link takes its time."""
+        taken = bool(super().received(data))
+        request = self.request
+        if request is not None and not request.headers_finished:
+            if self._headers_of is not request:
+                self._headers_of, self._headers_since = request, time.monotonic()
+            self.last_activity = self._headers_since
+        else:
+            self._headers_of = None
+        return taken
 
     def handle_close(self) -> None:
         if self.linger_on_close and not self._lingering and self.connected and self.socket is not None:

@@ -694,6 +694,36 @@ def test_idle_connections_are_closed_after_the_wall_clock_steps_back(backend, mo
         assert server.stop(timeout_s=5)
 
 
+def test_clients_that_trickle_their_headers_are_closed_within_the_timeout_of_their_first_byte(backend):
+    """Slowloris: a header byte every so often reset waitress's idle clock, so a few such clients held
+    every connection for as long as they trickled, and nobody else got in (no token needed for that)."""
+    server = HttpServer(backend.app(), "127.0.0.1:0", 1, connection_limit=4, channel_timeout_s=2,
+                        cleanup_interval_s=1)
+    server.start()
+    trickling = [socket.create_connection(("127.0.0.1", server.port), timeout=TIMEOUT_S) for _ in range(4)]
+    try:
+        for connection in trickling:
+            connection.sendall(b"GET /healthz HTTP/1.1\r\n")
+        sent_until = time.monotonic() + 8.0
+        while time.monotonic() < sent_until:
+            alive = []
+            for connection in trickling:
+                try:
+                    connection.sendall(b"X")  # one more header byte, never the end of the headers
+                    alive.append(connection)
+                except OSError:
+                    pass
+            if not alive:
+                break
+            time.sleep(0.4)
+        assert not alive  # each closed within ~2 s (+ the 1 s sweep) of its first byte, though never idle
+        assert httpx.get(server.url + "/healthz", timeout=TIMEOUT_S).json() == {"status": "ok"}
+    finally:
+        for connection in trickling:
+            connection.close()
+        assert server.stop(timeout_s=5)
+
+
 def test_a_stop_with_a_request_still_in_the_engine_says_it_did_not_stop(backend, photo, photo_text):
     """What App.shutdown reads to leave at once (App.leave_now) instead of unwinding that request's
     thread inside the engine (a request that finishes in time: every other test's teardown)."""
