@@ -232,7 +232,11 @@ def test_onnx_runtime_sends_no_telemetry_unless_the_environment_asks(tmp_path, s
     """ONNX Runtime's Linux wheels (1.32) keep a device ID and a queue of usage events for Microsoft
     under ~/.cache/Microsoft/DeveloperTools and upload them, unless ORT_DISABLE_TELEMETRY is set
     before they load: the engine sets it. What a user puts in the environment wins."""
-    env = {k: v for k, v in os.environ.items() if k not in ("ORT_DISABLE_TELEMETRY", "XDG_CACHE_HOME")}
+    # ONNX Runtime keeps quiet by itself where a CI system's variable is set (CI=true in .ci/run): without
+    # them, as on a device, only ORT_DISABLE_TELEMETRY decides.
+    ci = {"CI", "TF_BUILD", "GITHUB_ACTIONS", "GITLAB_CI", "CIRCLECI", "TRAVIS", "JENKINS_URL", "CODEBUILD_BUILD_ID",
+          "BUILDKITE", "TEAMCITY_VERSION", "APPVEYOR", "SYSTEM_TEAMFOUNDATIONCOLLECTIONURI"}
+    env = {k: v for k, v in os.environ.items() if k not in {"ORT_DISABLE_TELEMETRY", "XDG_CACHE_HOME", *ci}}
     env["HOME"] = str(tmp_path)
     if setting is not None:
         env["ORT_DISABLE_TELEMETRY"] = setting
