@@ -27,6 +27,7 @@ Imports results, config, errors, stats, engine types and sources.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import errno
 import importlib
@@ -124,19 +125,19 @@ def why_not_open(device: str) -> str:
     where = ("[%s]:%d" if ":" in host else "%s:%d") % (host, port)
     try:
         addresses = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    except (socket.gaierror, UnicodeError) as exc:
+    except (OSError, UnicodeError) as exc:  # socket.gaierror is an OSError
         return "cannot resolve %s (%s)" % (host, getattr(exc, "strerror", None) or exc)
     family, kind_, proto, _, address = addresses[0]
-    with socket.socket(family, kind_, proto) as probe_socket:
-        probe_socket.settimeout(PROBE_TIMEOUT_S)
-        try:
+    try:  # any OSError is a reason, never the source thread's end (a socket refused: EMFILE, no IPv6)
+        with socket.socket(family, kind_, proto) as probe_socket:
+            probe_socket.settimeout(PROBE_TIMEOUT_S)
             probe_socket.connect(address)
-        except ConnectionRefusedError:
-            return "connection refused by %s (nothing listens there)" % where
-        except TimeoutError:
-            return "no answer from %s within %.0f s" % (where, PROBE_TIMEOUT_S)
-        except OSError as exc:
-            return "%s unreachable (%s)" % (where, exc.strerror or errno.errorcode.get(exc.errno or 0) or exc)
+    except ConnectionRefusedError:
+        return "connection refused by %s (nothing listens there)" % where
+    except TimeoutError:
+        return "no answer from %s within %.0f s" % (where, PROBE_TIMEOUT_S)
+    except OSError as exc:
+        return "%s unreachable (%s)" % (where, exc.strerror or errno.errorcode.get(exc.errno or 0) or exc)
     return "%s answers, but no stream opened there (check the path, the user and the password)" % where
 
 
@@ -455,7 +456,13 @@ class CameraSource:
                     self._ended = True
                     self._set_status(SourceStatus.OFFLINE, "video file ended")
                     return
-                except SourceError as exc:
+                except Exception as exc:  # a camera library failing mid-capture (a reconnect per capture
+                    # opens from here too): retried like a failed open, never the thread's end
+                    if not isinstance(exc, SourceError):
+                        log.debug("camera failed source=%s", self.name, exc_info=True)
+                        exc = SourceError("camera failed: %s: %s" % (type(exc).__name__, exc))
+                        with contextlib.suppress(Exception):
+                            self._reader.close()
                     self._reader = None
                     self._failed(exc, backoff)
                     stop.wait(backoff)

@@ -545,6 +545,26 @@ def test_a_stream_sampled_seldom_is_connected_for_each_capture_and_decoded_only_
         assert server.connections <= held + 1
 
 
+def test_a_failure_of_an_unexpected_kind_mid_capture_is_retried_not_the_threads_end(run_camera, monkeypatch):
+    """A stream connected per capture opens from inside the capture: an OSError there (the reason's
+    probe socket refused, EMFILE; no IPv6 for an IPv6 camera) ended the camera thread for good."""
+    import edge_ocr.sources.camera as camera
+
+    def no_sockets(device: str) -> str:
+        raise OSError(24, "Too many open files")
+
+    monkeypatch.setattr(camera, "STREAM_RELEASE_S", 0.5)
+    with MjpegServer([text_frame("12.3")], frames_per_connection=10_000) as server:
+        cam = run_camera(CameraSourceConfig("seldom", backend="opencv", device=server.url, interval=0.6,
+                                            retry_min_delay=0.1, retry_max_delay=0.2))
+        assert wait_until(lambda: cam.stats.get("frames_total") >= 1, 30)
+        monkeypatch.setattr(camera, "why_not_open", no_sockets)
+    assert wait_until(lambda: cam.source.status is SourceStatus.OFFLINE, 30)  # the camera went away
+    assert "camera failed: OSError: [Errno 24] Too many open files" in cam.source.reason
+    errors = cam.stats.get("camera_errors_total")
+    assert wait_until(lambda: cam.stats.get("camera_errors_total") > errors, 10) and cam.thread.is_alive()  # retried
+
+
 def test_a_looping_video_plays_on_in_its_own_time_past_its_end(tmp_path, run_camera):
     """A 2 s clip sampled every 0.7 s: 0, 0.7, 1.4, then 0.1 s into the next round (it went back to
     0 s, so an interval the clip's length does not divide kept showing the same frames)."""
