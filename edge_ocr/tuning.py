@@ -84,8 +84,10 @@ def apply(options: EngineOptions, tuning: Tuning | None) -> EngineOptions:
         return options
     pack = load_pack(options.pack)
     if (pack.name, pack.version) != (tuning.pack, tuning.pack_version):
-        log.info("tuning is for pack=%s version=%s, not %s %s: not used", tuning.pack, tuning.pack_version,
-                 pack.name, pack.version)
+        # A warning: an upgrade (a pack's version names its content since 2026-12-05) leaves the
+        # device on default threads and precision until it is tuned again.
+        log.warning("tuning is for pack=%s version=%s, not %s %s: not used (run edge-ocr tune again)",
+                    tuning.pack, tuning.pack_version, pack.name, pack.version)
         return options
     threads = tuning.threads if options.threads == "auto" else options.threads
     precision = tuning.precision if options.precision == "auto" else options.precision

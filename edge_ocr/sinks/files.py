@@ -128,7 +128,8 @@ class ResultFiles:
     """Places an original and its JSON in a directory under a free base name.
 
     ``NAME.ext`` gets ``NAME.json`` (``suffix``); if either exists for different content (the
-    JSON's ``sha256`` differs) or another extension, ``NAME-1.ext``/``NAME-1.json`` and so on. An
+    JSON's ``sha256`` differs) or another extension, ``NAME-1.ext``/``NAME-1.json`` up to ``-9``, then
+    12 hex digits of the sha256 (``_slots``). An
     existing JSON for the same file is overwritten, so finishing an interrupted move is idempotent.
     Names are made to fit (``stored_parts``); a directory removed while the daemon runs is made
     again. Every failure is a SinkError. Thread-safe: a store finds its free name and takes it

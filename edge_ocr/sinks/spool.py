@@ -52,7 +52,8 @@ class Spool:
         # The newest entry of each retained topic appended by this process, and the older ones it
         # replaced (a broker keeps only the last): at the bound those go before any event does.
         self._retained: dict[str, int] = {}
-        self._superseded: deque[int] = deque()
+        self._superseded: dict[int, None] = {}  # in the order they were replaced; gone once acknowledged
+        self._retained_here: set[int] = set()  # retained entries still in the spool (not acknowledged)
         self._next = (seqs[-1] + 1) if seqs else 1
         if seqs:
             log.info("spool resumed dir=%s messages=%d", directory, len(seqs))
@@ -85,9 +86,10 @@ class Spool:
             self._seqs.append(seq)
             if message.retain:
                 older = self._retained.get(message.topic)
-                if older is not None:
-                    self._superseded.append(older)
+                if older is not None and older in self._retained_here:
+                    self._superseded[older] = None
                 self._retained[message.topic] = seq
+                self._retained_here.add(seq)
             self._trim()
             return seq
 
@@ -102,7 +104,9 @@ class Spool:
         room taken by states and texts a broker would have replaced. Not counted as dropped: the
         newer one says the same. False when there is none left to drop."""
         while self._superseded:
-            seq = self._superseded.popleft()
+            seq = next(iter(self._superseded))
+            del self._superseded[seq]
+            self._retained_here.discard(seq)
             try:
                 self._seqs.remove(seq)
             except ValueError:
@@ -113,6 +117,8 @@ class Spool:
 
     def _drop_oldest(self, why: str) -> None:
         oldest = self._seqs.popleft()
+        self._superseded.pop(oldest, None)
+        self._retained_here.discard(oldest)
         self._path(oldest).unlink(missing_ok=True)
         self.dropped += 1
         if self.dropped == 1 or self.dropped % 100 == 0:
@@ -165,6 +171,8 @@ class Spool:
         again by this spool); returns where, or None if it was gone."""
         aside = self.directory / "set-aside"
         with self._lock:
+            self._superseded.pop(seq, None)
+            self._retained_here.discard(seq)
             try:
                 self._seqs.remove(seq)
             except ValueError:
@@ -182,6 +190,8 @@ class Spool:
     def remove(self, seq: int) -> None:
         """Forget entry ``seq`` (acknowledged); a missing entry is fine."""
         with self._lock:
+            self._superseded.pop(seq, None)
+            self._retained_here.discard(seq)
             try:
                 self._seqs.remove(seq)
             except ValueError:

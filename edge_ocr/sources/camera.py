@@ -239,7 +239,6 @@ class OpenCvReader:
 
     def _open(self) -> cv2.VideoCapture:
         cfg = self.cfg
-        quiet_video_libraries()
         if self.kind == "file" and not Path(cfg.device).is_file():
             raise SourceError("video file not found: %s" % cfg.device)
         if self.kind == "index":
@@ -361,6 +360,9 @@ class CameraSource:
         stats: Stats,
         on_status: Callable[[str, SourceStatus], None] | None = None,
     ) -> None:
+        # Before any thread opens a capture: setting the environment while other threads read it is
+        # unsafe in C (OpenCV's and ONNX Runtime's threads call getenv).
+        quiet_video_libraries()
         self.cfg = cfg
         self.name = cfg.name
         self.submit = submit  # must not block: camera frames are dropped when the queue is full
@@ -615,6 +617,7 @@ def probe(cfg: CameraSourceConfig) -> str | None:
         if int(cfg.device) >= len(cameras):
             return "no camera %s found (%d attached)" % (cfg.device, len(cameras))
         return None
+    quiet_video_libraries()
     try:
         reader = OpenCvReader(cfg)
     except SourceError as exc:

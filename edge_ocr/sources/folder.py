@@ -62,6 +62,17 @@ IN_NONBLOCK, IN_CLOEXEC = 0o4000, 0o2000000
 EVENT = struct.Struct("iIII")
 
 
+# A store's errors that no file would escape: the directory's file system is full or read-only.
+DIRECTORY_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS})
+
+
+def _blocks_every_file(error: SinkError) -> bool:
+    """Whether ``error`` would stop any file's result as well (by its OSError's errno), not only
+    this one's: a file the service cannot read, a name the file system refuses, no."""
+    cause = error.__cause__
+    return isinstance(cause, OSError) and cause.errno in DIRECTORY_ERRNOS
+
+
 def newest_mtime_ns(directory: Path) -> int:
     """The latest mtime of the files in ``directory`` (0 when there are none or it cannot be read)."""
     newest = 0
@@ -370,6 +381,7 @@ class FolderSource:
         # while there are any the source is offline, so /readyz and <p>/<source>/status show it,
         # not only the journal. Under _status_lock (the source thread and the pipeline thread).
         self._stalled_files: set[Path] = set()
+        self._blocking_stalls: set[Path] = set()  # those whose directory takes nothing (disk full): intake waits
         self._stall_reason = ""
         self._paused = False  # new files left in the folder while results are stalled (source thread)
         self._stamp_lock = threading.Lock()  # the reuse store's use order (_stamp): both threads
@@ -459,6 +471,7 @@ class FolderSource:
             if claimed not in self._stalled_files:
                 return
             self._stalled_files.discard(claimed)
+            self._blocking_stalls.discard(claimed)
             if not self._stalled_files:
                 self._set_status(SourceStatus.ONLINE, "results written again")
 
@@ -632,7 +645,7 @@ class FolderSource:
         """True while a claimed file's result is stalled; the journal says when new files start
         and stop waiting (source thread only)."""
         with self._status_lock:
-            paused, reason = bool(self._stalled_files), self._stall_reason
+            paused, reason = bool(self._blocking_stalls), self._stall_reason
         if paused != self._paused:
             self._paused = paused
             if paused:
@@ -743,7 +756,7 @@ class FolderSource:
             if resumed and self._finish_interrupted(claimed, name, sha):
                 return True
         except SinkError as exc:  # done/ or failed/ unreadable now: offered again later
-            self._stall(claimed, exc.message, name)
+            self._stall(claimed, exc, name)
             return True
         cached = self._cached(sha) if cfg.reuse_results else None
         job = Job(self.name, data, file=name, sha256=sha, cached=cached,
@@ -817,7 +830,7 @@ class FolderSource:
             meta = self.files.store(None if cfg.delete_original else claimed, cfg.done_dir, name, ".json", data,
                                     result.sha256)
         except SinkError as exc:  # the result is kept: a retry writes it, with no second OCR run or publish
-            self._stall(claimed, exc.message, name, partial(self._finish, claimed, name, reused, result))
+            self._stall(claimed, exc, name, partial(self._finish, claimed, name, reused, result))
             return
         if cfg.delete_original:
             claimed.unlink(missing_ok=True)
@@ -861,7 +874,8 @@ class FolderSource:
             meta = self.files.store(src, self.cfg.failed_dir, name, ".error.json", data, sha)
         except EdgeOcrError as exc:
             if src.parent == self.processing:
-                self._stall(src, exc.message, name, partial(self._fail, src, name, error, tb, sha))
+                self._stall(src, exc if isinstance(exc, SinkError) else exc.message, name,
+                            partial(self._fail, src, name, error, tb, sha))
             else:  # a refused file still in the inbox: the next scan offers it again
                 log.error("cannot move to failed_dir source=%s file=%s error=%s", self.name, log_name(name), exc.message)
             return False
@@ -871,11 +885,15 @@ class FolderSource:
                     self.name, log_name(name), error.code, error.message, log_name(meta.name))
         return True
 
-    def _stall(self, claimed: Path, reason: str, name: str | None = None,
+    def _stall(self, claimed: Path, reason: str | SinkError, name: str | None = None,
                write_again: Callable[[], object] | None = None) -> None:
         """The result of ``claimed`` could not be written (pipeline or source thread): it stays in
         .processing/ and is offered again, from STALL_RETRY_MIN_S up to STALL_RETRY_MAX_S apart:
-        ``write_again`` writes the result kept in memory; without it the file is read again."""
+        ``write_again`` writes the result kept in memory; without it the file is read again. New
+        files wait in the folder only while a stall is the directory's (``_blocks_every_file``), not
+        one file's own (a file the service cannot read, a name done/'s file system refuses)."""
+        blocks_all = not isinstance(reason, SinkError) or _blocks_every_file(reason)
+        reason = reason.message if isinstance(reason, SinkError) else reason
         self._read_ended(claimed)
         self.stats.inc("files_stalled_total")
         with self._status_lock:
@@ -887,6 +905,10 @@ class FolderSource:
         self._stalled.put((claimed, name or claimed.name, write_again))
         with self._status_lock:
             self._stalled_files.add(claimed)
+            if blocks_all:
+                self._blocking_stalls.add(claimed)
+            else:
+                self._blocking_stalls.discard(claimed)
             self._stall_reason = reason
             self._set_status(SourceStatus.OFFLINE, "cannot write results: %s" % reason)
 

@@ -71,3 +71,14 @@ def test_at_the_bound_a_retained_message_a_newer_one_replaces_goes_before_any_ev
     spool.append(Message("p/meter/event", b"event 20", 1, False))  # at the bound: state 19 goes, not an event
     assert len(spool) == 10 and spool.dropped == 12
     assert [m.payload for _, m in spool.after(0, 100) if m.topic.endswith("state")] == [b"state 20"]
+
+
+def test_what_is_acknowledged_leaves_no_trace_of_what_replaced_it(tmp_path):
+    """Connected, each result's state is acknowledged before the next replaces it: the list of
+    replaced entries grew by two a result for ever, and the first outage at the bound then walked it
+    under the spool's lock (seconds per 20,000 results)."""
+    spool = Spool(tmp_path, 10)
+    for i in range(1000):
+        for topic in ("p/meter/state", "p/meter/text"):
+            spool.remove(spool.append(Message(topic, b"%d" % i, 1, True)))
+    assert len(spool) == 0 and not spool._superseded and not spool._retained_here

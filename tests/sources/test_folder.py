@@ -4,6 +4,7 @@ and a fake engine (tests/fakes.py)."""
 from __future__ import annotations
 
 import dataclasses
+import errno
 import hashlib
 import json
 import os
@@ -570,7 +571,8 @@ def test_a_backlog_listed_at_once_waits_in_the_folder_once_results_cannot_be_wri
 
     def store(self, src, directory, name, suffix, data, sha256):
         if directory == tmp_path / "done" and full.is_set():
-            raise SinkError("cannot write %s: No space left on device" % directory)
+            raise SinkError("cannot write %s: No space left on device" % directory) from OSError(
+                errno.ENOSPC, "No space left on device")
         return real(self, src, directory, name, suffix, data, sha256)
 
     monkeypatch.setattr(ResultFiles, "store", store)
@@ -582,7 +584,33 @@ def test_a_backlog_listed_at_once_waits_in_the_folder_once_results_cannot_be_wri
     assert len(engine.calls) == claimed and len(list(inbox.glob("f*.txt"))) == 40 - claimed
     full.clear()  # space again: every file is taken, oldest first
     assert wait_until(lambda: len(list((tmp_path / "done").glob("*.json"))) == 40, 60)
-    assert sorted(engine.calls) == sorted(b"TEXT:%d" % i for i in range(40))
+    rest = [int(call[5:]) for call in engine.calls[claimed:]]
+    assert rest == sorted(rest) and len(engine.calls) == 40  # the rest oldest first (written in order)
+
+
+def test_one_file_whose_result_cannot_be_written_does_not_stop_the_others(tmp_path, folder, monkeypatch):
+    """A stall of one file's own (a name done/'s file system refuses, a file the service cannot
+    copy) kept every new file waiting for as long as it lasted: only a full or read-only directory
+    makes them wait."""
+    from edge_ocr.errors import SinkError
+
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    real = ResultFiles.store
+
+    def store(self, src, directory, name, suffix, data, sha256):
+        if name.startswith("odd"):
+            raise SinkError("cannot write %s: Invalid argument" % name) from OSError(errno.EINVAL, "Invalid argument")
+        return real(self, src, directory, name, suffix, data, sha256)
+
+    monkeypatch.setattr(ResultFiles, "store", store)
+    source, _ = folder(reuse_results=False)
+    (inbox / "odd.txt").write_bytes(b"TEXT:odd")
+    assert wait_until(lambda: source.status.value == "offline")
+    for name in ("a.txt", "b.txt"):
+        (inbox / name).write_bytes(b"TEXT:" + name.encode())
+    assert wait_until(lambda: names(tmp_path / "done") == ["a.json", "a.txt", "b.json", "b.txt"], 30)
+    assert (inbox / ".processing" / "odd.txt").exists()  # kept for retry, with its reason
 
 
 def test_a_file_refused_before_reading_is_announced_like_a_corrupt_image(tmp_path):
