@@ -105,15 +105,20 @@ class Spool:
         newer one says the same. False when there is none left to drop."""
         while self._superseded:
             seq = next(iter(self._superseded))
-            del self._superseded[seq]
-            self._retained_here.discard(seq)
-            try:
-                self._seqs.remove(seq)
-            except ValueError:
-                continue  # acknowledged or dropped meanwhile
-            self._path(seq).unlink(missing_ok=True)
-            return True
+            if self._untrack(seq):  # else acknowledged or dropped meanwhile
+                self._path(seq).unlink(missing_ok=True)
+                return True
         return False
+
+    def _untrack(self, seq: int) -> bool:
+        """Forget ``seq`` in every index (under the lock); False when it was no longer queued."""
+        self._superseded.pop(seq, None)
+        self._retained_here.discard(seq)
+        try:
+            self._seqs.remove(seq)
+        except ValueError:
+            return False
+        return True
 
     def _drop_oldest(self, why: str) -> None:
         oldest = self._seqs.popleft()
@@ -171,11 +176,7 @@ class Spool:
         again by this spool); returns where, or None if it was gone."""
         aside = self.directory / "set-aside"
         with self._lock:
-            self._superseded.pop(seq, None)
-            self._retained_here.discard(seq)
-            try:
-                self._seqs.remove(seq)
-            except ValueError:
+            if not self._untrack(seq):
                 return None
         target = aside / self._path(seq).name
         try:
@@ -190,10 +191,6 @@ class Spool:
     def remove(self, seq: int) -> None:
         """Forget entry ``seq`` (acknowledged); a missing entry is fine."""
         with self._lock:
-            self._superseded.pop(seq, None)
-            self._retained_here.discard(seq)
-            try:
-                self._seqs.remove(seq)
-            except ValueError:
+            if not self._untrack(seq):
                 return
         self._path(seq).unlink(missing_ok=True)

@@ -98,6 +98,7 @@ class FleetWorker:
         # a crash (no clean leave) with another group or jobs_topic, the session still held the old
         # subscription, and every job came twice, for as long as the session lived.
         self._subscribed_file = mqtt.spool_dir / SUBSCRIBED_FILE
+        self._recorded: tuple[str | None] | None = None  # the file's topic once read (paho's thread only)
         self._session_present: bool | None = None  # as the last CONNACK said, for the log
         self.ready = threading.Event()
         self._status = SourceStatus.OFFLINE
@@ -231,7 +232,12 @@ class FleetWorker:
         client.subscribe(self._topic, options=SubscribeOptions(qos=1))
 
     def _subscribed(self) -> str | None:
-        """The filter the last run subscribed to, as ``_remember_subscription`` kept it."""
+        """The filter the last run subscribed to, as ``_remember_subscription`` kept it (read once)."""
+        if self._recorded is None:
+            self._recorded = (self._read_subscribed(),)
+        return self._recorded[0]
+
+    def _read_subscribed(self) -> str | None:
         try:
             topic = json.loads(self._subscribed_file.read_text(encoding="utf-8")).get("topic")
         except FileNotFoundError:
@@ -246,6 +252,7 @@ class FleetWorker:
             return  # no SD card write at every reconnect
         try:
             write_atomic(self._subscribed_file, json.dumps({"topic": self._topic}).encode("utf-8"))
+            self._recorded = (self._topic,)
         except OSError as exc:
             log.warning("fleet subscription not recorded file=%s error=%s", self._subscribed_file, exc.strerror)
 
