@@ -102,15 +102,19 @@ dev_system_packages() {
         command -v debootstrap >/dev/null 2>&1 || missing+=(debootstrap)
         command -v qemu-aarch64-static >/dev/null 2>&1 || missing+=(qemu-user-static)
     fi
-    if is_root && ! command -v promtool >/dev/null 2>&1; then
-        # Only its promtool, which lints /metrics: without the recommended node exporter service.
-        apt_install --no-install-recommends prometheus
+    if ! command -v promtool >/dev/null 2>&1; then
+        if is_root; then
+            # Only its promtool, which lints /metrics: without the recommended node exporter service.
+            apt_install --no-install-recommends prometheus
+        else
+            missing+=(prometheus)
+        fi
     fi
     [ ${#missing[@]} -eq 0 ] && return 0
     if is_root; then
         apt_install "${missing[@]}"
     else
-        say "warning: the tests that need ${missing[*]} will skip; install them with: sudo apt-get install ${missing[*]}"
+        say "warning: the tests that need ${missing[*]} will skip; install them with: sudo apt-get install --no-install-recommends ${missing[*]}"
     fi
 }
 

@@ -114,7 +114,7 @@ def test_fleet_status_shows_a_working_daemon_and_an_offline_device(eval_dev, tmp
 
 
 @pytest.mark.broker
-def test_no_device_exits_1_and_a_broker_out_of_reach_exits_2(tmp_path: Path, mosquitto):
+def test_no_device_or_a_broker_out_of_reach_exits_1_and_a_bad_root_exits_2(tmp_path: Path, mosquitto):
     config = write_config(tmp_path, mosquitto)
     none = edge_ocr("fleet", "status", "-c", str(config), "--wait", "0.3", "--root", "nobody/here")
     assert none.returncode == 1 and "no device under nobody/here/+" in none.stderr

@@ -127,3 +127,20 @@ def test_a_venv_of_another_python_is_made_anew(tmp_path, venv_version, matches):
                          cwd=REPO, env={"PATH": "/usr/bin:/bin", "PYTHON": str(python)}, capture_output=True,
                          text=True, timeout=30)
     assert (run.returncode == 0) is matches, run
+
+
+def test_without_root_the_dev_install_names_every_missing_test_tool_promtool_too(tmp_path):
+    """`install.sh --dev` as a user cannot apt-get: it names what the skipped tests need. promtool
+    (Debian's prometheus) was installed as root only and never named, so /metrics went unlinted."""
+    stubs = tmp_path / "bin"
+    stubs.mkdir()
+    (stubs / "id").write_text("#!/bin/sh\necho 1000\n")
+    (stubs / "id").chmod(0o755)
+    run = subprocess.run(["/bin/bash", "-c", "source ./install.sh && dev_system_packages"], cwd=REPO,
+                         env={"PATH": str(stubs)}, capture_output=True, text=True, timeout=30)
+    assert run.returncode == 0, run.stderr
+    warning = run.stdout.strip().splitlines()[-1]
+    assert "the tests that need" in warning and "will skip" in warning
+    for package in ("prometheus", "openssl", "chromium", "faketime"):  # none of them on this PATH
+        assert package in warning.split("need")[1].split("will skip")[0].split()
+    assert "apt-get" in warning and "sudo" in warning

@@ -614,3 +614,42 @@ def test_a_host_the_resolver_refuses_is_a_line_from_the_probe_not_a_traceback(mo
     cfg = mqtt_config(mosquitto, tmp_path)
     object.__setattr__(cfg, "host", "broker..lan")  # past the config's own check
     assert probe(cfg, timeout_s=2).startswith("cannot connect to broker..lan:")
+
+
+def test_the_readme_broker_acl_lets_a_device_clear_the_discovery_of_a_removed_source(tmp_path, tmp_path_factory):
+    """config/mosquitto/ as the README shows it: a device renamed its source `inbox` to `meter`;
+    at the next start it reads back its own retained discovery configs and clears the old one
+    (the ACL let it write them but not read them: Home Assistant kept a dead `inbox` sensor)."""
+    from edge_ocr.mqtt_client import make_client
+    from tests.broker import require_mosquitto
+
+    require_mosquitto()
+    shipped = Path(__file__).resolve().parents[2] / "config" / "mosquitto"
+    directory = tmp_path_factory.mktemp("mosquitto")
+    (directory / "acl").write_text((shipped / "acl").read_text() + "\nuser observer\ntopic read #\n")
+    broker = Mosquitto(directory, (shipped / "fleet.conf").read_text().replace("listener 8883", "listener {port} 127.0.0.1")
+                       .replace("/etc/mosquitto/", "{dir}/"), users=("gate-pi", "observer"))
+    broker.start()
+    device = MqttConfig(spool_dir=tmp_path / "spool", topic_prefix="edge-ocr/gate-pi", client_id="edge-ocr-gate-pi",
+                        host="127.0.0.1", port=broker.port, username="gate-pi", password=Secret(PASSWORD), tls=True,
+                        ca_file=str(broker.certs["ca.crt"]), reconnect_min_delay=0.1, reconnect_max_delay=0.5)
+    retained: dict[str, bytes] = {}
+    observer = make_client(replace(device, username="observer", topic_prefix="observer"), "observer", will=False)
+    observer.on_connect = lambda c, u, f, rc, p: c.subscribe("homeassistant/sensor/#", qos=1)
+    observer.on_message = lambda c, u, msg: retained.__setitem__(msg.topic, msg.payload)
+    old, new = ("homeassistant/sensor/edge-ocr-gate-pi/%s/config" % name for name in ("inbox", "meter"))
+    try:
+        observer.connect("127.0.0.1", broker.port)
+        observer.loop_start()
+        first = MqttSink(device, ("inbox",), Stats(), Captures())
+        first.start()
+        assert wait_until(lambda: retained.get(old, b"").startswith(b"{"))
+        first.close(timeout_s=5)
+        second = MqttSink(device, ("meter",), Stats(), Captures())
+        second.start()
+        assert wait_until(lambda: retained.get(new, b"").startswith(b"{") and retained.get(old) == b"")
+        second.close(timeout_s=5)
+    finally:
+        observer.loop_stop()
+        observer.disconnect()
+        broker.stop()
