@@ -389,6 +389,9 @@ class FleetConfig:
     enabled: bool = setting(False, "be a worker of the fleet: take jobs from `$share/<group>/<jobs_topic>` "
                             "(MQTT 5, the [mqtt] broker)")
     jobs_topic: str = setting("edge-ocr/jobs", "where jobs are published")
+    answers_topic: str = setting("", "a job's Response Topic must be this topic or one under it, else the job is "
+                                 "dropped unread (answers go out with this device's login)",
+                                 shown="<jobs_topic>/results")
     group: str = setting("edge-ocr", "the shared subscription's group: each job goes to one of its workers",
                          match=NAME_RE)
     max_inflight: int = setting(2, "jobs this worker holds at once (MQTT 5 Receive Maximum)", lo=1, hi=64)
@@ -401,6 +404,13 @@ class FleetConfig:
         _check_declared(self)
         if not self.jobs_topic or any(ch in self.jobs_topic for ch in "#+\0") or self.jobs_topic.startswith("$"):
             raise Invalid("jobs_topic", "expected a topic without wildcards, got %r" % self.jobs_topic)
+        if any(ch in self.answers_topic for ch in "#+\0") or self.answers_topic.startswith("$"):
+            raise Invalid("answers_topic", "expected a topic without wildcards, got %r" % self.answers_topic)
+
+    @property
+    def answers_root(self) -> str:
+        """The topic every job's Response Topic must be, or lie under."""
+        return (self.answers_topic or "%s/results" % self.jobs_topic).rstrip("/")
 
 
 @dataclass(frozen=True, slots=True)

@@ -56,8 +56,11 @@ def probe_image(data: bytes) -> tuple[str, int, int]:
             return ("webp", *_webp_size(data))
     except (struct.error, IndexError) as exc:
         raise UnsupportedImage("truncated image header") from exc
+    # The length, never the bytes: the reason goes to failed/, MQTT and the journal, and a file
+    # dropped there may be one only the service can read (a hard link to a secret).
     raise UnsupportedImage(imageformat.unsupported_kind(data) or
-                           "not a supported image (expected JPEG, PNG, BMP, TIFF or WebP; got bytes %r)" % data[:8])
+                           "not a supported image (expected JPEG, PNG, BMP, TIFF or WebP; %d bytes with no image "
+                           "signature)" % len(data))
 
 
 def _jpeg_size(data: bytes) -> tuple[int, int]:
@@ -129,9 +132,15 @@ def decode_image(data: bytes, max_megapixels: float) -> np.ndarray:
         raise ImageTooLarge(
             "image is %dx%d (%.1f MP), over the %.0f MP limit" % (width, height, megapixels, max_megapixels)
         )
+    alpha = _has_alpha(fmt, data)
+    # The decode that keeps alpha keeps 16-bit samples too: twice the bytes of an 8-bit image of
+    # that size (a 394 KB 49 MP 16-bit RGBA PNG took the daemon past 1 GB), so it counts twice.
+    if alpha and _sample_bits(fmt, data) > 8 and 2 * megapixels > max_megapixels:
+        raise ImageTooLarge("image is %dx%d (%.1f MP) with 16-bit samples and alpha, decoded as %.1f MP of 8-bit ones, "
+                            "over the %.0f MP limit" % (width, height, megapixels, 2 * megapixels, max_megapixels))
     buffer = np.frombuffer(data, dtype=np.uint8)
     try:
-        if _has_alpha(fmt, data):
+        if alpha:
             # The decode that keeps the alpha channel ignores the EXIF orientation: applied here.
             image = _flattened(cv2.imdecode(buffer, cv2.IMREAD_UNCHANGED))
             image = oriented(image, exif_orientation(_exif_tiff(fmt, data))) if image is not None else None
@@ -169,6 +178,28 @@ def _has_alpha(fmt: str, data: bytes) -> bool:
         photometric, samples = _tiff_tag(data, 262), _tiff_tag(data, 277) or 1
         return (photometric in (0, 1) and samples >= 2) or (photometric == 2 and samples >= 4)
     return False
+
+
+def _sample_bits(fmt: str, data: bytes) -> int:
+    """Bits per sample as stored: a PNG's bit depth, a TIFF's BitsPerSample (its first sample's);
+    8 for the other formats, and when the header does not say."""
+    if fmt == "png":
+        return data[24] if len(data) > 24 else 8
+    if fmt != "tiff":
+        return 8
+    try:
+        endian = {b"II": "<", b"MM": ">"}[data[:2]]
+        (ifd,) = struct.unpack(endian + "I", data[4:8])
+        (count,) = struct.unpack(endian + "H", data[ifd : ifd + 2])
+        for i in range(count):
+            tag, kind, n, value = struct.unpack(endian + "HHI4s", data[ifd + 2 + 12 * i : ifd + 14 + 12 * i])
+            if tag == 258 and kind == 3:  # SHORTs: inline when two fit, else at the offset the field holds
+                at = 0 if n <= 2 else struct.unpack(endian + "I", value)[0]
+                raw = value if n <= 2 else data[at : at + 2]
+                return int(struct.unpack(endian + "H", raw[:2])[0])
+    except (KeyError, struct.error):
+        return 8
+    return 8
 
 
 def _exif_tiff(fmt: str, data: bytes) -> bytes:
@@ -239,7 +270,8 @@ def _flattened(image: np.ndarray | None) -> np.ndarray | None:
     if image is None or image.dtype not in (np.uint8, np.uint16):  # float samples: as the colour decode, refused
         return None
     if image.dtype == np.uint16:
-        image = (image >> 8).astype(np.uint8)
+        np.right_shift(image, 8, out=image)  # in place: one 8-bit copy after it, no 16-bit temporary
+        image = image.astype(np.uint8)
     if image.ndim == 2:
         image = image[:, :, None]
     has_alpha = image.shape[2] in (2, 4)

@@ -300,9 +300,12 @@ class FleetWorker:
         self.stats.inc("fleet_jobs_taken_total")
         if msg.dup:
             self.stats.inc("fleet_jobs_redelivered_total")
-        if not answerable(ticket.response_topic):
-            log.warning("fleet job dropped: no usable response topic job_id=%s response_topic=%r", ticket.job_id,
-                        ticket.response_topic[:200])
+        if not answerable(ticket.response_topic) or not answers_to(ticket.response_topic, self.cfg.answers_root):
+            # Answers go out with this device's login: a job naming e.g. <prefix>/meter/state would
+            # have it publish a forged reading that Home Assistant shows (the broker's ACL lets us).
+            log.warning("fleet job dropped: response topic not usable or not under fleet.answers_topic job_id=%s "
+                        "response_topic=%r answers_topic=%s", ticket.job_id, ticket.response_topic[:200],
+                        self.cfg.answers_root)
             self.stats.inc("fleet_jobs_failed_total")
             self._ack(ticket)
             return
@@ -437,6 +440,11 @@ def handed_back_properties(props: Properties | None, job_id: str, held_s: float 
     if expiry is not None:
         copy.MessageExpiryInterval = max(1, expiry - math.ceil(held_s))
     return copy
+
+
+def answers_to(topic: str, root: str) -> bool:
+    """Whether ``topic`` is ``root`` or lies under it (a whole level: ``a/results2`` is not under ``a/results``)."""
+    return topic == root or topic.startswith(root + "/")
 
 
 def answerable(topic: str) -> bool:

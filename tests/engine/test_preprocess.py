@@ -67,7 +67,9 @@ def test_exif_orientation_is_applied(photo):
     "data, message",
     [
         (b"", "empty file"),
-        (b"hello, this is a text file\n", "not a supported image"),
+        # its length, never its bytes: a hard link to a secret dropped in the folder stays secret
+        (b"s3cr3t-token\n", r"not a supported image \(expected JPEG, PNG, BMP, TIFF or WebP; 13 bytes with no image "
+                             r"signature\)$"),
         # formats people send, named (an iPhone user could not tell HEIC from the first bytes shown before)
         (b"%PDF-1.7\n", "PDF is not supported: send each page as an image"),
         (b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00", "HEIC/HEIF .* is not supported"),
@@ -201,6 +203,23 @@ def test_text_on_a_transparent_background_keeps_its_contrast(ext, params, ink, b
         inked, clear = rgba[:, :, 3] == 255, rgba[:, :, 3] == 0  # (putText's edges are in between)
         assert decoded.shape == (30, 80, 3) and inked.any() and clear.any()
         assert (decoded[clear] == background).all() and (decoded[inked] == ink).all()
+
+
+@pytest.mark.parametrize("ext", [".png", ".tiff"])
+def test_16_bit_images_with_alpha_count_twice_against_the_megapixel_limit(ext):
+    """That decode keeps 16-bit samples: a 394 KB 49 MP 16-bit RGBA PNG, under the 50 MP limit, took
+    the daemon past 1 GB (the unit's MemoryMax). It counts as twice its pixels; 8 bits as before."""
+    rgba = np.zeros((100, 120, 4), np.uint8)
+    rgba[20:80, 30:90] = 255
+    limit = 0.02  # MP: 12,000 px are under it, 24,000 over
+    assert preprocess.decode_image(cv2.imencode(ext, rgba)[1].tobytes(), limit).shape == (100, 120, 3)
+    deep = cv2.imencode(ext, rgba.astype(np.uint16) * 257)[1].tobytes()
+    with pytest.raises(ImageTooLarge, match=r"100x120|120x100"):
+        preprocess.decode_image(deep, limit)
+    assert (preprocess.decode_image(deep, 2 * limit) == preprocess.decode_image(cv2.imencode(ext, rgba)[1].tobytes(),
+                                                                                limit)).all()
+    without_alpha = cv2.imencode(ext, rgba[:, :, :3].astype(np.uint16) * 257)[1].tobytes()  # decoded to 8 bits
+    assert preprocess.decode_image(without_alpha, limit).shape == (100, 120, 3)
 
 
 def test_paper_a_background_remover_made_transparent_is_kept_as_it_was_stored():

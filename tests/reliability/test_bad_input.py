@@ -25,7 +25,7 @@ from tests.reliability.bad_inputs import makers
 
 TOKEN = "bad-input-token"
 FLEET_JOBS = "bad/jobs"
-FLEET_ANSWERS = "bad/answers"
+FLEET_ANSWERS = "bad/jobs/results/bad-input"  # under <jobs_topic>/results (fleet.answers_topic)
 PHOTO = "ic15_050210840803.jpg"
 
 # folder kinds: the file name → "done" or the error code in failed/NAME.error.json

@@ -619,7 +619,8 @@ def test_a_host_the_resolver_refuses_is_a_line_from_the_probe_not_a_traceback(mo
 def test_the_readme_broker_acl_lets_a_device_clear_the_discovery_of_a_removed_source(tmp_path, tmp_path_factory):
     """config/mosquitto/ as the README shows it: a device renamed its source `inbox` to `meter`;
     at the next start it reads back its own retained discovery configs and clears the old one
-    (the ACL let it write them but not read them: Home Assistant kept a dead `inbox` sensor)."""
+    (the ACL let it write them but not read them: Home Assistant kept a dead `inbox` sensor).
+    Another device's configs it may not write (the ACL let every user rewrite any of them)."""
     from edge_ocr.mqtt_client import make_client
     from tests.broker import require_mosquitto
 
@@ -635,7 +636,7 @@ def test_the_readme_broker_acl_lets_a_device_clear_the_discovery_of_a_removed_so
                         ca_file=str(broker.certs["ca.crt"]), reconnect_min_delay=0.1, reconnect_max_delay=0.5)
     retained: dict[str, bytes] = {}
     observer = make_client(replace(device, username="observer", topic_prefix="observer"), "observer", will=False)
-    observer.on_connect = lambda c, u, f, rc, p: c.subscribe("homeassistant/sensor/#", qos=1)
+    observer.on_connect = lambda c, u, f, rc, p: c.subscribe([("homeassistant/sensor/#", 1), ("edge-ocr/#", 1)])
     observer.on_message = lambda c, u, msg: retained.__setitem__(msg.topic, msg.payload)
     old, new = ("homeassistant/sensor/edge-ocr-gate-pi/%s/config" % name for name in ("inbox", "meter"))
     try:
@@ -649,6 +650,16 @@ def test_the_readme_broker_acl_lets_a_device_clear_the_discovery_of_a_removed_so
         second.start()
         assert wait_until(lambda: retained.get(new, b"").startswith(b"{") and retained.get(old) == b"")
         second.close(timeout_s=5)
+        intruder = make_client(device, "edge-ocr-gate-pi-2", will=False)  # gate-pi's login, another client id
+        intruder.connect("127.0.0.1", broker.port)
+        intruder.loop_start()
+        forged = "homeassistant/sensor/edge-ocr-other/meter/config"
+        intruder.publish(forged, b'{"state_topic": "edge-ocr/gate-pi/fake"}', qos=1, retain=True).wait_for_publish(5)
+        intruder.publish("edge-ocr/gate-pi/marker", b"after", qos=1).wait_for_publish(5)  # allowed, sent after
+        assert wait_until(lambda: "edge-ocr/gate-pi/marker" in retained)
+        intruder.loop_stop()
+        intruder.disconnect()
+        assert forged not in retained
     finally:
         observer.loop_stop()
         observer.disconnect()

@@ -290,15 +290,20 @@ def _publish_job(broker: Mosquitto, topic: str, payload: bytes, response_topic: 
 
 
 @pytest.mark.broker
-def test_a_job_whose_response_topic_has_a_wildcard_is_dropped_counted_and_logged_once(eval_dev, tmp_path, mosquitto):
-    """Mosquitto passes such a job on (MQTT 5 forbids it, no broker checks); no answer can go
-    there, so it is dropped before any OCR, acknowledged, counted failed, logged in one line."""
+def test_a_job_whose_response_topic_has_a_wildcard_or_lies_outside_the_answers_topic_is_dropped_counted_and_logged_once(
+        eval_dev, tmp_path, mosquitto):
+    """Mosquitto passes a wildcard on (MQTT 5 forbids it, no broker checks): no answer can go there.
+    A topic outside fleet.answers_topic, such as the worker's own retained state (which Home
+    Assistant shows), would be written with the worker's login: a forged reading. Each is dropped
+    before any OCR, acknowledged, counted failed, logged in one line."""
     config = _worker_config(tmp_path, mosquitto, 0)
     config.write_text(config.read_text().replace("[mqtt]\n", "[mqtt]\nstats_interval = 1\n"))
     worker = Daemon(config).start()
     assert wait_until(lambda: "fleet worker connected" in worker.text(), 30)
     (image, _), = line_samples(eval_dev, "IIIT5K-test", 1)
-    for n, topic in enumerate(("test/jobs/results/+", "test/#")):
+    dropped = ("test/jobs/results/+", "test/#", PREFIX + "/inbox/state", "test/jobs/results2/x")
+    states = Collector(mosquitto, [PREFIX + "/inbox/state"])
+    for n, topic in enumerate(dropped):
         _publish_job(mosquitto, JOBS_TOPIC, image.read_bytes(), topic, "wild%d" % n)
     run = _submit(config, [image], timeout_s=60)
     _, stderr = run.communicate(timeout=120)
@@ -307,9 +312,11 @@ def test_a_job_whose_response_topic_has_a_wildcard_is_dropped_counted_and_logged
     stats = next(s for s in map(json.loads, (m.payload for m in watcher.wait(lambda ms: any(
         json.loads(m.payload).get("fleet_jobs_done_total") == 1 for m in ms)))) if s["fleet_jobs_done_total"] == 1)
     watcher.close()
-    assert (stats["fleet_jobs_taken_total"], stats["fleet_jobs_failed_total"]) == (3, 2)
+    assert (stats["fleet_jobs_taken_total"], stats["fleet_jobs_failed_total"]) == (5, 4)
     assert stats["jobs_total"] == 1  # no OCR for a job nobody can be answered about
-    for n in range(2):
+    assert all(json.loads(m.payload)["source"] != "fleet" for m in states.messages)  # no answer as a state
+    states.close()
+    for n in range(len(dropped)):
         lines = [line for line in worker.text().splitlines() if "job_id=wild%d" % n in line]
         assert len(lines) == 1 and "dropped" in lines[0], lines
     assert worker.terminate() == 0
@@ -324,16 +331,16 @@ def test_a_job_that_cannot_be_read_or_answered_never_stops_the_worker(eval_dev, 
     worker = Daemon(config).start()
     assert wait_until(lambda: "fleet worker connected" in worker.text(), 30)
     (image, _), = line_samples(eval_dev, "IIIT5K-test", 1)
-    answers = Collector(mosquitto, ["test/answers/#"])
-    _publish_job(mosquitto, JOBS_TOPIC, image.read_bytes(), "test/answers/deep", "nested", rois="[" * 60000)
+    answers = Collector(mosquitto, ["test/jobs/results/#"])
+    _publish_job(mosquitto, JOBS_TOPIC, image.read_bytes(), "test/jobs/results/deep", "nested", rois="[" * 60000)
     _publish_job(mosquitto, JOBS_TOPIC, image.read_bytes(), "x/" * 250, "levels")
-    refused = json.loads(answers.wait_topic("test/answers/deep")[0].payload)
+    refused = json.loads(answers.wait_topic("test/jobs/results/deep")[0].payload)
     assert refused["job_id"] == "nested" and refused["error"]["code"] == "invalid_rois"
     run = _submit(config, [image], timeout_s=60)
     stdout, stderr = run.communicate(timeout=120)
     assert run.returncode == 0, stderr
     assert _answers(stdout)[0]["status"] == "ok"
-    assert "fleet job dropped: no usable response topic job_id=levels" in worker.text()
+    assert "fleet job dropped: response topic not usable or not under fleet.answers_topic job_id=levels" in worker.text()
     answers.close()
     assert worker.terminate() == 0
 
@@ -426,6 +433,9 @@ def test_the_readme_broker_config_serves_a_fleet_and_an_answer_it_refuses_is_cou
     broker.start()
     try:
         worker_config = _device_config(tmp_path / "gate-pi", broker, "gate-pi", fleet=True)
+        # answers_topic wider than the ACL lets the worker write: the broker's refusal is under test
+        # (by default the worker itself drops a job answered outside <jobs_topic>/results)
+        worker_config.write_text(worker_config.read_text() + 'answers_topic = "edge-ocr"\n')
         submitter = load_config(_device_config(tmp_path / "submitter", broker, "submitter", fleet=False))
         worker = Daemon(worker_config).start()
         assert wait_until(lambda: "fleet worker connected" in worker.text(), 30)
@@ -559,3 +569,16 @@ def test_a_worker_that_crashed_and_came_back_in_another_group_takes_each_job_onc
         assert worker.terminate() == 0
     finally:
         worker.kill()
+
+
+def test_answers_go_to_the_answers_topic_or_under_it_whole_levels_only():
+    from edge_ocr.config import FleetConfig
+    from edge_ocr.sources.fleet import answers_to
+
+    root = FleetConfig(jobs_topic="site/jobs").answers_root
+    assert root == "site/jobs/results"
+    assert answers_to("site/jobs/results/5f2c", root) and answers_to("site/jobs/results", root)
+    assert not answers_to("site/jobs/results2/x", root) and not answers_to("site/meter/state", root)
+    assert FleetConfig(answers_topic="nodered/ocr/").answers_root == "nodered/ocr"
+    with pytest.raises(Exception, match="answers_topic"):
+        FleetConfig(answers_topic="nodered/#")
