@@ -197,8 +197,10 @@ install_system() {
         say "wrote $etc/config.toml (from config/$(basename "$config"), for $(mem_total_mb || echo '?') MB of memory)"
     fi
     install -d -m 0750 -o "$user" -g "$user" "$state" "$state/inbox" "$state/done" "$state/failed" "$state/spool"
-    # Writers (scanners, Syncthing, SMB) drop files here as members of group edge-ocr.
-    chmod 2770 "$state/inbox"
+    # Writers (scanners, Syncthing, SMB) drop files here as members of group edge-ocr. Sticky: a
+    # writer may rename or delete only its own files, not the daemon's .processing/ and .cache/
+    # (swapped for symlinks, they sent its moves and prunes into done/ or its spool).
+    chmod 3770 "$state/inbox"
 
     install -m 0644 "$here/systemd/edge-ocr.service" "$unit"
     if has_systemd; then

@@ -71,7 +71,7 @@ def write_atomic(path: Path, data: bytes) -> None:
     removed when the write fails."""
     tmp = path.with_name(".%s.%d.tmp" % (path.name, os.getpid()))
     try:
-        with open(tmp, "wb") as fh:
+        with os.fdopen(_create(tmp), "wb") as fh:
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
@@ -80,6 +80,18 @@ def write_atomic(path: Path, data: bytes) -> None:
     except OSError:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def _create(tmp: Path) -> int:
+    """A new file at ``tmp``, never one found there: a symlink planted at the predictable name (by
+    a writer of a shared inbox) would have had the service write through it, as itself, into any
+    file it may write. A leftover entry is removed (not followed) and the name made anew once."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    try:
+        return os.open(tmp, flags, 0o666)
+    except FileExistsError:
+        tmp.unlink()
+        return os.open(tmp, flags, 0o666)
 
 
 def remove_stale_temps(directory: Path) -> int:

@@ -218,7 +218,7 @@ def test_install_enables_and_starts_the_service(container, installed):
     layout = container.run("stat", "-c", "%U:%G %a %n", "/etc/edge-ocr/config.toml", "/var/lib/edge-ocr/inbox",
                            "/var/lib/edge-ocr/done", "/opt/edge-ocr/venv/share/edge-ocr/models").stdout.split("\n")
     assert layout[0] == "root:root 644 /etc/edge-ocr/config.toml"
-    assert layout[1] == "edge-ocr:edge-ocr 2770 /var/lib/edge-ocr/inbox"
+    assert layout[1] == "edge-ocr:edge-ocr 3770 /var/lib/edge-ocr/inbox"
     assert layout[2].startswith("edge-ocr:edge-ocr ")
     # The unit's Documentation= is the README; its links to docs/ resolve beside it.
     docs = container.run("ls", "/opt/edge-ocr/docs").stdout.split()

@@ -66,6 +66,25 @@ EVENT = struct.Struct("iIII")
 DIRECTORY_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS})
 
 
+def _not_own_directory(path: Path) -> str | None:
+    """Why the daemon must not use ``path``, one of its folders inside the inbox, or None. Writers
+    of the inbox could put a symlink there (to done/, to the spool): moves and prunes would follow
+    it into files not theirs to touch. A folder that does not exist is fine (made when needed)."""
+    try:
+        info = path.lstat()
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        return "cannot inspect %s: %s" % (path, exc.strerror)
+    if stat.S_ISLNK(info.st_mode) or not stat.S_ISDIR(info.st_mode):
+        return "%s is %s, not a folder of edge-ocr's own: remove it (a writer of the inbox may have put it there)" % (
+            path, "a symlink" if stat.S_ISLNK(info.st_mode) else "not a folder")
+    if info.st_uid != os.geteuid():
+        return "%s belongs to uid %d, not to this service (uid %d): remove it, edge-ocr makes it again" % (
+            path, info.st_uid, os.geteuid())
+    return None
+
+
 def _blocks_every_file(error: SinkError) -> bool:
     """Whether ``error`` would stop any file's result as well (by its OSError's errno), not only
     this one's: a file the service cannot read, a name the file system refuses, no."""
@@ -487,6 +506,10 @@ class FolderSource:
                 raise SourceError(problem)
         if self.cfg.reuse_results:
             self.cache.mkdir(exist_ok=True)
+        for directory in (self.processing, self.cache):
+            problem = _not_own_directory(directory)
+            if problem:
+                raise SourceError(problem)
         for directory in (self.cfg.done_dir, self.cfg.failed_dir, self.cache, self.processing):
             if directory.is_dir() and remove_stale_temps(directory):  # writes a crash interrupted
                 log.info("removed interrupted writes source=%s dir=%s", self.name, directory)

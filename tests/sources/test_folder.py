@@ -709,3 +709,38 @@ def test_a_file_read_at_the_guards_smaller_size_is_not_kept_for_reuse(tmp_path, 
     (tmp_path / "inbox" / "c.txt").write_bytes(b"TEXT:page")
     assert wait_until(lambda: source.stats.get("files_done_total") == 3)
     assert len(engine.calls) == 2  # that reading is kept
+
+
+@pytest.mark.parametrize("name", [".cache", ".processing"])
+def test_a_symlink_put_in_place_of_the_daemons_own_folders_is_never_followed(tmp_path, folder, caplog, name):
+    """A writer of the shared inbox swapped .cache for a link to done/: the reuse store's pruning
+    deleted other people's results there; .processing as a link to the spool moved the pending
+    MQTT messages to failed/. The source stays offline and says why; nothing behind the link moves."""
+    done = tmp_path / "done"
+    done.mkdir()
+    for i in range(5):
+        (done / ("kept-%d.json" % i)).write_text("{}")
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    (inbox / name).symlink_to(done)
+    (inbox / "a.txt").write_bytes(b"TEXT:dropped")
+    with caplog.at_level("WARNING", logger="edge_ocr.sources.folder"):
+        source, engine = folder(reuse_max_entries=1)
+        assert wait_until(lambda: "is a symlink, not a folder of edge-ocr's own" in caplog.text)
+    assert source.status.value == "offline"
+    assert names(done) == ["kept-%d.json" % i for i in range(5)] and engine.calls == []
+    assert names(inbox) == ["a.txt"]
+
+
+def test_a_temp_file_name_taken_by_a_symlink_is_replaced_not_written_through(tmp_path):
+    """write_atomic's temp name is predictable (.<name>.<pid>.tmp): a link planted there had the
+    service write, as itself, into the file it pointed to."""
+    from edge_ocr.atomic import write_atomic
+
+    victim = tmp_path / "someone-elses.json"
+    victim.write_text('{"text": "theirs"}')
+    target = tmp_path / "scan.json"
+    (tmp_path / (".scan.json.%d.tmp" % os.getpid())).symlink_to(victim)
+    write_atomic(target, b'{"text": "ours"}')
+    assert victim.read_text() == '{"text": "theirs"}' and target.read_bytes() == b'{"text": "ours"}'
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
