@@ -253,3 +253,37 @@ def test_the_sources_exist_before_the_broker_hears_the_daemon_is_online(tmp_path
     finally:
         app.stop_event.set()
         runner.join(20)
+
+
+def test_the_folder_reuses_a_stored_result_only_under_the_engine_that_read_it(tmp_path):
+    """App hands the engine's reading_id to the folder's reuse store: the same bytes are answered
+    from the store while the engine reads alike, and read again after an upgrade (or a setting
+    that reads otherwise). Without it a result stayed reused across upgrades."""
+    import threading
+
+    from edge_ocr.app import App
+    from edge_ocr.config import load_config
+    from tests.fakes import FakeEngine
+
+    config = write_config(tmp_path, None)
+    config.write_text(config.read_text().replace('[http]\nbind = "127.0.0.1:0"', '[http]\nenabled = false')
+                      + "\n[guard]\nrss_soft_mb = 100000\nrss_hard_mb = 200000\n")  # the guard would watch pytest
+
+    def drop_under(reading_id: str, name: str) -> list[bytes]:
+        engine = FakeEngine()
+        engine.reading_id = reading_id
+        app = App(load_config(config), engine_factory=lambda cfg, pages: (engine, ("fake", reading_id)))
+        runner = threading.Thread(target=app.run, name="test-app", daemon=True)
+        runner.start()
+        try:
+            assert wait_until(lambda: app.sources.get("inbox") is not None and app.sources["inbox"].ready.is_set(), 30)
+            (tmp_path / "inbox" / name).write_bytes(b"TEXT:same")
+            assert wait_until(lambda: (tmp_path / "done" / name.replace(".txt", ".json")).exists(), 30)
+        finally:
+            app.stop_event.set()
+            runner.join(20)
+        return engine.calls
+
+    assert drop_under("pack 1", "a.txt") == [b"TEXT:same"]
+    assert drop_under("pack 1", "b.txt") == []  # answered from the store
+    assert drop_under("pack 2", "c.txt") == [b"TEXT:same"]  # another reading: read again

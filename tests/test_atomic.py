@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import time
 
@@ -19,14 +20,26 @@ def test_a_write_replaces_the_whole_file_and_leaves_no_temp(tmp_path):
     fsync_dir(tmp_path)
 
 
-def test_a_failed_write_keeps_the_old_file_and_removes_its_temp(tmp_path):
-    target = tmp_path / "result.json"
-    target.write_bytes(b"old")
-    (tmp_path / "blocker").mkdir()
-    with pytest.raises(OSError):
-        write_atomic(tmp_path / "blocker", b"cannot replace a directory with a file")
-    assert target.read_bytes() == b"old"
-    assert sorted(os.listdir(tmp_path)) == ["blocker", "result.json"]
+def test_a_write_the_disk_cannot_hold_keeps_the_old_file_whole_and_removes_its_temp(tmp_path):
+    """The disk fills mid-write (a 64 KB tmpfs, 200 KB of result): the old result stays as it was,
+    never half the new one, and no temp file is left to fill the disk further."""
+    import subprocess
+
+    if os.geteuid() != 0:
+        pytest.skip("mounts a tmpfs: run as root")
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(disk)], check=True, timeout=30)
+    try:
+        target = disk / "result.json"
+        write_atomic(target, b"old")
+        with pytest.raises(OSError) as failed:
+            write_atomic(target, b"n" * 200_000)
+        assert failed.value.errno == errno.ENOSPC
+        assert target.read_bytes() == b"old"
+        assert os.listdir(disk) == ["result.json"]
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], timeout=30)
 
 
 def test_stale_temps_of_dead_writers_are_removed_and_live_ones_kept(tmp_path):

@@ -65,15 +65,19 @@ def _module_name(path: Path) -> str:
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
-def _imports(path: Path) -> set[str]:
+def _imports(path: Path, module: str) -> set[str]:
+    """The edge_ocr modules ``module`` (at ``path``) imports, relative imports resolved."""
     tree = ast.parse(path.read_text(encoding="utf-8"))
+    package = module.split(".") if path.name == "__init__.py" else module.split(".")[:-1]
     found = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             found.update(alias.name for alias in node.names)
-        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            found.add(node.module)
-            found.update("%s.%s" % (node.module, alias.name) for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = ".".join(package[:len(package) - node.level + 1]) if node.level else ""
+            source = ".".join(part for part in (base, node.module or "") if part)
+            found.add(source)
+            found.update("%s.%s" % (source, alias.name) for alias in node.names)
     return {name for name in found if name == "edge_ocr" or name.startswith("edge_ocr.")}
 
 
@@ -93,7 +97,7 @@ def test_every_import_points_inward():
     for path in sorted(PACKAGE.rglob("*.py")):
         module = _module_name(path)
         prefix, allowed = _rule(module)
-        for name in sorted(_imports(path)):
+        for name in sorted(_imports(path, module)):
             if name == "edge_ocr" and module == "edge_ocr.cli":
                 continue
             if not _allowed(name, allowed + (module, "edge_ocr.__version__")):
@@ -101,11 +105,15 @@ def test_every_import_points_inward():
     assert not problems, "\n".join(problems)
 
 
-def test_the_checker_catches_a_sideways_import():
+def test_the_checker_catches_a_sideways_import(tmp_path):
     prefix, allowed = _rule("edge_ocr.api.routes")
     assert prefix == "edge_ocr.api"
     assert not _allowed("edge_ocr.engine.ocr", allowed)
     assert _allowed("edge_ocr.engine.types", allowed)
+    routes = tmp_path / "routes.py"  # relative imports are resolved, not skipped
+    routes.write_text("from ..engine.ocr import OcrEngine\nfrom . import responses\nfrom .backend import Backend\n")
+    assert _imports(routes, "edge_ocr.api.routes") >= {"edge_ocr.engine.ocr", "edge_ocr.api.responses",
+                                                       "edge_ocr.api.backend"}
 
 
 def test_the_daemon_never_imports_the_measuring_tools():
