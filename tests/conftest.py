@@ -35,6 +35,20 @@ def reap_daemons():
             daemon.kill()
 
 
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 64 KB tmpfs, a disk that fills at once (a mount: root only, as CI runs)."""
+    import subprocess
+
+    if os.geteuid() != 0:
+        pytest.skip("mounts a tmpfs: run as root")
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(disk)], check=True, timeout=30)
+    yield disk
+    subprocess.run(["umount", "-l", str(disk)], timeout=30)
+
+
 @pytest.fixture(scope="session")
 def eval_dev() -> Path:
     """The labelled eval-dev set beside the repo (../shared/eval-dev). CI must have it."""

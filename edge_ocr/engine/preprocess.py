@@ -185,21 +185,7 @@ def _sample_bits(fmt: str, data: bytes) -> int:
     8 for the other formats, and when the header does not say."""
     if fmt == "png":
         return data[24] if len(data) > 24 else 8
-    if fmt != "tiff":
-        return 8
-    try:
-        endian = {b"II": "<", b"MM": ">"}[data[:2]]
-        (ifd,) = struct.unpack(endian + "I", data[4:8])
-        (count,) = struct.unpack(endian + "H", data[ifd : ifd + 2])
-        for i in range(count):
-            tag, kind, n, value = struct.unpack(endian + "HHI4s", data[ifd + 2 + 12 * i : ifd + 14 + 12 * i])
-            if tag == 258 and kind == 3:  # SHORTs: inline when two fit, else at the offset the field holds
-                at = 0 if n <= 2 else struct.unpack(endian + "I", value)[0]
-                raw = value if n <= 2 else data[at : at + 2]
-                return int(struct.unpack(endian + "H", raw[:2])[0])
-    except (KeyError, struct.error):
-        return 8
-    return 8
+    return (_tiff_tag(data, 258) or 8) if fmt == "tiff" else 8
 
 
 def _exif_tiff(fmt: str, data: bytes) -> bytes:
@@ -230,9 +216,13 @@ def _tiff_tag(tiff: bytes, tag: int) -> int | None:
         (ifd,) = struct.unpack(endian + "I", tiff[4:8])
         (count,) = struct.unpack(endian + "H", tiff[ifd : ifd + 2])
         for i in range(count):
-            entry_tag, kind, _, value = struct.unpack(endian + "HHI4s", tiff[ifd + 2 + 12 * i : ifd + 14 + 12 * i])
+            entry_tag, kind, n, value = struct.unpack(endian + "HHI4s", tiff[ifd + 2 + 12 * i : ifd + 14 + 12 * i])
             if entry_tag == tag and kind in (3, 4):
-                return struct.unpack(endian + ("H" if kind == 3 else "I"), value[: 2 if kind == 3 else 4])[0]
+                size = 2 if kind == 3 else 4
+                if n * size > 4:  # the values lie elsewhere: the field holds their offset (BitsPerSample of RGBA)
+                    (at,) = struct.unpack(endian + "I", value)
+                    value = tiff[at : at + size]
+                return struct.unpack(endian + ("H" if kind == 3 else "I"), value[:size])[0]
     except (KeyError, struct.error):
         return None
     return None
