@@ -36,15 +36,17 @@ def reap_daemons():
 
 
 @pytest.fixture
-def small_disk(tmp_path):
-    """A 64 KB tmpfs, a disk that fills at once (a mount: root only, as CI runs)."""
+def small_disk(tmp_path, request):
+    """A 64 KB tmpfs, a disk that fills at once (a mount: root only, as CI runs); another size with
+    ``@pytest.mark.parametrize("small_disk", ["1m"], indirect=True)``."""
     import subprocess
 
     if os.geteuid() != 0:
         pytest.skip("mounts a tmpfs: run as root")
     disk = tmp_path / "disk"
     disk.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(disk)], check=True, timeout=30)
+    size = getattr(request, "param", "64k")
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=%s" % size, "tmpfs", str(disk)], check=True, timeout=30)
     yield disk
     subprocess.run(["umount", "-l", str(disk)], timeout=30)
 

@@ -273,11 +273,13 @@ def _fleet(port: int, cases: dict) -> dict[str, dict]:
             answers[answer["job_id"]] = answer
             done.notify_all()
 
+    subscribed = threading.Event()
     client.on_message = on_message
+    client.on_subscribe = lambda c, u, mid, reasons, props: subscribed.set()
     client.connect("127.0.0.1", port)
     client.loop_start()
     client.subscribe(FLEET_ANSWERS, qos=1)
-    time.sleep(0.5)
+    assert subscribed.wait(30)  # the SUBACK: answers from here on reach us
     for job_id, (payload, user, respond, _) in cases.items():
         props = Properties(PacketTypes.PUBLISH)
         props.UserProperty = [("job_id", job_id), *user]

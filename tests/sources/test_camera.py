@@ -90,7 +90,8 @@ def test_picamera2_missing_then_busy_then_present_goes_online_without_restart(bu
     seen = bus.attempts
     assert wait_until(lambda: bus.attempts >= seen + 2)
     assert cam.source.status is SourceStatus.OFFLINE and "busy" in cam.source.reason
-    assert "offline" in cam.source.capture_now()
+    answer = cam.source.capture_now()  # what POST /api/capture/pi and the MQTT ack say
+    assert answer.startswith("offline (") and "busy" in answer and answer.endswith("; capture when back"), answer
     bus.state = "present"
     assert wait_until(lambda: cam.source.status is SourceStatus.ONLINE)
     # A frame is counted before it is offered (skipped or queued): wait for both.

@@ -27,8 +27,8 @@ from tests.fakes import FakeEngine
 def folder(tmp_path):
     running = []
 
-    def start(watch="auto", model=("fake", "1"), reading="fake 1", **kw):
-        cfg = FolderSourceConfig("inbox", tmp_path / "inbox", tmp_path / "done", tmp_path / "failed",
+    def start(watch="auto", model=("fake", "1"), reading="fake 1", done=None, **kw):
+        cfg = FolderSourceConfig("inbox", tmp_path / "inbox", done or tmp_path / "done", tmp_path / "failed",
                                  watch=watch, **{"poll_interval": 0.1, "stability_delay": 0.05, **kw})
         stop, engine, stats = threading.Event(), FakeEngine(), Stats()
         pipe = Pipeline(engine, model, [], stats, stop, queue_size=2)
@@ -557,33 +557,29 @@ def test_the_source_is_offline_while_a_result_cannot_be_written_and_not_after_th
     assert wait_until(lambda: source.status.value == "online", 30)  # at the next retry (2 s)
 
 
-def test_a_backlog_listed_at_once_waits_in_the_folder_once_results_cannot_be_written(tmp_path, folder, monkeypatch):
+@pytest.mark.parametrize("small_disk", ["1m"], indirect=True)
+def test_a_backlog_listed_at_once_waits_in_the_folder_once_results_cannot_be_written(tmp_path, folder, small_disk):
     """Intake pauses within a batch too: 40 files listed at once with done/ full were all claimed,
-    read and their results held in memory, each with its own journal line."""
-    from edge_ocr.errors import SinkError
-
+    read and their results held in memory, each with its own journal line. done/ is a real full
+    disk: the pause hangs on the write's own ENOSPC, as files.py reports it."""
     inbox = tmp_path / "inbox"
     inbox.mkdir()
     for i in range(40):  # there before the start: one batch
         (inbox / ("f%02d.txt" % i)).write_bytes(b"TEXT:%d" % i)
-    real, full = ResultFiles.store, threading.Event()
-    full.set()
-
-    def store(self, src, directory, name, suffix, data, sha256):
-        if directory == tmp_path / "done" and full.is_set():
-            raise SinkError("cannot write %s: No space left on device" % directory) from OSError(
-                errno.ENOSPC, "No space left on device")
-        return real(self, src, directory, name, suffix, data, sha256)
-
-    monkeypatch.setattr(ResultFiles, "store", store)
-    source, engine = folder(reuse_results=False)  # queue_size 2: a claim waits for room
+    done = small_disk / "done"
+    done.mkdir()
+    filler = small_disk / "filler"
+    with open(filler, "wb", buffering=0) as fh, pytest.raises(OSError):
+        while True:
+            fh.write(b"\0" * 4096)
+    source, engine = folder(reuse_results=False, done=done)  # queue_size 2: a claim waits for room
     assert wait_until(lambda: source.status.value == "offline")
-    time.sleep(1.0)
+    assert wait_until(lambda: source.stats.get("files_stalled_total") >= 1)
     claimed = len(list((inbox / ".processing").iterdir()))
     assert claimed <= 5, claimed  # the one that stalled, the ones in the queue and in the engine
     assert len(engine.calls) == claimed and len(list(inbox.glob("f*.txt"))) == 40 - claimed
-    full.clear()  # space again: every file is taken, oldest first
-    assert wait_until(lambda: len(list((tmp_path / "done").glob("*.json"))) == 40, 60)
+    filler.unlink()  # space again: every file is taken, oldest first
+    assert wait_until(lambda: len(list(done.glob("*.json"))) == 40, 60)
     rest = [int(call[5:]) for call in engine.calls[claimed:]]
     assert rest == sorted(rest) and len(engine.calls) == 40  # the rest oldest first (written in order)
 
