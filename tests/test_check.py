@@ -200,7 +200,8 @@ def test_systemctl_show_output_is_read_with_its_optional_and_bound_paths():
 
 def test_check_names_the_sandboxs_problems_beside_the_folders(tmp_path):
     config = load_config(_config(tmp_path, tmp_path / "inbox"))  # tmp_path is under /tmp
-    problems = check(config, unit=_shipped())
+    # (a checkout under /tmp adds its pack's files, rightly: not what this test is about)
+    problems = [p for p in check(config, unit=_shipped()) if not p.startswith("model")]
     assert problems[:1] == ["config: %s is in the service's own /tmp (PrivateTmp=yes): what others put there "
                             "never reaches it; use a folder under /var/lib/edge-ocr or /srv" % (tmp_path / "config.toml")]
     assert [p.split(":")[0] for p in problems] == ["config", "sources[0].path", "sources[0].done_dir",

@@ -63,12 +63,20 @@ def test_a_worker_stuck_in_the_engine_stops_the_watchdogs_progress_however_many_
     pipe.start()
     idle_since = pipe.progress
     assert wait_until(lambda: pipe.progress > idle_since)  # idle workers show progress
+    submitted = time.monotonic()
     assert pipe.submit(Job("s", b"TEXT:stuck"))
     assert wait_until(lambda: pipe.busy == 1)
-    time.sleep(1.2)  # the other worker waits on the empty queue twice meanwhile
+    beats = pipe._beats  # each worker's last sign of life: the idle one renews its own at each wait
+
+    def idle_waits_again() -> bool:
+        latest = max(beats.values())
+        return wait_until(lambda: max(beats.values()) > latest)
+
+    assert wait_until(lambda: min(beats.values()) >= submitted)  # the job began; the other worker waited
+    assert idle_waits_again()  # now the idle worker's beat is later than the job's start
     stuck_since = pipe.progress
-    time.sleep(0.7)
-    assert pipe.progress == stuck_since and time.monotonic() - stuck_since > 1.8  # when the stuck job began
+    assert idle_waits_again()
+    assert pipe.progress == stuck_since >= submitted  # the stuck job's start: idle beats do not hide it
     gate.set()
     assert wait_until(lambda: pipe.busy == 0 and pipe.progress > stuck_since)
     stop.set()
