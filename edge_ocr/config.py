@@ -390,7 +390,8 @@ class FleetConfig:
                             "(MQTT 5, the [mqtt] broker)")
     jobs_topic: str = setting("edge-ocr/jobs", "where jobs are published")
     answers_topic: str = setting("", "a job's Response Topic must be this topic or one under it, else the job is "
-                                 "dropped unread (answers go out with this device's login)",
+                                 "dropped unread (answers go out with this device's login); edge-ocr submit asks "
+                                 "for its answers under it",
                                  shown="<jobs_topic>/results")
     group: str = setting("edge-ocr", "the shared subscription's group: each job goes to one of its workers",
                          match=NAME_RE)
@@ -404,8 +405,11 @@ class FleetConfig:
         _check_declared(self)
         if not self.jobs_topic or any(ch in self.jobs_topic for ch in "#+\0") or self.jobs_topic.startswith("$"):
             raise Invalid("jobs_topic", "expected a topic without wildcards, got %r" % self.jobs_topic)
-        if any(ch in self.answers_topic for ch in "#+\0") or self.answers_topic.startswith("$"):
-            raise Invalid("answers_topic", "expected a topic without wildcards, got %r" % self.answers_topic)
+        answers = self.answers_topic.rstrip("/")
+        if self.answers_topic and (any(ch in answers for ch in "#+\0") or answers.startswith("$")
+                                   or "" in answers.split("/")):
+            raise Invalid("answers_topic", "expected a topic without wildcards, empty levels or a leading $, got %r"
+                          % self.answers_topic)
 
     @property
     def answers_root(self) -> str:

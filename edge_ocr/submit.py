@@ -48,7 +48,7 @@ def submit(config: Config, images: Sequence[Path], *, wait: bool, timeout_s: flo
     jobs: dict[str, list[Path]] = {}
     for path in {p.resolve(): p for p in images}.values():  # a file named twice is one file
         jobs.setdefault(hashlib.sha256(path.read_bytes()).hexdigest(), []).append(path)
-    reply_to = "%s/results/%s" % (config.fleet.jobs_topic, uuid.uuid4().hex)
+    reply_to = "%s/%s" % (config.fleet.answers_root, uuid.uuid4().hex)  # where the workers answer (answers_topic)
     answered: set[str] = set()
     answers: list[dict[str, Any]] = []  # one per file, in arrival order
     acked: set[int] = set()  # mids of jobs the broker has

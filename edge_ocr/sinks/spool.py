@@ -121,9 +121,8 @@ class Spool:
         return True
 
     def _drop_oldest(self, why: str) -> None:
-        oldest = self._seqs.popleft()
-        self._superseded.pop(oldest, None)
-        self._retained_here.discard(oldest)
+        oldest = self._seqs[0]
+        self._untrack(oldest)
         self._path(oldest).unlink(missing_ok=True)
         self.dropped += 1
         if self.dropped == 1 or self.dropped % 100 == 0:

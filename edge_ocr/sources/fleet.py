@@ -98,7 +98,8 @@ class FleetWorker:
         # a crash (no clean leave) with another group or jobs_topic, the session still held the old
         # subscription, and every job came twice, for as long as the session lived.
         self._subscribed_file = mqtt.spool_dir / SUBSCRIBED_FILE
-        self._recorded: tuple[str | None] | None = None  # the file's topic once read (paho's thread only)
+        self._recorded: str | None = None  # the file's topic, once read (paho's thread only)
+        self._recorded_read = False
         self._session_present: bool | None = None  # as the last CONNACK said, for the log
         self.ready = threading.Event()
         self._status = SourceStatus.OFFLINE
@@ -233,9 +234,9 @@ class FleetWorker:
 
     def _subscribed(self) -> str | None:
         """The filter the last run subscribed to, as ``_remember_subscription`` kept it (read once)."""
-        if self._recorded is None:
-            self._recorded = (self._read_subscribed(),)
-        return self._recorded[0]
+        if not self._recorded_read:
+            self._recorded, self._recorded_read = self._read_subscribed(), True
+        return self._recorded
 
     def _read_subscribed(self) -> str | None:
         try:
@@ -252,7 +253,7 @@ class FleetWorker:
             return  # no SD card write at every reconnect
         try:
             write_atomic(self._subscribed_file, json.dumps({"topic": self._topic}).encode("utf-8"))
-            self._recorded = (self._topic,)
+            self._recorded = self._topic
         except OSError as exc:
             log.warning("fleet subscription not recorded file=%s error=%s", self._subscribed_file, exc.strerror)
 

@@ -66,10 +66,12 @@ EVENT = struct.Struct("iIII")
 DIRECTORY_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS})
 
 
-def _not_own_directory(path: Path) -> str | None:
+def not_a_folder(path: Path) -> str | None:
     """Why the daemon must not use ``path``, one of its folders inside the inbox, or None. Writers
     of the inbox could put a symlink there (to done/, to the spool): moves and prunes would follow
-    it into files not theirs to touch. A folder that does not exist is fine (made when needed)."""
+    it into files not theirs to touch. A folder that does not exist is fine (made when needed).
+    Its owner is not checked: one made by a root run, or shown under one uid by a vfat, CIFS or
+    NFS mount, is the daemon's all the same."""
     try:
         info = path.lstat()
     except FileNotFoundError:
@@ -79,9 +81,6 @@ def _not_own_directory(path: Path) -> str | None:
     if stat.S_ISLNK(info.st_mode) or not stat.S_ISDIR(info.st_mode):
         return "%s is %s, not a folder of edge-ocr's own: remove it (a writer of the inbox may have put it there)" % (
             path, "a symlink" if stat.S_ISLNK(info.st_mode) else "not a folder")
-    if info.st_uid != os.geteuid():
-        return "%s belongs to uid %d, not to this service (uid %d): remove it, edge-ocr makes it again" % (
-            path, info.st_uid, os.geteuid())
     return None
 
 
@@ -388,6 +387,7 @@ class FolderSource:
         self.on_status = on_status
         self.processing = cfg.path / PROCESSING
         self.cache = cfg.path / CACHE
+        self._cache_problem: str | None = None  # why .cache/ is not used, as last logged
         self._told_left_alone: set[str] = set()  # subfolders, pipes, sockets already named in the journal
         self._status: SourceStatus | None = None
         self._rescan = threading.Event()
@@ -428,6 +428,7 @@ class FolderSource:
                 self.cache.mkdir(exist_ok=True)
             except OSError as exc:
                 log.warning("cannot create reuse store source=%s dir=%s error=%s", self.name, self.cache, exc.strerror)
+            self._reuse_store_usable()  # says so now if it is not (each use checks again)
         self.cfg = cfg
 
     def capture_now(self) -> str:
@@ -507,7 +508,7 @@ class FolderSource:
         if self.cfg.reuse_results:
             self.cache.mkdir(exist_ok=True)
         for directory in (self.processing, self.cache):
-            problem = _not_own_directory(directory)
+            problem = not_a_folder(directory)
             if problem:
                 raise SourceError(problem)
         for directory in (self.cfg.done_dir, self.cfg.failed_dir, self.cache, self.processing):
@@ -684,6 +685,10 @@ class FolderSource:
         except OSError as exc:
             self._set_status(SourceStatus.OFFLINE, "cannot list: %s" % exc.strerror)
             return []
+        problem = not_a_folder(self.processing)
+        if problem:  # no file is claimed into it; online again at the first scan after it is removed
+            self._set_status(SourceStatus.OFFLINE, problem)
+            return []
         self._set_status(SourceStatus.ONLINE)
         # Only names still here stay "told" (a scanner's dated subfolders, made and removed, would
         # grow the set for ever; one made again is named again).
@@ -742,6 +747,10 @@ class FolderSource:
     def _claim(self, name: str) -> None:
         """Atomic rename into .processing/ (a free name there), then hand it to the pipeline."""
         src = self.cfg.path / name
+        problem = not_a_folder(self.processing)  # swapped since the last scan (an inbox without the sticky bit)
+        if problem:
+            self._set_status(SourceStatus.OFFLINE, problem)
+            return  # the file stays in the inbox; offered again by the scan that finds the folder sound
         if not self.processing.is_dir():  # the inbox was removed and made again while we ran
             self.processing.mkdir(exist_ok=True)
             log.warning("made again source=%s dir=%s (it was removed)", self.name, self.processing)
@@ -811,7 +820,19 @@ class FolderSource:
             return True
         return False
 
+    def _reuse_store_usable(self) -> bool:
+        """Whether .cache/ is a folder (checked at each use: a writer of the inbox may swap it for a
+        link to done/, whose results its pruning would delete); the journal says when it stops being one."""
+        problem = not_a_folder(self.cache)
+        if problem != self._cache_problem:
+            self._cache_problem = problem
+            if problem:
+                log.warning("reuse store not used source=%s reason=%s", self.name, problem)
+        return problem is None
+
     def _cached(self, sha: str) -> EngineOutput | None:
+        if not self._reuse_store_usable():
+            return None
         path = self.cache / (sha + ".json")
         try:
             stored = json.loads(path.read_text(encoding="utf-8"))
@@ -859,7 +880,7 @@ class FolderSource:
             claimed.unlink(missing_ok=True)
         self._stored(claimed)
         # A reading at the guard's smaller detection size is not these bytes' reading: not kept.
-        if cfg.reuse_results and not reused and result.sha256 and not result.degraded:
+        if cfg.reuse_results and not reused and result.sha256 and not result.degraded and self._reuse_store_usable():
             try:
                 self._stamp(self.files.put(self.cache, result.sha256 + ".json", {**data, "reading": self.reading}))
                 removed = prune_least_recent(self.cache, cfg.reuse_max_entries)

@@ -571,6 +571,25 @@ def test_a_worker_that_crashed_and_came_back_in_another_group_takes_each_job_onc
         worker.kill()
 
 
+@pytest.mark.broker
+def test_submit_asks_for_its_answers_under_the_configured_answers_topic(eval_dev, tmp_path, mosquitto):
+    """With fleet.answers_topic set (a Node-RED flow's own results tree), submit asks there: a job
+    asking under <jobs_topic>/results would be dropped by the workers of that config."""
+    config = _worker_config(tmp_path, mosquitto, 0)
+    config.write_text(config.read_text() + 'answers_topic = "test/answers"\n')
+    worker = Daemon(config).start()
+    assert wait_until(lambda: "fleet worker connected" in worker.text(), 30)
+    (image, _), = line_samples(eval_dev, "IIIT5K-test", 1)
+    watcher = Collector(mosquitto, ["test/answers/#"])
+    run = _submit(config, [image], timeout_s=60)
+    stdout, stderr = run.communicate(timeout=120)
+    assert run.returncode == 0, stderr
+    assert _answers(stdout)[0]["status"] == "ok" and watcher.wait(lambda ms: len(ms) == 1)
+    assert "fleet job dropped" not in worker.text()
+    watcher.close()
+    assert worker.terminate() == 0
+
+
 def test_answers_go_to_the_answers_topic_or_under_it_whole_levels_only():
     from edge_ocr.config import FleetConfig
     from edge_ocr.sources.fleet import answers_to
@@ -580,5 +599,6 @@ def test_answers_go_to_the_answers_topic_or_under_it_whole_levels_only():
     assert answers_to("site/jobs/results/5f2c", root) and answers_to("site/jobs/results", root)
     assert not answers_to("site/jobs/results2/x", root) and not answers_to("site/meter/state", root)
     assert FleetConfig(answers_topic="nodered/ocr/").answers_root == "nodered/ocr"
-    with pytest.raises(Exception, match="answers_topic"):
-        FleetConfig(answers_topic="nodered/#")
+    for bad in ("nodered/#", "/", "a//b", "$SYS/ocr"):
+        with pytest.raises(Exception, match="answers_topic"):
+            FleetConfig(answers_topic=bad)

@@ -728,6 +728,64 @@ def test_a_symlink_put_in_place_of_the_daemons_own_folders_is_never_followed(tmp
     assert names(inbox) == ["a.txt"]
 
 
+@pytest.mark.parametrize("watch", ["inotify", "poll"])
+def test_processing_swapped_for_a_symlink_while_running_stops_the_claims_until_it_is_removed(tmp_path, folder, watch):
+    """In an inbox without the sticky bit a writer can rename the daemon's .processing/ away and
+    put a link in its place at any time: no file is moved through it, the source says why, and
+    it takes files again once the link is gone."""
+    inbox, done = tmp_path / "inbox", tmp_path / "done"
+    inbox.mkdir()
+    source, engine = folder(watch=watch)
+    (inbox / "a.txt").write_bytes(b"TEXT:first")
+    assert wait_until(lambda: (done / "a.json").exists())
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (inbox / ".processing").rename(tmp_path / "old-processing")
+    (inbox / ".processing").symlink_to(elsewhere)
+    (inbox / "b.txt").write_bytes(b"TEXT:second")
+    assert wait_until(lambda: source.status.value == "offline")
+    source.capture_now()  # a rescan: still refused
+    assert wait_until(lambda: source.stats.get("files_done_total") == 1) and list(elsewhere.iterdir()) == []
+    assert names(inbox) == ["b.txt"] and engine.calls == [b"TEXT:first"]
+    (inbox / ".processing").unlink()
+    source.capture_now()
+    assert wait_until(lambda: (done / "b.json").exists()) and source.status.value == "online"
+    assert (inbox / ".processing").is_dir() and not (inbox / ".processing").is_symlink()
+
+
+def test_a_reuse_store_turned_on_by_a_reload_is_not_used_through_a_symlink(tmp_path, folder, caplog):
+    """.cache/ is made only when a reload turns reuse on: a link put there before (to done/) had
+    the store's pruning delete other people's results."""
+    inbox, done = tmp_path / "inbox", tmp_path / "done"
+    inbox.mkdir()
+    done.mkdir()
+    for i in range(3):
+        (done / ("theirs-%d.json" % i)).write_text("{}")
+    source, engine = folder(reuse_results=False, reuse_max_entries=1)
+    (inbox / ".cache").symlink_to(done)
+    with caplog.at_level("WARNING", logger="edge_ocr.sources.folder"):
+        source.update(dataclasses.replace(source.cfg, reuse_results=True))  # what SIGHUP applies
+        assert "reuse store not used" in caplog.text and "is a symlink" in caplog.text
+    for name in ("a.txt", "b.txt"):
+        (inbox / name).write_bytes(b"TEXT:same")
+        assert wait_until(lambda name=name: (done / name.replace(".txt", ".json")).exists())
+    assert engine.calls == [b"TEXT:same"] * 2  # no store, no reuse: each read
+    assert [n for n in names(done) if n.startswith("theirs")] == ["theirs-%d.json" % i for i in range(3)]
+
+
+def test_a_processing_folder_of_another_owner_is_used(tmp_path, folder):
+    """Made by a root run before the service ran as its own user, or shown under one uid by a
+    vfat, CIFS or NFS mount: the daemon's folder all the same (only a link or a file is refused)."""
+    if os.geteuid() != 0:
+        pytest.skip("chown: run as root")
+    inbox = tmp_path / "inbox"
+    (inbox / ".processing").mkdir(parents=True)
+    os.chown(inbox / ".processing", 4321, 4321)
+    source, _ = folder()
+    (inbox / "a.txt").write_bytes(b"TEXT:read")
+    assert wait_until(lambda: (tmp_path / "done" / "a.json").exists()) and source.status.value == "online"
+
+
 def test_a_temp_file_name_taken_by_a_symlink_is_replaced_not_written_through(tmp_path):
     """write_atomic's temp name is predictable (.<name>.<pid>.tmp): a link planted there had the
     service write, as itself, into the file it pointed to."""
