@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
-from edge_ocr import __version__
+from edge_ocr import __version__, access
 from edge_ocr.access import SERVICE_USER, service_user
 from edge_ocr.config import EngineConfig, Invalid, keys
 from edge_ocr.engine.types import MAX_THREADS
@@ -29,6 +29,9 @@ from edge_ocr.progress import Progress
 from edge_ocr.results import CONTROL
 
 log = logging.getLogger("edge_ocr")
+# The checkout's bench/ (dev only, beside the package in an editable install): the reference
+# engines' runner, found from any working directory.
+REPO_BENCH = Path(__file__).resolve().parents[1] / "bench"
 
 
 
@@ -214,6 +217,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     print("%s\n\n%s" % (label, evaluate.format_report(report)))
+    scored = report["sources"].get("all", {})
+    if not scored.get("n") or scored.get("errors") == scored.get("n"):  # figures of nothing read: not a result
+        log.error("eval: no image of %s could be read (%d samples)", manifest, scored.get("n", 0))
+        return ExitCode.FAILURE
     return ExitCode.OK
 
 
@@ -247,6 +254,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     precisions = _subset("--precisions", args.precisions, ("fp32", "int8", "auto"))
     memory_modes = _subset("--memory-modes", args.memory_modes, ("default", "low"))
     engines = _subset("--compare", args.compare, tuple(bench.REFERENCES)) if args.compare else []
+    for engine in engines:
+        bench.reference_python(engine, Path(args.ref_root), Path(args.ref_script))  # ConfigError: exit 2
     packs = args.packs.split(",")
     for pack in packs:
         load_pack(pack)  # UnknownPack: exit 2
@@ -272,6 +281,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
                 configs += [bench.BenchConfig(resolve_pack_name(pack), precision, threads, reader, memory)
                             for threads in thread_counts for reader in readers
                             for memory in memory_modes]
+        if not configs and not engines:  # every pack skipped (no int8 variant): an empty table is no answer
+            raise ConfigError("bench: nothing to measure: no pack of %s has a %s variant"
+                              % (",".join(packs), "/".join(precisions)))
         if args.memory:
             from edge_ocr.tools import memory
 
@@ -320,6 +332,10 @@ def cmd_tune(args: argparse.Namespace) -> int:
 
     config = load_config(find_config(args.config))
     state_dir = Path(args.state_dir) if args.state_dir else default_state_dir()
+    problem = access.dir_problem(state_dir)  # before minutes of measuring, not after them
+    if problem:
+        raise ConfigError("tune: cannot save the result: %s (nothing measured; --state-dir names another folder)"
+                          % problem)
     measured = tune.tune(config.engine.pack, runs=args.runs, spinning=engine_config(config).spinning)
     print("| precision | threads | median ms per pass | same text as fp32 |\n|---|---|---|---|")
     for trial in measured.trials:
@@ -560,7 +576,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "rapidocr (1.3.24, the default), rapidocr3 (3.10), onnxocr (4.0)")
     bn.add_argument("--ref-root", default=os.environ.get("EDGE_OCR_PEERS", "/tmp/peers"),
                     help="where bench/setup_references.sh put the reference venvs")
-    bn.add_argument("--ref-script", default="bench/reference_predict.py")
+    bn.add_argument("--ref-script", default=str(REPO_BENCH / "reference_predict.py"))
     bn.add_argument("--eval-dev", default=str(Path(__file__).resolve().parents[1].parent / "shared" / "eval-dev"))
     bn.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     bn.add_argument("--memory-modes", default="default", metavar="MODES",

@@ -136,6 +136,43 @@ def test_eval_scores_a_small_lines_manifest(eval_dev, tmp_path):
     assert data["recorded_as"]["pack"] == "ppocrv6-small" and data["recorded_as"]["full_run"] is True
 
 
+def test_eval_times_only_the_images_it_read_and_fails_when_it_read_none(eval_dev, tmp_path):
+    """Missing files are error rows, scored as reading nothing; their 0 ms pulled p50 down, and a
+    manifest of nothing readable printed a table of zeros and exited 0."""
+    samples = line_samples(eval_dev, "SROIE2019-task1", 2)
+    manifest = tmp_path / "labels.tsv"
+    rows = ["%s\t%s\ten\tmini\n" % (p, t) for p, t in samples] + ["%s/gone-%d.png\tX\ten\tmini\n" % (tmp_path, i)
+                                                                  for i in range(5)]
+    manifest.write_text("".join(rows), encoding="utf-8")
+    report = tmp_path / "report.json"
+    run = edge_ocr("eval", str(manifest), "--json", str(report))
+    assert run.returncode == 0, run.stderr
+    mini = json.loads(report.read_text())["sources"]["mini"]
+    assert mini["n"] == 7 and mini["errors"] == 5 and mini["p50_ms"] > 0  # the median of the two read
+    manifest.write_text("".join(rows[2:]), encoding="utf-8")
+    run = edge_ocr("eval", str(manifest))
+    assert run.returncode == 1 and "no image of" in run.stderr
+
+
+def test_tune_refuses_a_state_dir_it_cannot_write_before_measuring(small_disk):
+    """On a read-only state dir tune measured every variant (minutes on a Pi), then failed to save."""
+    subprocess.run(["mount", "-o", "remount,ro", str(small_disk)], check=True, timeout=30)
+    run = edge_ocr("tune", "--state-dir", str(small_disk / "state"), "--runs", "1")
+    assert run.returncode == 2 and "tune: cannot save the result" in run.stderr and "nothing measured" in run.stderr
+    assert "| precision |" not in run.stdout
+
+
+def test_bench_refuses_what_it_cannot_measure_before_any_child_runs(tmp_path):
+    """A missing reference venv was named only after our own configurations were measured; a
+    selection with nothing to measure printed an empty table and exited 0."""
+    run = edge_ocr("bench", "--set", "lines", "--limit", "1", "--no-det", "--threads", "1", "--compare", "rapidocr",
+                   "--ref-root", str(tmp_path), cwd=tmp_path)  # from anywhere: the script is found in the checkout
+    assert run.returncode == 2 and "no venv at %s/venv-rapidocr" % tmp_path in run.stderr and "|" not in run.stdout
+    run = edge_ocr("bench", "--set", "lines", "--limit", "1", "--no-det", "--packs", "ppocrv6-tiny",
+                   "--precisions", "int8")
+    assert run.returncode == 2 and "nothing to measure" in run.stderr
+
+
 def test_recording_accuracy_is_a_build_step_on_a_models_tree(eval_dev, tmp_path, monkeypatch):
     """models/record_accuracy.py files an eval report in a manifest of the tree it is given; the
     CLI itself never writes a manifest (no --record)."""

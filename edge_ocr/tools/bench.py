@@ -27,7 +27,7 @@ import numpy as np
 
 from edge_ocr import allocator
 from edge_ocr.engine.preprocess import probe_image
-from edge_ocr.errors import ConfigError, ImageError
+from edge_ocr.errors import ConfigError, EdgeOcrError, ImageError
 from edge_ocr.tools import scoring
 
 STAGES = ("decode", "preprocess", "detect", "classify", "recognize", "total")
@@ -63,7 +63,9 @@ def image_set(name: str, eval_dev: Path, limit: int) -> list[Path]:
     if name in ("pages", "sroie", "ic15"):
         sroie = sorted(pages.glob("sroie_*.jpg"))
         ic15 = sorted(pages.glob("ic15_*.jpg"))
-        chosen = {"sroie": sroie, "ic15": ic15, "pages": [p for pair in zip(sroie, ic15) for p in pair]}[name]
+        # pages: the two interleaved while both last, then the rest of the longer (60 receipts, 50 photos)
+        mixed = [p for pair in zip(sroie, ic15) for p in pair] + sroie[len(ic15):] + ic15[len(sroie):]
+        chosen = {"sroie": sroie, "ic15": ic15, "pages": mixed}[name]
         return chosen[:limit]
     if name == "zh":
         return sorted((eval_dev / "zh" / "pages").glob("*.jpg"))[:limit]
@@ -224,12 +226,18 @@ def _child(args: list[str], cpus: set[int]) -> tuple[str, float]:
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
         process = subprocess.Popen(args, stdout=out, stderr=err, text=True, env=allocator.with_hugepages(os.environ),
                                    preexec_fn=lambda: os.sched_setaffinity(0, cpus))
-        _, status, usage = os.wait4(process.pid, 0)
+        try:
+            _, status, usage = os.wait4(process.pid, 0)
+        except BaseException:  # Ctrl-C or a kill of the bench alone: its child must not run on as an orphan
+            process.kill()
+            process.wait()
+            raise
         process.returncode = os.waitstatus_to_exitcode(status)
         out.seek(0)
         err.seek(0)
         if process.returncode != 0:
-            raise RuntimeError("bench child failed (%s): %s" % (" ".join(args[:5]), err.read().strip()[-800:]))
+            # one line in the journal's manner (exit 1), the child's last words in it, not a traceback of ours
+            raise EdgeOcrError("bench child failed (%s): %s" % (" ".join(args[:5]), err.read().strip()[-800:]))
         return out.read(), usage.ru_maxrss / 1024
 
 
@@ -254,14 +262,24 @@ REFERENCES = {
 BASELINE = "rapidocr-1.3.24"  # the reference the speed ratios are taken against
 
 
+def reference_python(engine: str, root: Path, script: Path) -> Path:
+    """The interpreter of ``engine``'s venv; ConfigError when it or the script is missing."""
+    python = root / REFERENCES[engine][0] / "bin" / "python"
+    if not python.is_file():
+        raise ConfigError("bench --compare %s: no venv at %s (run bench/setup_references.sh)"
+                          % (engine, python.parents[1]))
+    if not script.is_file():
+        raise ConfigError("bench --compare: no %s (it is in the repository's bench/; --ref-script names another)"
+                          % script)
+    return python
+
+
 def measure_reference(
     engine: str, root: Path, script: Path, images: Sequence[Path], threads: int, det: bool, warmup: int, cpus: set[int]
 ) -> dict[str, Any]:
     """A reference engine on the same images, through bench/reference_predict.py in its own venv."""
-    venv, label = REFERENCES[engine]
-    python = root / venv / "bin" / "python"
-    if not python.is_file():
-        raise ConfigError("bench --compare %s: no venv at %s (run bench/setup_references.sh)" % (engine, root / venv))
+    python = reference_python(engine, root, script)
+    label = REFERENCES[engine][1]
     with tempfile.TemporaryDirectory() as tmp:
         manifest = Path(tmp) / ("labels.jsonl" if det else "labels.tsv")
         if det:

@@ -89,8 +89,26 @@ def test_predictions_are_matched_by_base_name_and_a_bad_line_is_named(tmp_path):
     predictions = tmp_path / "pred.jsonl"
     predictions.write_text('{"file": "%s", "text": "HELLO"}\n' % (tmp_path / "a.png"))
     assert evaluate(manifest, file_predictor(predictions))["sources"]["all"]["exact"] == 100.0
+    # the yardstick's own prediction files end with a line about the run
+    predictions.write_text('{"file": "a.png", "text": "HELLO"}\n{"meta": {"engine": "edge-ocr"}}\n')
+    assert evaluate(manifest, file_predictor(predictions))["sources"]["all"]["exact"] == 100.0
     predictions.write_text('{"file": "a.png", "text": "HELLO"}\n\nnot json\n')
     with pytest.raises(ConfigError, match=r"pred\.jsonl line 3: expected a JSON object"):
         file_predictor(predictions)
     with pytest.raises(ConfigError, match=r"cannot read .*gone\.jsonl"):
         file_predictor(tmp_path / "gone.jsonl")
+
+
+def test_the_engine_is_scored_on_the_whole_pixel_boxes_of_its_result_json(tmp_path):
+    """The yardstick reads the result JSON, whose boxes are whole pixels: scoring the float quads
+    instead moved a box whose IoU sat at 0.5, and page CER's rows (1 point on the zh pages)."""
+    import numpy as np
+
+    from edge_ocr.engine.types import EngineOutput, TextLine
+    from edge_ocr.tools.evaluate import engine_predictor
+
+    quad = np.array([[10.4, 20.6], [99.5, 20.6], [99.5, 40.49], [10.4, 40.49]], dtype=np.float32)
+    line = TextLine("TOTAL", 0.99, quad)
+    (tmp_path / "page.png").write_bytes(b"TEXT")
+    predicted = engine_predictor(lambda data, det: EngineOutput((line,), (200, 100), {}))(tmp_path / "page.png", True)
+    assert [box.tolist() for box in predicted.boxes] == [line.box_list()] == [[[10, 21], [100, 21], [100, 40], [10, 40]]]
