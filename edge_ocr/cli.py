@@ -254,6 +254,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
     precisions = _subset("--precisions", args.precisions, ("fp32", "int8", "auto"))
     memory_modes = _subset("--memory-modes", args.memory_modes, ("default", "low"))
     engines = _subset("--compare", args.compare, tuple(bench.REFERENCES)) if args.compare else []
+    if args.memory:  # the memory table is one process's own stages: these would be silently ignored
+        ignored = [flag for flag, given in (("--compare", engines), ("--json", args.json),
+                                            ("--readers", readers != ["cascade"])) if given]
+        if ignored:
+            raise ConfigError("bench --memory does not take %s: run it without --memory" % ", ".join(ignored))
     for engine in engines:
         bench.reference_python(engine, Path(args.ref_root), Path(args.ref_script))  # ConfigError: exit 2
     packs = args.packs.split(",")

@@ -171,6 +171,8 @@ def test_bench_refuses_what_it_cannot_measure_before_any_child_runs(tmp_path):
     run = edge_ocr("bench", "--set", "lines", "--limit", "1", "--no-det", "--packs", "ppocrv6-tiny",
                    "--precisions", "int8")
     assert run.returncode == 2 and "nothing to measure" in run.stderr
+    run = edge_ocr("bench", "--memory", "--set", "lines", "--limit", "1", "--compare", "rapidocr")  # was ignored
+    assert run.returncode == 2 and "bench --memory does not take --compare" in run.stderr
 
 
 def test_recording_accuracy_is_a_build_step_on_a_models_tree(eval_dev, tmp_path, monkeypatch):
