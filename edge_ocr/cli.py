@@ -95,6 +95,10 @@ def cmd_ocr(args: argparse.Namespace) -> int:
 
     table = _engine_options(args)
     allocator.configure(table.memory)
+    if args.json and isinstance(sys.stdout, io.TextIOWrapper):
+        # JSON Lines are UTF-8 whatever the locale (zh_CN.GB18030 wrote GB18030 bytes: invalid JSON to
+        # every consumer); plain text follows the terminal's locale.
+        sys.stdout.reconfigure(encoding="utf-8")
     # One-shot: sessions are made as the images need them (crops never load the detector).
     engine = OcrEngine(dataclasses.replace(table.to_options(), lazy_sessions=True))
     model = (engine.pack.name, engine.pack.version)

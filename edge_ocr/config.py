@@ -25,6 +25,7 @@ import re
 import socket
 import tomllib
 import typing
+import unicodedata
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import MISSING, dataclass, field, fields, is_dataclass, replace
 from functools import partial
@@ -189,7 +190,7 @@ class EngineConfig:
 
 @dataclass(frozen=True, slots=True)
 class FolderSourceConfig:
-    name: str = setting(doc="unique; letters, digits, '_' or '-'; appears in MQTT topics", match=NAME_RE)
+    name: str = setting(doc="unique; ASCII letters, digits, '_' or '-'; appears in MQTT topics", match=NAME_RE)
     path: Path = setting(doc="the drop folder")
     done_dir: Path = setting(doc="results NAME.json (+ the original unless delete_original)",
                              shown="beside path: done")
@@ -223,7 +224,7 @@ class FolderSourceConfig:
 
 @dataclass(frozen=True, slots=True)
 class CameraSourceConfig:
-    name: str = setting(doc="unique; letters, digits, '_' or '-'; appears in MQTT topics", match=NAME_RE)
+    name: str = setting(doc="unique; ASCII letters, digits, '_' or '-'; appears in MQTT topics", match=NAME_RE)
     type: str = setting("camera", "`folder` or `camera`", choices=("folder", "camera"))
     backend: str = setting("opencv", "`picamera2` (Raspberry Pi OS's python3-picamera2) or `opencv`",
                            choices=("picamera2", "opencv"))
@@ -504,7 +505,7 @@ def load_config(path: str | os.PathLike[str] | None = None, environ: Mapping[str
             raise ConfigError("%s: not UTF-8 at line %d (byte 0x%02x): save the file as UTF-8"
                               % (file, raw[: exc.start].count(b"\n") + 1, raw[exc.start])) from exc
         except tomllib.TOMLDecodeError as exc:
-            raise ConfigError("%s: invalid TOML: %s" % (file, exc)) from exc
+            raise ConfigError("%s: invalid TOML: %s%s" % (file, exc, _unlike_ascii(raw, str(exc)))) from exc
         base = file.resolve().parent
     state = default_state_dir(env)
     top = _Table(data, "", base)
@@ -655,6 +656,21 @@ def _diff(old: Any, new: Any, prefix: str) -> list[str]:
     return out
 
 
+def _unlike_ascii(raw: bytes, message: str) -> str:
+    """A word on the character a TOML error points at when it is not ASCII: a Chinese input
+    method's “ ” ＝ ［ ］ or full-width digits look like TOML's own and are not."""
+    where = re.search(r"at line (\d+), column (\d+)", message)
+    if where is None:
+        return ""
+    lines = raw.decode("utf-8-sig", "replace").splitlines()
+    row, column = int(where.group(1)) - 1, int(where.group(2)) - 1
+    char = lines[row][column] if row < len(lines) and column < len(lines[row]) else ""
+    if not char or char.isascii():
+        return ""
+    return ": %s is U+%04X %s, not TOML's: type it in half-width (ASCII) as quotes, =, [ ], digits" % (
+        char, ord(char), unicodedata.name(char, "?"))
+
+
 def _hostname() -> str:
     return socket.gethostname().split(".")[0] or "localhost"
 
@@ -690,7 +706,7 @@ class _Table:
         if choices and value not in choices:
             raise ConfigError("%s: expected one of %s, got %r" % (self.key(name), " | ".join(choices), value))
         if match is not None and not match.match(value):
-            raise ConfigError("%s: expected letters, digits, '_' or '-' (1-64), got %r" % (self.key(name), value))
+            raise ConfigError("%s: expected ASCII letters (a-z, A-Z), digits, '_' or '-' (1-64), got %r" % (self.key(name), value))
         if max_len is not None and len(value) > max_len:
             raise ConfigError("%s: expected at most %d characters, got %d" % (self.key(name), max_len, len(value)))
         return value

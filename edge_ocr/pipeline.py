@@ -30,7 +30,7 @@ import numpy as np
 
 from edge_ocr.engine.types import EngineOutput, Region
 from edge_ocr.errors import EdgeOcrError, ImageError, SinkError
-from edge_ocr.results import Job, RegionResult, Result, Status, status_for
+from edge_ocr.results import Job, RegionResult, Result, Status, log_name, status_for
 from edge_ocr.stats import Stats
 
 log = logging.getLogger(__name__)
@@ -297,7 +297,8 @@ class Pipeline:
         except ImageError as exc:
             error = exc
             tb = "".join(traceback.format_exception_only(exc)).strip()
-            log.warning("image rejected source=%s file=%s error=%s %s", job.source, job.file, exc.code, exc.message)
+            log.warning("image rejected source=%s file=%s error=%s %s", job.source, log_name(job.file or ""), exc.code,
+                        exc.message)
         except Exception as exc:  # job boundary: an engine bug becomes status error, logged with traceback
             error = EdgeOcrError("internal error: %s: %s" % (type(exc).__name__, exc))
             tb = _traceback_summary(exc)

@@ -344,7 +344,7 @@ def test_documented_camera_example_has_every_key_and_loads(tmp_path):
         ("stable_reads = 0", "sources[0].stable_reads: expected 1..100, got 0"),
         ("publish_every = 1", "sources[0].publish_every: expected true or false, got int 1"),
         ('backend = "picamera2"\ndevice = "/dev/video0"', "sources[0].device: picamera2 expects a camera number"),
-        ("rois = [ { name = \"a b\", box = [0, 0, 1, 1] } ]", "sources[0].rois[0].name: expected letters"),
+        ("rois = [ { name = \"a b\", box = [0, 0, 1, 1] } ]", "sources[0].rois[0].name: expected ASCII letters"),
         ("rois = [ { name = \"a\", box = [0, 0, 1, 1] }, { name = \"a\", box = [0, 0, 1, 1] } ]",
          "sources[0].rois[1].name: duplicate region name 'a'"),
         ("rois = [ { name = \"a\", box = [0, 0, 0, 1] } ]", "sources[0].rois[0].box: expected [x, y, width, height]"),
@@ -409,6 +409,18 @@ def test_a_config_in_another_encoding_names_its_line(tmp_path):
     path = tmp_path / "c.toml"
     path.write_bytes(b'[mqtt]\nusername = "edge"\n# caf\xe9\n')  # Latin-1
     with pytest.raises(ConfigError, match=r"not UTF-8 at line 3 \(byte 0xe9\): save the file as UTF-8"):
+        load_config(path, environ={})
+
+
+@pytest.mark.parametrize("line, named", [('host = “localhost”', "U+201C LEFT DOUBLE QUOTATION MARK"),
+                                         ("port ＝ 1883", "U+FF1D FULLWIDTH EQUALS SIGN"),
+                                         ("port = １８８３", "U+FF11 FULLWIDTH DIGIT ONE")])
+def test_a_chinese_input_methods_punctuation_is_named_in_the_toml_error(tmp_path, line, named):
+    """Typed with the input method in full-width mode: TOML said only "Invalid value (at line 2, column 8)"."""
+    path = tmp_path / "c.toml"
+    path.write_text("[mqtt]\n%s\n" % line, encoding="utf-8")
+    with pytest.raises(ConfigError, match=r"invalid TOML: .*\(at line 2, column \d+\): .* is %s, not TOML's: type it "
+                                          r"in half-width \(ASCII\)" % re.escape(named)):
         load_config(path, environ={})
 
 

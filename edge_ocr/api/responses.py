@@ -39,7 +39,7 @@ ERROR_STATUS: Mapping[str, int] = MappingProxyType(
     }
 )
 METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
-JSON_CONTENT_TYPE = "application/json"
+JSON_CONTENT_TYPE = "application/json; charset=utf-8"  # Windows PowerShell 5.1 reads it as Latin-1 without
 COMMON_HEADERS = (("Cache-Control", "no-store"), ("X-Content-Type-Options", "nosniff"))
 
 

@@ -5,6 +5,7 @@ numpy only. Class 0 is the CTC blank; class i ≥ 1 is ``charset[i - 1]``.
 
 from __future__ import annotations
 
+import unicodedata
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -38,7 +39,9 @@ class Charset:
         ``allowed_chars``. An empty string allows everything."""
         if not allowed_chars:
             return np.ones(self.num_classes, dtype=bool)
-        wanted = set(allowed_chars)
+        # Each also in its NFKC form: full-width digits from a Chinese input method (０-９) mean the
+        # digits the reader writes as 0-9; masked to the full-width ones alone it read nothing.
+        wanted = set(allowed_chars) | set(unicodedata.normalize("NFKC", allowed_chars))
         return np.array([True] + [c in wanted for c in self.chars], dtype=bool)
 
 

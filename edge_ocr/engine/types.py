@@ -82,9 +82,9 @@ class Region:
     The metadata are the config keys' docs and bounds (config.py reads them).
     """
 
-    name: str = field(metadata={"doc": "unique in the source; letters, digits, '_' or '-'"})
+    name: str = field(metadata={"doc": "unique in the source; ASCII letters, digits, '_' or '-'"})
     box: tuple[int, int, int, int] = field(metadata={"doc": "[x, y, width, height] in frame pixels"})
-    allowed_chars: str = field(default="", metadata={"doc": "only these characters are read (\"\" = all)",
+    allowed_chars: str = field(default="", metadata={"doc": "only these characters are read (\"\" = all; a full-width one, ０-９, also as its ASCII form)",
                                                      "max_len": 4096})
     pattern: str = field(default="", metadata={"doc": "a regular expression the text must fullmatch"})
     grey: bool = field(default=False, metadata={"doc": "read the crop in grey"})

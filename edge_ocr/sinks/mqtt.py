@@ -11,6 +11,7 @@ Commands are handed to an injected callback. Imports config, results, stats, err
 from __future__ import annotations
 
 import collections
+import hashlib
 import json
 import logging
 import math
@@ -111,7 +112,7 @@ class MqttSink:
         self.on_capture = on_capture
         self.source_status = source_status
         self.prefix = cfg.topic_prefix
-        self.node = re.sub(r"[^A-Za-z0-9_-]", "_", cfg.client_id)
+        self.node = discovery_node(cfg.client_id)
         self.spool: Spool | None = None
         self.client: paho.Client | None = None
         self._thread: threading.Thread | None = None
@@ -603,6 +604,16 @@ class MqttSink:
 def discovery_topic(cfg: MqttConfig, node: str, source: str, roi: str | None = None) -> str:
     """``<discovery_prefix>/sensor/<node>/<source>[_<roi>]/config``."""
     return "%s/sensor/%s/%s/config" % (cfg.discovery_prefix, node, source if roi is None else "%s_%s" % (source, roi))
+
+
+def discovery_node(client_id: str) -> str:
+    """The device's name in discovery topics and ids: ``client_id`` with anything but ASCII letters,
+    digits, ``_`` and ``-`` made ``_``; and, when it holds other scripts (客厅扫描仪 and 书房扫描仪
+    were both ``_____``, each daemon clearing the other's sensors), 8 hex digits of its sha256."""
+    node = re.sub(r"[^A-Za-z0-9_-]", "_", client_id)
+    if not client_id.isascii():
+        node += "-" + hashlib.sha256(client_id.encode("utf-8")).hexdigest()[:8]
+    return node
 
 
 def discovery_config(cfg: MqttConfig, node: str, source: str, roi: str | None = None) -> dict[str, Any]:

@@ -793,7 +793,7 @@ def test_over_the_cap_on_the_wire_is_json_413_from_us_or_from_waitress(backend, 
         # far over: waitress refuses from the Content-Length alone (no body sent), still as JSON
         status, headers, body = raw_request(server.port, b"POST /api/ocr HTTP/1.1\r\nHost: 127.0.0.1\r\n"
                                             b"Content-Type: image/jpeg\r\nContent-Length: 100000000\r\n\r\n")
-        assert status == 413 and headers["content-type"] == "application/json"
+        assert status == 413 and headers["content-type"] == "application/json; charset=utf-8"
         # in the app's words, not waitress's ("exceeds max_body of ..." named its inner cap)
         assert json.loads(body)["error"] == {"code": "upload_too_large", "message": "upload over the 0.5 MB limit"}
         # chunked (no Content-Length): waitress de-chunks under its cap, then the app checks ours
@@ -855,7 +855,7 @@ def test_waitress_refusals_are_json(backend, serve, photo, photo_text):
     server = serve(backend.app())
     status, headers, body = raw_request(server.port, b"BREW /pot HTTP/1.1\r\nHost: 127.0.0.1\r\n"
                                                      b"Transfer-Encoding: gzip\r\n\r\n")
-    assert status == 501 and headers["content-type"] == "application/json", body
+    assert status == 501 and headers["content-type"] == "application/json; charset=utf-8", body
     assert json.loads(body)["error"]["code"] == "bad_request"
     with httpx.Client(base_url=server.url, timeout=TIMEOUT_S) as client:
         assert_serving(client, photo, photo_text)

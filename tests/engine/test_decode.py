@@ -46,6 +46,14 @@ def test_allowed_chars_mask_picks_the_best_allowed_class_not_a_filtered_string()
     assert masked.score == pytest.approx(0.3 / 0.4)  # renormalised over blank + digits
 
 
+def test_full_width_allowed_digits_allow_the_digits_the_reader_writes():
+    """allowed_chars typed by a Chinese input method in full-width mode ("０１２…９"): the reader
+    writes 0-9, so the region read nothing; each character counts in its NFKC form too."""
+    probs = steps([0.05, 0.3, 0.05, 0.6, 0.0])
+    assert ctc_greedy(probs, CHARSET, CHARSET.allowed_mask("０１２３４５６７８９"))[0].text == "1"
+    assert not CHARSET.allowed_mask("０１２３４５６７８９")[3]  # "I" stays out
+
+
 def test_empty_allowed_chars_allows_everything():
     assert CHARSET.allowed_mask("").all()
 

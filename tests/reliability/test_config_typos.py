@@ -15,7 +15,7 @@ TYPOS = [
     ("[engine]\nthreads = 0\n", 'engine.threads: expected "auto" or an integer from 1 to 256, got 0'),
     ("[guard]\nrss_soft_mb = 650\n", "guard.rss_hard_mb: expected more than rss_soft_mb (650), got 600"),
     ('[http]\nbind = "0.0.0.0:8080"\n', "http.bind: 0.0.0.0 is reachable from other machines"),
-    ('[[sources]]\nname = "a b"\npath = "in"\n', "sources[0].name: expected letters, digits"),
+    ('[[sources]]\nname = "a b"\npath = "in"\n', "sources[0].name: expected ASCII letters (a-z, A-Z), digits"),
     ('[[sources]]\nname = "cam"\ntype = "camera"\nrois = [ { name = "r", box = [0, 0, 0, 5] } ]\n',
      "sources[0].rois[0].box: expected [x, y, width, height]"),
     ("[pipeline]\nqueue_size = 8\n[pipeline]\n", "invalid TOML"),

@@ -664,3 +664,14 @@ def test_the_readme_broker_acl_lets_a_device_clear_the_discovery_of_a_removed_so
         observer.loop_stop()
         observer.disconnect()
         broker.stop()
+
+
+def test_devices_named_in_chinese_keep_apart_in_home_assistant():
+    """client_id 客厅扫描仪 and 书房扫描仪 were both node "_____": each daemon cleared the other's
+    sensors as stale. A name in another script keeps a hash of itself; ASCII names as before."""
+    from edge_ocr.sinks.mqtt import discovery_node
+
+    living, study = discovery_node("客厅扫描仪"), discovery_node("书房扫描仪")
+    assert living != study and living.startswith("_____-") and re.fullmatch(r"[A-Za-z0-9_-]+", living)
+    assert discovery_node("edge-ocr-gate-pi-1a2b3c4d") == "edge-ocr-gate-pi-1a2b3c4d"
+    assert discovery_node("gate.pi") == "gate_pi"  # as before: no existing entity moves
