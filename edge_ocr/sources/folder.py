@@ -388,6 +388,7 @@ class FolderSource:
         self.processing = cfg.path / PROCESSING
         self.cache = cfg.path / CACHE
         self._cache_problem: str | None = None  # why .cache/ is not used, as last logged
+        self._processing_refused = False  # a claim found .processing/ replaced (source thread only)
         self._told_left_alone: set[str] = set()  # subfolders, pipes, sockets already named in the journal
         self._status: SourceStatus | None = None
         self._rescan = threading.Event()
@@ -750,7 +751,11 @@ class FolderSource:
         problem = not_a_folder(self.processing)  # swapped since the last scan (an inbox without the sticky bit)
         if problem:
             self._set_status(SourceStatus.OFFLINE, problem)
+            self._processing_refused = True
             return  # the file stays in the inbox; offered again by the scan that finds the folder sound
+        if self._processing_refused:  # the link is gone: a watched folder need not wait for its rescan
+            self._processing_refused = False
+            self._set_status(SourceStatus.ONLINE, "%s is a folder again" % self.processing)
         if not self.processing.is_dir():  # the inbox was removed and made again while we ran
             self.processing.mkdir(exist_ok=True)
             log.warning("made again source=%s dir=%s (it was removed)", self.name, self.processing)

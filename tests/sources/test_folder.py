@@ -748,7 +748,9 @@ def test_processing_swapped_for_a_symlink_while_running_stops_the_claims_until_i
     assert wait_until(lambda: source.stats.get("files_done_total") == 1) and list(elsewhere.iterdir()) == []
     assert names(inbox) == ["b.txt"] and engine.calls == [b"TEXT:first"]
     (inbox / ".processing").unlink()
-    source.capture_now()
+    (inbox / "c.txt").write_bytes(b"TEXT:third")  # watched: claimed at once, and the source online again
+    assert wait_until(lambda: (done / "c.json").exists() and source.status.value == "online")
+    source.capture_now()  # b waited in the inbox: the next scan offers it
     assert wait_until(lambda: (done / "b.json").exists()) and source.status.value == "online"
     assert (inbox / ".processing").is_dir() and not (inbox / ".processing").is_symlink()
 
