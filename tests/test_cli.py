@@ -110,7 +110,8 @@ def test_bad_usage_exits_2():
     (["tune", "--runs", "0"], "--runs: expected an integer >= 1"),
     (["eval", "--limit", "-1", "x.tsv"], "--limit: expected an integer >= 1"),
     (["ocr", "--low-confidence", "nan", "x.png"], "--low-confidence: expected a finite number"),
-    (["ocr", "--threads", "99999999999999999999", "x.png"], "expected \"auto\" or an integer from 1 to 256"),
+    (["ocr", "--threads", "99999999999999999999", "x.png"], "--threads: expected \"auto\" or an integer from 1 to 256"),
+    (["ocr", "--pack", "common", "{notimg}"], "--pack: pack common has no recogniser"),  # shared files, no reader
     (["submit", "--timeout", "0", "x.png"], "--timeout: expected seconds > 0"),
     (["submit", "--rois", "[{{", "{notimg}"], "--rois: not valid JSON"),  # before any broker ({{: format)
     (["submit", "--rois", '[{{"name": "a"}}]', "{notimg}"], "--rois[0].box"),

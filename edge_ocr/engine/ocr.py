@@ -31,7 +31,7 @@ from edge_ocr.engine.types import (
     Region,
     TextLine,
 )
-from edge_ocr.errors import ConfigError, ModelError, RegionOutsideImage
+from edge_ocr.errors import ConfigError, ModelError, RegionOutsideImage, UnknownPack
 
 # The second detection pass for small text (EngineOptions.det_small_text) only for an image at
 # least this much larger than the first pass's input: less would redo the same work.
@@ -76,7 +76,9 @@ class OcrEngine:
             self._line_pool = ThreadPoolExecutor(self.threads, thread_name_prefix="edge-ocr-line")
         stages = self.pack.stages
         if "rec" not in stages:
-            raise ModelError("pack %s has no recogniser" % self.pack.name)
+            # a choice, not a broken install (`common` holds files the packs share): exit 2, no restart loop
+            raise UnknownPack("pack %s has no recogniser: it is no pack to read with (edge-ocr models list)"
+                              % self.pack.name)
         eager = not self.options.lazy_sessions
         self.det = self._load("det", not eager) if "det" in stages else None
         self.db_params = self.options.det or DbParams.from_published(stages["det"].postprocess if "det" in stages else {})
