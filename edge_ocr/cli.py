@@ -72,9 +72,6 @@ def _engine_options(args: argparse.Namespace):
             given["threads"] = args.threads if args.threads == "auto" else int(args.threads)
         except ValueError as exc:
             raise ConfigError("--threads: expected \"auto\" or an integer, got %r" % args.threads) from exc
-        if given["threads"] != "auto" and not 1 <= given["threads"] <= MAX_THREADS:  # the flag's name, not the key's
-            raise ConfigError("--threads: expected \"auto\" or an integer from 1 to %d, got %s"
-                              % (MAX_THREADS, args.threads))
     if args.cls:
         given["cls"] = True
     if args.no_fast_reader:

@@ -180,6 +180,10 @@ class EngineConfig:
                           "costs page faults, see Memory)", choices=("default", "low"))
 
     def __post_init__(self) -> None:
+        threads = self.threads  # its own syntax, checked first: the declared bound says only ">= 1"
+        if threads != "auto" and (isinstance(threads, bool) or not isinstance(threads, int)
+                                  or not 1 <= threads <= MAX_THREADS):
+            raise Invalid("threads", 'expected "auto" or an integer from 1 to %d, got %r' % (MAX_THREADS, threads))
         _check_declared(self)
 
     def to_options(self) -> EngineOptions:
@@ -385,6 +389,11 @@ class PipelineConfig:
         _check_declared(self)
 
 
+def _plain_topic(topic: str) -> bool:
+    """A topic one can publish to, not a filter or a broker's own ($SYS, $share)."""
+    return bool(topic) and not any(ch in topic for ch in "#+\0") and not topic.startswith("$")
+
+
 @dataclass(frozen=True, slots=True)
 class FleetConfig:
     enabled: bool = setting(False, "be a worker of the fleet: take jobs from `$share/<group>/<jobs_topic>` "
@@ -404,11 +413,10 @@ class FleetConfig:
 
     def __post_init__(self) -> None:
         _check_declared(self)
-        if not self.jobs_topic or any(ch in self.jobs_topic for ch in "#+\0") or self.jobs_topic.startswith("$"):
+        if not _plain_topic(self.jobs_topic):
             raise Invalid("jobs_topic", "expected a topic without wildcards, got %r" % self.jobs_topic)
         answers = self.answers_topic.rstrip("/")
-        if self.answers_topic and (any(ch in answers for ch in "#+\0") or answers.startswith("$")
-                                   or "" in answers.split("/")):
+        if self.answers_topic and (not _plain_topic(answers) or "" in answers.split("/")):
             raise Invalid("answers_topic", "expected a topic without wildcards, empty levels or a leading $, got %r"
                           % self.answers_topic)
 
@@ -806,12 +814,7 @@ def _read(cls: type, t: _Table, given: Mapping[str, Any] | None = None,
 
 
 def _engine(t: _Table) -> EngineConfig:
-    threads = t.take("threads", "auto")
-    if threads != "auto" and (isinstance(threads, bool) or not isinstance(threads, int)
-                              or not 1 <= threads <= MAX_THREADS):
-        raise ConfigError('%s: expected "auto" or an integer from 1 to %d, got %r'
-                          % (t.key("threads"), MAX_THREADS, threads))
-    return _read(EngineConfig, t, {"threads": threads})
+    return _read(EngineConfig, t, {"threads": t.take("threads", "auto")})  # checked by EngineConfig
 
 
 def expand_user(key: str, value: str) -> Path:
