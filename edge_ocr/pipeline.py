@@ -24,6 +24,7 @@ import traceback
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
+from types import MappingProxyType
 from typing import Protocol
 
 import numpy as np
@@ -136,10 +137,16 @@ class Pipeline:
         self._low_confidence = value
 
     @property
+    def beats(self) -> Mapping[int, float]:
+        """Per worker, its last sign of life (``time.monotonic()``): when its current job started,
+        else its last idle wait or finished job. A live read-only view; ``progress`` is its oldest."""
+        return MappingProxyType(self._beats)
+
+    @property
     def progress(self) -> float:
         """When the pipeline last showed progress, for the watchdog: the start of the job running
         longest, else the oldest worker's last idle wait (a worker whose thread ended stops it too)."""
-        return min(self._beats.values(), default=time.monotonic())
+        return min(self.beats.values(), default=time.monotonic())
 
     def start(self) -> None:
         for i in range(self.workers):

@@ -6,6 +6,7 @@ Never the system service. Plus ``Collector``, a subscriber that records what arr
 from __future__ import annotations
 
 import getpass
+import re
 import shutil
 import socket
 import subprocess
@@ -68,6 +69,7 @@ class Mosquitto:
         (directory / "data").mkdir()
         self.conf = directory / "mosquitto.conf"
         self.proc: subprocess.Popen[bytes] | None = None
+        self._started = False  # once started, restarts keep the ports
         base = [
             "user %s" % getpass.getuser(),  # as root, mosquitto would otherwise switch to 'mosquitto'
             "persistence_location %s/" % (directory / "data"),
@@ -95,19 +97,45 @@ class Mosquitto:
         )
 
     def start(self, timeout_s: float = 10.0) -> None:
+        """Start mosquitto and wait until it listens. ``free_port()`` only found ports free a moment
+        ago: if another process took one first, the first start moves to new ports and retries
+        (twice); a restart keeps its ports, which clients already know."""
+        for _ in range(1 if self._started else 3):
+            failed = self._launch(timeout_s)
+            if failed is None:
+                self._started = True
+                return
+            if self._started or "Address already in use" not in failed:
+                break
+            self._move()
+        raise RuntimeError("mosquitto exited: %s" % failed[-2000:])
+
+    def _launch(self, timeout_s: float) -> str | None:
+        """None once this mosquitto logs that it runs (every listener bound), else its log lines."""
+        log = self.dir / "mosquitto.log"
+        seen = log.stat().st_size if log.exists() else 0
         self.proc = subprocess.Popen([tool("mosquitto") or "mosquitto", "-c", str(self.conf)], stdout=subprocess.DEVNULL,
                                      stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                log = self.dir / "mosquitto.log"
-                raise RuntimeError("mosquitto exited: %s" % (log.read_text()[-2000:] if log.exists() else "?"))
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
-                    return
-            except OSError:
-                threading.Event().wait(0.05)  # polling a port that is not open yet
-        raise RuntimeError("mosquitto did not listen on %d" % self.port)
+            exited = self.proc.poll() is not None
+            lines = log.read_bytes()[seen:].decode(errors="replace") if log.exists() else ""
+            if exited:
+                self.proc = None
+                return lines or "?"
+            # mosquitto logs "running" after binding every listener; a connect could reach whoever took the port
+            if re.search(r"mosquitto version \S+ running", lines):
+                return None
+            threading.Event().wait(0.05)  # mosquitto logs to a file: nothing to wait on
+        self.stop()
+        raise RuntimeError("mosquitto did not start listening on %d within %.0f s" % (self.port, timeout_s))
+
+    def _move(self) -> None:
+        """New ports in the config, keeping any lines a test added to it."""
+        moved = {self.port: free_port(), self.tls_port: free_port()}
+        self.conf.write_text(re.sub(r"^listener (\d+) ", lambda m: "listener %d " % moved.get(int(m[1]), int(m[1])),
+                                    self.conf.read_text(), flags=re.M))
+        self.port, self.tls_port = moved[self.port], moved[self.tls_port]
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:

@@ -101,6 +101,7 @@ def test_ready_after_loading_watchdog_only_while_the_pipeline_moves(tmp_path, no
             notify_socket.next(lambda m: False, 0.1)
         assert engine.calls, "the fake engine never got the file"
         # Progress stops; after at most 4 x 0.2 s the pings must stop and stay stopped.
+        # Fixed windows: the daemon sends nothing else this often (STATUS= every 10 s) to mark their end.
         notify_socket.next(lambda m: False, 1.0)
         assert notify_socket.next(lambda m: m == "WATCHDOG=1", 1.5) is None
 

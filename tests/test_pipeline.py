@@ -66,7 +66,7 @@ def test_a_worker_stuck_in_the_engine_stops_the_watchdogs_progress_however_many_
     submitted = time.monotonic()
     assert pipe.submit(Job("s", b"TEXT:stuck"))
     assert wait_until(lambda: pipe.busy == 1)
-    beats = pipe._beats  # each worker's last sign of life: the idle one renews its own at each wait
+    beats = pipe.beats  # each worker's last sign of life: the idle one renews its own at each wait
 
     def idle_waits_again() -> bool:
         latest = max(beats.values())

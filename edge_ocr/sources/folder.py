@@ -387,7 +387,7 @@ class FolderSource:
         self.on_status = on_status
         self.processing = cfg.path / PROCESSING
         self.cache = cfg.path / CACHE
-        self._cache_problem: str | None = None  # why .cache/ is not used, as last logged
+        self._cache_problem: str | None = None  # why .cache/ is not used, as last logged (under _stamp_lock)
         self._processing_refused = False  # a claim found .processing/ replaced (source thread only)
         self._told_left_alone: set[str] = set()  # subfolders, pipes, sockets already named in the journal
         self._status: SourceStatus | None = None
@@ -404,7 +404,9 @@ class FolderSource:
         self._blocking_stalls: set[Path] = set()  # those whose directory takes nothing (disk full): intake waits
         self._stall_reason = ""
         self._paused = False  # new files left in the folder while results are stalled (source thread)
-        self._stamp_lock = threading.Lock()  # the reuse store's use order (_stamp): both threads
+        # The reuse store's use order (_stamp) and its problem last logged (_cache_problem): the
+        # source and pipeline threads (and a reload's) use the store.
+        self._stamp_lock = threading.Lock()
         self._last_stamp_ns: int | None = None
         self._status_lock = threading.RLock()
         self.ready = threading.Event()  # set once the folders are open and the start-up scan is queued
@@ -828,11 +830,12 @@ class FolderSource:
     def _reuse_store_usable(self) -> bool:
         """Whether .cache/ is a folder (checked at each use: a writer of the inbox may swap it for a
         link to done/, whose results its pruning would delete); the journal says when it stops being one."""
-        problem = not_a_folder(self.cache)
-        if problem != self._cache_problem:
-            self._cache_problem = problem
-            if problem:
-                log.warning("reuse store not used source=%s reason=%s", self.name, problem)
+        with self._stamp_lock:  # one check-and-record at a time: each change is logged once
+            problem = not_a_folder(self.cache)
+            if problem != self._cache_problem:
+                self._cache_problem = problem
+                if problem:
+                    log.warning("reuse store not used source=%s reason=%s", self.name, problem)
         return problem is None
 
     def _cached(self, sha: str) -> EngineOutput | None:
