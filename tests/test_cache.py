@@ -48,7 +48,9 @@ def test_cached_ocr_runs_the_engine_once_per_distinct_request():
     ocr = CachedOcr(engine, capacity=4, on_hit=lambda: hits.append(1), on_read=lambda out, ms: reads.append(out))
     region = Region("meter", (0, 0, 5, 5))
     first = ocr(b"abc", True, ())
-    assert ocr(b"abc", True, ()) is first and len(calls) == 1 and len(hits) == 1 and reads == [first]
+    again = ocr(b"abc", True, ())
+    assert again.lines is first.lines and len(calls) == 1 and len(hits) == 1 and reads == [first]
+    assert set(again.timing_ms) == {"total"}  # the answer's own time: no stage ran for it
     ocr(b"abc", False, (region,))  # other options: another engine run, regions passed as a list
     assert calls[-1] == (b"abc", [region], False, None) and len(calls) == 2
     ocr(b"abc", True, (), 640)  # the memory guard's smaller detection input: another output, not the cached one

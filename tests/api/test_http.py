@@ -1,6 +1,8 @@
 """edge_ocr.api: every endpoint with auth on and off, each bad input, the OCR slots, and
 the waitress server on a real loopback port, on eval-dev images. Routing, auth and errors run
-over FakeOcr (the real decoder, no models); three tests read through the real engine."""
+over FakeOcr (the real decoder, no models); three tests read through the real engine. What a
+user relies on in real reading (text, boxes, regions, cache, refusals of real bad images,
+counters, the OCR slots) is shown against the daemon itself in test_http_real.py."""
 
 from __future__ import annotations
 
