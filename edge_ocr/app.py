@@ -232,6 +232,8 @@ class App:
         self._start_http()
         self.guard = Guard(cfg.guard, self.stop_event, self._on_guard, stats=self.stats)
         self.guard.start()
+        if self.mqtt is not None:
+            self.mqtt.announce()  # <p>/availability = online when systemd hears READY=1, not before
         self.notifier.ready(self.status_line())
         log.info("daemon ready sources=%s mqtt=%s", ",".join(self.sources) or "-",
                  "%s:%d" % (cfg.mqtt.host, cfg.mqtt.port) if cfg.mqtt.enabled else "disabled")

@@ -226,33 +226,36 @@ def test_the_engine_spins_only_when_one_worker_runs_it(tmp_path, workers, spinni
     assert engine_config(cfg).to_options().allow_spinning is spinning
 
 
-def test_the_sources_exist_before_the_broker_hears_the_daemon_is_online(tmp_path, mosquitto, monkeypatch):
-    """An automation that sends a capture at <p>/availability = online got "unknown source": the
-    sink connected (and took commands) before the sources were made."""
+def test_the_sources_are_online_when_the_broker_hears_the_daemon_is(tmp_path, mosquitto, monkeypatch):
+    """An automation that sends a capture at <p>/availability = online got "unknown source" (the
+    sink connected before the sources were made), then ``ok: false`` (before they were up): the
+    daemon says online once its sources are up, as systemd hears READY=1. A folder slow to open
+    (a network share) shows the order."""
     import threading
+    import time
 
     from edge_ocr.app import App
     from edge_ocr.config import load_config
-    from edge_ocr.sinks.mqtt import MqttSink
+    from edge_ocr.sources.folder import FolderSource
     from tests.fakes import FakeEngine
 
     config = write_config(tmp_path, mosquitto)
     config.write_text(config.read_text().replace('[http]\nbind = "127.0.0.1:0"', '[http]\nenabled = false')
                       + "\n[guard]\nrss_soft_mb = 100000\nrss_hard_mb = 200000\n")  # the guard would watch pytest
     app = App(load_config(config), engine_factory=lambda cfg, pages: (FakeEngine(), ("fake", "0")))
-    known_at_connect: list[list[str]] = []
-    start = MqttSink.start
-    monkeypatch.setattr(MqttSink, "start", lambda sink: (known_at_connect.append(list(app.sources)), start(sink)))
+    run = FolderSource.run
+    monkeypatch.setattr(FolderSource, "run", lambda source, stop: (time.sleep(1.0), run(source, stop)))
+    sub = Collector(mosquitto, [PREFIX + "/availability"])
     runner = threading.Thread(target=app.run, name="test-app", daemon=True)
     runner.start()
     try:
-        assert wait_until(lambda: known_at_connect, 30)
-        assert known_at_connect == [["inbox"]]
+        sub.wait(lambda ms: any(m.payload == b"online" for m in ms))
         ok, message = app.capture("inbox")
         assert ok, message
     finally:
         app.stop_event.set()
         runner.join(20)
+        sub.close()
 
 
 def test_the_folder_reuses_a_stored_result_only_under_the_engine_that_read_it(tmp_path):

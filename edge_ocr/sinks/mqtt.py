@@ -141,6 +141,7 @@ class MqttSink:
         self._rate_from = (time.monotonic(), 0.0)  # (when, jobs_total) of the last <p>/stats message
         self._rerooted = False  # logged once: spooled results published under a new topic_prefix
         self._command_window = (-math.inf, 0, 0)  # (start, lines logged, commands not logged): paho's thread
+        self._announced = threading.Event()  # the daemon is ready: online may be said (announce)
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -157,6 +158,16 @@ class MqttSink:
         self.client = self._connect_client()
         self._thread = threading.Thread(target=self._run, name="mqtt", daemon=True)
         self._thread.start()
+
+    def announce(self) -> None:
+        """The daemon is ready: ``<p>/availability`` says ``online`` now and at each reconnect.
+
+        Not at the first connect: the sources start after it, and an automation that sends a
+        capture at ``online`` found its source not yet online (the journal's ``daemon ready``)."""
+        self._announced.set()
+        client = self.client
+        if self._connected.is_set() and client is not None:  # else _connect_done publishes it
+            client.publish("%s/availability" % self.prefix, ONLINE, qos=1, retain=True)
 
     def _connect_client(self) -> paho.Client:
         """A paho client with our callbacks, connecting in the background (retrying with backoff)."""
@@ -393,7 +404,6 @@ class MqttSink:
         self.last_error = ""
         log.log(logging.DEBUG if self._flapping() else logging.INFO, "mqtt connected host=%s port=%d client_id=%s",
                 self.cfg.host, self.cfg.port, self.cfg.client_id)
-        client.publish("%s/availability" % self.prefix, ONLINE, qos=1, retain=True)
         subs = [("%s/cmd/+" % self.prefix, 1), ("%s/+/capture" % self.prefix, 1)]  # cmd/+: unknown ones answered
         # Our retained discovery configs come back: those of removed sources/ROIs are cleared, and
         # with discovery turned off all of them (Home Assistant keeps an entity while its config is).
@@ -412,6 +422,8 @@ class MqttSink:
         self._was_connected = True
         self._connected_at = time.monotonic()
         self._connected.set()
+        if self._announced.is_set():  # after _connected is set: announce() checks them the other way round
+            client.publish("%s/availability" % self.prefix, ONLINE, qos=1, retain=True)
         self.stats.set("mqtt_connected", 1)
         self._wake.set()
 

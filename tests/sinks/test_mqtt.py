@@ -51,9 +51,11 @@ class Captures:
 def sink_factory(tmp_path):
     made: list[MqttSink] = []
 
-    def make(cfg: MqttConfig, captures=None) -> MqttSink:
+    def make(cfg: MqttConfig, captures=None, announce: bool = True) -> MqttSink:
         sink = MqttSink(cfg, ("inbox",), Stats(), captures or Captures())
         sink.start()
+        if announce:  # as the daemon does once its sources are up
+            sink.announce()
         made.append(sink)
         return sink
 
@@ -199,6 +201,23 @@ def test_spool_overflow_drops_oldest_and_counts(mosquitto, tmp_path, sink_factor
     assert kept == [("event", "x%d" % i) for i in range(2, 9)] + [("state", "x9"), ("text", "x9"), ("event", "x9")]
     assert sink.spool.dropped == 2
     assert sink.stats.snapshot()["spool_dropped_total"] == 2  # while the broker is down, when it is watched
+
+
+def test_online_is_said_once_the_daemon_announces_it_and_again_at_each_reconnect(mosquitto, tmp_path, sink_factory):
+    """Connected, the sink takes commands but says nothing on <p>/availability until ``announce``
+    (the daemon's sources are up); then ``online``, and again after the broker comes back."""
+    sub = Collector(mosquitto, [PREFIX + "/availability", PREFIX + "/inbox/state"])
+    sink = sink_factory(mqtt_config(mosquitto, tmp_path), announce=False)
+    assert wait_until(lambda: sink.connected)
+    sink.publish(result("hello"))  # sent after the connect's own messages: none of them said online
+    sub.wait_topic(PREFIX + "/inbox/state")
+    assert sub.on(PREFIX + "/availability") == []
+    sink.announce()
+    assert sub.wait_topic(PREFIX + "/availability")[-1].payload == b"online"
+    mosquitto.stop()  # its will (offline) may come in between
+    mosquitto.start()
+    sub.wait(lambda ms: sum(m.topic == PREFIX + "/availability" and m.payload == b"online" for m in ms) == 2)
+    sub.close()
 
 
 def test_tls_with_ca_and_credentials(mosquitto, tmp_path, sink_factory):
@@ -514,7 +533,8 @@ def test_an_unreachable_broker_is_not_waited_for_as_if_it_had_answered(tmp_path)
     sink = MqttSink(cfg, ("inbox",), Stats(), Captures(), on_previous=lambda s, t, r: None)
     sink.start()
     try:
-        assert not sink.previous_read.wait(0.5)  # the daemon's start waits app.PREVIOUS_WAIT_S at most
+        assert wait_until(lambda: sink.last_error.startswith("unreachable"), 10)  # the broker's answer: refused
+        assert not sink.previous_read.is_set()  # the daemon's start waits app.PREVIOUS_WAIT_S at most
     finally:
         sink.close(timeout_s=1)
 
@@ -537,7 +557,7 @@ def test_a_stop_keeps_its_budget_while_a_connect_hangs(tmp_path, caplog):
     sink = MqttSink(cfg, ("inbox",), Stats(), Captures())
     try:
         sink.start()
-        assert not wait_until(lambda: sink.connected, 0.5)
+        assert not wait_until(lambda: sink.connected, 0.5)  # a fixed window: a connect that hangs sends no event
         with caplog.at_level(logging.WARNING, logger="edge_ocr.sinks.mqtt"):
             sink.close(timeout_s=1)
         assert "mqtt stop left a connect attempt behind" in caplog.text
