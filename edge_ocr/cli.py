@@ -66,7 +66,8 @@ def setup_logging(verbose: bool) -> None:
 
 def _engine_options(args: argparse.Namespace):
     """The ``[engine]`` table made of the engine flags (unset ones keep the config's defaults)."""
-    given: dict[str, Any] = {"pack": args.pack, "precision": args.precision, "recheck_below": args.recheck_below}
+    given: dict[str, Any] = {"pack": args.pack, "precision": args.precision, "recheck_below": args.recheck_below,
+                             "reading_order": args.reading_order}
     if args.threads is not None:
         try:
             given["threads"] = args.threads if args.threads == "auto" else int(args.threads)
@@ -496,6 +497,8 @@ def _add_engine_flags(parser: argparse.ArgumentParser) -> None:
                         help="read every detected line with the accurate recogniser (no fast drafts; single lines "
                              "and regions up to draft_min_width never use them)")
     parser.add_argument("--recheck-below", type=_finite, metavar="SCORE", help=help_of("recheck_below"))
+    parser.add_argument("--reading-order", choices=key["reading_order"].metadata["choices"],
+                        help=help_of("reading_order"))
     parser.add_argument("--no-spinning", action="store_true",
                         help="ONNX Runtime's threads sleep between operators instead of busy-waiting while a model "
                              "runs (for several edge-ocr processes at once on the same cores)")

@@ -1,6 +1,6 @@
 """Pure DB (differentiable binarisation) post-processing: probability map → text quads.
 
-Also the reading-order sort. numpy and OpenCV only; no I/O, no model.
+numpy and OpenCV only; no I/O, no model. The quads' reading order is ``layout``'s.
 """
 
 from __future__ import annotations
@@ -104,28 +104,3 @@ def stitch_strips(maps: Iterable[np.ndarray], plan: StripPlan) -> np.ndarray:
         else:
             out[:, lo:hi] = prob[:height, lo - start : hi - start]
     return out
-
-
-def reading_order(quads: list[Quad]) -> list[int]:
-    """Indices of ``quads`` in reading order: top to bottom, left to right within a line.
-
-    Boxes whose vertical centres lie within half the smaller box height of each other
-    belong to the same line.
-    """
-    if not quads:
-        return []
-    centres = np.array([q[:, 1].mean() for q in quads])
-    heights = np.array([max(q[:, 1].max() - q[:, 1].min(), 1.0) for q in quads])
-    lefts = np.array([q[:, 0].min() for q in quads])
-    order = sorted(range(len(quads)), key=lambda i: (centres[i], lefts[i]))
-    lines: list[list[int]] = []
-    for index in order:
-        if lines:
-            last = lines[-1]
-            anchor = np.mean([centres[j] for j in last])
-            tolerance = 0.5 * min(heights[index], np.mean([heights[j] for j in last]))
-            if abs(centres[index] - anchor) <= tolerance:
-                last.append(index)
-                continue
-        lines.append([index])
-    return [i for line in lines for i in sorted(line, key=lambda j: lefts[j])]

@@ -18,7 +18,7 @@ from dataclasses import fields, replace
 import numpy as np
 
 from edge_ocr import __version__
-from edge_ocr.engine import detect, preprocess, recognize
+from edge_ocr.engine import detect, layout, preprocess, recognize
 from edge_ocr.engine.budget import PixelBudget
 from edge_ocr.engine.decode import Decoded
 from edge_ocr.engine.models import Model, Pack, auto_threads, choose_variant, load_pack, verify_pack
@@ -531,10 +531,9 @@ class OcrEngine:
             timing["detect_small_text"] = _ms(t2)
         return self._in_reading_order([transform.to_source(q) for q in quads], scores, timing, t1)
 
-    @staticmethod
-    def _in_reading_order(quads: list[np.ndarray], scores: list[float], timing: dict[str, float], since: float
+    def _in_reading_order(self, quads: list[np.ndarray], scores: list[float], timing: dict[str, float], since: float
                           ) -> tuple[list[np.ndarray], list[float]]:
-        order = detect.reading_order(quads)
+        order = layout.reading_order(quads, columns=self.options.reading_order == "columns")
         timing["detect"] = _ms(since)
         return [quads[i] for i in order], [scores[i] for i in order]
 

@@ -177,6 +177,9 @@ class EngineOptions:
     # line less; 14 cost IC15 1.5) and confirmed on half b (mosaics 60.4 -> 79.8 and 75.1 -> 80.1,
     # pages unchanged): bench/small_text.py, docs/accuracy.md "Dense pages".
     det_small_text: float = 12.0
+    # "columns": a page's text columns one after the other, then rows (layout.reading_order);
+    # "rows": rows across the whole page, as before 2026-12-05.
+    reading_order: str = "columns"
     # ... and only with at least this many boxes found: the pass is for dense pages (the mosaics of
     # bench/dense_pages.py give 135-586 boxes at 960 px). A camera frame with a few specks of texture
     # (small boxes, small median) would otherwise pay ~4x the detection on every frame; 70-130 spared

@@ -1,4 +1,4 @@
-"""edge_ocr.engine.detect: DB post-processing on synthetic probability maps, strip stitching, reading order."""
+"""edge_ocr.engine.detect: DB post-processing on synthetic probability maps, strip stitching."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from edge_ocr.engine import detect, preprocess
-from edge_ocr.engine.detect import DbParams, boxes_from_map, order_quad, reading_order
+from edge_ocr.engine.detect import DbParams, boxes_from_map, order_quad
 
 
 def test_one_text_kernel_becomes_one_grown_box():
@@ -30,19 +30,6 @@ def test_faint_and_tiny_blobs_are_dropped():
 def test_order_quad_is_clockwise_from_top_left():
     shuffled = np.array([[10, 5], [0, 5], [0, 0], [10, 0]], np.float32)
     assert order_quad(shuffled).tolist() == [[0, 0], [10, 0], [10, 5], [0, 5]]
-
-
-def _box(x, y, w=40, h=10):
-    return np.array([[x, y], [x + w, y], [x + w, y + h], [x, y + h]], np.float32)
-
-
-def test_reading_order_is_rows_then_left_to_right():
-    quads = [_box(100, 51), _box(0, 0), _box(0, 50), _box(100, 2)]
-    assert reading_order(quads) == [1, 3, 2, 0]
-
-
-def test_reading_order_of_nothing():
-    assert reading_order([]) == []
 
 
 @pytest.mark.parametrize("size", [(960, 544), (544, 960), (300 // 32 * 32, 224), (1024, 1024)])

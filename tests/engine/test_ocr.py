@@ -778,3 +778,27 @@ def test_a_page_is_drafted_only_where_most_of_its_sample_holds_hanzi(eval_dev):
         calls["page_drafts"] = 0
         engine._read(crops, [], detected=True)
         assert calls["page_drafts"] == (12 - 8 if drafted else 0), hanzi_lines
+
+
+@pytest.mark.parametrize("degrees", [0, 3])
+def test_a_spreads_pages_are_read_one_after_the_other_unless_rows_are_asked_for(engines, eval_dev, degrees):
+    """The top of eval-dev's Chinese book spread (two pages in one photo), square and turned 3
+    degrees: by default the left page's lines come first (layout.reading_order); with
+    ``reading_order = "rows"`` the two pages' lines alternate row by row, as before."""
+    from edge_ocr.engine.ocr import EngineOptions, OcrEngine
+
+    spread = cv2.imread(str(eval_dev / "zh" / "pages" / "zhpage_8c1a908c02f6.jpg"))
+    top = spread[: spread.shape[0] * 2 // 5]
+    if degrees:
+        turn = cv2.getRotationMatrix2D((top.shape[1] / 2, top.shape[0] / 2), degrees, 1.0)
+        top = cv2.warpAffine(top, turn, (top.shape[1], top.shape[0]), borderValue=(255, 255, 255))
+    middle = top.shape[1] / 2
+
+    def sides(output):
+        return ["left" if ln.box[:, 0].max() < middle else "right" for ln in output.lines]
+
+    by_columns = sides(engines()(top))
+    by_rows = sides(OcrEngine(EngineOptions(threads=2, reading_order="rows"))(top))
+    assert by_columns.count("left") >= 8 and by_columns.count("right") >= 8
+    assert by_columns == sorted(by_columns)
+    assert sorted(by_rows) == sorted(by_columns) and by_rows != by_columns
