@@ -6,7 +6,8 @@ The page's skew is undone first (the median slope of its lines: a photo a few de
 no straight gutter, and its rows slope into each other). Then it is cut recursively, as an XY-cut
 does (Nagy and Seth, 1984): a region whose lines leave a vertical gutter between two columns of
 text is read left column, then right column, also when a few lines cross the gutter (a heading or
-a caption across both: read in place, between the parts above and below it); otherwise it is cut
+a caption from edge to edge of both, or centred on the gutter: read in place, between the parts
+above and below it); otherwise it is cut
 across at its widest horizontal gaps, and a region with neither is read in rows, left to right.
 Only a gutter with text columns on both sides counts: each at least ``COLUMN_MIN_LINES`` lines,
 ``COLUMN_MIN_LONG`` of them ``COLUMN_MIN_WIDTH`` line heights wide. So a book spread or a two-column
@@ -40,6 +41,10 @@ SKEW_MIN_LINES = 3
 # At most this many lines may cross a gutter, as headings or captions across both columns
 # (and at most a quarter of the region's lines).
 SPAN_MAX_LINES = 3
+# ...each from within this many line heights of both columns' outer edges...
+SPAN_EDGE = 2.0
+# ...or centred on the gutter within this many.
+SPAN_CENTRE = 1.0
 # Horizontal gaps within this share of the widest are cut at once: evenly spaced rows make one
 # level of the recursion, not one level per row.
 CUT_SHARE = 0.8
@@ -79,13 +84,22 @@ def _bounds(points: np.ndarray) -> np.ndarray:
 
 
 def _upright(points: np.ndarray) -> np.ndarray:
-    """``points`` turned by the page's skew: the median slope of the top edges of its long lines
-    (at least ``SKEW_MIN_LINES`` of them, each ``SKEW_MIN_ASPECT`` times as long as high)."""
+    """``points`` turned by the page's skew: the slope of its lines' top edges, the median weighted
+    by their length, over lines ``SKEW_MIN_ASPECT`` times as long as high and within 45 degrees of
+    level (a vertical line's slope says nothing of the page's), if there are ``SKEW_MIN_LINES``.
+    Weighted, because the detector gives short boxes (a number, a character) level whatever the
+    page's slope."""
     top = points[:, 1] - points[:, 0]
-    long = np.linalg.norm(top, axis=1) >= SKEW_MIN_ASPECT * np.linalg.norm(points[:, 3] - points[:, 0], axis=1)
-    if np.count_nonzero(long) < SKEW_MIN_LINES:
+    length = np.linalg.norm(top, axis=1)
+    slope = np.arctan2(top[:, 1], top[:, 0])
+    voting = (length >= SKEW_MIN_ASPECT * np.linalg.norm(points[:, 3] - points[:, 0], axis=1)) & \
+        (np.abs(slope) < np.pi / 4)
+    if np.count_nonzero(voting) < SKEW_MIN_LINES:
         return points
-    angle = float(np.median(np.arctan2(top[long, 1], top[long, 0])))
+    slopes, weights = slope[voting], length[voting]
+    by_slope = np.argsort(slopes)
+    middle = np.searchsorted(np.cumsum(weights[by_slope]), 0.5 * weights.sum())
+    angle = float(slopes[by_slope][middle])
     cos, sin = np.cos(angle), np.sin(angle)
     return points @ np.array([[cos, -sin], [sin, cos]])  # each row (x, y) turned by -angle
 
@@ -123,22 +137,16 @@ def _columns(region: list[int], bounds: np.ndarray, unit: float) -> tuple[list[i
 def _spanned(region: list[int], bounds: np.ndarray, unit: float) -> list[list[int]] | None:
     """Two text columns whose gutter a few lines cross, if any, as the pieces to read in turn.
 
-    A line reaching into both columns (a heading, a caption, a figure's title across both) is read
-    in place: the region is cut above and below it, top to bottom. One reaching into a single
-    column (a long URL running into the gutter) is that column's. Without this, a heading at the
-    rows' own spacing left no gap wider than theirs, and the page was read row by row across both
-    columns.
+    A line across both columns (a heading or caption from the left column's edge to the right
+    column's, or one centred on the gutter) is read in place: the region is cut above and below it,
+    top to bottom. One reaching into a single column (a long URL running into the gutter) is that
+    column's. A line reaching into both otherwise (a receipt's long item line, running from the
+    labels into the amounts) leaves no gutter. Without this, a heading at the rows' own spacing left
+    no gap wider than theirs, and the page was read row by row across both columns.
     """
     indices = np.asarray(region)
     lefts, rights = bounds[indices, _LEFT], bounds[indices, _RIGHT]
-    edges = np.concatenate([lefts, rights])
-    steps = np.concatenate([np.ones(len(region)), -np.ones(len(region))])
-    order = np.lexsort((steps, edges))  # at one x, a line's end before another's start
-    cover = np.cumsum(steps[order])[:-1]
-    most = min(SPAN_MAX_LINES, len(region) // 4)
-    candidates = [(float(edges[order[k]]), float(edges[order[k + 1]]))
-                  for k in np.flatnonzero((cover >= 1) & (cover <= most))]
-    for start, end in sorted(candidates, key=lambda gap: gap[0] - gap[1]):  # widest first
+    for start, end in _thin_runs(lefts, rights, min(SPAN_MAX_LINES, len(region) // 4)):
         if end - start < GUTTER_MIN_WIDTH * unit:
             break
         left, right = indices[rights <= start], indices[lefts >= end]
@@ -147,11 +155,34 @@ def _spanned(region: list[int], bounds: np.ndarray, unit: float) -> list[list[in
         crossing = indices[(lefts < end) & (rights > start)]
         into_left = bounds[crossing, _LEFT] < bounds[left, _RIGHT].max()
         into_right = bounds[crossing, _RIGHT] > bounds[right, _LEFT].min()
-        spanning = crossing[into_left & into_right | ~into_left & ~into_right].tolist()
-        if not spanning:
+        spanning = crossing[into_left == into_right]  # into both, or within the gutter alone
+        edge_to_edge = (bounds[spanning, _LEFT] <= bounds[left, _LEFT].min() + SPAN_EDGE * unit) & \
+            (bounds[spanning, _RIGHT] >= bounds[right, _RIGHT].max() - SPAN_EDGE * unit)
+        centred = np.abs(bounds[spanning, _LEFT] + bounds[spanning, _RIGHT] - start - end) <= 2 * SPAN_CENTRE * unit
+        if not (edge_to_edge | centred).all():
+            continue
+        if not len(spanning):
             return [left.tolist() + crossing[into_left].tolist(), right.tolist() + crossing[into_right].tolist()]
-        return _pieces(region, spanning, bounds)
+        return _pieces(region, spanning.tolist(), bounds)
     return None
+
+
+def _thin_runs(starts: np.ndarray, ends: np.ndarray, most: int) -> list[tuple[float, float]]:
+    """The stretches of the axis, between the first and the last line, that at most ``most`` of the
+    lines cover (``starts`` to ``ends``), widest first. Maximal: a line ending half way into a gutter
+    leaves one stretch, not two each too narrow."""
+    edges = np.concatenate([starts, ends])
+    steps = np.concatenate([np.ones(len(starts)), -np.ones(len(ends))])
+    order = np.lexsort((steps, edges))  # at one x, a line's end before another's start
+    xs, cover = edges[order].tolist(), np.cumsum(steps[order])[:-1].tolist()
+    runs, opened = [], None
+    for k, count in enumerate(cover):
+        if count <= most and opened is None:
+            opened = xs[k]
+        elif count > most and opened is not None:
+            runs.append((opened, xs[k]))
+            opened = None
+    return sorted(runs, key=lambda run: run[0] - run[1])
 
 
 def _pieces(region: list[int], crossing: list[int], bounds: np.ndarray) -> list[list[int]]:

@@ -47,6 +47,9 @@ ELONGATED = 4.0
 ELONGATED_PAGES = 8
 
 
+READING_ORDERS = ("columns", "rows")  # EngineOptions.reading_order
+
+
 def _threads(value: int | str) -> int:
     if value == "auto":
         return auto_threads()
@@ -69,6 +72,9 @@ class OcrEngine:
             if problems:
                 raise ModelError("; ".join(problems))
         self.threads = _threads(self.options.threads)
+        if self.options.reading_order not in READING_ORDERS:
+            raise ConfigError("engine.reading_order: expected one of %s, got %r" % (", ".join(READING_ORDERS),
+                                                                                  self.options.reading_order))
         # The megapixels read at once by concurrent calls (engine/budget.py).
         self._pixels = PixelBudget(self.options.max_megapixels)
         self._line_pool: ThreadPoolExecutor | None = None

@@ -177,14 +177,14 @@ class EngineOptions:
     # line less; 14 cost IC15 1.5) and confirmed on half b (mosaics 60.4 -> 79.8 and 75.1 -> 80.1,
     # pages unchanged): bench/small_text.py, docs/accuracy.md "Dense pages".
     det_small_text: float = 12.0
-    # "columns": a page's text columns one after the other, then rows (layout.reading_order);
-    # "rows": rows across the whole page, as before 2026-12-05.
-    reading_order: str = "columns"
     # ... and only with at least this many boxes found: the pass is for dense pages (the mosaics of
     # bench/dense_pages.py give 135-586 boxes at 960 px). A camera frame with a few specks of texture
     # (small boxes, small median) would otherwise pay ~4x the detection on every frame; 70-130 spared
     # the real eval-dev pages the pass but is no rule (docs/accuracy.md "Dense pages").
     det_small_text_min_boxes: int = 20
+    # "columns": a page's text columns one after the other, then rows (layout.reading_order);
+    # "rows": rows across the whole page, as before 2026-12-05.
+    reading_order: str = "columns"
     use_cls: bool = False  # angle classifier for upside-down lines
     use_rec_zh: bool = True  # a pack's Chinese specialist recogniser, where it has one
     # A pack's fast draft reader, for long single lines and regions (recognize.needs_recheck) and

@@ -7,10 +7,18 @@ import json
 import random
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 
+from edge_ocr.engine.detect import order_quad
 from edge_ocr.engine.layout import reading_order
+
+
+def _turn(degrees):
+    """Multiplies row vectors (x, y): turned by ``degrees`` about the origin."""
+    angle = np.radians(degrees)
+    return np.array([[np.cos(angle), np.sin(angle)], [-np.sin(angle), np.cos(angle)]], np.float32)
 
 
 def _box(x, y, w=40, h=10):
@@ -86,6 +94,48 @@ def test_a_columns_own_long_line_running_into_the_gutter_is_no_heading():
     assert reading_order(left + right) == list(range(16))
 
 
+def test_a_receipts_long_item_line_across_its_amounts_leaves_no_gutter():
+    """Items at the left, long amount texts at the right (wide enough to pass for a column) and item
+    lines that run from the labels into the amounts: no heading, so the receipt keeps its rows."""
+    quads = []
+    for r in range(12):
+        if r in (3, 7, 10):
+            quads.append(_box(0, 30 * r, 480, 20))  # an item's long description, into the amounts
+        else:
+            quads += [_box(0, 30 * r, 200, 20), _box(400, 30 * r, 240, 20)]
+    assert reading_order(quads) == list(range(len(quads)))
+
+
+def test_a_line_ending_half_way_into_the_gutter_leaves_one_gutter():
+    """Ending 15 px into a 30 px gutter, it left two stretches each narrower than a gutter."""
+    left, right = _column(0, 8), _column(330, 8)
+    left[3] = _box(0, 90, 315, 20)
+    assert reading_order(left + right) == list(range(16))
+
+
+def test_short_boxes_left_level_do_not_hide_the_pages_skew(eval_dev):
+    """The detector gives a short box (a number, a character) level whatever the page's slope: a
+    receipt turned 4 degrees with more such boxes than lines under it still reads as it does square."""
+    receipt, _ = _pages(eval_dev / "pages" / "labels.jsonl", "SROIE")[0]
+    bottom = max(q[:, 1].max() for q in receipt)
+    numbers = [_box(40 + 60 * (k % 8), bottom + 40 + 30 * (k // 8), 40, 20) for k in range(2 * len(receipt))]
+    upright = reading_order(receipt)
+    assert reading_order(_turned(receipt, 4) + numbers)[: len(receipt)] == upright
+
+
+def test_tilted_vertical_lines_do_not_turn_the_page():
+    """Vertical lines' slopes (~87 degrees on a page 3 degrees off) say nothing of the page's skew:
+    12 columns of vertical text and 5 horizontal lines under them keep the order they have square."""
+    def line(cx, cy, w, h, degrees):
+        return order_quad(cv2.boxPoints(((cx, cy), (w, h), 0)) @ _turn(degrees))
+
+    def page(degrees):
+        return ([line(1000 - 50 * i, 400, 30, 600, degrees) for i in range(12)]
+                + [line(300, 800 + 40 * r, 500, 25, degrees) for r in range(5)])
+
+    assert reading_order(page(3)) == reading_order(page(-3)) == reading_order(page(0))
+
+
 def test_three_columns_left_to_right():
     quads = _column(700, 6) + _column(0, 6) + _column(350, 6)
     assert reading_order(quads) == list(range(6, 12)) + list(range(12, 18)) + list(range(6))
@@ -139,9 +189,7 @@ def test_receipts_keep_their_rows(eval_dev):
 
 
 def _turned(quads, degrees):
-    angle = np.radians(degrees)
-    turn = np.array([[np.cos(angle), np.sin(angle)], [-np.sin(angle), np.cos(angle)]])
-    return [(q @ turn).astype(np.float32) for q in quads]
+    return [(q @ _turn(degrees)).astype(np.float32) for q in quads]
 
 
 @pytest.mark.parametrize("degrees", [-4, 4])

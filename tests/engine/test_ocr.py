@@ -802,3 +802,11 @@ def test_a_spreads_pages_are_read_one_after_the_other_unless_rows_are_asked_for(
     assert by_columns.count("left") >= 8 and by_columns.count("right") >= 8
     assert by_columns == sorted(by_columns)
     assert sorted(by_rows) == sorted(by_columns) and by_rows != by_columns
+
+
+def test_an_unknown_reading_order_is_refused_not_read_as_rows():
+    from edge_ocr.engine.ocr import EngineOptions, OcrEngine
+    from edge_ocr.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"reading_order.*'column'"):
+        OcrEngine(EngineOptions(reading_order="column"))
