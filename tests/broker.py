@@ -165,6 +165,16 @@ def require_mosquitto() -> None:
 
 
 @pytest.fixture
+def closed_port():
+    """A loopback port nothing listens on, for the whole test: held bound but never listening, so
+    a connect there is refused and no other process can take the port meanwhile (``free_port()``
+    only found one free a moment ago)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        yield sock.getsockname()[1]
+
+
+@pytest.fixture
 def mosquitto(tmp_path_factory):
     """A started Mosquitto with a password and TLS listener, stopped after the test."""
     require_mosquitto()

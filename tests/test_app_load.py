@@ -7,7 +7,6 @@ import json
 import re
 import shutil
 import signal
-import socket
 import threading
 import urllib.request
 
@@ -26,12 +25,6 @@ def _config_text(port: int, low_confidence: float = 0.6, pack: str = "default") 
     )
 
 
-def _unused_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _rss_mb(daemon: Daemon) -> float:
     url = re.search(r"http listening url=(\S+)", daemon.text()).group(1)
     with urllib.request.urlopen(url + "/readyz", timeout=30) as response:
@@ -39,9 +32,9 @@ def _rss_mb(daemon: Daemon) -> float:
 
 
 @pytest.mark.slow
-def test_a_1000_file_burst_with_the_broker_down_stays_bounded(eval_dev, tmp_path):
+def test_a_1000_file_burst_with_the_broker_down_stays_bounded(eval_dev, tmp_path, closed_port):
     config = tmp_path / "edge-ocr.toml"
-    config.write_text(_config_text(_unused_port()))  # nobody listens there: everything spools
+    config.write_text(_config_text(closed_port))  # nobody listens there: everything spools
     daemon = Daemon(config).start()
     assert wait_until(lambda: _rss_mb(daemon) > 0, 10)
     idle_mb = _rss_mb(daemon)
@@ -73,9 +66,9 @@ def test_a_1000_file_burst_with_the_broker_down_stays_bounded(eval_dev, tmp_path
     assert daemon.terminate() == 0
 
 
-def test_sighup_applies_live_keys_and_names_the_rest(tmp_path):
+def test_sighup_applies_live_keys_and_names_the_rest(tmp_path, closed_port):
     config = tmp_path / "edge-ocr.toml"
-    port = _unused_port()
+    port = closed_port
     config.write_text(_config_text(port))
     daemon = Daemon(config).start()
     config.write_text(_config_text(port, low_confidence=0.8, pack="crnn"))

@@ -114,12 +114,12 @@ def test_fleet_status_shows_a_working_daemon_and_an_offline_device(eval_dev, tmp
 
 
 @pytest.mark.broker
-def test_no_device_or_a_broker_out_of_reach_exits_1_and_a_bad_root_exits_2(tmp_path: Path, mosquitto):
+def test_no_device_or_a_broker_out_of_reach_exits_1_and_a_bad_root_exits_2(tmp_path: Path, mosquitto, closed_port):
     config = write_config(tmp_path, mosquitto)
     none = edge_ocr("fleet", "status", "-c", str(config), "--wait", "0.3", "--root", "nobody/here")
     assert none.returncode == 1 and "no device under nobody/here/+" in none.stderr
     assert none.stdout == ""
-    config.write_text(config.read_text().replace("port = %d" % mosquitto.port, "port = %d" % free_port()))
+    config.write_text(config.read_text().replace("port = %d" % mosquitto.port, "port = %d" % closed_port))
     away = edge_ocr("fleet", "status", "-c", str(config), "--wait", "0.3")
     assert away.returncode == 1 and len(away.stderr.strip().splitlines()) == 1  # as check and submit
     assert "cannot reach the broker 127.0.0.1" in away.stderr

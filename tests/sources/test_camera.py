@@ -24,7 +24,7 @@ from edge_ocr.results import Job, Result, Status
 from edge_ocr.sources.base import SourceStatus
 from edge_ocr.sources.camera import CameraSource, device_kind, probe, redact, why_not_open
 from edge_ocr.stats import Stats
-from tests.broker import free_port, wait_until
+from tests.broker import wait_until
 from tests.fake_picamera2 import CameraBus
 from tests.frames import BOX, paste, text_frame, write_video
 from tests.helpers import line_samples
@@ -370,11 +370,11 @@ def test_device_kinds_and_credentials_never_shown():
     assert probe(CameraSourceConfig("x", device="/nonexistent/clip.avi")) == "video file not found: /nonexistent/clip.avi"
 
 
-def test_why_a_camera_did_not_open_is_said_without_its_password():
+def test_why_a_camera_did_not_open_is_said_without_its_password(closed_port):
     if not os.path.exists("/dev/video9"):
         assert why_not_open("9") == why_not_open("/dev/video9") == "no such device /dev/video9 (is the camera plugged in?)"
     assert why_not_open("/dev/null") == "/dev/null is busy or not a video capture device"
-    closed = free_port()
+    closed = closed_port
     assert why_not_open("rtsp://admin:hunter2@127.0.0.1:%d/live" % closed) == (
         "connection refused by 127.0.0.1:%d (nothing listens there)" % closed)
     unknown = why_not_open("rtsp://admin:hunter2@camera.invalid/live")
@@ -386,13 +386,13 @@ def test_why_a_camera_did_not_open_is_said_without_its_password():
     assert why_not_open("http://127.0.0.1:port/x.mjpg") == "the URL's port is not a number"
 
 
-def test_opencv_and_ffmpeg_say_nothing_of_their_own_at_each_retry_or_damaged_frame(tmp_path):
+def test_opencv_and_ffmpeg_say_nothing_of_their_own_at_each_retry_or_damaged_frame(tmp_path, closed_port):
     """Each of these wrote its own stderr line (the journal's) at every retry or frame, beside the
     source's: FFmpeg's "[tcp @ 0x...] Connection ... refused", OpenCV's "[ WARN:0@...] can't open camera
     by index", FFmpeg's "[mjpeg @ 0x...] overread 8" for each damaged frame of a lossy stream."""
     frame = cv2.imencode(".jpg", text_frame("12.3"))[1].tobytes()
     damaged = frame[: len(frame) // 2] + bytes(200) + frame[-50:]
-    closed = free_port()
+    closed = closed_port
     with MjpegServer([], frames_per_connection=12, jpegs=[damaged]) as server:
         config = tmp_path / "cameras.toml"
         config.write_text('[mqtt]\nenabled = false\n'
