@@ -33,7 +33,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from edge_ocr.engine.types import MAX_THREADS, EngineOptions, Region
+from edge_ocr.engine.types import MAX_THREADS, READING_ORDERS, EngineOptions, Region
 from edge_ocr.errors import ConfigError
 
 SYSTEM_CONFIG = Path("/etc/edge-ocr/config.toml")
@@ -172,7 +172,7 @@ class EngineConfig:
                                     lo=0.0, hi=1000.0)
     reading_order: str = _option("reading_order", "`columns`: a page's text columns one after the other (a "
                                  "spread, a two-column report), then rows; `rows`: rows across the whole page (a "
-                                 "form whose labels and values are both long)", choices=("columns", "rows"))  # ocr.READING_ORDERS
+                                 "form whose labels and values are both long)", choices=READING_ORDERS)
     max_megapixels: float = _option("max_megapixels", "larger images are refused before decoding", lo=0.1,
                                     hi=1000.0)
     low_confidence: float = setting(0.6, 'status "low_confidence" when a line scores below this', lo=0.0, hi=1.0,

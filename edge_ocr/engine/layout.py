@@ -7,8 +7,8 @@ no straight gutter, and its rows slope into each other). Then it is cut recursiv
 does (Nagy and Seth, 1984): a region whose lines leave a vertical gutter between two columns of
 text is read left column, then right column, also when a few lines cross the gutter (a heading or
 a caption from edge to edge of both, or centred on the gutter: read in place, between the parts
-above and below it); otherwise it is cut
-across at its widest horizontal gaps, and a region with neither is read in rows, left to right.
+above and below it); otherwise it is cut across at its widest horizontal gaps, and a region with
+neither is read in rows, left to right.
 Only a gutter with text columns on both sides counts: each at least ``COLUMN_MIN_LINES`` lines,
 ``COLUMN_MIN_LONG`` of them ``COLUMN_MIN_WIDTH`` line heights wide. So a book spread or a two-column
 report is read column by column, while a receipt's prices (a narrow column of numbers), a form's
@@ -107,11 +107,9 @@ def _upright(points: np.ndarray) -> np.ndarray:
 def _cut(region: list[int], bounds: np.ndarray, unit: float, depth: int) -> list[int]:
     if len(region) < 2 * COLUMN_MIN_LINES or depth > MAX_DEPTH:
         return _rows(region, bounds)
-    split = _columns(region, bounds, unit)
-    if split is not None:
-        left, right = split
-        return _cut(left, bounds, unit, depth + 1) + _cut(right, bounds, unit, depth + 1)
-    pieces = _spanned(region, bounds, unit)
+    # A clear gutter first; else one that a few headings or captions cross.
+    pieces = (_columns(region, bounds, unit, 0)
+              or _columns(region, bounds, unit, min(SPAN_MAX_LINES, len(region) // 4)))
     if pieces is not None:
         return [i for piece in pieces for i in _cut(piece, bounds, unit, depth + 1)]
     bands = _bands(region, bounds)
@@ -120,33 +118,20 @@ def _cut(region: list[int], bounds: np.ndarray, unit: float, depth: int) -> list
     return [i for band in bands for i in _cut(band, bounds, unit, depth + 1)]
 
 
-def _columns(region: list[int], bounds: np.ndarray, unit: float) -> tuple[list[int], list[int]] | None:
-    """The region's lines left and right of its widest gutter between two text columns, if any."""
-    indices = np.asarray(region)
-    gaps = _gaps(region, bounds[:, _LEFT], bounds[:, _RIGHT])
-    for start, end in sorted(gaps, key=lambda gap: gap[0] - gap[1]):  # widest first: the first found is the one
-        if end - start < GUTTER_MIN_WIDTH * unit:
-            break
-        left = indices[bounds[indices, _RIGHT] <= start].tolist()
-        right = indices[bounds[indices, _LEFT] >= end].tolist()
-        if _is_text_column(left, bounds, unit) and _is_text_column(right, bounds, unit):
-            return left, right
-    return None
-
-
-def _spanned(region: list[int], bounds: np.ndarray, unit: float) -> list[list[int]] | None:
-    """Two text columns whose gutter a few lines cross, if any, as the pieces to read in turn.
+def _columns(region: list[int], bounds: np.ndarray, unit: float, crossing_at_most: int) -> list[list[int]] | None:
+    """Two text columns, if any, as the pieces to read in turn: the widest gutter that at most
+    ``crossing_at_most`` lines cross.
 
     A line across both columns (a heading or caption from the left column's edge to the right
     column's, or one centred on the gutter) is read in place: the region is cut above and below it,
     top to bottom. One reaching into a single column (a long URL running into the gutter) is that
     column's. A line reaching into both otherwise (a receipt's long item line, running from the
-    labels into the amounts) leaves no gutter. Without this, a heading at the rows' own spacing left
-    no gap wider than theirs, and the page was read row by row across both columns.
+    labels into the amounts) leaves no gutter. Without crossing lines, a heading at the rows' own
+    spacing left no gap wider than theirs, and the page was read row by row across both columns.
     """
     indices = np.asarray(region)
     lefts, rights = bounds[indices, _LEFT], bounds[indices, _RIGHT]
-    for start, end in _thin_runs(lefts, rights, min(SPAN_MAX_LINES, len(region) // 4)):
+    for start, end in _thin_runs(lefts, rights, crossing_at_most):
         if end - start < GUTTER_MIN_WIDTH * unit:
             break
         left, right = indices[rights <= start], indices[lefts >= end]

@@ -25,6 +25,7 @@ from edge_ocr.engine.models import Model, Pack, auto_threads, choose_variant, lo
 from edge_ocr.engine.types import (
     MAX_THREADS,
     NOT_READING_OPTIONS,
+    READING_ORDERS,
     DbParams,
     EngineOptions,
     EngineOutput,
@@ -45,9 +46,6 @@ STRIP_OVERLAP = 64
 # 3.4 times as long as wide, so no page of the sets the engine is measured on takes this path.
 ELONGATED = 4.0
 ELONGATED_PAGES = 8
-
-
-READING_ORDERS = ("columns", "rows")  # EngineOptions.reading_order
 
 
 def _threads(value: int | str) -> int:

@@ -149,6 +149,8 @@ class DbParams:
         )
 
 
+READING_ORDERS = ("columns", "rows")  # EngineOptions.reading_order
+
 # EngineOptions that change how fast the engine reads or what it holds, never what it reads: left out
 # of OcrEngine.reading_id (everything else counts, so an option added later does unless named here).
 NOT_READING_OPTIONS = frozenset({"threads", "precision", "allow_spinning", "verify_checksums", "lazy_sessions",
@@ -183,7 +185,7 @@ class EngineOptions:
     # the real eval-dev pages the pass but is no rule (docs/accuracy.md "Dense pages").
     det_small_text_min_boxes: int = 20
     # "columns": a page's text columns one after the other, then rows (layout.reading_order);
-    # "rows": rows across the whole page, as before 2026-12-05.
+    # "rows": rows across the whole page, as before 2026-12-05 (READING_ORDERS).
     reading_order: str = "columns"
     use_cls: bool = False  # angle classifier for upside-down lines
     use_rec_zh: bool = True  # a pack's Chinese specialist recogniser, where it has one

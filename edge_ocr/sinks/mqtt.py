@@ -167,7 +167,10 @@ class MqttSink:
         self._announced.set()
         client = self.client
         if self._connected.is_set() and client is not None:  # else _connect_done publishes it
-            client.publish("%s/availability" % self.prefix, ONLINE, qos=1, retain=True)
+            self._say_online(client)
+
+    def _say_online(self, client: paho.Client) -> None:
+        client.publish("%s/availability" % self.prefix, ONLINE, qos=1, retain=True)
 
     def _connect_client(self) -> paho.Client:
         """A paho client with our callbacks, connecting in the background (retrying with backoff)."""
@@ -423,7 +426,7 @@ class MqttSink:
         self._connected_at = time.monotonic()
         self._connected.set()
         if self._announced.is_set():  # after _connected is set: announce() checks them the other way round
-            client.publish("%s/availability" % self.prefix, ONLINE, qos=1, retain=True)
+            self._say_online(client)
         self.stats.set("mqtt_connected", 1)
         self._wake.set()
 
